@@ -1,0 +1,375 @@
+//! Wire types of the swarm-coordinator `/v1` HTTP API, shared by `swarm-agent` and
+//! `swarm-coordinator`. The OpenAPI description lives in `coordinator/openapi.yaml`.
+//!
+//! Every secret-bearing field uses [`Secret`], whose `Debug` never prints the value and which
+//! has no `Display`, so a join token cannot reach a log line by accident.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Every route lives under this prefix.
+pub const API_PREFIX: &str = "/v1";
+
+/// Longest long-poll a client may ask for (`wait` query parameter, seconds).
+pub const MAX_WAIT_SECS: u64 = 60;
+
+/// A secret string (join token, cluster secret). `Debug` is redacted; there is no `Display`.
+/// Use [`Secret::expose`] at the single place where the value is really needed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret value. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The role a node asks for when it registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestedRole {
+    /// Let the coordinator decide, keeping the manager count at the cluster's target.
+    #[default]
+    Auto,
+    Manager,
+    Worker,
+}
+
+/// The role a node was assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// Where a cluster is in its bootstrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// No live init lease and no published tokens: the next claimant gets the lease.
+    Open,
+    /// A node holds a live init lease and has not published yet.
+    Claimed,
+    /// Join tokens are published: no further init claim is ever granted (until an operator
+    /// reset).
+    Formed,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Open => "open",
+            Phase::Claimed => "claimed",
+            Phase::Formed => "formed",
+        })
+    }
+}
+
+/// `POST /v1/clusters/{cluster}/nodes`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Stable id of the node (the agent persists it in its state dir).
+    pub node_id: String,
+    pub hostname: String,
+    /// The address the node advertises to the swarm (IP, or IP:port).
+    pub advertise_addr: String,
+    #[serde(default)]
+    pub role: RequestedRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub node_id: String,
+    /// The assigned role. Registering again with the same node id returns the same role.
+    pub role: Role,
+    pub target_managers: u8,
+    pub phase: Phase,
+}
+
+/// An init lease. `expires_in_ms` is relative to the response, so clocks need not agree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub holder: String,
+    pub fencing_token: u64,
+    pub expires_in_ms: u64,
+}
+
+/// `POST /v1/clusters/{cluster}/claim`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub node_id: String,
+    /// Requested lease length; the coordinator clamps it to its bounds.
+    pub ttl_ms: u64,
+}
+
+/// Answer to a claim or a renewal. `granted` is true when the caller holds the lease now;
+/// otherwise `lease` (if any) names the holder. A formed cluster never grants a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub granted: bool,
+    pub phase: Phase,
+    pub lease: Option<Lease>,
+}
+
+/// `POST /v1/clusters/{cluster}/claim/renew`. Answered with a [`ClaimResponse`], or 409
+/// `lease_lost` when the caller no longer holds the lease under this fencing token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub node_id: String,
+    pub fencing_token: u64,
+    pub ttl_ms: u64,
+}
+
+/// `POST /v1/clusters/{cluster}/publish`: only the lease holder with the current fencing
+/// token may publish; anyone else gets 409 `stale_fencing_token` / `not_lease_holder`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    pub node_id: String,
+    pub fencing_token: u64,
+    /// Docker's swarm cluster id.
+    pub swarm_id: String,
+    /// `sha256:<hex>` of the swarm root CA certificate (DER).
+    pub ca_digest: String,
+    /// `ip:2377` of the managers to join through.
+    pub manager_addrs: Vec<String>,
+    pub manager_token: Secret,
+    pub worker_token: Secret,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub phase: Phase,
+}
+
+/// What a registered node needs to join: the token of its assigned role only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinInfo {
+    pub swarm_id: String,
+    pub ca_digest: String,
+    pub manager_addrs: Vec<String>,
+    pub role: Role,
+    pub token: Secret,
+}
+
+/// `GET /v1/clusters/{cluster}/join?node_id=ID&wait=SECS` (long-poll until formed or `wait`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub phase: Phase,
+    pub lease: Option<Lease>,
+    pub join: Option<JoinInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub hostname: String,
+    pub advertise_addr: String,
+    pub requested: RequestedRole,
+    pub role: Role,
+    pub registered_at_ms: u64,
+}
+
+/// `GET /v1/clusters/{cluster}`: no secrets in here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub phase: Phase,
+    pub target_managers: u8,
+    pub lease: Option<Lease>,
+    pub swarm_id: Option<String>,
+    pub ca_digest: Option<String>,
+    pub manager_addrs: Vec<String>,
+    pub nodes: Vec<NodeInfo>,
+    pub formed_at_ms: Option<u64>,
+    /// Number of operator resets so far (each allows exactly one new init).
+    pub resets: u64,
+}
+
+/// `GET /v1/clusters/{cluster}/docs/{name}?after=V&wait=SECS` answers the current document;
+/// with `after`, it waits (up to `wait`) for a version newer than V. A document never written
+/// has version 0 and body `null`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub version: u64,
+    pub body: serde_json::Value,
+}
+
+/// `PUT /v1/clusters/{cluster}/docs/{name}`: compare-and-set. 409 `version_conflict` when the
+/// current version differs from `expected_version` (0 = must not exist yet).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocumentWrite {
+    pub expected_version: u64,
+    pub body: serde_json::Value,
+}
+
+/// Admin: `POST /v1/admin/clusters` (bearer: the admin token in the data dir).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateCluster {
+    pub name: String,
+    #[serde(default = "default_target_managers")]
+    pub target_managers: u8,
+    /// Use this secret instead of generating one (e.g. from Terraform's random_password).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedCluster {
+    pub name: String,
+    pub target_managers: u8,
+    pub secret: Secret,
+}
+
+pub fn default_target_managers() -> u8 {
+    3
+}
+
+/// Every error response: `{"error": code, "message": text}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+/// Cluster and document names: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        ))
+    }
+}
+
+/// Manager targets must be odd so raft keeps a majority: 1, 3, 5 or 7.
+pub fn validate_target_managers(n: u8) -> Result<(), String> {
+    if matches!(n, 1 | 3 | 5 | 7) {
+        Ok(())
+    } else {
+        Err(format!(
+            "target managers must be 1, 3, 5 or 7 (an odd count keeps a raft majority), got {n}"
+        ))
+    }
+}
+
+/// Parse a certificate pin: 64 hex digits, optionally prefixed with `sha256:`, optionally with
+/// `:` between bytes, any case. Returns the 32 bytes.
+pub fn parse_fingerprint(pin: &str) -> Result<[u8; 32], String> {
+    let body = pin.trim();
+    let body = body
+        .strip_prefix("sha256:")
+        .or_else(|| body.strip_prefix("SHA256:"))
+        .unwrap_or(body);
+    let hex: String = body.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid sha256 fingerprint {pin:?}: expected 64 hex digits, e.g. sha256:3f2a…"
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Format a certificate digest the way the coordinator prints it: `sha256:<64 lowercase hex>`.
+pub fn format_fingerprint(digest: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let s = Secret::new("SWMTKN-1-abc");
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        let req = PublishRequest {
+            node_id: "n".into(),
+            fencing_token: 1,
+            swarm_id: "x".into(),
+            ca_digest: "sha256:00".into(),
+            manager_addrs: vec![],
+            manager_token: Secret::new("SWMTKN-1-manager"),
+            worker_token: Secret::new("SWMTKN-1-worker"),
+        };
+        assert!(!format!("{req:?}").contains("SWMTKN"));
+        // but it is on the wire
+        assert!(serde_json::to_string(&req).unwrap().contains("SWMTKN-1-manager"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("prod-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("-a").is_err());
+        assert!(validate_name("A").is_err());
+        assert!(validate_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn fingerprints_round_trip() {
+        let d = [0xabu8; 32];
+        let s = format_fingerprint(&d);
+        assert_eq!(parse_fingerprint(&s).unwrap(), d);
+        let colons = s[7..]
+            .as_bytes()
+            .chunks(2)
+            .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(parse_fingerprint(&colons).unwrap(), d);
+        assert!(parse_fingerprint("sha256:abc").is_err());
+    }
+
+    #[test]
+    fn targets() {
+        for n in [1, 3, 5, 7] {
+            assert!(validate_target_managers(n).is_ok());
+        }
+        for n in [0, 2, 4, 9] {
+            assert!(validate_target_managers(n).is_err());
+        }
+    }
+}
