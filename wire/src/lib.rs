@@ -373,3 +373,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(feature = "pin")]
+pub mod pin;
