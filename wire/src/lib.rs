@@ -336,7 +336,9 @@ mod tests {
         };
         assert!(!format!("{req:?}").contains("SWMTKN"));
         // but it is on the wire
-        assert!(serde_json::to_string(&req).unwrap().contains("SWMTKN-1-manager"));
+        assert!(serde_json::to_string(&req)
+            .unwrap()
+            .contains("SWMTKN-1-manager"));
     }
 
     #[test]
@@ -353,8 +355,7 @@ mod tests {
         let d = [0xabu8; 32];
         let s = format_fingerprint(&d);
         assert_eq!(parse_fingerprint(&s).unwrap(), d);
-        let colons = s[7..]
-            .as_bytes()
+        let colons = s.as_bytes()[7..]
             .chunks(2)
             .map(|c| std::str::from_utf8(c).unwrap().to_uppercase())
             .collect::<Vec<_>>()
