@@ -4,6 +4,8 @@
 //! Every secret-bearing field uses [`Secret`], whose `Debug` never prints the value and which
 //! has no `Display`, so a join token cannot reach a log line by accident.
 
+pub mod rendezvous;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
