@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command (README.md, .ci/run): set-up, lint, every test. Run as root: the lab
+# creates network namespaces and starts real Docker engines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== static release binaries (used by the lab tests)" >&2
+bash scripts/build-static.sh
+echo "== cargo test" >&2
+cargo test --workspace -- --test-threads=4
+echo "== cloud-init + terraform checks" >&2
+bash tests/iac/run.sh
+echo "== all tests passed" >&2
