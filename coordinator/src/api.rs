@@ -1,0 +1,781 @@
+//! The `/v1` HTTP API: routes, extractors that turn every bad input into a JSON error, and the
+//! handlers. Paths and bodies follow `swarmstrap_wire` (see its doc comments) and
+//! `coordinator/openapi.yaml`, which a test checks against [`route_table`].
+
+use crate::auth::{self, AuthBackoff};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use axum::extract::{
+    ConnectInfo, FromRequest, FromRequestParts, MatchedPath, RawPathParams, Request, State,
+};
+use axum::http::{header, request::Parts, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put, MethodRouter};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmstrap_wire::{
+    ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster, CreatedCluster, Document,
+    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
+    RegisterResponse, RenewRequest, Secret, MAX_WAIT_SECS,
+};
+use tokio::sync::watch;
+
+/// Largest request body of an API call.
+pub const API_BODY_LIMIT: usize = 64 * 1024;
+/// Largest document body (serialized JSON) stored under `/docs/{name}`.
+pub const DOC_LIMIT: usize = 1024 * 1024;
+/// Largest `PUT /docs/{name}` request: the document plus its envelope.
+pub const DOC_BODY_LIMIT: usize = DOC_LIMIT + 4096;
+
+/// Limits that protect the server from slow or hostile clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time allowed to receive a request's headers (also closes idle keep-alive connections).
+    pub header_read_timeout: Duration,
+    /// Time allowed to receive a whole request body.
+    pub body_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_long_polls: u64,
+    /// Failures in a row from one address before it is refused (429).
+    pub auth_failures_before_backoff: u32,
+    pub max_auth_backoff: Duration,
+    /// How long a graceful shutdown waits for open requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_long_polls: 8_192,
+            auth_failures_before_backoff: 5,
+            max_auth_backoff: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Default)]
+struct ClusterSignals {
+    /// Bumped when the cluster's lease/formation/nodes change.
+    state: Option<watch::Sender<u64>>,
+    /// Bumped when any of the cluster's documents changes.
+    docs: Option<watch::Sender<u64>>,
+}
+
+#[derive(Clone, Copy)]
+enum Signal {
+    State,
+    Docs,
+}
+
+pub struct Inner {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    backoff: AuthBackoff,
+    admin_token_sha256: [u8; 32],
+    signals: Mutex<HashMap<String, ClusterSignals>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Shared state of all handlers.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        admin_token: &Secret,
+        limits: Limits,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        AppState(Arc::new(Inner {
+            store,
+            metrics: Metrics::default(),
+            backoff: AuthBackoff::new(limits.auth_failures_before_backoff, limits.max_auth_backoff),
+            limits,
+            admin_token_sha256: auth::sha256(admin_token.expose().as_bytes()),
+            signals: Mutex::new(HashMap::new()),
+            shutdown,
+        }))
+    }
+
+    fn subscribe(&self, cluster: &str, which: Signal) -> watch::Receiver<u64> {
+        let mut map = self.signals.lock().expect("signals lock");
+        let s = map.entry(cluster.to_string()).or_default();
+        let slot = match which {
+            Signal::State => &mut s.state,
+            Signal::Docs => &mut s.docs,
+        };
+        slot.get_or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn notify(&self, cluster: &str, which: Signal) {
+        let map = self.signals.lock().expect("signals lock");
+        if let Some(s) = map.get(cluster) {
+            let slot = match which {
+                Signal::State => &s.state,
+                Signal::Docs => &s.docs,
+            };
+            if let Some(tx) = slot {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Wait up to `wait` for `check` to report done, re-checking whenever `which` fires.
+    async fn long_poll<T>(
+        &self,
+        cluster: &str,
+        which: Signal,
+        wait: u64,
+        mut check: impl FnMut() -> Result<(T, bool), ApiError>,
+    ) -> Result<T, ApiError> {
+        // Subscribe before the first check so no change between the two is missed.
+        let mut rx = self.subscribe(cluster, which);
+        let (value, done) = check()?;
+        if done || wait == 0 {
+            return Ok(value);
+        }
+        let _slot = LongPollSlot::acquire(self)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return check().map(|v| v.0);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return check().map(|v| v.0),
+                _ = shutdown.wait_for(|stop| *stop) => return check().map(|v| v.0),
+            }
+            let (value, done) = check()?;
+            if done {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+struct LongPollSlot<'a>(&'a Metrics);
+
+impl<'a> LongPollSlot<'a> {
+    fn acquire(state: &'a Inner) -> Result<Self, ApiError> {
+        let open = &state.metrics.open_long_polls;
+        let prev = open.fetch_add(1, Ordering::SeqCst);
+        if prev >= state.limits.max_long_polls {
+            open.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_long_polls",
+                format!(
+                    "the coordinator already holds {prev} open long-polls (limit {}); retry with backoff",
+                    state.limits.max_long_polls
+                ),
+            )
+            .retry_after(1));
+        }
+        Ok(LongPollSlot(&state.metrics))
+    }
+}
+
+impl Drop for LongPollSlot<'_> {
+    fn drop(&mut self) {
+        self.0.open_long_polls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors
+
+fn peer_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Compare a bearer token against a stored digest; count failures per address.
+fn check_bearer(
+    state: &AppState,
+    parts: &Parts,
+    expected: Result<Option<[u8; 32]>, StoreError>,
+) -> Result<(), ApiError> {
+    let ip = peer_ip(parts);
+    let token = auth::bearer(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let expected = expected.map_err(ApiError::from)?;
+    // Hash and compare even for an unknown cluster, so both cost the same.
+    let given = auth::sha256(token.unwrap_or("").as_bytes());
+    let ok = match expected {
+        Some(digest) => auth::digest_eq(&given, &digest) && token.is_some(),
+        None => {
+            let _ = auth::digest_eq(&given, &[0u8; 32]);
+            false
+        }
+    };
+    if ok {
+        state.backoff.success(ip);
+        return Ok(());
+    }
+    state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    if let Some(block) = state.backoff.failure(ip) {
+        tracing::warn!(peer = %ip, block_secs = block.as_secs(), "repeated authentication failures; backing off");
+    }
+    Err(ApiError::unauthorized())
+}
+
+fn refuse_if_blocked(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    if let Some(left) = state.backoff.blocked(peer_ip(parts)) {
+        let secs = left.as_secs_f64().ceil() as u64;
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures",
+            format!("too many failed authentications from this address; retry in {secs} s"),
+        )
+        .retry_after(secs));
+    }
+    Ok(())
+}
+
+fn path_param<'a>(params: &'a RawPathParams, name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+/// A request authenticated with the join secret of the cluster named in the path.
+pub struct ClusterAuth {
+    pub cluster: String,
+}
+
+impl FromRequestParts<AppState> for ClusterAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        refuse_if_blocked(state, parts)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+        let cluster = path_param(&params, "cluster").unwrap_or("").to_string();
+        // An invalid name cannot exist: answer exactly like an unknown cluster.
+        let expected = if swarmstrap_wire::validate_name(&cluster).is_ok() {
+            state.store.cluster_secret_hash(&cluster)
+        } else {
+            Ok(None)
+        };
+        check_bearer(state, parts, expected)?;
+        Ok(ClusterAuth { cluster })
+    }
+}
+
+/// A request authenticated with the admin token.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        refuse_if_blocked(state, parts)?;
+        check_bearer(state, parts, Ok(Some(state.admin_token_sha256))).map_err(|mut e| {
+            if e.code == "unauthorized" {
+                e.message = "missing or wrong admin token: send `Authorization: Bearer <DATA_DIR/admin.token>`".into();
+            }
+            e
+        })?;
+        Ok(AdminAuth)
+    }
+}
+
+/// A validated `{name}` path parameter (document name).
+pub struct DocName(pub String);
+
+impl FromRequestParts<AppState> for DocName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+        let name = path_param(&params, "name").unwrap_or("").to_string();
+        swarmstrap_wire::validate_name(&name)
+            .map_err(|m| ApiError::bad_request("invalid_name", format!("document {m}")))?;
+        Ok(DocName(name))
+    }
+}
+
+/// A validated `{cluster}` path parameter for admin routes.
+pub struct ClusterName(pub String);
+
+impl FromRequestParts<AppState> for ClusterName {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
+        let name = path_param(&params, "cluster").unwrap_or("").to_string();
+        swarmstrap_wire::validate_name(&name)
+            .map_err(|m| ApiError::bad_request("invalid_name", format!("cluster {m}")))?;
+        Ok(ClusterName(name))
+    }
+}
+
+/// Query string, with a JSON 400 on anything malformed.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// A JSON body of at most `LIMIT` bytes that must arrive within the body read timeout and
+/// carry `Content-Type: application/json`.
+pub struct ApiJson<T, const LIMIT: usize = API_BODY_LIMIT>(pub T);
+
+impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<AppState> for ApiJson<T, LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected Content-Type: application/json, got {:?}", ct),
+            ));
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body exceeds {LIMIT} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > LIMIT as u64) {
+            return Err(too_large());
+        }
+        let body = Limited::new(req.into_body(), LIMIT);
+        let bytes = match tokio::time::timeout(state.limits.body_read_timeout, body.collect()).await
+        {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        state.limits.body_read_timeout.as_secs_f64()
+                    ),
+                ))
+            }
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+            Ok(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "bad_body",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        serde_json::from_slice(&bytes).map(ApiJson).map_err(|e| {
+            use serde_json::error::Category;
+            match e.classify() {
+                Category::Data => ApiError::bad_request(
+                    "invalid_request",
+                    format!("the JSON body does not match the expected shape: {e}"),
+                ),
+                _ => ApiError::bad_request(
+                    "malformed_json",
+                    format!("the body is not valid JSON: {e}"),
+                ),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+/// Every route: method, path template, handler. The router is built from this list and the
+/// OpenAPI test reads it, so the two cannot drift apart silently.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/healthz", get(healthz)),
+        (Method::GET, "/readyz", get(readyz)),
+        (Method::GET, "/metrics", get(metrics)),
+        (Method::GET, "/v1/clusters/{cluster}", get(cluster_status)),
+        (Method::POST, "/v1/clusters/{cluster}/nodes", post(register)),
+        (Method::POST, "/v1/clusters/{cluster}/claim", post(claim)),
+        (
+            Method::POST,
+            "/v1/clusters/{cluster}/claim/renew",
+            post(renew),
+        ),
+        (
+            Method::POST,
+            "/v1/clusters/{cluster}/publish",
+            post(publish),
+        ),
+        (Method::GET, "/v1/clusters/{cluster}/join", get(join)),
+        (
+            Method::GET,
+            "/v1/clusters/{cluster}/docs/{name}",
+            get(get_doc),
+        ),
+        (
+            Method::PUT,
+            "/v1/clusters/{cluster}/docs/{name}",
+            put(put_doc),
+        ),
+        (Method::GET, "/v1/admin/clusters", get(admin_list)),
+        (Method::POST, "/v1/admin/clusters", post(admin_create)),
+        (Method::GET, "/v1/admin/clusters/{cluster}", get(admin_show)),
+        (
+            Method::POST,
+            "/v1/admin/clusters/{cluster}/reset",
+            post(admin_reset),
+        ),
+    ]
+}
+
+/// (method, path) of every route.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    for (_, path, mr) in routes() {
+        r = r.route(path, mr);
+    }
+    r.method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found_route(method.as_str(), uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+/// One log line and one metrics sample per request: method, route template, status, latency.
+/// Never bodies or headers.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    state
+        .metrics
+        .record(method.as_str(), &route, status, elapsed.as_secs_f64());
+    tracing::info!(
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = format_args!("{:.3}", elapsed.as_secs_f64() * 1000.0),
+        peer = %peer,
+        "request"
+    );
+    resp
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(5), state.store.probe_write()).await {
+        Ok(Ok(())) => Ok(Json(serde_json::json!({"status": "ready"}))),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store does not accept writes: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "a store write did not finish within 5 s",
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (clusters, nodes) = match state.store.counts() {
+        Ok((c, n)) => (Some(c), Some(n)),
+        Err(_) => (None, None),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(clusters, nodes),
+    )
+        .into_response()
+}
+
+async fn cluster_status(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(state.store.status(&auth.cluster)?))
+}
+
+async fn register(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let w = state.store.register(auth.cluster.clone(), req).await?;
+    if w.changed {
+        state.notify(&auth.cluster, Signal::State);
+    }
+    Ok(Json(w.value))
+}
+
+async fn claim(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<ClaimRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    let w = state
+        .store
+        .claim(auth.cluster.clone(), req.node_id, req.ttl_ms)
+        .await?;
+    if w.changed {
+        state.notify(&auth.cluster, Signal::State);
+    }
+    Ok(Json(w.value))
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    let w = state.store.renew(auth.cluster.clone(), req).await?;
+    if w.changed {
+        state.notify(&auth.cluster, Signal::State);
+    }
+    Ok(Json(w.value))
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<PublishRequest>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let w = state.store.publish(auth.cluster.clone(), req).await?;
+    if w.changed {
+        tracing::info!(cluster = %auth.cluster, "cluster formed: join tokens published");
+        state.notify(&auth.cluster, Signal::State);
+    }
+    Ok(Json(PublishResponse { phase: w.value }))
+}
+
+fn check_wait(wait: Option<u64>) -> Result<u64, ApiError> {
+    let wait = wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("wait={wait} is longer than the maximum of {MAX_WAIT_SECS} seconds"),
+        ));
+    }
+    Ok(wait)
+}
+
+#[derive(Deserialize)]
+struct JoinQuery {
+    node_id: String,
+    wait: Option<u64>,
+}
+
+async fn join(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiQuery(q): ApiQuery<JoinQuery>,
+) -> Result<Json<JoinResponse>, ApiError> {
+    let wait = check_wait(q.wait)?;
+    let store = state.store.clone();
+    let resp = state
+        .long_poll(&auth.cluster, Signal::State, wait, || {
+            let r = store.join(&auth.cluster, &q.node_id)?;
+            let done = r.join.is_some();
+            Ok((r, done))
+        })
+        .await?;
+    Ok(Json(resp))
+}
+
+#[derive(Deserialize)]
+struct DocQuery {
+    after: Option<u64>,
+    wait: Option<u64>,
+}
+
+async fn get_doc(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    DocName(name): DocName,
+    ApiQuery(q): ApiQuery<DocQuery>,
+) -> Result<Json<Document>, ApiError> {
+    let wait = check_wait(q.wait)?;
+    let store = state.store.clone();
+    let after = q.after;
+    let doc = state
+        .long_poll(
+            &auth.cluster,
+            Signal::Docs,
+            if after.is_some() { wait } else { 0 },
+            || {
+                let d = store.get_doc(&auth.cluster, &name)?;
+                let done = after.is_none_or(|a| d.version > a);
+                Ok((d, done))
+            },
+        )
+        .await?;
+    Ok(Json(doc))
+}
+
+async fn put_doc(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    DocName(name): DocName,
+    ApiJson(write): ApiJson<DocumentWrite, DOC_BODY_LIMIT>,
+) -> Result<Json<Document>, ApiError> {
+    let size = serde_json::to_vec(&write.body)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > DOC_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "document_too_large",
+            format!("the document body is {size} bytes; the limit is {DOC_LIMIT}"),
+        ));
+    }
+    let doc = state
+        .store
+        .put_doc(auth.cluster.clone(), name, write)
+        .await?;
+    state.notify(&auth.cluster, Signal::Docs);
+    Ok(Json(doc))
+}
+
+async fn admin_list(
+    State(state): State<AppState>,
+    _: AdminAuth,
+) -> Result<Json<Vec<ClusterStatus>>, ApiError> {
+    Ok(Json(state.store.list()?))
+}
+
+async fn admin_create(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<CreateCluster>,
+) -> Result<(StatusCode, Json<CreatedCluster>), ApiError> {
+    let created = create_cluster(&state.store, req).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Create a cluster with the given or a generated secret (shared by the admin API and the
+/// CLI's direct mode).
+pub async fn create_cluster(store: &Store, req: CreateCluster) -> Result<CreatedCluster, ApiError> {
+    let secret = match req.secret {
+        Some(s) => {
+            auth::validate_secret(&s).map_err(|m| ApiError::bad_request("invalid_secret", m))?;
+            s
+        }
+        None => auth::generate_secret(),
+    };
+    let status = store
+        .create_cluster(
+            req.name,
+            req.target_managers,
+            auth::sha256(secret.expose().as_bytes()),
+        )
+        .await?;
+    tracing::info!(cluster = %status.name, target_managers = status.target_managers, "cluster created");
+    Ok(CreatedCluster {
+        name: status.name,
+        target_managers: status.target_managers,
+        secret,
+    })
+}
+
+async fn admin_show(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ClusterName(name): ClusterName,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(state.store.status(&name)?))
+}
+
+async fn admin_reset(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ClusterName(name): ClusterName,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let status = state.store.reset(name.clone()).await?;
+    tracing::warn!(cluster = %name, resets = status.resets, "cluster reset by the operator: one new init is allowed");
+    state.notify(&name, Signal::State);
+    Ok(Json(status))
+}

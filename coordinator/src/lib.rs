@@ -1,0 +1,13 @@
+//! swarm-coordinator: the rendezvous service of swarmstrap. A small HTTPS API that lets the
+//! nodes of a cluster elect the one that runs `docker swarm init`, publish its join tokens,
+//! and hand every other node the token of its role. See README.md and openapi.yaml.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod datadir;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod tls;
