@@ -1,0 +1,142 @@
+"""Variables for the cloud-init templates, built the way the Terraform modules build them, and
+helpers to pull files back out of a rendered cloud-config. Shared by render_node.py and the
+tests."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import yaml
+
+import tfrender
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CLOUD_INIT = os.path.join(REPO, "cloud-init")
+NODE_TEMPLATE = os.path.join(CLOUD_INIT, "node.yaml.tftpl")
+COORDINATOR_TEMPLATE = os.path.join(CLOUD_INIT, "coordinator.yaml.tftpl")
+CONFIG_PATH = "/etc/swarm-agent/config.toml"
+JOIN_SECRET_PATH = "/etc/swarm-agent/join-secret"
+# AWS refuses user-data above 16 KB (before base64); the modules send it uncompressed.
+AWS_USER_DATA_LIMIT = 16384
+
+CLUSTER_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_AGENT_URL = "https://example.invalid/swarm-agent"
+
+
+def read(name: str) -> str:
+    with open(os.path.join(CLOUD_INIT, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def node_vars(
+    *,
+    cluster: str,
+    backend: str = "coordinator",
+    role: str = "auto",
+    target_managers: int = 3,
+    advertise_addr: str = "auto",
+    coordinator_url: str = "",
+    coordinator_fingerprint: str = "",
+    join_secret: str = "",
+    sm_secret_name: str = "",
+    sm_region: str = "",
+    sm_kms_key_id: str = "",
+    sm_endpoint_url: str = "",
+    lb_enabled: bool = True,
+    lb_path: str = "/loadbalancer/default.conf",
+    agent_url: str = DEFAULT_AGENT_URL,
+    agent_sha256: str = "0" * 64,
+    docker_version: str = "distro",
+    docker_log_max_size: str = "10m",
+    docker_log_max_file: str = "3",
+) -> dict:
+    """The vars map of node.yaml.tftpl (the modules pass exactly these keys)."""
+    if not CLUSTER_RE.match(cluster):
+        raise ValueError(
+            f"cluster {cluster!r}: use 1-32 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    if backend not in ("coordinator", "secrets-manager"):
+        raise ValueError(f"backend {backend!r}: must be coordinator or secrets-manager")
+    if role not in ("auto", "manager", "worker"):
+        raise ValueError(f"role {role!r}: must be auto, manager or worker")
+    if target_managers not in (1, 3, 5, 7):
+        raise ValueError(f"target_managers {target_managers}: must be 1, 3, 5 or 7")
+    if backend == "coordinator":
+        if not coordinator_url.startswith("https://"):
+            raise ValueError(f"coordinator url {coordinator_url!r}: must start with https://")
+        if not FINGERPRINT_RE.match(coordinator_fingerprint):
+            raise ValueError(
+                f"fingerprint {coordinator_fingerprint!r}: must be sha256: and 64 lowercase hex digits"
+            )
+        if not join_secret:
+            raise ValueError("the coordinator backend needs a join secret")
+    else:
+        if not sm_secret_name or not sm_region:
+            raise ValueError("the secrets-manager backend needs a secret name and a region")
+    if not SHA256_RE.match(agent_sha256):
+        raise ValueError(f"agent sha256 {agent_sha256!r}: must be 64 lowercase hex digits")
+    return {
+        "cluster": cluster,
+        "backend": backend,
+        "role": role,
+        "target_managers": target_managers,
+        "advertise_addr": advertise_addr,
+        "coordinator_url": coordinator_url,
+        "coordinator_fingerprint": coordinator_fingerprint,
+        "join_secret": join_secret,
+        "sm_secret_name": sm_secret_name,
+        "sm_region": sm_region,
+        "sm_kms_key_id": sm_kms_key_id,
+        "sm_endpoint_url": sm_endpoint_url,
+        "lb_enabled": lb_enabled,
+        "lb_path": lb_path,
+        "agent_url": agent_url,
+        "agent_sha256": agent_sha256,
+        "docker_version": docker_version,
+        "docker_log_max_size": docker_log_max_size,
+        "docker_log_max_file": docker_log_max_file,
+        "agent_unit": read("swarm-agent.service"),
+        "install_script": read("swarmstrap-install.sh"),
+    }
+
+
+def coordinator_vars(
+    *,
+    cluster: str,
+    target_managers: int = 3,
+    cluster_secret: str,
+    tls_cert_pem: str,
+    tls_key_pem: str,
+    coordinator_binary_url: str = "https://example.com/releases/v0.1.0/swarm-coordinator-x86_64-linux",
+    coordinator_binary_sha256: str = "1" * 64,
+) -> dict:
+    """The vars map of coordinator.yaml.tftpl."""
+    return {
+        "cluster": cluster,
+        "target_managers": target_managers,
+        "cluster_secret": cluster_secret,
+        "tls_cert_pem": tls_cert_pem,
+        "tls_key_pem": tls_key_pem,
+        "coordinator_binary_url": coordinator_binary_url,
+        "coordinator_binary_sha256": coordinator_binary_sha256,
+        "coordinator_unit": read("swarm-coordinator.service"),
+        "install_script": read("swarmstrap-install.sh"),
+    }
+
+
+def render_node(variables: dict) -> str:
+    return tfrender.render_file(NODE_TEMPLATE, variables)
+
+
+def render_coordinator(variables: dict) -> str:
+    return tfrender.render_file(COORDINATOR_TEMPLATE, variables)
+
+
+def write_files(user_data: str) -> dict:
+    """path -> write_files entry of a rendered cloud-config."""
+    doc = yaml.safe_load(user_data)
+    return {e["path"]: e for e in doc.get("write_files", [])}

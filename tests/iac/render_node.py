@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Render cloud-init/node.yaml.tftpl the way the Terraform modules do and extract the exact
+files it would write, so other tests (the lab end-to-end test) can run the real swarm-agent with
+exactly the configuration a cloud VM gets. Stable entry point: see tests/iac/README.md.
+
+    python3 tests/iac/render_node.py --out-dir DIR --cluster NAME \
+        --coordinator-url https://198.18.0.2:8443 --fingerprint sha256:<64 hex> \
+        --join-secret-file FILE --advertise 198.18.0.11 [--role auto] [--target-managers 3]
+
+Writes, in DIR:
+  user-data.yaml   the rendered cloud-config (what the VM receives)
+  config.toml      exactly what cloud-init writes to /etc/swarm-agent/config.toml (mode 0600)
+  join-secret      exactly what it writes to /etc/swarm-agent/join-secret (0600; coordinator
+                   backend only)
+and prints a JSON object with those paths on stdout. The join secret is read from a file, never
+taken from the command line. Exit status 2 on bad input, with a message saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import nodecfg  # noqa: E402
+
+
+def write_private(path: str, content: str) -> None:
+    """Create path with mode 0600 (atomically: temp file in the same dir, then rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", required=True, help="directory for the rendered files (created)")
+    p.add_argument("--cluster", required=True, help="cluster name")
+    p.add_argument("--backend", default="coordinator", choices=["coordinator", "secrets-manager"])
+    p.add_argument("--role", default="auto", choices=["auto", "manager", "worker"])
+    p.add_argument("--target-managers", type=int, default=3, choices=[1, 3, 5, 7])
+    p.add_argument(
+        "--advertise",
+        default="auto",
+        help="advertise_addr: auto | interface:NAME | aws | digitalocean | scaleway | an IP",
+    )
+    p.add_argument("--coordinator-url", default="", help="https://IP:PORT (coordinator backend)")
+    p.add_argument("--fingerprint", default="", help="sha256:<64 hex> pin of the coordinator cert")
+    p.add_argument(
+        "--join-secret-file", default="", help="file holding the cluster secret (coordinator backend)"
+    )
+    p.add_argument("--secret-name", default="", help="Secrets Manager secret (secrets-manager backend)")
+    p.add_argument("--region", default="", help="AWS region (secrets-manager backend)")
+    p.add_argument("--kms-key-id", default="")
+    p.add_argument("--endpoint-url", default="", help="Secrets Manager endpoint override (tests)")
+    p.add_argument("--no-lb", action="store_true", help="render [lb] enabled = false")
+    p.add_argument("--lb-path", default="/loadbalancer/default.conf")
+    p.add_argument("--agent-url", default=nodecfg.DEFAULT_AGENT_URL)
+    p.add_argument("--agent-sha256", default="0" * 64)
+    p.add_argument("--docker-version", default="distro")
+    a = p.parse_args(argv)
+
+    join_secret = ""
+    if a.join_secret_file:
+        try:
+            with open(a.join_secret_file, encoding="utf-8") as f:
+                join_secret = f.read().strip()
+        except OSError as e:
+            print(f"render_node: cannot read --join-secret-file {a.join_secret_file}: {e}", file=sys.stderr)
+            return 2
+    try:
+        variables = nodecfg.node_vars(
+            cluster=a.cluster,
+            backend=a.backend,
+            role=a.role,
+            target_managers=a.target_managers,
+            advertise_addr=a.advertise,
+            coordinator_url=a.coordinator_url,
+            coordinator_fingerprint=a.fingerprint,
+            join_secret=join_secret,
+            sm_secret_name=a.secret_name,
+            sm_region=a.region,
+            sm_kms_key_id=a.kms_key_id,
+            sm_endpoint_url=a.endpoint_url,
+            lb_enabled=not a.no_lb,
+            lb_path=a.lb_path,
+            agent_url=a.agent_url,
+            agent_sha256=a.agent_sha256,
+            docker_version=a.docker_version,
+        )
+    except ValueError as e:
+        print(f"render_node: {e}", file=sys.stderr)
+        return 2
+
+    user_data = nodecfg.render_node(variables)
+    files = nodecfg.write_files(user_data)
+    os.makedirs(a.out_dir, exist_ok=True)
+    out = {"user_data": os.path.join(a.out_dir, "user-data.yaml")}
+    write_private(out["user_data"], user_data)
+    out["config"] = os.path.join(a.out_dir, "config.toml")
+    write_private(out["config"], files[nodecfg.CONFIG_PATH]["content"])
+    if nodecfg.JOIN_SECRET_PATH in files:
+        out["join_secret"] = os.path.join(a.out_dir, "join-secret")
+        write_private(out["join_secret"], files[nodecfg.JOIN_SECRET_PATH]["content"])
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
