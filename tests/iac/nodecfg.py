@@ -23,6 +23,7 @@ AWS_USER_DATA_LIMIT = 16384
 CLUSTER_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SECRET_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
 DEFAULT_AGENT_URL = "https://example.invalid/swarm-agent"
 
 
@@ -72,8 +73,11 @@ def node_vars(
             raise ValueError(
                 f"fingerprint {coordinator_fingerprint!r}: must be sha256: and 64 lowercase hex digits"
             )
-        if not join_secret:
-            raise ValueError("the coordinator backend needs a join secret")
+        if not SECRET_RE.match(join_secret):
+            raise ValueError(
+                "the coordinator backend needs a join secret of 16-256 printable ASCII characters "
+                "without spaces (what swarm-coordinator accepts)"
+            )
     else:
         if not sm_secret_name or not sm_region:
             raise ValueError("the secrets-manager backend needs a secret name and a region")

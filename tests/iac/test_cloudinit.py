@@ -51,7 +51,7 @@ NODE_SCENARIOS = {
     "scaleway_worker": dict(
         cluster="staging-eu", backend="coordinator", role="worker", target_managers=5,
         advertise_addr="scaleway", coordinator_url="https://172.16.64.10:8443",
-        coordinator_fingerprint=FP, join_secret='we"ird\\secret <&> $HOME `x`',
+        coordinator_fingerprint=FP, join_secret='we"ird\\secret<&>$HOME`x`${y}',
         agent_url=AGENT_URL, agent_sha256=AGENT_SHA, docker_version="24.0.7-0ubuntu4",
         lb_enabled=False,
     ),
@@ -70,7 +70,7 @@ NODE_SCENARIOS = {
     "lab": dict(
         cluster="lab", backend="coordinator", role="auto", target_managers=1,
         advertise_addr="198.18.0.11", coordinator_url="https://198.18.0.2:8443",
-        coordinator_fingerprint=FP, join_secret="s3cret",
+        coordinator_fingerprint=FP, join_secret="lab-secret-0123456789",
     ),
 }
 
@@ -82,11 +82,12 @@ COMMON_KEYS = {
 
 def assert_fully_rendered(test, name, template, variables):
     """No template syntax is left over. The embedded files (units, install script) are shell
-    and legitimately contain ${...}, so check a render where they are placeholders."""
-    probe = dict(variables)
-    for key in ("agent_unit", "install_script", "coordinator_unit", "tls_cert_pem", "tls_key_pem"):
-        if key in probe:
-            probe[key] = f"<{key}>"
+    and legitimately contain ${...} (values may too), so check a render where every value
+    holding template-like text is a placeholder."""
+    probe = {
+        k: f"<{k}>" if isinstance(v, str) and ("${" in v or "%{" in v) else v
+        for k, v in variables.items()
+    }
     text = tfrender.render_file(template, probe)
     for marker in ("${", "%{"):
         test.assertNotIn(marker, text, f"{name}: unrendered {marker} left")
@@ -258,15 +259,17 @@ class CoordinatorTemplateTest(unittest.TestCase):
         self.assertEqual(unit, nodecfg.read("swarm-coordinator.service"))
         self.assertIn("--tls-cert /etc/swarm-coordinator/tls.crt --tls-key /etc/swarm-coordinator/tls.key", unit)
         runcmd = yaml.safe_load(text)["runcmd"]
-        self.assertEqual(runcmd[0][2:5], ["install", "--name", "swarm-coordinator"])
-        self.assertIn("swarm-coordinator.service", runcmd[0])
-        create = runcmd[1]
-        self.assertEqual(create[2:4], ["retry", "300"])
+        self.assertEqual(runcmd[0], "set -e")
+        self.assertEqual(runcmd[1][2:5], ["install", "--name", "swarm-coordinator"])
+        self.assertEqual(runcmd[1][-2:], ["--docker", "none"])
         self.assertEqual(
-            create[4:],
+            runcmd[2],
             ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers",
-             "5", "--secret-file", "/etc/swarm-coordinator/cluster.secret"],
+             "5", "--secret-file", "/etc/swarm-coordinator/cluster.secret",
+             "--data-dir", "/var/lib/swarm-coordinator"],
         )
+        self.assertEqual(runcmd[3], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
+        self.assertIn("--data-dir /var/lib/swarm-coordinator", unit)
         # The secret never reaches a command line.
         self.assertNotIn("Zx8kP2qLm9Vt4Rw7", json.dumps(runcmd))
 
@@ -328,7 +331,7 @@ class RenderNodeCliTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             secret_file = os.path.join(tmp, "secret")
             with open(secret_file, "w") as f:
-                f.write("lab-secret-123\n")
+                f.write("lab-secret-0123456789\n")
             out_dir = os.path.join(tmp, "out")
             proc = self.run_cli(
                 "--out-dir", out_dir, "--cluster", "lab", "--coordinator-url", "https://198.18.0.2:8443",
@@ -337,7 +340,7 @@ class RenderNodeCliTest(unittest.TestCase):
             )
             self.assertEqual(proc.returncode, 0, proc.stderr)
             paths = json.loads(proc.stdout)
-            expected = nodecfg.render_node(nodecfg.node_vars(**{**NODE_SCENARIOS["lab"], "join_secret": "lab-secret-123"}))
+            expected = nodecfg.render_node(nodecfg.node_vars(**{**NODE_SCENARIOS["lab"], "join_secret": "lab-secret-0123456789"}))
             with open(paths["user_data"]) as f:
                 self.assertEqual(f.read(), expected)
             with open(paths["config"]) as f:
@@ -347,7 +350,7 @@ class RenderNodeCliTest(unittest.TestCase):
             self.assertEqual(cfg["coordinator"]["tls_fingerprint"], FP)
             self.assertEqual(cfg["advertise_addr"], "198.18.0.11")
             with open(paths["join_secret"]) as f:
-                self.assertEqual(f.read(), "lab-secret-123")
+                self.assertEqual(f.read(), "lab-secret-0123456789")
             for key in ("user_data", "config", "join_secret"):
                 self.assertEqual(os.stat(paths[key]).st_mode & 0o777, 0o600, key)
 
