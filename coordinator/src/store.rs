@@ -510,12 +510,9 @@ impl Store {
         self.write(move |txn| {
             let mut rec = get_cluster(txn, &cluster)?
                 .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            let node = get_node(txn, &cluster, &node_id)?.ok_or_else(|| {
-                StoreError::NodeNotRegistered {
-                    cluster: cluster.clone(),
-                    node: node_id.clone(),
-                }
-            })?;
+            // Registration is not required to claim, but a node registered as a worker must
+            // never run `swarm init`: that would add a manager beyond the target.
+            let node = get_node(txn, &cluster, &node_id)?;
             let now = now_ms();
             if rec.formed.is_some() {
                 return Ok(Written {
@@ -538,7 +535,7 @@ impl Store {
                     changed: false,
                 });
             }
-            if node.role != Role::Manager {
+            if node.is_some_and(|n| n.role == Role::Worker) {
                 return Err(StoreError::NotAManager(node_id));
             }
             // Open, or an expired unpublished lease: grant a new lease under a new token.

@@ -1,0 +1,484 @@
+//! The /v1 API over real TCP + TLS: a server from `server::run` on 127.0.0.1:0 with a
+//! self-signed certificate, and a reqwest client pinning it.
+
+mod common;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn pinned_client_connects_and_wrong_pin_is_refused() {
+    let srv = TestServer::start().await;
+    let (s, body) = srv.get("/healthz").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, r#"{"status":"ok"}"#);
+
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    assert_ne!(wrong, srv.fingerprint);
+    let err = pinned_client(&wrong)
+        .get(format!("{}/healthz", srv.base))
+        .send()
+        .await
+        .expect_err("a client with the wrong pin must not connect");
+    assert!(err.is_connect() || err.is_request(), "unexpected error kind: {err:?}");
+
+    // The server is fine afterwards.
+    assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(srv.get("/readyz").await.0, StatusCode::OK);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn hundred_concurrent_claimants_get_exactly_one_lease() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("race", 3).await;
+    let mut tasks = vec![];
+    for i in 0..100 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = format!("node-{i}");
+            let (s, b) = api.claim(&node, 30_000).await;
+            assert_eq!(s, StatusCode::OK, "claim {node}: {b}");
+            (node, b)
+        }));
+    }
+    let mut granted = vec![];
+    let mut holders = HashSet::new();
+    let mut tokens = HashSet::new();
+    for t in tasks {
+        let (node, b) = t.await.unwrap();
+        let lease = &b["lease"];
+        holders.insert(lease["holder"].as_str().unwrap().to_string());
+        tokens.insert(lease["fencing_token"].as_u64().unwrap());
+        assert_eq!(b["phase"], "claimed");
+        if b["granted"] == true {
+            assert_eq!(lease["holder"], node.as_str());
+            granted.push(node);
+        }
+    }
+    assert_eq!(granted.len(), 1, "exactly one claimant is granted: {granted:?}");
+    assert_eq!(holders.len(), 1, "everyone is told the same holder: {holders:?}");
+    assert_eq!(tokens.len(), 1, "everyone is told the same token: {tokens:?}");
+    assert!(holders.contains(&granted[0]));
+
+    // The holder's retry is granted again with the same token (idempotent).
+    let (_, again) = api.claim(&granted[0], 30_000).await;
+    assert_eq!(again["granted"], true);
+    assert_eq!(
+        again["lease"]["fencing_token"].as_u64(),
+        tokens.iter().next().copied()
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn publish_is_fenced_and_formed_cluster_refuses_claims() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("fence", 3).await;
+    api.register("a", "auto").await;
+    api.register("b", "auto").await;
+    let (_, c) = api.claim("a", 30_000).await;
+    assert_eq!(c["granted"], true);
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+
+    // A node that never held the lease, even with the current token.
+    let (s, b) = api.publish("b", token).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "not_lease_holder", "{b}");
+    // The holder with a wrong (stale) token.
+    let (s, b) = api.publish("a", token - 1).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "stale_fencing_token", "{b}");
+    // Renew by a non-holder.
+    let (s, b) = api
+        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "b", "fencing_token": token, "ttl_ms": 5000})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "lease_lost");
+    // Renew by the holder.
+    let (s, b) = api
+        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": 60000})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["granted"], true);
+    assert!(b["lease"]["expires_in_ms"].as_u64().unwrap() > 30_000);
+
+    // The holder publishes; an identical retry is fine; different data is not.
+    let (s, b) = api.publish("a", token).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["phase"], "formed");
+    let (s, _) = api.publish("a", token).await;
+    assert_eq!(s, StatusCode::OK, "identical re-publish is idempotent");
+    let mut different = publish_body("a", token);
+    different["swarm_id"] = json!("other-swarm");
+    let (s, b) = api.call(Method::POST, "/publish", Some(different)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "already_formed");
+
+    // Formed: no claim is ever granted again.
+    for node in ["a", "b", "c"] {
+        let (s, b) = api.claim(node, 30_000).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(b["granted"], false, "{b}");
+        assert_eq!(b["phase"], "formed");
+    }
+
+    // Status: formed, no secrets.
+    let st = api.status().await;
+    assert_eq!(st["phase"], "formed");
+    assert_eq!(st["swarm_id"], "swarm-abc");
+    let text = st.to_string();
+    assert!(!text.contains(MANAGER_TOKEN) && !text.contains(WORKER_TOKEN));
+    assert!(!text.contains(&api.secret));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn expired_unpublished_lease_is_taken_over() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("takeover", 3).await;
+    let (_, first) = api.claim("slow", 1).await; // clamped up to the 1 s minimum
+    assert_eq!(first["granted"], true);
+    let old = first["lease"]["fencing_token"].as_u64().unwrap();
+    assert!(first["lease"]["expires_in_ms"].as_u64().unwrap() <= 1000);
+
+    // Wait for the expiry by polling the claim itself, with a deadline.
+    let taken = wait_for("the lease to expire and be taken over", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let (_, b) = api.claim("fast", 30_000).await;
+            (b["granted"] == true).then_some(b)
+        }
+    })
+    .await;
+    let new = taken["lease"]["fencing_token"].as_u64().unwrap();
+    assert!(new > old, "a takeover gets a new, larger fencing token ({new} > {old})");
+
+    // The old holder is fenced off.
+    let (s, b) = api.publish("slow", old).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "stale_fencing_token");
+    let (s, b) = api
+        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "slow", "fencing_token": old, "ttl_ms": 5000})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "lease_lost");
+    // The new holder publishes.
+    let (s, _) = api.publish("fast", new).await;
+    assert_eq!(s, StatusCode::OK);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn publish_after_lease_expiry_is_refused() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("late", 1).await;
+    let (_, c) = api.claim("a", 1000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    // Wait (polling the status) until the lease has run out, nobody took it over.
+    wait_for("the lease to expire", Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { (api.status().await["phase"] == "open").then_some(()) }
+    })
+    .await;
+    let (s, b) = api.publish("a", token).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "lease_expired", "{b}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn join_long_poll_returns_within_100ms_of_publish() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("fast", 1).await;
+    assert_eq!(api.register("m1", "auto").await["role"], "manager");
+    assert_eq!(api.register("w1", "auto").await["role"], "worker");
+
+    // Not registered: 404.
+    let (s, b) = api.call(Method::GET, "/join?node_id=ghost", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b["error"], "node_not_registered");
+    // Not formed and no wait: answers at once without join info.
+    let (s, b) = api.call(Method::GET, "/join?node_id=w1", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["join"], Value::Null);
+
+    let (_, c) = api.claim("m1", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let r = api.call(Method::GET, "/join?node_id=w1&wait=30", None).await;
+            (r, Instant::now())
+        })
+    };
+    // Wait until the long-poll is parked on the server (watch the gauge).
+    let s = &srv;
+    wait_for("the long-poll to be parked", Duration::from_secs(10), || async move {
+        (s.metric("swarm_coordinator_open_long_polls ").await >= 1.0).then_some(())
+    })
+    .await;
+    let published_at = Instant::now();
+    let (s, _) = api.publish("m1", token).await;
+    assert_eq!(s, StatusCode::OK);
+    let ((s, b), answered_at) = waiter.await.unwrap();
+    let latency = answered_at.saturating_duration_since(published_at);
+    eprintln!("long-poll answered {latency:?} after the publish request was sent");
+    assert!(latency < Duration::from_millis(100), "long-poll took {latency:?}");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["phase"], "formed");
+    assert_eq!(b["join"]["role"], "worker");
+    assert_eq!(b["join"]["token"], WORKER_TOKEN, "a worker gets the worker token only");
+    assert!(!b.to_string().contains(MANAGER_TOKEN));
+
+    let (_, b) = api.call(Method::GET, "/join?node_id=m1&wait=5", None).await;
+    assert_eq!(b["join"]["token"], MANAGER_TOKEN);
+    assert_eq!(b["join"]["manager_addrs"], json!(["198.18.0.10:2377"]));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn reset_allows_exactly_one_new_init() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("again", 3).await;
+    let (_, c) = api.claim("a", 30_000).await;
+    let first = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("a", first).await.0, StatusCode::OK);
+    assert_eq!(api.claim("b", 30_000).await.1["granted"], false);
+
+    let (s, st) = srv
+        .admin(Method::POST, "/v1/admin/clusters/again/reset", Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["resets"], 1);
+    assert_eq!(st["phase"], "open");
+
+    let mut tasks = vec![];
+    for i in 0..20 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move { api.claim(&format!("r{i}"), 30_000).await.1 }));
+    }
+    let mut winners = vec![];
+    let mut new_token = 0;
+    for t in tasks {
+        let b = t.await.unwrap();
+        new_token = b["lease"]["fencing_token"].as_u64().unwrap();
+        if b["granted"] == true {
+            winners.push(b["lease"]["holder"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one new init after a reset");
+    assert!(new_token > first, "fencing tokens are never reused across resets");
+    // The old holder's token is dead.
+    assert_eq!(api.publish("a", first).await.1["error"], "stale_fencing_token");
+    assert_eq!(api.publish(&winners[0], new_token).await.0, StatusCode::OK);
+    assert_eq!(api.claim("z", 30_000).await.1["granted"], false);
+    let st = api.status().await;
+    assert_eq!(st["phase"], "formed");
+    assert_eq!(st["resets"], 1);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn roles_keep_the_manager_target_and_are_idempotent() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("roles", 3).await;
+    assert_eq!(api.register("w0", "worker").await["role"], "worker");
+    let mut roles = vec![];
+    for i in 0..5 {
+        roles.push(api.register(&format!("n{i}"), if i == 1 { "manager" } else { "auto" }).await["role"].clone());
+    }
+    assert_eq!(roles, vec!["manager", "manager", "manager", "worker", "worker"]);
+    // Re-register: same role, updated address.
+    let (s, b) = api
+        .call(Method::POST, "/nodes", Some(json!({"node_id": "n4", "hostname": "new-host", "advertise_addr": "198.18.0.99", "role": "manager"})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["role"], "worker");
+    assert_eq!(api.register("n0", "auto").await["role"], "manager");
+    let st = api.status().await;
+    let nodes = st["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 6);
+    let n4 = nodes.iter().find(|n| n["node_id"] == "n4").unwrap();
+    assert_eq!(n4["hostname"], "new-host");
+    assert_eq!(n4["advertise_addr"], "198.18.0.99");
+    assert_eq!(nodes.iter().filter(|n| n["role"] == "manager").count(), 3);
+    // A registered worker may not take the init lease.
+    let (s, b) = api.claim("w0", 30_000).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "not_a_manager");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn docs_compare_and_set_loses_no_update() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("docs", 3).await;
+    let (s, d) = api.call(Method::GET, "/docs/counter", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d, json!({"version": 0, "body": null}));
+
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 15;
+    let mut tasks = vec![];
+    for _ in 0..WRITERS {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u64;
+            for _ in 0..EACH {
+                loop {
+                    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+                    let v = d["version"].as_u64().unwrap();
+                    let n = d["body"]["n"].as_u64().unwrap_or(0);
+                    let (s, b) = api
+                        .call(Method::PUT, "/docs/counter", Some(json!({"expected_version": v, "body": {"n": n + 1}})))
+                        .await;
+                    match s {
+                        StatusCode::OK => break,
+                        StatusCode::CONFLICT => {
+                            assert_eq!(b["error"], "version_conflict");
+                            assert!(b["message"].as_str().unwrap().contains("version"));
+                            conflicts += 1;
+                        }
+                        other => panic!("unexpected {other}: {b}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+    assert_eq!(d["version"].as_u64().unwrap(), WRITERS * EACH);
+    assert_eq!(d["body"]["n"].as_u64().unwrap(), WRITERS * EACH, "no lost update");
+    eprintln!("{conflicts} conflicts were retried");
+
+    // A stale expected_version is refused with the current version in the message.
+    let (s, b) = api
+        .call(Method::PUT, "/docs/counter", Some(json!({"expected_version": 1, "body": {}})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(b["message"].as_str().unwrap().contains(&format!("{}", WRITERS * EACH)));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn docs_long_poll_wakes_on_write() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("watch", 3).await;
+    let (s, d) = api
+        .call(Method::PUT, "/docs/lb", Some(json!({"expected_version": 0, "body": {"backends": []}})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["version"], 1);
+    // Already newer than `after`: answers at once.
+    let (_, d) = api.call(Method::GET, "/docs/lb?after=0&wait=30", None).await;
+    assert_eq!(d["version"], 1);
+
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let r = api.call(Method::GET, "/docs/lb?after=1&wait=30", None).await;
+            (r, Instant::now())
+        })
+    };
+    let s = &srv;
+    wait_for("the doc long-poll to be parked", Duration::from_secs(10), || async move {
+        (s.metric("swarm_coordinator_open_long_polls ").await >= 1.0).then_some(())
+    })
+    .await;
+    // A write to another document does not answer it.
+    api.call(Method::PUT, "/docs/other", Some(json!({"expected_version": 0, "body": 1})))
+        .await;
+    let written_at = Instant::now();
+    let (s, _) = api
+        .call(Method::PUT, "/docs/lb", Some(json!({"expected_version": 1, "body": {"backends": ["198.18.0.2:80"]}})))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let ((s, d), at) = waiter.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["version"], 2);
+    assert_eq!(d["body"]["backends"][0], "198.18.0.2:80");
+    let latency = at.saturating_duration_since(written_at);
+    assert!(latency < Duration::from_millis(500), "doc long-poll took {latency:?}");
+
+    // With nothing new, the long-poll ends after `wait` with the current version.
+    let start = Instant::now();
+    let (_, d) = api.call(Method::GET, "/docs/lb?after=2&wait=1", None).await;
+    assert_eq!(d["version"], 2);
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_document_is_refused() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("big", 3).await;
+    let big = "x".repeat(1024 * 1024 + 10);
+    let (s, b) = api
+        .call(Method::PUT, "/docs/big", Some(json!({"expected_version": 0, "body": big})))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    // Just under the document limit is fine (and above the 64 KiB API limit).
+    let ok = "x".repeat(200 * 1024);
+    let (s, b) = api
+        .call(Method::PUT, "/docs/big", Some(json!({"expected_version": 0, "body": ok})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_and_metrics() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("adm", 5).await;
+    api.register("n1", "auto").await;
+    // Duplicate name.
+    let (s, b) = srv
+        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "adm"})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "cluster_exists");
+    // Even target → 400.
+    let (s, b) = srv
+        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "even", "target_managers": 4})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    // An operator-chosen secret works as the bearer token.
+    let (s, b) = srv
+        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "tf", "secret": "terraform-random-password-0123"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _) = send(&srv.client(), Method::GET, &format!("{}/v1/clusters/tf", srv.base), Some("terraform-random-password-0123"), None).await;
+    assert_eq!(s, StatusCode::OK);
+
+    let (s, list) = srv.admin(Method::GET, "/v1/admin/clusters", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<_> = list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, vec!["adm", "tf"]);
+    let (s, show) = srv.admin(Method::GET, "/v1/admin/clusters/adm", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(show["target_managers"], 5);
+    let (s, b) = srv.admin(Method::GET, "/v1/admin/clusters/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b["error"], "unknown_cluster");
+    // The cluster secret is not an admin token.
+    let (s, _) = send(&srv.client(), Method::GET, &format!("{}/v1/admin/clusters", srv.base), Some(&api.secret), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    let (s, text) = srv.get("/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(text.contains(r#"route="/v1/clusters/{cluster}/nodes",status="200""#), "{text}");
+    assert!(text.contains("swarm_coordinator_clusters 2"), "{text}");
+    assert!(text.contains("swarm_coordinator_nodes 1"), "{text}");
+    assert!(text.contains("swarm_coordinator_open_long_polls 0"), "{text}");
+    assert!(!text.contains(&api.secret));
+    srv.stop().await;
+}
