@@ -272,6 +272,9 @@ impl Store {
                 db
             }
             DirState::Ready => {
+                // Check read-only first, so a damaged or foreign file is reported untouched (the
+                // read-write open verifies checksums and commits).
+                precheck_read_only(&path)?;
                 let db = open_db(&path, false)?;
                 check_schema(&db, &path)?;
                 db
@@ -854,6 +857,28 @@ fn open_db(path: &std::path::Path, create: bool) -> Result<Database, OpenError> 
     }
 }
 
+fn precheck_read_only(path: &std::path::Path) -> Result<(), OpenError> {
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Database::builder().open_read_only(path)
+    }));
+    match result {
+        Ok(Ok(ro)) => check_schema(&ro, path),
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::Locked {
+            path: path.to_path_buf(),
+        }),
+        // Not shut down cleanly (e.g. after a crash): the read-write open repairs it.
+        Ok(Err(redb::DatabaseError::RepairAborted)) => Ok(()),
+        Ok(Err(e)) => Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "the database library panicked while reading it".into(),
+        }),
+    }
+}
+
 fn init_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
     let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
         path: path.to_path_buf(),
@@ -887,7 +912,7 @@ fn init_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
     txn.commit().map_err(|e| corrupt(&e))
 }
 
-fn check_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
+fn check_schema(db: &impl ReadableDatabase, path: &std::path::Path) -> Result<(), OpenError> {
     let corrupt = |reason: String| OpenError::Corrupt {
         path: path.to_path_buf(),
         reason,

@@ -23,7 +23,10 @@ async fn pinned_client_connects_and_wrong_pin_is_refused() {
         .send()
         .await
         .expect_err("a client with the wrong pin must not connect");
-    assert!(err.is_connect() || err.is_request(), "unexpected error kind: {err:?}");
+    assert!(
+        err.is_connect() || err.is_request(),
+        "unexpected error kind: {err:?}"
+    );
 
     // The server is fine afterwards.
     assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
@@ -59,9 +62,21 @@ async fn hundred_concurrent_claimants_get_exactly_one_lease() {
             granted.push(node);
         }
     }
-    assert_eq!(granted.len(), 1, "exactly one claimant is granted: {granted:?}");
-    assert_eq!(holders.len(), 1, "everyone is told the same holder: {holders:?}");
-    assert_eq!(tokens.len(), 1, "everyone is told the same token: {tokens:?}");
+    assert_eq!(
+        granted.len(),
+        1,
+        "exactly one claimant is granted: {granted:?}"
+    );
+    assert_eq!(
+        holders.len(),
+        1,
+        "everyone is told the same holder: {holders:?}"
+    );
+    assert_eq!(
+        tokens.len(),
+        1,
+        "everyone is told the same token: {tokens:?}"
+    );
     assert!(holders.contains(&granted[0]));
 
     // The holder's retry is granted again with the same token (idempotent).
@@ -94,13 +109,21 @@ async fn publish_is_fenced_and_formed_cluster_refuses_claims() {
     assert_eq!(b["error"], "stale_fencing_token", "{b}");
     // Renew by a non-holder.
     let (s, b) = api
-        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "b", "fencing_token": token, "ttl_ms": 5000})))
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "b", "fencing_token": token, "ttl_ms": 5000})),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "lease_lost");
     // Renew by the holder.
     let (s, b) = api
-        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": 60000})))
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": 60000})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["granted"], true);
@@ -146,23 +169,34 @@ async fn expired_unpublished_lease_is_taken_over() {
     assert!(first["lease"]["expires_in_ms"].as_u64().unwrap() <= 1000);
 
     // Wait for the expiry by polling the claim itself, with a deadline.
-    let taken = wait_for("the lease to expire and be taken over", Duration::from_secs(10), || {
-        let api = api.clone();
-        async move {
-            let (_, b) = api.claim("fast", 30_000).await;
-            (b["granted"] == true).then_some(b)
-        }
-    })
+    let taken = wait_for(
+        "the lease to expire and be taken over",
+        Duration::from_secs(10),
+        || {
+            let api = api.clone();
+            async move {
+                let (_, b) = api.claim("fast", 30_000).await;
+                (b["granted"] == true).then_some(b)
+            }
+        },
+    )
     .await;
     let new = taken["lease"]["fencing_token"].as_u64().unwrap();
-    assert!(new > old, "a takeover gets a new, larger fencing token ({new} > {old})");
+    assert!(
+        new > old,
+        "a takeover gets a new, larger fencing token ({new} > {old})"
+    );
 
     // The old holder is fenced off.
     let (s, b) = api.publish("slow", old).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "stale_fencing_token");
     let (s, b) = api
-        .call(Method::POST, "/claim/renew", Some(json!({"node_id": "slow", "fencing_token": old, "ttl_ms": 5000})))
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "slow", "fencing_token": old, "ttl_ms": 5000})),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "lease_lost");
@@ -212,7 +246,9 @@ async fn join_long_poll_returns_within_100ms_of_publish() {
     let waiter = {
         let api = api.clone();
         tokio::spawn(async move {
-            let r = api.call(Method::GET, "/join?node_id=w1&wait=30", None).await;
+            let r = api
+                .call(Method::GET, "/join?node_id=w1&wait=30", None)
+                .await;
             (r, Instant::now())
         })
     };
@@ -228,11 +264,17 @@ async fn join_long_poll_returns_within_100ms_of_publish() {
     let ((s, b), answered_at) = waiter.await.unwrap();
     let latency = answered_at.saturating_duration_since(published_at);
     eprintln!("long-poll answered {latency:?} after the publish request was sent");
-    assert!(latency < Duration::from_millis(100), "long-poll took {latency:?}");
+    assert!(
+        latency < Duration::from_millis(100),
+        "long-poll took {latency:?}"
+    );
     assert_eq!(s, StatusCode::OK);
     assert_eq!(b["phase"], "formed");
     assert_eq!(b["join"]["role"], "worker");
-    assert_eq!(b["join"]["token"], WORKER_TOKEN, "a worker gets the worker token only");
+    assert_eq!(
+        b["join"]["token"], WORKER_TOKEN,
+        "a worker gets the worker token only"
+    );
     assert!(!b.to_string().contains(MANAGER_TOKEN));
 
     let (_, b) = api.call(Method::GET, "/join?node_id=m1&wait=5", None).await;
@@ -251,7 +293,11 @@ async fn reset_allows_exactly_one_new_init() {
     assert_eq!(api.claim("b", 30_000).await.1["granted"], false);
 
     let (s, st) = srv
-        .admin(Method::POST, "/v1/admin/clusters/again/reset", Some(json!({})))
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/again/reset",
+            Some(json!({})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{st}");
     assert_eq!(st["resets"], 1);
@@ -260,7 +306,9 @@ async fn reset_allows_exactly_one_new_init() {
     let mut tasks = vec![];
     for i in 0..20 {
         let api = api.clone();
-        tasks.push(tokio::spawn(async move { api.claim(&format!("r{i}"), 30_000).await.1 }));
+        tasks.push(tokio::spawn(async move {
+            api.claim(&format!("r{i}"), 30_000).await.1
+        }));
     }
     let mut winners = vec![];
     let mut new_token = 0;
@@ -272,9 +320,15 @@ async fn reset_allows_exactly_one_new_init() {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one new init after a reset");
-    assert!(new_token > first, "fencing tokens are never reused across resets");
+    assert!(
+        new_token > first,
+        "fencing tokens are never reused across resets"
+    );
     // The old holder's token is dead.
-    assert_eq!(api.publish("a", first).await.1["error"], "stale_fencing_token");
+    assert_eq!(
+        api.publish("a", first).await.1["error"],
+        "stale_fencing_token"
+    );
     assert_eq!(api.publish(&winners[0], new_token).await.0, StatusCode::OK);
     assert_eq!(api.claim("z", 30_000).await.1["granted"], false);
     let st = api.status().await;
@@ -290,9 +344,16 @@ async fn roles_keep_the_manager_target_and_are_idempotent() {
     assert_eq!(api.register("w0", "worker").await["role"], "worker");
     let mut roles = vec![];
     for i in 0..5 {
-        roles.push(api.register(&format!("n{i}"), if i == 1 { "manager" } else { "auto" }).await["role"].clone());
+        roles.push(
+            api.register(&format!("n{i}"), if i == 1 { "manager" } else { "auto" })
+                .await["role"]
+                .clone(),
+        );
     }
-    assert_eq!(roles, vec!["manager", "manager", "manager", "worker", "worker"]);
+    assert_eq!(
+        roles,
+        vec!["manager", "manager", "manager", "worker", "worker"]
+    );
     // Re-register: same role, updated address.
     let (s, b) = api
         .call(Method::POST, "/nodes", Some(json!({"node_id": "n4", "hostname": "new-host", "advertise_addr": "198.18.0.99", "role": "manager"})))
@@ -335,7 +396,11 @@ async fn docs_compare_and_set_loses_no_update() {
                     let v = d["version"].as_u64().unwrap();
                     let n = d["body"]["n"].as_u64().unwrap_or(0);
                     let (s, b) = api
-                        .call(Method::PUT, "/docs/counter", Some(json!({"expected_version": v, "body": {"n": n + 1}})))
+                        .call(
+                            Method::PUT,
+                            "/docs/counter",
+                            Some(json!({"expected_version": v, "body": {"n": n + 1}})),
+                        )
                         .await;
                     match s {
                         StatusCode::OK => break,
@@ -357,15 +422,26 @@ async fn docs_compare_and_set_loses_no_update() {
     }
     let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
     assert_eq!(d["version"].as_u64().unwrap(), WRITERS * EACH);
-    assert_eq!(d["body"]["n"].as_u64().unwrap(), WRITERS * EACH, "no lost update");
+    assert_eq!(
+        d["body"]["n"].as_u64().unwrap(),
+        WRITERS * EACH,
+        "no lost update"
+    );
     eprintln!("{conflicts} conflicts were retried");
 
     // A stale expected_version is refused with the current version in the message.
     let (s, b) = api
-        .call(Method::PUT, "/docs/counter", Some(json!({"expected_version": 1, "body": {}})))
+        .call(
+            Method::PUT,
+            "/docs/counter",
+            Some(json!({"expected_version": 1, "body": {}})),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    assert!(b["message"].as_str().unwrap().contains(&format!("{}", WRITERS * EACH)));
+    assert!(b["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{}", WRITERS * EACH)));
     srv.stop().await;
 }
 
@@ -374,18 +450,26 @@ async fn docs_long_poll_wakes_on_write() {
     let srv = TestServer::start().await;
     let api = srv.create_cluster("watch", 3).await;
     let (s, d) = api
-        .call(Method::PUT, "/docs/lb", Some(json!({"expected_version": 0, "body": {"backends": []}})))
+        .call(
+            Method::PUT,
+            "/docs/lb",
+            Some(json!({"expected_version": 0, "body": {"backends": []}})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(d["version"], 1);
     // Already newer than `after`: answers at once.
-    let (_, d) = api.call(Method::GET, "/docs/lb?after=0&wait=30", None).await;
+    let (_, d) = api
+        .call(Method::GET, "/docs/lb?after=0&wait=30", None)
+        .await;
     assert_eq!(d["version"], 1);
 
     let waiter = {
         let api = api.clone();
         tokio::spawn(async move {
-            let r = api.call(Method::GET, "/docs/lb?after=1&wait=30", None).await;
+            let r = api
+                .call(Method::GET, "/docs/lb?after=1&wait=30", None)
+                .await;
             (r, Instant::now())
         })
     };
@@ -395,11 +479,19 @@ async fn docs_long_poll_wakes_on_write() {
     })
     .await;
     // A write to another document does not answer it.
-    api.call(Method::PUT, "/docs/other", Some(json!({"expected_version": 0, "body": 1})))
-        .await;
+    api.call(
+        Method::PUT,
+        "/docs/other",
+        Some(json!({"expected_version": 0, "body": 1})),
+    )
+    .await;
     let written_at = Instant::now();
     let (s, _) = api
-        .call(Method::PUT, "/docs/lb", Some(json!({"expected_version": 1, "body": {"backends": ["198.18.0.2:80"]}})))
+        .call(
+            Method::PUT,
+            "/docs/lb",
+            Some(json!({"expected_version": 1, "body": {"backends": ["198.18.0.2:80"]}})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let ((s, d), at) = waiter.await.unwrap();
@@ -407,7 +499,10 @@ async fn docs_long_poll_wakes_on_write() {
     assert_eq!(d["version"], 2);
     assert_eq!(d["body"]["backends"][0], "198.18.0.2:80");
     let latency = at.saturating_duration_since(written_at);
-    assert!(latency < Duration::from_millis(500), "doc long-poll took {latency:?}");
+    assert!(
+        latency < Duration::from_millis(500),
+        "doc long-poll took {latency:?}"
+    );
 
     // With nothing new, the long-poll ends after `wait` with the current version.
     let start = Instant::now();
@@ -423,13 +518,21 @@ async fn oversized_document_is_refused() {
     let api = srv.create_cluster("big", 3).await;
     let big = "x".repeat(1024 * 1024 + 10);
     let (s, b) = api
-        .call(Method::PUT, "/docs/big", Some(json!({"expected_version": 0, "body": big})))
+        .call(
+            Method::PUT,
+            "/docs/big",
+            Some(json!({"expected_version": 0, "body": big})),
+        )
         .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
     // Just under the document limit is fine (and above the 64 KiB API limit).
     let ok = "x".repeat(200 * 1024);
     let (s, b) = api
-        .call(Method::PUT, "/docs/big", Some(json!({"expected_version": 0, "body": ok})))
+        .call(
+            Method::PUT,
+            "/docs/big",
+            Some(json!({"expected_version": 0, "body": ok})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     srv.stop().await;
@@ -442,43 +545,82 @@ async fn admin_api_and_metrics() {
     api.register("n1", "auto").await;
     // Duplicate name.
     let (s, b) = srv
-        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "adm"})))
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters",
+            Some(json!({"name": "adm"})),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "cluster_exists");
     // Even target → 400.
     let (s, b) = srv
-        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "even", "target_managers": 4})))
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters",
+            Some(json!({"name": "even", "target_managers": 4})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     // An operator-chosen secret works as the bearer token.
     let (s, b) = srv
-        .admin(Method::POST, "/v1/admin/clusters", Some(json!({"name": "tf", "secret": "terraform-random-password-0123"})))
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters",
+            Some(json!({"name": "tf", "secret": "terraform-random-password-0123"})),
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
-    let (s, _) = send(&srv.client(), Method::GET, &format!("{}/v1/clusters/tf", srv.base), Some("terraform-random-password-0123"), None).await;
+    let (s, _) = send(
+        &srv.client(),
+        Method::GET,
+        &format!("{}/v1/clusters/tf", srv.base),
+        Some("terraform-random-password-0123"),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
 
     let (s, list) = srv.admin(Method::GET, "/v1/admin/clusters", None).await;
     assert_eq!(s, StatusCode::OK);
-    let names: Vec<_> = list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, vec!["adm", "tf"]);
     let (s, show) = srv.admin(Method::GET, "/v1/admin/clusters/adm", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(show["target_managers"], 5);
-    let (s, b) = srv.admin(Method::GET, "/v1/admin/clusters/nope", None).await;
+    let (s, b) = srv
+        .admin(Method::GET, "/v1/admin/clusters/nope", None)
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(b["error"], "unknown_cluster");
     // The cluster secret is not an admin token.
-    let (s, _) = send(&srv.client(), Method::GET, &format!("{}/v1/admin/clusters", srv.base), Some(&api.secret), None).await;
+    let (s, _) = send(
+        &srv.client(),
+        Method::GET,
+        &format!("{}/v1/admin/clusters", srv.base),
+        Some(&api.secret),
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     let (s, text) = srv.get("/metrics").await;
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains(r#"route="/v1/clusters/{cluster}/nodes",status="200""#), "{text}");
+    assert!(
+        text.contains(r#"route="/v1/clusters/{cluster}/nodes",status="200""#),
+        "{text}"
+    );
     assert!(text.contains("swarm_coordinator_clusters 2"), "{text}");
     assert!(text.contains("swarm_coordinator_nodes 1"), "{text}");
-    assert!(text.contains("swarm_coordinator_open_long_polls 0"), "{text}");
+    assert!(
+        text.contains("swarm_coordinator_open_long_polls 0"),
+        "{text}"
+    );
     assert!(!text.contains(&api.secret));
     srv.stop().await;
 }

@@ -49,7 +49,11 @@ fn assert_error(v: &Value, code: &str) {
         v["message"].as_str().is_some_and(|m| !m.is_empty()),
         "an error has a message: {v}"
     );
-    assert_eq!(v.as_object().unwrap().len(), 2, "exactly error + message: {v}");
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        2,
+        "exactly error + message: {v}"
+    );
 }
 
 #[tokio::test]
@@ -61,20 +65,47 @@ async fn malformed_requests_get_json_errors() {
     let sec = Some(api.secret.as_str());
     let json_ct = Some("application/json");
 
-    let (s, v, _) = raw(&c, Method::POST, &nodes, sec, json_ct, b"{not json".to_vec()).await;
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &nodes,
+        sec,
+        json_ct,
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_error(&v, "malformed_json");
 
-    let (s, v, _) = raw(&c, Method::POST, &nodes, sec, json_ct, br#"{"node_id": 5}"#.to_vec()).await;
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &nodes,
+        sec,
+        json_ct,
+        br#"{"node_id": 5}"#.to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_error(&v, "invalid_request");
 
-    let body = serde_json::to_vec(&json!({"node_id": "bad id with spaces", "hostname": "h", "advertise_addr": "198.18.0.1"})).unwrap();
+    let body = serde_json::to_vec(
+        &json!({"node_id": "bad id with spaces", "hostname": "h", "advertise_addr": "198.18.0.1"}),
+    )
+    .unwrap();
     let (s, v, _) = raw(&c, Method::POST, &nodes, sec, json_ct, body).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_error(&v, "invalid_request");
 
-    let (s, v, _) = raw(&c, Method::POST, &nodes, sec, Some("text/plain"), b"{}".to_vec()).await;
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &nodes,
+        sec,
+        Some("text/plain"),
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_error(&v, "unsupported_media_type");
     let (s, v, _) = raw(&c, Method::POST, &nodes, sec, None, b"{}".to_vec()).await;
@@ -86,8 +117,21 @@ async fn malformed_requests_get_json_errors() {
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     assert_error(&v, "payload_too_large");
 
-    for path in ["/v1/nope", "/v2/clusters/bad", "/", "/v1/clusters/bad/nodes/extra"] {
-        let (s, v, _) = raw(&c, Method::GET, &format!("{}{path}", srv.base), sec, None, vec![]).await;
+    for path in [
+        "/v1/nope",
+        "/v2/clusters/bad",
+        "/",
+        "/v1/clusters/bad/nodes/extra",
+    ] {
+        let (s, v, _) = raw(
+            &c,
+            Method::GET,
+            &format!("{}{path}", srv.base),
+            sec,
+            None,
+            vec![],
+        )
+        .await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
         assert_error(&v, "not_found");
     }
@@ -97,17 +141,38 @@ async fn malformed_requests_get_json_errors() {
         (Method::POST, "/healthz"),
         (Method::PATCH, "/v1/clusters/bad/docs/x"),
     ] {
-        let (s, v, _) = raw(&c, m.clone(), &format!("{}{path}", srv.base), sec, None, vec![]).await;
+        let (s, v, _) = raw(
+            &c,
+            m.clone(),
+            &format!("{}{path}", srv.base),
+            sec,
+            None,
+            vec![],
+        )
+        .await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
         assert_error(&v, "method_not_allowed");
     }
 
-    for q in ["/join", "/join?node_id=a&wait=abc", "/join?node_id=a&wait=61", "/docs/x?after=-1"] {
+    for q in [
+        "/join",
+        "/join?node_id=a&wait=abc",
+        "/join?node_id=a&wait=61",
+        "/docs/x?after=-1",
+    ] {
         let (s, v, _) = raw(&c, Method::GET, &api.url(q), sec, None, vec![]).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{q}");
         assert_error(&v, "bad_query");
     }
-    let (s, v, _) = raw(&c, Method::GET, &api.url("/docs/Bad_Name"), sec, None, vec![]).await;
+    let (s, v, _) = raw(
+        &c,
+        Method::GET,
+        &api.url("/docs/Bad_Name"),
+        sec,
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_error(&v, "invalid_name");
 
@@ -125,9 +190,18 @@ async fn missing_wrong_secret_and_unknown_cluster_look_the_same() {
         (api.url(""), None),
         (api.url(""), Some("wrong-secret-wrong-secret")),
         (api.url(""), Some(api.secret.as_str())),
-        (format!("{}/v1/clusters/nope", srv.base), Some(api.secret.as_str())),
-        (format!("{}/v1/clusters/NOPE", srv.base), Some(api.secret.as_str())),
-        (format!("{}/v1/admin/clusters", srv.base), Some(api.secret.as_str())),
+        (
+            format!("{}/v1/clusters/nope", srv.base),
+            Some(api.secret.as_str()),
+        ),
+        (
+            format!("{}/v1/clusters/NOPE", srv.base),
+            Some(api.secret.as_str()),
+        ),
+        (
+            format!("{}/v1/admin/clusters", srv.base),
+            Some(api.secret.as_str()),
+        ),
     ] {
         let (s, v, _) = raw(&c, Method::GET, &url, bearer, None, vec![]).await;
         if bearer == Some(api.secret.as_str()) && url == api.url("") {
@@ -140,9 +214,20 @@ async fn missing_wrong_secret_and_unknown_cluster_look_the_same() {
             bodies.push(v);
         }
     }
-    assert!(bodies.windows(2).all(|w| w[0] == w[1]), "identical 401s: {bodies:?}");
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "identical 401s: {bodies:?}"
+    );
     // Auth is checked before the body is parsed.
-    let (s, v, _) = raw(&c, Method::POST, &format!("{}/v1/clusters/nope/claim", srv.base), Some("x"), Some("application/json"), b"{garbage".to_vec()).await;
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &format!("{}/v1/clusters/nope/claim", srv.base),
+        Some("x"),
+        Some("application/json"),
+        b"{garbage".to_vec(),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_error(&v, "unauthorized");
     assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
@@ -160,11 +245,27 @@ async fn repeated_auth_failures_back_off_with_429() {
     let api = srv.create_cluster("brute", 3).await;
     let c = srv.client();
     for i in 0..5 {
-        let (s, _, _) = raw(&c, Method::GET, &api.url(""), Some(&format!("guess-number-{i:04}-xxxxx")), None, vec![]).await;
+        let (s, _, _) = raw(
+            &c,
+            Method::GET,
+            &api.url(""),
+            Some(&format!("guess-number-{i:04}-xxxxx")),
+            None,
+            vec![],
+        )
+        .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "failure {i}");
     }
     // Blocked now, even with the right secret.
-    let (s, v, headers) = raw(&c, Method::GET, &api.url(""), Some(&api.secret), None, vec![]).await;
+    let (s, v, headers) = raw(
+        &c,
+        Method::GET,
+        &api.url(""),
+        Some(&api.secret),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
     assert_error(&v, "too_many_auth_failures");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -179,13 +280,33 @@ async fn repeated_auth_failures_back_off_with_429() {
         let c = c2.clone();
         let api = api2.clone();
         async move {
-            let (s, _, _) = raw(&c, Method::GET, &api.url(""), Some(&api.secret), None, vec![]).await;
+            let (s, _, _) = raw(
+                &c,
+                Method::GET,
+                &api.url(""),
+                Some(&api.secret),
+                None,
+                vec![],
+            )
+            .await;
             (s == StatusCode::OK).then_some(())
         }
     })
     .await;
-    let (s, _, _) = raw(&c, Method::GET, &api.url(""), Some("one-more-wrong-guess-xx"), None, vec![]).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the count was reset by the success");
+    let (s, _, _) = raw(
+        &c,
+        Method::GET,
+        &api.url(""),
+        Some("one-more-wrong-guess-xx"),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the count was reset by the success"
+    );
     srv.stop().await;
 }
 
@@ -196,7 +317,10 @@ fn tls_connector(fingerprint: &str) -> tokio_rustls::TlsConnector {
 }
 
 /// Read until the server closes the connection (or the deadline passes); returns what came.
-async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R, deadline: Duration) -> Option<Vec<u8>> {
+async fn read_until_closed<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    deadline: Duration,
+) -> Option<Vec<u8>> {
     let mut out = vec![];
     let mut buf = [0u8; 4096];
     let end = Instant::now() + deadline;
@@ -223,14 +347,21 @@ async fn slow_header_client_is_cut_off() {
     let srv = TestServer::start_with(short_timeouts()).await;
     let tcp = TcpStream::connect(srv.addr).await.unwrap();
     let domain = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tls_connector(&srv.fingerprint).connect(domain, tcp).await.unwrap();
+    let tls = tls_connector(&srv.fingerprint)
+        .connect(domain, tcp)
+        .await
+        .unwrap();
     let (mut rd, mut wr) = tokio::io::split(tls);
     let started = Instant::now();
     // Dribble header bytes, one line every 200 ms, for longer than the header timeout.
     let dribble = tokio::spawn(async move {
         let _ = wr.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
         for i in 0..50 {
-            if wr.write_all(format!("X-Slow-{i}: y\r\n").as_bytes()).await.is_err() {
+            if wr
+                .write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 break;
             }
             let _ = wr.flush().await;
@@ -247,7 +378,10 @@ async fn slow_header_client_is_cut_off() {
         got.is_empty() || text.starts_with("HTTP/1.1 408"),
         "either closed or 408: {text:?}"
     );
-    assert!(elapsed < Duration::from_secs(5), "cut off after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "cut off after {elapsed:?}"
+    );
     assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
     srv.stop().await;
 }
@@ -258,7 +392,10 @@ async fn slow_body_client_gets_408() {
     let api = srv.create_cluster("slow", 3).await;
     let tcp = TcpStream::connect(srv.addr).await.unwrap();
     let domain = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tls_connector(&srv.fingerprint).connect(domain, tcp).await.unwrap();
+    let tls = tls_connector(&srv.fingerprint)
+        .connect(domain, tcp)
+        .await
+        .unwrap();
     let (mut rd, mut wr) = tokio::io::split(tls);
     let head = format!(
         "POST /v1/clusters/slow/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
@@ -296,8 +433,12 @@ async fn silent_tcp_client_is_dropped_before_tls() {
     assert!(got.is_empty());
     // Plain HTTP on the TLS port is not served either.
     let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let got = read_until_closed(&mut tcp, Duration::from_secs(8)).await.expect("closed");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut tcp, Duration::from_secs(8))
+        .await
+        .expect("closed");
     assert!(!String::from_utf8_lossy(&got).contains("\"ok\""));
     assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
     srv.stop().await;
@@ -324,7 +465,15 @@ async fn long_poll_cap_answers_503() {
         (s.metric("swarm_coordinator_open_long_polls ").await >= 2.0).then_some(())
     })
     .await;
-    let (st, v, headers) = raw(&srv.client(), Method::GET, &api.url("/join?node_id=w&wait=30"), Some(&api.secret), None, vec![]).await;
+    let (st, v, headers) = raw(
+        &srv.client(),
+        Method::GET,
+        &api.url("/join?node_id=w&wait=30"),
+        Some(&api.secret),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
     assert_error(&v, "too_many_long_polls");
     assert!(headers.contains_key("retry-after"));

@@ -89,7 +89,12 @@ impl TestServer {
         }
     }
 
-    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn admin(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         send(
             &self.client(),
             method,
@@ -155,7 +160,10 @@ pub async fn send(
     if let Some(body) = body {
         req = req.json(&body);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("request to {url}: {e}"));
+    let resp = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request to {url}: {e}"));
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     let value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -176,8 +184,20 @@ impl Api {
         format!("{}/v1/clusters/{}{rest}", self.base, self.cluster)
     }
 
-    pub async fn call(&self, method: Method, rest: &str, body: Option<Value>) -> (StatusCode, Value) {
-        send(&self.client, method, &self.url(rest), Some(&self.secret), body).await
+    pub async fn call(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        send(
+            &self.client,
+            method,
+            &self.url(rest),
+            Some(&self.secret),
+            body,
+        )
+        .await
     }
 
     pub async fn register(&self, node: &str, role: &str) -> Value {
@@ -194,12 +214,17 @@ impl Api {
     }
 
     pub async fn claim(&self, node: &str, ttl_ms: u64) -> (StatusCode, Value) {
-        self.call(Method::POST, "/claim", Some(json!({"node_id": node, "ttl_ms": ttl_ms})))
-            .await
+        self.call(
+            Method::POST,
+            "/claim",
+            Some(json!({"node_id": node, "ttl_ms": ttl_ms})),
+        )
+        .await
     }
 
     pub async fn publish(&self, node: &str, token: u64) -> (StatusCode, Value) {
-        self.call(Method::POST, "/publish", Some(publish_body(node, token))).await
+        self.call(Method::POST, "/publish", Some(publish_body(node, token)))
+            .await
     }
 
     pub async fn status(&self) -> Value {
@@ -240,8 +265,10 @@ where
         if Instant::now() >= end {
             panic!("timed out after {deadline:?} waiting for {what}");
         }
-        let jitter = Duration::from_micros(rand::random::<u64>() % (delay.as_micros() as u64 / 2 + 1));
-        tokio::time::sleep((delay + jitter).min(end.saturating_duration_since(Instant::now()))).await;
+        let jitter =
+            Duration::from_micros(rand::random::<u64>() % (delay.as_micros() as u64 / 2 + 1));
+        tokio::time::sleep((delay + jitter).min(end.saturating_duration_since(Instant::now())))
+            .await;
         delay = (delay * 2).min(Duration::from_millis(200));
     }
 }

@@ -1,0 +1,493 @@
+//! The real binary as a child process: acknowledged writes survive SIGKILL, the CLI falls
+//! back to the admin API while the server holds the database, SIGTERM shuts down cleanly, and
+//! a foreign or damaged data dir stops the start with a clear error, touching nothing.
+
+mod common;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use swarm_coordinator::datadir::ServerInfo;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarm-coordinator");
+
+struct Running {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+    stderr: PathBuf,
+}
+
+/// Start `serve` on 127.0.0.1:0 and wait until it answers /healthz (deadline, no fixed sleep).
+async fn start(data: &Path, log: &Path) -> Running {
+    let stderr = std::fs::File::create(log).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-self-signed",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("SWARM_COORDINATOR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn swarm-coordinator");
+    let pid = child.id().unwrap();
+    let info_path = data.join("server.json");
+    let info: ServerInfo = wait_for(
+        "server.json of the new process",
+        Duration::from_secs(30),
+        || {
+            let p = info_path.clone();
+            async move {
+                let info: ServerInfo = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+                (info.pid == pid).then_some(info)
+            }
+        },
+    )
+    .await;
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!(
+            "the server exited: {status}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let client = pinned_client(info.fingerprint.as_deref().unwrap());
+    let base = format!("https://{}", info.listen);
+    let (c, b) = (client.clone(), base.clone());
+    wait_for("/healthz", Duration::from_secs(30), || {
+        let (c, b) = (c.clone(), b.clone());
+        async move {
+            let r = c.get(format!("{b}/healthz")).send().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    Running {
+        child,
+        base,
+        client,
+        stderr: log.to_path_buf(),
+    }
+}
+
+async fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SWARM_COORDINATOR_LOG", "warn")
+        .output()
+        .await
+        .expect("run the CLI")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_sigkill() {
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let secret_file = tmp.path().join("secret");
+    let data_s = data.to_str().unwrap();
+
+    // The operator creates the cluster before the first start (direct mode).
+    let out = cli(&[
+        "cluster",
+        "create",
+        "crash",
+        "--data-dir",
+        data_s,
+        "--out",
+        secret_file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "the secret went to --out, not stdout"
+    );
+    let secret = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    let srv = start(&data, &tmp.path().join("run1.log")).await;
+    let api = Api {
+        client: srv.client.clone(),
+        base: srv.base.clone(),
+        cluster: "crash".into(),
+        secret: secret.clone(),
+    };
+    let (_, c) = api.claim("holder", 300_000).await;
+    assert_eq!(c["granted"], true);
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+
+    // Stream acknowledged writes: document increments (CAS) and node registrations.
+    let acked = Arc::new(AtomicU64::new(0));
+    let max_doc_version = Arc::new(AtomicU64::new(0));
+    let acked_nodes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut writers = vec![];
+    for w in 0..4 {
+        let (api, acked, maxv) = (api.clone(), acked.clone(), max_doc_version.clone());
+        writers.push(tokio::spawn(async move {
+            loop {
+                let Ok(r) = api
+                    .client
+                    .get(api.url("/docs/counter"))
+                    .bearer_auth(&api.secret)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(d) = r.json::<serde_json::Value>().await else {
+                    return;
+                };
+                let v = d["version"].as_u64().unwrap();
+                let n = d["body"]["n"].as_u64().unwrap_or(0);
+                let put = api
+                    .client
+                    .put(api.url("/docs/counter"))
+                    .bearer_auth(&api.secret)
+                    .json(&json!({"expected_version": v, "body": {"n": n + 1, "by": w}}))
+                    .send()
+                    .await;
+                let Ok(r) = put else { return };
+                if r.status() == StatusCode::OK {
+                    let Ok(d) = r.json::<serde_json::Value>().await else {
+                        return;
+                    };
+                    maxv.fetch_max(d["version"].as_u64().unwrap(), Ordering::SeqCst);
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    for w in 0..4 {
+        let (api, acked, nodes) = (api.clone(), acked.clone(), acked_nodes.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("n{w}-{i}");
+                let r = api
+                    .client
+                    .post(api.url("/nodes"))
+                    .bearer_auth(&api.secret)
+                    .json(&json!({"node_id": id, "hostname": "h", "advertise_addr": "198.18.0.3"}))
+                    .send()
+                    .await;
+                let Ok(r) = r else { return };
+                if r.status() != StatusCode::OK || r.bytes().await.is_err() {
+                    return;
+                }
+                nodes.lock().unwrap().push(id);
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let a = acked.clone();
+    wait_for("300 acknowledged writes", Duration::from_secs(60), || {
+        let a = a.clone();
+        async move { (a.load(Ordering::SeqCst) >= 300).then_some(()) }
+    })
+    .await;
+    // SIGKILL mid-stream (tokio's start_kill sends SIGKILL to the child's pid).
+    let mut child = srv.child;
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "killed by SIGKILL");
+    for w in writers {
+        let _ = w.await;
+    }
+    let acked_total = acked.load(Ordering::SeqCst);
+    let maxv = max_doc_version.load(Ordering::SeqCst);
+    let nodes = acked_nodes.lock().unwrap().clone();
+    eprintln!(
+        "acknowledged before the kill: {acked_total} writes, doc version {maxv}, {} nodes",
+        nodes.len()
+    );
+
+    // Restart on the same data dir: every acknowledged write is there.
+    let srv = start(&data, &tmp.path().join("run2.log")).await;
+    let api = Api {
+        client: srv.client.clone(),
+        base: srv.base.clone(),
+        ..api
+    };
+    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+    let version = d["version"].as_u64().unwrap();
+    assert!(
+        version >= maxv,
+        "doc version {version} < acknowledged {maxv}"
+    );
+    assert_eq!(
+        d["body"]["n"].as_u64().unwrap(),
+        version,
+        "every increment is in the document"
+    );
+    let st = api.status().await;
+    let present: std::collections::HashSet<String> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<_> = nodes.iter().filter(|n| !present.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged registrations lost: {missing:?}"
+    );
+    // The init lease survived the restart: nobody else is granted, the holder keeps its token.
+    let (_, c) = api.claim("intruder", 30_000).await;
+    assert_eq!(c["granted"], false);
+    assert_eq!(c["lease"]["holder"], "holder");
+    assert_eq!(c["lease"]["fencing_token"].as_u64(), Some(token));
+    let (_, c) = api.claim("holder", 30_000).await;
+    assert_eq!(c["granted"], true);
+    assert_eq!(c["lease"]["fencing_token"].as_u64(), Some(token));
+
+    // The server holds the database: the CLI goes through the admin API automatically.
+    let out = cli(&["cluster", "list", "--data-dir", data_s]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("crash") && listing.contains("claimed"),
+        "{listing}"
+    );
+    let out = cli(&["cluster", "show", "crash", "--data-dir", data_s]).await;
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["lease"]["holder"], "holder");
+    let out = cli(&["cluster", "create", "second", "--data-dir", data_s]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().len(),
+        64,
+        "generated secret on stdout"
+    );
+    let out = cli(&["cluster", "reset", "crash", "--data-dir", data_s]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, c) = api.claim("after-reset", 30_000).await;
+    assert_eq!(c["granted"], true, "{c}");
+    assert!(
+        c["lease"]["fencing_token"].as_u64().unwrap() > token,
+        "tokens are never reused"
+    );
+
+    // SIGTERM: graceful stop, exit 0, server.json removed.
+    let mut child = srv.child;
+    let pid = child.id().unwrap().to_string();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success());
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the server stops after SIGTERM")
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}: {}",
+        std::fs::read_to_string(&srv.stderr).unwrap_or_default()
+    );
+    assert!(!data.join("server.json").exists());
+
+    // Stopped: the CLI opens the data dir directly.
+    let out = cli(&["cluster", "list", "--json", "--data-dir", data_s]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+/// Every file under `dir` with the sha256 of its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let digest = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+                out.insert(p.clone(), hex::encode(digest));
+            }
+        }
+    }
+    out
+}
+
+/// `serve` on `data` must fail with a message containing every string of `expect`, and
+/// leave every file exactly as it was.
+async fn assert_refused(data: &Path, expect: &[&str]) {
+    let before = snapshot(data);
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        cli(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-self-signed",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]),
+    )
+    .await
+    .expect("the start fails quickly instead of serving");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must not start: {stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "stderr should mention {e:?}: {stderr}");
+    }
+    assert_eq!(before, snapshot(data), "the data dir was changed");
+    eprintln!("refused as expected: {}", stderr.trim());
+}
+
+async fn make_data_dir(data: &Path) {
+    let out = cli(&[
+        "cluster",
+        "create",
+        "c",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn foreign_data_dir_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("notes.txt"), b"not ours").unwrap();
+    assert_refused(
+        &data,
+        &[
+            "swarm-coordinator.marker",
+            "notes.txt",
+            data.to_str().unwrap(),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn garbage_database_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_data_dir(&data).await;
+    std::fs::write(data.join("coordinator.redb"), vec![0xAB; 64 * 1024]).unwrap();
+    assert_refused(&data, &["coordinator.redb", "corrupt", "backup"]).await;
+}
+
+#[tokio::test]
+async fn truncated_database_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_data_dir(&data).await;
+    let db = data.join("coordinator.redb");
+    let bytes = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &bytes[..300]).unwrap();
+    assert_refused(&data, &["coordinator.redb"]).await;
+}
+
+#[tokio::test]
+async fn missing_database_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_data_dir(&data).await;
+    std::fs::remove_file(data.join("coordinator.redb")).unwrap();
+    assert_refused(&data, &["coordinator.redb", "missing"]).await;
+}
+
+#[tokio::test]
+async fn schema_mismatch_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_data_dir(&data).await;
+    {
+        let db = redb::Database::open(data.join("coordinator.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("schema_version", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    assert_refused(&data, &["schema version 99", "coordinator.redb"]).await;
+}
+
+#[tokio::test]
+async fn fingerprint_command_matches_the_served_certificate() {
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let srv = start(&data, &tmp.path().join("run.log")).await;
+    let info: ServerInfo =
+        serde_json::from_slice(&std::fs::read(data.join("server.json")).unwrap()).unwrap();
+    let out = cli(&["fingerprint", "--data-dir", data.to_str().unwrap()]).await;
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        info.fingerprint.clone().unwrap()
+    );
+    let out = cli(&[
+        "fingerprint",
+        "--tls-cert",
+        data.join("tls/cert.pem").to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        info.fingerprint.unwrap()
+    );
+    drop(srv);
+}
