@@ -1,0 +1,441 @@
+# A Docker Swarm on AWS, bootstrapped by swarmstrap: manager and worker instances in private
+# subnets of a new VPC, a network load balancer in the public subnets. Every node runs
+# swarm-agent (installed by cloud-init), which elects the single node that runs
+# `docker swarm init` through a compare-and-swap on one Secrets Manager secret and joins all
+# the others. No coordinator to run, no SSH, no token fetching, no sleeps.
+
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+data "aws_availability_zones" "available" {
+  state = "available"
+}
+
+data "aws_ssm_parameter" "al2023" {
+  count = var.ami_id == "" ? 1 : 0
+  name  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+}
+
+# The agents create the secret themselves (the module does not), and a deleted secret's name
+# stays blocked for 7-30 days: a random suffix makes every cluster's name new.
+resource "random_id" "secret_suffix" {
+  byte_length = 4
+}
+
+locals {
+  prefix  = terraform.workspace
+  cluster = var.cluster_name != "" ? var.cluster_name : substr(trim(lower(replace(terraform.workspace, "/[^A-Za-z0-9-]/", "-")), "-"), 0, 32)
+  azs     = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+  ami     = var.ami_id != "" ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[0].value)
+  tags    = merge({ "swarmstrap:cluster" = local.cluster }, var.tags)
+
+  region      = data.aws_region.current.name
+  secret_name = "${var.secret_name_prefix}${local.cluster}-${random_id.secret_suffix.hex}"
+  # Secrets Manager appends "-" and 6 random characters to every secret's ARN.
+  secret_arn_pattern = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}-*"
+
+  agent_url      = replace(var.agent_url, "{version}", var.agent_version)
+  cloud_init_dir = "${path.module}/../../../cloud-init"
+
+  # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
+  # workers never changes an existing instance.
+  node_vars = {
+    cluster                 = local.cluster
+    backend                 = "secrets-manager"
+    target_managers         = var.manager_count
+    advertise_addr          = var.advertise_addr
+    coordinator_url         = ""
+    coordinator_fingerprint = ""
+    join_secret             = ""
+    sm_secret_name          = local.secret_name
+    sm_region               = local.region
+    sm_kms_key_id           = var.kms_key_id
+    sm_endpoint_url         = ""
+    lb_enabled              = var.lb_config_enabled
+    lb_path                 = "/loadbalancer/default.conf"
+    agent_url               = local.agent_url
+    agent_sha256            = var.agent_sha256
+    docker_version          = var.docker_version
+    docker_log_max_size     = var.docker_log_max_size
+    docker_log_max_file     = tostring(var.docker_log_max_file)
+    agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
+    install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+  }
+
+  swarm_ports = {
+    "swarm-manage-tcp"  = { protocol = "tcp", port = 2377, description = "Swarm cluster management (raft, joins)" }
+    "swarm-gossip-tcp"  = { protocol = "tcp", port = 7946, description = "Swarm node gossip (tcp)" }
+    "swarm-gossip-udp"  = { protocol = "udp", port = 7946, description = "Swarm node gossip (udp)" }
+    "swarm-overlay-udp" = { protocol = "udp", port = 4789, description = "Swarm overlay network data (VXLAN)" }
+  }
+
+  # One load-balancer attachment per (port, node); adding a worker only adds its own.
+  lb_nodes = merge(
+    { for i, inst in aws_instance.manager : "manager-${i + 1}" => inst.id },
+    { for i, inst in aws_instance.worker : "worker-${i + 1}" => inst.id },
+  )
+  lb_attachments = {
+    for pair in setproduct([for p in var.lb_ports : tostring(p)], keys(local.lb_nodes)) :
+    "${pair[0]}/${pair[1]}" => { port = pair[0], instance_id = local.lb_nodes[pair[1]] }
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Network: public subnets for the NAT gateway and the load balancer, private ones for the nodes.
+
+resource "aws_vpc" "this" {
+  #checkov:skip=CKV2_AWS_11:VPC flow logs need a log destination and cost money; enable them in your own account baseline, not per swarm.
+  cidr_block           = var.vpc_cidr
+  enable_dns_support   = true
+  enable_dns_hostnames = true
+  tags                 = merge(local.tags, { Name = "${local.prefix}-swarm" })
+}
+
+# No rules: nothing may use the default security group.
+resource "aws_default_security_group" "this" {
+  vpc_id = aws_vpc.this.id
+  tags   = merge(local.tags, { Name = "${local.prefix}-swarm-default-unused" })
+}
+
+resource "aws_internet_gateway" "this" {
+  vpc_id = aws_vpc.this.id
+  tags   = merge(local.tags, { Name = "${local.prefix}-swarm" })
+}
+
+resource "aws_subnet" "public" {
+  count = var.az_count
+
+  vpc_id                  = aws_vpc.this.id
+  availability_zone       = local.azs[count.index]
+  cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
+  map_public_ip_on_launch = false
+  tags                    = merge(local.tags, { Name = "${local.prefix}-swarm-public-${local.azs[count.index]}" })
+}
+
+resource "aws_subnet" "private" {
+  count = var.az_count
+
+  vpc_id            = aws_vpc.this.id
+  availability_zone = local.azs[count.index]
+  cidr_block        = cidrsubnet(var.vpc_cidr, 4, 8 + count.index)
+  tags              = merge(local.tags, { Name = "${local.prefix}-swarm-private-${local.azs[count.index]}" })
+}
+
+resource "aws_eip" "nat" {
+  domain = "vpc"
+  tags   = merge(local.tags, { Name = "${local.prefix}-swarm-nat" })
+}
+
+# One NAT gateway: the nodes' way out (packages, the agent download, image pulls, the AWS APIs).
+resource "aws_nat_gateway" "this" {
+  allocation_id = aws_eip.nat.id
+  subnet_id     = aws_subnet.public[0].id
+  tags          = merge(local.tags, { Name = "${local.prefix}-swarm" })
+
+  depends_on = [aws_internet_gateway.this]
+}
+
+resource "aws_route_table" "public" {
+  vpc_id = aws_vpc.this.id
+  tags   = merge(local.tags, { Name = "${local.prefix}-swarm-public" })
+
+  route {
+    cidr_block = "0.0.0.0/0"
+    gateway_id = aws_internet_gateway.this.id
+  }
+}
+
+resource "aws_route_table" "private" {
+  vpc_id = aws_vpc.this.id
+  tags   = merge(local.tags, { Name = "${local.prefix}-swarm-private" })
+
+  route {
+    cidr_block     = "0.0.0.0/0"
+    nat_gateway_id = aws_nat_gateway.this.id
+  }
+}
+
+resource "aws_route_table_association" "public" {
+  count          = var.az_count
+  subnet_id      = aws_subnet.public[count.index].id
+  route_table_id = aws_route_table.public.id
+}
+
+resource "aws_route_table_association" "private" {
+  count          = var.az_count
+  subnet_id      = aws_subnet.private[count.index].id
+  route_table_id = aws_route_table.private.id
+}
+
+# ---------------------------------------------------------------------------------------------
+# Security groups
+
+resource "aws_security_group" "nodes" {
+  name        = "${local.prefix}-swarm-nodes"
+  description = "swarmstrap swarm nodes: swarm ports inside the VPC, service ports from the load balancer"
+  vpc_id      = aws_vpc.this.id
+  tags        = merge(local.tags, { Name = "${local.prefix}-swarm-nodes" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "swarm" {
+  for_each = local.swarm_ports
+
+  security_group_id = aws_security_group.nodes.id
+  description       = each.value.description
+  ip_protocol       = each.value.protocol
+  from_port         = each.value.port
+  to_port           = each.value.port
+  cidr_ipv4         = var.vpc_cidr
+}
+
+resource "aws_vpc_security_group_ingress_rule" "lb_to_nodes" {
+  for_each = toset([for p in var.lb_ports : tostring(p)])
+
+  security_group_id            = aws_security_group.nodes.id
+  description                  = "Published service port ${each.key} from the load balancer"
+  ip_protocol                  = "tcp"
+  from_port                    = tonumber(each.key)
+  to_port                      = tonumber(each.key)
+  referenced_security_group_id = aws_security_group.lb.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "nodes_all" {
+  #checkov:skip=CKV_AWS_382:Nodes must reach distribution mirrors, the agent download, image registries and the AWS APIs (through the NAT gateway); these have no fixed addresses.
+  security_group_id = aws_security_group.nodes.id
+  description       = "Outbound: packages, agent download, image pulls, AWS APIs"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+resource "aws_security_group" "lb" {
+  name        = "${local.prefix}-swarm-lb"
+  description = "swarmstrap swarm load balancer: service ports from lb_allowed_cidrs"
+  vpc_id      = aws_vpc.this.id
+  tags        = merge(local.tags, { Name = "${local.prefix}-swarm-lb" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "lb_public" {
+  #checkov:skip=CKV_AWS_260:The load balancer publishes the swarm's web services; lb_allowed_cidrs (default the internet) chooses who may reach them.
+  for_each = { for pair in setproduct([for p in var.lb_ports : tostring(p)], var.lb_allowed_cidrs) : "${pair[0]}/${pair[1]}" => { port = pair[0], cidr = pair[1] } }
+
+  security_group_id = aws_security_group.lb.id
+  description       = "Service port ${each.value.port} from ${each.value.cidr}"
+  ip_protocol       = "tcp"
+  from_port         = tonumber(each.value.port)
+  to_port           = tonumber(each.value.port)
+  cidr_ipv4         = each.value.cidr
+}
+
+resource "aws_vpc_security_group_egress_rule" "lb_to_nodes" {
+  for_each = toset([for p in var.lb_ports : tostring(p)])
+
+  security_group_id            = aws_security_group.lb.id
+  description                  = "Service port ${each.key} to the nodes"
+  ip_protocol                  = "tcp"
+  from_port                    = tonumber(each.key)
+  to_port                      = tonumber(each.key)
+  referenced_security_group_id = aws_security_group.nodes.id
+}
+
+# ---------------------------------------------------------------------------------------------
+# IAM: SSM Session Manager access, and the one secret of this cluster (nothing else).
+
+data "aws_iam_policy_document" "assume_ec2" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "rendezvous_secret" {
+  statement {
+    sid = "SwarmRendezvousSecret"
+    actions = [
+      "secretsmanager:CreateSecret",
+      "secretsmanager:DescribeSecret",
+      "secretsmanager:GetSecretValue",
+      "secretsmanager:PutSecretValue",
+      "secretsmanager:UpdateSecretVersionStage",
+    ]
+    resources = [local.secret_arn_pattern]
+  }
+
+  dynamic "statement" {
+    for_each = var.kms_key_id != "" ? [var.kms_key_id] : []
+    content {
+      sid       = "SwarmRendezvousSecretKey"
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "node" {
+  name_prefix        = "${substr(local.prefix, 0, 20)}-swarm-node-"
+  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+  tags               = local.tags
+}
+
+resource "aws_iam_role_policy_attachment" "ssm" {
+  role       = aws_iam_role.node.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_role_policy" "rendezvous_secret" {
+  name   = "swarmstrap-rendezvous-secret"
+  role   = aws_iam_role.node.id
+  policy = data.aws_iam_policy_document.rendezvous_secret.json
+}
+
+resource "aws_iam_instance_profile" "node" {
+  name_prefix = "${substr(local.prefix, 0, 20)}-swarm-node-"
+  role        = aws_iam_role.node.name
+  tags        = local.tags
+}
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+resource "aws_instance" "manager" {
+  count = var.manager_count
+
+  ami                    = local.ami
+  instance_type          = var.manager_instance_type
+  subnet_id              = aws_subnet.private[count.index % var.az_count].id
+  vpc_security_group_ids = [aws_security_group.nodes.id]
+  iam_instance_profile   = aws_iam_instance_profile.node.name
+  key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
+  monitoring             = true
+  ebs_optimized          = true
+  user_data              = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type = "gp3"
+    volume_size = var.root_volume_size
+    encrypted   = true
+  }
+
+  tags = merge(local.tags, { Name = "${local.prefix}-manager-${count.index + 1}", "swarmstrap:role" = "manager" })
+
+  # The agents need their permissions before they first call Secrets Manager.
+  depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
+
+  lifecycle {
+    # Replacing (or stop/starting) every manager at once would lose the raft quorum: roll them
+    # one at a time with `terraform apply -replace=...` when the AMI or the template changes.
+    ignore_changes = [ami, user_data]
+  }
+}
+
+resource "aws_instance" "worker" {
+  count = var.worker_count
+
+  ami                    = local.ami
+  instance_type          = var.worker_instance_type
+  subnet_id              = aws_subnet.private[count.index % var.az_count].id
+  vpc_security_group_ids = [aws_security_group.nodes.id]
+  iam_instance_profile   = aws_iam_instance_profile.node.name
+  key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
+  monitoring             = true
+  ebs_optimized          = true
+  user_data              = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type = "gp3"
+    volume_size = var.root_volume_size
+    encrypted   = true
+  }
+
+  tags = merge(local.tags, { Name = "${local.prefix}-worker-${count.index + 1}", "swarmstrap:role" = "worker" })
+
+  depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
+
+  lifecycle {
+    ignore_changes = [ami, user_data]
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
+# Network load balancer in front of the routing mesh of every node.
+
+resource "aws_lb" "this" {
+  #checkov:skip=CKV_AWS_91:Access logs need an S3 bucket with its own policy and lifecycle; enable them in your account baseline if you want them.
+  #checkov:skip=CKV_AWS_150:Deletion protection would make `terraform destroy` of a swarm fail; the load balancer holds no data.
+  count = length(var.lb_ports) > 0 ? 1 : 0
+
+  name_prefix                      = "swarm-"
+  load_balancer_type               = "network"
+  internal                         = false
+  subnets                          = aws_subnet.public[*].id
+  security_groups                  = [aws_security_group.lb.id]
+  enable_cross_zone_load_balancing = true
+  tags                             = local.tags
+
+  depends_on = [aws_internet_gateway.this]
+}
+
+resource "aws_lb_target_group" "this" {
+  for_each = toset([for p in var.lb_ports : tostring(p)])
+
+  name_prefix = "swarm-"
+  port        = tonumber(each.key)
+  protocol    = "TCP"
+  target_type = "instance"
+  vpc_id      = aws_vpc.this.id
+  tags        = local.tags
+
+  health_check {
+    protocol            = "TCP"
+    port                = "traffic-port"
+    interval            = 10
+    healthy_threshold   = 3
+    unhealthy_threshold = 3
+  }
+}
+
+resource "aws_lb_listener" "this" {
+  #checkov:skip=CKV_AWS_2:A TCP pass-through listener: TLS, if any, is terminated by the swarm's own services.
+  #checkov:skip=CKV_AWS_103:A TCP pass-through listener has no TLS policy.
+  for_each = aws_lb_target_group.this
+
+  load_balancer_arn = aws_lb.this[0].arn
+  port              = tonumber(each.key)
+  protocol          = "TCP"
+  tags              = local.tags
+
+  default_action {
+    type             = "forward"
+    target_group_arn = each.value.arn
+  }
+}
+
+resource "aws_lb_target_group_attachment" "this" {
+  for_each = local.lb_attachments
+
+  target_group_arn = aws_lb_target_group.this[each.value.port].arn
+  target_id        = each.value.instance_id
+  port             = tonumber(each.value.port)
+}

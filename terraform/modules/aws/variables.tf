@@ -1,0 +1,235 @@
+variable "cluster_name" {
+  description = "Name of the swarm cluster (part of the Secrets Manager secret name). Empty: the Terraform workspace name, lower-cased."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cluster_name == "" || can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.cluster_name))
+    error_message = "The cluster_name must be 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit."
+  }
+}
+
+variable "manager_count" {
+  description = "Number of manager instances: 1, 3, 5 or 7 (an odd number keeps the raft quorum). Also the agents' target_managers."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = contains([1, 3, 5, 7], var.manager_count)
+    error_message = "The manager_count must be 1, 3, 5 or 7: an odd number of managers keeps a raft quorum through a partition."
+  }
+}
+
+variable "worker_count" {
+  description = "Number of worker instances. Changing it adds or removes workers only; no other instance is touched."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.worker_count >= 0 && var.worker_count <= 100 && floor(var.worker_count) == var.worker_count
+    error_message = "The worker_count must be a whole number from 0 to 100."
+  }
+}
+
+variable "docker_version" {
+  description = "Docker engine package version to install from the distribution (e.g. 24.0.7-0ubuntu4), or \"distro\" for the distribution's current docker.io."
+  type        = string
+  default     = "distro"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.:~+-]+$", var.docker_version))
+    error_message = "The docker_version must be \"distro\" or a package version such as 24.0.7-0ubuntu4."
+  }
+}
+
+variable "agent_version" {
+  description = "swarmstrap release to install; replaces {version} in agent_url and coordinator_binary_url."
+  type        = string
+  default     = "0.1.0"
+
+  validation {
+    condition     = can(regex("^[0-9A-Za-z.+-]+$", var.agent_version))
+    error_message = "The agent_version must be a release version such as 0.1.0."
+  }
+}
+
+variable "agent_url" {
+  description = "HTTPS URL of the static x86_64 swarm-agent binary; {version} is replaced by agent_version."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024
+    error_message = "The agent_url must be an https:// URL (at most 1024 characters); the binary's sha256 is checked on every node."
+  }
+}
+
+variable "agent_sha256" {
+  description = "sha256 (64 lowercase hex digits) of the swarm-agent binary at agent_url. A node whose download does not match installs nothing and fails its boot."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.agent_sha256))
+    error_message = "The agent_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "lb_config_enabled" {
+  description = "Whether agents write the nginx upstream file at /loadbalancer/default.conf on every node (for an nginx service that bind-mounts /loadbalancer)."
+  type        = bool
+  default     = true
+}
+
+variable "docker_log_max_size" {
+  description = "Docker json-file log rotation: largest size of one container log file, e.g. 10m."
+  type        = string
+  default     = "10m"
+
+  validation {
+    condition     = can(regex("^[0-9]+[kmg]$", var.docker_log_max_size))
+    error_message = "The docker_log_max_size must be a number followed by k, m or g, e.g. 10m."
+  }
+}
+
+variable "docker_log_max_file" {
+  description = "Docker json-file log rotation: number of log files kept per container."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.docker_log_max_file >= 1 && var.docker_log_max_file <= 100 && floor(var.docker_log_max_file) == var.docker_log_max_file
+    error_message = "The docker_log_max_file must be a whole number from 1 to 100."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "IPv4 range of the cluster's VPC; split into one public and one private subnet per availability zone."
+  type        = string
+  default     = "10.20.0.0/16"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0)) && tonumber(split("/", var.vpc_cidr)[1]) <= 22
+    error_message = "The vpc_cidr must be an IPv4 CIDR block of size /22 or larger, e.g. 10.20.0.0/16."
+  }
+}
+
+variable "az_count" {
+  description = "Number of availability zones to spread subnets and instances over (2 or 3)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = contains([2, 3], var.az_count)
+    error_message = "The az_count must be 2 or 3."
+  }
+}
+
+variable "manager_instance_type" {
+  description = "EC2 instance type of the managers (x86_64)."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = !can(regex("^[a-z0-9]+g[a-z]*\\.", var.manager_instance_type))
+    error_message = "The manager_instance_type must be an x86_64 type: swarm-agent is built for x86_64, not Graviton (the *g* families)."
+  }
+}
+
+variable "worker_instance_type" {
+  description = "EC2 instance type of the workers (x86_64)."
+  type        = string
+  default     = "t3.small"
+
+  validation {
+    condition     = !can(regex("^[a-z0-9]+g[a-z]*\\.", var.worker_instance_type))
+    error_message = "The worker_instance_type must be an x86_64 type: swarm-agent is built for x86_64, not Graviton (the *g* families)."
+  }
+}
+
+variable "ami_id" {
+  description = "AMI for every instance. Empty: the latest Amazon Linux 2023 x86_64 AMI (from its public SSM parameter). Ubuntu 22.04/24.04 and Debian 12 AMIs work too; they must run the SSM agent for status_commands."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.ami_id == "" || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "The ami_id must be empty or an AMI id such as ami-0123456789abcdef0."
+  }
+}
+
+variable "root_volume_size" {
+  description = "Size in GiB of each instance's encrypted gp3 root volume (images live here)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.root_volume_size >= 8 && var.root_volume_size <= 16384
+    error_message = "The root_volume_size must be between 8 and 16384 GiB."
+  }
+}
+
+variable "ssh_key_name" {
+  description = "Name of an EC2 key pair to install on the instances. Empty: none (use SSM Session Manager; the instances have no public address anyway)."
+  type        = string
+  default     = ""
+}
+
+variable "secret_name_prefix" {
+  description = "Prefix of the Secrets Manager secret the agents create and share; the module appends the cluster name and a random suffix (a deleted secret name stays blocked for 7-30 days)."
+  type        = string
+  default     = "swarmstrap/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9/_+=.@-]{0,100}$", var.secret_name_prefix))
+    error_message = "The secret_name_prefix may contain only letters, digits and /_+=.@- (at most 100 characters)."
+  }
+}
+
+variable "kms_key_id" {
+  description = "ARN of a customer-managed KMS key for the secret. Empty: Secrets Manager's AWS-managed key (aws/secretsmanager)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.kms_key_id == "" || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", var.kms_key_id))
+    error_message = "The kms_key_id must be empty or a KMS key ARN such as arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab."
+  }
+}
+
+variable "advertise_addr" {
+  description = "How agents pick the address they advertise to the swarm: aws (the private address from the instance metadata, IMDSv2), interface:NAME, auto, or an IP."
+  type        = string
+  default     = "aws"
+
+  validation {
+    condition     = can(regex("^(auto|aws|interface:[A-Za-z0-9_.-]+|[0-9.]+)$", var.advertise_addr))
+    error_message = "The advertise_addr must be auto, aws, interface:NAME or an IPv4 address."
+  }
+}
+
+variable "lb_ports" {
+  description = "TCP ports the network load balancer forwards to the same port on every node (the swarm routing mesh). Empty: no load balancer."
+  type        = list(number)
+  default     = [80]
+
+  validation {
+    condition     = alltrue([for p in var.lb_ports : p >= 1 && p <= 65535 && !contains([2377, 7946, 4789, 22], p)])
+    error_message = "Each lb_ports entry must be a TCP port 1-65535 other than 22 and the swarm ports 2377, 7946 and 4789."
+  }
+}
+
+variable "lb_allowed_cidrs" {
+  description = "Source CIDR blocks allowed to reach the load balancer's ports."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+
+  validation {
+    condition     = alltrue([for c in var.lb_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "Every entry of lb_allowed_cidrs must be a CIDR block such as 0.0.0.0/0 or 203.0.113.0/24."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every AWS resource."
+  type        = map(string)
+  default     = {}
+}

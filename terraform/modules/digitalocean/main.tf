@@ -1,0 +1,285 @@
+# A Docker Swarm on DigitalOcean, bootstrapped by swarmstrap: a coordinator droplet and manager
+# and worker droplets on one VPC. Every node runs swarm-agent (installed by cloud-init), which
+# elects the single node that runs `docker swarm init` through the coordinator and joins all
+# the others. No SSH, no provisioners, no token fetching.
+
+locals {
+  prefix  = terraform.workspace
+  cluster = var.cluster_name != "" ? var.cluster_name : substr(trim(lower(replace(terraform.workspace, "/[^A-Za-z0-9-]/", "-")), "-"), 0, 32)
+
+  agent_url              = replace(var.agent_url, "{version}", var.agent_version)
+  coordinator_binary_url = replace(var.coordinator_binary_url, "{version}", var.agent_version)
+  cloud_init_dir         = "${path.module}/../../../cloud-init"
+  coordinator_port       = 8443
+
+  # The pin the agents check: sha256 of the certificate's DER encoding. Terraform's sha256()
+  # hashes the UTF-8 of a string and base64decode() refuses bytes that are not UTF-8 (a DER
+  # never is), so the DER is hashed by the hashicorp/local provider (local_file below, whose
+  # content_sha256 is the sha256 of the decoded bytes). This is the PEM body: base64 of the DER.
+  coordinator_cert_der_b64 = join("", [for line in split("\n", tls_self_signed_cert.coordinator.cert_pem) : trimspace(line) if length(regexall("^-----|^\\s*$", line)) == 0])
+  coordinator_fingerprint  = "sha256:${local_file.coordinator_cert_der.content_sha256}"
+  coordinator_url          = "https://${digitalocean_droplet.coordinator.ipv4_address_private}:${local.coordinator_port}"
+
+  # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
+  # workers never changes an existing droplet.
+  node_vars = {
+    cluster                 = local.cluster
+    backend                 = "coordinator"
+    target_managers         = var.manager_count
+    advertise_addr          = var.advertise_addr
+    coordinator_url         = local.coordinator_url
+    coordinator_fingerprint = local.coordinator_fingerprint
+    join_secret             = random_password.cluster_secret.result
+    sm_secret_name          = ""
+    sm_region               = ""
+    sm_kms_key_id           = ""
+    sm_endpoint_url         = ""
+    lb_enabled              = var.lb_config_enabled
+    lb_path                 = "/loadbalancer/default.conf"
+    agent_url               = local.agent_url
+    agent_sha256            = var.agent_sha256
+    docker_version          = var.docker_version
+    docker_log_max_size     = var.docker_log_max_size
+    docker_log_max_file     = tostring(var.docker_log_max_file)
+    agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
+    install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+  }
+
+  swarm_ports = [
+    { protocol = "tcp", port = "2377" },
+    { protocol = "tcp", port = "7946" },
+    { protocol = "udp", port = "7946" },
+    { protocol = "udp", port = "4789" },
+  ]
+}
+
+resource "digitalocean_vpc" "this" {
+  name     = "${local.prefix}-swarm"
+  region   = var.region
+  ip_range = var.vpc_cidr
+}
+
+resource "digitalocean_tag" "node" {
+  name = "${local.prefix}-swarm-node"
+}
+
+resource "digitalocean_tag" "coordinator" {
+  name = "${local.prefix}-swarm-coordinator"
+}
+
+# The cluster's join secret: the coordinator registers the cluster with it and every agent
+# authenticates with it. It sits in the Terraform state and in the droplets' user-data: keep
+# the state private (the example uses an encrypted Spaces bucket).
+resource "random_password" "cluster_secret" {
+  length  = 48
+  special = false
+}
+
+# The coordinator's TLS identity, made here so the fingerprint is known before any node boots.
+resource "tls_private_key" "coordinator" {
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "coordinator" {
+  private_key_pem = tls_private_key.coordinator.private_key_pem
+
+  subject {
+    common_name  = "swarm-coordinator"
+    organization = "swarmstrap"
+  }
+
+  # DigitalOcean cannot give a droplet a chosen VPC address before it exists, so the
+  # certificate names the coordinator by a DNS name only. Agents do not check names: they pin
+  # this exact certificate by its sha256.
+  dns_names             = ["swarm-coordinator.${local.cluster}.internal"]
+  validity_period_hours = 87600
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+}
+
+# The DER of the certificate (public, not a secret), written only so its sha256 can be taken.
+# On a machine without the file (a fresh CI checkout with remote state) Terraform plans to write
+# it again; nodes ignore user_data changes, so that never replaces a droplet.
+resource "local_file" "coordinator_cert_der" {
+  content_base64       = local.coordinator_cert_der_b64
+  filename             = "${path.root}/.terraform/swarmstrap/${local.prefix}-coordinator.der"
+  file_permission      = "0644"
+  directory_permission = "0755"
+}
+
+resource "digitalocean_droplet" "coordinator" {
+  name       = "${local.prefix}-coordinator-1"
+  region     = var.region
+  size       = var.coordinator_size
+  image      = var.image
+  vpc_uuid   = digitalocean_vpc.this.id
+  ssh_keys   = var.ssh_keys
+  monitoring = true
+  ipv6       = false
+  tags       = concat([digitalocean_tag.coordinator.id], var.tags)
+
+  user_data = templatefile("${local.cloud_init_dir}/coordinator.yaml.tftpl", {
+    cluster                   = local.cluster
+    target_managers           = var.manager_count
+    cluster_secret            = random_password.cluster_secret.result
+    tls_cert_pem              = tls_self_signed_cert.coordinator.cert_pem
+    tls_key_pem               = tls_private_key.coordinator.private_key_pem
+    coordinator_binary_url    = local.coordinator_binary_url
+    coordinator_binary_sha256 = var.coordinator_binary_sha256
+    coordinator_unit          = file("${local.cloud_init_dir}/swarm-coordinator.service")
+    install_script            = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+  })
+
+  lifecycle {
+    # A new image release or template edit must not replace the rendezvous of a running cluster.
+    ignore_changes = [user_data, image]
+  }
+}
+
+resource "digitalocean_droplet" "manager" {
+  count = var.manager_count
+
+  name       = "${local.prefix}-manager-${count.index + 1}"
+  region     = var.region
+  size       = var.manager_size
+  image      = var.image
+  vpc_uuid   = digitalocean_vpc.this.id
+  ssh_keys   = var.ssh_keys
+  monitoring = true
+  ipv6       = false
+  tags       = concat([digitalocean_tag.node.id], var.tags)
+  user_data  = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+
+  lifecycle {
+    # Replacing managers all at once would lose the raft quorum: roll them one at a time with
+    # `terraform apply -replace=...` instead of letting an image or template change do it.
+    ignore_changes = [user_data, image]
+  }
+}
+
+resource "digitalocean_droplet" "worker" {
+  count = var.worker_count
+
+  name       = "${local.prefix}-worker-${count.index + 1}"
+  region     = var.region
+  size       = var.worker_size
+  image      = var.image
+  vpc_uuid   = digitalocean_vpc.this.id
+  ssh_keys   = var.ssh_keys
+  monitoring = true
+  ipv6       = false
+  tags       = concat([digitalocean_tag.node.id], var.tags)
+  user_data  = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+
+  lifecycle {
+    ignore_changes = [user_data, image]
+  }
+}
+
+resource "digitalocean_loadbalancer" "this" {
+  count = length(var.lb_ports) > 0 ? 1 : 0
+
+  name        = "${local.prefix}-swarm-lb"
+  region      = var.region
+  vpc_uuid    = digitalocean_vpc.this.id
+  droplet_tag = digitalocean_tag.node.id
+
+  dynamic "forwarding_rule" {
+    for_each = var.lb_ports
+    content {
+      entry_protocol  = "tcp"
+      entry_port      = forwarding_rule.value
+      target_protocol = "tcp"
+      target_port     = forwarding_rule.value
+    }
+  }
+
+  healthcheck {
+    protocol = "tcp"
+    port     = var.lb_ports[0]
+  }
+
+  # Managers and workers must exist (with the tag) before the balancer is useful.
+  depends_on = [digitalocean_droplet.manager]
+}
+
+resource "digitalocean_firewall" "nodes" {
+  name = "${local.prefix}-swarm-nodes"
+  tags = [digitalocean_tag.node.id]
+
+  # Swarm control plane, gossip and overlay data plane: only inside the VPC.
+  dynamic "inbound_rule" {
+    for_each = local.swarm_ports
+    content {
+      protocol         = inbound_rule.value.protocol
+      port_range       = inbound_rule.value.port
+      source_addresses = [var.vpc_cidr]
+    }
+  }
+
+  dynamic "inbound_rule" {
+    for_each = length(var.ssh_allowed_cidrs) > 0 ? [1] : []
+    content {
+      protocol         = "tcp"
+      port_range       = "22"
+      source_addresses = var.ssh_allowed_cidrs
+    }
+  }
+
+  # Published service ports: from the load balancer only.
+  dynamic "inbound_rule" {
+    for_each = length(var.lb_ports) > 0 ? var.lb_ports : []
+    content {
+      protocol                  = "tcp"
+      port_range                = tostring(inbound_rule.value)
+      source_load_balancer_uids = [digitalocean_loadbalancer.this[0].id]
+    }
+  }
+
+  # Packages, the agent download, image pulls.
+  outbound_rule {
+    protocol              = "tcp"
+    port_range            = "1-65535"
+    destination_addresses = ["0.0.0.0/0", "::/0"]
+  }
+  outbound_rule {
+    protocol              = "udp"
+    port_range            = "1-65535"
+    destination_addresses = ["0.0.0.0/0", "::/0"]
+  }
+  outbound_rule {
+    protocol              = "icmp"
+    destination_addresses = ["0.0.0.0/0", "::/0"]
+  }
+}
+
+resource "digitalocean_firewall" "coordinator" {
+  name = "${local.prefix}-swarm-coordinator"
+  tags = [digitalocean_tag.coordinator.id]
+
+  inbound_rule {
+    protocol         = "tcp"
+    port_range       = tostring(local.coordinator_port)
+    source_addresses = [var.vpc_cidr]
+  }
+
+  dynamic "inbound_rule" {
+    for_each = length(var.ssh_allowed_cidrs) > 0 ? [1] : []
+    content {
+      protocol         = "tcp"
+      port_range       = "22"
+      source_addresses = var.ssh_allowed_cidrs
+    }
+  }
+
+  outbound_rule {
+    protocol              = "tcp"
+    port_range            = "1-65535"
+    destination_addresses = ["0.0.0.0/0", "::/0"]
+  }
+  outbound_rule {
+    protocol              = "udp"
+    port_range            = "53"
+    destination_addresses = ["0.0.0.0/0", "::/0"]
+  }
+}

@@ -1,0 +1,52 @@
+output "cluster_name" {
+  description = "Name of the swarm cluster as registered with the coordinator."
+  value       = local.cluster
+}
+
+output "manager_public_ips" {
+  description = "Public IPv4 addresses of the manager droplets, in index order."
+  value       = digitalocean_droplet.manager[*].ipv4_address
+}
+
+output "manager_private_ips" {
+  description = "VPC addresses of the manager droplets, in index order."
+  value       = digitalocean_droplet.manager[*].ipv4_address_private
+}
+
+output "worker_public_ips" {
+  description = "Public IPv4 addresses of the worker droplets, in index order."
+  value       = digitalocean_droplet.worker[*].ipv4_address
+}
+
+output "worker_private_ips" {
+  description = "VPC addresses of the worker droplets, in index order."
+  value       = digitalocean_droplet.worker[*].ipv4_address_private
+}
+
+output "lb_url" {
+  description = "URL of the load balancer's first port (null without lb_ports)."
+  value       = length(var.lb_ports) > 0 ? "http://${digitalocean_loadbalancer.this[0].ip}:${var.lb_ports[0]}" : null
+}
+
+output "coordinator_url" {
+  description = "URL the agents use to reach the coordinator (VPC address)."
+  value       = local.coordinator_url
+}
+
+output "coordinator_fingerprint" {
+  description = "sha256 pin of the coordinator's certificate, as written into every agent's config."
+  value       = local.coordinator_fingerprint
+}
+
+output "status_commands" {
+  description = "Per node: the command that prints `swarm-agent status` on it (needs ssh_keys and ssh_allowed_cidrs)."
+  value = merge(
+    { for i, d in digitalocean_droplet.manager : d.name => "ssh root@${d.ipv4_address} swarm-agent status" },
+    { for i, d in digitalocean_droplet.worker : d.name => "ssh root@${d.ipv4_address} swarm-agent status" },
+  )
+}
+
+output "ssh_first_manager" {
+  description = "SSH command for the first manager, e.g. to run `docker node ls` or `docker stack deploy`."
+  value       = "ssh root@${digitalocean_droplet.manager[0].ipv4_address}"
+}

@@ -1,0 +1,218 @@
+variable "cluster_name" {
+  description = "Name of the swarm cluster (registered with the coordinator). Empty: the Terraform workspace name, lower-cased."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cluster_name == "" || can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.cluster_name))
+    error_message = "The cluster_name must be 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit."
+  }
+}
+
+variable "region" {
+  description = "DigitalOcean region slug for every resource, e.g. fra1, ams3, nyc3."
+  type        = string
+  default     = "fra1"
+
+  validation {
+    condition     = can(regex("^[a-z]{3}[0-9]$", var.region))
+    error_message = "The region must be a DigitalOcean region slug such as fra1, ams3 or nyc3."
+  }
+}
+
+variable "vpc_cidr" {
+  description = "Private IPv4 range of the cluster's VPC. Swarm and coordinator traffic stays inside it."
+  type        = string
+  default     = "10.10.10.0/24"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0)) && tonumber(split("/", var.vpc_cidr)[1]) <= 28
+    error_message = "The vpc_cidr must be an IPv4 CIDR block of size /28 or larger, e.g. 10.10.10.0/24."
+  }
+}
+
+variable "manager_count" {
+  description = "Number of manager droplets: 1, 3, 5 or 7 (an odd number keeps the raft quorum). Also the agents' target_managers."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = contains([1, 3, 5, 7], var.manager_count)
+    error_message = "The manager_count must be 1, 3, 5 or 7: an odd number of managers keeps a raft quorum through a partition."
+  }
+}
+
+variable "worker_count" {
+  description = "Number of worker droplets. Changing it adds or removes workers only; no other droplet is touched."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.worker_count >= 0 && var.worker_count <= 100 && floor(var.worker_count) == var.worker_count
+    error_message = "The worker_count must be a whole number from 0 to 100."
+  }
+}
+
+variable "manager_size" {
+  description = "Droplet size slug of the managers."
+  type        = string
+  default     = "s-2vcpu-2gb"
+}
+
+variable "worker_size" {
+  description = "Droplet size slug of the workers."
+  type        = string
+  default     = "s-2vcpu-2gb"
+}
+
+variable "coordinator_size" {
+  description = "Droplet size slug of the coordinator (it is tiny: 1 vCPU / 1 GB is plenty)."
+  type        = string
+  default     = "s-1vcpu-1gb"
+}
+
+variable "image" {
+  description = "Droplet image slug for all droplets. Tested: ubuntu-24-04-x64, ubuntu-22-04-x64, debian-12-x64 (x86_64 only)."
+  type        = string
+  default     = "ubuntu-24-04-x64"
+
+  validation {
+    condition     = can(regex("^(ubuntu-2[24]-04-x64|debian-12-x64)$", var.image))
+    error_message = "The image must be ubuntu-24-04-x64, ubuntu-22-04-x64 or debian-12-x64: the installer supports these distributions on x86_64."
+  }
+}
+
+variable "ssh_keys" {
+  description = "IDs or fingerprints of SSH keys already in your DigitalOcean account, installed for root on every droplet."
+  type        = list(string)
+  default     = []
+}
+
+variable "ssh_allowed_cidrs" {
+  description = "Source CIDR blocks allowed to reach SSH (22/tcp) on the droplets. Empty: no SSH from outside the VPC."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.ssh_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "Every entry of ssh_allowed_cidrs must be a CIDR block such as 203.0.113.7/32."
+  }
+}
+
+variable "docker_version" {
+  description = "Docker engine package version to install from the distribution (e.g. 24.0.7-0ubuntu4), or \"distro\" for the distribution's current docker.io."
+  type        = string
+  default     = "distro"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.:~+-]+$", var.docker_version))
+    error_message = "The docker_version must be \"distro\" or a package version such as 24.0.7-0ubuntu4."
+  }
+}
+
+variable "agent_version" {
+  description = "swarmstrap release to install; replaces {version} in agent_url and coordinator_binary_url."
+  type        = string
+  default     = "0.1.0"
+
+  validation {
+    condition     = can(regex("^[0-9A-Za-z.+-]+$", var.agent_version))
+    error_message = "The agent_version must be a release version such as 0.1.0."
+  }
+}
+
+variable "agent_url" {
+  description = "HTTPS URL of the static x86_64 swarm-agent binary; {version} is replaced by agent_version."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024
+    error_message = "The agent_url must be an https:// URL (at most 1024 characters); the binary's sha256 is checked on every node."
+  }
+}
+
+variable "agent_sha256" {
+  description = "sha256 (64 lowercase hex digits) of the swarm-agent binary at agent_url. A node whose download does not match installs nothing and fails its boot."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.agent_sha256))
+    error_message = "The agent_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "coordinator_binary_url" {
+  description = "HTTPS URL of the static x86_64 swarm-coordinator binary; {version} is replaced by agent_version."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[^ ]+$", var.coordinator_binary_url)) && length(var.coordinator_binary_url) <= 1024
+    error_message = "The coordinator_binary_url must be an https:// URL (at most 1024 characters)."
+  }
+}
+
+variable "coordinator_binary_sha256" {
+  description = "sha256 (64 lowercase hex digits) of the swarm-coordinator binary at coordinator_binary_url."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.coordinator_binary_sha256))
+    error_message = "The coordinator_binary_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "advertise_addr" {
+  description = "How agents pick the address they advertise to the swarm: digitalocean (the VPC address from the droplet metadata), interface:eth1, auto, or an IP."
+  type        = string
+  default     = "digitalocean"
+
+  validation {
+    condition     = can(regex("^(auto|aws|digitalocean|scaleway|interface:[A-Za-z0-9_.-]+|[0-9.]+)$", var.advertise_addr))
+    error_message = "The advertise_addr must be auto, digitalocean, interface:NAME or an IPv4 address."
+  }
+}
+
+variable "lb_ports" {
+  description = "TCP ports the DigitalOcean load balancer forwards to the same port on every node (the swarm routing mesh). Empty: no load balancer."
+  type        = list(number)
+  default     = [80]
+
+  validation {
+    condition     = alltrue([for p in var.lb_ports : p >= 1 && p <= 65535 && !contains([2377, 7946, 4789, 22], p)])
+    error_message = "Each lb_ports entry must be a TCP port 1-65535 other than 22 and the swarm ports 2377, 7946 and 4789."
+  }
+}
+
+variable "lb_config_enabled" {
+  description = "Whether agents write the nginx upstream file at /loadbalancer/default.conf on every node (for an nginx service that bind-mounts /loadbalancer)."
+  type        = bool
+  default     = true
+}
+
+variable "docker_log_max_size" {
+  description = "Docker json-file log rotation: largest size of one container log file, e.g. 10m."
+  type        = string
+  default     = "10m"
+
+  validation {
+    condition     = can(regex("^[0-9]+[kmg]$", var.docker_log_max_size))
+    error_message = "The docker_log_max_size must be a number followed by k, m or g, e.g. 10m."
+  }
+}
+
+variable "docker_log_max_file" {
+  description = "Docker json-file log rotation: number of log files kept per container."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.docker_log_max_file >= 1 && var.docker_log_max_file <= 100 && floor(var.docker_log_max_file) == var.docker_log_max_file
+    error_message = "The docker_log_max_file must be a whole number from 1 to 100."
+  }
+}
+
+variable "tags" {
+  description = "Extra DigitalOcean tags for every droplet."
+  type        = list(string)
+  default     = []
+}

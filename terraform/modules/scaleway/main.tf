@@ -1,0 +1,332 @@
+# A Docker Swarm on Scaleway, bootstrapped by swarmstrap: a coordinator instance and manager and
+# worker instances on one private network. Every node runs swarm-agent (installed by
+# cloud-init), which elects the single node that runs `docker swarm init` through the
+# coordinator and joins all the others. No SSH, no provisioners, no token fetching.
+
+locals {
+  prefix  = terraform.workspace
+  cluster = var.cluster_name != "" ? var.cluster_name : substr(trim(lower(replace(terraform.workspace, "/[^A-Za-z0-9-]/", "-")), "-"), 0, 32)
+  region  = join("-", slice(split("-", var.zone), 0, 2))
+  tags    = concat(["swarmstrap", "swarm-${local.cluster}"], var.tags)
+
+  agent_url              = replace(var.agent_url, "{version}", var.agent_version)
+  coordinator_binary_url = replace(var.coordinator_binary_url, "{version}", var.agent_version)
+  cloud_init_dir         = "${path.module}/../../../cloud-init"
+  coordinator_port       = 8443
+
+  # IPAM reserves the coordinator's private address before the instance exists, so the
+  # certificate can name it and the nodes can be told where the coordinator is.
+  coordinator_ip  = split("/", scaleway_ipam_ip.coordinator.address)[0]
+  coordinator_url = "https://${local.coordinator_ip}:${local.coordinator_port}"
+
+  # The pin the agents check: sha256 of the certificate's DER encoding. Terraform's sha256()
+  # hashes the UTF-8 of a string and base64decode() refuses bytes that are not UTF-8 (a DER
+  # never is), so the DER is hashed by the hashicorp/local provider (local_file below, whose
+  # content_sha256 is the sha256 of the decoded bytes). This is the PEM body: base64 of the DER.
+  coordinator_cert_der_b64 = join("", [for line in split("\n", tls_self_signed_cert.coordinator.cert_pem) : trimspace(line) if length(regexall("^-----|^\\s*$", line)) == 0])
+  coordinator_fingerprint  = "sha256:${local_file.coordinator_cert_der.content_sha256}"
+
+  # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
+  # workers never changes an existing instance.
+  node_vars = {
+    cluster                 = local.cluster
+    backend                 = "coordinator"
+    target_managers         = var.manager_count
+    advertise_addr          = var.advertise_addr
+    coordinator_url         = local.coordinator_url
+    coordinator_fingerprint = local.coordinator_fingerprint
+    join_secret             = random_password.cluster_secret.result
+    sm_secret_name          = ""
+    sm_region               = ""
+    sm_kms_key_id           = ""
+    sm_endpoint_url         = ""
+    lb_enabled              = var.lb_config_enabled
+    lb_path                 = "/loadbalancer/default.conf"
+    agent_url               = local.agent_url
+    agent_sha256            = var.agent_sha256
+    docker_version          = var.docker_version
+    docker_log_max_size     = var.docker_log_max_size
+    docker_log_max_file     = tostring(var.docker_log_max_file)
+    agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
+    install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+  }
+
+  node_private_ips = concat(
+    [for ip in scaleway_ipam_ip.manager : split("/", ip.address)[0]],
+    [for ip in scaleway_ipam_ip.worker : split("/", ip.address)[0]],
+  )
+}
+
+resource "scaleway_vpc" "this" {
+  name   = "${local.prefix}-swarm"
+  region = local.region
+  tags   = local.tags
+}
+
+# Security groups filter only the public interfaces; the private network carries the swarm
+# ports (2377/tcp, 7946/tcp+udp, 4789/udp) and the coordinator port between our instances only.
+resource "scaleway_vpc_private_network" "this" {
+  name   = "${local.prefix}-swarm"
+  vpc_id = scaleway_vpc.this.id
+  region = local.region
+  tags   = local.tags
+
+  ipv4_subnet {
+    subnet = var.private_cidr
+  }
+}
+
+resource "scaleway_ipam_ip" "coordinator" {
+  region = local.region
+  tags   = local.tags
+
+  source {
+    private_network_id = scaleway_vpc_private_network.this.id
+  }
+}
+
+resource "scaleway_ipam_ip" "manager" {
+  count  = var.manager_count
+  region = local.region
+  tags   = local.tags
+
+  source {
+    private_network_id = scaleway_vpc_private_network.this.id
+  }
+}
+
+resource "scaleway_ipam_ip" "worker" {
+  count  = var.worker_count
+  region = local.region
+  tags   = local.tags
+
+  source {
+    private_network_id = scaleway_vpc_private_network.this.id
+  }
+}
+
+# The cluster's join secret: the coordinator registers the cluster with it and every agent
+# authenticates with it. It sits in the Terraform state and in the instances' user-data: keep
+# the state private.
+resource "random_password" "cluster_secret" {
+  length  = 48
+  special = false
+}
+
+# The coordinator's TLS identity, made here so the fingerprint is known before any node boots.
+resource "tls_private_key" "coordinator" {
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "coordinator" {
+  private_key_pem = tls_private_key.coordinator.private_key_pem
+
+  subject {
+    common_name  = "swarm-coordinator"
+    organization = "swarmstrap"
+  }
+
+  ip_addresses          = [local.coordinator_ip]
+  dns_names             = ["swarm-coordinator.${local.cluster}.internal"]
+  validity_period_hours = 87600
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+}
+
+# The DER of the certificate (public, not a secret), written only so its sha256 can be taken.
+# On a machine without the file Terraform plans to write it again; instances ignore user_data
+# changes, so that never replaces one.
+resource "local_file" "coordinator_cert_der" {
+  content_base64       = local.coordinator_cert_der_b64
+  filename             = "${path.root}/.terraform/swarmstrap/${local.prefix}-coordinator.der"
+  file_permission      = "0644"
+  directory_permission = "0755"
+}
+
+resource "scaleway_instance_security_group" "nodes" {
+  name                    = "${local.prefix}-swarm-nodes"
+  zone                    = var.zone
+  inbound_default_policy  = "drop"
+  outbound_default_policy = "accept"
+  stateful                = true
+  tags                    = local.tags
+
+  dynamic "inbound_rule" {
+    for_each = var.ssh_allowed_cidrs
+    content {
+      action   = "accept"
+      protocol = "TCP"
+      port     = 22
+      ip_range = inbound_rule.value
+    }
+  }
+}
+
+resource "scaleway_instance_security_group" "coordinator" {
+  name                    = "${local.prefix}-swarm-coordinator"
+  zone                    = var.zone
+  inbound_default_policy  = "drop"
+  outbound_default_policy = "accept"
+  stateful                = true
+  tags                    = local.tags
+
+  dynamic "inbound_rule" {
+    for_each = var.ssh_allowed_cidrs
+    content {
+      action   = "accept"
+      protocol = "TCP"
+      port     = 22
+      ip_range = inbound_rule.value
+    }
+  }
+}
+
+# Public IPs: outbound traffic (packages, the agent download, image pulls) and SSH.
+resource "scaleway_instance_ip" "coordinator" {
+  zone = var.zone
+  tags = local.tags
+}
+
+resource "scaleway_instance_ip" "manager" {
+  count = var.manager_count
+  zone  = var.zone
+  tags  = local.tags
+}
+
+resource "scaleway_instance_ip" "worker" {
+  count = var.worker_count
+  zone  = var.zone
+  tags  = local.tags
+}
+
+resource "scaleway_instance_server" "coordinator" {
+  name              = "${local.prefix}-coordinator-1"
+  zone              = var.zone
+  type              = var.coordinator_instance_type
+  image             = var.image
+  ip_id             = scaleway_instance_ip.coordinator.id
+  security_group_id = scaleway_instance_security_group.coordinator.id
+  tags              = concat(local.tags, ["coordinator"])
+
+  private_network {
+    pn_id       = scaleway_vpc_private_network.this.id
+    ipam_ip_ids = [scaleway_ipam_ip.coordinator.id]
+  }
+
+  user_data = {
+    cloud-init = templatefile("${local.cloud_init_dir}/coordinator.yaml.tftpl", {
+      cluster                   = local.cluster
+      target_managers           = var.manager_count
+      cluster_secret            = random_password.cluster_secret.result
+      tls_cert_pem              = tls_self_signed_cert.coordinator.cert_pem
+      tls_key_pem               = tls_private_key.coordinator.private_key_pem
+      coordinator_binary_url    = local.coordinator_binary_url
+      coordinator_binary_sha256 = var.coordinator_binary_sha256
+      coordinator_unit          = file("${local.cloud_init_dir}/swarm-coordinator.service")
+      install_script            = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+    })
+  }
+
+  lifecycle {
+    # A new image or template edit must not replace the rendezvous of a running cluster.
+    ignore_changes = [user_data, image]
+  }
+}
+
+resource "scaleway_instance_server" "manager" {
+  count = var.manager_count
+
+  name              = "${local.prefix}-manager-${count.index + 1}"
+  zone              = var.zone
+  type              = var.manager_instance_type
+  image             = var.image
+  ip_id             = scaleway_instance_ip.manager[count.index].id
+  security_group_id = scaleway_instance_security_group.nodes.id
+  tags              = concat(local.tags, ["manager"])
+
+  private_network {
+    pn_id       = scaleway_vpc_private_network.this.id
+    ipam_ip_ids = [scaleway_ipam_ip.manager[count.index].id]
+  }
+
+  user_data = {
+    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+  }
+
+  # The coordinator must be up to answer the agents (they retry, but why make them wait).
+  depends_on = [scaleway_instance_server.coordinator]
+
+  lifecycle {
+    # Replacing managers all at once would lose the raft quorum: roll them one at a time with
+    # `terraform apply -replace=...` instead of letting an image or template change do it.
+    ignore_changes = [user_data, image]
+  }
+}
+
+resource "scaleway_instance_server" "worker" {
+  count = var.worker_count
+
+  name              = "${local.prefix}-worker-${count.index + 1}"
+  zone              = var.zone
+  type              = var.worker_instance_type
+  image             = var.image
+  ip_id             = scaleway_instance_ip.worker[count.index].id
+  security_group_id = scaleway_instance_security_group.nodes.id
+  tags              = concat(local.tags, ["worker"])
+
+  private_network {
+    pn_id       = scaleway_vpc_private_network.this.id
+    ipam_ip_ids = [scaleway_ipam_ip.worker[count.index].id]
+  }
+
+  user_data = {
+    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+  }
+
+  depends_on = [scaleway_instance_server.coordinator]
+
+  lifecycle {
+    ignore_changes = [user_data, image]
+  }
+}
+
+# A load balancer on the private network in front of the routing mesh of every node.
+resource "scaleway_lb_ip" "this" {
+  count = length(var.lb_ports) > 0 ? 1 : 0
+  zone  = var.zone
+}
+
+resource "scaleway_lb" "this" {
+  count = length(var.lb_ports) > 0 ? 1 : 0
+
+  name   = "${local.prefix}-swarm-lb"
+  zone   = var.zone
+  type   = var.lb_type
+  ip_ids = [scaleway_lb_ip.this[0].id]
+  tags   = local.tags
+
+  private_network {
+    private_network_id = scaleway_vpc_private_network.this.id
+  }
+}
+
+resource "scaleway_lb_backend" "this" {
+  for_each = length(var.lb_ports) > 0 ? toset([for p in var.lb_ports : tostring(p)]) : toset([])
+
+  name             = "${local.prefix}-swarm-${each.key}"
+  lb_id            = scaleway_lb.this[0].id
+  forward_protocol = "tcp"
+  forward_port     = tonumber(each.key)
+  server_ips       = local.node_private_ips
+
+  health_check_tcp {}
+}
+
+resource "scaleway_lb_frontend" "this" {
+  for_each = scaleway_lb_backend.this
+
+  name         = "${local.prefix}-swarm-${each.key}"
+  lb_id        = scaleway_lb.this[0].id
+  backend_id   = each.value.id
+  inbound_port = tonumber(each.key)
+}

@@ -1,0 +1,218 @@
+variable "cluster_name" {
+  description = "Name of the swarm cluster (registered with the coordinator). Empty: the Terraform workspace name, lower-cased."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cluster_name == "" || can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.cluster_name))
+    error_message = "The cluster_name must be 1-32 lowercase letters, digits and '-', starting and ending with a letter or digit."
+  }
+}
+
+variable "manager_count" {
+  description = "Number of manager instances: 1, 3, 5 or 7 (an odd number keeps the raft quorum). Also the agents' target_managers."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = contains([1, 3, 5, 7], var.manager_count)
+    error_message = "The manager_count must be 1, 3, 5 or 7: an odd number of managers keeps a raft quorum through a partition."
+  }
+}
+
+variable "worker_count" {
+  description = "Number of worker instances. Changing it adds or removes workers only; no other instance is touched."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.worker_count >= 0 && var.worker_count <= 100 && floor(var.worker_count) == var.worker_count
+    error_message = "The worker_count must be a whole number from 0 to 100."
+  }
+}
+
+variable "docker_version" {
+  description = "Docker engine package version to install from the distribution (e.g. 24.0.7-0ubuntu4), or \"distro\" for the distribution's current docker.io."
+  type        = string
+  default     = "distro"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9.:~+-]+$", var.docker_version))
+    error_message = "The docker_version must be \"distro\" or a package version such as 24.0.7-0ubuntu4."
+  }
+}
+
+variable "agent_version" {
+  description = "swarmstrap release to install; replaces {version} in agent_url and coordinator_binary_url."
+  type        = string
+  default     = "0.1.0"
+
+  validation {
+    condition     = can(regex("^[0-9A-Za-z.+-]+$", var.agent_version))
+    error_message = "The agent_version must be a release version such as 0.1.0."
+  }
+}
+
+variable "agent_url" {
+  description = "HTTPS URL of the static x86_64 swarm-agent binary; {version} is replaced by agent_version."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024
+    error_message = "The agent_url must be an https:// URL (at most 1024 characters); the binary's sha256 is checked on every node."
+  }
+}
+
+variable "agent_sha256" {
+  description = "sha256 (64 lowercase hex digits) of the swarm-agent binary at agent_url. A node whose download does not match installs nothing and fails its boot."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.agent_sha256))
+    error_message = "The agent_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "coordinator_binary_url" {
+  description = "HTTPS URL of the static x86_64 swarm-coordinator binary; {version} is replaced by agent_version."
+  type        = string
+
+  validation {
+    condition     = can(regex("^https://[^ ]+$", var.coordinator_binary_url)) && length(var.coordinator_binary_url) <= 1024
+    error_message = "The coordinator_binary_url must be an https:// URL (at most 1024 characters)."
+  }
+}
+
+variable "coordinator_binary_sha256" {
+  description = "sha256 (64 lowercase hex digits) of the swarm-coordinator binary at coordinator_binary_url."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9a-f]{64}$", var.coordinator_binary_sha256))
+    error_message = "The coordinator_binary_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "lb_config_enabled" {
+  description = "Whether agents write the nginx upstream file at /loadbalancer/default.conf on every node (for an nginx service that bind-mounts /loadbalancer)."
+  type        = bool
+  default     = true
+}
+
+variable "docker_log_max_size" {
+  description = "Docker json-file log rotation: largest size of one container log file, e.g. 10m."
+  type        = string
+  default     = "10m"
+
+  validation {
+    condition     = can(regex("^[0-9]+[kmg]$", var.docker_log_max_size))
+    error_message = "The docker_log_max_size must be a number followed by k, m or g, e.g. 10m."
+  }
+}
+
+variable "docker_log_max_file" {
+  description = "Docker json-file log rotation: number of log files kept per container."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.docker_log_max_file >= 1 && var.docker_log_max_file <= 100 && floor(var.docker_log_max_file) == var.docker_log_max_file
+    error_message = "The docker_log_max_file must be a whole number from 1 to 100."
+  }
+}
+
+variable "zone" {
+  description = "Scaleway zone for every resource, e.g. fr-par-1, nl-ams-1, pl-waw-1."
+  type        = string
+  default     = "fr-par-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}-[a-z]{3}-[0-9]$", var.zone))
+    error_message = "The zone must be a Scaleway zone such as fr-par-1, nl-ams-1 or pl-waw-1."
+  }
+}
+
+variable "private_cidr" {
+  description = "IPv4 subnet of the cluster's private network. Swarm and coordinator traffic stays on it."
+  type        = string
+  default     = "172.16.64.0/22"
+
+  validation {
+    condition     = can(cidrhost(var.private_cidr, 0)) && tonumber(split("/", var.private_cidr)[1]) <= 28
+    error_message = "The private_cidr must be a private IPv4 CIDR block of size /28 or larger, e.g. 172.16.64.0/22."
+  }
+}
+
+variable "manager_instance_type" {
+  description = "Commercial type of the manager instances."
+  type        = string
+  default     = "DEV1-M"
+}
+
+variable "worker_instance_type" {
+  description = "Commercial type of the worker instances."
+  type        = string
+  default     = "DEV1-M"
+}
+
+variable "coordinator_instance_type" {
+  description = "Commercial type of the coordinator instance (it is tiny)."
+  type        = string
+  default     = "DEV1-S"
+}
+
+variable "image" {
+  description = "Instance image label for all instances. Tested: ubuntu_noble, ubuntu_jammy, debian_bookworm (x86_64 only)."
+  type        = string
+  default     = "ubuntu_noble"
+
+  validation {
+    condition     = contains(["ubuntu_noble", "ubuntu_jammy", "debian_bookworm"], var.image)
+    error_message = "The image must be ubuntu_noble, ubuntu_jammy or debian_bookworm: the installer supports these distributions on x86_64."
+  }
+}
+
+variable "ssh_allowed_cidrs" {
+  description = "Source CIDR blocks allowed to reach SSH (22/tcp) on the instances' public IPs. Empty: no SSH from outside. Instances get the SSH keys of your Scaleway project."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.ssh_allowed_cidrs : can(cidrhost(c, 0))])
+    error_message = "Every entry of ssh_allowed_cidrs must be a CIDR block such as 203.0.113.7/32."
+  }
+}
+
+variable "advertise_addr" {
+  description = "How agents pick the address they advertise to the swarm: scaleway (the private-network address from the instance metadata), interface:NAME, auto, or an IP."
+  type        = string
+  default     = "scaleway"
+
+  validation {
+    condition     = can(regex("^(auto|aws|digitalocean|scaleway|interface:[A-Za-z0-9_.-]+|[0-9.]+)$", var.advertise_addr))
+    error_message = "The advertise_addr must be auto, scaleway, interface:NAME or an IPv4 address."
+  }
+}
+
+variable "lb_ports" {
+  description = "TCP ports the Scaleway load balancer forwards to the same port on every node (the swarm routing mesh). Empty: no load balancer."
+  type        = list(number)
+  default     = [80]
+
+  validation {
+    condition     = alltrue([for p in var.lb_ports : p >= 1 && p <= 65535 && !contains([2377, 7946, 4789, 22], p)])
+    error_message = "Each lb_ports entry must be a TCP port 1-65535 other than 22 and the swarm ports 2377, 7946 and 4789."
+  }
+}
+
+variable "lb_type" {
+  description = "Scaleway load balancer offer, e.g. LB-S."
+  type        = string
+  default     = "LB-S"
+}
+
+variable "tags" {
+  description = "Extra tags for every Scaleway resource that takes tags."
+  type        = list(string)
+  default     = []
+}
