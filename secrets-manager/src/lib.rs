@@ -1,1 +1,448 @@
-//! AWS Secrets Manager rendezvous backend.
+//! AWS Secrets Manager rendezvous backend: bootstrap a swarm on AWS with no extra server.
+//!
+//! One secret per cluster holds one JSON document (see [`doc::ClusterDoc`]): registered nodes,
+//! the init lease with its fencing token, the published join data, and named documents. Every
+//! change is a compare-and-swap on the secret's AWSCURRENT version (see [`aws::Store::cas`] and
+//! the README for why that is a correct CAS), so concurrent nodes never lose each other's
+//! writes, and the election grants at most one live lease. Waiting (join tokens, documents)
+//! polls GetSecretValue with capped exponential backoff and jitter — never a fixed sleep.
+//!
+//! Writes are rare on purpose (Secrets Manager write APIs share ~50 TPS per account, and every
+//! write adds a secret version): no heartbeats, renewals write only in the last third of the
+//! lease, and idempotent calls (re-register, re-claim by the holder, identical re-publish)
+//! write nothing.
+
+pub mod aws;
+pub mod backoff;
+pub mod doc;
+
+use aws::{CallCounter, CountingInterceptor, Snapshot, Store, WriteOutcome};
+use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::config::Region;
+use doc::{ClusterDoc, Ctx, Step};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::{
+    ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
+    RegisterRequest, RegisterResponse,
+};
+
+/// Default prefix of the secret name: the secret of cluster `prod` is `swarmstrap/prod`.
+pub const DEFAULT_NAME_PREFIX: &str = "swarmstrap/";
+
+/// How long one mutation may keep losing compare-and-swap races before it gives up with a
+/// `Transient` error (the agent then retries the whole call).
+const CAS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Where the cluster's secret lives and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretsManagerConfig {
+    /// Cluster name (`[a-z0-9-]`, 1–63).
+    pub cluster: String,
+    /// Full secret name; when `None`, `name_prefix + cluster`.
+    pub secret_name: Option<String>,
+    pub name_prefix: String,
+    /// AWS region; when `None`, the default chain (AWS_REGION, profile, instance metadata).
+    pub region: Option<String>,
+    /// KMS key (id, ARN or alias) to encrypt the secret with when this node creates it; when
+    /// `None`, the account's `aws/secretsmanager` key.
+    pub kms_key_id: Option<String>,
+    /// Endpoint override (tests against moto, VPC endpoints with custom DNS).
+    pub endpoint_url: Option<String>,
+    /// Manager target written into the document by whoever creates it (1, 3, 5 or 7).
+    pub target_managers: u8,
+}
+
+impl SecretsManagerConfig {
+    pub fn new(cluster: impl Into<String>, target_managers: u8) -> Self {
+        SecretsManagerConfig {
+            cluster: cluster.into(),
+            secret_name: None,
+            name_prefix: DEFAULT_NAME_PREFIX.to_string(),
+            region: None,
+            kms_key_id: None,
+            endpoint_url: None,
+            target_managers,
+        }
+    }
+
+    /// The secret's name: `secret_name`, or `name_prefix + cluster`.
+    pub fn resolved_secret_name(&self) -> String {
+        self.secret_name
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.name_prefix, self.cluster))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        swarmstrap_wire::validate_name(&self.cluster)
+            .map_err(|m| rejected("invalid_cluster", m))?;
+        swarmstrap_wire::validate_target_managers(self.target_managers)
+            .map_err(|m| rejected("invalid_target_managers", m))?;
+        let name = self.resolved_secret_name();
+        let ok = !name.is_empty()
+            && name.len() <= 512
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_+=.@-".contains(c));
+        if !ok {
+            return Err(rejected(
+                "invalid_secret_name",
+                format!(
+                    "secret name {name:?} is invalid: use 1-512 characters of A-Z a-z 0-9 / _ + = . @ -"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// API calls made so far by one backend instance: HTTP attempts as sent to AWS, SDK retries
+/// included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiCallCounts {
+    pub get_secret_value: u64,
+    pub create_secret: u64,
+    pub put_secret_value: u64,
+    pub update_secret_version_stage: u64,
+    pub other: u64,
+}
+
+impl ApiCallCounts {
+    pub fn reads(&self) -> u64 {
+        self.get_secret_value
+    }
+
+    /// Calls that count against the shared write budget (~50 TPS per account).
+    pub fn writes(&self) -> u64 {
+        self.create_secret + self.put_secret_value + self.update_secret_version_stage
+    }
+}
+
+/// The Secrets Manager implementation of [`Rendezvous`].
+#[derive(Debug)]
+pub struct SecretsManagerRendezvous {
+    store: Store,
+    target_managers: u8,
+    region: String,
+    calls: Arc<CallCounter>,
+}
+
+impl SecretsManagerRendezvous {
+    /// Build from the default AWS credential chain (env, profile, instance role via IMDSv2)
+    /// and the default region chain unless `cfg.region` is set.
+    pub async fn new(cfg: SecretsManagerConfig) -> Result<Self> {
+        cfg.validate()?;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &cfg.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let sdk = loader.load().await;
+        Self::with_sdk_config(cfg, &sdk)
+    }
+
+    /// Build from an explicit SDK configuration (credentials, region, HTTP client); the
+    /// config's `region` and `endpoint_url`, when set, override the SDK config's.
+    pub fn with_sdk_config(cfg: SecretsManagerConfig, sdk: &aws_config::SdkConfig) -> Result<Self> {
+        cfg.validate()?;
+        let calls = Arc::new(CallCounter::default());
+        let mut b = aws_sdk_secretsmanager::config::Builder::from(sdk)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(10))
+                    .operation_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .interceptor(CountingInterceptor(calls.clone()));
+        if let Some(region) = &cfg.region {
+            b = b.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &cfg.endpoint_url {
+            b = b.endpoint_url(url);
+        }
+        let conf = b.build();
+        let Some(region) = conf.region().map(|r| r.to_string()) else {
+            return Err(rejected(
+                "no_region",
+                "no AWS region: set the region in the swarm-agent config or AWS_REGION (on EC2 \
+                 the instance metadata provides it)",
+            ));
+        };
+        let client = aws_sdk_secretsmanager::Client::from_conf(conf);
+        let secret_name = cfg.resolved_secret_name();
+        Ok(SecretsManagerRendezvous {
+            store: Store {
+                client,
+                secret_name,
+                cluster: cfg.cluster.clone(),
+                kms_key_id: cfg.kms_key_id.clone(),
+            },
+            target_managers: cfg.target_managers,
+            region,
+            calls,
+        })
+    }
+
+    pub fn secret_name(&self) -> &str {
+        &self.store.secret_name
+    }
+
+    /// AWS API calls made so far by this instance (for the README's call budget and tests).
+    pub fn api_calls(&self) -> ApiCallCounts {
+        self.calls.snapshot()
+    }
+
+    fn ctx(&self, now_ms: u64) -> Ctx<'_> {
+        Ctx {
+            cluster: &self.store.cluster,
+            target_managers: self.target_managers,
+            now_ms,
+        }
+    }
+
+    /// Read → decide → compare-and-swap, until the decision needs no write, a write commits,
+    /// or the decision itself fails (fencing, version). A lost race backs off (capped
+    /// exponential, jittered) and decides again on the fresh document.
+    async fn mutate<T>(
+        &self,
+        op: &'static str,
+        mut decide: impl FnMut(Option<&ClusterDoc>, &Ctx<'_>) -> Result<Step<T>>,
+    ) -> Result<Mutated<T>> {
+        let deadline = Instant::now() + CAS_DEADLINE;
+        let mut backoff = backoff::cas_backoff();
+        // A write whose outcome we did not see (lost race or unknown stage-move result): if
+        // the next read shows its version id as AWSCURRENT, it committed.
+        let mut pending: Option<(String, T)> = None;
+        let mut conflicts = 0u32;
+        loop {
+            let snap = self.store.read().await?;
+            if let (Some(s), Some((id, _))) = (&snap, &pending) {
+                if s.version_id == *id {
+                    let (_, t) = pending.take().expect("checked");
+                    return Ok(Mutated::Written(t));
+                }
+            }
+            let ctx = self.ctx(now_ms());
+            match decide(snap.as_ref().map(|s| &s.doc), &ctx)? {
+                Step::Keep(t) => return Ok(Mutated::Unchanged(t)),
+                Step::Write(doc, t) => {
+                    let id = aws::request_token();
+                    let outcome = match &snap {
+                        None => self.store.create(&doc, &id).await?,
+                        Some(Snapshot { version_id, .. }) => {
+                            self.store.cas(version_id, &doc, &id).await?
+                        }
+                    };
+                    match outcome {
+                        WriteOutcome::Committed => return Ok(Mutated::Written(t)),
+                        WriteOutcome::Lost => pending = Some((id, t)),
+                    }
+                }
+            }
+            conflicts += 1;
+            tracing::debug!(
+                operation = op,
+                conflicts,
+                "compare-and-swap lost a race; retrying"
+            );
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RendezvousError::Transient(format!(
+                    "{op}: {conflicts} compare-and-swap conflicts on secret {} within {}s; \
+                     too many concurrent writers, retry later",
+                    self.store.secret_name,
+                    CAS_DEADLINE.as_secs()
+                )));
+            }
+            tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+        }
+    }
+
+    /// Poll the document until `done` says so or `wait` (at most MAX_WAIT_SECS) has passed.
+    /// Transient read failures are retried inside the wait; the last one is returned if the
+    /// wait ends without a successful read.
+    async fn poll<T>(
+        &self,
+        wait: Duration,
+        mut view: impl FnMut(Option<&ClusterDoc>, u64) -> Result<(bool, T)>,
+    ) -> Result<T> {
+        let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
+        let deadline = Instant::now() + wait;
+        let mut backoff = backoff::poll_backoff();
+        loop {
+            match self.store.read().await {
+                Ok(snap) => {
+                    let (done, t) = view(snap.as_ref().map(|s| &s.doc), now_ms())?;
+                    if done || Instant::now() >= deadline {
+                        return Ok(t);
+                    }
+                }
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "read failed while waiting; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(backoff.next_delay().min(left)).await;
+        }
+    }
+}
+
+enum Mutated<T> {
+    Unchanged(T),
+    Written(T),
+}
+
+impl<T> Mutated<T> {
+    fn into_inner(self) -> T {
+        match self {
+            Mutated::Unchanged(t) | Mutated::Written(t) => t,
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch. Lease expiry is compared against this on
+/// every node, so clocks must agree (NTP / Amazon Time Sync; see the README).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn rejected(code: &str, message: impl Into<String>) -> RendezvousError {
+    RendezvousError::Rejected {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+pub(crate) fn conflict(code: &str, message: impl Into<String>) -> RendezvousError {
+    RendezvousError::Conflict {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Rendezvous for SecretsManagerRendezvous {
+    fn describe(&self) -> String {
+        format!(
+            "secrets-manager {} ({})",
+            self.store.secret_name, self.region
+        )
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
+        doc::validate_register(req)?;
+        let r = self
+            .mutate("register", |cur, ctx| doc::register(cur, ctx, req))
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
+        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        match self
+            .mutate("claim", |cur, ctx| doc::claim(cur, ctx, node_id, ttl_ms))
+            .await?
+        {
+            Mutated::Unchanged(r) => Ok(r),
+            Mutated::Written(_) => {
+                // Read back before reporting the grant: the agent runs `swarm init` only when
+                // the stored document really names it as the holder.
+                let snap = self.store.read().await?;
+                let Some(snap) = snap else {
+                    return Err(RendezvousError::Transient(format!(
+                        "secret {} vanished right after the claim was written",
+                        self.store.secret_name
+                    )));
+                };
+                let r = doc::claim_view(&snap.doc, node_id, now_ms());
+                if r.granted {
+                    tracing::info!(
+                        node = node_id,
+                        fencing_token = r.lease.as_ref().map_or(0, |l| l.fencing_token),
+                        "init lease granted"
+                    );
+                }
+                Ok(r)
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        node_id: &str,
+        fencing_token: u64,
+        ttl: Duration,
+    ) -> Result<ClaimResponse> {
+        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        let r = self
+            .mutate("renew", |cur, ctx| {
+                doc::renew(cur, ctx, node_id, fencing_token, ttl_ms)
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
+        doc::validate_publish(req)?;
+        let r = self
+            .mutate("publish", |cur, ctx| doc::publish(cur, ctx, req))
+            .await?;
+        if let Mutated::Written(_) = r {
+            tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
+        }
+        Ok(r.into_inner())
+    }
+
+    async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
+        let cluster = self.store.cluster.clone();
+        self.poll(wait, |doc, now| {
+            let join = doc::join_view(doc, &cluster, node_id)?;
+            Ok((join.is_some(), doc::join_response(doc, join, now)))
+        })
+        .await
+    }
+
+    async fn status(&self) -> Result<ClusterStatus> {
+        let snap = self.store.read().await?;
+        Ok(doc::status_view(
+            snap.as_ref().map(|s| &s.doc),
+            &self.ctx(now_ms()),
+        ))
+    }
+
+    async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
+        swarmstrap_wire::validate_name(name).map_err(|m| rejected("invalid_name", m))?;
+        let wait = if after.is_some() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+        self.poll(wait, |doc, _| {
+            let d = doc::doc_view(doc, name);
+            Ok((after.is_none_or(|v| d.version > v), d))
+        })
+        .await
+    }
+
+    async fn put_doc(
+        &self,
+        name: &str,
+        expected_version: u64,
+        body: &serde_json::Value,
+    ) -> Result<Document> {
+        let r = self
+            .mutate("put_doc", |cur, ctx| {
+                doc::put_doc(cur, ctx, name, expected_version, body)
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+}
