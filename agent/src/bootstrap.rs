@@ -1,0 +1,1054 @@
+//! The election → init/join state machine. It talks only to `dyn Engine` and `dyn Rendezvous`,
+//! so every backend gets the same logic, and unit tests run it against fakes.
+//!
+//! ```text
+//! wait for engine ──► engine in a swarm? ──yes──► ours? (state file, CA digest, backend) ──► no-op
+//!        │                                           └─ initialised by us, not published ──► settle
+//!        no
+//!        ▼
+//!     register ──► manager? ──► claim ──granted──► [intent record] init ► inspect ► publish
+//!        │            │           └─refused─┐        (lease renewed every ttl/3; lost ⇒ no publish)
+//!        │          worker                  ▼
+//!        └──────────────┴──────────► long-poll join info ──► join (each manager address in order)
+//!                                      (lease expired ⇒ claim again: takeover)
+//! ```
+//!
+//! "Settle" handles a swarm this agent initialised but whose publish is not confirmed (crash,
+//! lost lease): if the backend says the cluster was formed with this swarm, nothing to do; if
+//! it was formed with another swarm, leave ours (`leave --force`) and join the real one; if it
+//! is not formed and this node can (re-)claim the lease, publish the swarm it already has.
+
+use crate::engine::{
+    Engine, EngineError, EngineInfo, JoinRequest, LocalSwarmState, SwarmDetails, SWARM_PORT,
+};
+use crate::retry::{self, Failure, Policy};
+use crate::state::{
+    rfc3339_now, AgentPhase, AgentState, InitRecord, LastError, StateError, StateStore,
+};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::{
+    ClaimResponse, JoinInfo, Lease, Phase, PublishRequest, RegisterRequest, RequestedRole, Role,
+};
+
+/// How long `swarm init` may keep failing transiently before the agent gives up.
+const INIT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long joining may keep failing transiently (managers still settling, network) before
+/// the agent gives up (systemd restarts it).
+const JOIN_DEADLINE: Duration = Duration::from_secs(300);
+/// How long an engine may stay in the `pending` swarm state (a join finishing in the
+/// background) before the agent calls it an error.
+const PENDING_DEADLINE: Duration = Duration::from_secs(120);
+/// Margin added to a lease's remaining time before claiming again, so the claim arrives after
+/// the backend considers the lease expired.
+const TAKEOVER_MARGIN: Duration = Duration::from_millis(250);
+
+/// What the agent needs to know to bootstrap one node.
+pub struct Settings {
+    pub cluster: String,
+    pub node_id: String,
+    /// The IP advertised to the swarm (no port).
+    pub advertise_addr: String,
+    pub requested_role: RequestedRole,
+    pub lease_ttl: Duration,
+    /// Longest single long-poll for join info (~25 s: below proxies' idle timeouts).
+    pub long_poll: Duration,
+    /// Retry policy of every step (deadlines are added per step).
+    pub policy: Policy,
+    /// For the "wrong secret" message.
+    pub secret_file: PathBuf,
+    /// Test-only fault injection, see README: hold forever after a granted claim when this
+    /// file can be removed.
+    pub debug_hold_file: Option<PathBuf>,
+}
+
+pub struct Bootstrap {
+    pub engine: Arc<dyn Engine>,
+    pub backend: Arc<dyn Rendezvous>,
+    pub store: StateStore,
+    pub settings: Settings,
+}
+
+/// How the node ended up in the cluster's swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// This node ran `swarm init` and published the tokens.
+    Initialised,
+    /// This node joined with the published token.
+    Joined,
+    /// Already a member (reboot / rerun): nothing changed.
+    AlreadyMember,
+    /// This node had initialised a swarm earlier and published it now (after a restart).
+    PublishedExisting,
+    /// This node left an orphan swarm it had initialised and joined the cluster's swarm.
+    LeftOrphanAndJoined,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub how: How,
+    pub role: Role,
+    pub swarm_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(
+        "{backend} rejected the join secret for cluster {cluster}: check {secret_file} (and the \
+         cluster name) — {detail}"
+    )]
+    Unauthorized {
+        backend: String,
+        cluster: String,
+        secret_file: PathBuf,
+        detail: String,
+    },
+    #[error("{backend} refused to {step}: {source}")]
+    Backend {
+        backend: String,
+        step: &'static str,
+        #[source]
+        source: Failure<RendezvousError>,
+    },
+    #[error("the Docker engine failed to {step}: {source}")]
+    Engine {
+        step: &'static str,
+        #[source]
+        source: Failure<EngineError>,
+    },
+    #[error(
+        "this engine is already in a swarm (swarm id {swarm_id}, CA {ca_digest}) that swarm-agent \
+         did not create for cluster {cluster}{detail}: nothing was changed. If that swarm is not \
+         needed, run `docker swarm leave --force` on this host and restart swarm-agent; otherwise \
+         point the agent at the cluster that swarm belongs to"
+    )]
+    ForeignSwarm {
+        cluster: String,
+        swarm_id: String,
+        ca_digest: String,
+        detail: String,
+    },
+    #[error(
+        "after joining, the swarm's CA is {actual} but cluster {cluster} was published with \
+         {expected}: the backend's cluster record does not match the swarm its managers run"
+    )]
+    CaMismatch {
+        cluster: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "the swarm on this engine is {state}{detail}: fix it first (`docker swarm unlock`, or \
+         `docker swarm leave --force` to start over) and restart swarm-agent"
+    )]
+    SwarmUnusable { state: &'static str, detail: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl BootstrapError {
+    /// Unauthorized / foreign swarm / CA mismatch: the operator must change something.
+    pub fn needs_operator(&self) -> bool {
+        !matches!(self, BootstrapError::State(_))
+    }
+}
+
+/// The lease this node holds while it initialises, kept alive by a renewal task.
+struct LeaseKeeper {
+    shared: Arc<Mutex<LeaseView>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct LeaseView {
+    fencing_token: u64,
+    valid_until: Instant,
+    lost: bool,
+}
+
+impl LeaseKeeper {
+    fn start(
+        backend: Arc<dyn Rendezvous>,
+        node_id: String,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> LeaseKeeper {
+        let shared = Arc::new(Mutex::new(LeaseView {
+            fencing_token: lease.fencing_token,
+            valid_until: Instant::now() + Duration::from_millis(lease.expires_in_ms),
+            lost: false,
+        }));
+        let view = shared.clone();
+        let token = lease.fencing_token;
+        let task = tokio::spawn(async move {
+            let period = ttl / 3;
+            loop {
+                tokio::time::sleep(period).await;
+                let sent = Instant::now();
+                match backend.renew(&node_id, token, ttl).await {
+                    Ok(ClaimResponse {
+                        granted: true,
+                        lease: Some(l),
+                        ..
+                    }) if l.fencing_token == token => {
+                        let mut v = view.lock().unwrap();
+                        v.valid_until = sent + Duration::from_millis(l.expires_in_ms);
+                        tracing::debug!("init lease renewed ({} ms)", l.expires_in_ms);
+                    }
+                    Ok(_) | Err(RendezvousError::Conflict { .. }) => {
+                        tracing::warn!("the init lease was lost (renewal refused)");
+                        view.lock().unwrap().lost = true;
+                        return;
+                    }
+                    Err(e) => {
+                        let mut v = view.lock().unwrap();
+                        if Instant::now() >= v.valid_until {
+                            tracing::warn!("the init lease expired while renewal failed: {e}");
+                            v.lost = true;
+                            return;
+                        }
+                        tracing::warn!("renewing the init lease failed (will retry): {e}");
+                    }
+                }
+            }
+        });
+        LeaseKeeper { shared, task }
+    }
+
+    /// True while the lease is held for sure (not refused, not past its expiry).
+    fn held(&self) -> bool {
+        let v = self.shared.lock().unwrap();
+        !v.lost && Instant::now() < v.valid_until
+    }
+
+    fn fencing_token(&self) -> u64 {
+        self.shared.lock().unwrap().fencing_token
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn backend_transient(e: &RendezvousError) -> bool {
+    e.is_transient()
+}
+
+fn engine_transient(e: &EngineError) -> bool {
+    e.is_transient()
+}
+
+impl Bootstrap {
+    fn s(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn save(&self, st: &mut AgentState) -> Result<(), BootstrapError> {
+        self.store.save(st)?;
+        Ok(())
+    }
+
+    fn set_phase(&self, st: &mut AgentState, phase: AgentPhase) -> Result<(), BootstrapError> {
+        if st.phase != phase {
+            tracing::info!("phase: {}", phase.as_str());
+            st.phase = phase;
+        }
+        self.save(st)
+    }
+
+    /// Persist a transient error for `status` (only when the text changes).
+    fn note_error(&self, st: &mut AgentState, message: String) {
+        if st.last_error.as_ref().map(|e| &e.message) != Some(&message) {
+            st.last_error = Some(LastError {
+                message,
+                at: rfc3339_now(),
+            });
+            if let Err(e) = self.store.save(st) {
+                tracing::warn!("cannot save the state file: {e}");
+            }
+        }
+    }
+
+    fn backend_err(&self, step: &'static str, f: Failure<RendezvousError>) -> BootstrapError {
+        match f {
+            Failure::Permanent(RendezvousError::Unauthorized(detail)) => {
+                BootstrapError::Unauthorized {
+                    backend: self.backend.describe(),
+                    cluster: self.s().cluster.clone(),
+                    secret_file: self.s().secret_file.clone(),
+                    detail,
+                }
+            }
+            other => BootstrapError::Backend {
+                backend: self.backend.describe(),
+                step,
+                source: other,
+            },
+        }
+    }
+
+    /// Run the bootstrap to the end. Records the outcome (or the error) in the state file.
+    pub async fn run(&self) -> Result<Outcome, BootstrapError> {
+        let mut st = self.initial_state()?;
+        let result = self.run_inner(&mut st).await;
+        match &result {
+            Ok(o) => {
+                tracing::info!(
+                    "node is part of cluster {} as {} ({:?}), swarm {}",
+                    self.s().cluster,
+                    o.role,
+                    o.how,
+                    o.swarm_id.as_deref().unwrap_or("?")
+                );
+            }
+            Err(e) => {
+                st.phase = AgentPhase::Failed;
+                st.last_error = Some(LastError {
+                    message: e.to_string(),
+                    at: rfc3339_now(),
+                });
+                if let Err(se) = self.store.save(&mut st) {
+                    tracing::warn!("cannot save the state file: {se}");
+                }
+            }
+        }
+        result
+    }
+
+    fn initial_state(&self) -> Result<AgentState, BootstrapError> {
+        let s = self.s();
+        let mut st = match self.store.load()? {
+            Some(st) if st.cluster == s.cluster && st.node_id == s.node_id => st,
+            Some(old) => {
+                tracing::warn!(
+                    "the state file {} belongs to cluster {} / node {}: starting a new record",
+                    self.store.path().display(),
+                    old.cluster,
+                    old.node_id
+                );
+                AgentState::default()
+            }
+            None => AgentState::default(),
+        };
+        st.cluster = s.cluster.clone();
+        st.node_id = s.node_id.clone();
+        st.advertise_addr = Some(s.advertise_addr.clone());
+        st.backend = Some(self.backend.describe());
+        if st.phase != AgentPhase::Joined {
+            st.phase = AgentPhase::Starting;
+        }
+        Ok(st)
+    }
+
+    async fn run_inner(&self, st: &mut AgentState) -> Result<Outcome, BootstrapError> {
+        let was_joined = st.phase == AgentPhase::Joined;
+        if !was_joined {
+            self.set_phase(st, AgentPhase::WaitingForEngine)?;
+        }
+        let info = self.wait_engine_settled(st).await?;
+        st.hostname = Some(info.hostname.clone());
+        match info.swarm.state {
+            LocalSwarmState::Active => self.existing_swarm(st, info).await,
+            LocalSwarmState::Inactive => {
+                if was_joined {
+                    tracing::warn!(
+                        "the state file says this node had joined, but the engine is in no \
+                         swarm: bootstrapping again"
+                    );
+                }
+                self.fresh(st, &info).await
+            }
+            LocalSwarmState::Locked => Err(BootstrapError::SwarmUnusable {
+                state: "locked",
+                detail: String::new(),
+            }),
+            LocalSwarmState::Error | LocalSwarmState::Pending => {
+                Err(BootstrapError::SwarmUnusable {
+                    state: info.swarm.state.as_str(),
+                    detail: info
+                        .swarm
+                        .error
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                })
+            }
+        }
+    }
+
+    /// Wait until the engine answers and its swarm state is not `pending`.
+    async fn wait_engine_settled(&self, st: &mut AgentState) -> Result<EngineInfo, BootstrapError> {
+        let mut logged_up = false;
+        let started = Instant::now();
+        let mut delays = self.s().policy.delays();
+        loop {
+            let info = retry::retry_notify(
+                self.s().policy,
+                &format!("reach the Docker engine at {}", self.engine.describe()),
+                engine_transient,
+                |e| self.note_error(st, e.to_string()),
+                || self.engine.info(),
+            )
+            .await
+            .map_err(|source| BootstrapError::Engine {
+                step: "answer `docker info`",
+                source,
+            })?;
+            if !logged_up {
+                tracing::info!(
+                    "Docker engine {} is up (version {}, host {}, swarm {})",
+                    self.engine.describe(),
+                    info.server_version,
+                    info.hostname,
+                    info.swarm.state.as_str()
+                );
+                logged_up = true;
+            }
+            if info.swarm.state != LocalSwarmState::Pending
+                || started.elapsed() > PENDING_DEADLINE
+            {
+                return Ok(info);
+            }
+            tracing::debug!("swarm state is pending; waiting for it to settle");
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The engine is already in a swarm.
+
+    async fn existing_swarm(
+        &self,
+        st: &mut AgentState,
+        info: EngineInfo,
+    ) -> Result<Outcome, BootstrapError> {
+        let local = &info.swarm;
+        let details = if local.control_available {
+            Some(self.inspect(st).await?)
+        } else {
+            None
+        };
+        let role = if local.control_available {
+            Role::Manager
+        } else {
+            Role::Worker
+        };
+
+        // 1. A swarm this agent initialised?
+        if let Some(init) = st.init.clone() {
+            let ours = match (&details, &init.swarm_id) {
+                (Some(d), Some(id)) => *id == d.id,
+                // Intent written, crash before the swarm id was recorded: the single-node
+                // swarm on this manager is the one that init created.
+                (Some(_), None) => local.nodes == Some(1),
+                (None, _) => false,
+            };
+            if ours {
+                let d = details.clone().expect("ours implies manager details");
+                if init.published && init.ca_digest.as_deref() == Some(d.ca_digest.as_str()) {
+                    return self.already_member(st, role, &info, Some(d.id.clone()), &d.ca_digest);
+                }
+                return self.settle_own_swarm(st, d).await;
+            }
+        }
+
+        // 2. A swarm this agent joined (or had confirmed)?
+        if st.phase == AgentPhase::Joined
+            && st.swarm_node_id.is_some()
+            && st.swarm_node_id == local.node_id
+        {
+            let same_ca = match (&details, &st.ca_digest) {
+                (Some(d), Some(recorded)) => d.ca_digest == *recorded,
+                _ => true, // workers: the node id in that swarm is the identity
+            };
+            if same_ca {
+                let digest = st.ca_digest.clone().unwrap_or_default();
+                let id = details.as_ref().map(|d| d.id.clone()).or(st.swarm_id.clone());
+                return self.already_member(st, role, &info, id, &digest);
+            }
+        }
+
+        // 3. Unknown to the state file: is it the cluster's swarm anyway (e.g. state dir lost,
+        //    or a join whose answer was lost)? Ask the backend, change nothing on the engine.
+        let status = retry::retry_notify(
+            self.s().policy,
+            "read the cluster status",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.status(),
+        )
+        .await
+        .map_err(|f| self.backend_err("read the cluster status", f))?;
+        let swarm_id = details
+            .as_ref()
+            .map(|d| d.id.clone())
+            .unwrap_or_else(|| "unknown (worker)".into());
+        let ca = details
+            .as_ref()
+            .map(|d| d.ca_digest.clone())
+            .unwrap_or_else(|| "unknown (worker)".into());
+        if status.phase == Phase::Formed {
+            let matches = match &details {
+                Some(d) => status.ca_digest.as_deref() == Some(d.ca_digest.as_str()),
+                None => local
+                    .remote_managers
+                    .iter()
+                    .any(|m| status.manager_addrs.contains(m)),
+            };
+            if matches {
+                tracing::info!("the engine is already in cluster {}'s swarm", self.s().cluster);
+                let digest = status.ca_digest.clone().unwrap_or_default();
+                return self.already_member(st, role, &info, status.swarm_id.clone(), &digest);
+            }
+        }
+        Err(BootstrapError::ForeignSwarm {
+            cluster: self.s().cluster.clone(),
+            swarm_id,
+            ca_digest: ca,
+            detail: if status.phase == Phase::Formed {
+                format!(
+                    " (the cluster was formed with CA {})",
+                    status.ca_digest.as_deref().unwrap_or("?")
+                )
+            } else {
+                format!(" (the cluster is {})", status.phase)
+            },
+        })
+    }
+
+    fn already_member(
+        &self,
+        st: &mut AgentState,
+        role: Role,
+        info: &EngineInfo,
+        swarm_id: Option<String>,
+        ca_digest: &str,
+    ) -> Result<Outcome, BootstrapError> {
+        st.role = Some(role);
+        if swarm_id.is_some() {
+            st.swarm_id = swarm_id.clone();
+        }
+        if !ca_digest.is_empty() {
+            st.ca_digest = Some(ca_digest.to_string());
+        }
+        st.swarm_node_id = info.swarm.node_id.clone();
+        if st.joined_at.is_none() {
+            st.joined_at = Some(rfc3339_now());
+        }
+        self.set_phase(st, AgentPhase::Joined)?;
+        Ok(Outcome {
+            how: How::AlreadyMember,
+            role,
+            swarm_id: st.swarm_id.clone(),
+        })
+    }
+
+    async fn inspect(&self, st: &mut AgentState) -> Result<SwarmDetails, BootstrapError> {
+        retry::retry_notify(
+            self.s().policy,
+            "inspect the local swarm",
+            engine_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.engine.inspect_swarm(),
+        )
+        .await
+        .map_err(|source| BootstrapError::Engine {
+            step: "inspect the swarm",
+            source,
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The engine is in no swarm.
+
+    async fn register(
+        &self,
+        st: &mut AgentState,
+        info: &EngineInfo,
+    ) -> Result<Role, BootstrapError> {
+        self.set_phase(st, AgentPhase::Registering)?;
+        let req = RegisterRequest {
+            node_id: self.s().node_id.clone(),
+            hostname: info.hostname.clone(),
+            advertise_addr: self.s().advertise_addr.clone(),
+            role: self.s().requested_role,
+        };
+        let resp = retry::retry_notify(
+            self.s().policy,
+            "register with the backend",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.register(&req),
+        )
+        .await
+        .map_err(|f| self.backend_err("register this node", f))?;
+        if st.role != Some(resp.role) {
+            tracing::info!(
+                "registered as {} (cluster phase {}, {} managers wanted)",
+                resp.role,
+                resp.phase,
+                resp.target_managers
+            );
+        }
+        st.role = Some(resp.role);
+        self.save(st)?;
+        Ok(resp.role)
+    }
+
+    async fn fresh(&self, st: &mut AgentState, info: &EngineInfo) -> Result<Outcome, BootstrapError> {
+        if st.init.take().is_some() {
+            tracing::info!("the swarm this agent initialised earlier is gone from the engine");
+        }
+        st.swarm_id = None;
+        st.ca_digest = None;
+        st.swarm_node_id = None;
+        st.joined_at = None;
+        let role = self.register(st, info).await?;
+
+        // When to claim next: now for a manager, never for a worker.
+        let mut claim_at = (role == Role::Manager).then(Instant::now);
+        loop {
+            if let Some(at) = claim_at {
+                if Instant::now() >= at {
+                    self.set_phase(st, AgentPhase::Claiming)?;
+                    let resp = self.claim(st).await?;
+                    if resp.granted {
+                        let lease = resp.lease.clone().unwrap_or(Lease {
+                            holder: self.s().node_id.clone(),
+                            fencing_token: 0,
+                            expires_in_ms: self.s().lease_ttl.as_millis() as u64,
+                        });
+                        return self.initialise(st, lease).await;
+                    }
+                    claim_at = self.next_claim(&resp.phase, resp.lease.as_ref());
+                }
+            }
+            self.set_phase(st, AgentPhase::WaitingForTokens)?;
+            let wait = match claim_at {
+                Some(at) => at
+                    .saturating_duration_since(Instant::now())
+                    .min(self.s().long_poll),
+                None => self.s().long_poll,
+            };
+            let resp = self.wait_join(st, wait).await?;
+            if let Some(join) = resp.join {
+                return self.join(st, join, How::Joined).await;
+            }
+            if role == Role::Manager {
+                claim_at = self.next_claim(&resp.phase, resp.lease.as_ref());
+            }
+        }
+    }
+
+    /// When a manager should claim again, given the phase and lease it saw.
+    fn next_claim(&self, phase: &Phase, lease: Option<&Lease>) -> Option<Instant> {
+        match (phase, lease) {
+            (Phase::Formed, _) => None,
+            (Phase::Claimed, Some(l)) if l.holder != self.s().node_id => Some(
+                Instant::now() + Duration::from_millis(l.expires_in_ms) + TAKEOVER_MARGIN,
+            ),
+            // Open (or a lease without details): claim again right away.
+            _ => Some(Instant::now()),
+        }
+    }
+
+    async fn claim(&self, st: &mut AgentState) -> Result<ClaimResponse, BootstrapError> {
+        let resp = retry::retry_notify(
+            self.s().policy,
+            "claim the init lease",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.claim(&self.s().node_id, self.s().lease_ttl),
+        )
+        .await
+        .map_err(|f| self.backend_err("claim the init lease", f))?;
+        match (&resp.granted, &resp.lease) {
+            (true, Some(l)) => tracing::info!("init lease granted (fencing token {})", l.fencing_token),
+            (false, Some(l)) => tracing::info!(
+                "init lease held by {} for {} ms more; waiting for its tokens",
+                l.holder,
+                l.expires_in_ms
+            ),
+            _ => tracing::debug!("claim answered: phase {}", resp.phase),
+        }
+        Ok(resp)
+    }
+
+    async fn wait_join(
+        &self,
+        st: &mut AgentState,
+        wait: Duration,
+    ) -> Result<swarmstrap_wire::JoinResponse, BootstrapError> {
+        retry::retry_notify(
+            self.s().policy,
+            "wait for the join tokens",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.wait_join(&self.s().node_id, wait),
+        )
+        .await
+        .map_err(|f| self.backend_err("hand out the join tokens", f))
+        .and_then(|resp| {
+            if resp.phase == Phase::Formed && resp.join.is_none() {
+                // Would otherwise spin: formed, yet nothing to join with.
+                Err(self.backend_err(
+                    "hand out the join tokens",
+                    Failure::Permanent(RendezvousError::Rejected {
+                        code: "no_join_info".into(),
+                        message: "the cluster is formed but the answer holds no join info".into(),
+                    }),
+                ))
+            } else {
+                Ok(resp)
+            }
+        })
+    }
+
+    /// Holding a granted lease: init, inspect, publish (unless the lease was lost).
+    async fn initialise(
+        &self,
+        st: &mut AgentState,
+        lease: Lease,
+    ) -> Result<Outcome, BootstrapError> {
+        if let Some(hold) = &self.s().debug_hold_file {
+            if std::fs::remove_file(hold).is_ok() {
+                tracing::warn!(
+                    "debug hold after claim ({} removed): not initialising, not renewing, \
+                     waiting until killed",
+                    hold.display()
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+
+        // Crash safety: the intent (with the fencing token) is on disk before the engine acts.
+        st.init = Some(InitRecord {
+            fencing_token: lease.fencing_token,
+            intent_at: rfc3339_now(),
+            swarm_id: None,
+            ca_digest: None,
+            published: false,
+        });
+        self.set_phase(st, AgentPhase::Initialising)?;
+        let keeper = LeaseKeeper::start(
+            self.backend.clone(),
+            self.s().node_id.clone(),
+            &lease,
+            self.s().lease_ttl,
+        );
+
+        let advertise = self.s().advertise_addr.clone();
+        let init = retry::retry_notify(
+            self.s().policy.with_deadline(INIT_DEADLINE),
+            "swarm init",
+            engine_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.engine.init(&advertise),
+        )
+        .await;
+        let swarm_id = match init {
+            Ok(id) => id,
+            // A retried init whose first answer was lost: the swarm exists, inspect it below.
+            Err(Failure::Permanent(e)) if e.is_already_in_swarm() => {
+                let again = self.engine.info().await;
+                match again {
+                    Ok(i) if i.swarm.control_available && i.swarm.nodes == Some(1) => {
+                        i.swarm.cluster_id.unwrap_or_default()
+                    }
+                    _ => {
+                        return Err(BootstrapError::Engine {
+                            step: "run swarm init",
+                            source: Failure::Permanent(e),
+                        })
+                    }
+                }
+            }
+            Err(source) => {
+                return Err(BootstrapError::Engine {
+                    step: "run swarm init",
+                    source,
+                })
+            }
+        };
+        tracing::info!("swarm initialised: {swarm_id}");
+        if let Some(i) = st.init.as_mut() {
+            i.swarm_id = Some(swarm_id.clone());
+        }
+        self.save(st)?;
+
+        let details = self.inspect(st).await?;
+        if let Some(i) = st.init.as_mut() {
+            i.swarm_id = Some(details.id.clone());
+            i.ca_digest = Some(details.ca_digest.clone());
+        }
+        self.save(st)?;
+
+        if !keeper.held() {
+            tracing::warn!(
+                "the init lease was lost before publishing: not publishing this swarm (fencing)"
+            );
+            keeper.stop();
+            return self.settle_own_swarm(st, details).await;
+        }
+        let token = keeper.fencing_token();
+        let published = self.publish(st, &details, token).await;
+        keeper.stop();
+        match published {
+            Ok(()) => self.finish_initialiser(st, details, How::Initialised).await,
+            Err(PublishError::Fenced(msg)) => {
+                tracing::warn!("publish refused ({msg}): another node holds the lease now");
+                self.settle_own_swarm(st, details).await
+            }
+            Err(PublishError::Fatal(e)) => Err(e),
+        }
+    }
+
+    async fn publish(
+        &self,
+        st: &mut AgentState,
+        details: &SwarmDetails,
+        fencing_token: u64,
+    ) -> Result<(), PublishError> {
+        self.set_phase(st, AgentPhase::Publishing)
+            .map_err(PublishError::Fatal)?;
+        let req = PublishRequest {
+            node_id: self.s().node_id.clone(),
+            fencing_token,
+            swarm_id: details.id.clone(),
+            ca_digest: details.ca_digest.clone(),
+            manager_addrs: vec![format!("{}:{SWARM_PORT}", self.s().advertise_addr)],
+            manager_token: details.manager_token.clone(),
+            worker_token: details.worker_token.clone(),
+        };
+        match retry::retry_notify(
+            self.s().policy.with_deadline(self.s().lease_ttl),
+            "publish the join tokens",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.publish(&req),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Permanent(RendezvousError::Conflict { code, message })) => {
+                Err(PublishError::Fenced(format!("{code}: {message}")))
+            }
+            // Still unreachable after a whole lease TTL: whoever holds the lease now decides;
+            // settle against the backend.
+            Err(Failure::Deadline { last, .. }) => Err(PublishError::Fenced(last.to_string())),
+            Err(f) => Err(PublishError::Fatal(self.backend_err("publish the join tokens", f))),
+        }
+    }
+
+    async fn finish_initialiser(
+        &self,
+        st: &mut AgentState,
+        details: SwarmDetails,
+        how: How,
+    ) -> Result<Outcome, BootstrapError> {
+        if let Some(i) = st.init.as_mut() {
+            i.published = true;
+            i.swarm_id = Some(details.id.clone());
+            i.ca_digest = Some(details.ca_digest.clone());
+        }
+        let info = self.engine.info().await.ok();
+        st.role = Some(Role::Manager);
+        st.swarm_id = Some(details.id.clone());
+        st.ca_digest = Some(details.ca_digest.clone());
+        st.swarm_node_id = info.and_then(|i| i.swarm.node_id);
+        st.joined_at = Some(rfc3339_now());
+        self.set_phase(st, AgentPhase::Joined)?;
+        tracing::info!("published swarm {} for cluster {}", details.id, self.s().cluster);
+        Ok(Outcome {
+            how,
+            role: Role::Manager,
+            swarm_id: Some(details.id),
+        })
+    }
+
+    /// This engine runs a swarm the agent initialised, not (yet) confirmed as the cluster's.
+    async fn settle_own_swarm(
+        &self,
+        st: &mut AgentState,
+        details: SwarmDetails,
+    ) -> Result<Outcome, BootstrapError> {
+        tracing::info!(
+            "this engine runs swarm {} initialised by this agent; checking it against the cluster",
+            details.id
+        );
+        let info = self.wait_engine_settled(st).await?;
+        self.register(st, &info).await?;
+        let mut claim_at = Some(Instant::now());
+        loop {
+            self.set_phase(st, AgentPhase::WaitingForTokens)?;
+            let wait = match claim_at {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => self.s().long_poll,
+            }
+            .min(self.s().long_poll);
+            let resp = self.wait_join(st, wait).await?;
+            if let Some(join) = resp.join {
+                if join.ca_digest == details.ca_digest {
+                    // Our publish went through before the crash / lost answer.
+                    return self
+                        .finish_initialiser(st, details, How::PublishedExisting)
+                        .await;
+                }
+                tracing::warn!(
+                    "cluster {} was formed by swarm {} (CA {}); leaving the orphan swarm {} that \
+                     this agent initialised",
+                    self.s().cluster,
+                    join.swarm_id,
+                    join.ca_digest,
+                    details.id
+                );
+                retry::retry_notify(
+                    self.s().policy.with_deadline(INIT_DEADLINE),
+                    "leave the orphan swarm",
+                    engine_transient,
+                    |e| self.note_error(st, e.to_string()),
+                    || self.engine.leave(true),
+                )
+                .await
+                .map_err(|source| BootstrapError::Engine {
+                    step: "leave the orphan swarm",
+                    source,
+                })?;
+                st.init = None;
+                self.save(st)?;
+                return self.join(st, join, How::LeftOrphanAndJoined).await;
+            }
+            if let Some(at) = claim_at {
+                if Instant::now() >= at && resp.phase != Phase::Formed {
+                    self.set_phase(st, AgentPhase::Claiming)?;
+                    let c = self.claim(st).await?;
+                    if c.granted {
+                        let token = c.lease.as_ref().map(|l| l.fencing_token).unwrap_or(0);
+                        if let Some(i) = st.init.as_mut() {
+                            i.fencing_token = token;
+                        }
+                        self.save(st)?;
+                        match self.publish(st, &details, token).await {
+                            Ok(()) => {
+                                return self
+                                    .finish_initialiser(st, details, How::PublishedExisting)
+                                    .await
+                            }
+                            Err(PublishError::Fenced(msg)) => {
+                                tracing::warn!("publish refused ({msg}); checking again");
+                                claim_at = Some(Instant::now());
+                                continue;
+                            }
+                            Err(PublishError::Fatal(e)) => return Err(e),
+                        }
+                    }
+                    claim_at = self.next_claim(&c.phase, c.lease.as_ref());
+                    continue;
+                }
+            }
+            claim_at = self.next_claim(&resp.phase, resp.lease.as_ref());
+        }
+    }
+
+    /// Join the published swarm with the token of this node's role, through each manager
+    /// address in order, retrying transient failures (managers joining concurrently).
+    async fn join(
+        &self,
+        st: &mut AgentState,
+        join: JoinInfo,
+        how: How,
+    ) -> Result<Outcome, BootstrapError> {
+        st.role = Some(join.role);
+        self.set_phase(st, AgentPhase::Joining)?;
+        tracing::info!(
+            "joining swarm {} as {} through {}",
+            join.swarm_id,
+            join.role,
+            join.manager_addrs.join(", ")
+        );
+        let advertise = self.s().advertise_addr.clone();
+        let attempt = || async {
+            let mut last: Option<EngineError> = None;
+            for addr in &join.manager_addrs {
+                let req = JoinRequest {
+                    remote_addr: addr.clone(),
+                    token: join.token.clone(),
+                    advertise_addr: advertise.clone(),
+                };
+                match self.engine.join(&req).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_already_in_swarm() => return Ok(()),
+                    Err(e) => {
+                        tracing::debug!("join through {addr} failed: {e}");
+                        let transient = e.is_transient();
+                        last = Some(e);
+                        if !transient {
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| EngineError::Protocol {
+                host: self.engine.describe(),
+                message: "the cluster published no manager address".into(),
+            }))
+        };
+        retry::retry_notify(
+            self.s().policy.with_deadline(JOIN_DEADLINE),
+            "join the swarm",
+            engine_transient,
+            |e| self.note_error(st, e.to_string()),
+            attempt,
+        )
+        .await
+        .map_err(|source| BootstrapError::Engine {
+            step: "join the swarm",
+            source,
+        })?;
+
+        // A join can finish in the background (pending); wait for it and check the result.
+        let info = self.wait_engine_settled(st).await?;
+        if info.swarm.state != LocalSwarmState::Active {
+            return Err(BootstrapError::SwarmUnusable {
+                state: info.swarm.state.as_str(),
+                detail: info.swarm.error.map(|e| format!(" ({e})")).unwrap_or_default(),
+            });
+        }
+        if info.swarm.control_available {
+            let d = self.inspect(st).await?;
+            if d.ca_digest != join.ca_digest {
+                return Err(BootstrapError::CaMismatch {
+                    cluster: self.s().cluster.clone(),
+                    expected: join.ca_digest,
+                    actual: d.ca_digest,
+                });
+            }
+        }
+        st.swarm_id = Some(join.swarm_id.clone());
+        st.ca_digest = Some(join.ca_digest.clone());
+        st.swarm_node_id = info.swarm.node_id.clone();
+        st.joined_at = Some(rfc3339_now());
+        self.set_phase(st, AgentPhase::Joined)?;
+        Ok(Outcome {
+            how,
+            role: join.role,
+            swarm_id: Some(join.swarm_id),
+        })
+    }
+}
+
+enum PublishError {
+    /// The backend refused under fencing (or stayed unreachable for a whole TTL).
+    Fenced(String),
+    Fatal(BootstrapError),
+}
+
+#[cfg(test)]
+#[path = "bootstrap_tests.rs"]
+mod tests;

@@ -1,0 +1,111 @@
+//! `swarm-agent run`: bootstrap this node, then keep running until SIGTERM/SIGINT.
+
+use crate::bootstrap::{Bootstrap, Settings};
+use crate::config::{Config, Overrides};
+use crate::engine::BollardEngine;
+use crate::retry::Policy;
+use crate::state::StateStore;
+use crate::{advertise, backend, fsutil, state};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Test-only fault injection (see README): after a granted claim, if this file can be removed,
+/// hold forever before `swarm init` without renewing the lease.
+pub const DEBUG_HOLD_ENV: &str = "SWARM_AGENT_DEBUG_HOLD_AFTER_CLAIM_FILE";
+
+/// Per-request timeout of ordinary backend calls (long-polls get their wait + a margin).
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per-request timeout of engine calls: a manager join waits for raft and can take tens of
+/// seconds; the engine itself times out a stuck join after ~20 s.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(120);
+/// One long-poll for join tokens: below common idle timeouts of proxies and load balancers.
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: Overrides,
+}
+
+impl RunArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let cfg = Config::load(&self.config)?;
+        tracing::info!(
+            "swarm-agent {} for cluster {} (backend {}, config {})",
+            env!("CARGO_PKG_VERSION"),
+            cfg.cluster,
+            cfg.backend.as_str(),
+            cfg.config_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into())
+        );
+        fsutil::create_private_dir(&cfg.state_dir)?;
+        let node_id = state::load_or_create_node_id(&cfg.state_dir)?;
+        let secret = fsutil::read_secret_file(&cfg.join_secret_file)?;
+        let backend = backend::open(&cfg, secret, BACKEND_TIMEOUT)
+            .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
+
+        let mut shutdown = Box::pin(shutdown_signal());
+        let advertise = tokio::select! {
+            r = advertise::resolve(&cfg.advertise_addr) => r.with_context(|| {
+                format!("finding the advertise address (advertise_addr = {})", cfg.advertise_addr)
+            })?,
+            _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+        };
+        tracing::info!("node id {node_id}, advertise address {advertise}");
+
+        let boot = Bootstrap {
+            engine: Arc::new(BollardEngine::new(&cfg.docker_host, ENGINE_TIMEOUT)),
+            backend,
+            store: StateStore::new(&cfg.state_dir),
+            settings: Settings {
+                cluster: cfg.cluster.clone(),
+                node_id,
+                advertise_addr: advertise.to_string(),
+                requested_role: cfg.role,
+                lease_ttl: cfg.lease_ttl,
+                long_poll: LONG_POLL,
+                policy: Policy::FAST,
+                secret_file: cfg.join_secret_file.clone(),
+                debug_hold_file: std::env::var_os(DEBUG_HOLD_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+            },
+        };
+        tokio::select! {
+            r = boot.run() => { r?; }
+            _ = &mut shutdown => {
+                tracing::info!("stopping on signal before the bootstrap finished");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+
+        // Hook for the membership watch (later issue): for now the service idles until it is
+        // told to stop, so systemd sees it running.
+        tracing::info!("bootstrap complete; running until SIGTERM/SIGINT");
+        shutdown.await;
+        tracing::info!("stopping on signal");
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

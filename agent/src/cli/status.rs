@@ -1,0 +1,371 @@
+//! `swarm-agent status [--json]`: what the engine, the swarm, the agent and the backend say.
+//! Works (and says so) when the engine or the backend is down: every probe has a ~2 s timeout
+//! and they run concurrently.
+
+use crate::backend;
+use crate::config::{Config, Overrides};
+use crate::engine::{BollardEngine, Engine, LocalSwarmState};
+use crate::fsutil;
+use crate::state::{self, AgentState, LastError, StateStore};
+use serde::Serialize;
+use std::process::ExitCode;
+use std::time::Duration;
+use swarmstrap_wire::Role;
+
+pub const EXIT_HEALTHY: u8 = 0;
+pub const EXIT_NOT_READY: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+/// Probe timeout for the engine and the backend.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print one JSON object (stable field names, see README) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: Overrides,
+}
+
+/// The `--json` document. Field names are part of the interface (README).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StatusReport {
+    pub cluster: String,
+    /// Joined and healthy (exit code 0).
+    pub healthy: bool,
+    /// The engine is an active member of a swarm.
+    pub joined: bool,
+    pub engine: EngineStatus,
+    pub swarm: SwarmStatus,
+    pub agent: AgentStatus,
+    pub backend: BackendStatus,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct EngineStatus {
+    pub host: String,
+    pub reachable: bool,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct SwarmStatus {
+    /// inactive | pending | active | locked | error | unknown
+    pub state: String,
+    /// Docker's node id of this engine.
+    pub node_id: Option<String>,
+    pub hostname: Option<String>,
+    pub role: Option<Role>,
+    /// Managers only.
+    pub leader: Option<bool>,
+    pub managers_total: Option<u64>,
+    pub managers_reachable: Option<u64>,
+    pub nodes_total: Option<u64>,
+    pub swarm_id: Option<String>,
+    pub ca_digest: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct AgentStatus {
+    pub node_id: Option<String>,
+    pub phase: Option<String>,
+    pub role: Option<Role>,
+    pub joined_at: Option<String>,
+    pub last_error: Option<LastError>,
+    pub state_file: String,
+}
+
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct BackendStatus {
+    /// coordinator | secrets-manager
+    pub kind: String,
+    pub description: Option<String>,
+    pub reachable: bool,
+    /// open | claimed | formed
+    pub phase: Option<String>,
+    pub lease_holder: Option<String>,
+    pub swarm_id: Option<String>,
+    pub ca_digest: Option<String>,
+    pub error: Option<String>,
+}
+
+impl StatusArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let cfg = Config::load(&self.config)?;
+        let engine = BollardEngine::new(&cfg.docker_host, PROBE_TIMEOUT);
+        let report = collect(&cfg, &engine).await;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render_text(&report));
+        }
+        Ok(ExitCode::from(if report.healthy {
+            EXIT_HEALTHY
+        } else {
+            EXIT_NOT_READY
+        }))
+    }
+}
+
+async fn with_timeout<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(PROBE_TIMEOUT + Duration::from_millis(500), fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("{what}: no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// Gather everything; never fails (each part reports its own error).
+pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
+    let store = StateStore::new(&cfg.state_dir);
+    let (agent_state, state_error) = match store.load() {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let (engine_part, backend_part) = tokio::join!(probe_engine(engine), probe_backend(cfg));
+    let (engine_status, mut swarm) = engine_part;
+
+    let mut agent = AgentStatus {
+        node_id: state::read_node_id(&cfg.state_dir),
+        state_file: store.path().display().to_string(),
+        ..Default::default()
+    };
+    if let Some(st) = &agent_state {
+        agent.phase = Some(st.phase.as_str().to_string());
+        agent.role = st.role;
+        agent.joined_at = st.joined_at.clone();
+        agent.last_error = st.last_error.clone();
+        // Workers cannot read the CA through the API: report what was recorded at join time.
+        if swarm.state == "active" && swarm.ca_digest.is_none() {
+            swarm.ca_digest = st.ca_digest.clone();
+            if swarm.swarm_id.is_none() {
+                swarm.swarm_id = st.swarm_id.clone();
+            }
+        }
+    }
+    if let Some(e) = state_error {
+        agent.last_error = Some(LastError {
+            message: e,
+            at: state::rfc3339_now(),
+        });
+    }
+
+    let joined = swarm.state == "active";
+    let healthy = joined && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
+    StatusReport {
+        cluster: cfg.cluster.clone(),
+        healthy,
+        joined,
+        engine: engine_status,
+        swarm,
+        agent,
+        backend: backend_part,
+    }
+}
+
+/// Active, no swarm error, a manager quorum (on managers), and the CA this agent recorded
+/// (or the backend published) is the one the swarm runs.
+fn swarm_healthy(s: &SwarmStatus, st: Option<&AgentState>, b: &BackendStatus) -> bool {
+    if s.error.is_some() {
+        return false;
+    }
+    if s.role == Some(Role::Manager) {
+        match (s.managers_total, s.managers_reachable) {
+            (Some(t), Some(r)) if r * 2 > t => {}
+            _ => return false,
+        }
+    }
+    if let Some(actual) = &s.ca_digest {
+        if let Some(recorded) = st.and_then(|st| st.ca_digest.as_ref()) {
+            if recorded != actual {
+                return false;
+            }
+        }
+        if let Some(published) = &b.ca_digest {
+            if published != actual {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn probe_engine(engine: &dyn Engine) -> (EngineStatus, SwarmStatus) {
+    let mut es = EngineStatus {
+        host: engine.describe(),
+        ..Default::default()
+    };
+    let mut ss = SwarmStatus {
+        state: "unknown".into(),
+        ..Default::default()
+    };
+    let info = match with_timeout("docker info", engine.info()).await {
+        Ok(i) => i,
+        Err(e) => {
+            es.error = Some(e);
+            return (es, ss);
+        }
+    };
+    es.reachable = true;
+    es.version = Some(info.server_version.clone());
+    let sw = &info.swarm;
+    ss.state = sw.state.as_str().to_string();
+    ss.hostname = Some(info.hostname.clone());
+    ss.node_id = sw.node_id.clone();
+    ss.error = sw.error.clone();
+    if sw.state != LocalSwarmState::Active {
+        return (es, ss);
+    }
+    ss.nodes_total = sw.nodes;
+    ss.managers_total = sw.managers;
+    if !sw.control_available {
+        ss.role = Some(Role::Worker);
+        return (es, ss);
+    }
+    ss.role = Some(Role::Manager);
+    ss.swarm_id = sw.cluster_id.clone();
+    match with_timeout("docker swarm inspect", engine.inspect_swarm()).await {
+        Ok(d) => {
+            ss.swarm_id = Some(d.id);
+            ss.ca_digest = Some(d.ca_digest);
+        }
+        Err(e) => ss.error = Some(e),
+    }
+    match with_timeout("docker node ls", engine.nodes()).await {
+        Ok(nodes) => {
+            let managers: Vec<_> = nodes.iter().filter(|n| n.role == Role::Manager).collect();
+            ss.managers_total = Some(managers.len() as u64);
+            ss.managers_reachable =
+                Some(managers.iter().filter(|n| n.reachable == Some(true)).count() as u64);
+            ss.nodes_total = Some(nodes.len() as u64);
+            ss.leader = Some(
+                nodes
+                    .iter()
+                    .any(|n| Some(&n.id) == sw.node_id.as_ref() && n.leader),
+            );
+        }
+        Err(e) => ss.error = Some(e),
+    }
+    (es, ss)
+}
+
+async fn probe_backend(cfg: &Config) -> BackendStatus {
+    let mut bs = BackendStatus {
+        kind: cfg.backend.as_str().to_string(),
+        ..Default::default()
+    };
+    let secret = match fsutil::read_secret_file(&cfg.join_secret_file) {
+        Ok(s) => s,
+        Err(e) => {
+            bs.error = Some(e.to_string());
+            return bs;
+        }
+    };
+    let backend = match backend::open(cfg, secret, PROBE_TIMEOUT) {
+        Ok(b) => b,
+        Err(e) => {
+            bs.error = Some(e.to_string());
+            return bs;
+        }
+    };
+    bs.description = Some(backend.describe());
+    match with_timeout("cluster status", backend.status()).await {
+        Ok(s) => {
+            bs.reachable = true;
+            bs.phase = Some(s.phase.to_string());
+            bs.lease_holder = s.lease.map(|l| l.holder);
+            bs.swarm_id = s.swarm_id;
+            bs.ca_digest = s.ca_digest;
+        }
+        Err(e) => bs.error = Some(e),
+    }
+    bs
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+/// The compact aligned `key: value` list.
+pub fn render_text(r: &StatusReport) -> String {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("cluster", r.cluster.clone()),
+        ("healthy", yes_no(r.healthy).into()),
+        (
+            "engine",
+            if r.engine.reachable {
+                format!("reachable, {} ({})", opt(&r.engine.version), r.engine.host)
+            } else {
+                format!(
+                    "UNREACHABLE ({}): {}",
+                    r.engine.host,
+                    opt(&r.engine.error)
+                )
+            },
+        ),
+        ("swarm", r.swarm.state.clone()),
+        ("swarm node id", opt(&r.swarm.node_id)),
+        ("hostname", opt(&r.swarm.hostname)),
+        (
+            "role",
+            match (&r.swarm.role, r.swarm.leader) {
+                (Some(role), Some(true)) => format!("{role} (leader)"),
+                (Some(role), _) => role.to_string(),
+                (None, _) => "-".into(),
+            },
+        ),
+        (
+            "managers",
+            match (r.swarm.managers_total, r.swarm.managers_reachable) {
+                (Some(t), Some(re)) => format!("{t} total, {re} reachable"),
+                (Some(t), None) => format!("{t} total"),
+                _ => "-".into(),
+            },
+        ),
+        ("nodes", opt(&r.swarm.nodes_total)),
+        ("swarm id", opt(&r.swarm.swarm_id)),
+        ("ca digest", opt(&r.swarm.ca_digest)),
+    ];
+    if let Some(e) = &r.swarm.error {
+        rows.push(("swarm error", e.clone()));
+    }
+    rows.push(("agent node id", opt(&r.agent.node_id)));
+    rows.push((
+        "agent phase",
+        match (&r.agent.phase, &r.agent.joined_at) {
+            (Some(p), Some(at)) if p == "joined" => format!("{p} (since {at})"),
+            (Some(p), _) => p.clone(),
+            (None, _) => format!("- (no state file at {})", r.agent.state_file),
+        },
+    ));
+    rows.push((
+        "backend",
+        match (&r.backend.description, r.backend.reachable) {
+            (Some(d), true) => format!("{d} (reachable)"),
+            (Some(d), false) => format!("{d} (UNREACHABLE: {})", opt(&r.backend.error)),
+            (None, _) => format!("{} ({})", r.backend.kind, opt(&r.backend.error)),
+        },
+    ));
+    rows.push(("cluster phase", opt(&r.backend.phase)));
+    rows.push(("lease holder", opt(&r.backend.lease_holder)));
+    rows.push((
+        "last error",
+        match &r.agent.last_error {
+            Some(e) => format!("{} ({})", e.message, e.at),
+            None => "-".into(),
+        },
+    ));
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in rows {
+        out.push_str(&format!("{:<width$} {v}\n", format!("{k}:")));
+    }
+    out
+}

@@ -1,0 +1,975 @@
+//! Agent configuration: a TOML file, `SWARM_AGENT_*` environment variables and command-line
+//! flags, merged with precedence **flags > env > file > defaults**. The file format is also
+//! written by the cloud-init templates, so unknown keys are an error that names the key.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use swarmstrap_wire::RequestedRole;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/swarm-agent/config.toml";
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/swarm-agent";
+pub const DEFAULT_JOIN_SECRET_FILE: &str = "/etc/swarm-agent/join-secret";
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 30;
+pub const DEFAULT_TARGET_MANAGERS: u8 = 3;
+pub const DEFAULT_LB_PATH: &str = "/loadbalancer/default.conf";
+pub const DEFAULT_SECRET_NAME_PREFIX: &str = "swarmstrap/";
+/// Lease TTL bounds: shorter than 5 s risks losing the lease to a slow `swarm init`; longer
+/// than 10 min delays the takeover after a crashed claimant for no benefit.
+pub const LEASE_TTL_RANGE_SECS: (u64, u64) = (5, 600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("missing setting: {0}")]
+    Missing(String),
+}
+
+fn invalid(origin: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file format (every key optional here; required-ness is checked after merging).
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub cluster: Option<String>,
+    pub backend: Option<String>,
+    pub role: Option<String>,
+    pub target_managers: Option<i64>,
+    pub advertise_addr: Option<String>,
+    pub docker_host: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub join_secret_file: Option<PathBuf>,
+    pub lease_ttl_secs: Option<i64>,
+    pub coordinator: Option<FileCoordinator>,
+    pub secrets_manager: Option<FileSecretsManager>,
+    pub lb: Option<FileLb>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCoordinator {
+    pub url: Option<String>,
+    pub tls_fingerprint: Option<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecretsManager {
+    pub secret_name: Option<String>,
+    pub name_prefix: Option<String>,
+    pub region: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLb {
+    pub enabled: Option<bool>,
+    pub path: Option<PathBuf>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            // toml's message names the key ("unknown field `foo`, expected one of …") and the
+            // line; keep it on one line.
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overrides: one struct for both the environment and the command line.
+
+/// Settings given by flags or environment variables. Flags are declared on this struct (clap);
+/// [`Overrides::from_env`] fills the same struct from `SWARM_AGENT_*`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Config file [env: SWARM_AGENT_CONFIG] [default: /etc/swarm-agent/config.toml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cluster name [env: SWARM_AGENT_CLUSTER]
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Rendezvous backend: coordinator | secrets-manager [env: SWARM_AGENT_BACKEND]
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Requested role: auto | manager | worker [env: SWARM_AGENT_ROLE]
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Managers wanted: 1, 3, 5 or 7 [env: SWARM_AGENT_TARGET_MANAGERS]
+    #[arg(long, value_name = "N")]
+    pub target_managers: Option<u8>,
+    /// auto | interface:NAME | aws | digitalocean | scaleway | IP [env: SWARM_AGENT_ADVERTISE_ADDR]
+    #[arg(long, value_name = "SPEC")]
+    pub advertise_addr: Option<String>,
+    /// Docker engine address, unix:///… or tcp://IP:PORT [env: SWARM_AGENT_DOCKER_HOST]
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// Agent state directory [env: SWARM_AGENT_STATE_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// File holding the cluster's join secret [env: SWARM_AGENT_JOIN_SECRET_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub join_secret_file: Option<PathBuf>,
+    /// Init lease TTL in seconds [env: SWARM_AGENT_LEASE_TTL_SECS]
+    #[arg(long, value_name = "SECS")]
+    pub lease_ttl_secs: Option<u64>,
+    /// Coordinator base URL, e.g. https://10.10.0.2:8443 [env: SWARM_AGENT_COORDINATOR_URL]
+    #[arg(long, value_name = "URL")]
+    pub coordinator_url: Option<String>,
+    /// sha256 pin of the coordinator certificate [env: SWARM_AGENT_COORDINATOR_FINGERPRINT]
+    #[arg(long, value_name = "SHA256")]
+    pub coordinator_fingerprint: Option<String>,
+    /// CA bundle that signs the coordinator certificate [env: SWARM_AGENT_COORDINATOR_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub coordinator_ca_file: Option<PathBuf>,
+}
+
+/// `(field, environment variable)` for every override, in declaration order.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("config", "SWARM_AGENT_CONFIG"),
+    ("cluster", "SWARM_AGENT_CLUSTER"),
+    ("backend", "SWARM_AGENT_BACKEND"),
+    ("role", "SWARM_AGENT_ROLE"),
+    ("target_managers", "SWARM_AGENT_TARGET_MANAGERS"),
+    ("advertise_addr", "SWARM_AGENT_ADVERTISE_ADDR"),
+    ("docker_host", "SWARM_AGENT_DOCKER_HOST"),
+    ("state_dir", "SWARM_AGENT_STATE_DIR"),
+    ("join_secret_file", "SWARM_AGENT_JOIN_SECRET_FILE"),
+    ("lease_ttl_secs", "SWARM_AGENT_LEASE_TTL_SECS"),
+    ("coordinator_url", "SWARM_AGENT_COORDINATOR_URL"),
+    ("coordinator_fingerprint", "SWARM_AGENT_COORDINATOR_FINGERPRINT"),
+    ("coordinator_ca_file", "SWARM_AGENT_COORDINATOR_CA_FILE"),
+];
+
+fn env_name(field: &str) -> &'static str {
+    ENV_VARS
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map(|(_, e)| *e)
+        .expect("every field has an env var")
+}
+
+impl Overrides {
+    /// Read `SWARM_AGENT_*` through `get` (the process environment in production, a map in
+    /// tests). Empty variables count as unset.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
+        let s = |field: &str| get(env_name(field)).filter(|v| !v.trim().is_empty());
+        let p = |field: &str| s(field).map(PathBuf::from);
+        let num = |field: &str| -> Result<Option<u64>, ConfigError> {
+            s(field)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        invalid(env_name(field), format!("{v:?} is not a non-negative integer"))
+                    })
+                })
+                .transpose()
+        };
+        let target_managers = num("target_managers")?
+            .map(|n| {
+                u8::try_from(n).map_err(|_| {
+                    invalid(
+                        env_name("target_managers"),
+                        format!("{n}: must be 1, 3, 5 or 7"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Overrides {
+            config: p("config"),
+            cluster: s("cluster"),
+            backend: s("backend"),
+            role: s("role"),
+            target_managers,
+            advertise_addr: s("advertise_addr"),
+            docker_host: s("docker_host"),
+            state_dir: p("state_dir"),
+            join_secret_file: p("join_secret_file"),
+            lease_ttl_secs: num("lease_ttl_secs")?,
+            coordinator_url: s("coordinator_url"),
+            coordinator_fingerprint: s("coordinator_fingerprint"),
+            coordinator_ca_file: p("coordinator_ca_file"),
+        })
+    }
+
+    pub fn from_process_env() -> Result<Overrides, ConfigError> {
+        Overrides::from_env(|k| std::env::var(k).ok())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The resolved configuration.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Coordinator,
+    SecretsManager,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Coordinator => "coordinator",
+            BackendKind::SecretsManager => "secrets-manager",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "coordinator" => Ok(BackendKind::Coordinator),
+            "secrets-manager" => Ok(BackendKind::SecretsManager),
+            other => Err(format!(
+                "unknown backend {other:?}: use \"coordinator\" or \"secrets-manager\""
+            )),
+        }
+    }
+}
+
+fn parse_role(s: &str) -> Result<RequestedRole, String> {
+    match s.trim() {
+        "auto" => Ok(RequestedRole::Auto),
+        "manager" => Ok(RequestedRole::Manager),
+        "worker" => Ok(RequestedRole::Worker),
+        other => Err(format!(
+            "unknown role {other:?}: use \"auto\", \"manager\" or \"worker\""
+        )),
+    }
+}
+
+/// Which cloud's metadata service gives the private address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudKind {
+    Aws,
+    DigitalOcean,
+    Scaleway,
+}
+
+/// How the address advertised to the swarm is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdvertiseSpec {
+    /// The IPv4 address of the interface that carries the default route.
+    Auto,
+    /// The (first) IPv4 address of this interface.
+    Interface(String),
+    /// The private IPv4 from the cloud's metadata service.
+    Cloud(CloudKind),
+    /// Exactly this address.
+    Ip(IpAddr),
+}
+
+impl FromStr for AdvertiseSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        Ok(match s {
+            "auto" => AdvertiseSpec::Auto,
+            "aws" => AdvertiseSpec::Cloud(CloudKind::Aws),
+            "digitalocean" => AdvertiseSpec::Cloud(CloudKind::DigitalOcean),
+            "scaleway" => AdvertiseSpec::Cloud(CloudKind::Scaleway),
+            _ => {
+                if let Some(name) = s.strip_prefix("interface:") {
+                    if name.is_empty() {
+                        return Err("\"interface:\" needs an interface name, e.g. interface:eth1".into());
+                    }
+                    AdvertiseSpec::Interface(name.to_string())
+                } else if let Ok(ip) = s.parse::<IpAddr>() {
+                    AdvertiseSpec::Ip(ip)
+                } else {
+                    return Err(format!(
+                        "{s:?} is not an advertise address: use auto, interface:NAME, aws, \
+                         digitalocean, scaleway or an IP address (host names are not resolved)"
+                    ));
+                }
+            }
+        })
+    }
+}
+
+impl fmt::Display for AdvertiseSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdvertiseSpec::Auto => f.write_str("auto"),
+            AdvertiseSpec::Interface(n) => write!(f, "interface:{n}"),
+            AdvertiseSpec::Cloud(CloudKind::Aws) => f.write_str("aws"),
+            AdvertiseSpec::Cloud(CloudKind::DigitalOcean) => f.write_str("digitalocean"),
+            AdvertiseSpec::Cloud(CloudKind::Scaleway) => f.write_str("scaleway"),
+            AdvertiseSpec::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// How the agent trusts the coordinator's TLS certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CoordinatorTls {
+    /// Exactly the certificate with this sha256 (what `swarm-coordinator` prints).
+    Pinned([u8; 32]),
+    /// Certificates signed by the CA(s) in this PEM file.
+    CaFile(PathBuf),
+    /// The system's trust store (https URL without pin or CA file).
+    SystemRoots,
+    /// Plain http (lab / development only: the join secret travels unencrypted).
+    PlainHttp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoordinatorConfig {
+    /// Base URL without trailing slash.
+    pub url: String,
+    pub tls: CoordinatorTls,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SecretsManagerConfig {
+    /// Full secret name (from `secret_name`, or `name_prefix` + cluster).
+    pub secret_name: String,
+    pub region: Option<String>,
+    pub kms_key_id: Option<String>,
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbConfig {
+    pub enabled: bool,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    pub cluster: String,
+    pub backend: BackendKind,
+    pub role: RequestedRole,
+    pub target_managers: u8,
+    pub advertise_addr: AdvertiseSpec,
+    pub docker_host: String,
+    pub state_dir: PathBuf,
+    pub join_secret_file: PathBuf,
+    pub lease_ttl: Duration,
+    /// Set when `backend = "coordinator"` (required then).
+    pub coordinator: Option<CoordinatorConfig>,
+    pub secrets_manager: SecretsManagerConfig,
+    /// Accepted and kept for the load-balancer issue; nothing uses it yet.
+    pub lb: LbConfig,
+}
+
+/// Pick the highest-precedence value and say where it came from.
+fn pick<T>(
+    flag: Option<T>,
+    flag_name: &str,
+    env: Option<T>,
+    env_name: &str,
+    file: Option<T>,
+    file_key: &str,
+    file_path: &Option<PathBuf>,
+) -> Option<(T, String)> {
+    if let Some(v) = flag {
+        return Some((v, format!("--{}", flag_name.replace('_', "-"))));
+    }
+    if let Some(v) = env {
+        return Some((v, env_name.to_string()));
+    }
+    if let Some(v) = file {
+        let origin = match file_path {
+            Some(p) => format!("{file_key} in {}", p.display()),
+            None => file_key.to_string(),
+        };
+        return Some((v, origin));
+    }
+    None
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|v| !v.trim().is_empty())
+}
+
+fn non_empty_path(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|v| !v.as_os_str().is_empty())
+}
+
+impl Config {
+    /// Load the config the way the binary does: find the file (flag, env, default), read it if
+    /// present, merge env and flags over it.
+    pub fn load(flags: &Overrides) -> Result<Config, ConfigError> {
+        let env = Overrides::from_process_env()?;
+        Config::load_with(flags, &env)
+    }
+
+    pub fn load_with(flags: &Overrides, env: &Overrides) -> Result<Config, ConfigError> {
+        let (path, explicit) = match (&flags.config, &env.config) {
+            (Some(p), _) | (None, Some(p)) => (p.clone(), true),
+            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let (file, file_path) = match std::fs::read_to_string(&path) {
+            Ok(text) => (FileConfig::parse(&text, &path)?, Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                (FileConfig::default(), None)
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Config::resolve(file, file_path, env, flags)
+    }
+
+    /// Merge the layers: flags > env > file > defaults, then validate.
+    pub fn resolve(
+        file: FileConfig,
+        file_path: Option<PathBuf>,
+        env: &Overrides,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let fp = &file_path;
+        macro_rules! layer {
+            ($field:ident, $file:expr) => {
+                pick(
+                    flags.$field.clone(),
+                    stringify!($field),
+                    env.$field.clone(),
+                    env_name(stringify!($field)),
+                    $file,
+                    stringify!($field),
+                    fp,
+                )
+            };
+        }
+
+        let (cluster, origin) = layer!(cluster, non_empty(file.cluster.clone())).ok_or_else(|| {
+            ConfigError::Missing(
+                "cluster: set `cluster = \"NAME\"` in the config file, SWARM_AGENT_CLUSTER or --cluster"
+                    .into(),
+            )
+        })?;
+        swarmstrap_wire::validate_name(&cluster).map_err(|m| invalid(&origin, m))?;
+
+        let backend = match layer!(backend, non_empty(file.backend.clone())) {
+            Some((b, origin)) => b.parse::<BackendKind>().map_err(|m| invalid(&origin, m))?,
+            None => BackendKind::Coordinator,
+        };
+
+        let role = match layer!(role, non_empty(file.role.clone())) {
+            Some((r, origin)) => parse_role(&r).map_err(|m| invalid(&origin, m))?,
+            None => RequestedRole::Auto,
+        };
+
+        let file_target = match file.target_managers {
+            Some(n) => Some(u8::try_from(n).map_err(|_| {
+                invalid(
+                    "target_managers in the config file",
+                    format!("{n}: must be 1, 3, 5 or 7"),
+                )
+            })?),
+            None => None,
+        };
+        let target_managers = match layer!(target_managers, file_target) {
+            Some((n, origin)) => {
+                swarmstrap_wire::validate_target_managers(n).map_err(|m| invalid(&origin, m))?;
+                n
+            }
+            None => DEFAULT_TARGET_MANAGERS,
+        };
+
+        let advertise_addr = match layer!(advertise_addr, non_empty(file.advertise_addr.clone())) {
+            Some((s, origin)) => s.parse::<AdvertiseSpec>().map_err(|m| invalid(&origin, m))?,
+            None => AdvertiseSpec::Auto,
+        };
+
+        let docker_host = match layer!(docker_host, non_empty(file.docker_host.clone())) {
+            Some((h, origin)) => {
+                validate_docker_host(&h).map_err(|m| invalid(&origin, m))?;
+                h
+            }
+            None => DEFAULT_DOCKER_HOST.to_string(),
+        };
+
+        let state_dir = layer!(state_dir, non_empty_path(file.state_dir.clone()))
+            .map(|(p, _)| p)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let join_secret_file =
+            layer!(join_secret_file, non_empty_path(file.join_secret_file.clone()))
+                .map(|(p, _)| p)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_JOIN_SECRET_FILE));
+
+        let file_ttl = match file.lease_ttl_secs {
+            Some(n) => Some(u64::try_from(n).map_err(|_| {
+                invalid(
+                    "lease_ttl_secs in the config file",
+                    format!("{n}: must be positive"),
+                )
+            })?),
+            None => None,
+        };
+        let lease_ttl_secs = match layer!(lease_ttl_secs, file_ttl) {
+            Some((n, origin)) => {
+                let (lo, hi) = LEASE_TTL_RANGE_SECS;
+                if !(lo..=hi).contains(&n) {
+                    return Err(invalid(
+                        &origin,
+                        format!("lease TTL {n} s is out of range: use {lo}..={hi} seconds"),
+                    ));
+                }
+                n
+            }
+            None => DEFAULT_LEASE_TTL_SECS,
+        };
+
+        // [coordinator]
+        let fc = file.coordinator.clone().unwrap_or_default();
+        let url = pick(
+            flags.coordinator_url.clone(),
+            "coordinator_url",
+            env.coordinator_url.clone(),
+            env_name("coordinator_url"),
+            non_empty(fc.url),
+            "[coordinator] url",
+            fp,
+        );
+        let fingerprint = pick(
+            flags.coordinator_fingerprint.clone(),
+            "coordinator_fingerprint",
+            env.coordinator_fingerprint.clone(),
+            env_name("coordinator_fingerprint"),
+            non_empty(fc.tls_fingerprint),
+            "[coordinator] tls_fingerprint",
+            fp,
+        );
+        let ca_file = pick(
+            flags.coordinator_ca_file.clone(),
+            "coordinator_ca_file",
+            env.coordinator_ca_file.clone(),
+            env_name("coordinator_ca_file"),
+            non_empty_path(fc.ca_file),
+            "[coordinator] ca_file",
+            fp,
+        );
+        let coordinator = match url {
+            Some((url, origin)) => Some(resolve_coordinator(&url, &origin, fingerprint, ca_file)?),
+            None => None,
+        };
+        if backend == BackendKind::Coordinator && coordinator.is_none() {
+            return Err(ConfigError::Missing(
+                "the coordinator URL: set `url` in the [coordinator] table, \
+                 SWARM_AGENT_COORDINATOR_URL or --coordinator-url"
+                    .into(),
+            ));
+        }
+
+        // [secrets_manager]
+        let fs = file.secrets_manager.clone().unwrap_or_default();
+        let secret_name = match (non_empty(fs.secret_name), non_empty(fs.name_prefix)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "[secrets_manager] table",
+                    "set either secret_name or name_prefix, not both",
+                ))
+            }
+            (Some(name), None) => name,
+            (None, Some(prefix)) => format!("{prefix}{cluster}"),
+            (None, None) => format!("{DEFAULT_SECRET_NAME_PREFIX}{cluster}"),
+        };
+        let secrets_manager = SecretsManagerConfig {
+            secret_name,
+            region: non_empty(fs.region),
+            kms_key_id: non_empty(fs.kms_key_id),
+            endpoint_url: non_empty(fs.endpoint_url),
+        };
+
+        let flb = file.lb.clone().unwrap_or_default();
+        let lb = LbConfig {
+            enabled: flb.enabled.unwrap_or(false),
+            path: non_empty_path(flb.path).unwrap_or_else(|| PathBuf::from(DEFAULT_LB_PATH)),
+        };
+
+        Ok(Config {
+            config_file: file_path,
+            cluster,
+            backend,
+            role,
+            target_managers,
+            advertise_addr,
+            docker_host,
+            state_dir,
+            join_secret_file,
+            lease_ttl: Duration::from_secs(lease_ttl_secs),
+            coordinator,
+            secrets_manager,
+            lb,
+        })
+    }
+
+    pub fn node_id_file(&self) -> PathBuf {
+        self.state_dir.join("node-id")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+}
+
+fn validate_docker_host(h: &str) -> Result<(), String> {
+    if let Some(path) = h.strip_prefix("unix://") {
+        if path.starts_with('/') {
+            return Ok(());
+        }
+        return Err(format!("{h:?}: a unix socket needs an absolute path, e.g. unix:///var/run/docker.sock"));
+    }
+    for scheme in ["tcp://", "http://"] {
+        if let Some(rest) = h.strip_prefix(scheme) {
+            return if rest.parse::<std::net::SocketAddr>().is_ok() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{h:?}: use {scheme}IP:PORT (host names are not resolved)"
+                ))
+            };
+        }
+    }
+    Err(format!(
+        "{h:?} is not a Docker address: use unix:///PATH or tcp://IP:PORT"
+    ))
+}
+
+fn resolve_coordinator(
+    url: &str,
+    origin: &str,
+    fingerprint: Option<(String, String)>,
+    ca_file: Option<(PathBuf, String)>,
+) -> Result<CoordinatorConfig, ConfigError> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| invalid(origin, format!("{url:?} is not a URL: {e}")))?;
+    let host = match parsed.host_str() {
+        Some(h) if !h.is_empty() => h.to_string(),
+        _ => return Err(invalid(origin, format!("{url:?} has no host"))),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_err() {
+        tracing::warn!(
+            "the coordinator URL uses the host name {host:?}: it is resolved with the system \
+             resolver (getaddrinfo), which a static build may not be able to use; prefer an IP"
+        );
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        return Err(invalid(
+            origin,
+            format!("{url:?}: give only scheme, host and port, e.g. https://10.10.0.2:8443"),
+        ));
+    }
+    let base = format!(
+        "{}://{}{}",
+        parsed.scheme(),
+        host,
+        parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
+    let tls = match (parsed.scheme(), fingerprint, ca_file) {
+        (_, Some((_, fo)), Some((_, co))) => {
+            return Err(invalid(
+                &format!("{fo} and {co}"),
+                "set either a certificate fingerprint or a CA file, not both",
+            ))
+        }
+        ("https", Some((pin, fo)), None) => CoordinatorTls::Pinned(
+            swarmstrap_wire::parse_fingerprint(&pin).map_err(|m| invalid(&fo, m))?,
+        ),
+        ("https", None, Some((ca, _))) => CoordinatorTls::CaFile(ca),
+        ("https", None, None) => CoordinatorTls::SystemRoots,
+        ("http", None, None) => CoordinatorTls::PlainHttp,
+        ("http", Some((_, o)), _) | ("http", _, Some((_, o))) => {
+            return Err(invalid(
+                &o,
+                format!("{url:?} is plain http: a fingerprint or CA file needs an https URL"),
+            ))
+        }
+        (scheme, _, _) => {
+            return Err(invalid(
+                origin,
+                format!("unsupported scheme {scheme:?}: use https:// (or http:// in a lab)"),
+            ))
+        }
+    };
+    Ok(CoordinatorConfig { url: base, tls })
+}
+
+/// Test helper and documentation aid: the environment as a map.
+pub fn env_from_map(map: &HashMap<String, String>) -> impl Fn(&str) -> Option<String> + '_ {
+    move |k| map.get(k).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+cluster = "prod"                       # required
+backend = "coordinator"                # coordinator | secrets-manager
+role = "auto"                          # auto | manager | worker
+target_managers = 3
+advertise_addr = "auto"
+docker_host = "unix:///var/run/docker.sock"
+state_dir = "/var/lib/swarm-agent"
+join_secret_file = "/etc/swarm-agent/join-secret"
+lease_ttl_secs = 30
+[coordinator]
+url = "https://10.10.0.2:8443"
+tls_fingerprint = "sha256:abababababababababababababababababababababababababababababababab"
+# ca_file = "/etc/swarm-agent/coordinator-ca.pem"
+[secrets_manager]
+secret_name = "swarmstrap/prod"
+region = "eu-west-1"
+kms_key_id = ""
+endpoint_url = ""
+[lb]
+enabled = false
+path = "/loadbalancer/default.conf"
+"#;
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(text, Path::new("/etc/swarm-agent/config.toml")).unwrap()
+    }
+
+    fn resolve(text: &str, env: &[(&str, &str)], flags: Overrides) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = Overrides::from_env(env_from_map(&map))?;
+        Config::resolve(
+            file(text),
+            Some(PathBuf::from("/etc/swarm-agent/config.toml")),
+            &env,
+            &flags,
+        )
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let c = resolve(FULL, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cluster, "prod");
+        assert_eq!(c.backend, BackendKind::Coordinator);
+        assert_eq!(c.role, RequestedRole::Auto);
+        assert_eq!(c.target_managers, 3);
+        assert_eq!(c.advertise_addr, AdvertiseSpec::Auto);
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        let co = c.coordinator.unwrap();
+        assert_eq!(co.url, "https://10.10.0.2:8443");
+        assert_eq!(co.tls, CoordinatorTls::Pinned([0xab; 32]));
+        assert_eq!(c.secrets_manager.secret_name, "swarmstrap/prod");
+        assert_eq!(c.secrets_manager.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.secrets_manager.kms_key_id, None);
+        assert_eq!(c.secrets_manager.endpoint_url, None);
+        assert!(!c.lb.enabled);
+        assert_eq!(c.lb.path, PathBuf::from("/loadbalancer/default.conf"));
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(
+            "cluster = \"c1\"\n[coordinator]\nurl = \"http://198.18.0.254:8080\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backend, BackendKind::Coordinator);
+        assert_eq!(c.role, RequestedRole::Auto);
+        assert_eq!(c.target_managers, 3);
+        assert_eq!(c.docker_host, DEFAULT_DOCKER_HOST);
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.join_secret_file, PathBuf::from(DEFAULT_JOIN_SECRET_FILE));
+        assert_eq!(c.lease_ttl, Duration::from_secs(30));
+        assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::PlainHttp);
+        assert_eq!(c.secrets_manager.secret_name, "swarmstrap/c1");
+        assert_eq!(c.lb.path, PathBuf::from(DEFAULT_LB_PATH));
+    }
+
+    #[test]
+    fn precedence_flags_over_env_over_file() {
+        let text = "cluster = \"from-file\"\nrole = \"worker\"\nlease_ttl_secs = 20\n\
+                    target_managers = 5\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+        // file only
+        let c = resolve(text, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cluster, "from-file");
+        assert_eq!(c.role, RequestedRole::Worker);
+        assert_eq!(c.target_managers, 5);
+        // env beats file
+        let env = [
+            ("SWARM_AGENT_CLUSTER", "from-env"),
+            ("SWARM_AGENT_ROLE", "manager"),
+            ("SWARM_AGENT_LEASE_TTL_SECS", "40"),
+            ("SWARM_AGENT_COORDINATOR_URL", "http://198.18.0.2:2"),
+        ];
+        let c = resolve(text, &env, Overrides::default()).unwrap();
+        assert_eq!(c.cluster, "from-env");
+        assert_eq!(c.role, RequestedRole::Manager);
+        assert_eq!(c.lease_ttl, Duration::from_secs(40));
+        assert_eq!(c.coordinator.as_ref().unwrap().url, "http://198.18.0.2:2");
+        assert_eq!(c.target_managers, 5, "unset in env: file value stays");
+        // flags beat env
+        let flags = Overrides {
+            cluster: Some("from-flag".into()),
+            lease_ttl_secs: Some(50),
+            coordinator_url: Some("http://198.18.0.3:3".into()),
+            ..Default::default()
+        };
+        let c = resolve(text, &env, flags).unwrap();
+        assert_eq!(c.cluster, "from-flag");
+        assert_eq!(c.role, RequestedRole::Manager, "flag unset: env value stays");
+        assert_eq!(c.lease_ttl, Duration::from_secs(50));
+        assert_eq!(c.coordinator.unwrap().url, "http://198.18.0.3:3");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = FileConfig::parse("cluster = \"a\"\nclustr = \"b\"\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clustr"), "{err}");
+        let err = FileConfig::parse("[coordinator]\nfingerprint = \"x\"\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fingerprint"), "{err}");
+        let err = FileConfig::parse("[lb]\nport = 1\n", Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_origin() {
+        let base = "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+        let err = resolve(base, &[("SWARM_AGENT_ROLE", "boss")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SWARM_AGENT_ROLE") && err.contains("boss"), "{err}");
+        let err = resolve(base, &[("SWARM_AGENT_TARGET_MANAGERS", "4")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SWARM_AGENT_TARGET_MANAGERS"), "{err}");
+        let err = resolve(base, &[("SWARM_AGENT_LEASE_TTL_SECS", "x")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SWARM_AGENT_LEASE_TTL_SECS"), "{err}");
+        let flags = Overrides {
+            advertise_addr: Some("myhost.example".into()),
+            ..Default::default()
+        };
+        let err = resolve(base, &[], flags).unwrap_err().to_string();
+        assert!(err.contains("--advertise-addr"), "{err}");
+        let err = resolve("cluster = \"Prod\"\n", &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cluster in /etc/swarm-agent/config.toml"), "{err}");
+        let err = resolve("target_managers = 2\ncluster = \"c\"\n", &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target_managers"), "{err}");
+    }
+
+    #[test]
+    fn required_settings() {
+        let err = resolve("", &[], Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("cluster"), "{err}");
+        let err = resolve("cluster = \"c\"\n", &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("coordinator URL"), "{err}");
+        // secrets-manager needs no coordinator
+        let c = resolve(
+            "cluster = \"c\"\nbackend = \"secrets-manager\"\n[secrets_manager]\nname_prefix = \"x/\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.backend, BackendKind::SecretsManager);
+        assert_eq!(c.secrets_manager.secret_name, "x/c");
+    }
+
+    #[test]
+    fn coordinator_tls_choices() {
+        let pin = "sha256:".to_string() + &"ab".repeat(32);
+        let both = format!(
+            "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1:8443\"\ntls_fingerprint = \"{pin}\"\nca_file = \"/x.pem\"\n"
+        );
+        assert!(resolve(&both, &[], Overrides::default()).is_err());
+        let ca = "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1:8443/\"\nca_file = \"/x.pem\"\n";
+        let c = resolve(ca, &[], Overrides::default()).unwrap();
+        let co = c.coordinator.unwrap();
+        assert_eq!(co.url, "https://10.0.0.1:8443");
+        assert_eq!(co.tls, CoordinatorTls::CaFile("/x.pem".into()));
+        let bad = "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1\"\ntls_fingerprint = \"sha256:12\"\n";
+        let err = resolve(bad, &[], Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("tls_fingerprint"), "{err}");
+        let env_pin = [("SWARM_AGENT_COORDINATOR_FINGERPRINT", pin.as_str())];
+        let c = resolve(
+            "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1\"\n",
+            &env_pin,
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::Pinned([0xab; 32]));
+    }
+
+    #[test]
+    fn advertise_specs() {
+        assert_eq!("auto".parse::<AdvertiseSpec>().unwrap(), AdvertiseSpec::Auto);
+        assert_eq!(
+            "interface:eth1".parse::<AdvertiseSpec>().unwrap(),
+            AdvertiseSpec::Interface("eth1".into())
+        );
+        assert_eq!(
+            "scaleway".parse::<AdvertiseSpec>().unwrap(),
+            AdvertiseSpec::Cloud(CloudKind::Scaleway)
+        );
+        assert_eq!(
+            "10.1.2.3".parse::<AdvertiseSpec>().unwrap(),
+            AdvertiseSpec::Ip("10.1.2.3".parse().unwrap())
+        );
+        assert!("interface:".parse::<AdvertiseSpec>().is_err());
+        assert!("host.example".parse::<AdvertiseSpec>().is_err());
+    }
+
+    #[test]
+    fn docker_hosts() {
+        assert!(validate_docker_host("unix:///run/docker.sock").is_ok());
+        assert!(validate_docker_host("tcp://127.0.0.1:2375").is_ok());
+        assert!(validate_docker_host("tcp://localhost:2375").is_err());
+        assert!(validate_docker_host("unix://relative").is_err());
+        assert!(validate_docker_host("ssh://x").is_err());
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let flags = Overrides {
+            config: Some("/nonexistent/swarm-agent.toml".into()),
+            ..Default::default()
+        };
+        let err = Config::load_with(&flags, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/swarm-agent.toml"), "{err}");
+    }
+}

@@ -1,0 +1,19 @@
+//! swarm-agent: runs on every VM and turns a set of Docker engines into one swarm.
+//!
+//! Through a rendezvous backend (the swarm-coordinator, or AWS Secrets Manager) the agents
+//! elect the single node that runs `docker swarm init`; it publishes the join tokens and every
+//! other node joins as manager or worker. See `README.md` for the configuration reference.
+
+pub mod advertise;
+pub mod backend;
+pub mod bootstrap;
+pub mod cli;
+pub mod cloud;
+pub mod config;
+pub mod engine;
+pub mod fsutil;
+pub mod retry;
+pub mod state;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -1,0 +1,267 @@
+//! The agent's persistent state in `state_dir`: a random node id (`node-id`) and the progress
+//! record `state.json`, written atomically after every step. `status` reads it, and `run`
+//! reads it back after a crash or reboot to stay idempotent.
+
+use crate::fsutil::{self, FsError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use swarmstrap_wire::Role;
+
+/// Where `run` is. Serialized in snake_case into `state.json` and `status --json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentPhase {
+    #[default]
+    Starting,
+    WaitingForEngine,
+    Registering,
+    Claiming,
+    Initialising,
+    Publishing,
+    WaitingForTokens,
+    Joining,
+    /// Part of the cluster's swarm (as initialiser or by joining).
+    Joined,
+    /// Stopped on a permanent error (see `last_error`).
+    Failed,
+}
+
+impl AgentPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentPhase::Starting => "starting",
+            AgentPhase::WaitingForEngine => "waiting_for_engine",
+            AgentPhase::Registering => "registering",
+            AgentPhase::Claiming => "claiming",
+            AgentPhase::Initialising => "initialising",
+            AgentPhase::Publishing => "publishing",
+            AgentPhase::WaitingForTokens => "waiting_for_tokens",
+            AgentPhase::Joining => "joining",
+            AgentPhase::Joined => "joined",
+            AgentPhase::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub message: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+/// Crash-safety record of `swarm init`: written (with the fencing token) BEFORE the engine is
+/// asked to init, completed with the swarm id right after. On restart it tells the agent that
+/// a swarm on the engine is one it created itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitRecord {
+    pub fencing_token: u64,
+    pub intent_at: String,
+    /// Docker swarm id once `swarm init` returned.
+    pub swarm_id: Option<String>,
+    /// `sha256:<hex>` of the swarm's root CA once known.
+    pub ca_digest: Option<String>,
+    /// True once the backend accepted the publish of this swarm.
+    pub published: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AgentState {
+    pub cluster: String,
+    pub node_id: String,
+    pub phase: AgentPhase,
+    /// Assigned role (from the backend), once registered.
+    pub role: Option<Role>,
+    /// Docker swarm id of the cluster this node is part of.
+    pub swarm_id: Option<String>,
+    /// `sha256:<hex>` of the root CA of that swarm: the identity check after a reboot.
+    pub ca_digest: Option<String>,
+    /// Docker's node id of this engine in that swarm (identifies the swarm on workers, which
+    /// cannot read the CA through the API).
+    pub swarm_node_id: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub hostname: Option<String>,
+    pub backend: Option<String>,
+    pub init: Option<InitRecord>,
+    pub joined_at: Option<String>,
+    pub last_error: Option<LastError>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("the state file {path} is corrupt ({message}): move it away to start over")]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "the node id file {path} holds {value:?}, which is not a node id: delete it to get a new one"
+    )]
+    BadNodeId { path: PathBuf, value: String },
+}
+
+/// `state.json` in the state directory.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(state_dir: &Path) -> StateStore {
+        StateStore {
+            path: state_dir.join("state.json"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The saved state, or `None` when there is no state file yet.
+    pub fn load(&self) -> Result<Option<AgentState>, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StateError::Corrupt {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Fs(FsError::Io {
+                action: "read",
+                path: self.path.clone(),
+                source,
+            })),
+        }
+    }
+
+    pub fn save(&self, state: &mut AgentState) -> Result<(), StateError> {
+        state.updated_at = rfc3339_now();
+        let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
+        bytes.push(b'\n');
+        fsutil::atomic_write(&self.path, &bytes, 0o600)?;
+        Ok(())
+    }
+}
+
+fn valid_node_id(s: &str) -> bool {
+    swarmstrap_wire::validate_name(s).is_ok()
+}
+
+/// The node id in `state_dir/node-id`, created (random, 128 bit, hex) on first use.
+pub fn load_or_create_node_id(state_dir: &Path) -> Result<String, StateError> {
+    let path = state_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim().to_string();
+            if valid_node_id(&id) {
+                Ok(id)
+            } else {
+                Err(StateError::BadNodeId { path, value: id })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes: [u8; 16] = rand::random();
+            let id = hex::encode(bytes);
+            fsutil::atomic_write(&path, format!("{id}\n").as_bytes(), 0o600)?;
+            Ok(id)
+        }
+        Err(source) => Err(StateError::Fs(FsError::Io {
+            action: "read",
+            path,
+            source,
+        })),
+    }
+}
+
+/// Read the node id without creating it (for `status`).
+pub fn read_node_id(state_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(state_dir.join("node-id"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| valid_node_id(s))
+}
+
+pub fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date-time dependency.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_known_values() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_251_199_123); // 2024-02-29T23:59:59.123Z
+        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.123Z");
+        let t = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(t), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn node_id_is_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_node_id(dir.path()).unwrap();
+        let b = load_or_create_node_id(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_eq!(read_node_id(dir.path()), Some(a));
+        std::fs::write(dir.path().join("node-id"), "Not Valid").unwrap();
+        assert!(matches!(
+            load_or_create_node_id(dir.path()),
+            Err(StateError::BadNodeId { .. })
+        ));
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        assert_eq!(store.load().unwrap(), None);
+        let mut st = AgentState {
+            cluster: "c".into(),
+            node_id: "n".into(),
+            phase: AgentPhase::Joined,
+            role: Some(Role::Manager),
+            init: Some(InitRecord {
+                fencing_token: 3,
+                intent_at: rfc3339_now(),
+                swarm_id: Some("s".into()),
+                ca_digest: None,
+                published: true,
+            }),
+            ..Default::default()
+        };
+        store.save(&mut st).unwrap();
+        assert_eq!(store.load().unwrap(), Some(st));
+        let text = std::fs::read_to_string(store.path()).unwrap();
+        assert!(text.contains("\"phase\": \"joined\""), "{text}");
+        std::fs::write(store.path(), "{").unwrap();
+        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+    }
+}
