@@ -7,7 +7,7 @@ use crate::error::{LabError, Result};
 use crate::wait::Backoff;
 use rustix::fs::{flock, FlockOperation};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Seek, Write};
 use std::time::{Duration, Instant};
 
 pub const LOCK_PATH: &str = "/tmp/swarmstrap-lab.lock";
@@ -32,13 +32,16 @@ impl LabLock {
         let deadline = start + timeout;
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut announced = false;
+        let mut attempts = 0u32;
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::WOULDBLOCK) => {
-                    if !announced {
-                        let mut holder = String::new();
-                        let _ = file.read_to_string(&mut holder);
+                    attempts += 1;
+                    // Not on the first miss: a holder that just got the lock may not have
+                    // written its name yet.
+                    if !announced && attempts >= 3 {
+                        let holder = std::fs::read_to_string(LOCK_PATH).unwrap_or_default();
                         eprintln!(
                             "swarmstrap-lab: waiting for the lab lock {LOCK_PATH} (held by {})",
                             holder.trim()
