@@ -1,0 +1,29 @@
+# A Docker Swarm on AWS: `terraform apply` ends in a running swarm. The agents rendezvous through
+# one Secrets Manager secret they create themselves; reach the nodes with SSM Session Manager.
+
+terraform {
+  required_version = ">= 1.3.0"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.31.0, < 7.0.0"
+    }
+  }
+}
+
+provider "aws" {
+  region = var.region
+}
+
+module "swarm" {
+  source = "../../modules/aws"
+
+  manager_count = 3
+  worker_count  = var.worker_count
+
+  agent_url    = var.agent_url
+  agent_sha256 = var.agent_sha256
+
+  lb_ports = [80]
+}

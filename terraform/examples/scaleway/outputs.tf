@@ -1,0 +1,19 @@
+output "lb_url" {
+  description = "Load balancer URL (port 80 of the routing mesh)."
+  value       = module.swarm.lb_url
+}
+
+output "manager_public_ips" {
+  description = "Public addresses of the managers."
+  value       = module.swarm.manager_public_ips
+}
+
+output "status_commands" {
+  description = "Per node: how to see `swarm-agent status`."
+  value       = module.swarm.status_commands
+}
+
+output "coordinator_url" {
+  description = "The coordinator the agents use (private-network address)."
+  value       = module.swarm.coordinator_url
+}

