@@ -355,7 +355,8 @@ fn same_formation(f: &Formed, req: &PublishRequest) -> bool {
 }
 
 /// Publish the join data: only the holder of a live lease with the current fencing token.
-/// Re-publishing identical data into a formed cluster is accepted without a write.
+/// The publisher re-publishing identical data (same node, fencing token and data) into a
+/// formed cluster is accepted without a write; any other publish into it is refused.
 pub fn publish(
     cur: Option<&ClusterDoc>,
     ctx: &Ctx<'_>,
@@ -363,7 +364,12 @@ pub fn publish(
 ) -> Result<Step<PublishResponse>> {
     validate_publish(req)?;
     if let Some(formed) = cur.and_then(|d| d.formed.as_ref()) {
-        if same_formation(formed, req) {
+        // Only the node that published, under the same fencing token, may repeat it (the
+        // lease stays in the document after publishing; its expiry no longer matters).
+        let publisher = cur
+            .and_then(|d| d.lease.as_ref())
+            .is_some_and(|l| l.holder == req.node_id && l.fencing_token == req.fencing_token);
+        if publisher && same_formation(formed, req) {
             return Ok(Step::Keep(PublishResponse {
                 phase: Phase::Formed,
             }));
@@ -682,6 +688,13 @@ mod tests {
             Step::Keep(r) => assert!(!r.granted),
             Step::Write(..) => panic!("claim on a formed cluster wrote"),
         }
+        // the fenced-out holder is refused even with identical data
+        let mut from_a = pubreq("a", tok);
+        from_a.fencing_token = tok;
+        assert_eq!(
+            code(publish(doc.as_ref(), &ctx(NOW + 40_000), &from_a).unwrap_err()),
+            "already_formed"
+        );
         // identical re-publish accepted without a write, a different one refused
         assert!(matches!(
             publish(doc.as_ref(), &ctx(NOW + 40_000), &pubreq("b", btok)).unwrap(),

@@ -1,0 +1,510 @@
+//! The Secrets Manager backend against a real moto server (started per test).
+
+mod common;
+
+use common::{conflict_code, eventually, publish_req, reg, Moto};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use swarmstrap_secrets_manager::ApiCallCounts;
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::{Phase, RequestedRole, Role};
+
+const MGR: &str = "SWMTKN-1-manager-token-0123456789";
+const WRK: &str = "SWMTKN-1-worker-token-9876543210";
+
+fn add(total: &mut ApiCallCounts, c: ApiCallCounts) {
+    total.get_secret_value += c.get_secret_value;
+    total.create_secret += c.create_secret;
+    total.put_secret_value += c.put_secret_value;
+    total.update_secret_version_stage += c.update_secret_version_stage;
+    total.other += c.other;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_contenders_elect_exactly_one_and_all_join() {
+    let moto = Arc::new(Moto::start());
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let moto = moto.clone();
+        tasks.push(tokio::spawn(async move {
+            let rv: Box<dyn Rendezvous> = Box::new(moto.backend("race", 3));
+            let id = format!("node-{i:02}");
+            // Half register first, half claim first: both CreateSecret races happen.
+            let (reg_resp, claim) = if i % 2 == 0 {
+                let r = rv
+                    .register(&reg(&id, RequestedRole::Manager))
+                    .await
+                    .unwrap();
+                (r, rv.claim(&id, Duration::from_secs(60)).await.unwrap())
+            } else {
+                let c = rv.claim(&id, Duration::from_secs(60)).await.unwrap();
+                (
+                    rv.register(&reg(&id, RequestedRole::Manager))
+                        .await
+                        .unwrap(),
+                    c,
+                )
+            };
+            let lease = claim.lease.clone().expect("a live lease is always shown");
+            if claim.granted {
+                assert_eq!(lease.holder, id);
+                rv.publish(&publish_req(&id, lease.fencing_token, MGR, WRK))
+                    .await
+                    .unwrap();
+            } else {
+                // A non-winner trying to publish with the winner's token is refused.
+                let err = rv
+                    .publish(&publish_req(
+                        &id,
+                        lease.fencing_token,
+                        "SWMTKN-1-x",
+                        "SWMTKN-1-y",
+                    ))
+                    .await
+                    .unwrap_err();
+                assert!(
+                    matches!(
+                        conflict_code(&err),
+                        Some("not_lease_holder" | "already_formed")
+                    ),
+                    "{err}"
+                );
+            }
+            let join = rv
+                .wait_join(&id, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .join
+                .expect("formed within the wait");
+            assert_eq!(join.role, reg_resp.role);
+            let want = if join.role == Role::Manager { MGR } else { WRK };
+            assert_eq!(join.token.expose(), want);
+            (id, claim.granted, join.role, lease.fencing_token)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut managers = 0;
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (id, granted, role, token) = t.await.unwrap();
+        if granted {
+            winners.push(id);
+        }
+        if role == Role::Manager {
+            managers += 1;
+        }
+        tokens.insert(token);
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(managers, 3);
+    assert_eq!(tokens.len(), 1, "everyone saw the same fencing token");
+    let status = moto.backend("race", 3).status().await.unwrap();
+    assert_eq!(status.phase, Phase::Formed);
+    assert_eq!(status.nodes.len(), 20);
+    assert_eq!(status.lease.unwrap().holder, winners[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_claim_is_taken_over_and_the_old_holder_is_fenced() {
+    let moto = Moto::start();
+    let old = moto.backend("stale", 3);
+    let new = moto.backend("stale", 3);
+    let a = old.claim("a", Duration::from_millis(1_000)).await.unwrap();
+    assert!(a.granted);
+    let a_token = a.lease.unwrap().fencing_token;
+    // "a" vanishes. "b" keeps claiming (backoff, deadline) until the lease expires.
+    let b = eventually(
+        "b to take over the expired lease",
+        Duration::from_secs(20),
+        || async {
+            let r = new.claim("b", Duration::from_secs(30)).await.unwrap();
+            r.granted.then_some(r)
+        },
+    )
+    .await;
+    let b_token = b.lease.unwrap().fencing_token;
+    assert!(b_token > a_token, "{b_token} > {a_token}");
+    let err = old
+        .publish(&publish_req("a", a_token, MGR, WRK))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("not_lease_holder"), "{err}");
+    let err = old
+        .renew("a", a_token, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("lease_lost"), "{err}");
+    // The new holder's stale-token publish is refused too; the right one succeeds.
+    let err = new
+        .publish(&publish_req("b", a_token, MGR, WRK))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("stale_fencing_token"), "{err}");
+    let p = new
+        .publish(&publish_req("b", b_token, MGR, WRK))
+        .await
+        .unwrap();
+    assert_eq!(p.phase, Phase::Formed);
+    // identical re-publish is accepted (idempotent); a's is still refused
+    new.publish(&publish_req("b", b_token, MGR, WRK))
+        .await
+        .unwrap();
+    assert!(old
+        .publish(&publish_req("a", a_token, MGR, WRK))
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_doc_writers_and_registrations_lose_nothing() {
+    let moto = Arc::new(Moto::start());
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let moto = moto.clone();
+        tasks.push(tokio::spawn(async move {
+            let rv = moto.backend("docs", 3);
+            let mut conflicts = 0;
+            for _ in 0..10 {
+                loop {
+                    let cur = rv.get_doc("counter", None, Duration::ZERO).await.unwrap();
+                    let n = cur.body.as_u64().unwrap_or(0);
+                    match rv
+                        .put_doc("counter", cur.version, &serde_json::json!(n + 1))
+                        .await
+                    {
+                        Ok(d) => {
+                            assert_eq!(d.version, cur.version + 1);
+                            break;
+                        }
+                        Err(e) if conflict_code(&e) == Some("version_conflict") => conflicts += 1,
+                        Err(e) => panic!("writer {w}: {e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    // Concurrent registrations and a writer of another document touch the same secret.
+    let mut regs = Vec::new();
+    for i in 0..10 {
+        let moto = moto.clone();
+        regs.push(tokio::spawn(async move {
+            let rv = moto.backend("docs", 3);
+            rv.register(&reg(&format!("n{i}"), RequestedRole::Auto))
+                .await
+                .unwrap()
+        }));
+    }
+    let other = {
+        let moto = moto.clone();
+        tokio::spawn(async move {
+            let rv = moto.backend("docs", 3);
+            for v in 0..10u64 {
+                // expected version is known: nobody else writes "other"
+                rv.put_doc("other", v, &serde_json::json!({ "v": v + 1 }))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    for r in regs {
+        r.await.unwrap();
+    }
+    other.await.unwrap();
+    let rv = moto.backend("docs", 3);
+    let counter = rv.get_doc("counter", None, Duration::ZERO).await.unwrap();
+    assert_eq!(counter.version, 100);
+    assert_eq!(counter.body, serde_json::json!(100));
+    let other = rv.get_doc("other", None, Duration::ZERO).await.unwrap();
+    assert_eq!(other.version, 10);
+    assert_eq!(other.body, serde_json::json!({ "v": 10 }));
+    let status = rv.status().await.unwrap();
+    assert_eq!(status.nodes.len(), 10);
+    let managers = status
+        .nodes
+        .iter()
+        .filter(|n| n.role == Role::Manager)
+        .count();
+    assert_eq!(managers, 3);
+    eprintln!("doc writers saw {conflicts} version conflicts (retried by the caller)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_doc_after_waits_for_a_newer_version() {
+    let moto = Arc::new(Moto::start());
+    let rv = moto.backend("wait", 3);
+    rv.put_doc("lb", 0, &serde_json::json!(["a"]))
+        .await
+        .unwrap();
+    // nothing newer: returns the current version after about `wait`
+    let t0 = std::time::Instant::now();
+    let same = rv
+        .get_doc("lb", Some(1), Duration::from_millis(700))
+        .await
+        .unwrap();
+    assert_eq!(same.version, 1);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(650),
+        "{:?}",
+        t0.elapsed()
+    );
+    let waiter = {
+        let moto = moto.clone();
+        tokio::spawn(async move {
+            moto.backend("wait", 3)
+                .get_doc("lb", Some(1), Duration::from_secs(30))
+                .await
+                .unwrap()
+        })
+    };
+    rv.put_doc("lb", 1, &serde_json::json!(["a", "b"]))
+        .await
+        .unwrap();
+    let newer = waiter.await.unwrap();
+    assert_eq!(newer.version, 2);
+    assert_eq!(newer.body, serde_json::json!(["a", "b"]));
+    // a document never written: version 0, null
+    let none = rv.get_doc("nothing", None, Duration::ZERO).await.unwrap();
+    assert_eq!((none.version, none.body), (0, serde_json::Value::Null));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_roles_keep_managers_at_target() {
+    let moto = Arc::new(Moto::start());
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let moto = moto.clone();
+        tasks.push(tokio::spawn(async move {
+            let rv = moto.backend("roles", 3);
+            let id = format!("n{i}");
+            let r = rv.register(&reg(&id, RequestedRole::Auto)).await.unwrap();
+            (id, r.role)
+        }));
+    }
+    let mut roles = BTreeMap::new();
+    for t in tasks {
+        let (id, role) = t.await.unwrap();
+        roles.insert(id, role);
+    }
+    let managers = roles.values().filter(|r| **r == Role::Manager).count();
+    assert_eq!(managers, 3, "{roles:?}");
+    // registering again returns the same role, without a write
+    let rv = moto.backend("roles", 3);
+    for (id, role) in &roles {
+        let r = rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
+        assert_eq!(r.role, *role);
+    }
+    assert_eq!(rv.api_calls().writes(), 0, "{:?}", rv.api_calls());
+    let status = rv.status().await.unwrap();
+    assert_eq!(status.nodes.len(), 5);
+    assert_eq!(status.target_managers, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formed_cluster_refuses_new_claims() {
+    let moto = Moto::start();
+    let rv = moto.backend("formed", 3);
+    rv.register(&reg("a", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let c = rv.claim("a", Duration::from_millis(1_000)).await.unwrap();
+    let token = c.lease.unwrap().fencing_token;
+    rv.publish(&publish_req("a", token, MGR, WRK))
+        .await
+        .unwrap();
+    let other = moto.backend("formed", 3);
+    let r = other.claim("b", Duration::from_secs(30)).await.unwrap();
+    assert!(!r.granted);
+    assert_eq!(r.phase, Phase::Formed);
+    // even after the old lease expired, and even for the former holder
+    eventually("the lease to expire", Duration::from_secs(10), || async {
+        other.status().await.unwrap().lease.is_none().then_some(())
+    })
+    .await;
+    for node in ["b", "a", "c"] {
+        let r = other.claim(node, Duration::from_secs(30)).await.unwrap();
+        assert!(!r.granted, "{node} was granted a claim on a formed cluster");
+        assert_eq!(r.phase, Phase::Formed);
+    }
+    // a different publish is refused; the formed data is unchanged
+    let err = other
+        .publish(&publish_req("a", token, "SWMTKN-1-other", WRK))
+        .await
+        .unwrap_err();
+    assert!(conflict_code(&err).is_some(), "{err}");
+    other
+        .register(&reg("late", RequestedRole::Auto))
+        .await
+        .unwrap();
+    let join = other
+        .wait_join("late", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .join
+        .unwrap();
+    assert_eq!(join.token.expose(), MGR, "late is the 2nd manager of 3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_join_times_out_without_tokens_and_refuses_unknown_nodes() {
+    let moto = Moto::start();
+    let rv = moto.backend("slow", 3);
+    rv.register(&reg("w", RequestedRole::Worker)).await.unwrap();
+    let c = rv.claim("m", Duration::from_secs(30)).await.unwrap();
+    assert!(c.granted);
+    let t0 = std::time::Instant::now();
+    let j = rv.wait_join("w", Duration::from_millis(800)).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(750));
+    assert!(j.join.is_none());
+    assert_eq!(j.phase, Phase::Claimed);
+    assert_eq!(j.lease.unwrap().holder, "m");
+    let err = rv
+        .wait_join("ghost", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "unknown_node"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_for_deletion_name_is_a_clear_rejection() {
+    let moto = Moto::start();
+    let rv = moto.backend("gone", 3);
+    rv.register(&reg("a", RequestedRole::Auto)).await.unwrap();
+    moto.client()
+        .delete_secret()
+        .secret_id(rv.secret_name())
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let fresh = moto.backend("gone", 3);
+    for err in [
+        fresh.claim("b", Duration::from_secs(30)).await.unwrap_err(),
+        fresh
+            .register(&reg("b", RequestedRole::Auto))
+            .await
+            .unwrap_err(),
+        fresh.status().await.unwrap_err(),
+    ] {
+        match err {
+            RendezvousError::Rejected { code, message } => {
+                assert_eq!(code, "secret_scheduled_for_deletion");
+                assert!(
+                    message
+                        .contains("aws secretsmanager restore-secret --secret-id swarmstrap/gone"),
+                    "{message}"
+                );
+                assert!(
+                    message.contains("--force-delete-without-recovery"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Rejected, got {other}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_secret_is_rejected_not_overwritten() {
+    let moto = Moto::start();
+    moto.client()
+        .create_secret()
+        .name("swarmstrap/foreign")
+        .secret_string("not json at all")
+        .send()
+        .await
+        .unwrap();
+    let rv = moto.backend("foreign", 3);
+    let err = rv.claim("a", Duration::from_secs(30)).await.unwrap_err();
+    match err {
+        RendezvousError::Rejected { code, message } => {
+            assert_eq!(code, "foreign_secret");
+            assert!(!message.contains("not json"), "the value leaked: {message}");
+        }
+        other => panic!("expected Rejected, got {other}"),
+    }
+}
+
+/// A normal 5-node bootstrap (3 managers, 2 workers), one step at a time so the counts are
+/// exact: what each node costs in API calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_bootstrap_call_budget() {
+    let moto = Moto::start();
+    let nodes: Vec<_> = (0..5).map(|_| moto.backend("budget", 3)).collect();
+    let ids: Vec<String> = (0..5).map(|i| format!("n{i}")).collect();
+    let mut roles = Vec::new();
+    for (rv, id) in nodes.iter().zip(&ids) {
+        roles.push(
+            rv.register(&reg(id, RequestedRole::Auto))
+                .await
+                .unwrap()
+                .role,
+        );
+    }
+    let mut token = 0;
+    for (i, (rv, id)) in nodes.iter().zip(&ids).enumerate() {
+        if roles[i] == Role::Manager {
+            let c = rv.claim(id, Duration::from_secs(60)).await.unwrap();
+            assert_eq!(c.granted, i == 0);
+            token = c.lease.unwrap().fencing_token;
+        }
+    }
+    // the winner renews once early (no write), then publishes
+    nodes[0]
+        .renew("n0", token, Duration::from_secs(60))
+        .await
+        .unwrap();
+    nodes[0]
+        .publish(&publish_req("n0", token, MGR, WRK))
+        .await
+        .unwrap();
+    for (rv, id) in nodes.iter().zip(&ids) {
+        let j = rv.wait_join(id, Duration::from_secs(10)).await.unwrap();
+        assert!(j.join.is_some());
+    }
+    let counts: Vec<ApiCallCounts> = nodes.iter().map(|n| n.api_calls()).collect();
+    let mut total = ApiCallCounts::default();
+    for (i, c) in counts.iter().enumerate() {
+        eprintln!(
+            "node n{i} ({:?}): reads={} writes={} {:?}",
+            roles[i],
+            c.reads(),
+            c.writes(),
+            c
+        );
+        add(&mut total, *c);
+    }
+    eprintln!(
+        "total: reads={} writes={} {total:?}",
+        total.reads(),
+        total.writes()
+    );
+    // n0 (first, winner): register = 1 read + CreateSecret; claim = read + put + stage +
+    // read-back; renew = 1 read; publish = read + put + stage; wait_join = 1 read.
+    assert_eq!(counts[0].get_secret_value, 6);
+    assert_eq!(
+        (
+            counts[0].create_secret,
+            counts[0].put_secret_value,
+            counts[0].update_secret_version_stage
+        ),
+        (1, 2, 2)
+    );
+    // other managers: register = read + put + stage; claim = 1 read; wait_join = 1 read.
+    for c in &counts[1..3] {
+        assert_eq!((c.reads(), c.writes()), (3, 2), "{c:?}");
+    }
+    // workers: register = read + put + stage; wait_join = 1 read.
+    for c in &counts[3..5] {
+        assert_eq!((c.reads(), c.writes()), (2, 2), "{c:?}");
+    }
+    assert_eq!(total.other, 0);
+}
