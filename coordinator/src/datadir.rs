@@ -140,6 +140,8 @@ impl DataDir {
                     .map_err(io_err(root, "cannot list the data dir"))?
                     .filter_map(|e| e.ok())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
+                    // A dedicated filesystem's mount point is fine.
+                    .filter(|n| n != "lost+found")
                     .collect::<Vec<_>>();
                 if entries.is_empty() {
                     return Ok(DirState::Fresh);
