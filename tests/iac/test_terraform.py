@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import json
 import hashlib
 import os
 import re
@@ -37,10 +38,21 @@ META_ARGS = {"source", "version", "providers", "count", "for_each", "depends_on"
 # are unwrapped), plus a small scanner over the raw text for expressions.
 
 
+def unquote(v):
+    """python-hcl2 >= 7 keeps string literals quoted ("\"x\""); older releases and checkov's
+    fork (bc-python-hcl2, which installs the same `hcl2` module) do not."""
+    if isinstance(v, str) and len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v[1:-1]
+    return v
+
+
 def scalar(v):
     while isinstance(v, list) and len(v) == 1:
         v = v[0]
-    return v
+    return unquote(v)
 
 
 def load(path) -> dict:
@@ -51,7 +63,8 @@ def load(path) -> dict:
 def blocks(doc: dict, kind: str):
     for entry in doc.get(kind, []):
         for name, body in entry.items():
-            yield name, body
+            if not name.startswith("__"):
+                yield unquote(name), body
 
 
 def tf_files(d):
@@ -271,7 +284,7 @@ class ParseAndReferenceTest(unittest.TestCase):
                 defined = set()
                 for doc in module_docs(d).values():
                     for entry in doc.get("locals", []):
-                        defined |= {k for k in entry if not k.startswith("__")}
+                        defined |= {unquote(k) for k in entry if not k.startswith("__")}
                 self.assertFalse(used - defined, f"undefined locals: {sorted(used - defined)}")
 
     def test_variables_and_outputs_are_documented(self):
