@@ -504,6 +504,30 @@ class ExampleTest(unittest.TestCase):
         self.assertIn(vol, stack["volumes"])
 
 
+def docker_stack_config_works() -> bool:
+    try:
+        return subprocess.run(["docker", "stack", "config", "--help"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+class StackFileTest(unittest.TestCase):
+    @unittest.skipUnless(docker_stack_config_works(), "no docker CLI with `docker stack config` here")
+    def test_docker_accepts_the_stack_file(self):
+        proc = subprocess.run(
+            ["docker", "stack", "config", "-c", os.path.join(EXAMPLES["digitalocean"], "stack.yml")],
+            capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("/etc/nginx/conf.d", proc.stdout)
+
+    def test_example_scripts_are_valid_posix_sh(self):
+        for path in glob.glob(os.path.join(TF, "examples", "*", "*.sh")):
+            with self.subTest(os.path.relpath(path, REPO)):
+                proc = subprocess.run(["dash", "-n", path], capture_output=True, text=True)
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+
+
 class HygieneTest(unittest.TestCase):
     def test_terraform_fmt_is_clean(self):
         proc = tfbin.run(["fmt", "-check", "-diff", "-recursive", TF], cwd=REPO, check=False)
