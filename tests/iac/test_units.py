@@ -1,0 +1,114 @@
+"""The systemd units in cloud-init/: systemd-analyze accepts them, they have the ordering and
+restart policy we rely on, and the agent's ExecStop runs `swarm-agent leave` only when the
+machine powers off (run for real with a stand-in systemctl and agent)."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shlex
+import shutil
+import stat
+import subprocess
+import tempfile
+import unittest
+
+CLOUD_INIT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "cloud-init"))
+AGENT_UNIT = os.path.join(CLOUD_INIT, "swarm-agent.service")
+COORDINATOR_UNIT = os.path.join(CLOUD_INIT, "swarm-coordinator.service")
+
+
+def parse_unit(path) -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    cp.optionxform = str
+    with open(path) as f:
+        cp.read_file(f)
+    return cp
+
+
+def write_exe(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+class UnitsTest(unittest.TestCase):
+    def test_agent_unit_ordering_and_restart(self):
+        u = parse_unit(AGENT_UNIT)
+        for key in ("After", "Wants"):
+            self.assertEqual(set(u["Unit"][key].split()), {"docker.service", "network-online.target"})
+        s = u["Service"]
+        self.assertEqual(s["ExecStart"], "/usr/local/bin/swarm-agent run --config /etc/swarm-agent/config.toml")
+        self.assertEqual(s["Restart"], "on-failure")
+        self.assertRegex(s["RestartSec"], r"^\d+s$")
+        self.assertTrue(s["ExecStop"].startswith("-"), "a failing leave must not fail the stop")
+        self.assertIn("/usr/local/bin/swarm-agent leave --config /etc/swarm-agent/config.toml", s["ExecStop"])
+        self.assertEqual(u["Install"]["WantedBy"], "multi-user.target")
+
+    def test_coordinator_unit(self):
+        u = parse_unit(COORDINATOR_UNIT)
+        argv = shlex.split(u["Service"]["ExecStart"])
+        self.assertEqual(argv[:2], ["/usr/local/bin/swarm-coordinator", "serve"])
+        opts = dict(zip(argv[2::2], argv[3::2]))
+        self.assertEqual(opts, {
+            "--listen": "0.0.0.0:8443",
+            "--data-dir": "/var/lib/swarm-coordinator",
+            "--tls-cert": "/etc/swarm-coordinator/tls.crt",
+            "--tls-key": "/etc/swarm-coordinator/tls.key",
+        })
+        self.assertEqual(u["Service"]["Restart"], "on-failure")
+
+    @unittest.skipUnless(shutil.which("systemd-analyze"), "systemd-analyze is not installed")
+    def test_systemd_accepts_the_units(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            fake = os.path.join(tmp, "bin")
+            write_exe(fake, "#!/bin/sh\n")
+            for unit in (AGENT_UNIT, COORDINATOR_UNIT):
+                with self.subTest(os.path.basename(unit)):
+                    # verify insists that the binaries exist: point them at a stand-in.
+                    with open(unit) as f:
+                        text = f.read()
+                    text = text.replace("/usr/local/bin/swarm-agent", fake).replace("/usr/local/bin/swarm-coordinator", fake)
+                    path = os.path.join(tmp, os.path.basename(unit))
+                    with open(path, "w") as f:
+                        f.write(text)
+                    proc = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
+                    self.assertEqual(proc.returncode, 0, proc.stderr)
+                    self.assertEqual(proc.stderr.strip(), "", "systemd warns about the unit")
+
+    def test_leave_runs_only_at_poweroff(self):
+        exec_stop = parse_unit(AGENT_UNIT)["Service"]["ExecStop"]
+        argv = shlex.split(exec_stop[1:])
+        self.assertEqual(argv[:2], ["/bin/sh", "-c"])
+        cases = {
+            "poweroff": ("  4711 poweroff.target start waiting\n   88 systemd-poweroff.service start waiting\n", True),
+            "halt": ("12 halt.target start waiting\n", True),
+            "reboot": ("  4711 reboot.target start waiting\n", False),
+            "restart or crash": ("", False),
+            "other jobs": ("  17 apt-daily.service start running\n", False),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            record = os.path.join(tmp, "leave-called")
+            agent = os.path.join(tmp, "swarm-agent")
+            write_exe(agent, f'#!/bin/sh\necho "$@" > {record}\nexit 3\n')
+            script = argv[2].replace("/usr/local/bin/swarm-agent", agent)
+            for name, (jobs, leaves) in cases.items():
+                with self.subTest(name):
+                    if os.path.exists(record):
+                        os.unlink(record)
+                    with open(os.path.join(tmp, "jobs"), "w") as f:
+                        f.write(jobs)
+                    write_exe(os.path.join(tmp, "systemctl"), f"#!/bin/sh\n[ \"$1\" = list-jobs ] && cat {tmp}/jobs\n")
+                    env = dict(os.environ, PATH=f"{tmp}:{os.environ['PATH']}")
+                    proc = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+                    self.assertEqual(os.path.exists(record), leaves)
+                    if leaves:
+                        with open(record) as f:
+                            self.assertEqual(f.read().split(), ["leave", "--config", "/etc/swarm-agent/config.toml"])
+                        self.assertEqual(proc.returncode, 3)  # the "-" prefix makes systemd ignore it
+                    else:
+                        self.assertEqual(proc.returncode, 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
