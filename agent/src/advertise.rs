@@ -108,7 +108,8 @@ fn interface_ipv4(name: &str) -> Result<Ipv4Addr, AdvertiseError> {
 mod tests {
     use super::*;
 
-    const ROUTES: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    const ROUTES: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0
 eth9\t00000000\t0100000A\t0003\t0\t0\t200\t00000000\t0\t0\t0
 eth0\t00000000\tFE0012C6\t0003\t0\t0\t100\t00000000\t0\t0\t0
@@ -123,7 +124,9 @@ eth0\t00000000\tFE0012C6\t0003\t0\t0\t100\t00000000\t0\t0\t0
 
     #[tokio::test]
     async fn loopback_interface_and_literal() {
-        let ip = resolve(&AdvertiseSpec::Interface("lo".into())).await.unwrap();
+        let ip = resolve(&AdvertiseSpec::Interface("lo".into()))
+            .await
+            .unwrap();
         assert_eq!(ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
         let err = resolve(&AdvertiseSpec::Interface("nonexistent0".into()))
             .await

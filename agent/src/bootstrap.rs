@@ -410,8 +410,7 @@ impl Bootstrap {
                 );
                 logged_up = true;
             }
-            if info.swarm.state != LocalSwarmState::Pending
-                || started.elapsed() > PENDING_DEADLINE
+            if info.swarm.state != LocalSwarmState::Pending || started.elapsed() > PENDING_DEADLINE
             {
                 return Ok(info);
             }
@@ -469,7 +468,10 @@ impl Bootstrap {
             };
             if same_ca {
                 let digest = st.ca_digest.clone().unwrap_or_default();
-                let id = details.as_ref().map(|d| d.id.clone()).or(st.swarm_id.clone());
+                let id = details
+                    .as_ref()
+                    .map(|d| d.id.clone())
+                    .or(st.swarm_id.clone());
                 return self.already_member(st, role, &info, id, &digest);
             }
         }
@@ -502,7 +504,10 @@ impl Bootstrap {
                     .any(|m| status.manager_addrs.contains(m)),
             };
             if matches {
-                tracing::info!("the engine is already in cluster {}'s swarm", self.s().cluster);
+                tracing::info!(
+                    "the engine is already in cluster {}'s swarm",
+                    self.s().cluster
+                );
                 let digest = status.ca_digest.clone().unwrap_or_default();
                 return self.already_member(st, role, &info, status.swarm_id.clone(), &digest);
             }
@@ -601,7 +606,11 @@ impl Bootstrap {
         Ok(resp.role)
     }
 
-    async fn fresh(&self, st: &mut AgentState, info: &EngineInfo) -> Result<Outcome, BootstrapError> {
+    async fn fresh(
+        &self,
+        st: &mut AgentState,
+        info: &EngineInfo,
+    ) -> Result<Outcome, BootstrapError> {
         if st.init.take().is_some() {
             tracing::info!("the swarm this agent initialised earlier is gone from the engine");
         }
@@ -650,9 +659,9 @@ impl Bootstrap {
     fn next_claim(&self, phase: &Phase, lease: Option<&Lease>) -> Option<Instant> {
         match (phase, lease) {
             (Phase::Formed, _) => None,
-            (Phase::Claimed, Some(l)) if l.holder != self.s().node_id => Some(
-                Instant::now() + Duration::from_millis(l.expires_in_ms) + TAKEOVER_MARGIN,
-            ),
+            (Phase::Claimed, Some(l)) if l.holder != self.s().node_id => {
+                Some(Instant::now() + Duration::from_millis(l.expires_in_ms) + TAKEOVER_MARGIN)
+            }
             // Open (or a lease without details): claim again right away.
             _ => Some(Instant::now()),
         }
@@ -669,7 +678,9 @@ impl Bootstrap {
         .await
         .map_err(|f| self.backend_err("claim the init lease", f))?;
         match (&resp.granted, &resp.lease) {
-            (true, Some(l)) => tracing::info!("init lease granted (fencing token {})", l.fencing_token),
+            (true, Some(l)) => {
+                tracing::info!("init lease granted (fencing token {})", l.fencing_token)
+            }
             (false, Some(l)) => tracing::info!(
                 "init lease held by {} for {} ms more; waiting for its tokens",
                 l.holder,
@@ -842,7 +853,9 @@ impl Bootstrap {
             // Still unreachable after a whole lease TTL: whoever holds the lease now decides;
             // settle against the backend.
             Err(Failure::Deadline { last, .. }) => Err(PublishError::Fenced(last.to_string())),
-            Err(f) => Err(PublishError::Fatal(self.backend_err("publish the join tokens", f))),
+            Err(f) => Err(PublishError::Fatal(
+                self.backend_err("publish the join tokens", f),
+            )),
         }
     }
 
@@ -864,7 +877,11 @@ impl Bootstrap {
         st.swarm_node_id = info.and_then(|i| i.swarm.node_id);
         st.joined_at = Some(rfc3339_now());
         self.set_phase(st, AgentPhase::Joined)?;
-        tracing::info!("published swarm {} for cluster {}", details.id, self.s().cluster);
+        tracing::info!(
+            "published swarm {} for cluster {}",
+            details.id,
+            self.s().cluster
+        );
         Ok(Outcome {
             how,
             role: Role::Manager,
@@ -1017,7 +1034,11 @@ impl Bootstrap {
         if info.swarm.state != LocalSwarmState::Active {
             return Err(BootstrapError::SwarmUnusable {
                 state: info.swarm.state.as_str(),
-                detail: info.swarm.error.map(|e| format!(" ({e})")).unwrap_or_default(),
+                detail: info
+                    .swarm
+                    .error
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
             });
         }
         if info.swarm.control_available {

@@ -163,7 +163,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("join_secret_file", "SWARM_AGENT_JOIN_SECRET_FILE"),
     ("lease_ttl_secs", "SWARM_AGENT_LEASE_TTL_SECS"),
     ("coordinator_url", "SWARM_AGENT_COORDINATOR_URL"),
-    ("coordinator_fingerprint", "SWARM_AGENT_COORDINATOR_FINGERPRINT"),
+    (
+        "coordinator_fingerprint",
+        "SWARM_AGENT_COORDINATOR_FINGERPRINT",
+    ),
     ("coordinator_ca_file", "SWARM_AGENT_COORDINATOR_CA_FILE"),
 ];
 
@@ -185,7 +188,10 @@ impl Overrides {
             s(field)
                 .map(|v| {
                     v.trim().parse::<u64>().map_err(|_| {
-                        invalid(env_name(field), format!("{v:?} is not a non-negative integer"))
+                        invalid(
+                            env_name(field),
+                            format!("{v:?} is not a non-negative integer"),
+                        )
                     })
                 })
                 .transpose()
@@ -297,7 +303,9 @@ impl FromStr for AdvertiseSpec {
             _ => {
                 if let Some(name) = s.strip_prefix("interface:") {
                     if name.is_empty() {
-                        return Err("\"interface:\" needs an interface name, e.g. interface:eth1".into());
+                        return Err(
+                            "\"interface:\" needs an interface name, e.g. interface:eth1".into(),
+                        );
                     }
                     AdvertiseSpec::Interface(name.to_string())
                 } else if let Ok(ip) = s.parse::<IpAddr>() {
@@ -496,7 +504,9 @@ impl Config {
         };
 
         let advertise_addr = match layer!(advertise_addr, non_empty(file.advertise_addr.clone())) {
-            Some((s, origin)) => s.parse::<AdvertiseSpec>().map_err(|m| invalid(&origin, m))?,
+            Some((s, origin)) => s
+                .parse::<AdvertiseSpec>()
+                .map_err(|m| invalid(&origin, m))?,
             None => AdvertiseSpec::Auto,
         };
 
@@ -511,10 +521,12 @@ impl Config {
         let state_dir = layer!(state_dir, non_empty_path(file.state_dir.clone()))
             .map(|(p, _)| p)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        let join_secret_file =
-            layer!(join_secret_file, non_empty_path(file.join_secret_file.clone()))
-                .map(|(p, _)| p)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_JOIN_SECRET_FILE));
+        let join_secret_file = layer!(
+            join_secret_file,
+            non_empty_path(file.join_secret_file.clone())
+        )
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_JOIN_SECRET_FILE));
 
         let file_ttl = match file.lease_ttl_secs {
             Some(n) => Some(u64::try_from(n).map_err(|_| {
@@ -637,7 +649,9 @@ fn validate_docker_host(h: &str) -> Result<(), String> {
         if path.starts_with('/') {
             return Ok(());
         }
-        return Err(format!("{h:?}: a unix socket needs an absolute path, e.g. unix:///var/run/docker.sock"));
+        return Err(format!(
+            "{h:?}: a unix socket needs an absolute path, e.g. unix:///var/run/docker.sock"
+        ));
     }
     for scheme in ["tcp://", "http://"] {
         if let Some(rest) = h.strip_prefix(scheme) {
@@ -837,7 +851,11 @@ path = "/loadbalancer/default.conf"
         };
         let c = resolve(text, &env, flags).unwrap();
         assert_eq!(c.cluster, "from-flag");
-        assert_eq!(c.role, RequestedRole::Manager, "flag unset: env value stays");
+        assert_eq!(
+            c.role,
+            RequestedRole::Manager,
+            "flag unset: env value stays"
+        );
         assert_eq!(c.lease_ttl, Duration::from_secs(50));
         assert_eq!(c.coordinator.unwrap().url, "http://198.18.0.3:3");
     }
@@ -864,14 +882,25 @@ path = "/loadbalancer/default.conf"
         let err = resolve(base, &[("SWARM_AGENT_ROLE", "boss")], Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("SWARM_AGENT_ROLE") && err.contains("boss"), "{err}");
-        let err = resolve(base, &[("SWARM_AGENT_TARGET_MANAGERS", "4")], Overrides::default())
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.contains("SWARM_AGENT_ROLE") && err.contains("boss"),
+            "{err}"
+        );
+        let err = resolve(
+            base,
+            &[("SWARM_AGENT_TARGET_MANAGERS", "4")],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("SWARM_AGENT_TARGET_MANAGERS"), "{err}");
-        let err = resolve(base, &[("SWARM_AGENT_LEASE_TTL_SECS", "x")], Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = resolve(
+            base,
+            &[("SWARM_AGENT_LEASE_TTL_SECS", "x")],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("SWARM_AGENT_LEASE_TTL_SECS"), "{err}");
         let flags = Overrides {
             advertise_addr: Some("myhost.example".into()),
@@ -882,16 +911,25 @@ path = "/loadbalancer/default.conf"
         let err = resolve("cluster = \"Prod\"\n", &[], Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cluster in /etc/swarm-agent/config.toml"), "{err}");
-        let err = resolve("target_managers = 2\ncluster = \"c\"\n", &[], Overrides::default())
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.contains("cluster in /etc/swarm-agent/config.toml"),
+            "{err}"
+        );
+        let err = resolve(
+            "target_managers = 2\ncluster = \"c\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("target_managers"), "{err}");
     }
 
     #[test]
     fn required_settings() {
-        let err = resolve("", &[], Overrides::default()).unwrap_err().to_string();
+        let err = resolve("", &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cluster"), "{err}");
         let err = resolve("cluster = \"c\"\n", &[], Overrides::default())
             .unwrap_err()
@@ -921,7 +959,9 @@ path = "/loadbalancer/default.conf"
         assert_eq!(co.url, "https://10.0.0.1:8443");
         assert_eq!(co.tls, CoordinatorTls::CaFile("/x.pem".into()));
         let bad = "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1\"\ntls_fingerprint = \"sha256:12\"\n";
-        let err = resolve(bad, &[], Overrides::default()).unwrap_err().to_string();
+        let err = resolve(bad, &[], Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tls_fingerprint"), "{err}");
         let env_pin = [("SWARM_AGENT_COORDINATOR_FINGERPRINT", pin.as_str())];
         let c = resolve(
@@ -930,12 +970,18 @@ path = "/loadbalancer/default.conf"
             Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::Pinned([0xab; 32]));
+        assert_eq!(
+            c.coordinator.unwrap().tls,
+            CoordinatorTls::Pinned([0xab; 32])
+        );
     }
 
     #[test]
     fn advertise_specs() {
-        assert_eq!("auto".parse::<AdvertiseSpec>().unwrap(), AdvertiseSpec::Auto);
+        assert_eq!(
+            "auto".parse::<AdvertiseSpec>().unwrap(),
+            AdvertiseSpec::Auto
+        );
         assert_eq!(
             "interface:eth1".parse::<AdvertiseSpec>().unwrap(),
             AdvertiseSpec::Interface("eth1".into())

@@ -4,8 +4,7 @@
 
 use async_trait::async_trait;
 use bollard::models::{
-    LocalNodeState, NodeSpecRoleEnum, NodeState, Reachability, SwarmInitRequest,
-    SwarmJoinRequest,
+    LocalNodeState, NodeSpecRoleEnum, NodeState, Reachability, SwarmInitRequest, SwarmJoinRequest,
 };
 use bollard::query_parameters::LeaveSwarmOptionsBuilder;
 use bollard::Docker;
@@ -392,9 +391,11 @@ impl Engine for BollardEngine {
 
     async fn leave(&self, force: bool) -> Result<()> {
         let c = self.client().await?;
-        c.leave_swarm(Some(LeaveSwarmOptionsBuilder::default().force(force).build()))
-            .await
-            .map_err(|e| self.map_err(e))
+        c.leave_swarm(Some(
+            LeaveSwarmOptionsBuilder::default().force(force).build(),
+        ))
+        .await
+        .map_err(|e| self.map_err(e))
     }
 
     async fn nodes(&self) -> Result<Vec<SwarmNode>> {
@@ -409,10 +410,7 @@ impl Engine for BollardEngine {
                 let ms = n.manager_status;
                 SwarmNode {
                     id: n.id.unwrap_or_default(),
-                    hostname: n
-                        .description
-                        .and_then(|d| d.hostname)
-                        .unwrap_or_default(),
+                    hostname: n.description.and_then(|d| d.hostname).unwrap_or_default(),
                     role: match n.spec.and_then(|s| s.role) {
                         Some(NodeSpecRoleEnum::MANAGER) => Role::Manager,
                         _ => Role::Worker,
@@ -489,6 +487,9 @@ BQyyKesFEReYOiQYAiBQgerD6PeuK9zfo8xuM/9zjB7CGLcSYsrCahjFvzRraw==
         let e = BollardEngine::new("unix:///nonexistent/docker.sock", Duration::from_secs(2));
         let err = e.info().await.unwrap_err();
         assert!(err.is_unreachable(), "{err}");
-        assert!(err.to_string().contains("/nonexistent/docker.sock"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/docker.sock"),
+            "{err}"
+        );
     }
 }

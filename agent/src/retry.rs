@@ -212,13 +212,18 @@ mod tests {
     #[tokio::test]
     async fn retries_transient_until_success() {
         let n = AtomicU32::new(0);
-        let r = retry(QUICK, "t", |e| matches!(e, E::Busy), || async {
-            if n.fetch_add(1, Ordering::SeqCst) < 3 {
-                Err(E::Busy)
-            } else {
-                Ok(7)
-            }
-        })
+        let r = retry(
+            QUICK,
+            "t",
+            |e| matches!(e, E::Busy),
+            || async {
+                if n.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(E::Busy)
+                } else {
+                    Ok(7)
+                }
+            },
+        )
         .await;
         assert_eq!(r.unwrap(), 7);
         assert_eq!(n.load(Ordering::SeqCst), 4);
@@ -227,10 +232,15 @@ mod tests {
     #[tokio::test]
     async fn stops_at_permanent() {
         let n = AtomicU32::new(0);
-        let r: Result<(), _> = retry(QUICK, "t", |e| matches!(e, E::Busy), || async {
-            n.fetch_add(1, Ordering::SeqCst);
-            Err(E::Broken)
-        })
+        let r: Result<(), _> = retry(
+            QUICK,
+            "t",
+            |e| matches!(e, E::Busy),
+            || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(E::Broken)
+            },
+        )
         .await;
         assert!(matches!(r, Err(Failure::Permanent(E::Broken))));
         assert_eq!(n.load(Ordering::SeqCst), 1);

@@ -121,12 +121,14 @@ impl StateStore {
     /// The saved state, or `None` when there is no state file yet.
     pub fn load(&self) -> Result<Option<AgentState>, StateError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StateError::Corrupt {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StateError::Corrupt {
+                        path: self.path.clone(),
+                        message: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StateError::Fs(FsError::Io {
                 action: "read",

@@ -11,9 +11,9 @@ use serde::Serialize;
 use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::{
-    ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody,
-    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse,
-    RenewRequest, Secret, API_PREFIX, MAX_WAIT_SECS,
+    ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, Secret,
+    API_PREFIX, MAX_WAIT_SECS,
 };
 
 /// Extra time a long-poll request may take beyond its `wait` (network, server scheduling).
@@ -95,7 +95,10 @@ impl CoordinatorClient {
     }
 
     fn url(&self, tail: &str) -> String {
-        format!("{}{}/clusters/{}{}", self.base, API_PREFIX, self.cluster, tail)
+        format!(
+            "{}{}/clusters/{}{}",
+            self.base, API_PREFIX, self.cluster, tail
+        )
     }
 
     fn request(&self, method: Method, url: &str, timeout: Duration) -> RequestBuilder {
@@ -106,9 +109,10 @@ impl CoordinatorClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, req: RequestBuilder, url: &str) -> Result<T> {
-        let resp = req.send().await.map_err(|e| {
-            RendezvousError::Transient(format!("{url}: {}", error_chain(&e)))
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| RendezvousError::Transient(format!("{url}: {}", error_chain(&e))))?;
         let status = resp.status();
         if status.is_success() {
             return resp.json::<T>().await.map_err(|e| {

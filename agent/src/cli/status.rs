@@ -241,8 +241,12 @@ async fn probe_engine(engine: &dyn Engine) -> (EngineStatus, SwarmStatus) {
         Ok(nodes) => {
             let managers: Vec<_> = nodes.iter().filter(|n| n.role == Role::Manager).collect();
             ss.managers_total = Some(managers.len() as u64);
-            ss.managers_reachable =
-                Some(managers.iter().filter(|n| n.reachable == Some(true)).count() as u64);
+            ss.managers_reachable = Some(
+                managers
+                    .iter()
+                    .filter(|n| n.reachable == Some(true))
+                    .count() as u64,
+            );
             ss.nodes_total = Some(nodes.len() as u64);
             ss.leader = Some(
                 nodes
@@ -289,7 +293,9 @@ async fn probe_backend(cfg: &Config) -> BackendStatus {
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The compact aligned `key: value` list.
@@ -303,11 +309,7 @@ pub fn render_text(r: &StatusReport) -> String {
             if r.engine.reachable {
                 format!("reachable, {} ({})", opt(&r.engine.version), r.engine.host)
             } else {
-                format!(
-                    "UNREACHABLE ({}): {}",
-                    r.engine.host,
-                    opt(&r.engine.error)
-                )
+                format!("UNREACHABLE ({}): {}", r.engine.host, opt(&r.engine.error))
             },
         ),
         ("swarm", r.swarm.state.clone()),

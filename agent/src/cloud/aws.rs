@@ -82,8 +82,10 @@ mod tests {
 
     #[tokio::test]
     async fn server_errors_are_transient_and_garbage_is_not() {
-        let app = Router::new()
-            .route("/latest/api/token", put(|| async { (StatusCode::SERVICE_UNAVAILABLE, "") }));
+        let app = Router::new().route(
+            "/latest/api/token",
+            put(|| async { (StatusCode::SERVICE_UNAVAILABLE, "") }),
+        );
         let base = crate::cloud::mock::serve(app).await;
         let err = Aws::new(&base).private_ipv4().await.unwrap_err();
         assert!(err.is_transient(), "{err}");

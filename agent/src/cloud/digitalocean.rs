@@ -27,7 +27,10 @@ impl MetadataProvider for DigitalOcean {
     }
 
     async fn private_ipv4(&self) -> Result<Ipv4Addr, CloudError> {
-        let url = format!("{}/metadata/v1/interfaces/private/0/ipv4/address", self.base);
+        let url = format!(
+            "{}/metadata/v1/interfaces/private/0/ipv4/address",
+            self.base
+        );
         let text = fetch_text(self.http.get(&url), &url).await?;
         parse_ipv4(&text, &url)
     }

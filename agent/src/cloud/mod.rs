@@ -73,7 +73,10 @@ pub(crate) fn http_client() -> reqwest::Client {
 }
 
 /// Send a request and return its body text; 5xx and network errors are transient.
-pub(crate) async fn fetch_text(req: reqwest::RequestBuilder, url: &str) -> Result<String, CloudError> {
+pub(crate) async fn fetch_text(
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<String, CloudError> {
     let unavailable = |message: String| CloudError::Unavailable {
         url: url.to_string(),
         message,
