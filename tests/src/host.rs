@@ -166,6 +166,9 @@ impl Host {
         .arg("--config-file")
         .arg(&config)
         .args(&self.dockerd_args)
+        // Swarm tasks otherwise try to pull their image from a registry first, even when it
+        // is present: there is no registry here, and the lab must not reach out.
+        .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

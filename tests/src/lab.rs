@@ -109,7 +109,7 @@ impl LabTraces {
     }
 
     /// What is still there: namespaces, links, processes (in a lab namespace or naming the
-    /// lab root), mounts, the iptables rule, and the lab directory (unless kept).
+    /// lab root), mounts, the iptables rules, and the lab directory (unless kept).
     pub fn leftovers(&self) -> Vec<String> {
         let mut v = Vec::new();
         for ns in &self.netns {
@@ -136,8 +136,8 @@ impl LabTraces {
                 v.push(format!("mount {}", net::netns_path(ns).display()));
             }
         }
-        if net::forward_rule_exists(&self.bridge) {
-            v.push(format!("iptables FORWARD rule for {}", self.bridge));
+        for rule in net::forward_rules_present(&self.bridge) {
+            v.push(format!("iptables FORWARD rule {rule}"));
         }
         if !self.keep && self.root.exists() {
             v.push(format!("directory {}", self.root.display()));
@@ -346,7 +346,7 @@ impl Lab {
         self.bridge_up = true;
         net::create_bridge(&bridge, self.bridge_addr())?;
         self.rule_added = true;
-        net::add_forward_rule(&bridge)?;
+        net::add_forward_rules(&bridge)?;
         for h in &self.hosts {
             fs::create_dir_all(&h.dir)
                 .map_err(|e| LabError::io(format!("creating {}", h.dir.display()), e))?;
@@ -632,7 +632,7 @@ impl Lab {
             }
         }
         if self.rule_added {
-            if let Err(e) = net::remove_forward_rule(&self.names.bridge()) {
+            if let Err(e) = net::remove_forward_rules(&self.names.bridge()) {
                 errors.push(e.to_string());
             }
         }

@@ -170,50 +170,76 @@ pub fn delete_link(name: &str) -> Result<()> {
     }
 }
 
-fn iptables(op: &str, bridge: &str) -> Command {
+/// The lab's two FORWARD rules in the root namespace, for bridge `b`:
+/// - accept bridged traffic between lab hosts (once any dockerd ran in the root namespace,
+///   FORWARD's policy is DROP and bridged traffic is filtered; see LAB.md);
+/// - reject anything a lab host sends that would be routed off the bridge: the lab talks only
+///   to its own addresses. (A lab engine may still try, e.g. a registry lookup; REJECT makes
+///   that fail at once instead of timing out.) Traffic to the root namespace itself (the
+///   bridge address) is INPUT, not FORWARD, and stays allowed.
+pub fn forward_rules(b: &str) -> [Vec<String>; 2] {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    [
+        v(&["-i", b, "-o", b, "-j", "ACCEPT"]),
+        v(&["-i", b, "!", "-o", b, "-j", "REJECT"]),
+    ]
+}
+
+fn iptables(op: &str, spec: &[String]) -> Command {
     let mut c = Command::new("iptables");
     // -w: the xtables lock is machine-wide and the lab's dockerds take it too.
-    c.args(["-w", "30", op]);
-    c.args(["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]);
+    c.args(["-w", "30", op, "FORWARD"]).args(spec);
     c
 }
 
-/// `iptables -I FORWARD -i <bridge> -o <bridge> -j ACCEPT` (bridged traffic is filtered
-/// once any dockerd ran in the root namespace; see LAB.md).
-pub fn add_forward_rule(bridge: &str) -> Result<()> {
-    run(&mut iptables("-I", bridge)).map(|_| ())
-}
-
-pub fn forward_rule_exists(bridge: &str) -> bool {
-    run_unchecked(&mut iptables("-C", bridge)).is_ok_and(|o| o.success())
-}
-
-/// Remove every copy of our FORWARD rule for `bridge`.
-pub fn remove_forward_rule(bridge: &str) -> Result<()> {
-    while forward_rule_exists(bridge) {
-        run(&mut iptables("-D", bridge))?;
+/// Insert the lab's FORWARD rules (see [`forward_rules`]) at the top of the chain.
+pub fn add_forward_rules(bridge: &str) -> Result<()> {
+    for spec in forward_rules(bridge).iter().rev() {
+        run(&mut iptables("-I", spec))?;
     }
     Ok(())
 }
 
-/// Bridges named in FORWARD rules of ours (`-A FORWARD -i sslab…br -o sslab…br -j ACCEPT`).
-pub fn forward_rules_with_prefix(prefix: &str) -> Result<Vec<String>> {
+/// Which of the lab's FORWARD rules exist (as `iptables` arguments).
+pub fn forward_rules_present(bridge: &str) -> Vec<String> {
+    forward_rules(bridge)
+        .iter()
+        .filter(|spec| run_unchecked(&mut iptables("-C", spec)).is_ok_and(|o| o.success()))
+        .map(|spec| spec.join(" "))
+        .collect()
+}
+
+/// Remove every copy of the lab's FORWARD rules for `bridge`.
+pub fn remove_forward_rules(bridge: &str) -> Result<()> {
+    for spec in forward_rules(bridge) {
+        while run_unchecked(&mut iptables("-C", &spec))?.success() {
+            run(&mut iptables("-D", &spec))?;
+        }
+    }
+    Ok(())
+}
+
+/// FORWARD rules (as printed by `iptables -S`, without `-A FORWARD`) whose input interface
+/// starts with `prefix`: the rules of labs whose teardown did not run.
+pub fn forward_rules_with_prefix(prefix: &str) -> Result<Vec<Vec<String>>> {
     let out = sh("iptables", &["-w", "30", "-S", "FORWARD"])?;
     Ok(out
         .stdout
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            match w.as_slice() {
-                ["-A", "FORWARD", "-i", i, "-o", o, "-j", "ACCEPT"]
-                    if i == o && i.starts_with(prefix) =>
-                {
-                    Some(i.to_string())
-                }
-                _ => None,
-            }
+            let ours = w.len() > 3
+                && w[..2] == ["-A", "FORWARD"]
+                && w.windows(2)
+                    .any(|p| p[0] == "-i" && p[1].starts_with(prefix));
+            ours.then(|| w[2..].iter().map(|s| s.to_string()).collect())
         })
         .collect())
+}
+
+/// `iptables -D FORWARD <spec>`.
+pub fn delete_forward_rule(spec: &[String]) -> Result<()> {
+    run(&mut iptables("-D", spec)).map(|_| ())
 }
 
 /// Mount points at or under `root` (from /proc/self/mountinfo), deepest first.

@@ -177,10 +177,12 @@ pub(crate) fn cleanup_stale_locked() -> StaleReport {
         }
     }
     match net::forward_rules_with_prefix(PREFIX) {
-        Ok(bridges) => {
-            for b in bridges {
-                match net::remove_forward_rule(&b) {
-                    Ok(()) => r.removed.push(format!("iptables FORWARD rule for {b}")),
+        Ok(rules) => {
+            for spec in rules {
+                match net::delete_forward_rule(&spec) {
+                    Ok(()) => r
+                        .removed
+                        .push(format!("iptables FORWARD rule {}", spec.join(" "))),
                     Err(e) => r.errors.push(e.to_string()),
                 }
             }

@@ -22,6 +22,7 @@ fn ok<T>(r: swarmstrap_lab::Result<T>, what: &str) -> T {
 
 /// `ip netns exec <ns> busybox ping -c1 -W1 <addr>` succeeds.
 fn ping(ns: &str, addr: &str) -> bool {
+    ok(swarmstrap_lab::image::check_busybox(), "busybox for ping");
     Command::new("ip")
         .args(["netns", "exec", ns, "busybox", "ping", "-c1", "-W1", addr])
         .stdout(Stdio::null())
@@ -219,6 +220,74 @@ fn baseline_script_forms_three_managers_and_two_workers() {
         } else {
             assert!(!info.control_available && info.cluster_id().is_none());
         }
+    }
+    let traces = lab.traces();
+    let report = ok(lab.teardown(), "teardown");
+    eprintln!("teardown of a 5-node swarm took {:?}", report.took);
+    assert!(traces.leftovers().is_empty(), "{:?}", traces.leftovers());
+}
+
+/// `GET /` on `addr:port` from the root namespace; the body on a 200.
+fn http_get(addr: std::net::Ipv4Addr, port: u16) -> swarmstrap_lab::Result<Option<String>> {
+    let io = |e| swarmstrap_lab::LabError::Check(format!("GET http://{addr}:{port}/: {e}"));
+    let Ok(mut s) =
+        std::net::TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(2))
+    else {
+        return Ok(None);
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(io)?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(io)?;
+    let status = resp.split_whitespace().nth(1);
+    Ok((status == Some("200")).then(|| {
+        resp.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    }))
+}
+
+#[test]
+fn a_global_service_on_the_baseline_swarm_serves_http_on_every_node() {
+    let lab = start(LabConfig::new(3));
+    ok(baseline_form(&lab, 1, 2), "baseline formation");
+    ok(lab.import_busybox("lab/busybox:1"), "import busybox");
+    let manager = lab.host(0);
+    ok(
+        manager.docker(&[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            "web",
+            "--mode",
+            "global",
+            "--hostname",
+            "{{.Node.Hostname}}",
+            "--publish",
+            "mode=host,target=80,published=8081",
+            "lab/busybox:1",
+            "sh",
+            "-c",
+            "hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]),
+        "docker service create",
+    );
+    // The routing mesh does not work here (no IPVS): each node serves on its own address.
+    for h in lab.hosts() {
+        let body = ok(
+            swarmstrap_lab::wait_until(
+                Duration::from_secs(60),
+                &format!("the web task on {} to answer", h.name()),
+                || http_get(h.addr(), 8081),
+            ),
+            "web service",
+        );
+        assert_eq!(body, h.name());
     }
     let traces = lab.traces();
     ok(lab.teardown(), "teardown");
