@@ -32,7 +32,6 @@ locals {
     cluster                 = local.cluster
     backend                 = "coordinator"
     target_managers         = var.manager_count
-    advertise_addr          = var.advertise_addr
     coordinator_url         = local.coordinator_url
     coordinator_fingerprint = local.coordinator_fingerprint
     join_secret             = random_password.cluster_secret.result
@@ -50,6 +49,11 @@ locals {
     agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
     install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
+
+  # Each node advertises its own IPAM address: exact, and known before the node boots. (The
+  # instance metadata's private_ip is not the private-network address on current instances.)
+  manager_advertise = [for ip in scaleway_ipam_ip.manager : var.advertise_addr != "" ? var.advertise_addr : split("/", ip.address)[0]]
+  worker_advertise  = [for ip in scaleway_ipam_ip.worker : var.advertise_addr != "" ? var.advertise_addr : split("/", ip.address)[0]]
 
   node_private_ips = concat(
     [for ip in scaleway_ipam_ip.manager : split("/", ip.address)[0]],
@@ -250,7 +254,7 @@ resource "scaleway_instance_server" "manager" {
   }
 
   user_data = {
-    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager", advertise_addr = local.manager_advertise[count.index] }))
   }
 
   # The coordinator must be up to answer the agents (they retry, but why make them wait).
@@ -280,7 +284,7 @@ resource "scaleway_instance_server" "worker" {
   }
 
   user_data = {
-    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker", advertise_addr = local.worker_advertise[count.index] }))
   }
 
   depends_on = [scaleway_instance_server.coordinator]

@@ -184,13 +184,13 @@ variable "ssh_allowed_cidrs" {
 }
 
 variable "advertise_addr" {
-  description = "How agents pick the address they advertise to the swarm: scaleway (the private-network address from the instance metadata), interface:NAME, auto, or an IP."
+  description = "Address agents advertise to the swarm. Empty: each node's own reserved private-network address (an IP known before the node exists). Else auto, interface:NAME or an IP."
   type        = string
-  default     = "scaleway"
+  default     = ""
 
   validation {
-    condition     = can(regex("^(auto|aws|digitalocean|scaleway|interface:[A-Za-z0-9_.-]+|[0-9.]+)$", var.advertise_addr))
-    error_message = "The advertise_addr must be auto, scaleway, interface:NAME or an IPv4 address."
+    condition     = var.advertise_addr == "" || can(regex("^(auto|interface:[A-Za-z0-9_.-]+|[0-9.]+)$", var.advertise_addr))
+    error_message = "The advertise_addr must be empty, auto, interface:NAME or an IPv4 address."
   }
 }
 
