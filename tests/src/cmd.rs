@@ -1,8 +1,10 @@
 //! Running host commands (ip, iptables, docker, umount, ...) with useful errors.
 
 use crate::error::{LabError, Result};
-use std::io::Write;
+use crate::wait::Backoff;
+use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// What a finished command printed.
 #[derive(Debug, Clone)]
@@ -30,22 +32,23 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Run to completion and capture output; only failing to start is an error.
 pub fn run_unchecked(cmd: &mut Command) -> Result<CmdOutput> {
-    run_with_input(cmd, None)
+    exec(cmd, None, None)
 }
 
 /// Run to completion; a non-zero exit is an error carrying stderr.
 pub fn run(cmd: &mut Command) -> Result<CmdOutput> {
-    let out = run_unchecked(cmd)?;
+    let out = exec(cmd, None, None)?;
     check(cmd, out)
 }
 
 /// Run with `input` on stdin; a non-zero exit is an error.
 pub fn run_stdin(cmd: &mut Command, input: &[u8]) -> Result<CmdOutput> {
-    let out = run_with_input(cmd, Some(input))?;
+    let out = exec(cmd, Some(input), None)?;
     check(cmd, out)
 }
 
-fn check(cmd: &Command, out: CmdOutput) -> Result<CmdOutput> {
+/// A non-zero exit as an error carrying stderr.
+pub fn check(cmd: &Command, out: CmdOutput) -> Result<CmdOutput> {
     if out.success() {
         Ok(out)
     } else {
@@ -57,7 +60,14 @@ fn check(cmd: &Command, out: CmdOutput) -> Result<CmdOutput> {
     }
 }
 
-fn run_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Result<CmdOutput> {
+/// Run `cmd` (stdin from `input` or /dev/null), capture stdout and stderr, and wait for it at
+/// most `timeout` (polling with backoff); on timeout it is SIGKILLed and that is an error.
+/// Only failing to start or timing out is an error; look at the status yourself.
+pub fn exec(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> Result<CmdOutput> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if input.is_some() {
         Stdio::piped()
@@ -67,30 +77,55 @@ fn run_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Result<CmdOutput> 
     let mut child = cmd
         .spawn()
         .map_err(|e| LabError::io(format!("could not start `{}`", describe(cmd)), e))?;
-    if let Some(input) = input {
+    // Threads for the pipes, so a child that fills one pipe while we wait cannot deadlock.
+    let writer = input.map(|data| {
         let mut stdin = child.stdin.take().expect("stdin was piped");
-        // Write from a thread so a child that fills its stdout pipe before reading all of its
-        // stdin cannot deadlock us.
-        let data = input.to_vec();
-        let writer = std::thread::spawn(move || stdin.write_all(&data));
-        let out = child
-            .wait_with_output()
-            .map_err(|e| LabError::io(format!("waiting for `{}`", describe(cmd)), e))?;
-        let _ = writer.join();
-        return Ok(to_output(out));
+        let data = data.to_vec();
+        std::thread::spawn(move || stdin.write_all(&data))
+    });
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let out_t = reader(Box::new(child.stdout.take().expect("stdout was piped")));
+    let err_t = reader(Box::new(child.stderr.take().expect("stderr was piped")));
+    let waited = |e| LabError::io(format!("waiting for `{}`", describe(cmd)), e);
+    let status = match timeout {
+        None => child.wait().map_err(waited)?,
+        Some(t) => {
+            let start = Instant::now();
+            let deadline = start + t;
+            let mut backoff = Backoff::default();
+            loop {
+                if let Some(st) = child.try_wait().map_err(waited)? {
+                    break st;
+                }
+                if !backoff.sleep_until_next(deadline) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default())
+                        .trim()
+                        .to_string();
+                    return Err(LabError::Timeout {
+                        what: format!("`{}` to finish (killed)", describe(cmd)),
+                        waited: start.elapsed(),
+                        last: format!("stderr so far: {stderr}"),
+                    });
+                }
+            }
+        }
+    };
+    if let Some(w) = writer {
+        let _ = w.join();
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| LabError::io(format!("waiting for `{}`", describe(cmd)), e))?;
-    Ok(to_output(out))
-}
-
-fn to_output(out: std::process::Output) -> CmdOutput {
-    CmdOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Ok(CmdOutput {
+        status,
+        stdout: String::from_utf8_lossy(&out_t.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned(),
+    })
 }
 
 /// Shorthand: `run(Command::new(program).args(args))`.
@@ -108,4 +143,36 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_output_and_status() {
+        let out = run_stdin(Command::new("sh").args(["-c", "cat; echo err >&2"]), b"in").unwrap();
+        assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("in", "err\n"));
+        let e = run(Command::new("sh").args(["-c", "echo bad >&2; exit 3"])).unwrap_err();
+        assert!(
+            e.to_string().contains("bad") && e.to_string().contains('3'),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_hung_command_is_killed_at_its_timeout() {
+        let start = Instant::now();
+        let e = exec(
+            Command::new("sh").args(["-c", "echo started >&2; exec sleep 30"]),
+            None,
+            Some(Duration::from_millis(300)),
+        )
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(
+            matches!(e, LabError::Timeout { .. }) && e.to_string().contains("started"),
+            "{e}"
+        );
+    }
 }

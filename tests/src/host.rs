@@ -1,7 +1,7 @@
 //! One lab host: a network namespace wired to the lab bridge, a UTS namespace with its own
 //! hostname, and (when started) a dockerd with its own data root, exec root and socket.
 
-use crate::cmd::{describe, run, run_stdin, run_unchecked, CmdOutput};
+use crate::cmd::{check, describe, exec, CmdOutput};
 use crate::engine::EngineApi;
 use crate::error::{LabError, Result};
 use crate::net::netns_path;
@@ -45,6 +45,7 @@ pub struct Host {
     pub(crate) dockerd: PathBuf,
     pub(crate) dockerd_args: Vec<String>,
     pub(crate) grace: Duration,
+    pub(crate) docker_timeout: Duration,
     pub(crate) engine: Mutex<Option<Child>>,
     pub(crate) procs: Mutex<Vec<Arc<ProcInner>>>,
 }
@@ -369,19 +370,29 @@ impl Host {
     }
 
     /// `docker -H unix://<sock> <args>`; a non-zero exit is an error. Returns stdout.
+    /// Killed (and an error) after [`LabConfig::docker_timeout`](crate::LabConfig).
     /// Never pass a secret (join token) in `args`: use [`api`](Self::api) for those.
     pub fn docker(&self, args: &[&str]) -> Result<String> {
-        Ok(run(&mut self.docker_cmd(args))?.stdout)
+        self.docker_with_timeout(args, self.docker_timeout)
+    }
+
+    /// [`docker`](Self::docker) with its own timeout.
+    pub fn docker_with_timeout(&self, args: &[&str], timeout: Duration) -> Result<String> {
+        let mut cmd = self.docker_cmd(args);
+        let out = exec(&mut cmd, None, Some(timeout))?;
+        Ok(check(&cmd, out)?.stdout)
     }
 
     /// Like [`docker`](Self::docker) but returns the full output whatever the exit status.
     pub fn docker_output(&self, args: &[&str]) -> Result<CmdOutput> {
-        run_unchecked(&mut self.docker_cmd(args))
+        exec(&mut self.docker_cmd(args), None, Some(self.docker_timeout))
     }
 
     /// `docker … <args>` with `input` on stdin.
     pub fn docker_stdin(&self, args: &[&str], input: &[u8]) -> Result<String> {
-        Ok(run_stdin(&mut self.docker_cmd(args), input)?.stdout)
+        let mut cmd = self.docker_cmd(args);
+        let out = exec(&mut cmd, Some(input), Some(self.docker_timeout))?;
+        Ok(check(&cmd, out)?.stdout)
     }
 
     /// `docker node ls` parsed (this host must be a manager).

@@ -43,6 +43,8 @@ pub struct LabConfig {
     pub lock_timeout: Duration,
     /// Extra dockerd arguments for every host.
     pub dockerd_args: Vec<String>,
+    /// Longest a [`Host::docker`] CLI call may take before it is killed.
+    pub docker_timeout: Duration,
 }
 
 impl Default for LabConfig {
@@ -55,6 +57,7 @@ impl Default for LabConfig {
             stop_grace: Duration::from_secs(20),
             lock_timeout: Duration::from_secs(30 * 60),
             dockerd_args: Vec::new(),
+            docker_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -307,6 +310,7 @@ impl Lab {
                 dockerd: dockerd.clone(),
                 dockerd_args: config.dockerd_args.clone(),
                 grace: config.stop_grace,
+                docker_timeout: config.docker_timeout,
                 engine: Mutex::new(None),
                 procs: Mutex::new(Vec::new()),
             })
@@ -687,5 +691,16 @@ impl Drop for Lab {
                 self.names.id, r.errors, r.leftovers
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lab_is_send_and_sync() {
+        fn f<T: Send + Sync>() {}
+        f::<super::Lab>();
+        f::<super::LabTraces>();
+        f::<crate::ProcHandle>();
     }
 }
