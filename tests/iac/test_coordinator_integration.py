@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import random
 import shlex
@@ -162,15 +163,15 @@ class CoordinatorUserDataTest(unittest.TestCase):
         self.assertEqual(own.stdout.strip(), pin)
 
         good = self.agent_status(port, pin)
-        if os.environ.get("SWARMSTRAP_IAC_VERBOSE"):
-            print(good.stdout, file=sys.stderr)
-        self.assertRegex(good.stdout, r"(?m)^cluster phase:\s+open$", good.stdout + good.stderr)
-        self.assertNotIn("UNREACHABLE (", [l for l in good.stdout.splitlines() if l.startswith("backend:")][0])
+        self.assertEqual(good.returncode, 1, good.stderr)  # reachable backend, but no engine here
+        backend = json.loads(good.stdout)["backend"]
+        self.assertEqual((backend["reachable"], backend["phase"], backend["error"]), (True, "open", None), backend)
 
         wrong = self.agent_status(port, "sha256:" + "00" * 32)
-        backend = [l for l in wrong.stdout.splitlines() if l.startswith("backend:")][0]
-        self.assertIn("UNREACHABLE", backend)
-        self.assertRegex(wrong.stdout, r"(?m)^cluster phase:\s+-$")
+        backend = json.loads(wrong.stdout)["backend"]
+        self.assertFalse(backend["reachable"])
+        self.assertIsNone(backend["phase"])
+        self.assertIn("fingerprint", backend["error"])
 
     def agent_status(self, port: int, pin: str) -> subprocess.CompletedProcess:
         d = tempfile.mkdtemp(dir=self.root)
@@ -191,7 +192,7 @@ class CoordinatorUserDataTest(unittest.TestCase):
             "SWARM_AGENT_DOCKER_HOST": f"unix://{d}/no-docker.sock",
             "SWARM_AGENT_JOIN_SECRET_FILE": paths["join-secret"],
         }
-        return subprocess.run([AGENT_BIN, "status", "--config", paths["config.toml"]], env=env,
+        return subprocess.run([AGENT_BIN, "status", "--json", "--config", paths["config.toml"]], env=env,
                               capture_output=True, text=True, timeout=120)
 
 
