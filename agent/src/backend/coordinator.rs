@@ -109,10 +109,7 @@ impl CoordinatorClient {
     }
 
     async fn call<T: DeserializeOwned>(&self, req: RequestBuilder, url: &str) -> Result<T> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| RendezvousError::Transient(format!("{url}: {}", error_chain(&e))))?;
+        let resp = req.send().await.map_err(|e| send_error(&e, url))?;
         let status = resp.status();
         if status.is_success() {
             return resp.json::<T>().await.map_err(|e| {
@@ -171,6 +168,23 @@ pub fn map_status(status: StatusCode, body: &str, url: &str, cluster: &str) -> R
             code,
             message: format!("{message} (HTTP {s} from {url})"),
         },
+    }
+}
+
+/// Network errors are transient, except a certificate the agent does not trust: that is a
+/// configuration problem (wrong pin or CA file) that retrying cannot fix.
+fn send_error(e: &reqwest::Error, url: &str) -> RendezvousError {
+    let chain = error_chain(e);
+    if chain.contains("certificate") {
+        RendezvousError::Rejected {
+            code: "tls_certificate".into(),
+            message: format!(
+                "{url}: the coordinator's TLS certificate is not trusted ({chain}): check \
+                 [coordinator] tls_fingerprint / ca_file"
+            ),
+        }
+    } else {
+        RendezvousError::Transient(format!("{url}: {chain}"))
     }
 }
 
@@ -276,5 +290,322 @@ impl Rendezvous for CoordinatorClient {
                 body: body.clone(),
             });
         self.call(req, &url).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+    use axum::extract::Request;
+    use axum::http::StatusCode as AxStatus;
+    use axum::response::IntoResponse;
+    use axum::Router;
+    use std::sync::{Arc, Mutex};
+    use swarmstrap_wire::{Phase, RequestedRole, Role};
+
+    #[derive(Clone, Debug)]
+    struct Seen {
+        method: String,
+        path_query: String,
+        auth: Option<String>,
+        body: String,
+    }
+
+    /// A server answering every request with `status` and `body`, recording what it saw.
+    async fn mock(status: u16, body: &'static str) -> (CoordinatorClient, Arc<Mutex<Vec<Seen>>>) {
+        let seen = Arc::new(Mutex::new(vec![]));
+        let s2 = seen.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let seen = s2.clone();
+            async move {
+                let (parts, b) = req.into_parts();
+                let bytes = to_bytes(b, usize::MAX).await.unwrap();
+                seen.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path_query: parts.uri.path_and_query().unwrap().to_string(),
+                    auth: parts
+                        .headers
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                });
+                (
+                    AxStatus::from_u16(status).unwrap(),
+                    [("content-type", "application/json")],
+                    body,
+                )
+                    .into_response()
+            }
+        });
+        let base = crate::cloud::mock::serve(app).await;
+        (client(&base, CoordinatorTls::PlainHttp), seen)
+    }
+
+    fn client(base: &str, tls: CoordinatorTls) -> CoordinatorClient {
+        CoordinatorClient::new(
+            &CoordinatorConfig {
+                url: base.to_string(),
+                tls,
+            },
+            "prod",
+            Secret::new("the-join-secret"),
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    fn reg() -> RegisterRequest {
+        RegisterRequest {
+            node_id: "n1".into(),
+            hostname: "h1".into(),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+        }
+    }
+
+    #[tokio::test]
+    async fn register_sends_bearer_path_and_body() {
+        let (c, seen) = mock(
+            200,
+            r#"{"node_id":"n1","role":"manager","target_managers":3,"phase":"open"}"#,
+        )
+        .await;
+        let r = c.register(&reg()).await.unwrap();
+        assert_eq!(r.role, Role::Manager);
+        assert_eq!(r.phase, Phase::Open);
+        let s = seen.lock().unwrap()[0].clone();
+        assert_eq!(s.method, "POST");
+        assert_eq!(s.path_query, "/v1/clusters/prod/nodes");
+        assert_eq!(s.auth.as_deref(), Some("Bearer the-join-secret"));
+        let body: RegisterRequest = serde_json::from_str(&s.body).unwrap();
+        assert_eq!(body, reg());
+    }
+
+    #[tokio::test]
+    async fn routes_of_every_call() {
+        let (c, seen) = mock(200, r#"{"granted":true,"phase":"claimed","lease":null}"#).await;
+        c.claim("n1", Duration::from_secs(30)).await.unwrap();
+        c.renew("n1", 7, Duration::from_secs(30)).await.unwrap();
+        let s = seen.lock().unwrap().clone();
+        assert_eq!(s[0].path_query, "/v1/clusters/prod/claim");
+        assert!(s[0].body.contains("\"ttl_ms\":30000"), "{}", s[0].body);
+        assert_eq!(s[1].path_query, "/v1/clusters/prod/claim/renew");
+        assert!(s[1].body.contains("\"fencing_token\":7"), "{}", s[1].body);
+
+        let (c, seen) = mock(200, r#"{"phase":"open","lease":null,"join":null}"#).await;
+        let r = c
+            .wait_join("n1", Duration::from_millis(2500))
+            .await
+            .unwrap();
+        assert!(r.join.is_none());
+        assert_eq!(
+            seen.lock().unwrap()[0].path_query,
+            "/v1/clusters/prod/join?node_id=n1&wait=3"
+        );
+    }
+
+    #[tokio::test]
+    async fn long_poll_outlives_the_ordinary_timeout() {
+        // The server answers after 3 s; ordinary calls time out after 2 s, a long-poll with
+        // wait=3 gets 3 s + margin.
+        let app = Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            (
+                [("content-type", "application/json")],
+                r#"{"phase":"claimed","lease":null,"join":null}"#,
+            )
+        });
+        let base = crate::cloud::mock::serve(app).await;
+        let c = client(&base, CoordinatorTls::PlainHttp);
+        let r = c.wait_join("n1", Duration::from_secs(3)).await.unwrap();
+        assert_eq!(r.phase, Phase::Claimed);
+        let err = c.status().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+    }
+
+    fn body(code: &str) -> &'static str {
+        Box::leak(format!(r#"{{"error":"{code}","message":"m-{code}"}}"#).into_boxed_str())
+    }
+
+    #[tokio::test]
+    async fn errors_map_by_status_and_code() {
+        let (c, _) = mock(401, body("unauthorized")).await;
+        let e = c.register(&reg()).await.unwrap_err();
+        assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
+        assert!(!e.to_string().contains("the-join-secret"));
+
+        let (c, _) = mock(404, body("unknown_cluster")).await;
+        assert!(matches!(
+            c.register(&reg()).await.unwrap_err(),
+            RendezvousError::Unauthorized(_)
+        ));
+
+        let (c, _) = mock(409, body("stale_fencing_token")).await;
+        match c.renew("n1", 1, Duration::from_secs(1)).await.unwrap_err() {
+            RendezvousError::Conflict { code, .. } => assert_eq!(code, "stale_fencing_token"),
+            e => panic!("{e}"),
+        }
+
+        let (c, _) = mock(404, body("node_not_registered")).await;
+        assert!(matches!(
+            c.wait_join("n1", Duration::ZERO).await.unwrap_err(),
+            RendezvousError::Rejected { .. }
+        ));
+
+        for (status, code) in [
+            (503, "storage_unavailable"),
+            (429, "too_many_auth_failures"),
+            (500, "x"),
+        ] {
+            let (c, _) = mock(status, body(code)).await;
+            assert!(c.status().await.unwrap_err().is_transient(), "{status}");
+        }
+        let (c, _) = mock(502, "<html>bad gateway</html>").await;
+        let e = c.status().await.unwrap_err();
+        assert!(
+            e.is_transient() && e.to_string().contains("http_502"),
+            "{e}"
+        );
+
+        let (c, _) = mock(400, body("invalid_request")).await;
+        assert!(matches!(
+            c.register(&reg()).await.unwrap_err(),
+            RendezvousError::Rejected { .. }
+        ));
+
+        let (c, _) = mock(200, r#"{"unexpected":true}"#).await;
+        assert!(matches!(
+            c.status().await.unwrap_err(),
+            RendezvousError::Rejected { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_transient() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let c = client(&format!("http://{addr}"), CoordinatorTls::PlainHttp);
+        assert!(c.status().await.unwrap_err().is_transient());
+    }
+
+    // ---- TLS: a real rustls server with rcgen certificates.
+
+    const STATUS_JSON: &str = r#"{"name":"prod","phase":"formed","target_managers":3,"lease":null,"swarm_id":"s","ca_digest":"sha256:00","manager_addrs":[],"nodes":[],"formed_at_ms":1,"resets":0}"#;
+
+    type Der = rustls::pki_types::CertificateDer<'static>;
+    type Key = rustls::pki_types::PrivateKeyDer<'static>;
+
+    /// Serve one canned HTTP response per connection over TLS.
+    async fn tls_server(chain: Vec<Der>, key: Key) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{STATUS_JSON}",
+                        STATUS_JSON.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        format!("https://{addr}")
+    }
+
+    fn self_signed() -> (Der, Key, String) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let key = Key::Pkcs8(ck.signing_key.serialize_der().into());
+        (ck.cert.der().clone(), key, ck.cert.pem())
+    }
+
+    #[tokio::test]
+    async fn pinned_certificate_is_trusted_and_others_are_not() {
+        let (cert, key, _) = self_signed();
+        let pin = swarmstrap_wire::pin::cert_sha256(cert.as_ref());
+        let base = tls_server(vec![cert], key).await;
+
+        let ok = client(&base, CoordinatorTls::Pinned(pin));
+        assert_eq!(ok.status().await.unwrap().phase, Phase::Formed);
+
+        let wrong = client(&base, CoordinatorTls::Pinned([7u8; 32]));
+        let e = wrong.status().await.unwrap_err();
+        assert!(
+            !e.is_transient(),
+            "a wrong pin is a configuration error: {e}"
+        );
+        assert!(e.to_string().contains("tls_fingerprint"), "{e}");
+
+        // A self-signed certificate is in no CA store either.
+        let system = client(&base, CoordinatorTls::SystemRoots);
+        assert!(system.status().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn ca_file_trusts_certificates_it_signed() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let srv_key = KeyPair::generate().unwrap();
+        let srv_cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&srv_key, &issuer)
+            .unwrap();
+        let key = Key::Pkcs8(srv_key.serialize_der().into());
+        let base = tls_server(vec![srv_cert.der().clone()], key).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let c = client(&base, CoordinatorTls::CaFile(ca_file));
+        assert_eq!(c.status().await.unwrap().phase, Phase::Formed);
+
+        let other = dir.path().join("other.pem");
+        std::fs::write(&other, self_signed().2).unwrap();
+        let c = client(&base, CoordinatorTls::CaFile(other));
+        assert!(!c.status().await.unwrap_err().is_transient());
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = CoordinatorClient::new(
+            &CoordinatorConfig {
+                url: base,
+                tls: CoordinatorTls::CaFile(empty),
+            },
+            "prod",
+            Secret::new("s"),
+            Duration::from_secs(1),
+        )
+        .err()
+        .expect("an empty CA file is refused");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
     }
 }
