@@ -371,3 +371,127 @@ pub fn render_text(r: &StatusReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootstrap::{Bootstrap, Settings};
+    use crate::config::{CoordinatorConfig, CoordinatorTls, FileConfig};
+    use crate::retry::Policy;
+    use crate::testing::{world, FakeBackend, FakeEngine};
+    use std::os::unix::fs::PermissionsExt;
+    use swarmstrap_wire::RequestedRole;
+
+    fn config(dir: &std::path::Path, coordinator_url: &str) -> Config {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "s3cret-s3cret-s3cret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut c = Config::resolve(
+            FileConfig::parse(
+                &format!("cluster = \"test\"\n[coordinator]\nurl = \"{coordinator_url}\"\n"),
+                std::path::Path::new("t.toml"),
+            )
+            .unwrap(),
+            None,
+            &Overrides::default(),
+            &Overrides::default(),
+        )
+        .unwrap();
+        c.state_dir = dir.to_path_buf();
+        c.join_secret_file = secret;
+        c.coordinator = Some(CoordinatorConfig {
+            url: coordinator_url.into(),
+            tls: CoordinatorTls::PlainHttp,
+        });
+        c
+    }
+
+    fn closed_port_url() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    }
+
+    #[tokio::test]
+    async fn engine_and_backend_down_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &closed_port_url());
+        let w = world();
+        let e = FakeEngine::new(&w, "node1", "198.18.0.1");
+        e.down_for_calls
+            .store(100, std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let r = collect(&cfg, e.as_ref()).await;
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert!(!r.healthy && !r.joined);
+        assert!(!r.engine.reachable && r.engine.error.is_some());
+        assert!(!r.backend.reachable && r.backend.error.is_some());
+        assert_eq!(r.swarm.state, "unknown");
+        let text = render_text(&r);
+        assert!(text.contains("UNREACHABLE"), "{text}");
+        assert!(text.contains("no state file"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        for key in [
+            "cluster", "healthy", "joined", "engine", "swarm", "agent", "backend",
+        ] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn healthy_manager_after_bootstrap() {
+        let w = world();
+        let backend = FakeBackend::new(3);
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let engines: Vec<_> = (1..=3)
+            .map(|i| FakeEngine::new(&w, &format!("node{i}"), &format!("198.18.0.{i}")))
+            .collect();
+        let mut tasks = vec![];
+        for (i, e) in engines.iter().enumerate() {
+            let b = Bootstrap {
+                engine: e.clone(),
+                backend: backend.clone(),
+                store: StateStore::new(dirs[i].path()),
+                settings: Settings {
+                    cluster: "test".into(),
+                    node_id: format!("id{i}"),
+                    advertise_addr: e.addr.clone(),
+                    requested_role: RequestedRole::Auto,
+                    lease_ttl: Duration::from_secs(5),
+                    long_poll: Duration::from_secs(25),
+                    policy: Policy::FAST,
+                    secret_file: "/s".into(),
+                    debug_hold_file: None,
+                },
+            };
+            tasks.push(tokio::spawn(async move { b.run().await.unwrap() }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let leader = engines
+            .iter()
+            .position(|e| e.calls().contains(&"init".to_string()))
+            .unwrap();
+        let cfg = config(dirs[leader].path(), &closed_port_url());
+        let r = collect(&cfg, engines[leader].as_ref()).await;
+        assert!(r.joined && r.healthy, "{r:#?}");
+        assert_eq!(r.swarm.role, Some(Role::Manager));
+        assert_eq!(r.swarm.leader, Some(true));
+        assert_eq!(r.swarm.managers_total, Some(3));
+        assert_eq!(r.swarm.managers_reachable, Some(3));
+        assert_eq!(r.agent.phase.as_deref(), Some("joined"));
+        assert!(r.swarm.ca_digest.is_some());
+        assert!(render_text(&r).contains("manager (leader)"));
+
+        // A worker-less state: a manager whose swarm CA differs from the recorded one is not
+        // healthy.
+        let mut st = StateStore::new(dirs[leader].path())
+            .load()
+            .unwrap()
+            .unwrap();
+        st.ca_digest = Some("sha256:other".into());
+        StateStore::new(dirs[leader].path()).save(&mut st).unwrap();
+        let r = collect(&cfg, engines[leader].as_ref()).await;
+        assert!(r.joined && !r.healthy);
+    }
+}
