@@ -763,14 +763,15 @@ impl Bootstrap {
             || self.engine.init(&advertise),
         )
         .await;
-        let swarm_id = match init {
-            Ok(id) => id,
+        // The engine answers `swarm init` with this node's id; the swarm id comes from inspect.
+        let node = match init {
+            Ok(node) => node,
             // A retried init whose first answer was lost: the swarm exists, inspect it below.
             Err(Failure::Permanent(e)) if e.is_already_in_swarm() => {
                 let again = self.engine.info().await;
                 match again {
                     Ok(i) if i.swarm.control_available && i.swarm.nodes == Some(1) => {
-                        i.swarm.cluster_id.unwrap_or_default()
+                        i.swarm.node_id.unwrap_or_default()
                     }
                     _ => {
                         return Err(BootstrapError::Engine {
@@ -787,12 +788,7 @@ impl Bootstrap {
                 })
             }
         };
-        tracing::info!("swarm initialised: {swarm_id}");
-        if let Some(i) = st.init.as_mut() {
-            i.swarm_id = Some(swarm_id.clone());
-        }
-        self.save(st)?;
-
+        tracing::info!("swarm init done (this node is {node} in the new swarm)");
         let details = self.inspect(st).await?;
         if let Some(i) = st.init.as_mut() {
             i.swarm_id = Some(details.id.clone());

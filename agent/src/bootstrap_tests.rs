@@ -243,8 +243,9 @@ async fn crashed_after_init(
         .unwrap();
     let c = backend.claim(&n.node_id, ttl).await.unwrap();
     assert!(c.granted);
-    let swarm = n.engine.init(&n.engine.addr).await.unwrap();
+    n.engine.init(&n.engine.addr).await.unwrap();
     let details = n.engine.inspect_swarm().await.unwrap();
+    let swarm = details.id.clone();
     let mut st = AgentState {
         cluster: "test".into(),
         node_id: n.node_id.clone(),

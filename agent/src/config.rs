@@ -20,8 +20,9 @@ pub const DEFAULT_TARGET_MANAGERS: u8 = 3;
 pub const DEFAULT_LB_PATH: &str = "/loadbalancer/default.conf";
 pub const DEFAULT_SECRET_NAME_PREFIX: &str = "swarmstrap/";
 /// Lease TTL bounds: shorter than 5 s risks losing the lease to a slow `swarm init`; longer
-/// than 10 min delays the takeover after a crashed claimant for no benefit.
-pub const LEASE_TTL_RANGE_SECS: (u64, u64) = (5, 600);
+/// than 5 min delays the takeover after a crashed claimant for no benefit (and the coordinator
+/// clamps leases to 300 s anyway).
+pub const LEASE_TTL_RANGE_SECS: (u64, u64) = (5, 300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

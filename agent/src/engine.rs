@@ -178,7 +178,8 @@ pub trait Engine: Send + Sync {
     async fn info(&self) -> Result<EngineInfo>;
     /// Managers only.
     async fn inspect_swarm(&self) -> Result<SwarmDetails>;
-    /// `swarm init` listening on [`LISTEN_ADDR`]; returns the new swarm id.
+    /// `swarm init` listening on [`LISTEN_ADDR`]; returns this node's id in the new swarm
+    /// (what the engine answers; the swarm id comes from [`Engine::inspect_swarm`]).
     async fn init(&self, advertise_addr: &str) -> Result<String>;
     /// `swarm join` through one manager, listening on [`LISTEN_ADDR`].
     async fn join(&self, req: &JoinRequest) -> Result<()>;

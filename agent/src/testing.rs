@@ -191,6 +191,7 @@ impl Engine for FakeEngine {
         w.inits += 1;
         let n = w.next;
         let id = format!("swarm{n}");
+        let node_id = format!("dn-{}-{n}", self.name);
         w.swarms.push(FakeSwarm {
             id: id.clone(),
             ca_digest: format!("sha256:{n:064x}"),
@@ -198,12 +199,13 @@ impl Engine for FakeEngine {
             manager_token: format!("SWMTKN-1-{id}-manager"),
             members: vec![Member {
                 engine: self.name.clone(),
-                docker_node_id: format!("dn-{}-{n}", self.name),
+                docker_node_id: node_id.clone(),
                 role: Role::Manager,
                 addr: advertise_addr.into(),
             }],
         });
-        Ok(id)
+        // Like dockerd: the answer is the node id, not the swarm id.
+        Ok(node_id)
     }
 
     async fn join(&self, req: &JoinRequest) -> crate::engine::Result<()> {
