@@ -14,6 +14,7 @@
 //! println!("formed in {ms:?}");
 //! ```
 
+pub mod cluster;
 pub mod cmd;
 pub mod engine;
 pub mod error;

@@ -1,0 +1,640 @@
+//! A swarmstrap cluster in a lab: the real (static, release) `swarm-coordinator` in the root
+//! namespace on the lab bridge, and the real `swarm-agent` in every host, configured with
+//! exactly the `config.toml` our cloud-init node template writes (`tests/iac/render_node.py`),
+//! with the VM paths overridden by `SWARM_AGENT_*` variables (env beats file).
+//!
+//! Blocking, like the rest of the harness. Every wait has a deadline.
+
+use crate::proc::{signal_pid, write_pidfile, Signal};
+use crate::{wait_for, wait_until, Host, Lab, ProcHandle, Shape};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The static release binaries that `scripts/build-static.sh` builds. The lab runs the real
+/// release artifacts, the same ones a VM gets.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub agent: PathBuf,
+    pub coordinator: PathBuf,
+}
+
+/// Locate the static binaries (or `SWARMSTRAP_BIN_DIR`), refusing missing or stale ones with
+/// the command that builds them.
+pub fn bins() -> Result<&'static Bins> {
+    static BINS: OnceLock<std::result::Result<Bins, String>> = OnceLock::new();
+    BINS.get_or_init(|| find_bins().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn find_bins() -> Result<Bins> {
+    let root = workspace_root();
+    let dir = match std::env::var_os("SWARMSTRAP_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => root.join("target/x86_64-unknown-linux-gnu/release"),
+    };
+    let bins = Bins {
+        agent: dir.join("swarm-agent"),
+        coordinator: dir.join("swarm-coordinator"),
+    };
+    for (bin, crate_dir) in [(&bins.agent, "agent"), (&bins.coordinator, "coordinator")] {
+        let built = fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .with_context(|| {
+                format!(
+                    "{} is missing: build the static release binaries first with `bash scripts/build-static.sh`",
+                    bin.display()
+                )
+            })?;
+        if std::env::var_os("SWARMSTRAP_BIN_DIR").is_none() {
+            for src in [root.join(crate_dir).join("src"), root.join("wire/src")] {
+                if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
+                    bail!(
+                        "{} is older than {}: rebuild with `bash scripts/build-static.sh`",
+                        bin.display(),
+                        newer.1.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(bins)
+}
+
+fn newest_file(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut best: Option<(std::time::SystemTime, PathBuf)> = None;
+    for e in fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        let cand = if p.is_dir() {
+            newest_file(&p)
+        } else {
+            e.metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .map(|t| (t, p))
+        };
+        if let Some(c) = cand {
+            if best.as_ref().is_none_or(|b| c.0 > b.0) {
+                best = Some(c);
+            }
+        }
+    }
+    best
+}
+
+/// The real coordinator, run in the root namespace and listening on the lab bridge, so every
+/// host reaches it at `https://198.18.<k>.254:<port>`. Its pidfile lives under the lab root,
+/// so a crashed test's coordinator is found and stopped by the next lab's stale cleanup.
+pub struct Coordinator {
+    bin: PathBuf,
+    dir: PathBuf,
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    fingerprint: String,
+    child: Mutex<Option<Child>>,
+    starts: Mutex<u32>,
+}
+
+impl Coordinator {
+    /// Prepare the data dir (TLS certificate generated once by `serve --tls-self-signed`) and
+    /// pick a free port on the bridge address. Does not start the server.
+    pub fn new(lab: &Lab) -> Result<Coordinator> {
+        let bins = bins()?;
+        let dir = lab.root().join("coordinator");
+        let data_dir = dir.join("data");
+        fs::create_dir_all(&data_dir)?;
+        fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))?;
+        // Port 0 would be picked anew at every restart; agents need a stable URL.
+        let port = TcpListener::bind((lab.bridge_addr(), 0))?
+            .local_addr()?
+            .port();
+        Ok(Coordinator {
+            bin: bins.coordinator.clone(),
+            dir,
+            data_dir,
+            listen: SocketAddr::from((lab.bridge_addr(), port)),
+            fingerprint: String::new(),
+            child: Mutex::new(None),
+            starts: Mutex::new(0),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("coordinator.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn cli(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("SWARM_COORDINATOR_DATA_DIR", &self.data_dir);
+        c
+    }
+
+    /// `cluster create NAME` with the secret written to `<dir>/<name>.secret` (0600). Works
+    /// with the server stopped (direct) or running (admin API).
+    pub fn create_cluster(&self, name: &str, target_managers: u8) -> Result<PathBuf> {
+        let out = self.dir.join(format!("{name}.secret"));
+        let o = self
+            .cli()
+            .args(["cluster", "create", name, "--target-managers"])
+            .arg(target_managers.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--out")
+            .arg(&out)
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "swarm-coordinator cluster create {name} failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// `cluster show NAME` (JSON, no secrets).
+    pub fn show(&self, name: &str) -> Result<Value> {
+        let o = self
+            .cli()
+            .args(["cluster", "show", name, "--data-dir"])
+            .arg(&self.data_dir)
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "swarm-coordinator cluster show {name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&o.stdout)?)
+    }
+
+    /// `cluster reset NAME`.
+    pub fn reset(&self, name: &str) -> Result<()> {
+        let o = self
+            .cli()
+            .args(["cluster", "reset", name, "--data-dir"])
+            .arg(&self.data_dir)
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "swarm-coordinator cluster reset {name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Start `serve` and wait (deadline) until it accepts TCP connections.
+    pub fn start(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = self.cli();
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--tls-self-signed", "--san"])
+            .arg(self.listen.ip().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = cmd.spawn().context("spawning swarm-coordinator serve")?;
+        let procs = self.dir.join("procs");
+        fs::create_dir_all(&procs)?;
+        write_pidfile(&procs.join("coordinator.pid"), child.id() as i32)?;
+        // `serve --tls-self-signed` prints the fingerprint on stdout first thing.
+        let stdout = child.stdout.take().expect("piped stdout");
+        *self.child.lock().unwrap() = Some(child);
+        *self.starts.lock().unwrap() += 1;
+        let fp = read_first_line(stdout, Duration::from_secs(20))
+            .with_context(|| format!("coordinator printed no fingerprint; log:\n{}", self.log()))?;
+        let fp = fp.trim().to_string();
+        swarmstrap_wire::parse_fingerprint(&fp)
+            .map_err(|e| anyhow!("coordinator printed {fp:?}: {e}"))?;
+        if !self.fingerprint.is_empty() && self.fingerprint != fp {
+            bail!("the coordinator's certificate changed across a restart ({} → {fp}): it must be reused from the data dir", self.fingerprint);
+        }
+        self.fingerprint = fp;
+        let addr = self.listen;
+        wait_until(Duration::from_secs(20), "coordinator accepting", || {
+            let exited = self.child.lock().unwrap().as_mut().unwrap().try_wait();
+            if let Some(st) =
+                exited.map_err(|e| crate::LabError::io("waiting for the coordinator", e))?
+            {
+                return Err(crate::LabError::Check(format!(
+                    "coordinator exited ({st}); log:\n{}",
+                    self.log()
+                )));
+            }
+            Ok(
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .ok()
+                    .map(|_| ()),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// SIGKILL the server (a crash) and reap it.
+    pub fn kill(&self) -> Result<()> {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            signal_pid(c.id() as i32, Signal::KILL)?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (graceful), wait with a deadline, SIGKILL if still there.
+    pub fn stop(&self) -> Result<()> {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = signal_pid(c.id() as i32, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut backoff = crate::Backoff::default();
+            while c.try_wait()?.is_none() {
+                if !backoff.sleep_until_next(deadline) {
+                    let _ = signal_pid(c.id() as i32, Signal::KILL);
+                    c.wait()?;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = fs::remove_file(self.dir.join("procs/coordinator.pid"));
+    }
+}
+
+fn read_first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Result<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let res = r.read_line(&mut line).map(|_| line.clone());
+        let _ = tx.send(res);
+        // Keep draining so the server never blocks on a full pipe.
+        let mut sink = String::new();
+        while r.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    let line = rx.recv_timeout(timeout).context("waiting for a line")??;
+    if line.is_empty() {
+        bail!("stdout closed");
+    }
+    Ok(line)
+}
+
+/// How the agents of a [`Cluster`] are configured.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub role: &'static str,
+    pub target_managers: u8,
+    pub lease_ttl_secs: u32,
+    /// Extra environment for every agent.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            role: "auto",
+            target_managers: 3,
+            lease_ttl_secs: 30,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A coordinator + a configured agent per lab host. Drop order: agents (via the lab), then the
+/// coordinator, then the lab.
+pub struct Cluster {
+    pub name: String,
+    pub coordinator: Coordinator,
+    pub secret_file: PathBuf,
+    pub options: AgentOptions,
+    agents: Mutex<Vec<Option<ProcHandle>>>,
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Create the cluster on a fresh coordinator and start the coordinator. Agents are not
+    /// started yet: see [`Cluster::start_agent`] / [`Cluster::start_agents`].
+    pub fn new(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        let mut coordinator = Coordinator::new(&lab)?;
+        let secret_file = coordinator.create_cluster(name, options.target_managers)?;
+        coordinator.start()?;
+        let n = lab.hosts().len();
+        let c = Cluster {
+            name: name.to_string(),
+            coordinator,
+            secret_file,
+            options,
+            agents: Mutex::new((0..n).map(|_| None).collect()),
+            lab,
+        };
+        for h in c.lab.hosts() {
+            c.render_config(h)?;
+        }
+        Ok(c)
+    }
+
+    /// `<host dir>/agent/config.toml`, rendered by the cloud-init node template.
+    pub fn config_path(&self, h: &Host) -> PathBuf {
+        h.dir().join("agent/config.toml")
+    }
+
+    pub fn state_dir(&self, h: &Host) -> PathBuf {
+        h.dir().join("agent/state")
+    }
+
+    fn render_config(&self, h: &Host) -> Result<()> {
+        let out = h.dir().join("agent");
+        fs::create_dir_all(&out)?;
+        let o = Command::new("python3")
+            .arg(workspace_root().join("tests/iac/render_node.py"))
+            .arg("--out-dir")
+            .arg(&out)
+            .args(["--cluster", &self.name])
+            .args(["--coordinator-url", &self.coordinator.url()])
+            .args(["--fingerprint", self.coordinator.fingerprint()])
+            .arg("--join-secret-file")
+            .arg(&self.secret_file)
+            .args(["--advertise", &h.addr().to_string()])
+            .args(["--role", self.options.role])
+            .args([
+                "--target-managers",
+                &self.options.target_managers.to_string(),
+            ])
+            .arg("--no-lb")
+            .output()
+            .context("running tests/iac/render_node.py")?;
+        if !o.status.success() {
+            bail!(
+                "render_node.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Environment that maps the VM paths of the rendered config onto the lab host.
+    fn agent_env(&self, h: &Host) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("SWARM_AGENT_DOCKER_HOST".into(), h.docker_host()),
+            (
+                "SWARM_AGENT_STATE_DIR".into(),
+                self.state_dir(h).display().to_string(),
+            ),
+            (
+                "SWARM_AGENT_JOIN_SECRET_FILE".into(),
+                h.dir().join("agent/join-secret").display().to_string(),
+            ),
+            (
+                "SWARM_AGENT_LEASE_TTL_SECS".into(),
+                self.options.lease_ttl_secs.to_string(),
+            ),
+            ("SWARM_AGENT_LOG".into(), "info".into()),
+        ];
+        env.extend(self.options.env.iter().cloned());
+        env
+    }
+
+    /// Start `swarm-agent run` inside host `i`'s network namespace.
+    pub fn start_agent(&self, i: usize) -> Result<ProcHandle> {
+        let h = self.lab.host(i);
+        let mut cmd = Command::new(&bins()?.agent);
+        cmd.arg("run").arg("--config").arg(self.config_path(h));
+        for (k, v) in self.agent_env(h) {
+            cmd.env(k, v);
+        }
+        let p = h.spawn_in_netns("agent", cmd)?;
+        self.agents.lock().unwrap()[i] = Some(p.clone());
+        Ok(p)
+    }
+
+    pub fn start_agents(&self) -> Result<()> {
+        for i in 0..self.lab.hosts().len() {
+            self.start_agent(i)?;
+        }
+        Ok(())
+    }
+
+    pub fn agent(&self, i: usize) -> Option<ProcHandle> {
+        self.agents.lock().unwrap()[i].clone()
+    }
+
+    /// `swarm-agent status --json` on host `i` (run in its network namespace): exit code and
+    /// the parsed report.
+    pub fn status(&self, i: usize) -> Result<(i32, Value)> {
+        let h = self.lab.host(i);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", h.netns_path().display()))
+            .arg("--")
+            .arg(&bins()?.agent)
+            .args(["status", "--json", "--config"])
+            .arg(self.config_path(h));
+        for (k, v) in self.agent_env(h) {
+            cmd.env(k, v);
+        }
+        let o = crate::cmd::run_unchecked(&mut cmd)?;
+        let code = o.status.code().unwrap_or(-1);
+        let v: Value = serde_json::from_str(&o.stdout).with_context(|| {
+            format!(
+                "status --json on {} printed no JSON (exit {code}): {}{}",
+                h.name(),
+                o.stdout,
+                o.stderr
+            )
+        })?;
+        Ok((code, v))
+    }
+
+    /// The human `swarm-agent status` of host `i` (for the demo and failure messages).
+    pub fn status_text(&self, i: usize) -> Result<String> {
+        let h = self.lab.host(i);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", h.netns_path().display()))
+            .arg("--")
+            .arg(&bins()?.agent)
+            .args(["status", "--config"])
+            .arg(self.config_path(h));
+        for (k, v) in self.agent_env(h) {
+            cmd.env(k, v);
+        }
+        let o = crate::cmd::run_unchecked(&mut cmd)?;
+        Ok(format!("{}{}", o.stdout, o.stderr))
+    }
+
+    /// Wait until the hosts in `hosts` form one swarm of `managers` + `workers` nodes, all
+    /// Ready, one leader, every agent's status healthy (exit 0) and reporting the same swarm id.
+    /// Returns the swarm id.
+    pub fn wait_formed(
+        &self,
+        hosts: &[usize],
+        managers: usize,
+        workers: usize,
+        timeout: Duration,
+    ) -> Result<String> {
+        let what = format!(
+            "{} hosts to form one swarm of {managers} managers + {workers} workers",
+            hosts.len()
+        );
+        let r = wait_for(timeout, &what, || {
+            let mut ids = BTreeSet::new();
+            for &i in hosts {
+                let (code, v) = match self.status(i) {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Err(format!("{}: {e:#}", self.lab.host(i).name()))),
+                };
+                if code != 0 {
+                    return Ok(Err(format!(
+                        "{} status exit {code}: swarm {}",
+                        self.lab.host(i).name(),
+                        v["swarm"]
+                    )));
+                }
+                ids.insert(v["swarm"]["swarm_id"].as_str().unwrap_or("").to_string());
+            }
+            if ids.len() != 1 || ids.contains("") {
+                return Ok(Err(format!("swarm ids differ: {ids:?}")));
+            }
+            let Some(mgr) = hosts.iter().find(|&&i| {
+                self.lab
+                    .host(i)
+                    .swarm_info()
+                    .map(|s| s.control_available)
+                    .unwrap_or(false)
+            }) else {
+                return Ok(Err("no manager answers".into()));
+            };
+            let nodes = match self.lab.host(*mgr).node_ls() {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(format!("node ls: {e}"))),
+            };
+            let shape = Shape::of(&nodes);
+            if !shape.is(managers, workers) {
+                return Ok(Err(format!("shape {shape:?}")));
+            }
+            Ok(Ok(ids.into_iter().next().unwrap()))
+        });
+        r.map_err(|e| anyhow!("{e}\n{}", self.diagnostics()))
+    }
+
+    /// Agent and coordinator log tails, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for (i, h) in self.lab.hosts().iter().enumerate() {
+            if let Some(p) = self.agent(i) {
+                s.push_str(&format!(
+                    "--- {} agent log (tail)\n{}\n",
+                    h.name(),
+                    tail_lines(&p.log(), 15)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "--- coordinator log (tail)\n{}\n",
+            tail_lines(&self.coordinator.log(), 15)
+        ));
+        s
+    }
+
+    /// How many times any agent ran `swarm init` (from the agents' own logs).
+    pub fn init_count(&self) -> usize {
+        (0..self.lab.hosts().len())
+            .filter_map(|i| self.agent(i))
+            .map(|p| count_inits(&p.log()))
+            .sum()
+    }
+
+    /// Every secret this cluster used (the join secret and the swarm's join tokens), for the
+    /// leak check of the logs.
+    pub fn secrets(&self) -> Result<Vec<String>> {
+        let mut v = vec![fs::read_to_string(&self.secret_file)?.trim().to_string()];
+        for h in self.lab.hosts() {
+            if let Ok(t) = crate::swarm::join_tokens(&h.api()) {
+                v.push(t.worker.expose().to_string());
+                v.push(t.manager.expose().to_string());
+                break;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Fail if any agent or coordinator log contains a secret.
+    pub fn assert_no_secret_in_logs(&self) -> Result<()> {
+        let secrets = self.secrets()?;
+        let mut logs = vec![("coordinator".to_string(), self.coordinator.log())];
+        for (i, h) in self.lab.hosts().iter().enumerate() {
+            if let Some(p) = self.agent(i) {
+                logs.push((h.name().to_string(), p.log()));
+            }
+        }
+        for (who, log) in logs {
+            for s in &secrets {
+                if !s.is_empty() && log.contains(s.as_str()) {
+                    bail!("a secret leaked into the {who} log");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lines a `swarm-agent run` log has per `swarm init` it ran.
+pub fn count_inits(log: &str) -> usize {
+    log.lines().filter(|l| l.contains(INIT_MARKER)).count()
+}
+
+/// What the agent logs right after a successful `swarm init`.
+pub const INIT_MARKER: &str = "swarm init done";
+
+pub fn tail_lines(s: &str, n: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(n)..].join("\n")
+}
+
+/// The lab's bridge address as the coordinator's listen IP.
+pub fn listen_ip(lab: &Lab) -> Ipv4Addr {
+    lab.bridge_addr()
+}

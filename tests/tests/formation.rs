@@ -1,0 +1,246 @@
+//! Issue 3, end to end on real engines: fresh VMs become exactly one swarm.
+//!
+//! Each test starts its own lab (real dockerd per network namespace), the real static
+//! coordinator and the real static agent per host, configured with the config.toml that the
+//! cloud-init node template writes. Labs are serialized machine-wide by the harness lock.
+//! Every wait has a deadline; failures print the agents' and coordinator's log tails.
+
+use std::fs;
+use std::time::Duration;
+use swarmstrap_lab::cluster::{AgentOptions, Cluster};
+use swarmstrap_lab::{wait_until, Lab, LabConfig, Signal};
+
+const FORM: Duration = Duration::from_secs(90);
+
+fn all(c: &Cluster) -> Vec<usize> {
+    (0..c.lab.hosts().len()).collect()
+}
+
+/// Every host's swarm node id (`docker info`), by host index.
+fn node_ids(c: &Cluster) -> Vec<String> {
+    c.lab
+        .hosts()
+        .iter()
+        .map(|h| h.swarm_info().expect("docker info").node_id)
+        .collect()
+}
+
+fn form_five(name: &str) -> anyhow::Result<Cluster> {
+    let lab = Lab::start(LabConfig::new(5))?;
+    let c = Cluster::new(lab, name, AgentOptions::default())?;
+    c.start_agents()?;
+    let swarm_id = c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert!(!swarm_id.is_empty());
+    assert_eq!(
+        c.init_count(),
+        1,
+        "exactly one swarm init\n{}",
+        c.diagnostics()
+    );
+    let st = c.coordinator.show(name)?;
+    assert_eq!(st["phase"], "formed", "{st}");
+    assert_eq!(st["nodes"].as_array().map(Vec::len), Some(5), "{st}");
+    assert_eq!(st["swarm_id"].as_str(), Some(swarm_id.as_str()), "{st}");
+    c.assert_no_secret_in_logs()?;
+    Ok(c)
+}
+
+#[test]
+fn five_agents_started_together_form_one_swarm_twice_on_fresh_labs() -> anyhow::Result<()> {
+    let first = form_five("twice")?;
+    let first_id = first.status(0)?.1["swarm"]["swarm_id"].clone();
+    drop(first);
+    let second = form_five("twice")?;
+    let second_id = second.status(0)?.1["swarm"]["swarm_id"].clone();
+    assert_ne!(
+        first_id, second_id,
+        "two fresh labs are two different swarms"
+    );
+    Ok(())
+}
+
+#[test]
+fn agents_started_before_their_engines_form_the_same_swarm() -> anyhow::Result<()> {
+    let lab = Lab::start(LabConfig::without_engines(5))?;
+    let c = Cluster::new(lab, "late-engines", AgentOptions::default())?;
+    c.start_agents()?;
+    // The scenario: engines come up 5–20 s after the agents, one after another. (This is
+    // the schedule under test, not a wait for a condition.)
+    let t0 = std::time::Instant::now();
+    for (i, h) in c.lab.hosts().iter().enumerate() {
+        let at = Duration::from_millis(5_000 + 3_750 * i as u64);
+        std::thread::sleep(at.saturating_sub(t0.elapsed()));
+        h.start_engine()?;
+    }
+    // Nobody could register before its engine answered.
+    c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    for i in all(&c) {
+        let p = c.agent(i).unwrap();
+        assert!(p.is_running(), "agent {i} stays running as a service");
+    }
+    Ok(())
+}
+
+#[test]
+fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()> {
+    let c = form_five("restart")?;
+    let ids_before = node_ids(&c);
+    let swarm_before = c.status(0)?.1["swarm"]["swarm_id"].clone();
+    let formed_at = c.coordinator.show("restart")?["formed_at_ms"].clone();
+    for i in 0..5 {
+        let p = c.agent(i).unwrap();
+        p.kill(Signal::TERM)?;
+        let st = p.wait_timeout(Duration::from_secs(20))?;
+        assert!(
+            st.success(),
+            "SIGTERM stops the agent cleanly (exit 0), got {st}"
+        );
+        c.start_agent(i)?;
+    }
+    c.wait_formed(&all(&c), 3, 2, FORM)?;
+    // Each restarted agent saw its node in this cluster's swarm and stayed.
+    for i in 0..5 {
+        let log = c.agent(i).unwrap().log();
+        assert_eq!(
+            swarmstrap_lab::cluster::count_inits(&log),
+            0,
+            "restarted agent {i} ran no init"
+        );
+        assert!(
+            !log.contains("joining swarm"),
+            "restarted agent {i} did not join again: {log}"
+        );
+    }
+    assert_eq!(node_ids(&c), ids_before, "same swarm node ids");
+    assert_eq!(c.status(0)?.1["swarm"]["swarm_id"], swarm_before);
+    let st = c.coordinator.show("restart")?;
+    assert_eq!(st["formed_at_ms"], formed_at, "no new formation: {st}");
+    assert_eq!(st["resets"], 0);
+    Ok(())
+}
+
+#[test]
+fn a_claimant_killed_before_publishing_is_taken_over() -> anyhow::Result<()> {
+    let lab = Lab::start(LabConfig::new(5))?;
+    let hold = lab.root().join("hold-after-claim");
+    fs::write(&hold, b"")?;
+    let options = AgentOptions {
+        lease_ttl_secs: 4,
+        env: vec![(
+            "SWARM_AGENT_DEBUG_HOLD_AFTER_CLAIM_FILE".into(),
+            hold.display().to_string(),
+        )],
+        ..AgentOptions::default()
+    };
+    let c = Cluster::new(lab, "takeover", options)?;
+    c.start_agents()?;
+    // Exactly one agent wins the hold file: it claimed the lease and stops before init.
+    let victim = wait_until(
+        Duration::from_secs(60),
+        "an agent holding after its claim",
+        || {
+            Ok((0..5).find(|&i| {
+                c.agent(i)
+                    .is_some_and(|p| p.log().contains("debug hold after claim"))
+            }))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    let st = c.coordinator.show("takeover")?;
+    assert_eq!(st["phase"], "claimed", "{st}");
+    c.agent(victim).unwrap().kill(Signal::KILL)?;
+    let others: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
+    // The victim was assigned manager (it claimed), so the other four are 2 managers + 2
+    // workers once someone took over the expired lease.
+    c.wait_formed(&others, 2, 2, FORM)?;
+    let st = c.coordinator.show("takeover")?;
+    assert_eq!(st["phase"], "formed", "{st}");
+    let victim_host = c.lab.host(victim);
+    assert_eq!(
+        victim_host.swarm_info()?.local_node_state,
+        "inactive",
+        "the killed claimant never initialised a swarm"
+    );
+    // Back from the dead (no hold this time: the file is gone), it joins the real swarm.
+    c.start_agent(victim)?;
+    c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[test]
+fn the_coordinator_killed_and_restarted_mid_bootstrap_still_forms_the_cluster() -> anyhow::Result<()>
+{
+    let lab = Lab::start(LabConfig::without_engines(5))?;
+    let mut c = Cluster::new(lab, "coord-crash", AgentOptions::default())?;
+    c.start_agents()?;
+    for i in [0, 1] {
+        c.lab.host(i).start_engine()?;
+    }
+    // Two engines up: both register as managers, one inits, the other joins.
+    c.wait_formed(&[0, 1], 2, 0, FORM)?;
+    c.coordinator.kill()?;
+    for i in [2, 3, 4] {
+        c.lab.host(i).start_engine()?;
+    }
+    for i in [2, 3, 4] {
+        c.lab.host(i).wait_engine_ready(Duration::from_secs(60))?;
+    }
+    // The three late nodes now retry against a dead coordinator; bring it back on the same
+    // data dir and port.
+    c.coordinator.start()?;
+    c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    Ok(())
+}
+
+#[test]
+fn a_wrong_join_secret_exits_non_zero_and_changes_nothing() -> anyhow::Result<()> {
+    let lab = Lab::start(LabConfig::new(1))?;
+    let c = Cluster::new(lab, "secret", AgentOptions::default())?;
+    let h = c.lab.host(0);
+    fs::write(
+        h.dir().join("agent/join-secret"),
+        "not-the-secret-0123456789abcdef",
+    )?;
+    let p = c.start_agent(0)?;
+    let st = p.wait_timeout(Duration::from_secs(60))?;
+    let log = p.log();
+    assert!(
+        !st.success(),
+        "a wrong secret is a permanent failure: {log}"
+    );
+    assert!(
+        log.contains("join secret") || log.contains("join-secret"),
+        "the message says what to fix: {log}"
+    );
+    assert!(!log.contains("not-the-secret-0123456789abcdef"));
+    assert_eq!(h.swarm_info()?.local_node_state, "inactive");
+    let cs = c.coordinator.show("secret")?;
+    assert_eq!(cs["nodes"].as_array().map(Vec::len), Some(0), "{cs}");
+    assert_eq!(cs["phase"], "open", "{cs}");
+    Ok(())
+}
+
+#[test]
+fn the_static_agent_runs_in_an_image_holding_only_itself() -> anyhow::Result<()> {
+    let bins = swarmstrap_lab::cluster::bins()?;
+    let lab = Lab::start(LabConfig::new(1))?;
+    lab.import_single_binary("swarm-agent-only", &bins.agent, "swarm-agent")?;
+    let out = lab.host(0).docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "swarm-agent-only",
+        "/swarm-agent",
+        "--version",
+    ])?;
+    assert!(
+        out.starts_with("swarm-agent "),
+        "`swarm-agent --version` in an otherwise empty image: {out:?}"
+    );
+    Ok(())
+}
