@@ -445,11 +445,19 @@ impl Store {
     /// version becomes current only if nobody else committed since our read.
     ///
     /// Any failure of the stage move is reported as `Lost`, including a transient one after
-    /// which the move may in fact have happened: the caller re-reads, and recognises its own
-    /// commit by the version id (fresh per attempt), so nothing is applied twice or lost.
+    /// which the move may in fact have happened (or an SDK retry whose first attempt did
+    /// move it, answered InvalidParameterException): the caller re-reads and recognises its
+    /// own commit by the version id (fresh per attempt), either as AWSCURRENT or in the
+    /// document's `recent_writes`, so nothing is applied twice or lost.
+    ///
+    /// `prev_version` is `None` for a secret that exists without any value (created empty,
+    /// e.g. by hand or by Terraform): then the move is made without RemoveFromVersionId, which
+    /// AWS refuses as soon as AWSCURRENT is attached to any version — again exactly one
+    /// writer wins. (PutSecretValue attaches AWSCURRENT by itself to a secret's first
+    /// version; the re-read then shows that version as ours.)
     pub async fn cas(
         &self,
-        prev_version: &str,
+        prev_version: Option<&str>,
         doc: &ClusterDoc,
         version_id: &str,
     ) -> Result<WriteOutcome> {
@@ -472,7 +480,7 @@ impl Store {
             .secret_id(&self.secret_name)
             .version_stage(CURRENT_STAGE)
             .move_to_version_id(version_id)
-            .remove_from_version_id(prev_version)
+            .set_remove_from_version_id(prev_version.map(str::to_string))
             .send()
             .await
         {

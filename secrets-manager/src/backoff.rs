@@ -5,12 +5,14 @@ use rand::Rng;
 use std::time::Duration;
 
 /// Capped exponential backoff: the base delay doubles from `min` up to `max`; each returned
-/// delay is drawn uniformly from `[base/2, base]` ("equal jitter"), so contenders that started
-/// together spread out instead of retrying in lock-step, and a delay never exceeds `max`.
+/// delay is drawn uniformly from `[base/2, base]` ("equal jitter"), or from `[0, base]` with
+/// [`Backoff::full_jitter`], so contenders that started together spread out instead of
+/// retrying in lock-step, and a delay never exceeds `max`.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
+    full: bool,
 }
 
 impl Backoff {
@@ -19,14 +21,22 @@ impl Backoff {
         Backoff {
             base: min.min(max),
             max: max.max(min),
+            full: false,
         }
+    }
+
+    /// Draw each delay from `[0, base]`: the most spread for many contenders of one resource
+    /// (fewest wasted attempts in total).
+    pub fn full_jitter(mut self) -> Self {
+        self.full = true;
+        self
     }
 
     /// The delay to wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.base;
         self.base = (self.base * 2).min(self.max);
-        let half = base / 2;
+        let half = if self.full { Duration::ZERO } else { base / 2 };
         let spread = (base - half).as_micros() as u64;
         let jitter = if spread == 0 {
             0
@@ -37,11 +47,12 @@ impl Backoff {
     }
 }
 
-/// Delays between compare-and-swap attempts after a lost race. Short at first (a conflict
-/// means someone else just wrote; the next read usually settles it), capped at 1 s so 20+
-/// contenders stay far below the ~50 TPS write budget shared by the whole account.
+/// Delays between compare-and-swap attempts after a lost race: full jitter over a window that
+/// doubles from 50 ms to 2 s. Each lost attempt costs two write calls (PutSecretValue +
+/// UpdateSecretVersionStage) from the ~50 TPS write budget of the whole account, so losers
+/// spread out widely rather than retry fast; one CAS round takes ~3 round trips.
 pub fn cas_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(25), Duration::from_secs(1))
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).full_jitter()
 }
 
 /// Delays between polls of GetSecretValue while waiting for a change (join tokens, a newer

@@ -38,7 +38,16 @@ pub struct ClusterDoc {
     pub resets: u64,
     #[serde(default)]
     pub docs: BTreeMap<String, StoredDoc>,
+    /// Version ids of the last [`RECENT_WRITES`] committed writes, newest last. A writer whose
+    /// stage move had an unknown outcome (timeout, retried request) finds out whether it
+    /// committed by looking for its id here, even when others have written on top since.
+    #[serde(default)]
+    pub recent_writes: Vec<String>,
 }
+
+/// How many write ids the document remembers (~40 bytes each). Covers every commit made
+/// during one CAS backoff (≤ 2 s; the account's ~50 TPS write budget allows ≤ 25 commits/s).
+pub const RECENT_WRITES: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLease {
@@ -100,7 +109,20 @@ impl ClusterDoc {
             formed: None,
             resets: 0,
             docs: BTreeMap::new(),
+            recent_writes: Vec::new(),
         }
+    }
+
+    /// Record the id of the version about to be written (the CAS layer calls this).
+    pub fn note_write(&mut self, version_id: &str) {
+        self.recent_writes.push(version_id.to_string());
+        let excess = self.recent_writes.len().saturating_sub(RECENT_WRITES);
+        self.recent_writes.drain(..excess);
+    }
+
+    /// True when the version `version_id` was committed and this document descends from it.
+    pub fn includes_write(&self, version_id: &str) -> bool {
+        self.recent_writes.iter().any(|w| w == version_id)
     }
 
     /// The lease if it is still live at `now_ms`.
@@ -871,6 +893,18 @@ mod tests {
         assert_eq!(v["formed"]["manager_token"], "SWMTKN-1-mgr");
         let back: ClusterDoc = serde_json::from_str(&json).unwrap();
         assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn write_ids_are_remembered_in_a_bounded_ring() {
+        let mut d = ClusterDoc::new("prod", 3);
+        for i in 0..RECENT_WRITES + 10 {
+            d.note_write(&format!("id-{i}"));
+        }
+        assert_eq!(d.recent_writes.len(), RECENT_WRITES);
+        assert!(!d.includes_write("id-9"));
+        assert!(d.includes_write("id-10"));
+        assert!(d.includes_write(&format!("id-{}", RECENT_WRITES + 9)));
     }
 
     #[test]

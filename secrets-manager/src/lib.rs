@@ -214,14 +214,19 @@ impl SecretsManagerRendezvous {
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
         let mut backoff = backoff::cas_backoff();
-        // A write whose outcome we did not see (lost race or unknown stage-move result): if
-        // the next read shows its version id as AWSCURRENT, it committed.
+        // A write reported as lost may still have committed (the SDK retried a stage move
+        // whose first attempt succeeded; a timeout): if the next read is that version, or
+        // descends from it (its id is in `recent_writes`), it did.
         let mut pending: Option<(String, T)> = None;
         let mut conflicts = 0u32;
+        // CreateSecret said the secret exists, yet reading AWSCURRENT finds nothing: it exists
+        // without a value, so the first value goes in through PutSecretValue.
+        let mut create_refused = false;
         loop {
             let snap = self.store.read().await?;
             if let (Some(s), Some((id, _))) = (&snap, &pending) {
-                if s.version_id == *id {
+                if s.version_id == *id || s.doc.includes_write(id) {
+                    tracing::debug!(operation = op, "an ambiguous write turned out committed");
                     let (_, t) = pending.take().expect("checked");
                     return Ok(Mutated::Written(t));
                 }
@@ -229,12 +234,18 @@ impl SecretsManagerRendezvous {
             let ctx = self.ctx(now_ms());
             match decide(snap.as_ref().map(|s| &s.doc), &ctx)? {
                 Step::Keep(t) => return Ok(Mutated::Unchanged(t)),
-                Step::Write(doc, t) => {
+                Step::Write(mut doc, t) => {
                     let id = aws::request_token();
+                    doc.note_write(&id);
                     let outcome = match &snap {
-                        None => self.store.create(&doc, &id).await?,
+                        None if !create_refused => {
+                            let outcome = self.store.create(&doc, &id).await?;
+                            create_refused = outcome == WriteOutcome::Lost;
+                            outcome
+                        }
+                        None => self.store.cas(None, &doc, &id).await?,
                         Some(Snapshot { version_id, .. }) => {
-                            self.store.cas(version_id, &doc, &id).await?
+                            self.store.cas(Some(version_id), &doc, &id).await?
                         }
                     };
                     match outcome {

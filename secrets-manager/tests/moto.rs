@@ -6,6 +6,7 @@ use common::{conflict_code, eventually, publish_req, reg, Moto};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use swarmstrap_secrets_manager::backoff::Backoff;
 use swarmstrap_secrets_manager::ApiCallCounts;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 use swarmstrap_wire::{Phase, RequestedRole, Role};
@@ -28,7 +29,9 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
     for i in 0..20 {
         let moto = moto.clone();
         tasks.push(tokio::spawn(async move {
-            let rv: Box<dyn Rendezvous> = Box::new(moto.backend("race", 3));
+            let backend = moto.backend("race", 3);
+            // the agent's view: only the trait
+            let rv: &dyn Rendezvous = &backend;
             let id = format!("node-{i:02}");
             // Half register first, half claim first: both CreateSecret races happen.
             let (reg_resp, claim) = if i % 2 == 0 {
@@ -80,14 +83,17 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
             assert_eq!(join.role, reg_resp.role);
             let want = if join.role == Role::Manager { MGR } else { WRK };
             assert_eq!(join.token.expose(), want);
-            (id, claim.granted, join.role, lease.fencing_token)
+            let calls = backend.api_calls();
+            (id, claim.granted, join.role, lease.fencing_token, calls)
         }));
     }
     let mut winners = Vec::new();
     let mut managers = 0;
     let mut tokens = std::collections::BTreeSet::new();
+    let mut total = ApiCallCounts::default();
     for t in tasks {
-        let (id, granted, role, token) = t.await.unwrap();
+        let (id, granted, role, token, calls) = t.await.unwrap();
+        add(&mut total, calls);
         if granted {
             winners.push(id);
         }
@@ -96,6 +102,11 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
         }
         tokens.insert(token);
     }
+    eprintln!(
+        "20 contenders, total: reads={} writes={} {total:?}",
+        total.reads(),
+        total.writes()
+    );
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     assert_eq!(managers, 3);
     assert_eq!(tokens.len(), 1, "everyone saw the same fencing token");
@@ -166,6 +177,8 @@ async fn concurrent_doc_writers_and_registrations_lose_nothing() {
             let rv = moto.backend("docs", 3);
             let mut conflicts = 0;
             for _ in 0..10 {
+                let mut backoff =
+                    Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
                 loop {
                     let cur = rv.get_doc("counter", None, Duration::ZERO).await.unwrap();
                     let n = cur.body.as_u64().unwrap_or(0);
@@ -177,7 +190,10 @@ async fn concurrent_doc_writers_and_registrations_lose_nothing() {
                             assert_eq!(d.version, cur.version + 1);
                             break;
                         }
-                        Err(e) if conflict_code(&e) == Some("version_conflict") => conflicts += 1,
+                        Err(e) if conflict_code(&e) == Some("version_conflict") => {
+                            conflicts += 1;
+                            tokio::time::sleep(backoff.next_delay()).await;
+                        }
                         Err(e) => panic!("writer {w}: {e}"),
                     }
                 }
@@ -507,4 +523,37 @@ async fn normal_bootstrap_call_budget() {
         assert_eq!((c.reads(), c.writes()), (2, 2), "{c:?}");
     }
     assert_eq!(total.other, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_created_empty_beforehand_is_filled_by_cas() {
+    let moto = Arc::new(Moto::start());
+    // e.g. created by hand or by Terraform, without a value
+    moto.client()
+        .create_secret()
+        .name("swarmstrap/empty")
+        .send()
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let moto = moto.clone();
+        tasks.push(tokio::spawn(async move {
+            let rv = moto.backend("empty", 3);
+            let id = format!("n{i}");
+            rv.register(&reg(&id, RequestedRole::Auto)).await.unwrap();
+            rv.claim(&id, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .granted
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(granted, 1);
+    let status = moto.backend("empty", 3).status().await.unwrap();
+    assert_eq!(status.nodes.len(), 5);
+    assert_eq!(status.phase, Phase::Claimed);
 }

@@ -27,7 +27,7 @@ impl Moto {
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_target())
             .spawn()
         {
             Ok(c) => c,
@@ -78,6 +78,19 @@ impl Moto {
     pub fn backend(&self, cluster: &str, target_managers: u8) -> SecretsManagerRendezvous {
         let cfg = SecretsManagerConfig::new(cluster, target_managers);
         SecretsManagerRendezvous::with_sdk_config(cfg, &self.sdk_config()).expect("backend")
+    }
+}
+
+/// moto's request log goes to `$SWARMSTRAP_MOTO_LOG` (appended) when set, for debugging.
+fn log_target() -> Stdio {
+    match std::env::var_os("SWARMSTRAP_MOTO_LOG") {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null()),
+        None => Stdio::null(),
     }
 }
 
