@@ -205,7 +205,10 @@ pub fn classify(
         | "ExpiredTokenException"
         | "ExpiredToken"
         | "NotAuthorized" => RendezvousError::Unauthorized(format!(
-            "{detail} (the instance role needs the IAM policy in the swarmstrap secrets-manager README)"
+            "{detail} (the instance role needs the IAM policy in the swarmstrap secrets-manager \
+             README: CreateSecret, GetSecretValue, PutSecretValue, UpdateSecretVersionStage on \
+             both arn:…:secret:{secret_name}-?????? and, for calls made before the secret \
+             exists, arn:…:secret:{secret_name})"
         )),
         "DecryptionFailure" | "EncryptionFailure" => RendezvousError::Unauthorized(format!(
             "{detail} (the role needs kms:Decrypt and kms:GenerateDataKey on the secret's KMS key, and the key must be enabled)"
