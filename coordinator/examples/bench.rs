@@ -198,7 +198,8 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         })
     };
 
-    let latencies = Arc::new(Mutex::new(Vec::<Duration>::with_capacity(clients * 3)));
+    // [register (opens the connection: TCP + TLS handshake), claim, publish]
+    let latencies = Arc::new(Mutex::new([Vec::<Duration>::new(), Vec::new(), Vec::new()]));
     let delivery = Arc::new(Mutex::new(Vec::<Instant>::with_capacity(clients)));
     let published_at = Arc::new(Mutex::new(None::<Instant>));
     let requests = Arc::new(AtomicU64::new(0));
@@ -222,7 +223,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let node = format!("node-{i:04}");
             let url = |rest: &str| format!("{base}/v1/clusters/bench{rest}");
-            let timed = |req: reqwest::RequestBuilder| {
+            let timed = |kind: usize, req: reqwest::RequestBuilder| {
                 let (latencies, requests, errors) = (latencies.clone(), requests.clone(), errors.clone());
                 async move {
                     let t = Instant::now();
@@ -233,7 +234,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                     };
                     requests.fetch_add(1, Ordering::Relaxed);
                     match &out {
-                        Some(_) => latencies.lock().unwrap().push(t.elapsed()),
+                        Some(_) => latencies.lock().unwrap()[kind].push(t.elapsed()),
                         None => {
                             errors.fetch_add(1, Ordering::Relaxed);
                         }
@@ -241,13 +242,13 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                     out
                 }
             };
-            let reg = timed(client.post(url("/nodes")).bearer_auth(&secret).json(&json!({
+            let reg = timed(0, client.post(url("/nodes")).bearer_auth(&secret).json(&json!({
                 "node_id": node, "hostname": node, "advertise_addr": "198.18.1.1", "role": "auto"})))
             .await;
             if reg.is_none() {
                 return;
             }
-            let claim = timed(client.post(url("/claim")).bearer_auth(&secret)
+            let claim = timed(1, client.post(url("/claim")).bearer_auth(&secret)
                 .json(&json!({"node_id": node, "ttl_ms": 120_000})))
             .await;
             let Some(claim) = claim else { return };
@@ -275,7 +276,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                 rss_parked.store(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 let token = claim["lease"]["fencing_token"].as_u64().unwrap();
                 *published_at.lock().unwrap() = Some(Instant::now());
-                let r = timed(client.post(url("/publish")).bearer_auth(&secret).json(&json!({
+                let r = timed(2, client.post(url("/publish")).bearer_auth(&secret).json(&json!({
                     "node_id": node, "fencing_token": token, "swarm_id": "bench-swarm",
                     "ca_digest": format!("sha256:{}", "cd".repeat(32)),
                     "manager_addrs": ["198.18.1.1:2377"],
@@ -310,7 +311,9 @@ async fn run(clients: usize) -> anyhow::Result<()> {
     let _ = sampler.await;
 
     let mut lat = latencies.lock().unwrap().clone();
-    lat.sort();
+    for l in lat.iter_mut() {
+        l.sort();
+    }
     let published = published_at.lock().unwrap().expect("someone published");
     let mut deliv: Vec<Duration> = delivery
         .lock()
@@ -331,16 +334,26 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         total as f64 / wall.as_secs_f64()
     );
     let busy = published.duration_since(start);
+    let fast = lat[0].len() + lat[1].len();
     println!(
-        "register+claim phase: {} requests until the publish, {:.0} req/s (incl. {clients} TLS handshakes)",
-        lat.len(),
-        lat.len() as f64 / busy.as_secs_f64()
+        "register+claim phase: {fast} requests in {:.2} s until the publish = {:.0} req/s (incl. {clients} TLS handshakes)",
+        busy.as_secs_f64(),
+        fast as f64 / busy.as_secs_f64()
     );
+    for (name, l) in [
+        ("register (new connection: TCP+TLS handshake)", &lat[0]),
+        ("claim (warm connection)", &lat[1]),
+    ] {
+        println!(
+            "latency {name}: p50 {}  p99 {}  max {}",
+            ms(pct(l, 0.50)),
+            ms(pct(l, 0.99)),
+            ms(*l.last().unwrap_or(&Duration::ZERO))
+        );
+    }
     println!(
-        "latency register/claim/publish: p50 {}  p99 {}  max {}",
-        ms(pct(&lat, 0.50)),
-        ms(pct(&lat, 0.99)),
-        ms(*lat.last().unwrap_or(&Duration::ZERO))
+        "latency publish: {}",
+        ms(*lat[2].first().unwrap_or(&Duration::ZERO))
     );
     println!(
         "token delivery after publish ({} long-polls): p50 {}  p99 {}  max {}",

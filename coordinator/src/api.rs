@@ -585,10 +585,9 @@ async fn register(
     auth: ClusterAuth,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    let w = state.store.register(auth.cluster.clone(), req).await?;
-    if w.changed {
-        state.notify(&auth.cluster, Signal::State);
-    }
+    // No wakeup: a registration changes nothing a join long-poll answers, and waking every
+    // parked node on each registration would cost O(nodes²) reads while a cluster boots.
+    let w = state.store.register(auth.cluster, req).await?;
     Ok(Json(w.value))
 }
 

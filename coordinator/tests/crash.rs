@@ -491,3 +491,79 @@ async fn fingerprint_command_matches_the_served_certificate() {
     );
     drop(srv);
 }
+
+#[tokio::test]
+async fn insecure_http_needs_the_flag_and_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // No TLS mode at all: refused with a usage error.
+    let out = cli(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--insecure-http"));
+
+    let log = tmp.path().join("http.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let info_path = data.join("server.json");
+    let info: ServerInfo = wait_for("server.json", Duration::from_secs(30), || {
+        let p = info_path.clone();
+        async move {
+            let info: ServerInfo = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            (info.pid == pid).then_some(info)
+        }
+    })
+    .await;
+    assert_eq!(info.scheme, "http");
+    assert_eq!(info.fingerprint, None);
+    let url = format!("http://{}/healthz", info.listen);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_for("/healthz over plain HTTP", Duration::from_secs(30), || {
+        let (c, u) = (client.clone(), url.clone());
+        async move {
+            c.get(u)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == StatusCode::OK)
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("PLAIN HTTP"), "{text}");
+    // The CLI reaches a plain-HTTP server through its admin API as well.
+    let out = cli(&[
+        "cluster",
+        "create",
+        "lab",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
