@@ -35,6 +35,9 @@ locals {
   secret_name = "${var.secret_name_prefix}${local.cluster}-${random_id.secret_suffix.hex}"
   # Secrets Manager appends "-" and 6 random characters to every secret's ARN.
   secret_arn_pattern = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}-*"
+  # Calls made before the secret exists (the first GetSecretValue / CreateSecret) are
+  # authorized against the ARN without the suffix.
+  secret_arn_bare = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}"
 
   agent_url      = replace(var.agent_url, "{version}", var.agent_version)
   cloud_init_dir = "${path.module}/../../../cloud-init"
@@ -262,7 +265,7 @@ data "aws_iam_policy_document" "rendezvous_secret" {
       "secretsmanager:PutSecretValue",
       "secretsmanager:UpdateSecretVersionStage",
     ]
-    resources = [local.secret_arn_pattern]
+    resources = [local.secret_arn_pattern, local.secret_arn_bare]
   }
 
   dynamic "statement" {
