@@ -349,11 +349,104 @@ impl Default for AgentOptions {
 /// coordinator, then the lab.
 pub struct Cluster {
     pub name: String,
-    pub coordinator: Coordinator,
-    pub secret_file: PathBuf,
+    backend: Backend,
     pub options: AgentOptions,
     agents: Mutex<Vec<Option<ProcHandle>>>,
     pub lab: Lab,
+}
+
+/// The rendezvous the agents of a [`Cluster`] meet at.
+pub enum Backend {
+    /// The real coordinator; the cluster's join secret is in `secret_file`.
+    Coordinator {
+        coordinator: Coordinator,
+        secret_file: PathBuf,
+    },
+    /// The Secrets Manager backend, with moto's server standing in for AWS.
+    SecretsManager { moto: Moto, secret_name: String },
+}
+
+/// Dummy credentials for moto (never real ones); the region the lab uses.
+pub const MOTO_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_SESSION_TOKEN", "testing"),
+    // Never ask the instance metadata service (169.254.169.254) from the lab.
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+pub const MOTO_REGION: &str = "us-east-1";
+
+/// moto's Secrets Manager server (`moto_server`, PyPI `moto[server]`), in the root namespace
+/// on the lab bridge, so agents in every host reach it. Stopped by pid on drop; its pidfile is
+/// under the lab root for the stale cleanup.
+pub struct Moto {
+    dir: PathBuf,
+    listen: SocketAddr,
+    child: Mutex<Option<Child>>,
+}
+
+impl Moto {
+    pub fn start(lab: &Lab) -> Result<Moto> {
+        let bin = crate::cmd::which("moto_server").ok_or_else(|| {
+            anyhow!(
+                "moto_server is missing: `pip install \"moto[server]\"` (scripts/setup.sh does)"
+            )
+        })?;
+        let dir = lab.root().join("moto");
+        fs::create_dir_all(dir.join("procs"))?;
+        let port = TcpListener::bind((lab.bridge_addr(), 0))?
+            .local_addr()?
+            .port();
+        let listen = SocketAddr::from((lab.bridge_addr(), port));
+        let log = fs::File::create(dir.join("moto.log"))?;
+        let child = Command::new(bin)
+            .args(["-H", &listen.ip().to_string(), "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning moto_server")?;
+        write_pidfile(&dir.join("procs/moto.pid"), child.id() as i32)?;
+        let m = Moto {
+            dir,
+            listen,
+            child: Mutex::new(Some(child)),
+        };
+        wait_until(Duration::from_secs(30), "moto_server accepting", || {
+            Ok(
+                TcpStream::connect_timeout(&listen, Duration::from_millis(200))
+                    .ok()
+                    .map(|_| ()),
+            )
+        })?;
+        Ok(m)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("moto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = signal_pid(c.id() as i32, Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut backoff = crate::Backoff::default();
+            while matches!(c.try_wait(), Ok(None)) {
+                if !backoff.sleep_until_next(deadline) {
+                    let _ = signal_pid(c.id() as i32, Signal::KILL);
+                    let _ = c.wait();
+                    break;
+                }
+            }
+        }
+        let _ = fs::remove_file(self.dir.join("procs/moto.pid"));
+    }
 }
 
 impl Cluster {
@@ -363,11 +456,39 @@ impl Cluster {
         let mut coordinator = Coordinator::new(&lab)?;
         let secret_file = coordinator.create_cluster(name, options.target_managers)?;
         coordinator.start()?;
+        Cluster::with_backend(
+            lab,
+            name,
+            options,
+            Backend::Coordinator {
+                coordinator,
+                secret_file,
+            },
+        )
+    }
+
+    /// The same, with the Secrets Manager backend (no coordinator) against moto.
+    pub fn new_secrets_manager(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        let moto = Moto::start(&lab)?;
+        let secret_name = format!("swarmstrap/{name}-{}", lab.id());
+        Cluster::with_backend(
+            lab,
+            name,
+            options,
+            Backend::SecretsManager { moto, secret_name },
+        )
+    }
+
+    fn with_backend(
+        lab: Lab,
+        name: &str,
+        options: AgentOptions,
+        backend: Backend,
+    ) -> Result<Cluster> {
         let n = lab.hosts().len();
         let c = Cluster {
             name: name.to_string(),
-            coordinator,
-            secret_file,
+            backend,
             options,
             agents: Mutex::new((0..n).map(|_| None).collect()),
             lab,
@@ -376,6 +497,25 @@ impl Cluster {
             c.render_config(h)?;
         }
         Ok(c)
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The coordinator (panics for a Secrets Manager cluster: a test bug).
+    pub fn coordinator(&self) -> &Coordinator {
+        match &self.backend {
+            Backend::Coordinator { coordinator, .. } => coordinator,
+            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+        }
+    }
+
+    pub fn coordinator_mut(&mut self) -> &mut Coordinator {
+        match &mut self.backend {
+            Backend::Coordinator { coordinator, .. } => coordinator,
+            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+        }
     }
 
     /// `<host dir>/agent/config.toml`, rendered by the cloud-init node template.
@@ -390,15 +530,29 @@ impl Cluster {
     fn render_config(&self, h: &Host) -> Result<()> {
         let out = h.dir().join("agent");
         fs::create_dir_all(&out)?;
-        let o = Command::new("python3")
-            .arg(workspace_root().join("tests/iac/render_node.py"))
+        let mut cmd = Command::new("python3");
+        cmd.arg(workspace_root().join("tests/iac/render_node.py"))
             .arg("--out-dir")
             .arg(&out)
-            .args(["--cluster", &self.name])
-            .args(["--coordinator-url", &self.coordinator.url()])
-            .args(["--fingerprint", self.coordinator.fingerprint()])
-            .arg("--join-secret-file")
-            .arg(&self.secret_file)
+            .args(["--cluster", &self.name]);
+        match &self.backend {
+            Backend::Coordinator {
+                coordinator,
+                secret_file,
+            } => {
+                cmd.args(["--coordinator-url", &coordinator.url()])
+                    .args(["--fingerprint", coordinator.fingerprint()])
+                    .arg("--join-secret-file")
+                    .arg(secret_file);
+            }
+            Backend::SecretsManager { moto, secret_name } => {
+                cmd.args(["--backend", "secrets-manager"])
+                    .args(["--secret-name", secret_name])
+                    .args(["--region", MOTO_REGION])
+                    .args(["--endpoint-url", &moto.url()]);
+            }
+        }
+        let o = cmd
             .args(["--advertise", &h.addr().to_string()])
             .args(["--role", self.options.role])
             .args([
@@ -435,6 +589,9 @@ impl Cluster {
             ),
             ("SWARM_AGENT_LOG".into(), "info".into()),
         ];
+        if let Backend::SecretsManager { .. } = self.backend {
+            env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
         env.extend(self.options.env.iter().cloned());
         env
     }
@@ -560,6 +717,13 @@ impl Cluster {
         r.map_err(|e| anyhow!("{e}\n{}", self.diagnostics()))
     }
 
+    fn backend_log(&self) -> String {
+        match &self.backend {
+            Backend::Coordinator { coordinator, .. } => coordinator.log(),
+            Backend::SecretsManager { moto, .. } => moto.log(),
+        }
+    }
+
     /// Agent and coordinator log tails, for failure messages.
     pub fn diagnostics(&self) -> String {
         let mut s = String::new();
@@ -573,8 +737,8 @@ impl Cluster {
             }
         }
         s.push_str(&format!(
-            "--- coordinator log (tail)\n{}\n",
-            tail_lines(&self.coordinator.log(), 15)
+            "--- rendezvous log (tail)\n{}\n",
+            tail_lines(&self.backend_log(), 15)
         ));
         s
     }
@@ -590,7 +754,10 @@ impl Cluster {
     /// Every secret this cluster used (the join secret and the swarm's join tokens), for the
     /// leak check of the logs.
     pub fn secrets(&self) -> Result<Vec<String>> {
-        let mut v = vec![fs::read_to_string(&self.secret_file)?.trim().to_string()];
+        let mut v = Vec::new();
+        if let Backend::Coordinator { secret_file, .. } = &self.backend {
+            v.push(fs::read_to_string(secret_file)?.trim().to_string());
+        }
         for h in self.lab.hosts() {
             if let Ok(t) = crate::swarm::join_tokens(&h.api()) {
                 v.push(t.worker.expose().to_string());
@@ -604,7 +771,7 @@ impl Cluster {
     /// Fail if any agent or coordinator log contains a secret.
     pub fn assert_no_secret_in_logs(&self) -> Result<()> {
         let secrets = self.secrets()?;
-        let mut logs = vec![("coordinator".to_string(), self.coordinator.log())];
+        let mut logs = vec![("rendezvous".to_string(), self.backend_log())];
         for (i, h) in self.lab.hosts().iter().enumerate() {
             if let Some(p) = self.agent(i) {
                 logs.push((h.name().to_string(), p.log()));

@@ -37,7 +37,7 @@ fn form_five(name: &str) -> anyhow::Result<Cluster> {
         "exactly one swarm init\n{}",
         c.diagnostics()
     );
-    let st = c.coordinator.show(name)?;
+    let st = c.coordinator().show(name)?;
     assert_eq!(st["phase"], "formed", "{st}");
     assert_eq!(st["nodes"].as_array().map(Vec::len), Some(5), "{st}");
     assert_eq!(st["swarm_id"].as_str(), Some(swarm_id.as_str()), "{st}");
@@ -87,7 +87,7 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
     let c = form_five("restart")?;
     let ids_before = node_ids(&c);
     let swarm_before = c.status(0)?.1["swarm"]["swarm_id"].clone();
-    let formed_at = c.coordinator.show("restart")?["formed_at_ms"].clone();
+    let formed_at = c.coordinator().show("restart")?["formed_at_ms"].clone();
     for i in 0..5 {
         let p = c.agent(i).unwrap();
         p.kill(Signal::TERM)?;
@@ -114,7 +114,7 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
     }
     assert_eq!(node_ids(&c), ids_before, "same swarm node ids");
     assert_eq!(c.status(0)?.1["swarm"]["swarm_id"], swarm_before);
-    let st = c.coordinator.show("restart")?;
+    let st = c.coordinator().show("restart")?;
     assert_eq!(st["formed_at_ms"], formed_at, "no new formation: {st}");
     assert_eq!(st["resets"], 0);
     Ok(())
@@ -147,14 +147,14 @@ fn a_claimant_killed_before_publishing_is_taken_over() -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
-    let st = c.coordinator.show("takeover")?;
+    let st = c.coordinator().show("takeover")?;
     assert_eq!(st["phase"], "claimed", "{st}");
     c.agent(victim).unwrap().kill(Signal::KILL)?;
     let others: Vec<usize> = (0..5).filter(|&i| i != victim).collect();
     // The victim was assigned manager (it claimed), so the other four are 2 managers + 2
     // workers once someone took over the expired lease.
     c.wait_formed(&others, 2, 2, FORM)?;
-    let st = c.coordinator.show("takeover")?;
+    let st = c.coordinator().show("takeover")?;
     assert_eq!(st["phase"], "formed", "{st}");
     let victim_host = c.lab.host(victim);
     assert_eq!(
@@ -181,7 +181,7 @@ fn the_coordinator_killed_and_restarted_mid_bootstrap_still_forms_the_cluster() 
     }
     // Two engines up: both register as managers, one inits, the other joins.
     c.wait_formed(&[0, 1], 2, 0, FORM)?;
-    c.coordinator.kill()?;
+    c.coordinator().kill()?;
     for i in [2, 3, 4] {
         c.lab.host(i).start_engine()?;
     }
@@ -190,7 +190,7 @@ fn the_coordinator_killed_and_restarted_mid_bootstrap_still_forms_the_cluster() 
     }
     // The three late nodes now retry against a dead coordinator; bring it back on the same
     // data dir and port.
-    c.coordinator.start()?;
+    c.coordinator_mut().start()?;
     c.wait_formed(&all(&c), 3, 2, FORM)?;
     assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
     Ok(())
@@ -218,7 +218,7 @@ fn a_wrong_join_secret_exits_non_zero_and_changes_nothing() -> anyhow::Result<()
     );
     assert!(!log.contains("not-the-secret-0123456789abcdef"));
     assert_eq!(h.swarm_info()?.local_node_state, "inactive");
-    let cs = c.coordinator.show("secret")?;
+    let cs = c.coordinator().show("secret")?;
     assert_eq!(cs["nodes"].as_array().map(Vec::len), Some(0), "{cs}");
     assert_eq!(cs["phase"], "open", "{cs}");
     Ok(())

@@ -40,8 +40,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     eprintln!(
         "demo: coordinator at {} (certificate {}); starting {hosts} agents",
-        c.coordinator.url(),
-        c.coordinator.fingerprint()
+        c.coordinator().url(),
+        c.coordinator().fingerprint()
     );
     let t0 = Instant::now();
     c.start_agents()?;
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", mgr.docker(&["node", "ls"])?);
     println!(
         "===== coordinator $ swarm-coordinator cluster show demo\n{}",
-        serde_json::to_string_pretty(&c.coordinator.show("demo")?)?
+        serde_json::to_string_pretty(&c.coordinator().show("demo")?)?
     );
     if hold {
         eprintln!("demo: --hold: press Enter to tear down");
