@@ -70,10 +70,15 @@ pub struct ServerConfig {
 /// read or create the admin token. Fails with a clear error on a foreign or damaged data dir.
 pub fn prepare(opts: &ServeOptions) -> Result<ServerConfig, ServerError> {
     let data_dir = DataDir::new(&opts.data_dir);
+    // Operator PEM files are checked before anything is created.
+    let files = match &opts.tls {
+        TlsMode::Files { cert, key } => Some(tls::load(cert, key)?),
+        _ => None,
+    };
     // The store validates the directory first, so nothing is written into a foreign one.
     let store = Store::open(&data_dir, OpenMode::CreateIfMissing)?;
     let identity = match &opts.tls {
-        TlsMode::Files { cert, key } => Some(tls::load(cert, key)?),
+        TlsMode::Files { .. } => files,
         TlsMode::SelfSigned { sans } => {
             let id = tls::self_signed(&data_dir, sans)?;
             if id.generated {

@@ -624,3 +624,55 @@ async fn admin_api_and_metrics() {
     assert!(!text.contains(&api.secret));
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn serves_operator_supplied_pem_files() {
+    use swarm_coordinator::server::{self, ServeOptions, TlsMode};
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["coord.lab".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let expected = swarm_coordinator::tls::fingerprint_of_file(&cert).unwrap();
+
+    // A key file that holds no key: a clear error naming the file.
+    let bad = ServeOptions {
+        data_dir: tmp.path().join("bad-data"),
+        tls: TlsMode::Files {
+            cert: cert.clone(),
+            key: cert.clone(),
+        },
+        limits: Default::default(),
+    };
+    let err = server::prepare(&bad)
+        .err()
+        .expect("a certificate is not a key")
+        .to_string();
+    assert!(
+        err.contains("cert.pem") && err.contains("private key"),
+        "{err}"
+    );
+
+    let opts = ServeOptions {
+        data_dir: tmp.path().join("data"),
+        tls: TlsMode::Files { cert, key },
+        limits: Default::default(),
+    };
+    let cfg = server::prepare(&opts).unwrap();
+    assert_eq!(cfg.fingerprint.as_deref(), Some(expected.as_str()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, cfg, async {
+        let _ = stopped.await;
+    }));
+    let r = pinned_client(&expected)
+        .get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
