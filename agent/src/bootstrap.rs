@@ -41,6 +41,9 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(300);
 /// How long an engine may stay in the `pending` swarm state (a join finishing in the
 /// background) before the agent calls it an error.
 const PENDING_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest wait for one `docker info` while waiting for the engine (it answers in
+/// milliseconds once up).
+const ENGINE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Margin added to a lease's remaining time before claiming again, so the claim arrives after
 /// the backend considers the lease expired.
 const TAKEOVER_MARGIN: Duration = Duration::from_millis(250);
@@ -57,8 +60,9 @@ pub struct Settings {
     pub long_poll: Duration,
     /// Retry policy of every step (deadlines are added per step).
     pub policy: Policy,
-    /// For the "wrong secret" message.
-    pub secret_file: PathBuf,
+    /// What to check when the backend refuses access, e.g. "check
+    /// /etc/swarm-agent/join-secret (and the cluster name)".
+    pub unauthorized_hint: String,
     /// Test-only fault injection, see README: hold forever after a granted claim when this
     /// file can be removed.
     pub debug_hold_file: Option<PathBuf>,
@@ -95,14 +99,11 @@ pub struct Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error(
-        "{backend} rejected the join secret for cluster {cluster}: check {secret_file} (and the \
-         cluster name) — {detail}"
-    )]
+    #[error("{backend}: {hint} — {detail}")]
     Unauthorized {
         backend: String,
         cluster: String,
-        secret_file: PathBuf,
+        hint: String,
         detail: String,
     },
     #[error("{backend} refused to {step}: {source}")]
@@ -282,7 +283,7 @@ impl Bootstrap {
                 BootstrapError::Unauthorized {
                     backend: self.backend.describe(),
                     cluster: self.s().cluster.clone(),
-                    secret_file: self.s().secret_file.clone(),
+                    hint: self.s().unauthorized_hint.clone(),
                     detail,
                 }
             }
@@ -382,6 +383,18 @@ impl Bootstrap {
         }
     }
 
+    /// `docker info` bounded by [`ENGINE_PROBE_TIMEOUT`]: a half-started dockerd that accepts
+    /// connections but does not answer yet counts as unreachable, and is retried.
+    async fn engine_info(&self) -> Result<EngineInfo, EngineError> {
+        match tokio::time::timeout(ENGINE_PROBE_TIMEOUT, self.engine.info()).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Unreachable {
+                host: self.engine.describe(),
+                message: format!("`docker info` did not answer within {ENGINE_PROBE_TIMEOUT:?}"),
+            }),
+        }
+    }
+
     /// Wait until the engine answers and its swarm state is not `pending`.
     async fn wait_engine_settled(&self, st: &mut AgentState) -> Result<EngineInfo, BootstrapError> {
         let mut logged_up = false;
@@ -393,7 +406,7 @@ impl Bootstrap {
                 &format!("reach the Docker engine at {}", self.engine.describe()),
                 engine_transient,
                 |e| self.note_error(st, e.to_string()),
-                || self.engine.info(),
+                || self.engine_info(),
             )
             .await
             .map_err(|source| BootstrapError::Engine {

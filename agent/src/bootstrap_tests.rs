@@ -35,7 +35,9 @@ impl Node {
                 lease_ttl: TTL,
                 long_poll: Duration::from_secs(25),
                 policy: Policy::FAST,
-                secret_file: "/etc/swarm-agent/join-secret".into(),
+                unauthorized_hint:
+                    "the join secret was rejected for cluster test: check /etc/swarm-agent/join-secret"
+                        .into(),
                 debug_hold_file: None,
             },
         }
@@ -173,14 +175,14 @@ async fn wrong_secret_is_permanent_and_leaves_the_engine_alone() {
     let msg = err.to_string();
     assert!(matches!(err, BootstrapError::Unauthorized { .. }), "{msg}");
     assert!(
-        msg.contains("rejected the join secret for cluster test"),
+        msg.starts_with("fake backend: the join secret was rejected for cluster test"),
         "{msg}"
     );
     assert!(msg.contains("/etc/swarm-agent/join-secret"), "{msg}");
     assert!(engine_mutations(&n.engine.calls()).is_empty());
     let st = n.state();
     assert_eq!(st.phase, AgentPhase::Failed);
-    assert!(st.last_error.unwrap().message.contains("join secret"));
+    assert!(st.last_error.unwrap().message.contains("join-secret"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -154,12 +154,9 @@ pub fn map_status(status: StatusCode, body: &str, url: &str, cluster: &str) -> R
     };
     let s = status.as_u16();
     match s {
-        401 | 403 => RendezvousError::Unauthorized(format!(
-            "the coordinator rejected the join secret for cluster {cluster} ({message}; HTTP {s} \
-             from {url})"
-        )),
+        401 | 403 => RendezvousError::Unauthorized(format!("{message} (HTTP {s} from {url})")),
         404 if code.contains("cluster") => RendezvousError::Unauthorized(format!(
-            "the coordinator does not know cluster {cluster} ({message}; HTTP 404 from {url})"
+            "unknown cluster {cluster}: {message} (HTTP 404 from {url})"
         )),
         409 => RendezvousError::Conflict { code, message },
         408 | 429 => RendezvousError::Transient(format!("{url}: HTTP {s} {code}: {message}")),

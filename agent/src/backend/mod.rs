@@ -4,27 +4,28 @@
 pub mod coordinator;
 
 use crate::config::{BackendKind, Config};
+use crate::fsutil::{self, FsError};
 use std::sync::Arc;
 use std::time::Duration;
-use swarmstrap_wire::rendezvous::Rendezvous;
-use swarmstrap_wire::Secret;
+use swarmstrap_secrets_manager::{SecretsManagerConfig, SecretsManagerRendezvous};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(transparent)]
+    Secret(#[from] FsError),
+    #[error(transparent)]
     Coordinator(#[from] coordinator::ClientError),
-    #[error(
-        "backend \"secrets-manager\" is not built into this swarm-agent yet: use \
-         backend = \"coordinator\""
-    )]
-    NotBuilt,
+    #[error("cannot set up the secrets-manager backend: {0}")]
+    SecretsManager(#[source] RendezvousError),
 }
 
-/// Open the configured backend. `request_timeout` bounds each ordinary call (long-polls get
-/// their wait plus a margin).
-pub fn open(
+/// Open the configured backend. `request_timeout` bounds each ordinary coordinator call
+/// (long-polls get their wait plus a margin). The coordinator authenticates with the join
+/// secret (read here from `join_secret_file`); Secrets Manager with the instance's AWS
+/// credentials (no join secret).
+pub async fn open(
     cfg: &Config,
-    secret: Secret,
     request_timeout: Duration,
 ) -> Result<Arc<dyn Rendezvous>, BackendError> {
     match cfg.backend {
@@ -33,6 +34,7 @@ pub fn open(
                 .coordinator
                 .as_ref()
                 .expect("config validation requires [coordinator] for this backend");
+            let secret = fsutil::read_secret_file(&cfg.join_secret_file)?;
             Ok(Arc::new(coordinator::CoordinatorClient::new(
                 c,
                 &cfg.cluster,
@@ -41,8 +43,32 @@ pub fn open(
             )?))
         }
         BackendKind::SecretsManager => {
-            let _ = (&cfg.secrets_manager, secret);
-            Err(BackendError::NotBuilt)
+            let sm = &cfg.secrets_manager;
+            let mut smc = SecretsManagerConfig::new(cfg.cluster.clone(), cfg.target_managers);
+            smc.secret_name = Some(sm.secret_name.clone());
+            smc.region = sm.region.clone();
+            smc.kms_key_id = sm.kms_key_id.clone();
+            smc.endpoint_url = sm.endpoint_url.clone();
+            let backend = SecretsManagerRendezvous::new(smc)
+                .await
+                .map_err(BackendError::SecretsManager)?;
+            Ok(Arc::new(backend))
         }
+    }
+}
+
+/// What the operator should check when the backend refuses access.
+pub fn unauthorized_hint(cfg: &Config) -> String {
+    match cfg.backend {
+        BackendKind::Coordinator => format!(
+            "the join secret was rejected for cluster {}: check {} (and the cluster name)",
+            cfg.cluster,
+            cfg.join_secret_file.display()
+        ),
+        BackendKind::SecretsManager => format!(
+            "access to cluster {} was denied: check the instance's AWS credentials and its IAM \
+             permissions on secret {}",
+            cfg.cluster, cfg.secrets_manager.secret_name
+        ),
     }
 }

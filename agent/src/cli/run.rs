@@ -45,8 +45,8 @@ impl RunArgs {
         );
         fsutil::create_private_dir(&cfg.state_dir)?;
         let node_id = state::load_or_create_node_id(&cfg.state_dir)?;
-        let secret = fsutil::read_secret_file(&cfg.join_secret_file)?;
-        let backend = backend::open(&cfg, secret, BACKEND_TIMEOUT)
+        let backend = backend::open(&cfg, BACKEND_TIMEOUT)
+            .await
             .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
 
         let mut shutdown = Box::pin(shutdown_signal());
@@ -70,7 +70,7 @@ impl RunArgs {
                 lease_ttl: cfg.lease_ttl,
                 long_poll: LONG_POLL,
                 policy: Policy::FAST,
-                secret_file: cfg.join_secret_file.clone(),
+                unauthorized_hint: backend::unauthorized_hint(&cfg),
                 debug_hold_file: std::env::var_os(DEBUG_HOLD_ENV)
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from),

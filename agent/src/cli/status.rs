@@ -5,7 +5,6 @@
 use crate::backend;
 use crate::config::{Config, Overrides};
 use crate::engine::{BollardEngine, Engine, LocalSwarmState};
-use crate::fsutil;
 use crate::state::{self, AgentState, LastError, StateStore};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -264,17 +263,10 @@ async fn probe_backend(cfg: &Config) -> BackendStatus {
         kind: cfg.backend.as_str().to_string(),
         ..Default::default()
     };
-    let secret = match fsutil::read_secret_file(&cfg.join_secret_file) {
-        Ok(s) => s,
-        Err(e) => {
-            bs.error = Some(e.to_string());
-            return bs;
-        }
-    };
-    let backend = match backend::open(cfg, secret, PROBE_TIMEOUT) {
+    let backend = match with_timeout("open the backend", backend::open(cfg, PROBE_TIMEOUT)).await {
         Ok(b) => b,
         Err(e) => {
-            bs.error = Some(e.to_string());
+            bs.error = Some(e);
             return bs;
         }
     };
@@ -459,7 +451,7 @@ mod tests {
                     lease_ttl: Duration::from_secs(5),
                     long_poll: Duration::from_secs(25),
                     policy: Policy::FAST,
-                    secret_file: "/s".into(),
+                    unauthorized_hint: "check /s".into(),
                     debug_hold_file: None,
                 },
             };
