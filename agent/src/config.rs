@@ -90,6 +90,24 @@ pub struct FileSecretsManager {
 pub struct FileLb {
     pub enabled: Option<bool>,
     pub path: Option<PathBuf>,
+    pub listen_port: Option<i64>,
+    pub port: Option<i64>,
+    pub services: Option<Vec<FileLbService>>,
+    pub template_file: Option<PathBuf>,
+    pub validate: Option<String>,
+    pub nginx_bin: Option<PathBuf>,
+    pub reload_label: Option<String>,
+    pub reload_service: Option<String>,
+}
+
+/// One `[[lb.services]]` entry: an upstream `name` over every Ready node's `port`, served on
+/// `listen`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLbService {
+    pub name: Option<String>,
+    pub port: Option<i64>,
+    pub listen: Option<i64>,
 }
 
 impl FileConfig {
@@ -149,7 +167,37 @@ pub struct Overrides {
     /// CA bundle that signs the coordinator certificate [env: SWARM_AGENT_COORDINATOR_CA_FILE]
     #[arg(long, value_name = "FILE")]
     pub coordinator_ca_file: Option<PathBuf>,
+    /// `SWARM_AGENT_LB_*` (environment only; the [lb] table has no flags).
+    #[arg(skip)]
+    pub lb: LbEnv,
 }
+
+/// `SWARM_AGENT_LB_*` overrides of the `[lb]` table, raw (validated in [`Config::resolve`]).
+#[derive(Debug, Default, Clone)]
+pub struct LbEnv {
+    pub enabled: Option<String>,
+    pub path: Option<String>,
+    pub listen_port: Option<String>,
+    pub port: Option<String>,
+    pub template_file: Option<String>,
+    pub validate: Option<String>,
+    pub nginx_bin: Option<String>,
+    pub reload_label: Option<String>,
+    pub reload_service: Option<String>,
+}
+
+/// `(key in [lb], environment variable)`.
+pub const LB_ENV_VARS: &[(&str, &str)] = &[
+    ("enabled", "SWARM_AGENT_LB_ENABLED"),
+    ("path", "SWARM_AGENT_LB_PATH"),
+    ("listen_port", "SWARM_AGENT_LB_LISTEN_PORT"),
+    ("port", "SWARM_AGENT_LB_PORT"),
+    ("template_file", "SWARM_AGENT_LB_TEMPLATE_FILE"),
+    ("validate", "SWARM_AGENT_LB_VALIDATE"),
+    ("nginx_bin", "SWARM_AGENT_LB_NGINX_BIN"),
+    ("reload_label", "SWARM_AGENT_LB_RELOAD_LABEL"),
+    ("reload_service", "SWARM_AGENT_LB_RELOAD_SERVICE"),
+];
 
 /// `(field, environment variable)` for every override, in declaration order.
 pub const ENV_VARS: &[(&str, &str)] = &[
@@ -221,6 +269,20 @@ impl Overrides {
             coordinator_url: s("coordinator_url"),
             coordinator_fingerprint: s("coordinator_fingerprint"),
             coordinator_ca_file: p("coordinator_ca_file"),
+            lb: {
+                let l = |var: &str| get(var).filter(|v| !v.trim().is_empty());
+                LbEnv {
+                    enabled: l("SWARM_AGENT_LB_ENABLED"),
+                    path: l("SWARM_AGENT_LB_PATH"),
+                    listen_port: l("SWARM_AGENT_LB_LISTEN_PORT"),
+                    port: l("SWARM_AGENT_LB_PORT"),
+                    template_file: l("SWARM_AGENT_LB_TEMPLATE_FILE"),
+                    validate: l("SWARM_AGENT_LB_VALIDATE"),
+                    nginx_bin: l("SWARM_AGENT_LB_NGINX_BIN"),
+                    reload_label: l("SWARM_AGENT_LB_RELOAD_LABEL"),
+                    reload_service: l("SWARM_AGENT_LB_RELOAD_SERVICE"),
+                }
+            },
         })
     }
 
@@ -364,10 +426,217 @@ pub struct SecretsManagerConfig {
     pub endpoint_url: Option<String>,
 }
 
+/// How a rendered load-balancer config is checked before it replaces the old one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbValidate {
+    /// `nginx -t` when an nginx binary is found locally, else skipped (logged).
+    Auto,
+    /// `nginx -t` required: no nginx binary is an error (nothing is written).
+    Nginx,
+    /// Never validate.
+    None,
+}
+
+impl FromStr for LbValidate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(LbValidate::Auto),
+            "nginx" => Ok(LbValidate::Nginx),
+            "none" => Ok(LbValidate::None),
+            other => Err(format!(
+                "unknown validate mode {other:?}: use \"auto\", \"nginx\" or \"none\""
+            )),
+        }
+    }
+}
+
+/// One upstream + server block of the rendered config.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LbService {
+    /// The upstream's name (`[A-Za-z0-9_]`).
+    pub name: String,
+    /// The service's published port on every node.
+    pub port: u16,
+    /// The port nginx listens on for it.
+    pub listen: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LbConfig {
     pub enabled: bool,
     pub path: PathBuf,
+    /// Never empty: `[[lb.services]]`, or one `swarm` service from `port`/`listen_port`.
+    pub services: Vec<LbService>,
+    pub template_file: Option<PathBuf>,
+    pub validate: LbValidate,
+    /// `None`: look for `nginx` on PATH, then /usr/sbin/nginx.
+    pub nginx_bin: Option<PathBuf>,
+    /// `key=value` label of the nginx containers to reload (SIGHUP) after a change.
+    pub reload_label: Option<String>,
+    /// Swarm service whose containers are reloaded (in addition to the label).
+    pub reload_service: Option<String>,
+}
+
+pub const DEFAULT_LB_LISTEN_PORT: u16 = 80;
+pub const DEFAULT_LB_PORT: u16 = 8080;
+pub const DEFAULT_LB_SERVICE: &str = "swarm";
+pub const DEFAULT_LB_RELOAD_LABEL: &str = "swarmstrap.lb=nginx";
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            enabled: false,
+            path: PathBuf::from(DEFAULT_LB_PATH),
+            services: vec![LbService {
+                name: DEFAULT_LB_SERVICE.into(),
+                port: DEFAULT_LB_PORT,
+                listen: DEFAULT_LB_LISTEN_PORT,
+            }],
+            template_file: None,
+            validate: LbValidate::Auto,
+            nginx_bin: None,
+            reload_label: Some(DEFAULT_LB_RELOAD_LABEL.into()),
+            reload_service: None,
+        }
+    }
+}
+
+fn parse_port(v: i64, origin: &str) -> Result<u16, ConfigError> {
+    u16::try_from(v)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| invalid(origin, format!("{v} is not a TCP port (1..=65535)")))
+}
+
+fn env_port(v: &Option<String>, var: &str) -> Result<Option<u16>, ConfigError> {
+    v.as_ref()
+        .map(|s| {
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| invalid(var, format!("{s:?} is not a TCP port (1..=65535)")))
+                .and_then(|n| parse_port(n, var))
+        })
+        .transpose()
+}
+
+fn parse_bool(s: &str, origin: &str) -> Result<bool, ConfigError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(invalid(
+            origin,
+            format!("{other:?} is not a boolean: use true or false"),
+        )),
+    }
+}
+
+fn resolve_lb(flb: FileLb, env: &LbEnv, fp: &Option<PathBuf>) -> Result<LbConfig, ConfigError> {
+    let file_origin = |key: &str| match fp {
+        Some(p) => format!("[lb] {key} in {}", p.display()),
+        None => format!("[lb] {key}"),
+    };
+    let d = LbConfig::default();
+    let enabled = match &env.enabled {
+        Some(v) => parse_bool(v, "SWARM_AGENT_LB_ENABLED")?,
+        None => flb.enabled.unwrap_or(false),
+    };
+    let path = env
+        .path
+        .as_ref()
+        .map(PathBuf::from)
+        .or(non_empty_path(flb.path))
+        .unwrap_or(d.path);
+    let listen_port = match env_port(&env.listen_port, "SWARM_AGENT_LB_LISTEN_PORT")? {
+        Some(p) => p,
+        None => match flb.listen_port {
+            Some(n) => parse_port(n, &file_origin("listen_port"))?,
+            None => DEFAULT_LB_LISTEN_PORT,
+        },
+    };
+    let port = match env_port(&env.port, "SWARM_AGENT_LB_PORT")? {
+        Some(p) => p,
+        None => match flb.port {
+            Some(n) => parse_port(n, &file_origin("port"))?,
+            None => DEFAULT_LB_PORT,
+        },
+    };
+    let services = match flb.services {
+        Some(list) if !list.is_empty() => {
+            let origin = file_origin("services");
+            let mut out: Vec<LbService> = Vec::new();
+            for (i, s) in list.into_iter().enumerate() {
+                let name = non_empty(s.name).ok_or_else(|| {
+                    invalid(&origin, format!("entry {}: `name` is required", i + 1))
+                })?;
+                if !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                {
+                    return Err(invalid(
+                        &origin,
+                        format!("entry {}: name {name:?}: use [A-Za-z0-9_-]", i + 1),
+                    ));
+                }
+                if out.iter().any(|o| o.name == name) {
+                    return Err(invalid(&origin, format!("name {name:?} appears twice")));
+                }
+                let port = parse_port(
+                    s.port.ok_or_else(|| {
+                        invalid(&origin, format!("entry {name:?}: `port` is required"))
+                    })?,
+                    &origin,
+                )?;
+                let listen = match s.listen {
+                    Some(n) => parse_port(n, &origin)?,
+                    None => listen_port,
+                };
+                out.push(LbService { name, port, listen });
+            }
+            out
+        }
+        _ => vec![LbService {
+            name: DEFAULT_LB_SERVICE.into(),
+            port,
+            listen: listen_port,
+        }],
+    };
+    let template_file = env
+        .template_file
+        .as_ref()
+        .map(PathBuf::from)
+        .or(non_empty_path(flb.template_file));
+    let validate = match (&env.validate, non_empty(flb.validate)) {
+        (Some(v), _) => v
+            .parse()
+            .map_err(|m| invalid("SWARM_AGENT_LB_VALIDATE", m))?,
+        (None, Some(v)) => v
+            .parse()
+            .map_err(|m| invalid(&file_origin("validate"), m))?,
+        (None, None) => LbValidate::Auto,
+    };
+    let nginx_bin = env
+        .nginx_bin
+        .as_ref()
+        .map(PathBuf::from)
+        .or(non_empty_path(flb.nginx_bin));
+    let reload_label = match env.reload_label.clone().or(flb.reload_label) {
+        // An explicitly empty label in the file disables label-based reloads.
+        Some(l) if l.trim().is_empty() => None,
+        Some(l) => Some(l.trim().to_string()),
+        None => d.reload_label,
+    };
+    let reload_service = non_empty(env.reload_service.clone().or(flb.reload_service));
+    Ok(LbConfig {
+        enabled,
+        path,
+        services,
+        template_file,
+        validate,
+        nginx_bin,
+        reload_label,
+        reload_service,
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -386,7 +655,7 @@ pub struct Config {
     /// Set when `backend = "coordinator"` (required then).
     pub coordinator: Option<CoordinatorConfig>,
     pub secrets_manager: SecretsManagerConfig,
-    /// Accepted and kept for the load-balancer issue; nothing uses it yet.
+    /// The live nginx load-balancer config (`[lb]`, `SWARM_AGENT_LB_*`).
     pub lb: LbConfig,
 }
 
@@ -614,10 +883,7 @@ impl Config {
         };
 
         let flb = file.lb.clone().unwrap_or_default();
-        let lb = LbConfig {
-            enabled: flb.enabled.unwrap_or(false),
-            path: non_empty_path(flb.path).unwrap_or_else(|| PathBuf::from(DEFAULT_LB_PATH)),
-        };
+        let lb = resolve_lb(flb, &env.lb, fp)?;
 
         Ok(Config {
             config_file: file_path,
@@ -871,10 +1137,10 @@ path = "/loadbalancer/default.conf"
             .unwrap_err()
             .to_string();
         assert!(err.contains("fingerprint"), "{err}");
-        let err = FileConfig::parse("[lb]\nport = 1\n", Path::new("f.toml"))
+        let err = FileConfig::parse("[lb]\nprot = 1\n", Path::new("f.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("port"), "{err}");
+        assert!(err.contains("prot"), "{err}");
     }
 
     #[test]

@@ -232,7 +232,8 @@ impl BollardEngine {
         }
     }
 
-    async fn client(&self) -> Result<Docker> {
+    /// The bollard client (connected and version-negotiated once, then reused).
+    pub async fn client(&self) -> Result<Docker> {
         let mut guard = self.client.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
@@ -253,7 +254,7 @@ impl BollardEngine {
         Ok(docker)
     }
 
-    fn map_err(&self, e: bollard::errors::Error) -> EngineError {
+    pub fn map_err(&self, e: bollard::errors::Error) -> EngineError {
         use bollard::errors::Error as B;
         let host = self.host.clone();
         match e {

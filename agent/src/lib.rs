@@ -12,6 +12,7 @@ pub mod cloud;
 pub mod config;
 pub mod engine;
 pub mod fsutil;
+pub mod lb;
 pub mod retry;
 pub mod state;
 

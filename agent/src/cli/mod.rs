@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand.
 
+pub mod lb;
 pub mod run;
 pub mod status;
 
@@ -25,6 +26,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Show the engine, swarm, agent and backend state. Exit 0 joined+healthy, 1 not (yet), 2 error.
     Status(status::StatusArgs),
+    /// Load-balancer config tools (`lb render`: print what would be written now).
+    Lb(lb::LbArgs),
 }
 
 impl Command {
@@ -33,6 +36,7 @@ impl Command {
         match self {
             Command::Run(_) => 1,
             Command::Status(_) => status::EXIT_ERROR,
+            Command::Lb(_) => 1,
         }
     }
 
@@ -40,7 +44,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
-            Command::Status(_) => "error",
+            Command::Status(_) | Command::Lb(_) => "error",
         }
     }
 }
@@ -50,6 +54,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => args.run().await,
             Command::Status(args) => args.run().await,
+            Command::Lb(args) => args.run().await,
         }
     }
 }

@@ -3,6 +3,7 @@
 use crate::bootstrap::{Bootstrap, Settings};
 use crate::config::{Config, Overrides};
 use crate::engine::BollardEngine;
+use crate::lb::service::Lb;
 use crate::retry::Policy;
 use crate::state::StateStore;
 use crate::{advertise, backend, fsutil, state};
@@ -21,6 +22,8 @@ const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-request timeout of engine calls: a manager join waits for raft and can take tens of
 /// seconds; the engine itself times out a stuck join after ~20 s.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Per-request timeout of the load balancer's engine calls (node list, leader check, SIGHUP).
+const LB_ENGINE_TIMEOUT: Duration = Duration::from_secs(15);
 /// One long-poll for join tokens: below common idle timeouts of proxies and load balancers.
 const LONG_POLL: Duration = Duration::from_secs(25);
 
@@ -84,10 +87,25 @@ impl RunArgs {
             }
         }
 
-        // Hook for the membership watch (later issue): for now the service idles until it is
-        // told to stop, so systemd sees it running.
         tracing::info!("bootstrap complete; running until SIGTERM/SIGINT");
-        shutdown.await;
+        if cfg.lb.enabled {
+            // The live load-balancer config: runs until the signal (dropping it is safe:
+            // every file write is atomic).
+            let lb = Lb {
+                cluster: cfg.cluster.clone(),
+                cfg: cfg.lb.clone(),
+                state_dir: cfg.state_dir.clone(),
+                engine: Arc::new(BollardEngine::new(&cfg.docker_host, LB_ENGINE_TIMEOUT)),
+                backend: boot.backend.clone(),
+            };
+            tokio::select! {
+                _ = lb.run() => {}
+                _ = &mut shutdown => {}
+            }
+        } else {
+            tracing::info!("[lb] enabled = false: no load-balancer config is written");
+            shutdown.await;
+        }
         tracing::info!("stopping on signal");
         Ok(ExitCode::SUCCESS)
     }

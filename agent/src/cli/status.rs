@@ -39,6 +39,25 @@ pub struct StatusReport {
     pub swarm: SwarmStatus,
     pub agent: AgentStatus,
     pub backend: BackendStatus,
+    pub lb: LbStatus,
+}
+
+/// The live load-balancer config (from `state_dir/lb.json` and the file on disk).
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct LbStatus {
+    pub enabled: bool,
+    pub path: String,
+    /// Membership document version the file was rendered from.
+    pub version: Option<u64>,
+    /// Newest document version seen (differs from `version` while a new one fails to apply).
+    pub seen_version: Option<u64>,
+    /// `sha256:<hex>` of the applied config.
+    pub sha256: Option<String>,
+    pub applied_at: Option<String>,
+    pub ready_nodes: Option<usize>,
+    /// The file on disk differs from what was applied (edited, removed).
+    pub drift: Option<bool>,
+    pub last_error: Option<LastError>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Default)]
@@ -157,6 +176,7 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
 
     let joined = swarm.state == "active";
     let healthy = joined && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
+    let lb = lb_status(cfg);
     StatusReport {
         cluster: cfg.cluster.clone(),
         healthy,
@@ -165,7 +185,35 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
         swarm,
         agent,
         backend: backend_part,
+        lb,
     }
+}
+
+fn lb_status(cfg: &Config) -> LbStatus {
+    let mut lb = LbStatus {
+        enabled: cfg.lb.enabled,
+        path: cfg.lb.path.display().to_string(),
+        ..Default::default()
+    };
+    match crate::lb::status::load(&cfg.state_dir) {
+        Ok(Some(st)) => {
+            lb.drift = crate::lb::status::drift(&st);
+            lb.version = st.version;
+            lb.seen_version = st.seen_version;
+            lb.sha256 = st.sha256;
+            lb.applied_at = st.applied_at;
+            lb.ready_nodes = st.ready_nodes;
+            lb.last_error = st.last_error;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            lb.last_error = Some(LastError {
+                message: format!("cannot read the load-balancer state: {e}"),
+                at: state::rfc3339_now(),
+            })
+        }
+    }
+    lb
 }
 
 /// Active, no swarm error, a manager quorum (on managers), and the CA this agent recorded
@@ -356,6 +404,34 @@ pub fn render_text(r: &StatusReport) -> String {
             None => "-".into(),
         },
     ));
+    if r.lb.enabled {
+        rows.push((
+            "lb config",
+            match (&r.lb.version, &r.lb.sha256) {
+                (Some(v), Some(sha)) => format!(
+                    "{} (membership v{v}, {} ready nodes, {sha}, applied {}{})",
+                    r.lb.path,
+                    opt(&r.lb.ready_nodes),
+                    opt(&r.lb.applied_at),
+                    if r.lb.drift == Some(true) {
+                        ", DRIFT: the file differs"
+                    } else {
+                        ""
+                    }
+                ),
+                _ => format!("{} (not written yet)", r.lb.path),
+            },
+        ));
+        rows.push((
+            "lb error",
+            match &r.lb.last_error {
+                Some(e) => format!("{} ({})", e.message, e.at),
+                None => "-".into(),
+            },
+        ));
+    } else {
+        rows.push(("lb config", "disabled".into()));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
     for (k, v) in rows {
@@ -423,7 +499,7 @@ mod tests {
         assert!(text.contains("no state file"), "{text}");
         let json = serde_json::to_value(&r).unwrap();
         for key in [
-            "cluster", "healthy", "joined", "engine", "swarm", "agent", "backend",
+            "cluster", "healthy", "joined", "engine", "swarm", "agent", "backend", "lb",
         ] {
             assert!(json.get(key).is_some(), "{key}");
         }

@@ -1,0 +1,348 @@
+//! The two loops of the load-balancer feature, run by `swarm-agent run` after the bootstrap:
+//!
+//! - [`Lb::publish_loop`] (every agent; acts only while its engine is the raft leader): reads
+//!   the swarm's nodes and publishes them as the membership document (compare-and-set, only
+//!   when the content changed). Woken by the engine's node events; a resync every
+//!   [`RESYNC`] catches what events miss and notices leadership moving to this node.
+//! - [`Lb::apply_loop`] (every agent): long-polls the document ("newer than V"), renders,
+//!   validates and writes the nginx config when it changed, then SIGHUPs the nginx containers.
+//!
+//! Both run until the future is dropped (SIGTERM): every write is atomic, so stopping at any
+//! point leaves either the old or the new file.
+
+use super::apply::{self, Outcome, Validator};
+use super::docker;
+use super::membership::{Membership, DOC_NAME};
+use super::render;
+use super::status::{self, LbState};
+use crate::config::LbConfig;
+use crate::engine::BollardEngine;
+use crate::state::rfc3339_now;
+use futures_util::StreamExt;
+use rand::Rng;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::Document;
+
+/// Periodic re-read of the node list (and leadership check) besides the event stream.
+pub const RESYNC: Duration = Duration::from_secs(5);
+/// One long-poll for a newer membership document.
+pub const LONG_POLL: Duration = Duration::from_secs(25);
+/// Retry delays after failures: capped exponential with jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct Lb {
+    pub cluster: String,
+    pub cfg: LbConfig,
+    pub state_dir: PathBuf,
+    pub engine: Arc<BollardEngine>,
+    pub backend: Arc<dyn Rendezvous>,
+}
+
+/// Capped exponential backoff with full jitter (never below half the step).
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+    fn delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let ms = step.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+}
+
+/// Log a message once until it changes (loops retry every few seconds).
+#[derive(Default)]
+struct Once(Option<String>);
+
+impl Once {
+    fn warn(&mut self, msg: String) {
+        if self.0.as_deref() != Some(msg.as_str()) {
+            tracing::warn!("{msg}");
+            self.0 = Some(msg);
+        }
+    }
+    fn error(&mut self, msg: String) {
+        if self.0.as_deref() != Some(msg.as_str()) {
+            tracing::error!("{msg}");
+            self.0 = Some(msg);
+        }
+    }
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Lb {
+    /// Both loops, forever (until dropped).
+    pub async fn run(&self) {
+        tracing::info!(
+            "load balancer: writing {} from the swarm's membership ({} service(s){})",
+            self.cfg.path.display(),
+            self.cfg.services.len(),
+            self.cfg
+                .template_file
+                .as_ref()
+                .map(|t| format!(", template {}", t.display()))
+                .unwrap_or_default()
+        );
+        tokio::join!(self.publish_loop(), self.apply_loop());
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Leader side.
+
+    pub async fn publish_loop(&self) {
+        let mut known: Option<Document> = None;
+        let mut events = None;
+        let mut backoff = Backoff::new();
+        let mut log = Once::default();
+        let mut was_leader = false;
+        loop {
+            let ok = match self.publish_once(&mut known, &mut was_leader).await {
+                Ok(()) => {
+                    log.clear();
+                    backoff.reset();
+                    true
+                }
+                Err(e) => {
+                    log.warn(format!("load balancer: membership publish: {e}"));
+                    known = None;
+                    false
+                }
+            };
+            if events.is_none() && matches!(docker::is_manager(&self.engine).await, Ok(true)) {
+                match docker::node_events(&self.engine).await {
+                    Ok(s) => events = Some(Box::pin(s)),
+                    Err(e) => log.warn(format!("load balancer: node events: {e}")),
+                }
+            }
+            let wait = if ok { RESYNC } else { backoff.delay() };
+            match events.as_mut() {
+                Some(stream) => {
+                    tokio::select! {
+                        item = stream.next() => match item {
+                            Some(Ok(ev)) => tracing::debug!(
+                                "node event {:?} {:?}",
+                                ev.action,
+                                ev.actor.and_then(|a| a.id)
+                            ),
+                            Some(Err(e)) => {
+                                tracing::debug!("node event stream: {e}");
+                                events = None;
+                                tokio::time::sleep(backoff.delay()).await;
+                            }
+                            None => {
+                                events = None;
+                                tokio::time::sleep(backoff.delay()).await;
+                            }
+                        },
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// If this engine is the leader: publish the node list when it differs from the document.
+    async fn publish_once(
+        &self,
+        known: &mut Option<Document>,
+        was_leader: &mut bool,
+    ) -> anyhow::Result<()> {
+        let leader = docker::is_leader(&self.engine).await?;
+        if leader != *was_leader {
+            if leader {
+                tracing::info!(
+                    "load balancer: this engine is the swarm leader: publishing the membership"
+                );
+            } else {
+                tracing::info!("load balancer: this engine is not the swarm leader (anymore)");
+            }
+            *was_leader = leader;
+            *known = None;
+        }
+        if !leader {
+            return Ok(());
+        }
+        let m = docker::membership(&self.engine).await?;
+        let body = m.to_body();
+        for _ in 0..5 {
+            let doc = match known.take() {
+                Some(d) => d,
+                None => self.backend.get_doc(DOC_NAME, None, Duration::ZERO).await?,
+            };
+            if doc.body == body {
+                *known = Some(doc);
+                return Ok(());
+            }
+            match self.backend.put_doc(DOC_NAME, doc.version, &body).await {
+                Ok(d) => {
+                    tracing::info!(
+                        "load balancer: published membership version {}: {} nodes, {} ready",
+                        d.version,
+                        m.nodes.len(),
+                        m.ready().len()
+                    );
+                    *known = Some(d);
+                    return Ok(());
+                }
+                // Another (old or new) leader wrote in between: re-read and compare again.
+                Err(RendezvousError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("the membership document kept changing under us (5 conflicts)")
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Every node.
+
+    pub async fn apply_loop(&self) {
+        let mut st = match status::load(&self.state_dir) {
+            Ok(Some(s)) if s.path == self.cfg.path.display().to_string() => s,
+            _ => LbState {
+                path: self.cfg.path.display().to_string(),
+                ..Default::default()
+            },
+        };
+        let mut log = Once::default();
+        let validator =
+            match Validator::from_config(self.cfg.validate, self.cfg.nginx_bin.as_deref()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.fail(&mut st, &mut log, e.to_string());
+                    None
+                }
+            };
+        let mut after: Option<u64> = None;
+        let mut backoff = Backoff::new();
+        let mut backend_log = Once::default();
+        loop {
+            let started = Instant::now();
+            let doc = match self.backend.get_doc(DOC_NAME, after, LONG_POLL).await {
+                Ok(d) => {
+                    backend_log.clear();
+                    d
+                }
+                Err(e) => {
+                    backend_log.warn(format!("load balancer: reading the membership: {e}"));
+                    tokio::time::sleep(backoff.delay()).await;
+                    continue;
+                }
+            };
+            let same = after == Some(doc.version);
+            after = Some(doc.version);
+            if same && started.elapsed() < Duration::from_secs(1) {
+                // A backend that answers a long-poll at once without news: do not spin.
+                tokio::time::sleep(backoff.delay()).await;
+            } else {
+                backoff.reset();
+            }
+            let m = match Membership::from_body(&doc.body) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue, // nothing published yet
+                Err(e) => {
+                    self.fail(&mut st, &mut log, e);
+                    continue;
+                }
+            };
+            st.seen_version = Some(doc.version);
+            let Some(validator) = &validator else {
+                continue;
+            };
+            // Also on a long-poll timeout (same version): re-render and re-apply, which
+            // repairs a hand-edited file and picks up template edits.
+            self.apply_membership(doc.version, &m, validator, &mut st, &mut log)
+                .await;
+        }
+    }
+
+    fn fail(&self, st: &mut LbState, log: &mut Once, message: String) {
+        log.error(format!("load balancer: {message}"));
+        st.last_error = Some(status::error_now(message));
+        if let Err(e) = status::save(&self.state_dir, st) {
+            tracing::warn!("load balancer: saving {}: {e}", status::FILE_NAME);
+        }
+    }
+
+    async fn apply_membership(
+        &self,
+        version: u64,
+        m: &Membership,
+        validator: &Validator,
+        st: &mut LbState,
+        log: &mut Once,
+    ) {
+        let rendered = match render::render(&self.cluster, m, &self.cfg) {
+            Ok(r) => r,
+            Err(e) => return self.fail(st, log, e.to_string()),
+        };
+        let sha = status::sha256_hex(rendered.as_bytes());
+        match apply::apply(&self.cfg.path, &rendered, validator).await {
+            Ok(Outcome::Unchanged) => {
+                if st.sha256.as_deref() == Some(sha.as_str())
+                    && st.version == Some(version)
+                    && st.last_error.is_none()
+                {
+                    return;
+                }
+                if st.sha256.as_deref() != Some(sha.as_str()) {
+                    st.applied_at = Some(rfc3339_now());
+                }
+                st.version = Some(version);
+                st.sha256 = Some(sha);
+                st.ready_nodes = Some(m.ready().len());
+                st.last_error = None;
+                log.clear();
+            }
+            Ok(Outcome::Written { validated }) => {
+                tracing::info!(
+                    "load balancer: wrote {} (membership version {version}, {} ready nodes, {sha}{})",
+                    self.cfg.path.display(),
+                    m.ready().len(),
+                    if validated { ", nginx -t ok" } else { ", not validated" }
+                );
+                st.version = Some(version);
+                st.sha256 = Some(sha);
+                st.applied_at = Some(rfc3339_now());
+                st.ready_nodes = Some(m.ready().len());
+                st.last_error = None;
+                log.clear();
+                match docker::reload_nginx(
+                    &self.engine,
+                    self.cfg.reload_label.as_deref(),
+                    self.cfg.reload_service.as_deref(),
+                )
+                .await
+                {
+                    Ok(0) => tracing::debug!("no nginx container to reload"),
+                    Ok(n) => {
+                        tracing::info!("load balancer: reloaded {n} nginx container(s) (SIGHUP)")
+                    }
+                    Err(e) => {
+                        let msg = format!("config written, but reloading nginx failed: {e}");
+                        log.error(format!("load balancer: {msg}"));
+                        st.last_error = Some(status::error_now(msg));
+                    }
+                }
+            }
+            Err(e) => return self.fail(st, log, e.to_string()),
+        }
+        if let Err(e) = status::save(&self.state_dir, st) {
+            tracing::warn!("load balancer: saving {}: {e}", status::FILE_NAME);
+        }
+    }
+}
