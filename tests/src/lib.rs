@@ -23,6 +23,7 @@ pub mod image;
 pub mod lab;
 pub mod lock;
 pub mod net;
+pub mod nginx;
 pub mod proc;
 pub mod stale;
 pub mod swarm;

@@ -1,0 +1,249 @@
+//! Issue 4, end to end on real engines and a real nginx: the live load-balancer config.
+//!
+//! A 5-host lab with the real static coordinator and agents (`[lb]` enabled, each host writing
+//! `<host dir>/loadbalancer/default.conf`), a global busybox httpd service published in host
+//! mode on 8080 (each task answers its node's hostname), and Debian's nginx in node1's network
+//! namespace including node1's rendered file. Every wait has a deadline.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use swarmstrap_lab::cluster::{AgentOptions, Cluster};
+use swarmstrap_lab::nginx::{self, Nginx};
+use swarmstrap_lab::{wait_for, Lab, LabConfig, Signal};
+
+const FORM: Duration = Duration::from_secs(90);
+const PORT: u16 = 8080;
+
+fn all(c: &Cluster) -> Vec<usize> {
+    (0..c.lab.hosts().len()).collect()
+}
+
+/// Make requests through nginx until every host's name was answered (deadline).
+fn wait_all_names_through(c: &Cluster, via: usize, timeout: Duration) -> anyhow::Result<usize> {
+    let want: BTreeSet<String> = c.lab.hosts().iter().map(|h| h.name().to_string()).collect();
+    let mut seen = BTreeSet::new();
+    let mut requests = 0;
+    let addr = c.lab.host(via).addr();
+    wait_for(timeout, "responses from every host through nginx", || {
+        // A burst per attempt: round robin walks the upstream in order.
+        for _ in 0..10 {
+            requests += 1;
+            if let Some(body) = nginx::http_get(addr, 80)
+                .map_err(|e| swarmstrap_lab::LabError::Check(format!("GET through nginx: {e:#}")))?
+            {
+                seen.insert(body);
+            }
+        }
+        if want.is_subset(&seen) {
+            Ok(Ok(requests))
+        } else {
+            Ok(Err(format!("seen {seen:?}")))
+        }
+    })
+    .map_err(anyhow::Error::from)
+}
+
+/// Start a 5-host cluster with the load balancer on, formed, with the hostname service.
+fn cluster(name: &str, extra: &[String]) -> anyhow::Result<Cluster> {
+    let lab = Lab::start(LabConfig::new(5))?;
+    let c = Cluster::new(lab, name, AgentOptions::default())?;
+    nginx::enable_lb(&c, extra)?;
+    c.start_agents()?;
+    c.wait_formed(&all(&c), 3, 2, FORM)?;
+    Ok(c)
+}
+
+#[test]
+fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> anyhow::Result<()> {
+    let c = cluster("lb", &[])?;
+    nginx::create_hostname_service(&c, 0, "web", PORT)?;
+    let hosts = all(&c);
+    let addrs: Vec<_> = c.lab.hosts().iter().map(|h| h.addr()).collect();
+
+    // 1. Every host has the identical config listing all 5 hosts.
+    let t0 = Instant::now();
+    let conf = nginx::wait_identical(
+        &c,
+        &hosts,
+        Duration::from_secs(60),
+        "all 5 hosts in every config",
+        |t| match addrs
+            .iter()
+            .find(|a| !t.contains(&nginx::server_line(**a, PORT)))
+        {
+            Some(a) => Err(format!("{a} missing")),
+            None => Ok(()),
+        },
+    )?;
+    eprintln!(
+        "identical config on all hosts {:?} after formation:\n{conf}",
+        t0.elapsed()
+    );
+    assert!(
+        conf.contains("listen 80;") && conf.contains("proxy_pass http://swarm;"),
+        "{conf}"
+    );
+    // Sorted by address (numerically: .1 … .5).
+    let pos: Vec<_> = addrs
+        .iter()
+        .map(|a| conf.find(&nginx::server_line(*a, PORT)).unwrap())
+        .collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "sorted: {conf}");
+    // `lb render` prints exactly what was written; status agrees everywhere, no drift.
+    assert_eq!(nginx::lb_render(&c, c.lab.host(2))?, conf);
+    let mut versions = BTreeSet::new();
+    for i in all(&c) {
+        let lb = nginx::lb_status(&c, i)?;
+        assert_eq!(lb["enabled"], true, "{lb}");
+        assert_eq!(lb["drift"], false, "{lb}");
+        assert_eq!(lb["last_error"], serde_json::Value::Null, "{lb}");
+        assert_eq!(lb["ready_nodes"], 5, "{lb}");
+        assert!(lb["applied_at"].is_string(), "{lb}");
+        versions.insert((lb["version"].to_string(), lb["sha256"].to_string()));
+    }
+    assert_eq!(
+        versions.len(),
+        1,
+        "one version and sha everywhere: {versions:?}"
+    );
+    eprintln!("status lb (node1): {}", nginx::lb_status(&c, 0)?);
+
+    // 2. A real nginx loaded with node1's file proxies to the service on every host.
+    let ngx = Nginx::start(c.lab.host(0), &nginx::lb_path(c.lab.host(0)), 80)?;
+    let n = wait_all_names_through(&c, 0, Duration::from_secs(90))?;
+    eprintln!(
+        "all 5 hostnames answered through nginx (pid {}) in {n} requests",
+        ngx.pid()
+    );
+
+    // 3. A worker's engine stops → the others drop it within seconds; back when it returns.
+    let w = all(&c)
+        .into_iter()
+        .rev()
+        .find(|&i| {
+            !c.lab
+                .host(i)
+                .swarm_info()
+                .map(|s| s.control_available)
+                .unwrap_or(true)
+        })
+        .expect("a worker");
+    let wh = c.lab.host(w);
+    let line = nginx::server_line(wh.addr(), PORT);
+    let others: Vec<_> = all(&c).into_iter().filter(|&i| i != w).collect();
+    let stopped = Instant::now();
+    wh.stop_engine()?;
+    let dropped = nginx::wait_identical(
+        &c,
+        &others,
+        Duration::from_secs(60),
+        "the stopped worker dropped",
+        |t| {
+            if t.contains(&line) {
+                Err(format!("{} still listed", wh.addr()))
+            } else {
+                Ok(())
+            }
+        },
+    )?;
+    eprintln!(
+        "{} dropped on the other hosts {:?} after its engine stop",
+        wh.name(),
+        stopped.elapsed()
+    );
+    assert_eq!(dropped.matches("    server ").count(), 4, "{dropped}");
+    // nginx (reloaded, as the agent does to nginx containers) still answers from the others.
+    ngx.reload()?;
+    let started = Instant::now();
+    wh.start_engine()?;
+    wh.wait_engine_ready(Duration::from_secs(60))?;
+    let back = nginx::wait_identical(
+        &c,
+        &hosts,
+        Duration::from_secs(90),
+        "the worker back everywhere",
+        |t| {
+            if t.contains(&line) {
+                Ok(())
+            } else {
+                Err(format!("{} not listed", wh.addr()))
+            }
+        },
+    )?;
+    eprintln!(
+        "{} back on every host {:?} after its engine start",
+        wh.name(),
+        started.elapsed()
+    );
+    assert_eq!(back, conf, "the same config as before the stop");
+    ngx.reload()?;
+    wait_all_names_through(&c, 0, Duration::from_secs(90))?;
+
+    // 4. A template that renders an invalid nginx config is rejected: old file kept, status
+    //    says why. (Agents restarted with the template; SIGTERM stops them cleanly.)
+    let tpl = c.lab.root().join("broken.conf.j2");
+    std::fs::write(
+        &tpl,
+        "upstream swarm {\n{% for n in ready %}    server {{ n.addr }}:8080 not_a_parameter;\n{% endfor %}}\n",
+    )?;
+    for i in all(&c) {
+        let p = c.agent(i).unwrap();
+        p.kill(Signal::TERM)?;
+        let st = p.wait_timeout(Duration::from_secs(20))?;
+        assert!(
+            st.success(),
+            "SIGTERM stops the agent cleanly (exit 0), got {st}"
+        );
+    }
+    nginx::enable_lb(
+        &c,
+        &[format!(
+            "template_file = {}",
+            nginx::toml_str(&tpl.display().to_string())
+        )],
+    )?;
+    for i in all(&c) {
+        c.start_agent(i)?;
+    }
+    for i in all(&c) {
+        let lb = wait_for(
+            Duration::from_secs(60),
+            "status to report the rejected config",
+            || {
+                let lb = nginx::lb_status(&c, i)
+                    .map_err(|e| swarmstrap_lab::LabError::Check(format!("{e:#}")))?;
+                let msg = lb["last_error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                if msg.contains("rejected") && msg.contains("not_a_parameter") {
+                    Ok(Ok(lb))
+                } else {
+                    Ok(Err(format!("lb status {lb}")))
+                }
+            },
+        )?;
+        assert_eq!(lb["drift"], false, "{lb}");
+        assert_eq!(
+            nginx::read_lb(c.lab.host(i)).as_deref(),
+            Some(conf.as_str()),
+            "the old file stays on {}",
+            c.lab.host(i).name()
+        );
+        let log = c.agent(i).unwrap().log();
+        assert!(
+            log.contains("rejected by"),
+            "the agent log reports it: {log}"
+        );
+    }
+    eprintln!(
+        "status lb with the broken template (node1): {}",
+        nginx::lb_status(&c, 0)?
+    );
+    // nginx still serves every host with the kept config.
+    ngx.reload()?;
+    wait_all_names_through(&c, 0, Duration::from_secs(60))?;
+    ngx.stop()?;
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
