@@ -1128,6 +1128,90 @@ path = "/loadbalancer/default.conf"
     }
 
     #[test]
+    fn lb_keys_env_overrides_and_errors() {
+        let base = "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+        // Defaults: one `swarm` service 8080 → 80, validate auto, the default reload label.
+        let c = resolve(base, &[], Overrides::default()).unwrap();
+        assert_eq!(c.lb, LbConfig::default());
+        let text = format!(
+            "{base}[lb]\nenabled = true\npath = \"/lb/a.conf\"\nvalidate = \"none\"\nreload_label = \"\"\nreload_service = \"proxy\"\nservices = [{{ name = \"web\", port = 8080, listen = 80 }}, {{ name = \"api\", port = 9000 }}]\n"
+        );
+        let c = resolve(&text, &[], Overrides::default()).unwrap();
+        assert!(c.lb.enabled);
+        assert_eq!(c.lb.path, PathBuf::from("/lb/a.conf"));
+        assert_eq!(c.lb.validate, LbValidate::None);
+        assert_eq!(c.lb.reload_label, None);
+        assert_eq!(c.lb.reload_service.as_deref(), Some("proxy"));
+        assert_eq!(c.lb.services.len(), 2);
+        assert_eq!(
+            c.lb.services[1].listen, 80,
+            "listen defaults to listen_port"
+        );
+        // Environment beats the file.
+        let c = resolve(
+            &text,
+            &[
+                ("SWARM_AGENT_LB_ENABLED", "false"),
+                ("SWARM_AGENT_LB_PATH", "/x/y.conf"),
+                ("SWARM_AGENT_LB_VALIDATE", "nginx"),
+                ("SWARM_AGENT_LB_TEMPLATE_FILE", "/t.j2"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(!c.lb.enabled);
+        assert_eq!(c.lb.path, PathBuf::from("/x/y.conf"));
+        assert_eq!(c.lb.validate, LbValidate::Nginx);
+        assert_eq!(c.lb.template_file, Some(PathBuf::from("/t.j2")));
+        let c = resolve(
+            base,
+            &[
+                ("SWARM_AGENT_LB_PORT", "9090"),
+                ("SWARM_AGENT_LB_LISTEN_PORT", "81"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((c.lb.services[0].port, c.lb.services[0].listen), (9090, 81));
+        // Bad values name their origin.
+        for (env, want) in [
+            (("SWARM_AGENT_LB_PORT", "0"), "SWARM_AGENT_LB_PORT"),
+            (
+                ("SWARM_AGENT_LB_ENABLED", "maybe"),
+                "SWARM_AGENT_LB_ENABLED",
+            ),
+            (
+                ("SWARM_AGENT_LB_VALIDATE", "strict"),
+                "SWARM_AGENT_LB_VALIDATE",
+            ),
+        ] {
+            let err = resolve(base, &[env], Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        let err = resolve(
+            &format!("{base}[lb]\nservices = [{{ name = \"a b\", port = 1 }}]\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[lb] services") && err.contains("a b"),
+            "{err}"
+        );
+        let err = resolve(
+            &format!("{base}[lb]\nport = 70000\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[lb] port") && err.contains("70000"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = FileConfig::parse("cluster = \"a\"\nclustr = \"b\"\n", Path::new("f.toml"))
             .unwrap_err()

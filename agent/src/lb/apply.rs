@@ -263,6 +263,42 @@ mod tests {
         assert_eq!(names.len(), 1, "nothing but the config in its directory");
     }
 
+    #[tokio::test]
+    async fn nginx_accepts_the_default_rendering_with_several_services_and_no_ready_node() {
+        use crate::config::LbService;
+        use crate::lb::membership::{member, Membership};
+        use crate::lb::render::render_default;
+        let services = [
+            LbService {
+                name: "web".into(),
+                port: 8080,
+                listen: 80,
+            },
+            LbService {
+                name: "api".into(),
+                port: 9000,
+                listen: 8000,
+            },
+        ];
+        let v = nginx();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("default.conf");
+        for m in [
+            Membership::new(vec![
+                member("198.18.1.2", "b", "ready"),
+                member("198.18.1.1", "a", "ready"),
+            ]),
+            Membership::new(vec![member("198.18.1.1", "a", "down")]),
+        ] {
+            let out = render_default(&m, &services);
+            assert_eq!(
+                apply(&path, &out, &v).await.unwrap(),
+                Outcome::Written { validated: true },
+                "{out}"
+            );
+        }
+    }
+
     #[test]
     fn validate_nginx_without_a_binary_is_an_error_and_none_skips() {
         let missing = Path::new("/nonexistent/nginx");
