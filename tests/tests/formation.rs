@@ -88,8 +88,11 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
     let ids_before = node_ids(&c);
     let swarm_before = c.status(0)?.1["swarm"]["swarm_id"].clone();
     let formed_at = c.coordinator().show("restart")?["formed_at_ms"].clone();
+    // The restarted agent appends to the same log file: look only at what it wrote.
+    let mut log_before = Vec::new();
     for i in 0..5 {
         let p = c.agent(i).unwrap();
+        log_before.push(p.log().len());
         p.kill(Signal::TERM)?;
         let st = p.wait_timeout(Duration::from_secs(20))?;
         assert!(
@@ -100,18 +103,24 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
     }
     c.wait_formed(&all(&c), 3, 2, FORM)?;
     // Each restarted agent saw its node in this cluster's swarm and stayed.
-    for i in 0..5 {
+    for (i, before) in log_before.iter().enumerate() {
         let log = c.agent(i).unwrap().log();
+        let after = &log[*before..];
+        assert!(
+            after.contains("swarm-agent"),
+            "agent {i} restarted: {after}"
+        );
         assert_eq!(
-            swarmstrap_lab::cluster::count_inits(&log),
+            swarmstrap_lab::cluster::count_inits(after),
             0,
-            "restarted agent {i} ran no init"
+            "restarted agent {i} ran no init: {after}"
         );
         assert!(
-            !log.contains("joining swarm"),
-            "restarted agent {i} did not join again: {log}"
+            !after.contains("joining swarm"),
+            "restarted agent {i} did not join again: {after}"
         );
     }
+    assert_eq!(c.init_count(), 1, "one init in all logs, before and after");
     assert_eq!(node_ids(&c), ids_before, "same swarm node ids");
     assert_eq!(c.status(0)?.1["swarm"]["swarm_id"], swarm_before);
     let st = c.coordinator().show("restart")?;
@@ -126,7 +135,7 @@ fn a_claimant_killed_before_publishing_is_taken_over() -> anyhow::Result<()> {
     let hold = lab.root().join("hold-after-claim");
     fs::write(&hold, b"")?;
     let options = AgentOptions {
-        lease_ttl_secs: 4,
+        lease_ttl_secs: 5,
         env: vec![(
             "SWARM_AGENT_DEBUG_HOLD_AFTER_CLAIM_FILE".into(),
             hold.display().to_string(),
