@@ -247,3 +247,136 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
     c.assert_no_secret_in_logs()?;
     Ok(())
 }
+
+#[test]
+fn a_new_leaders_agent_takes_over_and_nginx_containers_are_reloaded() -> anyhow::Result<()> {
+    let c = cluster("lb-leader", &[])?;
+    let hosts = all(&c);
+    let addrs: Vec<_> = c.lab.hosts().iter().map(|h| h.addr()).collect();
+    // A stand-in for the nginx containers on every host: labelled like them, it records
+    // every SIGHUP it gets into a bind-mounted file.
+    c.lab.import_busybox("lab/busybox:lb")?;
+    for h in c.lab.hosts() {
+        let out = h.dir().join("hup");
+        std::fs::create_dir_all(&out)?;
+        h.docker(&[
+            "run",
+            "--detach",
+            "--name",
+            "fake-nginx",
+            "--label",
+            "swarmstrap.lb=nginx",
+            "-v",
+            &format!("{}:/out", out.display()),
+            "lab/busybox:lb",
+            "sh",
+            "-c",
+            "trap 'echo hup >> /out/hups' HUP; echo up > /out/ready; while true; do sleep 3600 & wait $!; done",
+        ])?;
+    }
+    nginx::wait_identical(
+        &c,
+        &hosts,
+        Duration::from_secs(60),
+        "all 5 hosts in every config",
+        |t| match addrs
+            .iter()
+            .find(|a| !t.contains(&nginx::server_line(**a, PORT)))
+        {
+            Some(a) => Err(format!("{a} missing")),
+            None => Ok(()),
+        },
+    )?;
+    let hups = |i: usize| {
+        std::fs::read_to_string(c.lab.host(i).dir().join("hup/hups"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let before: Vec<usize> = hosts.iter().map(|&i| hups(i)).collect();
+
+    // Stop the leader's engine: the remaining managers elect a new leader, whose agent
+    // publishes the old leader as Down.
+    let leader = hosts
+        .iter()
+        .copied()
+        .find(|&i| {
+            swarmstrap_lab::swarm::api_nodes(&c.lab.host(i).api())
+                .map(|ns| {
+                    ns.iter().any(|n| {
+                        n.hostname == c.lab.host(i).name()
+                            && n.manager_status == swarmstrap_lab::ManagerStatus::Leader
+                    })
+                })
+                .unwrap_or(false)
+        })
+        .expect("a leader");
+    let lh = c.lab.host(leader);
+    let line = nginx::server_line(lh.addr(), PORT);
+    let others: Vec<_> = hosts.iter().copied().filter(|&i| i != leader).collect();
+    let stopped = Instant::now();
+    lh.stop_engine()?;
+    nginx::wait_identical(
+        &c,
+        &others,
+        Duration::from_secs(90),
+        "the old leader dropped",
+        |t| {
+            if t.contains(&line) {
+                Err(format!("{} still listed", lh.addr()))
+            } else {
+                Ok(())
+            }
+        },
+    )?;
+    eprintln!(
+        "old leader {} dropped {:?} after its engine stop",
+        lh.name(),
+        stopped.elapsed()
+    );
+    let new_leader = others
+        .iter()
+        .copied()
+        .find(|&i| {
+            c.agent(i)
+                .unwrap()
+                .log()
+                .contains("this engine is the swarm leader")
+        })
+        .expect("another agent took over publishing");
+    eprintln!("the agent on {} took over", c.lab.host(new_leader).name());
+    // Every other host's labelled container was sent SIGHUP after the change.
+    wait_for(
+        Duration::from_secs(30),
+        "a SIGHUP on every other host",
+        || match others.iter().find(|&&i| hups(i) <= before[i]) {
+            Some(&i) => Ok(Err(format!("{} got no SIGHUP", c.lab.host(i).name()))),
+            None => Ok(Ok(())),
+        },
+    )?;
+    for &i in &others {
+        assert!(
+            c.agent(i)
+                .unwrap()
+                .log()
+                .contains("reloaded 1 nginx container(s)"),
+            "{}",
+            c.agent(i).unwrap().log()
+        );
+    }
+    lh.start_engine()?;
+    lh.wait_engine_ready(Duration::from_secs(60))?;
+    nginx::wait_identical(
+        &c,
+        &hosts,
+        Duration::from_secs(90),
+        "the old leader back",
+        |t| {
+            if t.contains(&line) {
+                Ok(())
+            } else {
+                Err(format!("{} not listed", lh.addr()))
+            }
+        },
+    )?;
+    Ok(())
+}
