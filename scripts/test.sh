@@ -15,5 +15,5 @@ bash scripts/build-static.sh
 echo "== cargo test" >&2
 cargo test --workspace -- --test-threads=4
 echo "== cloud-init + terraform checks" >&2
-bash tests/iac/run.sh
+SWARMSTRAP_REQUIRE_BINARIES=1 bash tests/iac/run.sh
 echo "== all tests passed" >&2

@@ -49,6 +49,11 @@ def agent_binary() -> str | None:
 BIN = agent_binary()
 
 
+# scripts/test.sh (CI) sets SWARMSTRAP_REQUIRE_BINARIES=1: there the binaries must exist.
+if not (BIN) and os.environ.get("SWARMSTRAP_REQUIRE_BINARIES") == "1":
+    raise SystemExit("the release binaries are missing: run `bash scripts/build-static.sh` first")
+
+
 @unittest.skipUnless(BIN, "no swarm-agent binary built (set SWARM_AGENT_BIN)")
 class AgentAcceptsRenderedConfigTest(unittest.TestCase):
     def status(self, tmp: str, config_text: str, secret: str | None):
@@ -99,13 +104,9 @@ class AgentAcceptsRenderedConfigTest(unittest.TestCase):
                 self.assertEqual(status["cluster"], sc["cluster"])
                 self.assertEqual(status["backend"]["kind"], sc["backend"])
 
-    @unittest.expectedFailure
     def test_secrets_manager_backend_needs_no_join_secret(self):
-        # KNOWN AGENT BUG (agent/src/cli/run.rs and status.rs read join_secret_file for every
-        # backend): the secrets-manager config (AWS) has no join_secret_file and cloud-init
-        # writes no join secret there, so `swarm-agent run` fails on AWS. When the agent is
-        # fixed this test passes, unittest reports an "unexpected success" and the run fails:
-        # then remove the @unittest.expectedFailure above.
+        # The secrets-manager config (AWS) has no join_secret_file and cloud-init writes no
+        # join secret: the agent must not ask for one with that backend.
         for name, sc in NODE_SCENARIOS.items():
             if sc["backend"] != "secrets-manager":
                 continue

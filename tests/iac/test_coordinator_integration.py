@@ -89,6 +89,11 @@ def terraform_pin(cert_pem: str) -> str:
     return "sha256:" + hashlib.sha256(base64.b64decode(body)).hexdigest()
 
 
+# scripts/test.sh (CI) sets SWARMSTRAP_REQUIRE_BINARIES=1: there the binaries must exist.
+if not (COORD_BIN and AGENT_BIN) and os.environ.get("SWARMSTRAP_REQUIRE_BINARIES") == "1":
+    raise SystemExit("the release binaries are missing: run `bash scripts/build-static.sh` first")
+
+
 @unittest.skipUnless(COORD_BIN and AGENT_BIN, "swarm-coordinator and swarm-agent builds are needed")
 class CoordinatorUserDataTest(unittest.TestCase):
     def setUp(self):
