@@ -51,6 +51,13 @@ impl RunArgs {
         let backend = backend::open(&cfg, BACKEND_TIMEOUT)
             .await
             .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
+        // Warm the backend while the engine is awaited: the first TLS handshake of a process
+        // pays the crypto library's one-time set-up (~90 ms here, more on a loaded VM), and
+        // the pooled connection is then reused by `register`. The answer is not needed.
+        let warm = backend.clone();
+        tokio::spawn(async move {
+            let _ = warm.status().await;
+        });
 
         let mut shutdown = Box::pin(shutdown_signal());
         let advertise = tokio::select! {
