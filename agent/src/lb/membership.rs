@@ -64,6 +64,21 @@ impl Membership {
             .map_err(|e| format!("the {DOC_NAME} document is not a membership list: {e}"))
     }
 
+    /// Right after a leader change, swarm marks every node `unknown` until it heartbeats to
+    /// the new leader (and `down` if it never does). Publishing that would empty the
+    /// upstreams for a few seconds, so an `unknown` node keeps its state from the previous
+    /// document (a node not in it stays `unknown`, which takes no traffic).
+    pub fn carry_unknown(mut self, previous: Option<&Membership>) -> Membership {
+        if let Some(prev) = previous {
+            for n in self.nodes.iter_mut().filter(|n| n.state == "unknown") {
+                if let Some(p) = prev.nodes.iter().find(|p| p.id == n.id) {
+                    n.state = p.state.clone();
+                }
+            }
+        }
+        self
+    }
+
     /// Ready (and not drained) nodes, one per address, sorted by address.
     pub fn ready(&self) -> Vec<&Member> {
         let mut out: Vec<&Member> = Vec::new();
@@ -111,5 +126,24 @@ mod tests {
             None
         );
         assert!(Membership::from_body(&serde_json::json!({"nodes": 3})).is_err());
+    }
+
+    #[test]
+    fn unknown_after_a_leader_change_keeps_the_previous_state() {
+        let prev = Membership::new(vec![
+            member("10.0.0.1", "a", "ready"),
+            member("10.0.0.2", "b", "down"),
+        ]);
+        let now = Membership::new(vec![
+            member("10.0.0.1", "a", "unknown"),
+            member("10.0.0.2", "b", "unknown"),
+            member("10.0.0.3", "c", "unknown"),
+            member("10.0.0.4", "d", "down"),
+        ]);
+        let m = now.clone().carry_unknown(Some(&prev));
+        let states: Vec<_> = m.nodes.iter().map(|n| n.state.as_str()).collect();
+        assert_eq!(states, ["ready", "down", "unknown", "down"]);
+        assert_eq!(m.ready().len(), 1);
+        assert_eq!(now.clone().carry_unknown(None), now);
     }
 }

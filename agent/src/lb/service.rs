@@ -177,13 +177,15 @@ impl Lb {
         if !leader {
             return Ok(());
         }
-        let m = docker::membership(&self.engine).await?;
-        let body = m.to_body();
+        let listed = docker::membership(&self.engine).await?;
         for _ in 0..5 {
             let doc = match known.take() {
                 Some(d) => d,
                 None => self.backend.get_doc(DOC_NAME, None, Duration::ZERO).await?,
             };
+            let previous = Membership::from_body(&doc.body).ok().flatten();
+            let m = listed.clone().carry_unknown(previous.as_ref());
+            let body = m.to_body();
             if doc.body == body {
                 *known = Some(doc);
                 return Ok(());
