@@ -18,6 +18,31 @@ fn all(c: &Cluster) -> Vec<usize> {
     (0..c.lab.hosts().len()).collect()
 }
 
+/// The upstream addresses of a rendered default config.
+fn listed(t: &str) -> BTreeSet<String> {
+    t.lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|l| l.split(':').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A check for [`nginx::wait_identical`]: exactly these hosts are listed.
+fn exactly(c: &Cluster, hosts: &[usize]) -> impl Fn(&str) -> Result<(), String> {
+    let want: BTreeSet<String> = hosts
+        .iter()
+        .map(|&i| c.lab.host(i).addr().to_string())
+        .collect();
+    move |t| {
+        let got = listed(t);
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("listed {got:?}, want {want:?}"))
+        }
+    }
+}
+
 /// Make requests through nginx until every host's name was answered (deadline).
 fn wait_all_names_through(c: &Cluster, via: usize, timeout: Duration) -> anyhow::Result<usize> {
     let want: BTreeSet<String> = c.lab.hosts().iter().map(|h| h.name().to_string()).collect();
@@ -129,7 +154,6 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         })
         .expect("a worker");
     let wh = c.lab.host(w);
-    let line = nginx::server_line(wh.addr(), PORT);
     let others: Vec<_> = all(&c).into_iter().filter(|&i| i != w).collect();
     let stopped = Instant::now();
     wh.stop_engine()?;
@@ -138,13 +162,7 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         &others,
         Duration::from_secs(60),
         "the stopped worker dropped",
-        |t| {
-            if t.contains(&line) {
-                Err(format!("{} still listed", wh.addr()))
-            } else {
-                Ok(())
-            }
-        },
+        exactly(&c, &others),
     )?;
     eprintln!(
         "{} dropped on the other hosts {:?} after its engine stop",
@@ -162,13 +180,7 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         &hosts,
         Duration::from_secs(90),
         "the worker back everywhere",
-        |t| {
-            if t.contains(&line) {
-                Ok(())
-            } else {
-                Err(format!("{} not listed", wh.addr()))
-            }
-        },
+        exactly(&c, &hosts),
     )?;
     eprintln!(
         "{} back on every host {:?} after its engine start",
@@ -311,23 +323,46 @@ fn a_new_leaders_agent_takes_over_and_nginx_containers_are_reloaded() -> anyhow:
         })
         .expect("a leader");
     let lh = c.lab.host(leader);
-    let line = nginx::server_line(lh.addr(), PORT);
     let others: Vec<_> = hosts.iter().copied().filter(|&i| i != leader).collect();
     let stopped = Instant::now();
-    lh.stop_engine()?;
-    nginx::wait_identical(
-        &c,
-        &others,
-        Duration::from_secs(90),
-        "the old leader dropped",
-        |t| {
-            if t.contains(&line) {
-                Err(format!("{} still listed", lh.addr()))
-            } else {
-                Ok(())
+    // While the leader is away, watch the other hosts' files: during the failover the
+    // upstream must never lose a live node (swarm reports nodes `unknown` to a new leader).
+    let fewest = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        s.spawn(|| {
+            let mut b =
+                swarmstrap_lab::Backoff::new(Duration::from_millis(2), Duration::from_millis(10));
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for &i in &others {
+                    if let Some(t) = nginx::read_lb(c.lab.host(i)) {
+                        fewest.fetch_min(listed(&t).len(), std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                if !b.sleep_until_next(deadline) {
+                    break;
+                }
             }
-        },
-    )?;
+        });
+        let r = lh.stop_engine().map_err(anyhow::Error::from).and_then(|_| {
+            nginx::wait_identical(
+                &c,
+                &others,
+                Duration::from_secs(90),
+                "the old leader dropped",
+                exactly(&c, &others),
+            )
+        });
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r.map(|_| ())
+    })?;
+    let fewest = fewest.into_inner();
+    eprintln!("fewest upstream entries on the other hosts during the failover: {fewest}");
+    assert!(
+        fewest >= 4,
+        "a live node left the upstream during the failover ({fewest} listed)"
+    );
     eprintln!(
         "old leader {} dropped {:?} after its engine stop",
         lh.name(),
@@ -365,18 +400,38 @@ fn a_new_leaders_agent_takes_over_and_nginx_containers_are_reloaded() -> anyhow:
     }
     lh.start_engine()?;
     lh.wait_engine_ready(Duration::from_secs(60))?;
-    nginx::wait_identical(
+    let conf = nginx::wait_identical(
         &c,
         &hosts,
         Duration::from_secs(90),
         "the old leader back",
-        |t| {
-            if t.contains(&line) {
-                Ok(())
+        exactly(&c, &hosts),
+    )?;
+
+    // A hand-edited file is reported as drift, and repaired at the next render (at the
+    // latest when the agent's long-poll times out, ~25 s).
+    let h = c.lab.host(others[0]);
+    std::fs::write(nginx::lb_path(h), format!("{conf}# edited by hand\n"))?;
+    let lb = nginx::lb_status(&c, others[0])?;
+    assert_eq!(lb["drift"], true, "{lb}");
+    let repaired = Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        "the edited file to be repaired",
+        || {
+            let lb = nginx::lb_status(&c, others[0])
+                .map_err(|e| swarmstrap_lab::LabError::Check(format!("{e:#}")))?;
+            if nginx::read_lb(h).as_deref() == Some(conf.as_str()) && lb["drift"] == false {
+                Ok(Ok(()))
             } else {
-                Err(format!("{} not listed", lh.addr()))
+                Ok(Err(format!("lb status {lb}")))
             }
         },
     )?;
+    eprintln!(
+        "hand edit on {} repaired after {:?}",
+        h.name(),
+        repaired.elapsed()
+    );
     Ok(())
 }
