@@ -22,6 +22,7 @@ fn all(c: &Cluster) -> Vec<usize> {
 fn listed(t: &str) -> BTreeSet<String> {
     t.lines()
         .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter(|l| l.ends_with(';'))
         .filter_map(|l| l.split(':').next())
         .map(str::to_string)
         .collect()
@@ -81,7 +82,18 @@ fn cluster(name: &str, extra: &[String]) -> anyhow::Result<Cluster> {
 #[test]
 fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> anyhow::Result<()> {
     let c = cluster("lb", &[])?;
-    nginx::create_hostname_service(&c, 0, "web", PORT)?;
+    // Roles are assigned by the race: create the service through any manager.
+    let manager = all(&c)
+        .into_iter()
+        .find(|&i| {
+            c.lab
+                .host(i)
+                .swarm_info()
+                .map(|s| s.control_available)
+                .unwrap_or(false)
+        })
+        .expect("a manager");
+    nginx::create_hostname_service(&c, manager, "web", PORT)?;
     let hosts = all(&c);
     let addrs: Vec<_> = c.lab.hosts().iter().map(|h| h.addr()).collect();
 
