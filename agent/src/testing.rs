@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, JoinInfo, JoinResponse, Lease, NodeInfo, Phase,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole, Role,
-    Secret,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole,
+    ResetRequest, Role, Secret,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +556,25 @@ impl Rendezvous for FakeBackend {
             }
             let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
+    }
+
+    async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
+        self.gate()?;
+        {
+            let mut c = self.inner.lock().unwrap();
+            let current = c.formed.as_ref().map(|p| p.swarm_id.clone());
+            if current.as_deref() != Some(req.swarm_id.as_str()) {
+                return Err(RendezvousError::Conflict {
+                    code: "swarm_mismatch".into(),
+                    message: format!("formed with {current:?}"),
+                });
+            }
+            c.formed = None;
+            c.lease = None;
+            c.nodes.clear();
+        }
+        self.changed.notify_waiters();
+        self.status().await
     }
 
     async fn status(&self) -> RResult<ClusterStatus> {

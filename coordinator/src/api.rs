@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::{
     ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster, CreatedCluster, Document,
-    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
+    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest, ResetRequest,
     RegisterResponse, RenewRequest, Secret, MAX_WAIT_SECS,
 };
 use tokio::sync::watch;
@@ -458,6 +458,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(publish),
         ),
         (Method::GET, "/v1/clusters/{cluster}/join", get(join)),
+        (Method::POST, "/v1/clusters/{cluster}/reset", post(recover)),
         (
             Method::GET,
             "/v1/clusters/{cluster}/docs/{name}",
@@ -629,6 +630,19 @@ async fn publish(
         state.notify(&auth.cluster, Signal::State);
     }
     Ok(Json(PublishResponse { phase: w.value }))
+}
+
+async fn recover(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<ResetRequest>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let (node, swarm) = (req.node_id.clone(), req.swarm_id.clone());
+    let status = state.store.recover(auth.cluster.clone(), req).await?;
+    tracing::warn!(cluster = %auth.cluster, node = %node, lost_swarm = %swarm, resets = status.resets,
+        "cluster reset by `swarm-agent recover`: one new init is allowed");
+    state.notify(&auth.cluster, Signal::State);
+    Ok(Json(status))
 }
 
 fn check_wait(wait: Option<u64>) -> Result<u64, ApiError> {

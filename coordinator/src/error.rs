@@ -87,6 +87,7 @@ impl From<StoreError> for ApiError {
             StoreError::LeaseExpired { .. } => (StatusCode::CONFLICT, "lease_expired"),
             StoreError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
             StoreError::AlreadyFormed { .. } => (StatusCode::CONFLICT, "already_formed"),
+            StoreError::SwarmMismatch { .. } => (StatusCode::CONFLICT, "swarm_mismatch"),
             StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
             StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             StoreError::Storage(_) | StoreError::Closed => {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo, JoinResponse, Lease, NodeInfo,
-    Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, RequestedRole, Role,
+    Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, RequestedRole, Role,
     Secret,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -70,6 +70,11 @@ pub enum StoreError {
     LeaseLost(String),
     #[error("the cluster is already formed with different data (swarm {swarm_id:?}); an operator must `cluster reset` it first")]
     AlreadyFormed { swarm_id: String },
+    #[error("the cluster is formed with swarm {}, not {given:?}: nothing was reset (check the swarm id)", current.as_deref().map(|c| format!("{c:?}")).unwrap_or_else(|| "none (it is not formed)".into()))]
+    SwarmMismatch {
+        given: String,
+        current: Option<String>,
+    },
     #[error(
         "version conflict: the document is at version {current}, the write expected {expected}"
     )]
@@ -170,6 +175,11 @@ struct Formation {
 struct ResetRecord {
     at_ms: u64,
     previous_swarm_id: Option<String>,
+    /// Who asked: "operator (admin API)" or "node <id>" (`swarm-agent recover`).
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -416,23 +426,38 @@ impl Store {
         })
     }
 
-    /// Operator reset: forget the formation and any lease, so exactly one new init can be
-    /// granted. Fencing tokens keep counting up.
+    /// Operator reset: forget the formation, any lease and the node registrations (roles are
+    /// assigned again), so exactly one new init can be granted. Fencing tokens keep counting
+    /// up.
     pub async fn reset(&self, name: String) -> Result<ClusterStatus, StoreError> {
         self.write(move |txn| {
-            let mut rec =
+            let rec =
                 get_cluster(txn, &name)?.ok_or_else(|| StoreError::UnknownCluster(name.clone()))?;
-            let now = now_ms();
-            rec.reset_log.push(ResetRecord {
-                at_ms: now,
-                previous_swarm_id: rec.formed.as_ref().map(|f| f.swarm_id.clone()),
-            });
-            rec.resets += 1;
-            rec.formed = None;
-            rec.lease = None;
-            put_cluster(txn, &rec)?;
-            let nodes = list_nodes_w(txn, &name)?;
-            Ok(status_of(&rec, nodes, now))
+            reset_in(txn, rec, "operator (admin API)".into(), String::new())
+        })
+        .await
+    }
+
+    /// `swarm-agent recover`: the same reset, but only while the cluster is still formed with
+    /// `req.swarm_id` (compare-and-set), so concurrent recoveries allow one new init in total.
+    pub async fn recover(
+        &self,
+        cluster: String,
+        req: ResetRequest,
+    ) -> Result<ClusterStatus, StoreError> {
+        validate_node_id(&req.node_id)?;
+        validate_text("reason", &req.reason, 500)?;
+        self.write(move |txn| {
+            let rec = get_cluster(txn, &cluster)?
+                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
+            let current = rec.formed.as_ref().map(|f| f.swarm_id.clone());
+            if current.as_deref() != Some(req.swarm_id.as_str()) {
+                return Err(StoreError::SwarmMismatch {
+                    given: req.swarm_id.clone(),
+                    current,
+                });
+            }
+            reset_in(txn, rec, format!("node {}", req.node_id), req.reason.clone())
         })
         .await
     }
@@ -1035,8 +1060,37 @@ fn list_nodes(txn: &ReadTransaction, cluster: &str) -> Result<Vec<NodeInfo>, Sto
     collect_nodes(&txn.open_table(NODES)?, cluster)
 }
 
-fn list_nodes_w(txn: &WriteTransaction, cluster: &str) -> Result<Vec<NodeInfo>, StoreError> {
-    collect_nodes(&txn.open_table(NODES)?, cluster)
+/// Record and apply a reset: no formation, no lease, no node registrations.
+fn reset_in(
+    txn: &WriteTransaction,
+    mut rec: ClusterRecord,
+    by: String,
+    reason: String,
+) -> Result<ClusterStatus, StoreError> {
+    let now = now_ms();
+    rec.reset_log.push(ResetRecord {
+        at_ms: now,
+        previous_swarm_id: rec.formed.as_ref().map(|f| f.swarm_id.clone()),
+        by,
+        reason,
+    });
+    rec.resets += 1;
+    rec.formed = None;
+    rec.lease = None;
+    {
+        let mut table = txn.open_table(NODES)?;
+        let ids: Vec<String> = collect_nodes(&table, &rec.name)?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect();
+        for id in &ids {
+            table.remove((rec.name.as_str(), id.as_str()))?;
+        }
+    }
+    rec.node_count = 0;
+    rec.manager_count = 0;
+    put_cluster(txn, &rec)?;
+    Ok(status_of(&rec, vec![], now))
 }
 
 fn status_of(rec: &ClusterRecord, nodes: Vec<NodeInfo>, now: u64) -> ClusterStatus {

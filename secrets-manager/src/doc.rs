@@ -11,7 +11,7 @@ use swarmstrap_wire::rendezvous::Result;
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, JoinInfo, JoinResponse, Lease, NodeInfo, Phase,
     PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole, Role,
-    Secret,
+    ResetRequest, Secret,
 };
 
 /// Version of the document layout. A reader refuses any other value.
@@ -36,6 +36,9 @@ pub struct ClusterDoc {
     pub formed: Option<Formed>,
     #[serde(default)]
     pub resets: u64,
+    /// Every `swarm-agent recover` reset (newest last, at most [`RESET_LOG`]).
+    #[serde(default)]
+    pub reset_log: Vec<ResetRecord>,
     #[serde(default)]
     pub docs: BTreeMap<String, StoredDoc>,
     /// Version ids of the last [`RECENT_WRITES`] committed writes, newest last. A writer whose
@@ -48,6 +51,17 @@ pub struct ClusterDoc {
 /// How many write ids the document remembers (~40 bytes each). Covers every commit made
 /// during one CAS backoff (≤ 2 s; the account's ~50 TPS write budget allows ≤ 25 commits/s).
 pub const RECENT_WRITES: usize = 64;
+
+/// How many resets the document remembers.
+pub const RESET_LOG: usize = 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetRecord {
+    pub at_ms: u64,
+    pub previous_swarm_id: String,
+    pub by: String,
+    pub reason: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLease {
@@ -108,6 +122,7 @@ impl ClusterDoc {
             next_fencing_token: 1,
             formed: None,
             resets: 0,
+            reset_log: Vec::new(),
             docs: BTreeMap::new(),
             recent_writes: Vec::new(),
         }
@@ -420,6 +435,46 @@ pub fn publish(
             phase: Phase::Formed,
         },
     ))
+}
+
+/// `swarm-agent recover`: forget the formation, the lease and the registrations, only while
+/// the cluster is formed with `req.swarm_id` (so concurrent recoveries allow one new init).
+pub fn reset(
+    cur: Option<&ClusterDoc>,
+    ctx: &Ctx<'_>,
+    req: &ResetRequest,
+) -> Result<Step<ClusterStatus>> {
+    let current = cur
+        .and_then(|d| d.formed.as_ref())
+        .map(|f| f.swarm_id.clone());
+    if current.as_deref() != Some(req.swarm_id.as_str()) {
+        return Err(conflict(
+            "swarm_mismatch",
+            format!(
+                "cluster {} is formed with swarm {}, not {:?}: nothing was reset (check the swarm id)",
+                ctx.cluster,
+                current.as_deref().unwrap_or("none (it is not formed)"),
+                req.swarm_id
+            ),
+        ));
+    }
+    let mut doc = cur.expect("formed implies a document").clone();
+    doc.reset_log.push(ResetRecord {
+        at_ms: ctx.now_ms,
+        previous_swarm_id: req.swarm_id.clone(),
+        by: format!("node {}", req.node_id),
+        reason: req.reason.chars().take(500).collect(),
+    });
+    if doc.reset_log.len() > RESET_LOG {
+        let drop = doc.reset_log.len() - RESET_LOG;
+        doc.reset_log.drain(..drop);
+    }
+    doc.resets += 1;
+    doc.formed = None;
+    doc.lease = None;
+    doc.nodes.clear();
+    let status = status_view(Some(&doc), ctx);
+    Ok(Step::Write(Box::new(doc), status))
 }
 
 /// The join answer for a registered node: `Ok(None)` while the cluster is not formed.

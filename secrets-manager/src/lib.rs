@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse,
+    RegisterRequest, RegisterResponse, ResetRequest,
 };
 
 /// Default prefix of the secret name: the secret of cluster `prod` is `swarmstrap/prod`.
@@ -427,6 +427,15 @@ impl Rendezvous for SecretsManagerRendezvous {
             snap.as_ref().map(|s| &s.doc),
             &self.ctx(now_ms()),
         ))
+    }
+
+    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus> {
+        let r = self
+            .mutate("reset", |cur, ctx| doc::reset(cur, ctx, req))
+            .await?;
+        tracing::warn!(node = %req.node_id, lost_swarm = %req.swarm_id,
+            "cluster reset by `swarm-agent recover`: one new init is allowed");
+        Ok(r.into_inner())
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {

@@ -197,6 +197,20 @@ pub struct NodeInfo {
     pub registered_at_ms: u64,
 }
 
+/// `POST /v1/clusters/{cluster}/reset`: the operator's `swarm-agent recover` after every manager
+/// of the cluster's swarm was lost. Compare-and-set on the swarm id: it resets the cluster only
+/// while it is still formed with `swarm_id`, so two concurrent recoveries allow exactly one new
+/// init (the second gets 409 `swarm_mismatch`). The reset forgets the node registrations too
+/// (roles are assigned again) and is recorded with `node_id` and `reason`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetRequest {
+    pub node_id: String,
+    /// The lost swarm's id, as the operator confirmed it.
+    pub swarm_id: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
 /// `GET /v1/clusters/{cluster}`: no secrets in here.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {

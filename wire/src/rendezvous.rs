@@ -14,12 +14,15 @@
 //!   accepted.
 //! - `wait_join` returns as soon as the cluster is formed, or after about `wait` with the
 //!   current phase and lease.
+//! - `reset` (operator recovery after total manager loss) succeeds only while the cluster is
+//!   formed with the given swarm id (else `Conflict` `swarm_mismatch`); it clears the
+//!   formation, the lease and the node registrations, and is recorded.
 //! - `put_doc` is compare-and-set on the version; `get_doc` with `after` waits (up to `wait`)
 //!   for a newer version.
 
 use crate::{
     ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse,
+    RegisterRequest, RegisterResponse, ResetRequest,
 };
 use std::time::Duration;
 
@@ -73,6 +76,8 @@ pub trait Rendezvous: Send + Sync {
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse>;
 
     async fn status(&self) -> Result<ClusterStatus>;
+
+    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus>;
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document>;
 

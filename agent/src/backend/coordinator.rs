@@ -12,8 +12,8 @@ use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::{
     ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody, JoinResponse,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, Secret,
-    API_PREFIX, MAX_WAIT_SECS,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
+    Secret, API_PREFIX, MAX_WAIT_SECS,
 };
 
 /// Extra time a long-poll request may take beyond its `wait` (network, server scheduling).
@@ -256,6 +256,10 @@ impl Rendezvous for CoordinatorClient {
         let url = self.url("");
         let req = self.request(Method::GET, &url, self.request_timeout);
         self.call(req, &url).await
+    }
+
+    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus> {
+        self.post("/reset", req).await
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
