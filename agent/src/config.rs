@@ -65,6 +65,17 @@ pub struct FileConfig {
     pub coordinator: Option<FileCoordinator>,
     pub secrets_manager: Option<FileSecretsManager>,
     pub lb: Option<FileLb>,
+    pub quorum: Option<FileQuorum>,
+}
+
+/// `[quorum]`: the quorum keeper and `swarm-agent leave`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuorum {
+    pub enabled: Option<bool>,
+    pub promote_after_secs: Option<i64>,
+    pub remove_down_after_secs: Option<i64>,
+    pub leave_timeout_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -170,7 +181,36 @@ pub struct Overrides {
     /// `SWARM_AGENT_LB_*` (environment only; the [lb] table has no flags).
     #[arg(skip)]
     pub lb: LbEnv,
+    /// `SWARM_AGENT_QUORUM_*` (environment only).
+    #[arg(skip)]
+    pub quorum: QuorumEnv,
 }
+
+/// `SWARM_AGENT_QUORUM_*` overrides of the `[quorum]` table, raw.
+#[derive(Debug, Default, Clone)]
+pub struct QuorumEnv {
+    pub enabled: Option<String>,
+    pub promote_after_secs: Option<String>,
+    pub remove_down_after_secs: Option<String>,
+    pub leave_timeout_secs: Option<String>,
+}
+
+/// `(key in [quorum], environment variable)`.
+pub const QUORUM_ENV_VARS: &[(&str, &str)] = &[
+    ("enabled", "SWARM_AGENT_QUORUM_ENABLED"),
+    (
+        "promote_after_secs",
+        "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS",
+    ),
+    (
+        "remove_down_after_secs",
+        "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS",
+    ),
+    (
+        "leave_timeout_secs",
+        "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS",
+    ),
+];
 
 /// `SWARM_AGENT_LB_*` overrides of the `[lb]` table, raw (validated in [`Config::resolve`]).
 #[derive(Debug, Default, Clone)]
@@ -281,6 +321,15 @@ impl Overrides {
                     nginx_bin: l("SWARM_AGENT_LB_NGINX_BIN"),
                     reload_label: l("SWARM_AGENT_LB_RELOAD_LABEL"),
                     reload_service: l("SWARM_AGENT_LB_RELOAD_SERVICE"),
+                }
+            },
+            quorum: {
+                let l = |var: &str| get(var).filter(|v| !v.trim().is_empty());
+                QuorumEnv {
+                    enabled: l("SWARM_AGENT_QUORUM_ENABLED"),
+                    promote_after_secs: l("SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS"),
+                    remove_down_after_secs: l("SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS"),
+                    leave_timeout_secs: l("SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS"),
                 }
             },
         })
@@ -657,6 +706,126 @@ pub struct Config {
     pub secrets_manager: SecretsManagerConfig,
     /// The live nginx load-balancer config (`[lb]`, `SWARM_AGENT_LB_*`).
     pub lb: LbConfig,
+    /// The quorum keeper and `leave` (`[quorum]`, `SWARM_AGENT_QUORUM_*`).
+    pub quorum: QuorumConfig,
+}
+
+pub const DEFAULT_PROMOTE_AFTER_SECS: u64 = 30;
+pub const DEFAULT_LEAVE_TIMEOUT_SECS: u64 = 300;
+/// T (promote after a manager is down this long) bounds: below 5 s a manager restarting its
+/// engine would be replaced; above an hour the cluster sits without fault tolerance.
+pub const PROMOTE_AFTER_RANGE_SECS: (u64, u64) = (5, 3600);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumConfig {
+    /// Run the quorum keeper (it acts only on the agent of the raft leader).
+    pub enabled: bool,
+    /// T: a manager Down/Unreachable this long is replaced by a Ready worker; a wrong manager
+    /// count must persist this long before the keeper changes it (joins settle first).
+    pub promote_after: Duration,
+    /// T2: remove nodes Down this long from the swarm (`None`: never; the default).
+    pub remove_down_after: Option<Duration>,
+    /// `swarm-agent leave`: longest wait for the node's tasks to move elsewhere.
+    pub leave_timeout: Duration,
+}
+
+impl Default for QuorumConfig {
+    fn default() -> Self {
+        QuorumConfig {
+            enabled: true,
+            promote_after: Duration::from_secs(DEFAULT_PROMOTE_AFTER_SECS),
+            remove_down_after: None,
+            leave_timeout: Duration::from_secs(DEFAULT_LEAVE_TIMEOUT_SECS),
+        }
+    }
+}
+
+fn resolve_quorum(
+    fq: FileQuorum,
+    env: &QuorumEnv,
+    fp: &Option<PathBuf>,
+) -> Result<QuorumConfig, ConfigError> {
+    let file_origin = |key: &str| match fp {
+        Some(p) => format!("[quorum] {key} in {}", p.display()),
+        None => format!("[quorum] {key}"),
+    };
+    // (value, origin) from env (string) or file (integer).
+    let secs = |env_v: &Option<String>, env_name: &str, file_v: Option<i64>, key: &str| match (
+        env_v, file_v,
+    ) {
+        (Some(v), _) => v
+            .trim()
+            .parse::<u64>()
+            .map(|n| Some((n, env_name.to_string())))
+            .map_err(|_| invalid(env_name, format!("{v:?} is not a number of seconds"))),
+        (None, Some(n)) => u64::try_from(n)
+            .map(|n| Some((n, file_origin(key))))
+            .map_err(|_| invalid(&file_origin(key), format!("{n} is negative"))),
+        (None, None) => Ok(None),
+    };
+    let d = QuorumConfig::default();
+    let enabled = match (&env.enabled, fq.enabled) {
+        (Some(v), _) => parse_bool(v, "SWARM_AGENT_QUORUM_ENABLED")?,
+        (None, Some(b)) => b,
+        (None, None) => d.enabled,
+    };
+    let promote_after = match secs(
+        &env.promote_after_secs,
+        "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS",
+        fq.promote_after_secs,
+        "promote_after_secs",
+    )? {
+        Some((n, origin)) => {
+            let (lo, hi) = PROMOTE_AFTER_RANGE_SECS;
+            if !(lo..=hi).contains(&n) {
+                return Err(invalid(
+                    &origin,
+                    format!("{n} s is out of range: use {lo}..={hi} seconds"),
+                ));
+            }
+            Duration::from_secs(n)
+        }
+        None => d.promote_after,
+    };
+    let remove_down_after = match secs(
+        &env.remove_down_after_secs,
+        "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS",
+        fq.remove_down_after_secs,
+        "remove_down_after_secs",
+    )? {
+        Some((0, _)) | None => None,
+        Some((n, origin)) => {
+            if n < promote_after.as_secs() {
+                return Err(invalid(
+                    &origin,
+                    format!(
+                        "{n} s is shorter than promote_after_secs ({} s): a down manager must \
+                         be replaced before it is removed (use 0 to never remove)",
+                        promote_after.as_secs()
+                    ),
+                ));
+            }
+            Some(Duration::from_secs(n))
+        }
+    };
+    let leave_timeout = match secs(
+        &env.leave_timeout_secs,
+        "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS",
+        fq.leave_timeout_secs,
+        "leave_timeout_secs",
+    )? {
+        Some((n, origin)) if n == 0 || n > 3600 => {
+            return Err(invalid(&origin, format!("{n}: use 1..=3600 seconds")))
+        }
+        Some((n, _)) => Duration::from_secs(n),
+        None => d.leave_timeout,
+    };
+    Ok(QuorumConfig {
+        enabled,
+        promote_after,
+        remove_down_after,
+        leave_timeout,
+    })
 }
 
 /// Pick the highest-precedence value and say where it came from.
@@ -884,6 +1053,7 @@ impl Config {
 
         let flb = file.lb.clone().unwrap_or_default();
         let lb = resolve_lb(flb, &env.lb, fp)?;
+        let quorum = resolve_quorum(file.quorum.clone().unwrap_or_default(), &env.quorum, fp)?;
 
         Ok(Config {
             config_file: file_path,
@@ -899,6 +1069,7 @@ impl Config {
             coordinator,
             secrets_manager,
             lb,
+            quorum,
         })
     }
 

@@ -25,6 +25,10 @@ pub enum AgentPhase {
     Joined,
     /// Stopped on a permanent error (see `last_error`).
     Failed,
+    /// `swarm-agent leave` is draining this node / taking it out of the swarm.
+    Leaving,
+    /// Left the swarm through `swarm-agent leave` (the next `run` joins again).
+    Left,
 }
 
 impl AgentPhase {
@@ -40,6 +44,8 @@ impl AgentPhase {
             AgentPhase::Joining => "joining",
             AgentPhase::Joined => "joined",
             AgentPhase::Failed => "failed",
+            AgentPhase::Leaving => "leaving",
+            AgentPhase::Left => "left",
         }
     }
 }
@@ -86,6 +92,12 @@ pub struct AgentState {
     pub init: Option<InitRecord>,
     pub joined_at: Option<String>,
     pub last_error: Option<LastError>,
+    /// Set while no manager of this node's swarm is reachable (RFC 3339, since when).
+    #[serde(default)]
+    pub no_manager_since: Option<String>,
+    /// When `swarm-agent leave` took this node out of the swarm (RFC 3339).
+    #[serde(default)]
+    pub left_at: Option<String>,
     pub updated_at: String,
 }
 

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::{
     ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster, CreatedCluster, Document,
-    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest, ResetRequest,
-    RegisterResponse, RenewRequest, Secret, MAX_WAIT_SECS,
+    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
+    RegisterResponse, RenewRequest, ResetRequest, Secret, MAX_WAIT_SECS,
 };
 use tokio::sync::watch;
 

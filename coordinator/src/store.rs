@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo, JoinResponse, Lease, NodeInfo,
-    Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, RequestedRole, Role,
-    Secret,
+    Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, RequestedRole,
+    ResetRequest, Role, Secret,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -457,7 +457,12 @@ impl Store {
                     current,
                 });
             }
-            reset_in(txn, rec, format!("node {}", req.node_id), req.reason.clone())
+            reset_in(
+                txn,
+                rec,
+                format!("node {}", req.node_id),
+                req.reason.clone(),
+            )
         })
         .await
     }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use swarmstrap_wire::rendezvous::Result;
 use swarmstrap_wire::{
     ClaimResponse, ClusterStatus, Document, JoinInfo, JoinResponse, Lease, NodeInfo, Phase,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole, Role,
-    ResetRequest, Secret,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole,
+    ResetRequest, Role, Secret,
 };
 
 /// Version of the document layout. A reader refuses any other value.

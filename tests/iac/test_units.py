@@ -104,7 +104,7 @@ class UnitsTest(unittest.TestCase):
                     self.assertEqual(os.path.exists(record), leaves)
                     if leaves:
                         with open(record) as f:
-                            self.assertEqual(f.read().split(), ["leave", "--config", "/etc/swarm-agent/config.toml"])
+                            self.assertEqual(f.read().split(), ["leave", "--config", "/etc/swarm-agent/config.toml", "--timeout-secs", "90"])
                         self.assertEqual(proc.returncode, 3)  # the "-" prefix makes systemd ignore it
                     else:
                         self.assertEqual(proc.returncode, 0)

@@ -646,6 +646,23 @@ impl Cluster {
         Ok((code, v))
     }
 
+    /// Run `swarm-agent ARGS --config …` on host `i` (in its network namespace, with the
+    /// agent's environment), to completion: an operator's command (`leave`, `recover`).
+    pub fn agent_cmd(&self, i: usize, args: &[&str]) -> Result<crate::cmd::CmdOutput> {
+        let h = self.lab.host(i);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", h.netns_path().display()))
+            .arg("--")
+            .arg(&bins()?.agent)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path(h));
+        for (k, v) in self.agent_env(h) {
+            cmd.env(k, v);
+        }
+        Ok(crate::cmd::run_unchecked(&mut cmd)?)
+    }
+
     /// The human `swarm-agent status` of host `i` (for the demo and failure messages).
     pub fn status_text(&self, i: usize) -> Result<String> {
         let h = self.lab.host(i);

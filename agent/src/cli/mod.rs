@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand.
 
 pub mod lb;
+pub mod leave;
+pub mod recover;
 pub mod run;
 pub mod status;
 
@@ -28,6 +30,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Load-balancer config tools (`lb render`: print what would be written now).
     Lb(lb::LbArgs),
+    /// Leave the swarm cleanly: drain (tasks move elsewhere), demote a manager, leave.
+    Leave(leave::LeaveArgs),
+    /// After every manager is lost for good: allow exactly one new swarm init (recorded).
+    Recover(recover::RecoverArgs),
 }
 
 impl Command {
@@ -36,7 +42,7 @@ impl Command {
         match self {
             Command::Run(_) => 1,
             Command::Status(_) => status::EXIT_ERROR,
-            Command::Lb(_) => 1,
+            Command::Lb(_) | Command::Leave(_) | Command::Recover(_) => 1,
         }
     }
 
@@ -45,6 +51,7 @@ impl Command {
         match self {
             Command::Run(_) => "info",
             Command::Status(_) | Command::Lb(_) => "error",
+            Command::Leave(_) | Command::Recover(_) => "info",
         }
     }
 }
@@ -55,6 +62,8 @@ impl Cli {
             Command::Run(args) => args.run().await,
             Command::Status(args) => args.run().await,
             Command::Lb(args) => args.run().await,
+            Command::Leave(args) => args.run().await,
+            Command::Recover(args) => args.run().await,
         }
     }
 }

@@ -4,6 +4,8 @@ use crate::bootstrap::{Bootstrap, Settings};
 use crate::config::{Config, Overrides};
 use crate::engine::BollardEngine;
 use crate::lb::service::Lb;
+use crate::lifecycle::keeper::Keeper;
+use crate::lifecycle::supervise::Supervisor;
 use crate::retry::Policy;
 use crate::state::StateStore;
 use crate::{advertise, backend, fsutil, state};
@@ -95,23 +97,48 @@ impl RunArgs {
         }
 
         tracing::info!("bootstrap complete; running until SIGTERM/SIGINT");
-        if cfg.lb.enabled {
-            // The live load-balancer config: runs until the signal (dropping it is safe:
-            // every file write is atomic).
-            let lb = Lb {
-                cluster: cfg.cluster.clone(),
-                cfg: cfg.lb.clone(),
-                state_dir: cfg.state_dir.clone(),
-                engine: Arc::new(BollardEngine::new(&cfg.docker_host, LB_ENGINE_TIMEOUT)),
-                backend: boot.backend.clone(),
-            };
-            tokio::select! {
-                _ = lb.run() => {}
-                _ = &mut shutdown => {}
+        let lb_engine = Arc::new(BollardEngine::new(&cfg.docker_host, LB_ENGINE_TIMEOUT));
+        // The live load-balancer config (dropping it is safe: every file write is atomic).
+        let lb = async {
+            if cfg.lb.enabled {
+                Lb {
+                    cluster: cfg.cluster.clone(),
+                    cfg: cfg.lb.clone(),
+                    state_dir: cfg.state_dir.clone(),
+                    engine: lb_engine.clone(),
+                    backend: boot.backend.clone(),
+                }
+                .run()
+                .await
+            } else {
+                tracing::info!("[lb] enabled = false: no load-balancer config is written");
+                std::future::pending().await
             }
-        } else {
-            tracing::info!("[lb] enabled = false: no load-balancer config is written");
-            shutdown.await;
+        };
+        // Quorum keeper and drain handler (acts on the raft leader only).
+        let keeper = async {
+            if !cfg.quorum.enabled {
+                tracing::info!("[quorum] enabled = false: the quorum keeper does not change roles");
+            }
+            Keeper {
+                engine: lb_engine.clone(),
+                backend: boot.backend.clone(),
+                cfg: cfg.quorum.clone(),
+                target: cfg.target_managers,
+            }
+            .run()
+            .await
+        };
+        // Rejoin after lost swarm state; total manager loss; an operator's recover.
+        let supervisor = Supervisor {
+            boot: &boot,
+            engine: lb_engine.clone(),
+        };
+        tokio::select! {
+            _ = lb => {}
+            _ = keeper => {}
+            _ = supervisor.run() => {}
+            _ = &mut shutdown => {}
         }
         tracing::info!("stopping on signal");
         Ok(ExitCode::SUCCESS)

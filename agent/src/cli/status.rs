@@ -40,6 +40,26 @@ pub struct StatusReport {
     pub agent: AgentStatus,
     pub backend: BackendStatus,
     pub lb: LbStatus,
+    pub lifecycle: LifecycleStatus,
+}
+
+/// Quorum keeper, drains and manager loss (issue 7).
+#[derive(Debug, Serialize, PartialEq, Default)]
+pub struct LifecycleStatus {
+    /// Healthy managers minus the raft majority (from this manager's node list, else from the
+    /// keeper's report): how many more managers may fail. Negative: quorum lost.
+    pub quorum_margin: Option<i64>,
+    pub target_managers: Option<u8>,
+    /// Hostname of the leader whose agent runs the keeper (from its report).
+    pub keeper_leader: Option<String>,
+    pub keeper_last_action: Option<crate::lifecycle::docs::RecordedAction>,
+    /// Nodes being drained by `swarm-agent leave`: `hostname: state (N tasks left)`.
+    pub pending_drains: Vec<String>,
+    /// No manager of this node's swarm reachable (since when, if the agent recorded it).
+    pub no_manager_reachable: bool,
+    pub no_manager_since: Option<String>,
+    /// What to do about it.
+    pub advice: Option<String>,
 }
 
 /// The live load-balancer config (from `state_dir/lb.json` and the file on disk).
@@ -84,6 +104,8 @@ pub struct SwarmStatus {
     pub swarm_id: Option<String>,
     pub ca_digest: Option<String>,
     pub error: Option<String>,
+    /// Workers: can this node reach any manager's swarm port?
+    pub manager_reachable: Option<bool>,
 }
 
 #[derive(Debug, Serialize, PartialEq, Default)]
@@ -108,6 +130,10 @@ pub struct BackendStatus {
     pub swarm_id: Option<String>,
     pub ca_digest: Option<String>,
     pub error: Option<String>,
+    #[serde(skip)]
+    pub keeper: Option<crate::lifecycle::docs::KeeperReport>,
+    #[serde(skip)]
+    pub drains: Option<crate::lifecycle::docs::Drains>,
 }
 
 impl StatusArgs {
@@ -175,7 +201,10 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
     }
 
     let joined = swarm.state == "active";
-    let healthy = joined && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
+    let lifecycle = lifecycle_status(&swarm, agent_state.as_ref(), &backend_part);
+    let healthy = joined
+        && !lifecycle.no_manager_reachable
+        && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
     let lb = lb_status(cfg);
     StatusReport {
         cluster: cfg.cluster.clone(),
@@ -186,7 +215,56 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
         agent,
         backend: backend_part,
         lb,
+        lifecycle,
     }
+}
+
+fn lifecycle_status(
+    swarm: &SwarmStatus,
+    st: Option<&AgentState>,
+    b: &BackendStatus,
+) -> LifecycleStatus {
+    let mut l = LifecycleStatus::default();
+    if let Some(k) = &b.keeper {
+        l.quorum_margin = Some(k.quorum_margin);
+        l.target_managers = Some(k.target);
+        l.keeper_leader = Some(k.leader.clone()).filter(|s| !s.is_empty());
+        l.keeper_last_action = k.last_action().cloned();
+    }
+    if let (Some(t), Some(r)) = (swarm.managers_total, swarm.managers_reachable) {
+        l.quorum_margin = Some(r as i64 - crate::lifecycle::nodes::majority(t as usize) as i64);
+    }
+    if let Some(d) = &b.drains {
+        l.pending_drains = d
+            .requests
+            .values()
+            .map(|r| {
+                format!(
+                    "{}: {}{}",
+                    r.hostname,
+                    r.state.as_str(),
+                    r.tasks_left
+                        .map(|n| format!(" ({n} tasks left)"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+    }
+    let lost = swarm.state == "active"
+        && (swarm.manager_reachable == Some(false)
+            || (swarm.role == Some(Role::Manager) && l.quorum_margin.is_some_and(|m| m < 0)));
+    l.no_manager_since = st.and_then(|s| s.no_manager_since.clone());
+    l.no_manager_reachable = lost || (swarm.state == "active" && l.no_manager_since.is_some());
+    if l.no_manager_reachable {
+        let id = swarm.swarm_id.clone().unwrap_or_else(|| "SWARM_ID".into());
+        l.advice = Some(format!(
+            "no manager of swarm {id} is reachable (quorum lost). swarmstrap never \
+             re-initialises by itself. If the managers come back, wait; if every manager is \
+             lost for good, run `swarm-agent recover --swarm-id {id}` on one node (allows \
+             exactly one new swarm init)"
+        ));
+    }
+    l
 }
 
 fn lb_status(cfg: &Config) -> LbStatus {
@@ -273,6 +351,8 @@ async fn probe_engine(engine: &dyn Engine) -> (EngineStatus, SwarmStatus) {
     ss.managers_total = sw.managers;
     if !sw.control_available {
         ss.role = Some(Role::Worker);
+        ss.manager_reachable =
+            Some(crate::lifecycle::supervise::any_reachable(&sw.remote_managers).await);
         return (es, ss);
     }
     ss.role = Some(Role::Manager);
@@ -328,6 +408,21 @@ async fn probe_backend(cfg: &Config) -> BackendStatus {
             bs.ca_digest = s.ca_digest;
         }
         Err(e) => bs.error = Some(e),
+    }
+    if bs.reachable {
+        use crate::lifecycle::docs;
+        let (k, d) = tokio::join!(
+            with_timeout(
+                "keeper report",
+                docs::read::<docs::KeeperReport>(backend.as_ref(), docs::KEEPER_DOC)
+            ),
+            with_timeout(
+                "drains",
+                docs::read::<docs::Drains>(backend.as_ref(), docs::DRAINS_DOC)
+            ),
+        );
+        bs.keeper = k.ok().map(|(_, r)| r).filter(|r| r.managers > 0);
+        bs.drains = d.ok().map(|(_, r)| r);
     }
     bs
 }
@@ -404,6 +499,58 @@ pub fn render_text(r: &StatusReport) -> String {
             None => "-".into(),
         },
     ));
+    let l = &r.lifecycle;
+    rows.push((
+        "quorum",
+        match (l.quorum_margin, l.target_managers) {
+            (Some(m), Some(t)) if m < 0 => format!("LOST (margin {m}, target {t} managers)"),
+            (Some(m), Some(t)) => format!("margin {m} (more managers may fail: {m}; target {t})"),
+            (Some(m), None) => format!("margin {m}"),
+            _ => "-".into(),
+        },
+    ));
+    rows.push((
+        "keeper",
+        match (&l.keeper_leader, &l.keeper_last_action) {
+            (Some(h), Some(a)) => format!(
+                "on {h}; last action: {} {} at {} ({}){}",
+                match a.action.kind {
+                    crate::lifecycle::plan::Kind::Promote => "promote",
+                    crate::lifecycle::plan::Kind::Demote => "demote",
+                    crate::lifecycle::plan::Kind::Remove => "remove",
+                },
+                a.action.hostname,
+                a.at,
+                a.action.reason,
+                a.error
+                    .as_ref()
+                    .map(|e| format!(", FAILED: {e}"))
+                    .unwrap_or_default()
+            ),
+            (Some(h), None) => format!("on {h}; no action taken yet"),
+            _ => "-".into(),
+        },
+    ));
+    rows.push((
+        "pending drains",
+        if l.pending_drains.is_empty() {
+            "-".into()
+        } else {
+            l.pending_drains.join(", ")
+        },
+    ));
+    if let Some(advice) = &l.advice {
+        rows.push((
+            "ALL MANAGERS LOST",
+            format!(
+                "{}{advice}",
+                l.no_manager_since
+                    .as_ref()
+                    .map(|s| format!("since {s}: "))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
     if r.lb.enabled {
         rows.push((
             "lb config",

@@ -1,0 +1,404 @@
+//! The quorum keeper's decisions, as a pure function of what the leader sees: one action per
+//! pass, re-planned from a fresh node list after every action.
+//!
+//! Rules, in order (T = `promote_after`):
+//! 1. A manager unhealthy (Down or Unreachable) for T while fewer than `target` managers are
+//!    healthy: promote a Ready, Active worker that is not leaving.
+//! 2. A manager unhealthy for T once `target` healthy managers stand (its replacement is in),
+//!    or when the manager count is even: demote it (raft forgets it; if it comes back it is a
+//!    worker).
+//! 3. While any manager is unhealthy for less than T: nothing else (it may be restarting).
+//! 4. A wrong manager count that has persisted for T (joins settle first): fewer than target →
+//!    promote; more than target → demote a healthy non-leader; even and nobody to promote →
+//!    demote a healthy non-leader, so no even count above 1 stands.
+//! 5. With `remove_down_after` (T2) set: remove workers Down for T2.
+//!
+//! A demotion is only planned when the healthy managers keep a majority of the managers left.
+
+use super::nodes::{majority, Availability, NodeView};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use swarmstrap_wire::Role;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub target: u8,
+    pub promote_after: Duration,
+    pub remove_down_after: Option<Duration>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Promote,
+    Demote,
+    Remove,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub kind: Kind,
+    pub node_id: String,
+    pub hostname: String,
+    pub reason: String,
+}
+
+/// What the leader sees now.
+pub struct View<'a> {
+    pub nodes: &'a [NodeView],
+    /// How long each unhealthy node has been unhealthy (by node id).
+    pub unhealthy_for: &'a HashMap<String, Duration>,
+    /// How long the manager count has been off target / even (zero when it is fine).
+    pub imbalance_for: Duration,
+    /// Nodes with a pending `swarm-agent leave` (never promoted, never counted as spares).
+    pub leaving: &'a HashSet<String>,
+}
+
+/// Is the manager count something rule 4 wants to change?
+pub fn imbalanced(nodes: &[NodeView], target: u8) -> bool {
+    let m = nodes.iter().filter(|n| n.role == Role::Manager).count();
+    m != usize::from(target) || (m.is_multiple_of(2) && m > 1)
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
+    let target = usize::from(r.target);
+    let managers: Vec<&NodeView> = v.nodes.iter().filter(|n| n.role == Role::Manager).collect();
+    let healthy = managers.iter().filter(|n| n.healthy()).count();
+    let down_for = |n: &NodeView| v.unhealthy_for.get(&n.id).copied().unwrap_or_default();
+    let mut dead: Vec<&NodeView> = managers
+        .iter()
+        .copied()
+        .filter(|n| !n.healthy() && down_for(n) >= r.promote_after)
+        .collect();
+    dead.sort_by(|a, b| {
+        down_for(b)
+            .cmp(&down_for(a))
+            .then(a.hostname.cmp(&b.hostname))
+    });
+    let mut spares: Vec<&NodeView> = v
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.role == Role::Worker
+                && n.healthy()
+                && n.availability == Availability::Active
+                && !v.leaving.contains(&n.id)
+        })
+        .collect();
+    spares.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    // Demoting a healthy manager must leave a majority of healthy managers among the rest.
+    let can_demote_healthy = healthy > 1 && healthy > majority(managers.len() - 1);
+    // Demoting an unhealthy one: raft must have quorum now to apply it.
+    let can_demote_dead = healthy >= majority(managers.len());
+    let demotable = |ms: &[&NodeView]| -> Option<NodeView> {
+        let mut c: Vec<&NodeView> = ms
+            .iter()
+            .copied()
+            .filter(|n| n.healthy() && !n.leader)
+            .collect();
+        c.sort_by(|a, b| b.hostname.cmp(&a.hostname).then(b.id.cmp(&a.id)));
+        c.first().map(|n| (*n).clone())
+    };
+
+    if let Some(d) = dead.first() {
+        // Rule 1.
+        if healthy < target {
+            if let Some(s) = spares.first() {
+                return Some(Action {
+                    kind: Kind::Promote,
+                    node_id: s.id.clone(),
+                    hostname: s.hostname.clone(),
+                    reason: format!(
+                        "manager {} has been {} for {} s (T = {} s); {healthy} of {target} \
+                         managers healthy",
+                        d.hostname,
+                        d.state,
+                        secs(down_for(d)),
+                        secs(r.promote_after)
+                    ),
+                });
+            }
+        }
+        // Rule 2.
+        if can_demote_dead && (healthy >= target || managers.len().is_multiple_of(2)) {
+            return Some(Action {
+                kind: Kind::Demote,
+                node_id: d.id.clone(),
+                hostname: d.hostname.clone(),
+                reason: format!(
+                    "manager {} has been {} for {} s and {healthy} healthy managers stand \
+                     ({} in raft)",
+                    d.hostname,
+                    d.state,
+                    secs(down_for(d)),
+                    managers.len()
+                ),
+            });
+        }
+    }
+
+    // Rule 3.
+    let settling = managers
+        .iter()
+        .any(|n| !n.healthy() && down_for(n) < r.promote_after);
+    if !settling && dead.is_empty() && v.imbalance_for >= r.promote_after {
+        let m = managers.len();
+        // Rule 4.
+        if m < target {
+            if let Some(s) = spares.first() {
+                return Some(Action {
+                    kind: Kind::Promote,
+                    node_id: s.id.clone(),
+                    hostname: s.hostname.clone(),
+                    reason: format!("{m} managers, {target} wanted"),
+                });
+            }
+        }
+        if m > target && can_demote_healthy {
+            if let Some(n) = demotable(&managers) {
+                return Some(Action {
+                    kind: Kind::Demote,
+                    node_id: n.id.clone(),
+                    hostname: n.hostname.clone(),
+                    reason: format!("{m} managers, {target} wanted"),
+                });
+            }
+        }
+        if m.is_multiple_of(2) && m > 1 && can_demote_healthy {
+            if let Some(n) = demotable(&managers) {
+                return Some(Action {
+                    kind: Kind::Demote,
+                    node_id: n.id.clone(),
+                    hostname: n.hostname.clone(),
+                    reason: format!(
+                        "{m} managers is an even count and no Ready worker can be promoted"
+                    ),
+                });
+            }
+        }
+    }
+
+    // Rule 5.
+    if let Some(t2) = r.remove_down_after {
+        let mut gone: Vec<&NodeView> = v
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Worker && n.state == "down" && down_for(n) >= t2)
+            .collect();
+        gone.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        if let Some(n) = gone.first() {
+            return Some(Action {
+                kind: Kind::Remove,
+                node_id: n.id.clone(),
+                hostname: n.hostname.clone(),
+                reason: format!(
+                    "down for {} s (remove_down_after = {} s)",
+                    secs(down_for(n)),
+                    secs(t2)
+                ),
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, role: Role, healthy: bool) -> NodeView {
+        NodeView {
+            id: id.into(),
+            hostname: format!("host-{id}"),
+            role,
+            availability: Availability::Active,
+            ready: healthy,
+            state: if healthy { "ready" } else { "down" }.into(),
+            leader: false,
+            reachable: (role == Role::Manager).then_some(healthy),
+            manager_addr: None,
+        }
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    fn rules() -> Rules {
+        Rules {
+            target: 3,
+            promote_after: T,
+            remove_down_after: None,
+        }
+    }
+
+    fn run(
+        nodes: &[NodeView],
+        down: &[(&str, u64)],
+        imbalance: u64,
+        leaving: &[&str],
+        r: &Rules,
+    ) -> Option<Action> {
+        let unhealthy_for: HashMap<String, Duration> = down
+            .iter()
+            .map(|(i, s)| (i.to_string(), Duration::from_secs(*s)))
+            .collect();
+        let leaving: HashSet<String> = leaving.iter().map(|s| s.to_string()).collect();
+        plan(
+            &View {
+                nodes,
+                unhealthy_for: &unhealthy_for,
+                imbalance_for: Duration::from_secs(imbalance),
+                leaving: &leaving,
+            },
+            r,
+        )
+    }
+
+    fn five(dead_manager: bool) -> Vec<NodeView> {
+        let mut n = vec![
+            node("a", Role::Manager, true),
+            node("b", Role::Manager, true),
+            node("c", Role::Manager, !dead_manager),
+            node("d", Role::Worker, true),
+            node("e", Role::Worker, true),
+        ];
+        n[0].leader = true;
+        n
+    }
+
+    #[test]
+    fn a_healthy_cluster_is_left_alone() {
+        assert_eq!(run(&five(false), &[], 0, &[], &rules()), None);
+    }
+
+    #[test]
+    fn a_manager_down_shorter_than_t_is_waited_for() {
+        assert_eq!(run(&five(true), &[("c", 9)], 100, &[], &rules()), None);
+    }
+
+    #[test]
+    fn a_manager_down_for_t_is_replaced_then_demoted() {
+        let a = run(&five(true), &[("c", 10)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "d"));
+        assert!(a.reason.contains("host-c"), "{}", a.reason);
+        // After the promotion: 4 managers, one dead → demote the dead one.
+        let mut n = five(true);
+        n[3].role = Role::Manager;
+        n[3].reachable = Some(true);
+        let a = run(&n, &[("c", 12)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "c"));
+        // Then 3 healthy managers: nothing more.
+        n[2].role = Role::Worker;
+        n[2].reachable = None;
+        assert_eq!(run(&n, &[("c", 14)], 0, &[], &rules()), None);
+    }
+
+    #[test]
+    fn leaving_and_unready_workers_are_not_promoted() {
+        let mut n = five(true);
+        n[4].ready = false;
+        n[4].state = "down".into();
+        assert_eq!(run(&n, &[("c", 30), ("e", 30)], 0, &["d"], &rules()), None);
+    }
+
+    #[test]
+    fn a_dead_manager_without_spares_stays_in_an_odd_raft() {
+        let n = vec![
+            node("a", Role::Manager, true),
+            node("b", Role::Manager, true),
+            node("c", Role::Manager, false),
+        ];
+        assert_eq!(run(&n, &[("c", 60)], 0, &[], &rules()), None);
+    }
+
+    #[test]
+    fn a_dead_manager_in_an_even_raft_is_demoted() {
+        let n = vec![
+            node("a", Role::Manager, true),
+            node("b", Role::Manager, true),
+            node("c", Role::Manager, true),
+            node("d", Role::Manager, false),
+        ];
+        let r = Rules {
+            target: 5,
+            ..rules()
+        };
+        let a = run(&n, &[("d", 60)], 60, &[], &r).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "d"));
+    }
+
+    #[test]
+    fn no_demotion_without_quorum() {
+        let n = vec![
+            node("a", Role::Manager, true),
+            node("b", Role::Manager, false),
+            node("c", Role::Manager, false),
+            node("d", Role::Manager, true),
+        ];
+        assert_eq!(run(&n, &[("b", 60), ("c", 60)], 60, &[], &rules()), None);
+    }
+
+    #[test]
+    fn imbalance_waits_for_t_then_fixes_one_step_at_a_time() {
+        // 1 manager, 4 workers, target 3.
+        let mut n = vec![node("a", Role::Manager, true)];
+        for i in ["b", "c", "d", "e"] {
+            n.push(node(i, Role::Worker, true));
+        }
+        assert_eq!(run(&n, &[], 5, &[], &rules()), None);
+        let a = run(&n, &[], 10, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "b"));
+    }
+
+    #[test]
+    fn extras_and_even_counts_are_demoted_never_the_leader() {
+        let mut n: Vec<NodeView> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|i| node(i, Role::Manager, true))
+            .collect();
+        n[3].leader = true;
+        let a = run(&n, &[], 10, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "c"));
+        // Two managers, target 3, nobody to promote: back to one.
+        let mut n = vec![
+            node("a", Role::Manager, true),
+            node("b", Role::Manager, true),
+        ];
+        n[0].leader = true;
+        let a = run(&n, &[], 10, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "b"));
+        assert!(a.reason.contains("even"), "{}", a.reason);
+        // ... but with a spare, promote instead.
+        n.push(node("w", Role::Worker, true));
+        let a = run(&n, &[], 10, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "w"));
+    }
+
+    #[test]
+    fn removal_is_off_by_default_and_applies_to_down_workers_after_t2() {
+        let mut n = five(false);
+        n[4].ready = false;
+        n[4].state = "down".into();
+        assert_eq!(run(&n, &[("e", 9999)], 0, &[], &rules()), None);
+        let r = Rules {
+            remove_down_after: Some(Duration::from_secs(60)),
+            ..rules()
+        };
+        assert_eq!(run(&n, &[("e", 59)], 0, &[], &r), None);
+        let a = run(&n, &[("e", 60)], 0, &[], &r).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Remove, "e"));
+    }
+
+    #[test]
+    fn imbalanced_counts() {
+        let n = five(false);
+        assert!(!imbalanced(&n, 3));
+        assert!(imbalanced(&n, 5));
+        assert!(imbalanced(&n[..2], 3));
+        assert!(!imbalanced(&n[..1], 1));
+    }
+}

@@ -1,0 +1,357 @@
+//! Issue 7, end to end on real engines: scale-in with `swarm-agent leave`, a dead manager
+//! replaced by the quorum keeper, an engine restart, and total manager loss with the
+//! operator's `swarm-agent recover`.
+//!
+//! Every wait has a deadline; failures print the agents' and coordinator's log tails.
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use swarmstrap_lab::cluster::{count_inits, AgentOptions, Cluster};
+use swarmstrap_lab::swarm::ManagerStatus;
+use swarmstrap_lab::{wait_for, Lab, LabConfig, LabError, Signal};
+
+const FORM: Duration = Duration::from_secs(90);
+
+/// An anyhow error inside a `wait_for` check: transient, polling goes on.
+fn lab<T>(r: anyhow::Result<T>) -> swarmstrap_lab::Result<T> {
+    r.map_err(|e| LabError::Precondition(format!("{e:#}")))
+}
+
+fn all(c: &Cluster) -> Vec<usize> {
+    (0..c.lab.hosts().len()).collect()
+}
+
+fn form_five(name: &str, promote_after_secs: u64) -> anyhow::Result<(Cluster, String)> {
+    let lab = Lab::start(LabConfig::new(5))?;
+    let options = AgentOptions {
+        env: vec![(
+            "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS".into(),
+            promote_after_secs.to_string(),
+        )],
+        ..AgentOptions::default()
+    };
+    let c = Cluster::new(lab, name, options)?;
+    c.start_agents()?;
+    let id = c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    Ok((c, id))
+}
+
+fn is_manager(c: &Cluster, i: usize) -> bool {
+    c.lab
+        .host(i)
+        .swarm_info()
+        .map(|s| s.control_available)
+        .unwrap_or(false)
+}
+
+/// Index of the host whose engine is the raft leader.
+fn leader(c: &Cluster) -> anyhow::Result<usize> {
+    for i in all(c) {
+        if !is_manager(c, i) {
+            continue;
+        }
+        let nodes = c.lab.host(i).node_ls()?;
+        if nodes
+            .iter()
+            .any(|n| n.is_self && n.manager_status == ManagerStatus::Leader)
+        {
+            return Ok(i);
+        }
+    }
+    anyhow::bail!("no leader\n{}", c.diagnostics())
+}
+
+fn running_tasks(c: &Cluster, mgr: usize, service: &str) -> anyhow::Result<Vec<String>> {
+    let out = c.lab.host(mgr).docker(&[
+        "service",
+        "ps",
+        service,
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}} {{.CurrentState}}",
+    ])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("Running"))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect())
+}
+
+#[test]
+fn leave_on_a_worker_moves_its_tasks_and_removes_the_node() -> anyhow::Result<()> {
+    let (c, _) = form_five("leave", 30)?;
+    c.lab.import_busybox("lab/busybox:lc")?;
+    let mgr = leader(&c)?;
+    c.lab.host(mgr).docker(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "lab/busybox:lc",
+        "sh",
+        "-c",
+        "while true; do sleep 3600 & wait $!; done",
+    ])?;
+    let placed = wait_for(Duration::from_secs(60), "6 running tasks", || {
+        let t = lab(running_tasks(&c, mgr, "web"))?;
+        Ok(if t.len() == 6 {
+            Ok(t)
+        } else {
+            Err(format!("{} running", t.len()))
+        })
+    })?;
+    // A worker that runs tasks of the service.
+    let w = all(&c)
+        .into_iter()
+        .find(|&i| !is_manager(&c, i) && placed.iter().any(|n| n == c.lab.host(i).name()))
+        .ok_or_else(|| anyhow::anyhow!("no worker runs a task: {placed:?}"))?;
+    let name = c.lab.host(w).name().to_string();
+
+    let out = c.agent_cmd(w, &["leave", "--timeout-secs", "90"])?;
+    assert!(
+        out.status.success(),
+        "leave failed: {}{}\n{}",
+        out.stdout,
+        out.stderr,
+        c.diagnostics()
+    );
+    assert!(out.stdout.contains("drained"), "{}", out.stdout);
+    assert!(out.stdout.contains("left the swarm"), "{}", out.stdout);
+
+    wait_for(
+        Duration::from_secs(60),
+        "the node gone from `docker node ls` and the service back at 6 replicas elsewhere",
+        || {
+            let nodes = c.lab.host(mgr).node_ls()?;
+            if nodes.iter().any(|n| n.hostname == name) {
+                return Ok(Err(format!("{name} still listed")));
+            }
+            let t = lab(running_tasks(&c, mgr, "web"))?;
+            if t.len() != 6 || t.contains(&name) {
+                return Ok(Err(format!("tasks on {t:?}")));
+            }
+            Ok(Ok(()))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    assert_eq!(nodes_left(&c, mgr)?, 4);
+    // The agent stays up and leaves the node out (it does not rejoin by itself).
+    assert!(c.agent(w).unwrap().is_running());
+    let (_, st) = c.status(w)?;
+    assert_eq!(st["agent"]["phase"], "left", "{st}");
+    assert_eq!(st["swarm"]["state"], "inactive", "{st}");
+    // The leader's status shows the keeper's removal (its report is written right after).
+    wait_for(
+        Duration::from_secs(30),
+        "status to show the removal",
+        || {
+            let (_, st) = lab(c.status(mgr))?;
+            let action = &st["lifecycle"]["keeper_last_action"];
+            Ok(
+                if action["kind"] == "remove" && action["hostname"] == name.as_str() {
+                    Ok(())
+                } else {
+                    Err(format!("{}", st["lifecycle"]))
+                },
+            )
+        },
+    )?;
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+fn nodes_left(c: &Cluster, mgr: usize) -> anyhow::Result<usize> {
+    Ok(c.lab.host(mgr).node_ls()?.len())
+}
+
+#[test]
+fn a_dead_manager_is_replaced_by_a_worker_within_t_plus_10_s() -> anyhow::Result<()> {
+    const T: u64 = 10;
+    let (c, _) = form_five("keeper", T)?;
+    let lead = leader(&c)?;
+    let dead = all(&c)
+        .into_iter()
+        .find(|&i| i != lead && is_manager(&c, i))
+        .expect("3 managers");
+    let dead_name = c.lab.host(dead).name().to_string();
+    // Killed for good: the agent and the engine, SIGKILL, never restarted.
+    c.agent(dead).unwrap().kill(Signal::KILL)?;
+    c.lab.host(dead).kill_engine()?;
+    let t0 = Instant::now();
+
+    let promoted = wait_for(
+        Duration::from_secs(T + 60),
+        "3 healthy managers without the killed one",
+        || {
+            let nodes = c.lab.host(lead).node_ls()?;
+            let healthy: Vec<&str> = nodes
+                .iter()
+                .filter(|n| {
+                    matches!(
+                        n.manager_status,
+                        ManagerStatus::Leader | ManagerStatus::Reachable
+                    )
+                })
+                .map(|n| n.hostname.as_str())
+                .collect();
+            let dead_is_manager = nodes
+                .iter()
+                .any(|n| n.hostname == dead_name && n.manager_status.is_manager());
+            if healthy.len() == 3 && !dead_is_manager {
+                Ok(Ok(t0.elapsed()))
+            } else {
+                Ok(Err(format!(
+                    "healthy managers {healthy:?}, {dead_name} still a manager: {dead_is_manager}"
+                )))
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    eprintln!("3 managers reachable again {promoted:?} after the kill (T = {T} s)");
+    assert!(
+        promoted <= Duration::from_secs(T + 10),
+        "took {promoted:?}, more than T + 10 s\n{}",
+        c.diagnostics()
+    );
+    // The keeper's actions are shown in status, on any node.
+    let worker = all(&c)
+        .into_iter()
+        .find(|&i| i != dead && !is_manager(&c, i))
+        .expect("a worker is left");
+    wait_for(
+        Duration::from_secs(30),
+        "status to show the demotion",
+        || {
+            let (_, st) = lab(c.status(worker))?;
+            let l = &st["lifecycle"];
+            let a = &l["keeper_last_action"];
+            Ok(
+                if a["kind"] == "demote"
+                    && a["hostname"] == dead_name.as_str()
+                    && l["quorum_margin"] == 1
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{l}"))
+                },
+            )
+        },
+    )?;
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+#[test]
+fn hosts_whose_engine_restarts_rejoin_the_same_swarm() -> anyhow::Result<()> {
+    let (c, id) = form_five("restart", 30)?;
+    let lead = leader(&c)?;
+    let manager = all(&c)
+        .into_iter()
+        .find(|&i| i != lead && is_manager(&c, i))
+        .expect("3 managers");
+    let worker = all(&c)
+        .into_iter()
+        .find(|&i| !is_manager(&c, i))
+        .expect("2 workers");
+    for h in [manager, worker] {
+        c.lab.host(h).stop_engine()?;
+        c.lab.host(h).start_engine()?;
+    }
+    let again = c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(again, id, "the same swarm");
+    assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
+    for i in all(&c) {
+        assert!(c.agent(i).unwrap().is_running(), "agent {i} survived");
+    }
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
+
+fn lost(v: &Value) -> bool {
+    v["lifecycle"]["no_manager_reachable"] == true
+        && v["lifecycle"]["advice"]
+            .as_str()
+            .is_some_and(|a| a.contains("swarm-agent recover"))
+}
+
+#[test]
+fn total_manager_loss_waits_for_the_operator_then_forms_one_new_swarm() -> anyhow::Result<()> {
+    let (c, old) = form_five("total-loss", 5)?;
+    let managers: Vec<usize> = all(&c).into_iter().filter(|&i| is_manager(&c, i)).collect();
+    let workers: Vec<usize> = all(&c)
+        .into_iter()
+        .filter(|i| !managers.contains(i))
+        .collect();
+    assert_eq!((managers.len(), workers.len()), (3, 2));
+    for &m in &managers {
+        c.agent(m).unwrap().kill(Signal::KILL)?;
+        c.lab.host(m).kill_engine()?;
+    }
+    // Both workers notice, say so, and do nothing on their own.
+    wait_for(
+        Duration::from_secs(90),
+        "both workers' status to report the loss of every manager",
+        || {
+            for &w in &workers {
+                let (code, v) = lab(c.status(w))?;
+                if code == 0 || !lost(&v) || v["lifecycle"]["no_manager_since"].is_null() {
+                    return Ok(Err(format!(
+                        "{} status: {}",
+                        c.lab.host(w).name(),
+                        v["lifecycle"]
+                    )));
+                }
+            }
+            Ok(Ok(()))
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    let text = c.status_text(workers[0])?;
+    assert!(text.contains("ALL MANAGERS LOST"), "{text}");
+    assert_eq!(c.init_count(), 1, "no automatic init\n{}", c.diagnostics());
+    let st = c.coordinator().show("total-loss")?;
+    assert_eq!(st["phase"], "formed", "{st}");
+    assert_eq!(st["swarm_id"].as_str(), Some(old.as_str()), "{st}");
+
+    // The operator gives the lost swarm up, on one worker.
+    let out = c.agent_cmd(
+        workers[0],
+        &[
+            "recover",
+            "--swarm-id",
+            &old,
+            "--reason",
+            "lab: all managers killed",
+        ],
+    )?;
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    // A second recovery of the same swarm is refused: one new init in total.
+    let again = c.agent_cmd(workers[1], &["recover", "--swarm-id", &old, "--force"])?;
+    assert!(!again.status.success(), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("nothing was reset"),
+        "{}",
+        again.stderr
+    );
+
+    // The two survivors form a new swarm: one init, then 1 manager + 1 worker (no even
+    // manager count stands).
+    let new = c.wait_formed(&workers, 1, 1, Duration::from_secs(120))?;
+    assert_ne!(new, old);
+    let inits: usize = workers
+        .iter()
+        .map(|&w| count_inits(&c.agent(w).unwrap().log()))
+        .sum();
+    assert_eq!(inits, 1, "exactly one new init\n{}", c.diagnostics());
+    let st = c.coordinator().show("total-loss")?;
+    assert_eq!(st["resets"], 1, "{st}");
+    assert_eq!(st["swarm_id"].as_str(), Some(new.as_str()), "{st}");
+    c.assert_no_secret_in_logs()?;
+    Ok(())
+}
