@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod fsutil;
 pub mod lb;
+pub mod lifecycle;
 pub mod retry;
 pub mod state;
 
