@@ -18,4 +18,6 @@ pub mod retry;
 pub mod state;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 pub(crate) mod testing;
