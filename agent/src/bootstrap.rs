@@ -44,6 +44,8 @@ const PENDING_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest wait for one `docker info` while waiting for the engine (it answers in
 /// milliseconds once up).
 const ENGINE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Marker of the init attempt refused because the lease is no longer held.
+const LEASE_LOST_BEFORE_INIT: &str = "the init lease is no longer held";
 /// Margin added to a lease's remaining time before claiming again, so the claim arrives after
 /// the backend considers the lease expired.
 const TAKEOVER_MARGIN: Duration = Duration::from_millis(250);
@@ -173,11 +175,12 @@ impl LeaseKeeper {
         backend: Arc<dyn Rendezvous>,
         node_id: String,
         lease: &Lease,
+        sent: Instant,
         ttl: Duration,
     ) -> LeaseKeeper {
         let shared = Arc::new(Mutex::new(LeaseView {
             fencing_token: lease.fencing_token,
-            valid_until: Instant::now() + Duration::from_millis(lease.expires_in_ms),
+            valid_until: sent + Duration::from_millis(lease.expires_in_ms),
             lost: false,
         }));
         let view = shared.clone();
@@ -639,14 +642,19 @@ impl Bootstrap {
             if let Some(at) = claim_at {
                 if Instant::now() >= at {
                     self.set_phase(st, AgentPhase::Claiming)?;
-                    let resp = self.claim(st).await?;
+                    let (resp, sent) = self.claim(st).await?;
                     if resp.granted {
                         let lease = resp.lease.clone().unwrap_or(Lease {
                             holder: self.s().node_id.clone(),
                             fencing_token: 0,
                             expires_in_ms: self.s().lease_ttl.as_millis() as u64,
                         });
-                        return self.initialise(st, lease).await;
+                        if let Some(outcome) = self.initialise(st, lease, sent).await? {
+                            return Ok(outcome);
+                        }
+                        // The lease ran out before `swarm init`: nothing was done; decide again.
+                        claim_at = Some(Instant::now());
+                        continue;
                     }
                     claim_at = self.next_claim(&resp.phase, resp.lease.as_ref());
                 }
@@ -680,13 +688,19 @@ impl Bootstrap {
         }
     }
 
-    async fn claim(&self, st: &mut AgentState) -> Result<ClaimResponse, BootstrapError> {
+    /// Claim the lease. Also returns when the answered attempt was sent: a lease's remaining
+    /// time counts from then, not from a (possibly late) answer.
+    async fn claim(&self, st: &mut AgentState) -> Result<(ClaimResponse, Instant), BootstrapError> {
+        let sent = Mutex::new(Instant::now());
         let resp = retry::retry_notify(
             self.s().policy,
             "claim the init lease",
             backend_transient,
             |e| self.note_error(st, e.to_string()),
-            || self.backend.claim(&self.s().node_id, self.s().lease_ttl),
+            || {
+                *sent.lock().unwrap() = Instant::now();
+                self.backend.claim(&self.s().node_id, self.s().lease_ttl)
+            },
         )
         .await
         .map_err(|f| self.backend_err("claim the init lease", f))?;
@@ -701,7 +715,8 @@ impl Bootstrap {
             ),
             _ => tracing::debug!("claim answered: phase {}", resp.phase),
         }
-        Ok(resp)
+        let sent = *sent.lock().unwrap();
+        Ok((resp, sent))
     }
 
     async fn wait_join(
@@ -735,11 +750,13 @@ impl Bootstrap {
     }
 
     /// Holding a granted lease: init, inspect, publish (unless the lease was lost).
+    /// `Ok(None)`: the lease ran out before any `swarm init` took effect; nothing changed.
     async fn initialise(
         &self,
         st: &mut AgentState,
         lease: Lease,
-    ) -> Result<Outcome, BootstrapError> {
+        sent: Instant,
+    ) -> Result<Option<Outcome>, BootstrapError> {
         if let Some(hold) = &self.s().debug_hold_file {
             if std::fs::remove_file(hold).is_ok() {
                 tracing::warn!(
@@ -764,21 +781,49 @@ impl Bootstrap {
             self.backend.clone(),
             self.s().node_id.clone(),
             &lease,
+            sent,
             self.s().lease_ttl,
         );
 
         let advertise = self.s().advertise_addr.clone();
+        // Every attempt first checks that the lease is still held (a late claim answer, or
+        // renewals failing while init is retried): never init under an expired lease.
         let init = retry::retry_notify(
             self.s().policy.with_deadline(INIT_DEADLINE),
             "swarm init",
-            engine_transient,
+            // "Already part of a swarm" comes as a 503: a retried init whose first answer was
+            // lost. Not transient: handled below.
+            |e: &EngineError| engine_transient(e) && !e.is_already_in_swarm(),
             |e| self.note_error(st, e.to_string()),
-            || self.engine.init(&advertise),
+            || async {
+                if !keeper.held() {
+                    return Err(EngineError::Protocol {
+                        host: self.engine.describe(),
+                        message: LEASE_LOST_BEFORE_INIT.into(),
+                    });
+                }
+                self.engine.init(&advertise).await
+            },
         )
         .await;
         // The engine answers `swarm init` with this node's id; the swarm id comes from inspect.
         let node = match init {
             Ok(node) => node,
+            Err(Failure::Permanent(EngineError::Protocol { message, .. }))
+                if message == LEASE_LOST_BEFORE_INIT =>
+            {
+                keeper.stop();
+                tracing::warn!("the init lease ran out before `swarm init`: not initialising");
+                // An earlier attempt may have taken effect with its answer lost.
+                let info = self.wait_engine_settled(st).await?;
+                if info.swarm.state == LocalSwarmState::Active {
+                    let details = self.inspect(st).await?;
+                    return self.settle_own_swarm(st, details).await.map(Some);
+                }
+                st.init = None;
+                self.save(st)?;
+                return Ok(None);
+            }
             // A retried init whose first answer was lost: the swarm exists, inspect it below.
             Err(Failure::Permanent(e)) if e.is_already_in_swarm() => {
                 let again = self.engine.info().await;
@@ -814,16 +859,19 @@ impl Bootstrap {
                 "the init lease was lost before publishing: not publishing this swarm (fencing)"
             );
             keeper.stop();
-            return self.settle_own_swarm(st, details).await;
+            return self.settle_own_swarm(st, details).await.map(Some);
         }
         let token = keeper.fencing_token();
         let published = self.publish(st, &details, token).await;
         keeper.stop();
         match published {
-            Ok(()) => self.finish_initialiser(st, details, How::Initialised).await,
+            Ok(()) => self
+                .finish_initialiser(st, details, How::Initialised)
+                .await
+                .map(Some),
             Err(PublishError::Fenced(msg)) => {
                 tracing::warn!("publish refused ({msg}): another node holds the lease now");
-                self.settle_own_swarm(st, details).await
+                self.settle_own_swarm(st, details).await.map(Some)
             }
             Err(PublishError::Fatal(e)) => Err(e),
         }
@@ -953,7 +1001,7 @@ impl Bootstrap {
             if let Some(at) = claim_at {
                 if Instant::now() >= at && resp.phase != Phase::Formed {
                     self.set_phase(st, AgentPhase::Claiming)?;
-                    let c = self.claim(st).await?;
+                    let (c, _) = self.claim(st).await?;
                     if c.granted {
                         let token = c.lease.as_ref().map(|l| l.fencing_token).unwrap_or(0);
                         if let Some(i) = st.init.as_mut() {

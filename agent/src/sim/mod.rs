@@ -35,10 +35,10 @@
 //! - `SWARMSTRAP_RACE_TRACE=1`: print every race's trace;
 //! - `SWARMSTRAP_RACE_LOG=<filter>`: the agent's own log lines (e.g. `swarm_agent=debug`);
 //! - `SWARMSTRAP_RACE_DEADLINE_SECS=S`: when an unfinished race counts as stuck (default 40);
-//! - `SWARMSTRAP_RACE_LOST_INIT_ANSWER=1`: add the engine fault "the answer of a successful
-//!   `swarm init` is lost" (off by default: it hits a known bug, see the README);
-//! - `SWARMSTRAP_RACE_LATE_ANSWERS=1`: add coordinator answers delayed past the lease TTL
-//!   (off by default: see the README).
+//! - `SWARMSTRAP_RACE_LOST_INIT_ANSWER=0`: leave out the engine fault "the answer of a
+//!   successful `swarm init` is lost" (on by default);
+//! - `SWARMSTRAP_RACE_LATE_ANSWERS=0`: leave out coordinator answers delayed past the lease
+//!   TTL (on by default).
 
 mod coord;
 mod faults;
@@ -66,17 +66,18 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
+/// On unless set to `0`.
 fn env_flag(name: &str) -> bool {
-    env(name).is_some_and(|v| v != "0")
+    env(name).is_none_or(|v| v != "0")
 }
 
 fn rerun(seed: u64, opts: &Opts) -> String {
     let mut env = format!("SWARMSTRAP_RACE_SEED={seed}");
-    if opts.lost_init_answer {
-        env += " SWARMSTRAP_RACE_LOST_INIT_ANSWER=1";
+    if !opts.lost_init_answer {
+        env += " SWARMSTRAP_RACE_LOST_INIT_ANSWER=0";
     }
-    if opts.late_answers {
-        env += " SWARMSTRAP_RACE_LATE_ANSWERS=1";
+    if !opts.late_answers {
+        env += " SWARMSTRAP_RACE_LATE_ANSWERS=0";
     }
     format!("{env} cargo test -p swarm-agent --lib sim::races -- --nocapture")
 }
