@@ -123,11 +123,23 @@ pub struct FileLbService {
 
 impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            // toml's message names the key ("unknown field `foo`, expected one of …") and the
-            // line; keep it on one line.
-            message: e.to_string().trim().replace('\n', " "),
+        toml::from_str(text).map_err(|e| {
+            // toml's message names the key ("unknown field `foo`, expected one of …"); keep it
+            // on one line. Not `e.to_string()`: that quotes the offending source line, so a join
+            // secret pasted into the file by mistake (`join_secret = "…"`) would reach the log.
+            // Give the line and column instead.
+            let mut message = e.message().trim().replace('\n', " ");
+            if let Some(span) = e.span() {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+                let line = before.matches('\n').count() + 1;
+                let column = before[line_start..].chars().count() + 1;
+                message = format!("line {line}, column {column}: {message}");
+            }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            }
         })
     }
 }
@@ -1396,6 +1408,19 @@ path = "/loadbalancer/default.conf"
             .unwrap_err()
             .to_string();
         assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_source_line() {
+        let text = "cluster = \"a\"\njoin_secret = \"s3cr3t-value\"\n";
+        let err = FileConfig::parse(text, Path::new("f.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("join_secret") && err.contains("line 2"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t-value"), "{err}");
     }
 
     #[test]
