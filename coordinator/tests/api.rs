@@ -676,3 +676,60 @@ async fn serves_operator_supplied_pem_files() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn recover_resets_only_the_named_swarm_and_only_once() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("lost", 3).await;
+    api.register("a", "auto").await;
+    api.register("w", "worker").await;
+    let (_, c) = api.claim("a", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
+    let swarm = api.status().await["swarm_id"].as_str().unwrap().to_string();
+
+    // The wrong swarm id changes nothing.
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/reset",
+            Some(json!({"node_id": "w", "swarm_id": "not-it"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"], "swarm_mismatch");
+    assert_eq!(api.status().await["phase"], "formed");
+
+    // Ten operators recover at once: one reset.
+    let mut tasks = vec![];
+    for i in 0..10 {
+        let api = api.clone();
+        let swarm = swarm.clone();
+        tasks.push(tokio::spawn(async move {
+            api.call(
+                Method::POST,
+                "/reset",
+                Some(json!({"node_id": format!("op{i}"), "swarm_id": swarm, "reason": "all managers lost"})),
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (s, b) = t.await.unwrap();
+        match s {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => assert_eq!(b["error"], "swarm_mismatch", "{b}"),
+            other => panic!("{other}: {b}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one reset");
+    let st = api.status().await;
+    assert_eq!(st["phase"], "open", "{st}");
+    assert_eq!(st["resets"], 1, "{st}");
+    assert_eq!(st["nodes"], json!([]), "registrations are forgotten: {st}");
+    // Roles are assigned again: the former worker may become a manager and claim.
+    assert_eq!(api.register("w", "auto").await["role"], "manager");
+    assert_eq!(api.claim("w", 30_000).await.1["granted"], true);
+    srv.stop().await;
+}
