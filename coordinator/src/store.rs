@@ -446,7 +446,9 @@ impl Store {
         req: ResetRequest,
     ) -> Result<ClusterStatus, StoreError> {
         validate_node_id(&req.node_id)?;
-        validate_text("reason", &req.reason, 500)?;
+        if !req.reason.is_empty() {
+            validate_text("reason", &req.reason, 500)?;
+        }
         self.write(move |txn| {
             let rec = get_cluster(txn, &cluster)?
                 .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
