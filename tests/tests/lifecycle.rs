@@ -265,6 +265,12 @@ fn hosts_whose_engine_restarts_rejoin_the_same_swarm() -> anyhow::Result<()> {
     }
     let again = c.wait_formed(&all(&c), 3, 2, FORM)?;
     assert_eq!(again, id, "the same swarm");
+    // A node whose swarm state is broken: it left the swarm behind the agent's back while the
+    // cluster still counts it. The agent joins it again and the keeper removes the stale
+    // entry (Down, its hostname now held by the new node).
+    c.lab.host(worker).docker(&["swarm", "leave"])?;
+    let again = c.wait_formed(&all(&c), 3, 2, FORM)?;
+    assert_eq!(again, id, "the same swarm");
     assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
     for i in all(&c) {
         assert!(c.agent(i).unwrap().is_running(), "agent {i} survived");

@@ -11,7 +11,9 @@
 //! 4. A wrong manager count that has persisted for T (joins settle first): fewer than target →
 //!    promote; more than target → demote a healthy non-leader; even and nobody to promote →
 //!    demote a healthy non-leader, so no even count above 1 stands.
-//! 5. With `remove_down_after` (T2) set: remove workers Down for T2.
+//! 5. A Down worker whose hostname a Ready node now holds (the host lost its swarm state and
+//!    joined again under a new node id): remove the stale entry once it has been Down for T.
+//!    With `remove_down_after` (T2) set: remove any worker Down for T2.
 //!
 //! A demotion is only planned when the healthy managers keep a majority of the managers left.
 
@@ -184,6 +186,31 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
     }
 
     // Rule 5.
+    let mut stale: Vec<&NodeView> = v
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.role == Role::Worker
+                && n.state == "down"
+                && down_for(n) >= r.promote_after
+                && v.nodes
+                    .iter()
+                    .any(|o| o.id != n.id && o.ready && o.hostname == n.hostname)
+        })
+        .collect();
+    stale.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    if let Some(n) = stale.first() {
+        return Some(Action {
+            kind: Kind::Remove,
+            node_id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            reason: format!(
+                "stale entry: {} joined again under a new node id (this one has been down for {} s)",
+                n.hostname,
+                secs(down_for(n))
+            ),
+        });
+    }
     if let Some(t2) = r.remove_down_after {
         let mut gone: Vec<&NodeView> = v
             .nodes
@@ -391,6 +418,21 @@ mod tests {
         assert_eq!(run(&n, &[("e", 59)], 0, &[], &r), None);
         let a = run(&n, &[("e", 60)], 0, &[], &r).unwrap();
         assert_eq!((a.kind, a.node_id.as_str()), (Kind::Remove, "e"));
+    }
+
+    #[test]
+    fn a_stale_entry_of_a_host_that_joined_again_is_removed_after_t() {
+        let mut n = five(false);
+        let mut old = node("e-old", Role::Worker, false);
+        old.hostname = n[4].hostname.clone();
+        n.push(old);
+        assert_eq!(run(&n, &[("e-old", 9)], 0, &[], &rules()), None);
+        let a = run(&n, &[("e-old", 10)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Remove, "e-old"));
+        // Not while the host's new node is not Ready.
+        n[4].ready = false;
+        n[4].state = "down".into();
+        assert_eq!(run(&n, &[("e-old", 60), ("e", 1)], 0, &[], &rules()), None);
     }
 
     #[test]
