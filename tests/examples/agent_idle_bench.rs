@@ -36,7 +36,9 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--secs" => secs = v.parse()?,
             "--nodes" => nodes = v.parse()?,
-            other => bail!("unknown argument {other:?}; usage: agent_idle_bench [--secs 60] [--nodes 5]"),
+            other => {
+                bail!("unknown argument {other:?}; usage: agent_idle_bench [--secs 60] [--nodes 5]")
+            }
         }
     }
     let ticks_per_sec = 100.0; // USER_HZ on Linux
