@@ -522,9 +522,27 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
+    // Any token is a valid HTTP method: label only the standard ones, so a client cannot add a
+    // metrics series (and text every /metrics reader sees) per made-up method.
+    let standard = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    let method_label = if standard.contains(&method) {
+        method.as_str()
+    } else {
+        "other"
+    };
     state
         .metrics
-        .record(method.as_str(), &route, status, elapsed.as_secs_f64());
+        .record(method_label, &route, status, elapsed.as_secs_f64());
     tracing::info!(
         method = %method,
         route = %route,
