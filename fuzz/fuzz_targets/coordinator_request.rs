@@ -59,6 +59,10 @@ const FUZZ_WORKER_TOKEN: &str = "SWMTKN-1-fuzz-worker-0897a6b5c4d3e2f1";
 const VAULT_MANAGER_TOKEN: &str = "SWMTKN-1-vault-manager-a1b2c3d4e5f60718";
 const VAULT_WORKER_TOKEN: &str = "SWMTKN-1-vault-worker-8170f6e5d4c3b2a1";
 const VAULT_SWARM_ID: &str = "vaultswarmid0000000000001";
+/// The method labels /metrics may show.
+const METRIC_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "other",
+];
 /// Requests per input (after that, the rest is ignored).
 const MAX_REQUESTS: usize = 8;
 /// A request that takes longer than this hangs (long-polls answer at once here).
@@ -444,6 +448,28 @@ fn check_response(
 
     if status.is_success() && !is_head && p.request_path().starts_with("/v1/") {
         assert!(json.is_some(), "2xx under /v1 is not JSON: {}", ctx());
+    }
+
+    // Metrics labels come from a bounded set: a client must not create a series per made-up
+    // method (or route).
+    if p.request_path() == "/metrics" && status.is_success() {
+        let text = String::from_utf8_lossy(body);
+        for label in text.split("method=\"").skip(1) {
+            let method = label.split('"').next().unwrap_or("");
+            assert!(
+                METRIC_METHODS.contains(&method),
+                "unbounded metrics label method={method:?}: {}",
+                ctx()
+            );
+        }
+        for label in text.split("route=\"").skip(1) {
+            let route = label.split('"').next().unwrap_or("");
+            assert!(
+                route == "unmatched" || api::route_table().iter().any(|(_, r)| *r == route),
+                "unbounded metrics label route={route:?}: {}",
+                ctx()
+            );
+        }
     }
 
     // Secrets: nothing the request did not carry itself, or that the fuzzer did not store in
