@@ -43,6 +43,10 @@ else
     export RUSTFLAGS="${RUSTFLAGS:-} --cfg swarmstrap_fuzz_wrapper=\"$(sha256sum fuzz/rustc-wrapper.sh | cut -c1-16)\""
 fi
 
+# The fuzzed crates build with the versions the root Cargo.lock pins (what we ship); cargo adds
+# libFuzzer's own dependencies. fuzz/Cargo.lock is derived, hence gitignored.
+cp Cargo.lock fuzz/Cargo.lock
+
 TARGETS=$(cargo fuzz list)
 start=$SECONDS
 echo "== cargo fuzz build ${FLAGS[*]}: $(echo $TARGETS)" >&2
