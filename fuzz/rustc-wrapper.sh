@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # RUSTC_WRAPPER for the quick fuzz build (scripts/fuzz.sh): cargo-fuzz puts its coverage
-# instrumentation (sancov passes, sanitizer) into RUSTFLAGS for every crate. Building the AWS SDK,
-# bollard, reqwest and aws-lc that the agent and coordinator link that way costs ~30 CPU minutes;
-# here only the crates below are instrumented (the code under test and the parsers that read the
-# fuzzed input), everything else is built plainly. libFuzzer then gets coverage from these
-# crates only, which is what guides it anyway. `--cfg fuzzing` stays everywhere.
+# instrumentation (sancov passes with comparison tracing, sanitizer) into RUSTFLAGS for every
+# crate, so every comparison in tokio, hyper, redb … calls into libFuzzer: the coordinator target
+# then runs ~10x fewer inputs per second. Here only the crates below are instrumented (the code
+# under test and the parsers that read the fuzzed input; generic code they instantiate, e.g.
+# axum's, is instrumented with them); everything else is built plainly. `--cfg fuzzing` stays.
 #
 # Called as: rustc-wrapper.sh RUSTC ARGS...
 set -euo pipefail
