@@ -192,6 +192,8 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(path, toml_text).expect("write the config file");
 
     let loaded = Config::load_with(&flags, &env);
+    // libFuzzer exits without destructors: leave no file behind.
+    let _ = std::fs::remove_file(path);
     let resolved = parsed.and_then(|f| Config::resolve(f, Some(path.to_path_buf()), &env, &flags));
     match (&loaded, &resolved) {
         (Ok(a), Ok(b)) => {
