@@ -5,6 +5,10 @@
 //! has no `Display`, so a join token cannot reach a log line by accident.
 
 pub mod rendezvous;
+#[cfg(feature = "rules")]
+pub mod rules;
+#[cfg(feature = "fs")]
+pub mod fsutil;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -271,6 +275,22 @@ pub fn default_target_managers() -> u8 {
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+}
+
+/// An error and its sources on one line (`a: b: c`), skipping a source whose text the line
+/// already holds (many errors repeat their source in their own message).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// Cluster and document names: 1–63 of `[a-z0-9-]`, not starting or ending with `-`.

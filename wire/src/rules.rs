@@ -1,0 +1,926 @@
+//! The rendezvous rulebook: every rule of the rendezvous, written once, as pure functions.
+//!
+//! Each function takes the cluster's current state (and, where a rule needs it, the record of
+//! the one node concerned), the current time, and a request. It returns the answer and the
+//! [`Change`] to store, or a [`RuleError`] whose [`Code`] has exactly one wire spelling. No
+//! I/O, no clock of its own: time is an input (`now_ms`, wall-clock milliseconds).
+//!
+//! # What a backend provides
+//!
+//! A backend is storage. To run the rulebook it must:
+//!
+//! 1. **Read** the cluster's [`ClusterState`], the [`NodeInfo`] of one node by id, all nodes
+//!    (for status) and a named [`Document`] (version 0 / `null` when never written).
+//! 2. **Apply a rule inside one atomic step**: read, call the rule, store every part of the
+//!    returned [`Change`] (new state, upserted node, cleared nodes, new document) so that the
+//!    write commits only if nothing it read changed in between. The coordinator does this in
+//!    one redb write transaction (its single writer serializes them); the Secrets Manager
+//!    backend reads the secret, applies the rule, and compare-and-swaps the secret, re-running
+//!    the rule on a lost race; the in-memory fake holds a mutex. An etcd backend would read the
+//!    keys, apply the rule, and commit in a transaction conditioned on the `mod_revision` of
+//!    every key read.
+//! 3. **Answer only after the change is durable**, and answer nothing when the step failed.
+//!    A [`Change`] that [`Change::is_empty`] needs no write at all.
+//! 4. Optionally **wait for a newer state** (long-polls of join info and documents); polling
+//!    with capped backoff is a correct if slower substitute.
+//!
+//! [`Memory`] is a complete in-memory cluster (state, nodes and documents) with
+//! [`Memory::apply`]: a backend that stores one blob per cluster (Secrets Manager, the test
+//! fake, an etcd backend keeping one key) serializes a `Memory` and needs nothing else.
+//!
+//! # The rules, and why (each was once implemented differently by different backends)
+//!
+//! - **Register** is idempotent per node id. A new node is a manager when it asked for
+//!   `manager` or `auto` and fewer than `target_managers` managers are registered, else a
+//!   worker: the manager count never exceeds the target. A known node keeps its role; a changed
+//!   hostname, address or requested role is stored.
+//! - **Claim**: a formed cluster never grants a claim. A live lease is granted again to its
+//!   holder with the same fencing token and the *same expiry* (a re-claim does not extend it:
+//!   only renew does, so a holder cannot keep a lease alive by retrying claims). Otherwise (no
+//!   lease, or an expired one) a node registered as a worker is refused with `not_a_manager`
+//!   (it must never run `swarm init`), and anyone else gets a new lease with a strictly larger
+//!   fencing token. Fencing tokens are never reused, also across resets.
+//! - **Lease bounds**: the requested ttl is clamped into [`MIN_LEASE_TTL_MS`]..=
+//!   [`MAX_LEASE_TTL_MS`] (1 s to 5 min: long enough for a slow `swarm init`, short enough
+//!   that a dead claimant delays formation by minutes at most).
+//! - **Expiry only opens the lease to takeover.** Renew and publish are judged by holder and
+//!   fencing token, not by the clock: while nobody has claimed after the expiry, the holder's
+//!   token is still the newest, so extending the lease or publishing under it cannot admit a
+//!   second init (any other node would have needed a grant, which bumps the token). This way
+//!   one failed renewal, or a slow `swarm init`, does not strand a swarm that was formed
+//!   correctly. (The agent itself never *starts* `swarm init` on a lease it cannot prove live.)
+//! - **Renew**: the holder under the current token extends the lease to `now + ttl`, but only
+//!   once at most half of the ttl is left ([`renewal_due`]); before that the answer is the
+//!   current lease and nothing is written (Secrets Manager bills and rate-limits writes). The
+//!   agent renews every `ttl / `[`RENEW_DIVISOR`] (a quarter), so each extension leaves two
+//!   renewal periods of margin: one failed renewal never loses the lease. Renewing once formed,
+//!   or under another holder's or an older token, is `lease_lost`.
+//! - **Publish**: only the lease holder under the current fencing token moves the cluster to
+//!   formed (`not_lease_holder` / `stale_fencing_token` otherwise); the lease is then cleared.
+//!   Into a formed cluster, only the publisher repeating the identical publish under the same
+//!   token is accepted (a retry whose answer was lost), without a write; a different token is
+//!   `stale_fencing_token`, another node `not_lease_holder`, different data `already_formed`.
+//!   The CA digest is stored in its canonical form `sha256:<64 lowercase hex>`.
+//! - **Join**: a registered node gets the token of its own role only; an unregistered node is
+//!   `node_not_registered`.
+//! - **Reset** (operator recovery after every manager was lost) is compare-and-set on the swarm
+//!   id: only while the cluster is formed with that swarm id (`swarm_mismatch` otherwise), so
+//!   concurrent recoveries allow exactly one new init. It clears the formation, the lease and
+//!   every registration (roles are assigned again) and is recorded; the log keeps the last
+//!   [`RESET_LOG`] entries, the counter counts all. The admin reset is the same without the
+//!   swarm id check.
+//! - **Documents** are compare-and-set on their own version: a write succeeds only when the
+//!   document's current version equals `expected_version` (0: never written), and makes it
+//!   `expected_version + 1`. Changes elsewhere in the cluster never fail a document write.
+//! - **Validation** (identical everywhere): node ids 1–128 of `A-Z a-z 0-9 - _ . :`; hostnames,
+//!   addresses, swarm ids and manager addresses printable without spaces; the CA digest parsed
+//!   by [`crate::parse_fingerprint`]; 1–64 manager addresses; join tokens 1–512 bytes; a reset
+//!   reason at most 500 characters without control characters.
+
+use crate::{
+    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo, JoinResponse, Lease, NodeInfo,
+    Phase, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    RequestedRole, ResetRequest, Role, Secret,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Init lease bounds (the requested ttl is clamped into them).
+pub const MIN_LEASE_TTL_MS: u64 = 1_000;
+pub const MAX_LEASE_TTL_MS: u64 = 300_000;
+
+/// The holder renews every `ttl / RENEW_DIVISOR`; a renewal writes once at most half the ttl is
+/// left, so every extension leaves `RENEW_DIVISOR / 2` renewal periods of margin.
+pub const RENEW_DIVISOR: u32 = 4;
+
+/// How many resets the log keeps (the `resets` counter counts them all).
+pub const RESET_LOG: usize = 20;
+
+/// Longest reset reason (characters).
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// Every refusal the rulebook can give, each with one wire spelling ([`Code::as_str`]) and one
+/// HTTP status ([`Code::http_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// A malformed field (400).
+    InvalidRequest,
+    /// A bad cluster or document name (400).
+    InvalidName,
+    /// The cluster does not exist (404).
+    UnknownCluster,
+    /// The cluster already exists (409).
+    ClusterExists,
+    /// The node must register first (404).
+    NodeNotRegistered,
+    /// A worker may not claim the init lease (409).
+    NotAManager,
+    /// Another node holds (or held) the lease (409).
+    NotLeaseHolder,
+    /// The fencing token is not the current one (409).
+    StaleFencingToken,
+    /// Renewal refused: the caller no longer holds the lease (409).
+    LeaseLost,
+    /// The cluster is formed with different data (409).
+    AlreadyFormed,
+    /// Reset refused: the cluster is not formed with the given swarm id (409).
+    SwarmMismatch,
+    /// Document compare-and-set failed (409).
+    VersionConflict,
+}
+
+impl Code {
+    pub const ALL: [Code; 12] = [
+        Code::InvalidRequest,
+        Code::InvalidName,
+        Code::UnknownCluster,
+        Code::ClusterExists,
+        Code::NodeNotRegistered,
+        Code::NotAManager,
+        Code::NotLeaseHolder,
+        Code::StaleFencingToken,
+        Code::LeaseLost,
+        Code::AlreadyFormed,
+        Code::SwarmMismatch,
+        Code::VersionConflict,
+    ];
+
+    /// The spelling in `{"error": code}` and in [`crate::rendezvous::RendezvousError`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidRequest => "invalid_request",
+            Code::InvalidName => "invalid_name",
+            Code::UnknownCluster => "unknown_cluster",
+            Code::ClusterExists => "cluster_exists",
+            Code::NodeNotRegistered => "node_not_registered",
+            Code::NotAManager => "not_a_manager",
+            Code::NotLeaseHolder => "not_lease_holder",
+            Code::StaleFencingToken => "stale_fencing_token",
+            Code::LeaseLost => "lease_lost",
+            Code::AlreadyFormed => "already_formed",
+            Code::SwarmMismatch => "swarm_mismatch",
+            Code::VersionConflict => "version_conflict",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            Code::InvalidRequest | Code::InvalidName => 400,
+            Code::UnknownCluster | Code::NodeNotRegistered => 404,
+            _ => 409,
+        }
+    }
+
+    /// A conflict: re-read the state and decide again (as opposed to a request that is wrong).
+    pub fn is_conflict(self) -> bool {
+        self.http_status() == 409
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: a code and a message that says what was wrong and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RuleError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl RuleError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        RuleError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<RuleError> for crate::rendezvous::RendezvousError {
+    fn from(e: RuleError) -> Self {
+        let (code, message) = (e.code.as_str().to_string(), e.message);
+        if e.code.is_conflict() {
+            crate::rendezvous::RendezvousError::Conflict { code, message }
+        } else {
+            crate::rendezvous::RendezvousError::Rejected { code, message }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuleError>;
+
+/// The init lease as stored. `expires_at_ms` is wall-clock; the wire shows time left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseState {
+    pub holder: String,
+    pub fencing_token: u64,
+    #[serde(default)]
+    pub granted_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
+/// The published join data. `Debug` is safe: the tokens are [`Secret`]s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Formation {
+    pub swarm_id: String,
+    pub ca_digest: String,
+    pub manager_addrs: Vec<String>,
+    pub manager_token: Secret,
+    pub worker_token: Secret,
+    /// The node that published, and under which fencing token (an identical retry by it is
+    /// accepted).
+    #[serde(default)]
+    pub published_by: String,
+    #[serde(default)]
+    pub fencing_token: u64,
+    pub formed_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetRecord {
+    pub at_ms: u64,
+    pub previous_swarm_id: Option<String>,
+    /// `operator (admin API)` or `node <id>` (`swarm-agent recover`).
+    #[serde(default)]
+    pub by: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Everything the rules know about one cluster except its nodes and documents (which a
+/// backend may store apart, e.g. one row per node). Field names are the stored layout.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    #[serde(alias = "cluster")]
+    pub name: String,
+    pub target_managers: u8,
+    #[serde(default)]
+    pub node_count: u64,
+    #[serde(default)]
+    pub manager_count: u64,
+    #[serde(default)]
+    pub lease: Option<LeaseState>,
+    /// The last fencing token granted in this cluster (the next grant gets a larger one).
+    #[serde(default)]
+    pub last_fencing_token: u64,
+    #[serde(default)]
+    pub formed: Option<Formation>,
+    #[serde(default)]
+    pub resets: u64,
+    #[serde(default)]
+    pub reset_log: Vec<ResetRecord>,
+}
+
+/// What a rule decided to store. Empty: nothing changed, no write needed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Change {
+    /// The cluster's new state.
+    pub state: Option<ClusterState>,
+    /// A node record to insert or replace.
+    pub node: Option<NodeInfo>,
+    /// Forget every node registration (before inserting `node`, if any).
+    pub clear_nodes: bool,
+    /// A document's new content: (name, document).
+    pub doc: Option<(String, Document)>,
+}
+
+impl Change {
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.node.is_none() && !self.clear_nodes && self.doc.is_none()
+    }
+}
+
+/// A rule's result: the answer, and what to store before giving it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome<T> {
+    pub answer: T,
+    pub change: Change,
+}
+
+impl<T> Outcome<T> {
+    fn keep(answer: T) -> Self {
+        Outcome {
+            answer,
+            change: Change::default(),
+        }
+    }
+
+    fn state(answer: T, state: ClusterState) -> Self {
+        Outcome {
+            answer,
+            change: Change {
+                state: Some(state),
+                ..Change::default()
+            },
+        }
+    }
+}
+
+impl ClusterState {
+    /// A new, open cluster. Validates the name and the manager target.
+    pub fn new(name: &str, target_managers: u8) -> Result<Self> {
+        crate::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;
+        crate::validate_target_managers(target_managers)
+            .map_err(|m| RuleError::new(Code::InvalidRequest, m))?;
+        Ok(ClusterState {
+            name: name.to_string(),
+            target_managers,
+            node_count: 0,
+            manager_count: 0,
+            lease: None,
+            last_fencing_token: 0,
+            formed: None,
+            resets: 0,
+            reset_log: Vec::new(),
+        })
+    }
+
+    /// The lease if it is still live at `now_ms`.
+    pub fn live_lease(&self, now_ms: u64) -> Option<&LeaseState> {
+        self.lease.as_ref().filter(|l| l.expires_at_ms > now_ms)
+    }
+
+    pub fn phase(&self, now_ms: u64) -> Phase {
+        if self.formed.is_some() {
+            Phase::Formed
+        } else if self.live_lease(now_ms).is_some() {
+            Phase::Claimed
+        } else {
+            Phase::Open
+        }
+    }
+
+    /// The live lease as the wire shows it (`expires_in_ms` relative to now).
+    pub fn wire_lease(&self, now_ms: u64) -> Option<Lease> {
+        self.live_lease(now_ms).map(|l| Lease {
+            holder: l.holder.clone(),
+            fencing_token: l.fencing_token,
+            expires_in_ms: l.expires_at_ms.saturating_sub(now_ms),
+        })
+    }
+
+    fn claim_answer(&self, node_id: &str, now_ms: u64) -> ClaimResponse {
+        let lease = self.wire_lease(now_ms);
+        ClaimResponse {
+            granted: self.formed.is_none() && lease.as_ref().is_some_and(|l| l.holder == node_id),
+            phase: self.phase(now_ms),
+            lease,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+fn invalid(message: impl Into<String>) -> RuleError {
+    RuleError::new(Code::InvalidRequest, message)
+}
+
+pub fn validate_node_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "invalid node_id {id:?}: use 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'"
+        )))
+    }
+}
+
+/// 1..=max bytes, printable, no whitespace. The value is not echoed (it may be anything).
+fn validate_word(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty()
+        || value.len() > max
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(invalid(format!(
+            "invalid {field}: must be 1-{max} printable characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+pub fn validate_register(req: &RegisterRequest) -> Result<()> {
+    validate_node_id(&req.node_id)?;
+    validate_word("hostname", &req.hostname, 253)?;
+    validate_word("advertise_addr", &req.advertise_addr, 255)
+}
+
+/// Validates a publish and returns its CA digest in canonical form.
+pub fn validate_publish(req: &PublishRequest) -> Result<String> {
+    validate_node_id(&req.node_id)?;
+    validate_word("swarm_id", &req.swarm_id, 128)?;
+    let digest = crate::parse_fingerprint(&req.ca_digest).map_err(|_| {
+        invalid("invalid ca_digest: expected sha256:<64 hex digits> of the swarm root CA (DER)")
+    })?;
+    if req.manager_addrs.is_empty() || req.manager_addrs.len() > 64 {
+        return Err(invalid(
+            "manager_addrs must list 1-64 manager addresses (ip:2377)",
+        ));
+    }
+    for a in &req.manager_addrs {
+        validate_word("manager_addrs entry", a, 255)?;
+    }
+    for (field, token) in [
+        ("manager_token", &req.manager_token),
+        ("worker_token", &req.worker_token),
+    ] {
+        if token.is_empty() || token.expose().len() > 512 {
+            return Err(invalid(format!(
+                "invalid {field}: must be a non-empty join token of at most 512 bytes"
+            )));
+        }
+    }
+    Ok(crate::format_fingerprint(&digest))
+}
+
+pub fn validate_reset(req: &ResetRequest) -> Result<()> {
+    validate_node_id(&req.node_id)?;
+    validate_word("swarm_id", &req.swarm_id, 128)?;
+    if req.reason.chars().count() > MAX_REASON_CHARS || req.reason.chars().any(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "invalid reason: at most {MAX_REASON_CHARS} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+pub fn clamp_ttl_ms(ttl_ms: u64) -> u64 {
+    ttl_ms.clamp(MIN_LEASE_TTL_MS, MAX_LEASE_TTL_MS)
+}
+
+/// True when a renewal should extend (write) the lease: at most half of `ttl_ms` is left.
+pub fn renewal_due(lease: &LeaseState, now_ms: u64, ttl_ms: u64) -> bool {
+    lease.expires_at_ms.saturating_sub(now_ms) <= clamp_ttl_ms(ttl_ms) / 2
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules
+
+/// Register `req`. `existing` is the stored record of `req.node_id`, if any.
+pub fn register(
+    st: &ClusterState,
+    existing: Option<&NodeInfo>,
+    now_ms: u64,
+    req: &RegisterRequest,
+) -> Result<Outcome<RegisterResponse>> {
+    validate_register(req)?;
+    let answer = |role| RegisterResponse {
+        node_id: req.node_id.clone(),
+        role,
+        target_managers: st.target_managers,
+        phase: st.phase(now_ms),
+    };
+    if let Some(node) = existing {
+        let same = node.hostname == req.hostname
+            && node.advertise_addr == req.advertise_addr
+            && node.requested == req.role;
+        if same {
+            return Ok(Outcome::keep(answer(node.role)));
+        }
+        let mut node = node.clone();
+        node.hostname = req.hostname.clone();
+        node.advertise_addr = req.advertise_addr.clone();
+        node.requested = req.role;
+        return Ok(Outcome {
+            answer: answer(node.role),
+            change: Change {
+                node: Some(node),
+                ..Change::default()
+            },
+        });
+    }
+    let wants_manager = matches!(req.role, RequestedRole::Auto | RequestedRole::Manager);
+    let role = if wants_manager && st.manager_count < u64::from(st.target_managers) {
+        Role::Manager
+    } else {
+        Role::Worker
+    };
+    let mut next = st.clone();
+    next.node_count += 1;
+    if role == Role::Manager {
+        next.manager_count += 1;
+    }
+    Ok(Outcome {
+        answer: answer(role),
+        change: Change {
+            state: Some(next),
+            node: Some(NodeInfo {
+                node_id: req.node_id.clone(),
+                hostname: req.hostname.clone(),
+                advertise_addr: req.advertise_addr.clone(),
+                requested: req.role,
+                role,
+                registered_at_ms: now_ms,
+            }),
+            ..Change::default()
+        },
+    })
+}
+
+/// Claim the init lease for `node_id`. `node` is its registration, if any.
+pub fn claim(
+    st: &ClusterState,
+    node: Option<&NodeInfo>,
+    now_ms: u64,
+    node_id: &str,
+    ttl_ms: u64,
+) -> Result<Outcome<ClaimResponse>> {
+    validate_node_id(node_id)?;
+    if st.formed.is_some() || st.live_lease(now_ms).is_some() {
+        return Ok(Outcome::keep(st.claim_answer(node_id, now_ms)));
+    }
+    if node.is_some_and(|n| n.role == Role::Worker) {
+        return Err(RuleError::new(
+            Code::NotAManager,
+            format!(
+                "node {node_id:?} was assigned the worker role; only managers may claim the init lease"
+            ),
+        ));
+    }
+    let mut next = st.clone();
+    next.last_fencing_token += 1;
+    next.lease = Some(LeaseState {
+        holder: node_id.to_string(),
+        fencing_token: next.last_fencing_token,
+        granted_at_ms: now_ms,
+        expires_at_ms: now_ms + clamp_ttl_ms(ttl_ms),
+    });
+    let answer = next.claim_answer(node_id, now_ms);
+    Ok(Outcome::state(answer, next))
+}
+
+/// Check that `node_id` holds the lease under `token` (the clock is not consulted).
+fn check_holder<'a>(st: &'a ClusterState, node_id: &str, token: u64) -> Result<&'a LeaseState> {
+    match &st.lease {
+        None => Err(RuleError::new(
+            Code::NotLeaseHolder,
+            format!("node {node_id:?} does not hold the init lease (no lease is held): claim it"),
+        )),
+        Some(l) if l.fencing_token != token => Err(RuleError::new(
+            Code::StaleFencingToken,
+            format!(
+                "fencing token {token} is stale; the current lease has token {}",
+                l.fencing_token
+            ),
+        )),
+        Some(l) if l.holder != node_id => Err(RuleError::new(
+            Code::NotLeaseHolder,
+            format!(
+                "node {node_id:?} does not hold the init lease (held by {:?})",
+                l.holder
+            ),
+        )),
+        Some(l) => Ok(l),
+    }
+}
+
+/// Renew the lease (see the module docs: extends only once half the ttl is used up).
+pub fn renew(st: &ClusterState, now_ms: u64, req: &RenewRequest) -> Result<Outcome<ClaimResponse>> {
+    validate_node_id(&req.node_id)?;
+    if st.formed.is_some() {
+        return Err(RuleError::new(
+            Code::LeaseLost,
+            "the cluster is already formed: there is no init lease to renew",
+        ));
+    }
+    let lease = check_holder(st, &req.node_id, req.fencing_token)
+        .map_err(|e| RuleError::new(Code::LeaseLost, format!("the init lease is lost: {e}")))?;
+    if !renewal_due(lease, now_ms, req.ttl_ms) {
+        return Ok(Outcome::keep(st.claim_answer(&req.node_id, now_ms)));
+    }
+    let mut next = st.clone();
+    if let Some(l) = next.lease.as_mut() {
+        l.expires_at_ms = now_ms + clamp_ttl_ms(req.ttl_ms);
+    }
+    let answer = next.claim_answer(&req.node_id, now_ms);
+    Ok(Outcome::state(answer, next))
+}
+
+/// Publish the join data (see the module docs).
+pub fn publish(
+    st: &ClusterState,
+    now_ms: u64,
+    req: &PublishRequest,
+) -> Result<Outcome<PublishResponse>> {
+    let ca_digest = validate_publish(req)?;
+    let formed = PublishResponse {
+        phase: Phase::Formed,
+    };
+    if let Some(f) = &st.formed {
+        if req.fencing_token != f.fencing_token {
+            return Err(RuleError::new(
+                Code::StaleFencingToken,
+                format!(
+                    "fencing token {} is stale: the cluster was formed under token {}",
+                    req.fencing_token, f.fencing_token
+                ),
+            ));
+        }
+        if req.node_id != f.published_by {
+            return Err(RuleError::new(
+                Code::NotLeaseHolder,
+                format!(
+                    "node {:?} did not form the cluster ({:?} did)",
+                    req.node_id, f.published_by
+                ),
+            ));
+        }
+        let same = f.swarm_id == req.swarm_id
+            && f.ca_digest == ca_digest
+            && f.manager_addrs == req.manager_addrs
+            && f.manager_token == req.manager_token
+            && f.worker_token == req.worker_token;
+        if !same {
+            return Err(RuleError::new(
+                Code::AlreadyFormed,
+                format!(
+                    "the cluster is already formed with different data (swarm {:?}); an operator must reset it first",
+                    f.swarm_id
+                ),
+            ));
+        }
+        return Ok(Outcome::keep(formed));
+    }
+    check_holder(st, &req.node_id, req.fencing_token)?;
+    let mut next = st.clone();
+    next.formed = Some(Formation {
+        swarm_id: req.swarm_id.clone(),
+        ca_digest,
+        manager_addrs: req.manager_addrs.clone(),
+        manager_token: req.manager_token.clone(),
+        worker_token: req.worker_token.clone(),
+        published_by: req.node_id.clone(),
+        fencing_token: req.fencing_token,
+        formed_at_ms: now_ms,
+    });
+    next.lease = None;
+    Ok(Outcome::state(formed, next))
+}
+
+fn reset_change(
+    st: &ClusterState,
+    now_ms: u64,
+    by: String,
+    reason: String,
+) -> Outcome<ClusterStatus> {
+    let mut next = st.clone();
+    next.reset_log.push(ResetRecord {
+        at_ms: now_ms,
+        previous_swarm_id: st.formed.as_ref().map(|f| f.swarm_id.clone()),
+        by,
+        reason,
+    });
+    let excess = next.reset_log.len().saturating_sub(RESET_LOG);
+    next.reset_log.drain(..excess);
+    next.resets += 1;
+    next.formed = None;
+    next.lease = None;
+    next.node_count = 0;
+    next.manager_count = 0;
+    Outcome {
+        answer: status(&next, Vec::new(), now_ms),
+        change: Change {
+            state: Some(next),
+            clear_nodes: true,
+            ..Change::default()
+        },
+    }
+}
+
+/// `swarm-agent recover`: reset only while formed with `req.swarm_id`.
+pub fn recover(
+    st: &ClusterState,
+    now_ms: u64,
+    req: &ResetRequest,
+) -> Result<Outcome<ClusterStatus>> {
+    validate_reset(req)?;
+    let current = st.formed.as_ref().map(|f| f.swarm_id.as_str());
+    if current != Some(req.swarm_id.as_str()) {
+        return Err(RuleError::new(
+            Code::SwarmMismatch,
+            format!(
+                "the cluster is formed with swarm {}, not {:?}: nothing was reset (check the swarm id)",
+                current.map_or_else(|| "none (it is not formed)".into(), |c| format!("{c:?}")),
+                req.swarm_id
+            ),
+        ));
+    }
+    Ok(reset_change(
+        st,
+        now_ms,
+        format!("node {}", req.node_id),
+        req.reason.clone(),
+    ))
+}
+
+/// The operator's unconditional reset (admin API / `swarm-coordinator cluster reset`).
+pub fn admin_reset(st: &ClusterState, now_ms: u64) -> Outcome<ClusterStatus> {
+    reset_change(st, now_ms, "operator (admin API)".into(), String::new())
+}
+
+/// What `node_id` needs to join (the token of its role only), once formed.
+pub fn join(
+    st: &ClusterState,
+    node: Option<&NodeInfo>,
+    now_ms: u64,
+    node_id: &str,
+) -> Result<JoinResponse> {
+    let Some(node) = node else {
+        return Err(RuleError::new(
+            Code::NodeNotRegistered,
+            format!(
+                "node {node_id:?} is not registered in cluster {:?}: register it first (POST /v1/clusters/{}/nodes)",
+                st.name, st.name
+            ),
+        ));
+    };
+    Ok(JoinResponse {
+        phase: st.phase(now_ms),
+        lease: st.wire_lease(now_ms),
+        join: st.formed.as_ref().map(|f| JoinInfo {
+            swarm_id: f.swarm_id.clone(),
+            ca_digest: f.ca_digest.clone(),
+            manager_addrs: f.manager_addrs.clone(),
+            role: node.role,
+            token: match node.role {
+                Role::Manager => f.manager_token.clone(),
+                Role::Worker => f.worker_token.clone(),
+            },
+        }),
+    })
+}
+
+/// The cluster as `GET /v1/clusters/{c}` shows it: no secrets.
+pub fn status(st: &ClusterState, nodes: Vec<NodeInfo>, now_ms: u64) -> ClusterStatus {
+    ClusterStatus {
+        name: st.name.clone(),
+        phase: st.phase(now_ms),
+        target_managers: st.target_managers,
+        lease: st.wire_lease(now_ms),
+        swarm_id: st.formed.as_ref().map(|f| f.swarm_id.clone()),
+        ca_digest: st.formed.as_ref().map(|f| f.ca_digest.clone()),
+        manager_addrs: st
+            .formed
+            .as_ref()
+            .map(|f| f.manager_addrs.clone())
+            .unwrap_or_default(),
+        nodes,
+        formed_at_ms: st.formed.as_ref().map(|f| f.formed_at_ms),
+        resets: st.resets,
+    }
+}
+
+/// A document never written: version 0, body `null`.
+pub fn empty_doc() -> Document {
+    Document {
+        version: 0,
+        body: serde_json::Value::Null,
+    }
+}
+
+/// Document compare-and-set. `current` is the stored document ([`empty_doc`] if none).
+pub fn put_doc(current: &Document, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
+    crate::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;
+    if current.version != write.expected_version {
+        return Err(RuleError::new(
+            Code::VersionConflict,
+            format!(
+                "version conflict: document {name:?} is at version {}, the write expected {}; re-read and retry",
+                current.version, write.expected_version
+            ),
+        ));
+    }
+    let doc = Document {
+        version: current.version + 1,
+        body: write.body.clone(),
+    };
+    Ok(Outcome {
+        answer: doc.clone(),
+        change: Change {
+            doc: Some((name.to_string(), doc)),
+            ..Change::default()
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A whole cluster in memory
+
+/// One cluster's complete state as one value: for backends that store a blob per cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    #[serde(flatten)]
+    pub state: ClusterState,
+    /// By node id.
+    #[serde(default, with = "nodes_as_list")]
+    pub nodes: BTreeMap<String, NodeInfo>,
+    #[serde(default)]
+    pub docs: BTreeMap<String, Document>,
+}
+
+/// Nodes are stored as a list (the layout the Secrets Manager document always had).
+mod nodes_as_list {
+    use crate::NodeInfo;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, NodeInfo>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let list: Vec<&NodeInfo> = m.values().collect();
+        list.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, NodeInfo>, D::Error> {
+        let list = Vec::<NodeInfo>::deserialize(d)?;
+        Ok(list.into_iter().map(|n| (n.node_id.clone(), n)).collect())
+    }
+}
+
+impl Memory {
+    pub fn new(state: ClusterState) -> Self {
+        Memory {
+            state,
+            nodes: BTreeMap::new(),
+            docs: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&self, node_id: &str) -> Option<&NodeInfo> {
+        self.nodes.get(node_id)
+    }
+
+    pub fn doc(&self, name: &str) -> Document {
+        self.docs.get(name).cloned().unwrap_or_else(empty_doc)
+    }
+
+    /// Recount managers and nodes from the node list (for layouts that did not store counts).
+    pub fn recount(&mut self) {
+        self.state.node_count = self.nodes.len() as u64;
+        self.state.manager_count = self
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Manager)
+            .count() as u64;
+    }
+
+    /// Store a rule's change.
+    pub fn apply(&mut self, change: Change) {
+        if let Some(st) = change.state {
+            self.state = st;
+        }
+        if change.clear_nodes {
+            self.nodes.clear();
+        }
+        if let Some(node) = change.node {
+            self.nodes.insert(node.node_id.clone(), node);
+        }
+        if let Some((name, doc)) = change.doc {
+            self.docs.insert(name, doc);
+        }
+    }
+
+    pub fn register(
+        &self,
+        now_ms: u64,
+        req: &RegisterRequest,
+    ) -> Result<Outcome<RegisterResponse>> {
+        register(&self.state, self.node(&req.node_id), now_ms, req)
+    }
+
+    pub fn claim(&self, now_ms: u64, node_id: &str, ttl_ms: u64) -> Result<Outcome<ClaimResponse>> {
+        claim(&self.state, self.node(node_id), now_ms, node_id, ttl_ms)
+    }
+
+    pub fn join(&self, now_ms: u64, node_id: &str) -> Result<JoinResponse> {
+        join(&self.state, self.node(node_id), now_ms, node_id)
+    }
+
+    pub fn status(&self, now_ms: u64) -> ClusterStatus {
+        status(&self.state, self.nodes.values().cloned().collect(), now_ms)
+    }
+
+    pub fn put_doc(&self, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
+        put_doc(&self.doc(name), name, write)
+    }
+}
+
+#[cfg(test)]
+mod tests;
