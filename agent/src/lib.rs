@@ -19,5 +19,7 @@ pub mod state;
 
 #[cfg(test)]
 mod sim;
-#[cfg(test)]
-pub(crate) mod testing;
+/// Fakes for tests (an engine world and an in-memory rendezvous running the rulebook); the
+/// `testing` feature exposes them to the conformance suite.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -1,0 +1,825 @@
+//! The rendezvous conformance suite: every rule of the rulebook (`swarmstrap_wire::rules`),
+//! checked through the [`Rendezvous`] trait the agent uses, against any backend.
+//!
+//! A backend test implements [`Backend`] (make a fresh cluster, hand out clients as separate
+//! nodes would have them) and calls [`run_all`]. Every case runs in its own cluster, in its own
+//! task; the run reports each case and fails listing every failed case. The same cases run on
+//! the coordinator (in process, over real TLS, through the agent's HTTPS client), on Secrets
+//! Manager (the real backend against a moto server) and on the in-memory fake.
+//!
+//! Waiting is always for a condition with a deadline (lease expiry is observed in the
+//! backend's own status, never assumed after a fixed sleep).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::rules::{Code, MAX_LEASE_TTL_MS, RESET_LOG};
+use swarmstrap_wire::{
+    Phase, PublishRequest, RegisterRequest, RequestedRole, ResetRequest, Role, Secret,
+};
+
+/// Makes a client for one node of a cluster.
+pub type Clients = Arc<dyn Fn() -> Arc<dyn Rendezvous> + Send + Sync>;
+
+/// What a backend test provides.
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn name(&self) -> String;
+    /// A fresh, empty cluster with this manager target.
+    async fn cluster(&self, target_managers: u8) -> Clients;
+}
+
+type CaseFn = fn(Arc<dyn Backend>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case, by name.
+        pub const CASES: &[(&str, CaseFn)] = &[
+            $((stringify!($name), |b| Box::pin($name(b)))),*
+        ];
+    };
+}
+
+cases!(
+    register_assigns_roles_up_to_the_target,
+    register_is_idempotent_and_stores_changes,
+    invalid_requests_are_refused_with_invalid_request,
+    one_claim_wins_and_the_holder_keeps_its_token,
+    a_re_claim_does_not_extend_the_lease,
+    a_worker_may_not_claim,
+    ttl_is_clamped_to_the_bounds,
+    publish_is_fenced,
+    formed_cluster_refuses_claims_and_foreign_publishes,
+    identical_re_publish_is_accepted,
+    ca_digest_is_stored_canonical,
+    expired_lease_is_taken_over_with_a_larger_token,
+    renew_and_publish_after_expiry_without_takeover,
+    renew_extends_only_in_the_second_half,
+    renew_once_formed_is_lease_lost,
+    join_gives_only_the_role_token,
+    join_of_an_unregistered_node_is_refused,
+    wait_join_wakes_on_publish,
+    status_shows_no_secret,
+    reset_is_compare_and_set_on_the_swarm_id,
+    reset_clears_registrations_and_fencing_keeps_counting,
+    reset_reason_is_bounded,
+    reset_log_is_bounded,
+    documents_are_compare_and_set,
+    document_long_poll_wakes_on_write,
+    race_many_claimants_one_lease,
+    race_registrations_never_exceed_the_target,
+    race_cas_writers_lose_no_update,
+    race_concurrent_recoveries_reset_once,
+    race_duplicate_publish_forms_once,
+);
+
+/// Run every case (or those whose name contains `filter`), each in its own cluster and task.
+/// Panics listing the failed cases.
+pub async fn run_all(backend: Arc<dyn Backend>, filter: Option<&str>) {
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (name, case) in CASES {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        ran += 1;
+        let started = Instant::now();
+        let outcome = tokio::spawn(case(backend.clone())).await;
+        let ms = started.elapsed().as_millis();
+        match outcome {
+            Ok(()) => eprintln!("conformance [{}] {name} ... ok ({ms} ms)", backend.name()),
+            Err(e) => {
+                eprintln!("conformance [{}] {name} ... FAILED: {e}", backend.name());
+                failed.push(*name);
+            }
+        }
+    }
+    assert!(ran > 0, "no conformance case matched the filter {filter:?}");
+    assert!(
+        failed.is_empty(),
+        "{} of {ran} conformance cases failed on {}: {failed:?}",
+        failed.len(),
+        backend.name()
+    );
+    eprintln!("conformance [{}]: {ran} cases passed", backend.name());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
+    RegisterRequest {
+        node_id: id.into(),
+        hostname: format!("host-{id}"),
+        advertise_addr: "198.18.0.10".into(),
+        role,
+    }
+}
+
+fn digest(b: u8) -> String {
+    swarmstrap_wire::format_fingerprint(&[b; 32])
+}
+
+fn pubreq(node: &str, token: u64) -> PublishRequest {
+    PublishRequest {
+        node_id: node.into(),
+        fencing_token: token,
+        swarm_id: "swarmid0123456789abcdefgh".into(),
+        ca_digest: digest(0xab),
+        manager_addrs: vec!["198.18.0.10:2377".into()],
+        manager_token: Secret::new("SWMTKN-1-conformance-manager"),
+        worker_token: Secret::new("SWMTKN-1-conformance-worker"),
+    }
+}
+
+/// The error code of a refusal (panics on any other error kind: a rule refusal is never
+/// transient or an authorization failure).
+fn code(e: RendezvousError) -> Code {
+    match e {
+        RendezvousError::Conflict { code, message } | RendezvousError::Rejected { code, message } => {
+            Code::parse(&code).unwrap_or_else(|| panic!("unknown error code {code:?}: {message}"))
+        }
+        other => panic!("expected a rule refusal, got {other}"),
+    }
+}
+
+/// Call until the answer is not transient (backends may shed load); 30 s deadline.
+macro_rules! call {
+    ($e:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match $e.await {
+                Err(RendezvousError::Transient(m)) if Instant::now() < deadline => {
+                    eprintln!("transient, retrying: {m}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+async fn register(c: &dyn Rendezvous, id: &str, role: RequestedRole) -> Role {
+    call!(c.register(&reg(id, role))).expect("register").role
+}
+
+/// Register `id` as a manager (cluster target permitting), claim, and return the token.
+async fn claim_as_manager(c: &dyn Rendezvous, id: &str, ttl: Duration) -> u64 {
+    assert_eq!(register(c, id, RequestedRole::Manager).await, Role::Manager);
+    let r = call!(c.claim(id, ttl)).expect("claim");
+    assert!(r.granted, "{id}'s claim on an open cluster was not granted: {r:?}");
+    r.lease.expect("a granted claim names the lease").fencing_token
+}
+
+async fn form(c: &dyn Rendezvous, id: &str) -> u64 {
+    let token = claim_as_manager(c, id, TTL).await;
+    call!(c.publish(&pubreq(id, token))).expect("publish");
+    token
+}
+
+/// Wait until the cluster's status shows no live lease (the lease ran out), with a deadline.
+async fn until_lease_expired(c: &dyn Rendezvous) {
+    until("the lease to expire", Duration::from_secs(MAX_LEASE_TTL_MS / 1000), || async {
+        call!(c.status()).expect("status").lease.is_none()
+    })
+    .await;
+}
+
+/// The scenario under test is a write that lands *while* a long-poll is parked; give the
+/// spawned waiter a moment to send its request first. This is the shape of the scenario, not a
+/// wait for a condition: were the waiter slower, it would find the new state at once and the
+/// test would still check the right answer (only the wake-up path would go unexercised).
+async fn park_delay() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+async fn until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(20);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registration
+
+async fn register_assigns_roles_up_to_the_target(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let mut roles = Vec::new();
+    for i in 0..5 {
+        roles.push(register(&*c, &format!("n{i}"), RequestedRole::Auto).await);
+    }
+    use Role::*;
+    assert_eq!(roles, [Manager, Manager, Manager, Worker, Worker]);
+    // manager asked beyond the target → worker; worker asked → worker
+    assert_eq!(register(&*c, "m", RequestedRole::Manager).await, Worker);
+    let c1 = (b.cluster(1).await)();
+    assert_eq!(register(&*c1, "w", RequestedRole::Worker).await, Worker);
+    assert_eq!(register(&*c1, "a", RequestedRole::Auto).await, Manager);
+    assert_eq!(register(&*c1, "b", RequestedRole::Manager).await, Worker);
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.nodes.len(), 6);
+    assert_eq!(s.nodes.iter().filter(|n| n.role == Manager).count(), 3);
+    assert_eq!(s.target_managers, 3);
+}
+
+async fn register_is_idempotent_and_stores_changes(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    assert_eq!(register(&*c, "n0", RequestedRole::Auto).await, Role::Manager);
+    // same node again, even asking for worker: same role
+    assert_eq!(register(&*c, "n0", RequestedRole::Worker).await, Role::Manager);
+    let mut moved = reg("n0", RequestedRole::Auto);
+    moved.advertise_addr = "198.18.0.99".into();
+    moved.hostname = "renamed".into();
+    let r = call!(c.register(&moved)).unwrap();
+    assert_eq!(r.role, Role::Manager);
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.nodes.len(), 1, "re-registering added a node: {:?}", s.nodes);
+    let n = &s.nodes[0];
+    assert_eq!((n.hostname.as_str(), n.advertise_addr.as_str()), ("renamed", "198.18.0.99"));
+    assert_eq!(n.requested, RequestedRole::Auto);
+    // the manager count did not grow: two more managers fit, not more
+    assert_eq!(register(&*c, "n1", RequestedRole::Auto).await, Role::Manager);
+    assert_eq!(register(&*c, "n2", RequestedRole::Auto).await, Role::Manager);
+    assert_eq!(register(&*c, "n3", RequestedRole::Auto).await, Role::Worker);
+}
+
+async fn invalid_requests_are_refused_with_invalid_request(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    for bad in [
+        reg("has space", RequestedRole::Auto),
+        reg("", RequestedRole::Auto),
+        reg(&"x".repeat(129), RequestedRole::Auto),
+        RegisterRequest {
+            hostname: "two words".into(),
+            ..reg("ok", RequestedRole::Auto)
+        },
+        RegisterRequest {
+            advertise_addr: "".into(),
+            ..reg("ok", RequestedRole::Auto)
+        },
+    ] {
+        let e = call!(c.register(&bad)).unwrap_err();
+        assert_eq!(code(e), Code::InvalidRequest, "{bad:?}");
+    }
+    let e = call!(c.claim("bad id", TTL)).unwrap_err();
+    assert_eq!(code(e), Code::InvalidRequest);
+    let token = claim_as_manager(&*c, "a", TTL).await;
+    let mut p = pubreq("a", token);
+    p.ca_digest = "md5:00".into();
+    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    let mut p = pubreq("a", token);
+    p.manager_addrs.clear();
+    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    let mut p = pubreq("a", token);
+    p.worker_token = Secret::new("");
+    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    let mut p = pubreq("a", token);
+    p.swarm_id = "has space".into();
+    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    // nothing of it was stored
+    assert_eq!(call!(c.status()).unwrap().phase, Phase::Claimed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claim
+
+async fn one_claim_wins_and_the_holder_keeps_its_token(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = claim_as_manager(&*c, "a", TTL).await;
+    register(&*c, "b", RequestedRole::Manager).await;
+    let r = call!(c.claim("b", TTL)).unwrap();
+    assert!(!r.granted);
+    assert_eq!(r.phase, Phase::Claimed);
+    let lease = r.lease.expect("the refusal names the holder");
+    assert_eq!((lease.holder.as_str(), lease.fencing_token), ("a", token));
+    let again = call!(c.claim("a", TTL)).unwrap();
+    assert!(again.granted, "the holder's retry must be granted: {again:?}");
+    assert_eq!(again.lease.unwrap().fencing_token, token);
+}
+
+async fn a_re_claim_does_not_extend_the_lease(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    claim_as_manager(&*c, "a", Duration::from_secs(4)).await;
+    // let some of the lease pass, observed through status
+    until("the lease to run below 3.5 s", Duration::from_secs(10), || async {
+        call!(c.status())
+            .unwrap()
+            .lease
+            .is_some_and(|l| l.expires_in_ms < 3_500)
+    })
+    .await;
+    let r = call!(c.claim("a", Duration::from_secs(4))).unwrap();
+    assert!(r.granted);
+    let left = r.lease.unwrap().expires_in_ms;
+    assert!(left < 3_500, "a re-claim extended the lease to {left} ms");
+}
+
+async fn a_worker_may_not_claim(b: Arc<dyn Backend>) {
+    let c = (b.cluster(1).await)();
+    assert_eq!(register(&*c, "w", RequestedRole::Worker).await, Role::Worker);
+    assert_eq!(code(call!(c.claim("w", TTL)).unwrap_err()), Code::NotAManager);
+    assert_eq!(call!(c.status()).unwrap().phase, Phase::Open);
+}
+
+async fn ttl_is_clamped_to_the_bounds(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    register(&*c, "a", RequestedRole::Manager).await;
+    let r = call!(c.claim("a", Duration::from_secs(3_600))).unwrap();
+    let left = r.lease.unwrap().expires_in_ms;
+    assert!(
+        left <= MAX_LEASE_TTL_MS && left > MAX_LEASE_TTL_MS - 10_000,
+        "an hour-long claim got {left} ms; the bound is {MAX_LEASE_TTL_MS}"
+    );
+    let c = (b.cluster(3).await)();
+    register(&*c, "a", RequestedRole::Manager).await;
+    let r = call!(c.claim("a", Duration::from_millis(1))).unwrap();
+    assert!(r.granted);
+    let left = r.lease.unwrap().expires_in_ms;
+    assert!(left > 500 && left <= 1_000, "a 1 ms claim got {left} ms (min 1 s)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publish
+
+async fn publish_is_fenced(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    // no lease at all
+    assert_eq!(code(call!(c.publish(&pubreq("a", 1))).unwrap_err()), Code::NotLeaseHolder);
+    let token = claim_as_manager(&*c, "a", TTL).await;
+    register(&*c, "b", RequestedRole::Manager).await;
+    assert_eq!(
+        code(call!(c.publish(&pubreq("b", token))).unwrap_err()),
+        Code::NotLeaseHolder
+    );
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", token + 1))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+    assert_eq!(call!(c.status()).unwrap().phase, Phase::Claimed);
+    let r = call!(c.publish(&pubreq("a", token))).unwrap();
+    assert_eq!(r.phase, Phase::Formed);
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.phase, Phase::Formed);
+    assert!(s.lease.is_none(), "a formed cluster shows no init lease: {:?}", s.lease);
+    assert_eq!(s.swarm_id.as_deref(), Some("swarmid0123456789abcdefgh"));
+}
+
+async fn formed_cluster_refuses_claims_and_foreign_publishes(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = form(&*c, "a").await;
+    register(&*c, "b", RequestedRole::Manager).await;
+    for who in ["a", "b"] {
+        let r = call!(c.claim(who, TTL)).unwrap();
+        assert!(!r.granted, "{who}'s claim on a formed cluster was granted");
+        assert_eq!(r.phase, Phase::Formed);
+    }
+    let mut other = pubreq("a", token);
+    other.swarm_id = "anotherswarm".into();
+    assert_eq!(code(call!(c.publish(&other)).unwrap_err()), Code::AlreadyFormed);
+    assert_eq!(
+        code(call!(c.publish(&pubreq("b", token))).unwrap_err()),
+        Code::NotLeaseHolder
+    );
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", token + 5))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.swarm_id.as_deref(), Some("swarmid0123456789abcdefgh"));
+}
+
+async fn identical_re_publish_is_accepted(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = form(&*c, "a").await;
+    let before = call!(c.status()).unwrap();
+    let r = call!(c.publish(&pubreq("a", token))).unwrap();
+    assert_eq!(r.phase, Phase::Formed);
+    let after = call!(c.status()).unwrap();
+    assert_eq!(before.formed_at_ms, after.formed_at_ms, "a retry re-formed the cluster");
+}
+
+async fn ca_digest_is_stored_canonical(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = claim_as_manager(&*c, "a", TTL).await;
+    let mut p = pubreq("a", token);
+    p.ca_digest = p.ca_digest.to_uppercase().replacen("SHA256:", "sha256:", 1);
+    call!(c.publish(&p)).unwrap();
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.ca_digest.as_deref(), Some(digest(0xab).as_str()));
+    // the same digest spelled differently is the same publish
+    call!(c.publish(&pubreq("a", token))).expect("identical re-publish");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease expiry and renewal
+
+async fn expired_lease_is_taken_over_with_a_larger_token(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let old = claim_as_manager(&*c, "a", Duration::from_secs(1)).await;
+    register(&*c, "b", RequestedRole::Manager).await;
+    until_lease_expired(&*c).await;
+    let r = call!(c.claim("b", TTL)).unwrap();
+    assert!(r.granted, "b could not take over an expired lease: {r:?}");
+    let new = r.lease.unwrap().fencing_token;
+    assert!(new > old, "takeover token {new} not larger than {old}");
+    // the fenced-out holder can neither publish nor renew
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", old))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+    assert_eq!(
+        code(call!(c.renew("a", old, TTL)).unwrap_err()),
+        Code::LeaseLost
+    );
+    // the same holder claiming after its own expiry gets a new token too
+    let c2 = (b.cluster(3).await)();
+    let t1 = claim_as_manager(&*c2, "a", Duration::from_secs(1)).await;
+    until_lease_expired(&*c2).await;
+    let t2 = call!(c2.claim("a", TTL)).unwrap().lease.unwrap().fencing_token;
+    assert!(t2 > t1);
+    assert_eq!(
+        code(call!(c2.publish(&pubreq("a", t1))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+}
+
+async fn renew_and_publish_after_expiry_without_takeover(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = claim_as_manager(&*c, "a", Duration::from_secs(1)).await;
+    until_lease_expired(&*c).await;
+    // nobody took over: the token is still the newest, renewal is granted
+    let r = call!(c.renew("a", token, Duration::from_secs(20))).unwrap();
+    assert!(r.granted, "renewal after expiry without takeover refused: {r:?}");
+    let lease = r.lease.expect("renewed lease");
+    assert_eq!(lease.fencing_token, token);
+    assert!(lease.expires_in_ms > 10_000);
+    // and publish after an expiry without takeover is accepted
+    let c2 = (b.cluster(3).await)();
+    let token = claim_as_manager(&*c2, "a", Duration::from_secs(1)).await;
+    until_lease_expired(&*c2).await;
+    call!(c2.publish(&pubreq("a", token))).expect("publish after expiry without takeover");
+    assert_eq!(call!(c2.status()).unwrap().phase, Phase::Formed);
+}
+
+async fn renew_extends_only_in_the_second_half(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = claim_as_manager(&*c, "a", Duration::from_secs(4)).await;
+    let r = call!(c.renew("a", token, Duration::from_secs(4))).unwrap();
+    assert!(r.granted);
+    let first = r.lease.unwrap().expires_in_ms;
+    assert!(first <= 4_000, "an early renewal extended the lease ({first} ms)");
+    until("half of the lease to pass", Duration::from_secs(10), || async {
+        call!(c.status())
+            .unwrap()
+            .lease
+            .is_none_or(|l| l.expires_in_ms <= 1_900)
+    })
+    .await;
+    let r = call!(c.renew("a", token, Duration::from_secs(4))).unwrap();
+    assert!(r.granted);
+    let extended = r.lease.unwrap().expires_in_ms;
+    assert!(extended > 3_000, "a due renewal did not extend ({extended} ms)");
+    // someone else's or an old token's renewal is lease_lost
+    assert_eq!(code(call!(c.renew("b", token, TTL)).unwrap_err()), Code::LeaseLost);
+    assert_eq!(
+        code(call!(c.renew("a", token + 1, TTL)).unwrap_err()),
+        Code::LeaseLost
+    );
+    let fresh = (b.cluster(3).await)();
+    assert_eq!(
+        code(call!(fresh.renew("a", 1, TTL)).unwrap_err()),
+        Code::LeaseLost
+    );
+}
+
+async fn renew_once_formed_is_lease_lost(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = form(&*c, "a").await;
+    assert_eq!(
+        code(call!(c.renew("a", token, TTL)).unwrap_err()),
+        Code::LeaseLost
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Join and status
+
+async fn join_gives_only_the_role_token(b: Arc<dyn Backend>) {
+    let c = (b.cluster(1).await)();
+    register(&*c, "w", RequestedRole::Worker).await;
+    let before = call!(c.wait_join("w", Duration::ZERO)).unwrap();
+    assert!(before.join.is_none());
+    assert_eq!(before.phase, Phase::Open);
+    form(&*c, "m").await;
+    let m = call!(c.wait_join("m", Duration::ZERO)).unwrap().join.expect("formed");
+    assert_eq!((m.role, m.token.expose()), (Role::Manager, "SWMTKN-1-conformance-manager"));
+    let w = call!(c.wait_join("w", Duration::ZERO)).unwrap().join.expect("formed");
+    assert_eq!((w.role, w.token.expose()), (Role::Worker, "SWMTKN-1-conformance-worker"));
+    assert_eq!(w.manager_addrs, ["198.18.0.10:2377"]);
+    assert_eq!(w.ca_digest, digest(0xab));
+}
+
+async fn join_of_an_unregistered_node_is_refused(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    form(&*c, "m").await;
+    let e = call!(c.wait_join("stranger", Duration::ZERO)).unwrap_err();
+    assert_eq!(code(e), Code::NodeNotRegistered);
+}
+
+async fn wait_join_wakes_on_publish(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let c = clients();
+    register(&*c, "w", RequestedRole::Worker).await;
+    let token = claim_as_manager(&*c, "m", TTL).await;
+    let waiter = clients();
+    let wait = tokio::spawn(async move {
+        let r = call!(waiter.wait_join("w", Duration::from_secs(20))).unwrap();
+        (r, Instant::now())
+    });
+    park_delay().await;
+    assert!(!wait.is_finished(), "wait_join returned before the publish");
+    call!(c.publish(&pubreq("m", token))).unwrap();
+    let published = Instant::now();
+    let (r, answered) = tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .expect("wait_join did not wake within 15 s of the publish")
+        .unwrap();
+    assert!(r.join.is_some(), "woke without join info: {r:?}");
+    eprintln!(
+        "  wait_join answered {} ms after the publish",
+        answered.saturating_duration_since(published).as_millis()
+    );
+}
+
+async fn status_shows_no_secret(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    register(&*c, "w", RequestedRole::Worker).await;
+    form(&*c, "m").await;
+    let s = call!(c.status()).unwrap();
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(!json.contains("SWMTKN"), "status leaks a join token: {json}");
+    assert_eq!(s.nodes.len(), 2);
+    assert!(s.formed_at_ms.is_some());
+    assert_eq!(s.manager_addrs, ["198.18.0.10:2377"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reset
+
+fn reset_req(swarm_id: &str) -> ResetRequest {
+    ResetRequest {
+        node_id: "operator-node".into(),
+        swarm_id: swarm_id.into(),
+        reason: "all managers lost".into(),
+    }
+}
+
+async fn reset_is_compare_and_set_on_the_swarm_id(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    // not formed: nothing to reset
+    assert_eq!(
+        code(call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))).unwrap_err()),
+        Code::SwarmMismatch
+    );
+    form(&*c, "a").await;
+    assert_eq!(
+        code(call!(c.reset(&reset_req("wrongswarm"))).unwrap_err()),
+        Code::SwarmMismatch
+    );
+    assert_eq!(call!(c.status()).unwrap().phase, Phase::Formed);
+    let s = call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))).unwrap();
+    assert_eq!(s.phase, Phase::Open);
+    assert_eq!(s.resets, 1);
+    // the same reset again finds nothing to reset
+    assert_eq!(
+        code(call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))).unwrap_err()),
+        Code::SwarmMismatch
+    );
+}
+
+async fn reset_clears_registrations_and_fencing_keeps_counting(b: Arc<dyn Backend>) {
+    let c = (b.cluster(1).await)();
+    let first = form(&*c, "a").await;
+    register(&*c, "w", RequestedRole::Auto).await;
+    call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))).unwrap();
+    let s = call!(c.status()).unwrap();
+    assert!(s.nodes.is_empty(), "registrations survived the reset: {:?}", s.nodes);
+    assert!(s.swarm_id.is_none() && s.lease.is_none());
+    // roles are assigned again: the old worker may now become the one manager
+    assert_eq!(register(&*c, "w", RequestedRole::Auto).await, Role::Manager);
+    let r = call!(c.claim("w", TTL)).unwrap();
+    assert!(r.granted);
+    let token = r.lease.unwrap().fencing_token;
+    assert!(token > first, "fencing token {token} reused after reset (had {first})");
+    // the old publisher's token is fenced out of the new formation
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", first))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+}
+
+async fn reset_reason_is_bounded(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    form(&*c, "a").await;
+    let mut req = reset_req("swarmid0123456789abcdefgh");
+    req.reason = "x".repeat(501);
+    assert_eq!(code(call!(c.reset(&req)).unwrap_err()), Code::InvalidRequest);
+    req.reason = "line\nbreak".into();
+    assert_eq!(code(call!(c.reset(&req)).unwrap_err()), Code::InvalidRequest);
+    req.reason = String::new();
+    call!(c.reset(&req)).expect("an empty reason is fine");
+}
+
+async fn reset_log_is_bounded(b: Arc<dyn Backend>) {
+    let c = (b.cluster(1).await)();
+    let n = RESET_LOG as u64 + 3;
+    for i in 0..n {
+        let id = format!("m{i}");
+        let token = claim_as_manager(&*c, &id, TTL).await;
+        let mut p = pubreq(&id, token);
+        p.swarm_id = format!("swarm{i}");
+        call!(c.publish(&p)).unwrap();
+        call!(c.reset(&reset_req(&format!("swarm{i}")))).unwrap();
+    }
+    assert_eq!(call!(c.status()).unwrap().resets, n, "the counter counts every reset");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documents
+
+async fn documents_are_compare_and_set(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let d = call!(c.get_doc("membership", None, Duration::ZERO)).unwrap();
+    assert_eq!((d.version, d.body.clone()), (0, serde_json::Value::Null));
+    let body = serde_json::json!({"n": 1});
+    assert_eq!(
+        code(call!(c.put_doc("membership", 1, &body)).unwrap_err()),
+        Code::VersionConflict
+    );
+    let d = call!(c.put_doc("membership", 0, &body)).unwrap();
+    assert_eq!(d.version, 1);
+    assert_eq!(
+        code(call!(c.put_doc("membership", 0, &body)).unwrap_err()),
+        Code::VersionConflict
+    );
+    // unrelated changes (another document, a registration) do not disturb the next write
+    call!(c.put_doc("other", 0, &body)).unwrap();
+    register(&*c, "n1", RequestedRole::Auto).await;
+    let d = call!(c.put_doc("membership", 1, &serde_json::json!(2))).unwrap();
+    assert_eq!(d.version, 2);
+    let got = call!(c.get_doc("membership", None, Duration::ZERO)).unwrap();
+    assert_eq!((got.version, got.body), (2, serde_json::json!(2)));
+    assert_eq!(
+        code(call!(c.put_doc("Bad Name", 0, &body)).unwrap_err()),
+        Code::InvalidName
+    );
+}
+
+async fn document_long_poll_wakes_on_write(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let c = clients();
+    call!(c.put_doc("drains", 0, &serde_json::json!([]))).unwrap();
+    // already newer: answered at once
+    let now = call!(c.get_doc("drains", Some(0), Duration::from_secs(20))).unwrap();
+    assert_eq!(now.version, 1);
+    let waiter = clients();
+    let wait = tokio::spawn(async move {
+        call!(waiter.get_doc("drains", Some(1), Duration::from_secs(20))).unwrap()
+    });
+    park_delay().await;
+    assert!(!wait.is_finished(), "the long-poll returned before the write");
+    call!(c.put_doc("drains", 1, &serde_json::json!(["n1"]))).unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .expect("the document long-poll did not wake within 15 s of the write")
+        .unwrap();
+    assert_eq!((d.version, d.body), (2, serde_json::json!(["n1"])));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency
+
+async fn race_many_claimants_one_lease(b: Arc<dyn Backend>) {
+    let clients = b.cluster(7).await;
+    let n = 7;
+    let setup = clients();
+    for i in 0..n {
+        assert_eq!(register(&*setup, &format!("c{i}"), RequestedRole::Manager).await, Role::Manager);
+    }
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let c = clients();
+            tokio::spawn(async move { (i, call!(c.claim(&format!("c{i}"), TTL)).unwrap()) })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    let mut holders = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        if r.granted {
+            granted.push(i);
+        }
+        holders.insert(r.lease.expect("every answer names the lease").holder);
+    }
+    assert_eq!(granted.len(), 1, "granted to {granted:?}");
+    assert_eq!(holders.len(), 1, "answers disagree on the holder: {holders:?}");
+}
+
+async fn race_registrations_never_exceed_the_target(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let tasks: Vec<_> = (0..9)
+        .map(|i| {
+            let c = clients();
+            tokio::spawn(async move { register(&*c, &format!("r{i}"), RequestedRole::Auto).await })
+        })
+        .collect();
+    let mut managers = 0;
+    for t in tasks {
+        if t.await.unwrap() == Role::Manager {
+            managers += 1;
+        }
+    }
+    assert_eq!(managers, 3, "concurrent registrations assigned {managers} managers");
+    let s = call!(clients().status()).unwrap();
+    assert_eq!(s.nodes.len(), 9, "a registration was lost");
+    assert_eq!(s.nodes.iter().filter(|n| n.role == Role::Manager).count(), 3);
+}
+
+async fn race_cas_writers_lose_no_update(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let (writers, each) = (4u64, 5u64);
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let c = clients();
+            tokio::spawn(async move {
+                let mut done = 0;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while done < each {
+                    assert!(Instant::now() < deadline, "CAS writer starved for 120 s");
+                    let cur = call!(c.get_doc("counter", None, Duration::ZERO)).unwrap();
+                    let n = cur.body.as_u64().unwrap_or(0);
+                    match call!(c.put_doc("counter", cur.version, &serde_json::json!(n + 1))) {
+                        Ok(_) => done += 1,
+                        Err(e) => assert_eq!(code(e), Code::VersionConflict),
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let d = call!(clients().get_doc("counter", None, Duration::ZERO)).unwrap();
+    assert_eq!(d.body.as_u64(), Some(writers * each), "an update was lost");
+    assert_eq!(d.version, writers * each);
+}
+
+async fn race_concurrent_recoveries_reset_once(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    form(&*clients(), "a").await;
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let c = clients();
+            tokio::spawn(async move { call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))) })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(code(e), Code::SwarmMismatch),
+        }
+    }
+    assert_eq!(ok, 1, "{ok} concurrent recoveries succeeded");
+    assert_eq!(call!(clients().status()).unwrap().resets, 1);
+}
+
+async fn race_duplicate_publish_forms_once(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let token = claim_as_manager(&*clients(), "a", TTL).await;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let c = clients();
+            tokio::spawn(async move { call!(c.publish(&pubreq("a", token))) })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every identical publish is accepted");
+    }
+    let s = call!(clients().status()).unwrap();
+    assert_eq!(s.phase, Phase::Formed);
+}
