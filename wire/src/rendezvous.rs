@@ -3,22 +3,24 @@
 //! bootstrap state machine only talks to `dyn Rendezvous`, so every backend gets the same
 //! election, join, role and membership logic.
 //!
-//! Semantics every implementation must keep (the coordinator is the reference):
-//! - `register` is idempotent per node id and assigns roles so that the number of managers
-//!   never exceeds the target (`auto` → manager while managers < target, else worker).
-//! - `claim` grants at most one live lease per cluster; the holder claiming again gets the same
-//!   fencing token; an expired lease of an unformed cluster can be taken over with a strictly
-//!   larger fencing token; a formed cluster never grants a claim.
-//! - `publish` succeeds only for the holder of a live lease with the current fencing token
-//!   (else `Conflict`), and moves the cluster to `Formed`. Re-publishing the identical data is
-//!   accepted.
-//! - `wait_join` returns as soon as the cluster is formed, or after about `wait` with the
-//!   current phase and lease.
-//! - `reset` (operator recovery after total manager loss) succeeds only while the cluster is
-//!   formed with the given swarm id (else `Conflict` `swarm_mismatch`); it clears the
-//!   formation, the lease and the node registrations, and is recorded.
-//! - `put_doc` is compare-and-set on the version; `get_doc` with `after` waits (up to `wait`)
-//!   for a newer version.
+//! Semantics every implementation must keep are not written here but in one place, the
+//! rulebook [`crate::rules`] (feature `rules`): role assignment, the init lease and its bounds,
+//! fencing, renewal, publish, join, reset and document compare-and-set, with the reason for
+//! each rule. Every backend (the coordinator's store, Secrets Manager, the test fake) is
+//! storage that runs those rules inside its own atomic step, and the conformance suite
+//! (`conformance/`) checks each backend against them through this trait. In short:
+//! - `register` is idempotent per node id; managers up to the target, then workers.
+//! - `claim` grants at most one live lease; the holder's re-claim gets the same token and
+//!   expiry; an expired lease is taken over under a strictly larger fencing token; a worker may
+//!   not claim; a formed cluster never grants a claim.
+//! - `renew` and `publish` are fenced by holder and token (expiry only opens the lease to
+//!   takeover); an identical re-publish by the publisher is accepted.
+//! - `wait_join` returns as soon as the cluster is formed, or after about `wait`.
+//! - `reset` is compare-and-set on the swarm id and clears formation, lease and registrations.
+//! - `put_doc` is compare-and-set on the document's version; `get_doc` with `after` waits (up
+//!   to `wait`) for a newer version.
+//!
+//! Refusals carry a [`crate::rules::Code`] spelled by `Code::as_str` in `Conflict`/`Rejected`.
 
 use crate::{
     ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
@@ -49,6 +51,18 @@ impl RendezvousError {
     /// True when retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, RendezvousError::Transient(_))
+    }
+
+    /// The rulebook's code of a `Conflict` or `Rejected`, when it is one of the rulebook's
+    /// (`None` for other errors and for codes outside the rulebook, e.g. `tls_certificate`).
+    #[cfg(feature = "rules")]
+    pub fn code(&self) -> Option<crate::rules::Code> {
+        match self {
+            RendezvousError::Conflict { code, .. } | RendezvousError::Rejected { code, .. } => {
+                crate::rules::Code::parse(code)
+            }
+            RendezvousError::Unauthorized(_) | RendezvousError::Transient(_) => None,
+        }
     }
 }
 

@@ -1,1 +1,337 @@
+//! The rules with time as an input: every boundary is checked at the exact millisecond.
+
 use super::*;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn cluster(target: u8) -> Memory {
+    Memory::new(ClusterState::new("prod", target).unwrap())
+}
+
+fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
+    RegisterRequest {
+        node_id: id.into(),
+        hostname: format!("host-{id}"),
+        advertise_addr: "198.18.0.1".into(),
+        role,
+    }
+}
+
+fn pubreq(node: &str, token: u64) -> PublishRequest {
+    PublishRequest {
+        node_id: node.into(),
+        fencing_token: token,
+        swarm_id: "swarm1".into(),
+        ca_digest: crate::format_fingerprint(&[7u8; 32]),
+        manager_addrs: vec!["198.18.0.1:2377".into()],
+        manager_token: Secret::new("SWMTKN-1-mgr"),
+        worker_token: Secret::new("SWMTKN-1-wrk"),
+    }
+}
+
+fn renew_req(node: &str, token: u64, ttl_ms: u64) -> RenewRequest {
+    RenewRequest {
+        node_id: node.into(),
+        fencing_token: token,
+        ttl_ms,
+    }
+}
+
+/// Apply an outcome to the cluster and return the answer.
+fn apply<T>(m: &mut Memory, o: Result<Outcome<T>>) -> T {
+    let o = o.expect("the rule refused");
+    m.apply(o.change);
+    o.answer
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T>) -> Code {
+    r.expect_err("the rule accepted").code
+}
+
+#[test]
+fn codes_have_one_spelling_each() {
+    let mut seen = std::collections::HashSet::new();
+    for c in Code::ALL {
+        assert!(seen.insert(c.as_str()), "{c:?} spelled twice");
+        assert_eq!(Code::parse(c.as_str()), Some(c));
+        assert!(matches!(c.http_status(), 400 | 404 | 409));
+    }
+    assert_eq!(Code::parse("lease_expired"), None);
+    let e: crate::rendezvous::RendezvousError = RuleError::new(Code::LeaseLost, "x").into();
+    assert!(matches!(e, crate::rendezvous::RendezvousError::Conflict { ref code, .. } if code == "lease_lost"));
+    let e: crate::rendezvous::RendezvousError = RuleError::new(Code::InvalidName, "x").into();
+    assert!(matches!(e, crate::rendezvous::RendezvousError::Rejected { .. }));
+}
+
+#[test]
+fn register_fills_managers_to_the_target_then_workers() {
+    let mut m = cluster(3);
+    let roles: Vec<Role> = (0..5)
+        .map(|i| {
+            let o = m.register(NOW, &reg(&format!("n{i}"), RequestedRole::Auto));
+            apply(&mut m, o).role
+        })
+        .collect();
+    use Role::*;
+    assert_eq!(roles, [Manager, Manager, Manager, Worker, Worker]);
+    assert_eq!((m.state.manager_count, m.state.node_count), (3, 5));
+    let o = m.register(NOW, &reg("m", RequestedRole::Manager));
+    assert_eq!(apply(&mut m, o).role, Worker);
+    // idempotent: no change at all
+    let o = m.register(NOW, &reg("n0", RequestedRole::Auto)).unwrap();
+    assert!(o.change.is_empty());
+    assert_eq!(o.answer.role, Manager);
+    // a changed requested role is stored, the role is kept, counts unchanged
+    let o = m.register(NOW, &reg("n0", RequestedRole::Worker)).unwrap();
+    assert_eq!(o.answer.role, Manager);
+    assert!(o.change.state.is_none());
+    assert_eq!(o.change.node.as_ref().unwrap().requested, RequestedRole::Worker);
+}
+
+#[test]
+fn claim_lease_and_takeover_at_the_exact_expiry() {
+    let mut m = cluster(3);
+    let a = m.claim(NOW, "a", 10_000);
+    let a = apply(&mut m, a);
+    assert!(a.granted);
+    assert_eq!(a.lease.as_ref().unwrap().fencing_token, 1);
+    // 1 ms before expiry: still a's; the holder's re-claim is granted without a change
+    let o = m.claim(NOW + 9_999, "a", 10_000).unwrap();
+    assert!(o.answer.granted && o.change.is_empty());
+    assert_eq!(o.answer.lease.unwrap().expires_in_ms, 1);
+    let o = m.claim(NOW + 9_999, "b", 10_000).unwrap();
+    assert!(!o.answer.granted && o.change.is_empty());
+    // at expiry: b takes over with token 2
+    let b = m.claim(NOW + 10_000, "b", 10_000);
+    let b = apply(&mut m, b);
+    assert!(b.granted);
+    assert_eq!(b.lease.unwrap().fencing_token, 2);
+    assert_eq!(m.state.last_fencing_token, 2);
+}
+
+#[test]
+fn a_worker_cannot_claim_even_an_open_cluster() {
+    let mut m = cluster(1);
+    let o = m.register(NOW, &reg("m", RequestedRole::Auto));
+    apply(&mut m, o);
+    let o = m.register(NOW, &reg("w", RequestedRole::Auto));
+    assert_eq!(apply(&mut m, o).role, Role::Worker);
+    assert_eq!(code(m.claim(NOW, "w", 10_000)), Code::NotAManager);
+    // while another holds a live lease, the worker is simply told who holds it
+    let o = m.claim(NOW, "m", 10_000);
+    apply(&mut m, o);
+    assert!(!m.claim(NOW, "w", 10_000).unwrap().answer.granted);
+}
+
+#[test]
+fn ttl_is_clamped() {
+    assert_eq!(clamp_ttl_ms(0), MIN_LEASE_TTL_MS);
+    assert_eq!(clamp_ttl_ms(u64::MAX), MAX_LEASE_TTL_MS);
+    let m = cluster(3);
+    let o = m.claim(NOW, "a", 3_600_000).unwrap();
+    assert_eq!(o.answer.lease.unwrap().expires_in_ms, MAX_LEASE_TTL_MS);
+}
+
+#[test]
+fn renewal_writes_only_in_the_second_half_and_survives_expiry_without_takeover() {
+    let mut m = cluster(3);
+    let o = m.claim(NOW, "a", 40_000);
+    apply(&mut m, o);
+    // 1 ms before half-time: no change
+    let o = renew(&m.state, NOW + 19_999, &renew_req("a", 1, 40_000)).unwrap();
+    assert!(o.change.is_empty() && o.answer.granted);
+    assert_eq!(o.answer.lease.unwrap().expires_in_ms, 20_001);
+    // at half-time: extended to now + ttl
+    let o = renew(&m.state, NOW + 20_000, &renew_req("a", 1, 40_000));
+    assert_eq!(apply(&mut m, o).lease.unwrap().expires_in_ms, 40_000);
+    // after expiry, nobody took over: still the holder's
+    let o = renew(&m.state, NOW + 100_000, &renew_req("a", 1, 40_000));
+    let r = apply(&mut m, o);
+    assert!(r.granted);
+    assert_eq!(r.lease.unwrap().fencing_token, 1);
+    // wrong holder or token: lease_lost
+    assert_eq!(code(renew(&m.state, NOW + 100_001, &renew_req("b", 1, 40_000))), Code::LeaseLost);
+    assert_eq!(code(renew(&m.state, NOW + 100_001, &renew_req("a", 2, 40_000))), Code::LeaseLost);
+    assert_eq!(code(renew(&cluster(3).state, NOW, &renew_req("a", 1, 40_000))), Code::LeaseLost);
+}
+
+#[test]
+fn the_agents_renewal_period_leaves_two_periods_of_margin() {
+    // The agent renews every ttl / RENEW_DIVISOR. Simulate it for a long bootstrap in which
+    // every other renewal is lost: the lease never runs out.
+    let ttl = 30_000;
+    let period = ttl / u64::from(RENEW_DIVISOR);
+    let mut m = cluster(3);
+    let o = m.claim(NOW, "a", ttl);
+    apply(&mut m, o);
+    for k in 1..=40u64 {
+        let now = NOW + k * period;
+        assert!(m.state.live_lease(now).is_some(), "lease ran out at renewal {k}");
+        if k % 2 == 0 {
+            continue; // this renewal was lost on the way
+        }
+        let o = renew(&m.state, now, &renew_req("a", 1, ttl));
+        apply(&mut m, o);
+    }
+}
+
+#[test]
+fn publish_is_fenced_by_holder_and_token_not_by_the_clock() {
+    let mut m = cluster(3);
+    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 1))), Code::NotLeaseHolder);
+    let o = m.claim(NOW, "a", 10_000);
+    apply(&mut m, o);
+    assert_eq!(code(publish(&m.state, NOW, &pubreq("b", 1))), Code::NotLeaseHolder);
+    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 2))), Code::StaleFencingToken);
+    // expired, nobody took over: accepted
+    let o = publish(&m.state, NOW + 50_000, &pubreq("a", 1));
+    assert_eq!(apply(&mut m, o).phase, Phase::Formed);
+    assert!(m.state.lease.is_none());
+    let f = m.state.formed.as_ref().unwrap();
+    assert_eq!((f.published_by.as_str(), f.fencing_token), ("a", 1));
+}
+
+#[test]
+fn publish_after_a_takeover_is_stale() {
+    let mut m = cluster(3);
+    let o = m.claim(NOW, "a", 10_000);
+    apply(&mut m, o);
+    let o = m.claim(NOW + 10_000, "b", 10_000);
+    apply(&mut m, o);
+    assert_eq!(code(publish(&m.state, NOW + 10_001, &pubreq("a", 1))), Code::StaleFencingToken);
+    let o = publish(&m.state, NOW + 10_001, &pubreq("b", 2));
+    apply(&mut m, o);
+    // into the formed cluster: identical retry ok (no change), anything else refused
+    let o = publish(&m.state, NOW + 99_000, &pubreq("b", 2)).unwrap();
+    assert!(o.change.is_empty());
+    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 1))), Code::StaleFencingToken);
+    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 2))), Code::NotLeaseHolder);
+    let mut other = pubreq("b", 2);
+    other.manager_addrs.push("198.18.0.2:2377".into());
+    assert_eq!(code(publish(&m.state, NOW, &other)), Code::AlreadyFormed);
+    // claims and renewals on a formed cluster
+    assert!(!m.claim(NOW + 99_000, "b", 10_000).unwrap().answer.granted);
+    assert_eq!(code(renew(&m.state, NOW, &renew_req("b", 2, 10_000))), Code::LeaseLost);
+}
+
+#[test]
+fn ca_digest_is_canonical_and_validated() {
+    let mut p = pubreq("a", 1);
+    p.ca_digest = p.ca_digest.to_uppercase();
+    assert_eq!(validate_publish(&p).unwrap(), crate::format_fingerprint(&[7u8; 32]));
+    for bad in ["md5:00", "sha256:abc", ""] {
+        p.ca_digest = bad.into();
+        assert_eq!(code(validate_publish(&p)), Code::InvalidRequest, "{bad:?}");
+    }
+}
+
+#[test]
+fn validation_messages_do_not_echo_tokens() {
+    let mut p = pubreq("a", 1);
+    p.manager_token = Secret::new(format!("SWMTKN-{}", "x".repeat(600)));
+    let e = validate_publish(&p).unwrap_err();
+    assert!(!e.message.contains("SWMTKN"), "{}", e.message);
+}
+
+#[test]
+fn join_answers_the_role_token_only_to_registered_nodes() {
+    let mut m = cluster(1);
+    for (id, role) in [("m", RequestedRole::Auto), ("w", RequestedRole::Auto)] {
+        let o = m.register(NOW, &reg(id, role));
+        apply(&mut m, o);
+    }
+    assert!(m.join(NOW, "w").unwrap().join.is_none());
+    assert_eq!(code(m.join(NOW, "x")), Code::NodeNotRegistered);
+    let o = m.claim(NOW, "m", 10_000);
+    apply(&mut m, o);
+    let o = publish(&m.state, NOW, &pubreq("m", 1));
+    apply(&mut m, o);
+    let w = m.join(NOW, "w").unwrap().join.unwrap();
+    assert_eq!((w.role, w.token.expose()), (Role::Worker, "SWMTKN-1-wrk"));
+    let mm = m.join(NOW, "m").unwrap().join.unwrap();
+    assert_eq!((mm.role, mm.token.expose()), (Role::Manager, "SWMTKN-1-mgr"));
+    assert!(!format!("{m:?}").contains("SWMTKN"), "Debug leaks a token");
+    assert!(!serde_json::to_string(&m.status(NOW)).unwrap().contains("SWMTKN"));
+}
+
+#[test]
+fn reset_is_cas_on_the_swarm_id_and_clears_registrations() {
+    let mut m = cluster(1);
+    let o = m.register(NOW, &reg("m", RequestedRole::Auto));
+    apply(&mut m, o);
+    let req = ResetRequest {
+        node_id: "m".into(),
+        swarm_id: "swarm1".into(),
+        reason: "lost".into(),
+    };
+    assert_eq!(code(recover(&m.state, NOW, &req)), Code::SwarmMismatch);
+    let o = m.claim(NOW, "m", 10_000);
+    apply(&mut m, o);
+    let o = publish(&m.state, NOW, &pubreq("m", 1));
+    apply(&mut m, o);
+    let wrong = ResetRequest {
+        swarm_id: "other".into(),
+        ..req.clone()
+    };
+    assert_eq!(code(recover(&m.state, NOW, &wrong)), Code::SwarmMismatch);
+    let o = recover(&m.state, NOW, &req);
+    let s = apply(&mut m, o);
+    assert_eq!((s.phase, s.resets), (Phase::Open, 1));
+    assert!(m.nodes.is_empty());
+    assert_eq!((m.state.manager_count, m.state.node_count), (0, 0));
+    assert_eq!(m.state.last_fencing_token, 1, "fencing keeps counting across resets");
+    assert_eq!(m.state.reset_log[0].previous_swarm_id.as_deref(), Some("swarm1"));
+    assert_eq!(m.state.reset_log[0].by, "node m");
+    let long = ResetRequest {
+        reason: "r".repeat(MAX_REASON_CHARS + 1),
+        ..req
+    };
+    assert_eq!(code(recover(&m.state, NOW, &long)), Code::InvalidRequest);
+}
+
+#[test]
+fn reset_log_is_bounded_and_the_counter_is_not() {
+    let mut m = cluster(1);
+    for _ in 0..RESET_LOG + 5 {
+        let o = admin_reset(&m.state, NOW);
+        m.apply(o.change);
+    }
+    assert_eq!(m.state.reset_log.len(), RESET_LOG);
+    assert_eq!(m.state.resets, RESET_LOG as u64 + 5);
+}
+
+#[test]
+fn documents_are_cas_on_their_own_version() {
+    let mut m = cluster(3);
+    let w = |v, body| DocumentWrite {
+        expected_version: v,
+        body,
+    };
+    assert_eq!(code(m.put_doc("members", &w(1, serde_json::json!(1)))), Code::VersionConflict);
+    let o = m.put_doc("members", &w(0, serde_json::json!(1)));
+    assert_eq!(apply(&mut m, o).version, 1);
+    let o = m.put_doc("other", &w(0, serde_json::json!(1)));
+    apply(&mut m, o);
+    let o = m.put_doc("members", &w(1, serde_json::json!(2)));
+    assert_eq!(apply(&mut m, o).version, 2);
+    assert_eq!(m.doc("members").body, serde_json::json!(2));
+    assert_eq!(m.doc("never").version, 0);
+    assert_eq!(code(m.put_doc("Bad Name", &w(0, serde_json::json!(1)))), Code::InvalidName);
+}
+
+#[test]
+fn memory_round_trips_and_reads_the_old_layouts() {
+    let mut m = cluster(3);
+    let o = m.register(NOW, &reg("n1", RequestedRole::Auto));
+    apply(&mut m, o);
+    let json = serde_json::to_value(&m).unwrap();
+    assert!(json["nodes"].is_array(), "nodes are stored as a list: {json}");
+    let back: Memory = serde_json::from_value(json).unwrap();
+    assert_eq!(back, m);
+    // the Secrets Manager document used `cluster` for the name
+    let old: ClusterState = serde_json::from_value(serde_json::json!({
+        "cluster": "prod", "target_managers": 3, "lease": null, "formed": null
+    }))
+    .unwrap();
+    assert_eq!(old.name, "prod");
+}
