@@ -383,12 +383,14 @@ impl Store {
                 ),
             ));
         }
-        if doc.cluster != self.cluster {
+        if doc.name() != self.cluster {
             return Err(rejected(
                 "foreign_secret",
                 format!(
                     "secret {} belongs to cluster {:?}, not {:?}; use one secret per cluster",
-                    self.secret_name, doc.cluster, self.cluster
+                    self.secret_name,
+                    doc.name(),
+                    self.cluster
                 ),
             ));
         }

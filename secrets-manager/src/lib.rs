@@ -1,16 +1,23 @@
 //! AWS Secrets Manager rendezvous backend: bootstrap a swarm on AWS with no extra server.
 //!
-//! One secret per cluster holds one JSON document (see [`doc::ClusterDoc`]): registered nodes,
-//! the init lease with its fencing token, the published join data, and named documents. Every
-//! change is a compare-and-swap on the secret's AWSCURRENT version (see [`aws::Store::cas`] and
-//! the README for why that is a correct CAS), so concurrent nodes never lose each other's
-//! writes, and the election grants at most one live lease. Waiting (join tokens, documents)
-//! polls GetSecretValue with capped exponential backoff and jitter — never a fixed sleep.
+//! One secret per cluster holds one JSON document (see [`doc::ClusterDoc`]): the whole cluster
+//! as the rendezvous rulebook ([`swarmstrap_wire::rules`]) sees it — registered nodes, the init
+//! lease with its fencing token, the published join data, named documents. This crate is
+//! storage only: every decision (roles, lease, fencing, publish, join, reset, document
+//! versions, validation) is the rulebook's. Every change is a compare-and-swap on the secret's
+//! AWSCURRENT version (see [`aws::Store::cas`] and the README for why that is a correct CAS):
+//! the rule runs on the freshly read document and its change is written only if nobody wrote
+//! in between, else the rule runs again on the fresh document. Waiting (join tokens,
+//! documents) polls GetSecretValue with capped exponential backoff and jitter — never a fixed
+//! sleep.
 //!
 //! Writes are rare on purpose (Secrets Manager write APIs share ~50 TPS per account, and every
-//! write adds a secret version): no heartbeats, renewals write only in the last third of the
-//! lease, and idempotent calls (re-register, re-claim by the holder, identical re-publish)
-//! write nothing.
+//! write adds a secret version): no heartbeats, and a rule whose change is empty writes nothing
+//! — idempotent calls (re-register, re-claim by the holder, identical re-publish) and early
+//! renewals. A renewal writes only once at most half of the lease's ttl is left
+//! ([`swarmstrap_wire::rules::renewal_due`]): an agent renewing every ttl/4 writes about once
+//! per ttl/2, and a bootstrap that publishes within the first half of its ttl never writes a
+//! renewal.
 
 pub mod aws;
 pub mod backoff;
@@ -19,13 +26,14 @@ pub mod doc;
 use aws::{CallCounter, CountingInterceptor, Snapshot, Store, WriteOutcome};
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::Region;
-use doc::{ClusterDoc, Ctx, Step};
+use doc::{ClusterDoc, Step};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse, ResetRequest,
+    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, PublishRequest,
+    PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
 };
 
 /// Default prefix of the secret name: the secret of cluster `prod` is `swarmstrap/prod`.
@@ -196,21 +204,19 @@ impl SecretsManagerRendezvous {
         self.calls.snapshot()
     }
 
-    fn ctx(&self, now_ms: u64) -> Ctx<'_> {
-        Ctx {
-            cluster: &self.store.cluster,
-            target_managers: self.target_managers,
-            now_ms,
-        }
+    /// The document of this cluster before anyone wrote it (the target is written by whoever
+    /// creates the secret; later nodes use the stored one).
+    fn empty_doc(&self) -> Result<ClusterDoc> {
+        ClusterDoc::new(&self.store.cluster, self.target_managers)
     }
 
-    /// Read → decide → compare-and-swap, until the decision needs no write, a write commits,
-    /// or the decision itself fails (fencing, version). A lost race backs off (capped
-    /// exponential, jittered) and decides again on the fresh document.
+    /// Read → rule → compare-and-swap, until the rule's change is empty (no write), a write
+    /// commits, or the rule refuses. A lost race backs off (capped exponential, jittered) and
+    /// runs the rule again on the fresh document.
     async fn mutate<T>(
         &self,
         op: &'static str,
-        mut decide: impl FnMut(Option<&ClusterDoc>, &Ctx<'_>) -> Result<Step<T>>,
+        mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
         let mut backoff = backoff::cas_backoff();
@@ -231,8 +237,16 @@ impl SecretsManagerRendezvous {
                     return Ok(Mutated::Written(t));
                 }
             }
-            let ctx = self.ctx(now_ms());
-            match decide(snap.as_ref().map(|s| &s.doc), &ctx)? {
+            let empty;
+            let cur = match &snap {
+                Some(s) => &s.doc,
+                None => {
+                    empty = self.empty_doc()?;
+                    &empty
+                }
+            };
+            let now = now_ms();
+            match doc::decide(cur, |m| rule(m, now))? {
                 Step::Keep(t) => return Ok(Mutated::Unchanged(t)),
                 Step::Write(mut doc, t) => {
                     let id = aws::request_token();
@@ -273,13 +287,13 @@ impl SecretsManagerRendezvous {
         }
     }
 
-    /// Poll the document until `done` says so or `wait` (at most MAX_WAIT_SECS) has passed.
-    /// Transient read failures are retried inside the wait; the last one is returned if the
-    /// wait ends without a successful read.
+    /// Poll the document until `view` says it is done or `wait` (at most MAX_WAIT_SECS) has
+    /// passed. Transient read failures are retried inside the wait; the last one is returned
+    /// if the wait ends without a successful read.
     async fn poll<T>(
         &self,
         wait: Duration,
-        mut view: impl FnMut(Option<&ClusterDoc>, u64) -> Result<(bool, T)>,
+        mut view: impl FnMut(&Memory, u64) -> Result<(bool, T)>,
     ) -> Result<T> {
         let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
         let deadline = Instant::now() + wait;
@@ -287,7 +301,11 @@ impl SecretsManagerRendezvous {
         loop {
             match self.store.read().await {
                 Ok(snap) => {
-                    let (done, t) = view(snap.as_ref().map(|s| &s.doc), now_ms())?;
+                    let doc = match snap {
+                        Some(s) => s.doc,
+                        None => self.empty_doc()?,
+                    };
+                    let (done, t) = view(&doc.cluster, now_ms())?;
                     if done || Instant::now() >= deadline {
                         return Ok(t);
                     }
@@ -325,15 +343,13 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn rejected(code: &str, message: impl Into<String>) -> RendezvousError {
-    RendezvousError::Rejected {
-        code: code.to_string(),
-        message: message.into(),
-    }
+/// A lease ttl in milliseconds (the rulebook clamps it).
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
-pub(crate) fn conflict(code: &str, message: impl Into<String>) -> RendezvousError {
-    RendezvousError::Conflict {
+pub(crate) fn rejected(code: &str, message: impl Into<String>) -> RendezvousError {
+    RendezvousError::Rejected {
         code: code.to_string(),
         message: message.into(),
     }
@@ -349,23 +365,26 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
-        doc::validate_register(req)?;
+        rules::validate_register(req)?;
         let r = self
-            .mutate("register", |cur, ctx| doc::register(cur, ctx, req))
+            .mutate("register", |m, now| m.register(now, req))
             .await?;
         Ok(r.into_inner())
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
-        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        rules::validate_node_id(node_id)?;
+        let ttl_ms = ttl_ms(ttl);
         match self
-            .mutate("claim", |cur, ctx| doc::claim(cur, ctx, node_id, ttl_ms))
+            .mutate("claim", |m, now| m.claim(now, node_id, ttl_ms))
             .await?
         {
             Mutated::Unchanged(r) => Ok(r),
             Mutated::Written(_) => {
                 // Read back before reporting the grant: the agent runs `swarm init` only when
-                // the stored document really names it as the holder.
+                // the stored document really names it as the holder. The claim rule on the
+                // stored document answers without a change exactly when it holds a decision
+                // (our live lease, someone else's, or formed).
                 let snap = self.store.read().await?;
                 let Some(snap) = snap else {
                     return Err(RendezvousError::Transient(format!(
@@ -373,15 +392,24 @@ impl Rendezvous for SecretsManagerRendezvous {
                         self.store.secret_name
                     )));
                 };
-                let r = doc::claim_view(&snap.doc, node_id, now_ms());
-                if r.granted {
+                let Outcome { answer, change } =
+                    snap.doc.cluster.claim(now_ms(), node_id, ttl_ms)?;
+                if !change.is_empty() {
+                    return Err(RendezvousError::Transient(format!(
+                        "the init lease written for node {node_id} on secret {} had already \
+                         expired when read back (a ttl shorter than the AWS round trips?); \
+                         claim again",
+                        self.store.secret_name
+                    )));
+                }
+                if answer.granted {
                     tracing::info!(
                         node = node_id,
-                        fencing_token = r.lease.as_ref().map_or(0, |l| l.fencing_token),
+                        fencing_token = answer.lease.as_ref().map_or(0, |l| l.fencing_token),
                         "init lease granted"
                     );
                 }
-                Ok(r)
+                Ok(answer)
             }
         }
     }
@@ -392,19 +420,22 @@ impl Rendezvous for SecretsManagerRendezvous {
         fencing_token: u64,
         ttl: Duration,
     ) -> Result<ClaimResponse> {
-        let ttl_ms = ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        let req = RenewRequest {
+            node_id: node_id.to_string(),
+            fencing_token,
+            ttl_ms: ttl_ms(ttl),
+        };
+        rules::validate_node_id(node_id)?;
         let r = self
-            .mutate("renew", |cur, ctx| {
-                doc::renew(cur, ctx, node_id, fencing_token, ttl_ms)
-            })
+            .mutate("renew", |m, now| rules::renew(&m.state, now, &req))
             .await?;
         Ok(r.into_inner())
     }
 
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
-        doc::validate_publish(req)?;
+        rules::validate_publish(req)?;
         let r = self
-            .mutate("publish", |cur, ctx| doc::publish(cur, ctx, req))
+            .mutate("publish", |m, now| rules::publish(&m.state, now, req))
             .await?;
         if let Mutated::Written(_) = r {
             tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
@@ -413,25 +444,26 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
-        let cluster = self.store.cluster.clone();
-        self.poll(wait, |doc, now| {
-            let join = doc::join_view(doc, &cluster, node_id)?;
-            Ok((join.is_some(), doc::join_response(doc, join, now)))
+        rules::validate_node_id(node_id)?;
+        self.poll(wait, |m, now| {
+            let j = m.join(now, node_id)?;
+            Ok((j.join.is_some(), j))
         })
         .await
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
-        let snap = self.store.read().await?;
-        Ok(doc::status_view(
-            snap.as_ref().map(|s| &s.doc),
-            &self.ctx(now_ms()),
-        ))
+        let doc = match self.store.read().await? {
+            Some(snap) => snap.doc,
+            None => self.empty_doc()?,
+        };
+        Ok(doc.cluster.status(now_ms()))
     }
 
     async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus> {
+        rules::validate_reset(req)?;
         let r = self
-            .mutate("reset", |cur, ctx| doc::reset(cur, ctx, req))
+            .mutate("reset", |m, now| rules::recover(&m.state, now, req))
             .await?;
         tracing::warn!(node = %req.node_id, lost_swarm = %req.swarm_id,
             "cluster reset by `swarm-agent recover`: one new init is allowed");
@@ -439,15 +471,16 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
-        swarmstrap_wire::validate_name(name).map_err(|m| rejected("invalid_name", m))?;
+        swarmstrap_wire::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;
         let wait = if after.is_some() {
             wait
         } else {
             Duration::ZERO
         };
-        self.poll(wait, |doc, _| {
-            let d = doc::doc_view(doc, name);
-            Ok((after.is_none_or(|v| d.version > v), d))
+        // Long-poll: done once the stored document is newer than the caller's `after`.
+        self.poll(wait, |m, _| {
+            let d = m.doc(name);
+            Ok((after.is_none_or(|seen| d.version > seen), d))
         })
         .await
     }
@@ -458,10 +491,12 @@ impl Rendezvous for SecretsManagerRendezvous {
         expected_version: u64,
         body: &serde_json::Value,
     ) -> Result<Document> {
+        let write = DocumentWrite {
+            expected_version,
+            body: body.clone(),
+        };
         let r = self
-            .mutate("put_doc", |cur, ctx| {
-                doc::put_doc(cur, ctx, name, expected_version, body)
-            })
+            .mutate("put_doc", |m, _| m.put_doc(name, &write))
             .await?;
         Ok(r.into_inner())
     }
