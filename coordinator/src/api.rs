@@ -22,6 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
     ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster, CreatedCluster, Document,
     DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
@@ -323,8 +324,9 @@ impl FromRequestParts<AppState> for DocName {
             .await
             .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
         let name = path_param(&params, "name").unwrap_or("").to_string();
-        swarmstrap_wire::validate_name(&name)
-            .map_err(|m| ApiError::bad_request("invalid_name", format!("document {m}")))?;
+        swarmstrap_wire::validate_name(&name).map_err(|m| {
+            ApiError::bad_request(Code::InvalidName.as_str(), format!("document {m}"))
+        })?;
         Ok(DocName(name))
     }
 }
@@ -340,8 +342,9 @@ impl FromRequestParts<AppState> for ClusterName {
             .await
             .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
         let name = path_param(&params, "cluster").unwrap_or("").to_string();
-        swarmstrap_wire::validate_name(&name)
-            .map_err(|m| ApiError::bad_request("invalid_name", format!("cluster {m}")))?;
+        swarmstrap_wire::validate_name(&name).map_err(|m| {
+            ApiError::bad_request(Code::InvalidName.as_str(), format!("cluster {m}"))
+        })?;
         Ok(ClusterName(name))
     }
 }
@@ -422,7 +425,7 @@ impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<AppState> for ApiJson<
             use serde_json::error::Category;
             match e.classify() {
                 Category::Data => ApiError::bad_request(
-                    "invalid_request",
+                    Code::InvalidRequest.as_str(),
                     format!("the JSON body does not match the expected shape: {e}"),
                 ),
                 _ => ApiError::bad_request(

@@ -1,13 +1,13 @@
 //! The data directory: its layout, the marker that says it is ours, and the small files the
 //! server writes for the CLI (admin token, server.json). Files others read are written
-//! atomically (temp file, fsync, rename, fsync dir); secret files get mode 0600.
+//! atomically with the project's one atomic write (`swarmstrap_wire::fsutil::write_atomic`:
+//! temp file, fsync, rename, fsync dir); secret files get mode 0600.
 
 use serde::{Deserialize, Serialize};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use swarmstrap_wire::Secret;
+use swarmstrap_wire::{fsutil, Secret};
 
 /// Name of the marker file that identifies a swarm-coordinator data dir.
 pub const MARKER_FILE: &str = "swarm-coordinator.marker";
@@ -56,6 +56,8 @@ pub enum DataDirError {
     NotADirectory { path: PathBuf },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Write(#[from] fsutil::WriteError),
 }
 
 fn io_err<'a>(
@@ -204,7 +206,8 @@ impl DataDir {
         };
         let mut bytes = serde_json::to_vec_pretty(&marker).expect("marker serializes");
         bytes.push(b'\n');
-        write_atomic(&self.path(MARKER_FILE), &bytes, 0o644)
+        fsutil::write_atomic(&self.path(MARKER_FILE), &bytes, 0o644)?;
+        Ok(())
     }
 
     /// The admin token: read it, or create it (mode 0600) when it does not exist yet.
@@ -218,7 +221,7 @@ impl DataDir {
                 let token = crate::auth::generate_secret();
                 let mut bytes = token.expose().as_bytes().to_vec();
                 bytes.push(b'\n');
-                write_atomic(&path, &bytes, 0o600)?;
+                fsutil::write_atomic(&path, &bytes, 0o600)?;
                 Ok(token)
             }
             Err(e) => Err(e),
@@ -242,7 +245,8 @@ impl DataDir {
     pub fn write_server_info(&self, info: &ServerInfo) -> Result<(), DataDirError> {
         let mut bytes = serde_json::to_vec_pretty(info).expect("server info serializes");
         bytes.push(b'\n');
-        write_atomic(&self.path(SERVER_FILE), &bytes, 0o644)
+        fsutil::write_atomic(&self.path(SERVER_FILE), &bytes, 0o644)?;
+        Ok(())
     }
 
     pub fn read_server_info(&self) -> Result<ServerInfo, DataDirError> {
@@ -269,38 +273,6 @@ pub struct ServerInfo {
     /// `sha256:<hex>` of the served certificate (https only).
     pub fingerprint: Option<String>,
     pub pid: u32,
-}
-
-/// Write a file atomically: temp file with `mode`, fsync, rename over `path`, fsync the dir.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "cannot create"))?;
-        // The mode passed to open() is filtered by the umask and ignored for an existing file.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err(&tmp, "cannot set permissions"))?;
-        f.write_all(bytes).map_err(io_err(&tmp, "cannot write"))?;
-        f.sync_all().map_err(io_err(&tmp, "cannot fsync"))?;
-        fs::rename(&tmp, path).map_err(io_err(path, "cannot rename into place"))?;
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir, "cannot fsync the directory"))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! The one error shape of the HTTP API: `{"error": code, "message": text}` with a 4xx/5xx
-//! status (and `Retry-After` where waiting helps).
+//! status (and `Retry-After` where waiting helps). Refusals of the rendezvous rules take their
+//! status and code from the rulebook (`swarmstrap_wire::rules::Code`); the codes defined here
+//! are the HTTP layer's own (authentication, routing, body limits, load shedding, storage).
 
 use crate::store::StoreError;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use swarmstrap_wire::rules::RuleError;
 use swarmstrap_wire::ErrorBody;
 
 #[derive(Debug, Clone)]
@@ -74,32 +77,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<RuleError> for ApiError {
+    /// The rulebook's one table: every refusal's status and wire spelling come from its
+    /// `Code` (`swarmstrap_wire::rules`).
+    fn from(e: RuleError) -> Self {
+        let status =
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.code.as_str(), e.message)
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let message = e.to_string();
-        let (status, code) = match &e {
-            StoreError::UnknownCluster(_) => (StatusCode::NOT_FOUND, "unknown_cluster"),
-            StoreError::ClusterExists(_) => (StatusCode::CONFLICT, "cluster_exists"),
-            StoreError::NodeNotRegistered { .. } => (StatusCode::NOT_FOUND, "node_not_registered"),
-            StoreError::NotAManager(_) => (StatusCode::CONFLICT, "not_a_manager"),
-            StoreError::StaleFencingToken { .. } => (StatusCode::CONFLICT, "stale_fencing_token"),
-            StoreError::NotLeaseHolder { .. } => (StatusCode::CONFLICT, "not_lease_holder"),
-            StoreError::LeaseExpired { .. } => (StatusCode::CONFLICT, "lease_expired"),
-            StoreError::LeaseLost(_) => (StatusCode::CONFLICT, "lease_lost"),
-            StoreError::AlreadyFormed { .. } => (StatusCode::CONFLICT, "already_formed"),
-            StoreError::SwarmMismatch { .. } => (StatusCode::CONFLICT, "swarm_mismatch"),
-            StoreError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
-            StoreError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        match e {
+            StoreError::Rule(e) => e.into(),
             StoreError::Storage(_) | StoreError::Closed => {
-                tracing::error!(error = %message, "storage failure");
-                return ApiError::new(
+                tracing::error!(error = %e, "storage failure");
+                ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "storage_unavailable",
                     "the coordinator cannot reach its storage right now; retry with backoff",
                 )
-                .retry_after(1);
+                .retry_after(1)
             }
-        };
-        ApiError::new(status, code, message)
+        }
     }
 }

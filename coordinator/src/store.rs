@@ -1,11 +1,18 @@
-//! Crash-safe storage in one redb file. Every write runs on a single writer thread that groups
-//! the queued operations into one write transaction and commits it with immediate durability
-//! (fsync) before any of them is acknowledged ("group commit": one fsync for many requests).
-//! Reads use redb's MVCC read transactions directly.
+//! Crash-safe storage in one redb file: the coordinator's backend of the rendezvous rulebook
+//! (`swarmstrap_wire::rules`, whose module docs define every rule and this storage contract).
 //!
-//! All read-modify-write logic (role assignment, claims, publish, document compare-and-set)
-//! runs inside the write transaction, so concurrent requests are serialized by the store, not
-//! by in-memory locks. Nothing the server needs survives only in memory.
+//! Every write runs on a single writer thread that groups the queued operations into one write
+//! transaction and commits it with immediate durability (fsync) before any of them is
+//! acknowledged ("group commit": one fsync for many requests). Reads use redb's MVCC read
+//! transactions directly.
+//!
+//! The store decides nothing. Each write reads, inside the write transaction, what its rule
+//! needs (the cluster's [`ClusterState`], the one node record, the one document), calls the
+//! rule, and stores the [`Change`] it returns: the state into CLUSTERS, a node into NODES (one
+//! row per node, so 10,000 agents cost one small row each), `clear_nodes` as the removal of the
+//! cluster's NODES rows, a document into DOCS. A refusal stores nothing. Concurrent requests
+//! are serialized by the single writer, not by in-memory locks; nothing the server needs
+//! survives only in memory.
 
 use crate::datadir::{DataDir, DataDirError, DirState, MarkerState};
 use redb::{
@@ -14,73 +21,53 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use swarmstrap_wire::rules::{self, Change, ClusterState, Code, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo, JoinResponse, Lease, NodeInfo,
-    Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, RequestedRole,
-    ResetRequest, Role, Secret,
+    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, NodeInfo, Phase,
+    PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 
 /// Schema version of the tables below. Bump it (and write a migration) on any change.
-pub const SCHEMA_VERSION: u64 = 1;
+///
+/// 2: fencing tokens are counted per cluster (`ClusterState::last_fencing_token`, kept by the
+/// rulebook); schema 1 had one global counter in META. [`Store::open`] migrates a schema-1
+/// database once (see [`migrate_v1`]); a binary that only knows schema 1 refuses a schema-2
+/// database instead of handing out tokens from a counter that stopped counting.
+pub const SCHEMA_VERSION: u64 = 2;
+/// The oldest schema [`Store::open`] migrates instead of refusing.
+const OLDEST_MIGRATABLE: u64 = 1;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// cluster name → ClusterRecord (JSON)
 const CLUSTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusters");
-/// (cluster, node_id) → NodeRecord (JSON)
+/// (cluster, node_id) → NodeInfo (JSON)
 const NODES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("nodes");
 /// (cluster, doc name) → Document (JSON)
 const DOCS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("docs");
 
 const META_SCHEMA: &str = "schema_version";
-/// Last fencing token handed out, for all clusters: tokens are never reused, also across
-/// resets and restarts.
-const META_FENCING: &str = "fencing_counter";
+/// Schema 1 only: the last fencing token handed out in any cluster. The migration to schema 2
+/// folds it into every cluster's `last_fencing_token` and removes it.
+const META_FENCING_V1: &str = "fencing_counter";
 const META_PROBE: &str = "ready_probe_ms";
 
-/// Init lease bounds (the requested TTL is clamped into them).
-pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
-pub const MAX_LEASE_TTL: Duration = Duration::from_secs(300);
+/// Init lease bounds, as the rulebook clamps them (for callers that want a `Duration`).
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(rules::MIN_LEASE_TTL_MS);
+pub const MAX_LEASE_TTL: Duration = Duration::from_millis(rules::MAX_LEASE_TTL_MS);
 
 /// At most this many queued writes share one transaction.
 const MAX_BATCH: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unknown cluster {0:?}")]
-    UnknownCluster(String),
-    #[error("cluster {0:?} already exists")]
-    ClusterExists(String),
-    #[error("node {node:?} is not registered in cluster {cluster:?}: register it first (POST /v1/clusters/{cluster}/nodes)")]
-    NodeNotRegistered { cluster: String, node: String },
-    #[error("node {0:?} was assigned the worker role; only managers may claim the init lease")]
-    NotAManager(String),
-    #[error("fencing token {given} is stale; the current one is {current}")]
-    StaleFencingToken { given: u64, current: u64 },
-    #[error("node {node:?} does not hold the init lease{}", holder.as_ref().map(|h| format!(" (held by {h:?})")).unwrap_or_default())]
-    NotLeaseHolder {
-        node: String,
-        holder: Option<String>,
-    },
-    #[error("the init lease expired {ago_ms} ms ago; claim again")]
-    LeaseExpired { ago_ms: u64 },
-    #[error("the init lease is lost: {0}")]
-    LeaseLost(String),
-    #[error("the cluster is already formed with different data (swarm {swarm_id:?}); an operator must `cluster reset` it first")]
-    AlreadyFormed { swarm_id: String },
-    #[error("the cluster is formed with swarm {}, not {given:?}: nothing was reset (check the swarm id)", current.as_deref().map(|c| format!("{c:?}")).unwrap_or_else(|| "none (it is not formed)".into()))]
-    SwarmMismatch {
-        given: String,
-        current: Option<String>,
-    },
-    #[error(
-        "version conflict: the document is at version {current}, the write expected {expected}"
-    )]
-    VersionConflict { expected: u64, current: u64 },
-    #[error("{0}")]
-    Invalid(String),
+    /// A refusal: by a rule of the rulebook, or an unknown / already existing cluster. Its
+    /// [`Code`] has one wire spelling and one HTTP status (`swarmstrap_wire::rules::Code`).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("the store is shut down")]
@@ -90,6 +77,26 @@ pub enum StoreError {
 impl StoreError {
     fn storage(e: impl std::fmt::Display) -> Self {
         StoreError::Storage(e.to_string())
+    }
+
+    fn unknown_cluster(name: &str) -> Self {
+        RuleError::new(Code::UnknownCluster, format!("unknown cluster {name:?}")).into()
+    }
+
+    fn cluster_exists(name: &str) -> Self {
+        RuleError::new(
+            Code::ClusterExists,
+            format!("cluster {name:?} already exists"),
+        )
+        .into()
+    }
+
+    /// The refusal's code, or None for a storage failure.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            StoreError::Rule(e) => Some(e.code),
+            StoreError::Storage(_) | StoreError::Closed => None,
+        }
     }
 
     /// A storage failure leaves the write transaction unusable: the whole batch is aborted.
@@ -128,9 +135,20 @@ pub enum OpenError {
     Corrupt { path: PathBuf, reason: String },
     #[error(
         "the database {path} has schema version {found}, this swarm-coordinator understands \
-         {SCHEMA_VERSION}. Run the swarm-coordinator version that wrote it (nothing was changed)"
+         {OLDEST_MIGRATABLE} to {SCHEMA_VERSION}. Run the swarm-coordinator version that wrote it \
+         (nothing was changed)"
     )]
     SchemaMismatch { path: PathBuf, found: u64 },
+    #[error(
+        "cannot migrate the database {path} from schema version {from} to {SCHEMA_VERSION}: \
+         {reason}. Nothing was changed (the migration is one transaction); restore it from a \
+         backup or run the swarm-coordinator version that wrote it"
+    )]
+    Migration {
+        path: PathBuf,
+        from: u64,
+        reason: String,
+    },
     #[error("the data dir {path} does not exist; create a cluster or start the server first")]
     Missing { path: PathBuf },
 }
@@ -151,100 +169,28 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LeaseRecord {
-    holder: String,
-    fencing_token: u64,
-    granted_at_ms: u64,
-    expires_at_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Formation {
-    swarm_id: String,
-    ca_digest: String,
-    manager_addrs: Vec<String>,
-    manager_token: Secret,
-    worker_token: Secret,
-    published_by: String,
-    fencing_token: u64,
-    formed_at_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ResetRecord {
-    at_ms: u64,
-    previous_swarm_id: Option<String>,
-    /// Who asked: "operator (admin API)" or "node <id>" (`swarm-agent recover`).
-    #[serde(default)]
-    by: String,
-    #[serde(default)]
-    reason: String,
-}
-
+/// A stored cluster: the rulebook's state plus what only the coordinator keeps. `flatten`
+/// keeps the layout of schema 1, whose fields were exactly these, so old records load as they
+/// are (`last_fencing_token` defaults to 0 and is set by the migration).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ClusterRecord {
-    name: String,
+    #[serde(flatten)]
+    state: ClusterState,
     /// hex sha256 of the join secret; the secret itself is never stored.
     secret_sha256: String,
-    target_managers: u8,
+    #[serde(default)]
     created_at_ms: u64,
-    node_count: u64,
-    manager_count: u64,
-    lease: Option<LeaseRecord>,
-    formed: Option<Formation>,
-    resets: u64,
-    reset_log: Vec<ResetRecord>,
 }
 
-impl ClusterRecord {
-    fn live_lease(&self, now: u64) -> Option<&LeaseRecord> {
-        self.lease.as_ref().filter(|l| l.expires_at_ms > now)
-    }
-
-    fn phase(&self, now: u64) -> Phase {
-        if self.formed.is_some() {
-            Phase::Formed
-        } else if self.live_lease(now).is_some() {
-            Phase::Claimed
-        } else {
-            Phase::Open
-        }
-    }
-
-    fn wire_lease(&self, now: u64) -> Option<Lease> {
-        self.live_lease(now).map(|l| Lease {
-            holder: l.holder.clone(),
-            fencing_token: l.fencing_token,
-            expires_in_ms: l.expires_at_ms - now,
-        })
-    }
+/// Only the secret digest of a [`ClusterRecord`] (every authenticated request reads it: the
+/// rest of the record is skipped, not parsed).
+#[derive(Deserialize)]
+struct SecretOnly {
+    secret_sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NodeRecord {
-    node_id: String,
-    hostname: String,
-    advertise_addr: String,
-    requested: RequestedRole,
-    role: Role,
-    registered_at_ms: u64,
-}
-
-impl From<NodeRecord> for NodeInfo {
-    fn from(n: NodeRecord) -> Self {
-        NodeInfo {
-            node_id: n.node_id,
-            hostname: n.hostname,
-            advertise_addr: n.advertise_addr,
-            requested: n.requested,
-            role: n.role,
-            registered_at_ms: n.registered_at_ms,
-        }
-    }
-}
-
-/// The result of a write: `changed` says whether anything watchers care about changed.
+/// The result of a write: the rule's answer, and whether its change had to be stored
+/// (`changed` is `!change.is_empty()`: something watchers care about may have changed).
 pub struct Written<T> {
     pub value: T,
     pub changed: bool,
@@ -263,7 +209,8 @@ pub struct Store {
 
 impl Store {
     /// Open (or create) the store in `dir`. Never resets or rewrites data it does not
-    /// recognize: a foreign, corrupt or newer data dir is an error that names the file.
+    /// recognize: a foreign, corrupt or newer data dir is an error that names the file. An
+    /// older schema it knows is migrated once, in one transaction.
     pub fn open(dir: &DataDir, mode: OpenMode) -> Result<Store, OpenError> {
         let state = dir.inspect()?;
         let path = dir.db_path();
@@ -278,6 +225,7 @@ impl Store {
                 dir.write_marker(MarkerState::Initializing)?;
                 let db = open_db(&path, true)?;
                 init_schema(&db, &path)?;
+                upgrade(&db, &path)?;
                 dir.write_marker(MarkerState::Ready)?;
                 db
             }
@@ -286,7 +234,7 @@ impl Store {
                 // read-write open verifies checksums and commits).
                 precheck_read_only(&path)?;
                 let db = open_db(&path, false)?;
-                check_schema(&db, &path)?;
+                upgrade(&db, &path)?;
                 db
             }
         };
@@ -309,7 +257,7 @@ impl Store {
         }
     }
 
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -356,26 +304,19 @@ impl Store {
         target_managers: u8,
         secret_sha256: [u8; 32],
     ) -> Result<ClusterStatus, StoreError> {
-        swarmstrap_wire::validate_name(&name).map_err(StoreError::Invalid)?;
-        swarmstrap_wire::validate_target_managers(target_managers).map_err(StoreError::Invalid)?;
+        let state = ClusterState::new(&name, target_managers)?;
         self.write(move |txn| {
             if get_cluster(txn, &name)?.is_some() {
-                return Err(StoreError::ClusterExists(name));
+                return Err(StoreError::cluster_exists(&name));
             }
+            let now = now_ms();
             let rec = ClusterRecord {
-                name: name.clone(),
+                state,
                 secret_sha256: hex::encode(secret_sha256),
-                target_managers,
-                created_at_ms: now_ms(),
-                node_count: 0,
-                manager_count: 0,
-                lease: None,
-                formed: None,
-                resets: 0,
-                reset_log: vec![],
+                created_at_ms: now,
             };
             put_cluster(txn, &rec)?;
-            Ok(status_of(&rec, vec![], now_ms()))
+            Ok(rules::status(&rec.state, vec![], now))
         })
         .await
     }
@@ -383,9 +324,11 @@ impl Store {
     /// sha256 of the cluster's join secret, or None for an unknown cluster.
     pub fn cluster_secret_hash(&self, name: &str) -> Result<Option<[u8; 32]>, StoreError> {
         self.read(|txn| {
-            let Some(rec) = get_cluster_r(txn, name)? else {
+            let table = txn.open_table(CLUSTERS)?;
+            let Some(v) = table.get(name)? else {
                 return Ok(None);
             };
+            let rec: SecretOnly = serde_json::from_slice(v.value())?;
             let mut out = [0u8; 32];
             hex::decode_to_slice(&rec.secret_sha256, &mut out)
                 .map_err(|e| StoreError::Storage(format!("bad secret hash of {name:?}: {e}")))?;
@@ -395,10 +338,9 @@ impl Store {
 
     pub fn status(&self, name: &str) -> Result<ClusterStatus, StoreError> {
         self.read(|txn| {
-            let rec =
-                get_cluster_r(txn, name)?.ok_or_else(|| StoreError::UnknownCluster(name.into()))?;
+            let rec = get_cluster_r(txn, name)?.ok_or_else(|| StoreError::unknown_cluster(name))?;
             let nodes = list_nodes(txn, name)?;
-            Ok(status_of(&rec, nodes, now_ms()))
+            Ok(rules::status(&rec.state, nodes, now_ms()))
         })
     }
 
@@ -410,8 +352,8 @@ impl Store {
             for entry in table.iter()? {
                 let (_, v) = entry?;
                 let rec: ClusterRecord = serde_json::from_slice(v.value())?;
-                let nodes = list_nodes(txn, &rec.name)?;
-                out.push(status_of(&rec, nodes, now));
+                let nodes = list_nodes(txn, &rec.state.name)?;
+                out.push(rules::status(&rec.state, nodes, now));
             }
             Ok(out)
         })
@@ -426,341 +368,115 @@ impl Store {
         })
     }
 
-    /// Operator reset: forget the formation, any lease and the node registrations (roles are
-    /// assigned again), so exactly one new init can be granted. Fencing tokens keep counting
-    /// up.
+    /// Operator reset (`rules::admin_reset`).
     pub async fn reset(&self, name: String) -> Result<ClusterStatus, StoreError> {
         self.write(move |txn| {
-            let rec =
-                get_cluster(txn, &name)?.ok_or_else(|| StoreError::UnknownCluster(name.clone()))?;
-            reset_in(txn, rec, "operator (admin API)".into(), String::new())
+            let rec = read_cluster(txn, &name)?;
+            let outcome = rules::admin_reset(&rec.state, now_ms());
+            Ok(store_outcome(txn, &name, Some(rec), outcome)?.value)
         })
         .await
     }
 
-    /// `swarm-agent recover`: the same reset, but only while the cluster is still formed with
-    /// `req.swarm_id` (compare-and-set), so concurrent recoveries allow one new init in total.
+    /// `swarm-agent recover` (`rules::recover`).
     pub async fn recover(
         &self,
         cluster: String,
         req: ResetRequest,
     ) -> Result<ClusterStatus, StoreError> {
-        validate_node_id(&req.node_id)?;
-        if !req.reason.is_empty() {
-            validate_text("reason", &req.reason, 500)?;
-        }
+        // Malformed input never reaches the single writer.
+        rules::validate_reset(&req)?;
         self.write(move |txn| {
-            let rec = get_cluster(txn, &cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            let current = rec.formed.as_ref().map(|f| f.swarm_id.clone());
-            if current.as_deref() != Some(req.swarm_id.as_str()) {
-                return Err(StoreError::SwarmMismatch {
-                    given: req.swarm_id.clone(),
-                    current,
-                });
-            }
-            reset_in(
-                txn,
-                rec,
-                format!("node {}", req.node_id),
-                req.reason.clone(),
-            )
+            let rec = read_cluster(txn, &cluster)?;
+            let outcome = rules::recover(&rec.state, now_ms(), &req)?;
+            Ok(store_outcome(txn, &cluster, Some(rec), outcome)?.value)
         })
         .await
     }
 
+    /// `rules::register`.
     pub async fn register(
         &self,
         cluster: String,
         req: RegisterRequest,
     ) -> Result<Written<RegisterResponse>, StoreError> {
-        validate_node_id(&req.node_id)?;
-        validate_text("hostname", &req.hostname, 253)?;
-        validate_text("advertise_addr", &req.advertise_addr, 255)?;
+        rules::validate_register(&req)?;
         self.write(move |txn| {
-            let mut rec = get_cluster(txn, &cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            let now = now_ms();
-            let existing = get_node(txn, &cluster, &req.node_id)?;
-            let (role, changed) = match existing {
-                Some(mut node) => {
-                    let changed = node.hostname != req.hostname
-                        || node.advertise_addr != req.advertise_addr
-                        || node.requested != req.role;
-                    if changed {
-                        node.hostname = req.hostname.clone();
-                        node.advertise_addr = req.advertise_addr.clone();
-                        node.requested = req.role;
-                        put_node(txn, &cluster, &node)?;
-                    }
-                    (node.role, changed)
-                }
-                None => {
-                    let wants_manager =
-                        matches!(req.role, RequestedRole::Auto | RequestedRole::Manager);
-                    let role =
-                        if wants_manager && rec.manager_count < u64::from(rec.target_managers) {
-                            Role::Manager
-                        } else {
-                            Role::Worker
-                        };
-                    let node = NodeRecord {
-                        node_id: req.node_id.clone(),
-                        hostname: req.hostname.clone(),
-                        advertise_addr: req.advertise_addr.clone(),
-                        requested: req.role,
-                        role,
-                        registered_at_ms: now,
-                    };
-                    put_node(txn, &cluster, &node)?;
-                    rec.node_count += 1;
-                    if role == Role::Manager {
-                        rec.manager_count += 1;
-                    }
-                    put_cluster(txn, &rec)?;
-                    (role, true)
-                }
-            };
-            Ok(Written {
-                value: RegisterResponse {
-                    node_id: req.node_id,
-                    role,
-                    target_managers: rec.target_managers,
-                    phase: rec.phase(now),
-                },
-                changed,
-            })
+            let rec = read_cluster(txn, &cluster)?;
+            let node = get_node(txn, &cluster, &req.node_id)?;
+            let outcome = rules::register(&rec.state, node.as_ref(), now_ms(), &req)?;
+            store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
     }
 
+    /// `rules::claim`.
     pub async fn claim(
         &self,
         cluster: String,
         node_id: String,
         ttl_ms: u64,
     ) -> Result<Written<ClaimResponse>, StoreError> {
-        validate_node_id(&node_id)?;
-        let ttl = clamp_ttl(ttl_ms);
+        rules::validate_node_id(&node_id)?;
         self.write(move |txn| {
-            let mut rec = get_cluster(txn, &cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            // Registration is not required to claim, but a node registered as a worker must
-            // never run `swarm init`: that would add a manager beyond the target.
+            let rec = read_cluster(txn, &cluster)?;
             let node = get_node(txn, &cluster, &node_id)?;
-            let now = now_ms();
-            if rec.formed.is_some() {
-                return Ok(Written {
-                    value: ClaimResponse {
-                        granted: false,
-                        phase: Phase::Formed,
-                        lease: None,
-                    },
-                    changed: false,
-                });
-            }
-            if let Some(live) = rec.live_lease(now) {
-                // The holder's retry is granted again with the same token; others learn who.
-                return Ok(Written {
-                    value: ClaimResponse {
-                        granted: live.holder == node_id,
-                        phase: Phase::Claimed,
-                        lease: rec.wire_lease(now),
-                    },
-                    changed: false,
-                });
-            }
-            if node.is_some_and(|n| n.role == Role::Worker) {
-                return Err(StoreError::NotAManager(node_id));
-            }
-            // Open, or an expired unpublished lease: grant a new lease under a new token.
-            let token = next_fencing_token(txn)?;
-            rec.lease = Some(LeaseRecord {
-                holder: node_id,
-                fencing_token: token,
-                granted_at_ms: now,
-                expires_at_ms: now + ttl,
-            });
-            put_cluster(txn, &rec)?;
-            Ok(Written {
-                value: ClaimResponse {
-                    granted: true,
-                    phase: Phase::Claimed,
-                    lease: rec.wire_lease(now),
-                },
-                changed: true,
-            })
+            let outcome = rules::claim(&rec.state, node.as_ref(), now_ms(), &node_id, ttl_ms)?;
+            store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
     }
 
-    /// Extend the lease. Allowed for the holder under the current token as long as nobody
-    /// took the lease over, even if it ran out in between (the token still fences).
+    /// `rules::renew`.
     pub async fn renew(
         &self,
         cluster: String,
         req: RenewRequest,
     ) -> Result<Written<ClaimResponse>, StoreError> {
-        let ttl = clamp_ttl(req.ttl_ms);
+        rules::validate_node_id(&req.node_id)?;
         self.write(move |txn| {
-            let mut rec = get_cluster(txn, &cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            let now = now_ms();
-            if rec.formed.is_some() {
-                return Err(StoreError::LeaseLost(
-                    "the cluster is already formed".into(),
-                ));
-            }
-            match &mut rec.lease {
-                Some(l) if l.holder == req.node_id && l.fencing_token == req.fencing_token => {
-                    l.expires_at_ms = now + ttl;
-                }
-                Some(l) => {
-                    return Err(StoreError::LeaseLost(format!(
-                        "the lease is held by {:?} under fencing token {}",
-                        l.holder, l.fencing_token
-                    )))
-                }
-                None => return Err(StoreError::LeaseLost("no lease is held".into())),
-            }
-            put_cluster(txn, &rec)?;
-            Ok(Written {
-                value: ClaimResponse {
-                    granted: true,
-                    phase: Phase::Claimed,
-                    lease: rec.wire_lease(now),
-                },
-                changed: true,
-            })
+            let rec = read_cluster(txn, &cluster)?;
+            let outcome = rules::renew(&rec.state, now_ms(), &req)?;
+            store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
     }
 
+    /// `rules::publish`; the answer is the phase after it.
     pub async fn publish(
         &self,
         cluster: String,
         req: PublishRequest,
     ) -> Result<Written<Phase>, StoreError> {
-        validate_publish(&req)?;
+        rules::validate_publish(&req)?;
         self.write(move |txn| {
-            let mut rec = get_cluster(txn, &cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.clone()))?;
-            let now = now_ms();
-            if let Some(f) = &rec.formed {
-                if req.fencing_token != f.fencing_token {
-                    return Err(StoreError::StaleFencingToken {
-                        given: req.fencing_token,
-                        current: f.fencing_token,
-                    });
-                }
-                if req.node_id != f.published_by {
-                    return Err(StoreError::NotLeaseHolder {
-                        node: req.node_id,
-                        holder: Some(f.published_by.clone()),
-                    });
-                }
-                let same = f.swarm_id == req.swarm_id
-                    && f.ca_digest == req.ca_digest
-                    && f.manager_addrs == req.manager_addrs
-                    && f.manager_token == req.manager_token
-                    && f.worker_token == req.worker_token;
-                if !same {
-                    return Err(StoreError::AlreadyFormed {
-                        swarm_id: f.swarm_id.clone(),
-                    });
-                }
-                // Idempotent retry of the publish that formed the cluster.
-                return Ok(Written {
-                    value: Phase::Formed,
-                    changed: false,
-                });
-            }
-            let Some(lease) = &rec.lease else {
-                return Err(StoreError::NotLeaseHolder {
-                    node: req.node_id,
-                    holder: None,
-                });
-            };
-            if req.fencing_token != lease.fencing_token {
-                return Err(StoreError::StaleFencingToken {
-                    given: req.fencing_token,
-                    current: lease.fencing_token,
-                });
-            }
-            if req.node_id != lease.holder {
-                return Err(StoreError::NotLeaseHolder {
-                    node: req.node_id,
-                    holder: Some(lease.holder.clone()),
-                });
-            }
-            if lease.expires_at_ms <= now {
-                return Err(StoreError::LeaseExpired {
-                    ago_ms: now - lease.expires_at_ms,
-                });
-            }
-            rec.formed = Some(Formation {
-                swarm_id: req.swarm_id,
-                ca_digest: req.ca_digest,
-                manager_addrs: req.manager_addrs,
-                manager_token: req.manager_token,
-                worker_token: req.worker_token,
-                published_by: req.node_id,
-                fencing_token: req.fencing_token,
-                formed_at_ms: now,
-            });
-            rec.lease = None;
-            put_cluster(txn, &rec)?;
+            let rec = read_cluster(txn, &cluster)?;
+            let outcome = rules::publish(&rec.state, now_ms(), &req)?;
+            let w = store_outcome(txn, &cluster, Some(rec), outcome)?;
             Ok(Written {
-                value: Phase::Formed,
-                changed: true,
+                value: w.value.phase,
+                changed: w.changed,
             })
         })
         .await
     }
 
-    /// What `node_id` needs to join (the token of its role only), if the cluster is formed.
+    /// `rules::join`: what `node_id` needs to join (the token of its role only), once formed.
     pub fn join(&self, cluster: &str, node_id: &str) -> Result<JoinResponse, StoreError> {
         self.read(|txn| {
-            let rec = get_cluster_r(txn, cluster)?
-                .ok_or_else(|| StoreError::UnknownCluster(cluster.into()))?;
-            let node = get_node_r(txn, cluster, node_id)?.ok_or_else(|| {
-                StoreError::NodeNotRegistered {
-                    cluster: cluster.into(),
-                    node: node_id.into(),
-                }
-            })?;
-            let now = now_ms();
-            let join = rec.formed.as_ref().map(|f| JoinInfo {
-                swarm_id: f.swarm_id.clone(),
-                ca_digest: f.ca_digest.clone(),
-                manager_addrs: f.manager_addrs.clone(),
-                role: node.role,
-                token: match node.role {
-                    Role::Manager => f.manager_token.clone(),
-                    Role::Worker => f.worker_token.clone(),
-                },
-            });
-            Ok(JoinResponse {
-                phase: rec.phase(now),
-                lease: rec.wire_lease(now),
-                join,
-            })
+            let rec =
+                get_cluster_r(txn, cluster)?.ok_or_else(|| StoreError::unknown_cluster(cluster))?;
+            let node = node_in(&txn.open_table(NODES)?, cluster, node_id)?;
+            Ok(rules::join(&rec.state, node.as_ref(), now_ms(), node_id)?)
         })
     }
 
+    /// The stored document, or `rules::empty_doc()` if it was never written.
     pub fn get_doc(&self, cluster: &str, name: &str) -> Result<Document, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(DOCS)?;
-            Ok(match table.get((cluster, name))? {
-                Some(v) => serde_json::from_slice(v.value())?,
-                None => Document {
-                    version: 0,
-                    body: serde_json::Value::Null,
-                },
-            })
-        })
+        self.read(|txn| doc_in(&txn.open_table(DOCS)?, cluster, name))
     }
 
+    /// `rules::put_doc` (compare-and-set on the document's own version).
     pub async fn put_doc(
         &self,
         cluster: String,
@@ -768,27 +484,70 @@ impl Store {
         write: DocumentWrite,
     ) -> Result<Document, StoreError> {
         self.write(move |txn| {
-            let mut table = txn.open_table(DOCS)?;
-            let current = match table.get((cluster.as_str(), name.as_str()))? {
-                Some(v) => serde_json::from_slice::<Document>(v.value())?.version,
-                None => 0,
-            };
-            if current != write.expected_version {
-                return Err(StoreError::VersionConflict {
-                    expected: write.expected_version,
-                    current,
-                });
-            }
-            let doc = Document {
-                version: current + 1,
-                body: write.body,
-            };
-            let bytes = serde_json::to_vec(&doc)?;
-            table.insert((cluster.as_str(), name.as_str()), bytes.as_slice())?;
-            Ok(doc)
+            let current = doc_in(&txn.open_table(DOCS)?, &cluster, &name)?;
+            let outcome = rules::put_doc(&current, &name, &write)?;
+            Ok(store_outcome(txn, &cluster, None, outcome)?.value)
         })
         .await
     }
+}
+
+/// Store a rule's [`Change`] (the backend half of the rulebook's contract) inside the write
+/// transaction, and hand back its answer. `rec` is the cluster record the rule read (`None`
+/// when it read no state, as a document write).
+fn store_outcome<T>(
+    txn: &WriteTransaction,
+    cluster: &str,
+    rec: Option<ClusterRecord>,
+    outcome: Outcome<T>,
+) -> Result<Written<T>, StoreError> {
+    let Outcome { answer, change } = outcome;
+    let changed = !change.is_empty();
+    let Change {
+        state,
+        node,
+        clear_nodes,
+        doc,
+    } = change;
+    if let Some(state) = state {
+        let mut rec = rec.ok_or_else(|| {
+            StoreError::Storage(format!(
+                "internal error: a rule changed the state of cluster {cluster:?} without reading it"
+            ))
+        })?;
+        rec.state = state;
+        put_cluster(txn, &rec)?;
+    }
+    if clear_nodes || node.is_some() {
+        let mut table = txn.open_table(NODES)?;
+        if clear_nodes {
+            let mut ids = vec![];
+            for entry in table.range((cluster, "")..)? {
+                let (k, _) = entry?;
+                let (c, id) = k.value();
+                if c != cluster {
+                    break;
+                }
+                ids.push(id.to_string());
+            }
+            for id in &ids {
+                table.remove((cluster, id.as_str()))?;
+            }
+        }
+        if let Some(node) = node {
+            let bytes = serde_json::to_vec(&node)?;
+            table.insert((cluster, node.node_id.as_str()), bytes.as_slice())?;
+        }
+    }
+    if let Some((name, doc)) = doc {
+        let bytes = serde_json::to_vec(&doc)?;
+        txn.open_table(DOCS)?
+            .insert((cluster, name.as_str()), bytes.as_slice())?;
+    }
+    Ok(Written {
+        value: answer,
+        changed,
+    })
 }
 
 fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteOp>) {
@@ -851,7 +610,7 @@ fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteOp>) {
     }
 }
 
-fn open_db(path: &std::path::Path, create: bool) -> Result<Database, OpenError> {
+fn open_db(path: &Path, create: bool) -> Result<Database, OpenError> {
     let mut builder = Database::builder();
     // Verify every page's checksum at open: a damaged file is reported, never trusted.
     builder.set_check_integrity_on_open(true);
@@ -889,12 +648,12 @@ fn open_db(path: &std::path::Path, create: bool) -> Result<Database, OpenError> 
     }
 }
 
-fn precheck_read_only(path: &std::path::Path) -> Result<(), OpenError> {
+fn precheck_read_only(path: &Path) -> Result<(), OpenError> {
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         Database::builder().open_read_only(path)
     }));
     match result {
-        Ok(Ok(ro)) => check_schema(&ro, path),
+        Ok(Ok(ro)) => check_schema(&ro, path).map(|_| ()),
         Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => Err(OpenError::Locked {
             path: path.to_path_buf(),
         }),
@@ -911,7 +670,9 @@ fn precheck_read_only(path: &std::path::Path) -> Result<(), OpenError> {
     }
 }
 
-fn init_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
+/// Create the tables and record the schema version in a new database; refuse a version this
+/// binary does not know.
+fn init_schema(db: &Database, path: &Path) -> Result<(), OpenError> {
     let corrupt = |e: &dyn std::fmt::Display| OpenError::Corrupt {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -924,17 +685,17 @@ fn init_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
             .map_err(|e| corrupt(&e))?
             .map(|v| v.value());
         match existing {
-            Some(v) if v != SCHEMA_VERSION => {
+            Some(v) if !(OLDEST_MIGRATABLE..=SCHEMA_VERSION).contains(&v) => {
                 return Err(OpenError::SchemaMismatch {
                     path: path.to_path_buf(),
                     found: v,
                 })
             }
+            // An older schema is migrated by `upgrade` right after.
             Some(_) => {}
             None => {
                 meta.insert(META_SCHEMA, SCHEMA_VERSION)
                     .map_err(|e| corrupt(&e))?;
-                meta.insert(META_FENCING, 0).map_err(|e| corrupt(&e))?;
             }
         }
         txn.open_table(CLUSTERS).map_err(|e| corrupt(&e))?;
@@ -944,7 +705,8 @@ fn init_schema(db: &Database, path: &std::path::Path) -> Result<(), OpenError> {
     txn.commit().map_err(|e| corrupt(&e))
 }
 
-fn check_schema(db: &impl ReadableDatabase, path: &std::path::Path) -> Result<(), OpenError> {
+/// The schema version of a database this binary can open (current or migratable).
+fn check_schema(db: &impl ReadableDatabase, path: &Path) -> Result<u64, OpenError> {
     let corrupt = |reason: String| OpenError::Corrupt {
         path: path.to_path_buf(),
         reason,
@@ -958,7 +720,7 @@ fn check_schema(db: &impl ReadableDatabase, path: &std::path::Path) -> Result<()
         .map_err(|e| corrupt(e.to_string()))?
         .map(|v| v.value())
         .ok_or_else(|| corrupt("no schema version recorded".into()))?;
-    if version != SCHEMA_VERSION {
+    if !(OLDEST_MIGRATABLE..=SCHEMA_VERSION).contains(&version) {
         return Err(OpenError::SchemaMismatch {
             path: path.to_path_buf(),
             found: version,
@@ -970,22 +732,66 @@ fn check_schema(db: &impl ReadableDatabase, path: &std::path::Path) -> Result<()
         .map_err(|e| missing("clusters", e))?;
     txn.open_table(NODES).map_err(|e| missing("nodes", e))?;
     txn.open_table(DOCS).map_err(|e| missing("docs", e))?;
+    Ok(version)
+}
+
+/// Check the schema of an opened (read-write) database and migrate an older one.
+fn upgrade(db: &Database, path: &Path) -> Result<(), OpenError> {
+    match check_schema(db, path)? {
+        SCHEMA_VERSION => Ok(()),
+        1 => migrate_v1(db, path),
+        found => Err(OpenError::SchemaMismatch {
+            path: path.to_path_buf(),
+            found,
+        }),
+    }
+}
+
+/// Schema 1 → 2, once, in one transaction. Schema 1 counted fencing tokens globally (META
+/// `fencing_counter`); the rulebook counts per cluster (`last_fencing_token`). Every cluster
+/// continues above `max(its own, the global counter)`, so no token handed out before is ever
+/// handed out again; the global counter is removed (nothing bumps it any more).
+fn migrate_v1(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let fail = |e: &dyn std::fmt::Display| OpenError::Migration {
+        path: path.to_path_buf(),
+        from: 1,
+        reason: e.to_string(),
+    };
+    let txn = db.begin_write().map_err(|e| fail(&e))?;
+    let (clusters, counter) = {
+        let mut meta = txn.open_table(META).map_err(|e| fail(&e))?;
+        let counter = meta
+            .remove(META_FENCING_V1)
+            .map_err(|e| fail(&e))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        meta.insert(META_SCHEMA, SCHEMA_VERSION)
+            .map_err(|e| fail(&e))?;
+        let mut table = txn.open_table(CLUSTERS).map_err(|e| fail(&e))?;
+        let mut records = vec![];
+        for entry in table.iter().map_err(|e| fail(&e))? {
+            let (_, v) = entry.map_err(|e| fail(&e))?;
+            let rec: ClusterRecord = serde_json::from_slice(v.value()).map_err(|e| fail(&e))?;
+            records.push(rec);
+        }
+        let n = records.len();
+        for mut rec in records {
+            rec.state.last_fencing_token = rec.state.last_fencing_token.max(counter);
+            let bytes = serde_json::to_vec(&rec).map_err(|e| fail(&e))?;
+            table
+                .insert(rec.state.name.as_str(), bytes.as_slice())
+                .map_err(|e| fail(&e))?;
+        }
+        (n, counter)
+    };
+    txn.commit().map_err(|e| fail(&e))?;
+    tracing::info!(
+        db = %path.display(),
+        clusters,
+        fencing_counter = counter,
+        "migrated the database from schema 1 to 2: fencing tokens are counted per cluster, each continuing above the old global counter"
+    );
     Ok(())
-}
-
-fn clamp_ttl(ttl_ms: u64) -> u64 {
-    ttl_ms.clamp(
-        MIN_LEASE_TTL.as_millis() as u64,
-        MAX_LEASE_TTL.as_millis() as u64,
-    )
-}
-
-fn next_fencing_token(txn: &WriteTransaction) -> Result<u64, StoreError> {
-    let mut meta = txn.open_table(META)?;
-    let last = meta.get(META_FENCING)?.map(|v| v.value()).unwrap_or(0);
-    let next = last + 1;
-    meta.insert(META_FENCING, next)?;
-    Ok(next)
 }
 
 fn cluster_in(
@@ -1006,10 +812,15 @@ fn get_cluster_r(txn: &ReadTransaction, name: &str) -> Result<Option<ClusterReco
     cluster_in(&txn.open_table(CLUSTERS)?, name)
 }
 
+/// The cluster a write is about, or `unknown_cluster`.
+fn read_cluster(txn: &WriteTransaction, name: &str) -> Result<ClusterRecord, StoreError> {
+    get_cluster(txn, name)?.ok_or_else(|| StoreError::unknown_cluster(name))
+}
+
 fn put_cluster(txn: &WriteTransaction, rec: &ClusterRecord) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec(rec)?;
     txn.open_table(CLUSTERS)?
-        .insert(rec.name.as_str(), bytes.as_slice())?;
+        .insert(rec.state.name.as_str(), bytes.as_slice())?;
     Ok(())
 }
 
@@ -1017,7 +828,7 @@ fn node_in(
     table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
     cluster: &str,
     node_id: &str,
-) -> Result<Option<NodeRecord>, StoreError> {
+) -> Result<Option<NodeInfo>, StoreError> {
     Ok(match table.get((cluster, node_id))? {
         Some(v) => Some(serde_json::from_slice(v.value())?),
         None => None,
@@ -1028,150 +839,260 @@ fn get_node(
     txn: &WriteTransaction,
     cluster: &str,
     node_id: &str,
-) -> Result<Option<NodeRecord>, StoreError> {
+) -> Result<Option<NodeInfo>, StoreError> {
     node_in(&txn.open_table(NODES)?, cluster, node_id)
 }
 
-fn get_node_r(
-    txn: &ReadTransaction,
-    cluster: &str,
-    node_id: &str,
-) -> Result<Option<NodeRecord>, StoreError> {
-    node_in(&txn.open_table(NODES)?, cluster, node_id)
-}
-
-fn put_node(txn: &WriteTransaction, cluster: &str, node: &NodeRecord) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(node)?;
-    txn.open_table(NODES)?
-        .insert((cluster, node.node_id.as_str()), bytes.as_slice())?;
-    Ok(())
-}
-
-fn collect_nodes(
-    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    cluster: &str,
-) -> Result<Vec<NodeInfo>, StoreError> {
+fn list_nodes(txn: &ReadTransaction, cluster: &str) -> Result<Vec<NodeInfo>, StoreError> {
+    let table = txn.open_table(NODES)?;
     let mut out = vec![];
     for entry in table.range((cluster, "")..)? {
         let (k, v) = entry?;
         if k.value().0 != cluster {
             break;
         }
-        let node: NodeRecord = serde_json::from_slice(v.value())?;
-        out.push(node.into());
+        out.push(serde_json::from_slice(v.value())?);
     }
     Ok(out)
 }
 
-fn list_nodes(txn: &ReadTransaction, cluster: &str) -> Result<Vec<NodeInfo>, StoreError> {
-    collect_nodes(&txn.open_table(NODES)?, cluster)
+fn doc_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    cluster: &str,
+    name: &str,
+) -> Result<Document, StoreError> {
+    Ok(match table.get((cluster, name))? {
+        Some(v) => serde_json::from_slice(v.value())?,
+        None => rules::empty_doc(),
+    })
 }
 
-/// Record and apply a reset: no formation, no lease, no node registrations.
-fn reset_in(
-    txn: &WriteTransaction,
-    mut rec: ClusterRecord,
-    by: String,
-    reason: String,
-) -> Result<ClusterStatus, StoreError> {
-    let now = now_ms();
-    rec.reset_log.push(ResetRecord {
-        at_ms: now,
-        previous_swarm_id: rec.formed.as_ref().map(|f| f.swarm_id.clone()),
-        by,
-        reason,
-    });
-    rec.resets += 1;
-    rec.formed = None;
-    rec.lease = None;
-    {
-        let mut table = txn.open_table(NODES)?;
-        let ids: Vec<String> = collect_nodes(&table, &rec.name)?
-            .into_iter()
-            .map(|n| n.node_id)
-            .collect();
-        for id in &ids {
-            table.remove((rec.name.as_str(), id.as_str()))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmstrap_wire::RequestedRole;
+
+    fn register_req(node: &str) -> RegisterRequest {
+        RegisterRequest {
+            node_id: node.into(),
+            hostname: format!("host-{node}"),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
         }
     }
-    rec.node_count = 0;
-    rec.manager_count = 0;
-    put_cluster(txn, &rec)?;
-    Ok(status_of(&rec, vec![], now))
-}
 
-fn status_of(rec: &ClusterRecord, nodes: Vec<NodeInfo>, now: u64) -> ClusterStatus {
-    ClusterStatus {
-        name: rec.name.clone(),
-        phase: rec.phase(now),
-        target_managers: rec.target_managers,
-        lease: rec.wire_lease(now),
-        swarm_id: rec.formed.as_ref().map(|f| f.swarm_id.clone()),
-        ca_digest: rec.formed.as_ref().map(|f| f.ca_digest.clone()),
-        manager_addrs: rec
-            .formed
-            .as_ref()
-            .map(|f| f.manager_addrs.clone())
-            .unwrap_or_default(),
-        nodes,
-        formed_at_ms: rec.formed.as_ref().map(|f| f.formed_at_ms),
-        resets: rec.resets,
+    fn record(store: &Store, name: &str) -> ClusterRecord {
+        store
+            .read(|txn| get_cluster_r(txn, name))
+            .unwrap()
+            .expect("the cluster exists")
     }
-}
 
-fn validate_node_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "invalid node_id {id:?}: use 1-128 characters of A-Z, a-z, 0-9, '-', '_', '.', ':'"
-        )))
-    }
-}
-
-fn validate_text(field: &str, value: &str, max: usize) -> Result<(), StoreError> {
-    if value.is_empty() || value.len() > max || value.chars().any(|c| c.is_control()) {
-        return Err(StoreError::Invalid(format!(
-            "invalid {field}: must be 1-{max} characters without control characters"
-        )));
-    }
-    Ok(())
-}
-
-fn validate_publish(req: &PublishRequest) -> Result<(), StoreError> {
-    validate_node_id(&req.node_id)?;
-    validate_text("swarm_id", &req.swarm_id, 128)?;
-    let digest_ok = req
-        .ca_digest
-        .strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !digest_ok {
-        return Err(StoreError::Invalid(
-            "invalid ca_digest: expected sha256:<64 hex digits> of the swarm root CA (DER)".into(),
-        ));
-    }
-    if req.manager_addrs.is_empty() || req.manager_addrs.len() > 64 {
-        return Err(StoreError::Invalid(
-            "manager_addrs must list 1-64 manager addresses (ip:2377)".into(),
-        ));
-    }
-    for a in &req.manager_addrs {
-        validate_text("manager_addrs entry", a, 255)?;
-    }
-    for (field, token) in [
-        ("manager_token", &req.manager_token),
-        ("worker_token", &req.worker_token),
-    ] {
-        if token.is_empty() || token.expose().len() > 512 {
-            return Err(StoreError::Invalid(format!(
-                "invalid {field}: must be a non-empty join token"
-            )));
+    /// A data dir holding a schema-1 database as the previous release wrote it: the global
+    /// fencing counter at 41, cluster `old` with an expired lease under token 41 and one node,
+    /// cluster `other` that never had a lease.
+    fn schema_1_data_dir(root: &Path) -> DataDir {
+        let dd = DataDir::new(root.join("data"));
+        dd.create().unwrap();
+        dd.write_marker(MarkerState::Initializing).unwrap();
+        let db = Database::create(dd.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_SCHEMA, 1).unwrap();
+            meta.insert(META_FENCING_V1, 41).unwrap();
+            let mut clusters = txn.open_table(CLUSTERS).unwrap();
+            let secret = "ab".repeat(32);
+            let old = serde_json::json!({
+                "name": "old", "secret_sha256": secret, "target_managers": 3,
+                "created_at_ms": 1, "node_count": 1, "manager_count": 1,
+                "lease": {"holder": "a", "fencing_token": 41, "granted_at_ms": 1, "expires_at_ms": 2},
+                "formed": null, "resets": 0, "reset_log": []
+            });
+            let other = serde_json::json!({
+                "name": "other", "secret_sha256": secret, "target_managers": 1,
+                "created_at_ms": 1, "node_count": 0, "manager_count": 0,
+                "lease": null, "formed": null, "resets": 0, "reset_log": []
+            });
+            for (name, v) in [("old", old), ("other", other)] {
+                let bytes = serde_json::to_vec(&v).unwrap();
+                clusters.insert(name, bytes.as_slice()).unwrap();
+            }
+            let mut nodes = txn.open_table(NODES).unwrap();
+            let a = serde_json::json!({
+                "node_id": "a", "hostname": "host-a", "advertise_addr": "198.18.0.1",
+                "requested": "auto", "role": "manager", "registered_at_ms": 1
+            });
+            let bytes = serde_json::to_vec(&a).unwrap();
+            nodes.insert(("old", "a"), bytes.as_slice()).unwrap();
+            txn.open_table(DOCS).unwrap();
         }
+        txn.commit().unwrap();
+        drop(db);
+        dd.write_marker(MarkerState::Ready).unwrap();
+        dd
     }
-    Ok(())
+
+    #[tokio::test]
+    async fn schema_1_is_migrated_once_and_no_fencing_token_is_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = schema_1_data_dir(tmp.path());
+        let store = Store::open(&dd, OpenMode::MustExist).expect("a schema-1 database opens");
+        {
+            let txn = store.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(meta.get(META_SCHEMA).unwrap().unwrap().value(), 2);
+            assert!(
+                meta.get(META_FENCING_V1).unwrap().is_none(),
+                "the global counter is gone"
+            );
+        }
+        for name in ["old", "other"] {
+            assert_eq!(record(&store, name).state.last_fencing_token, 41, "{name}");
+        }
+        // The old record loads as it was written.
+        let st = store.status("old").unwrap();
+        assert_eq!(st.nodes.len(), 1);
+        assert_eq!(st.target_managers, 3);
+        assert_eq!(store.cluster_secret_hash("old").unwrap(), Some([0xab; 32]));
+
+        // The expired lease is taken over, and both clusters continue above the old counter.
+        let w = store.claim("old".into(), "a".into(), 30_000).await.unwrap();
+        assert!(w.value.granted && w.changed);
+        assert_eq!(w.value.lease.unwrap().fencing_token, 42);
+        let w = store
+            .claim("other".into(), "x".into(), 30_000)
+            .await
+            .unwrap();
+        assert_eq!(w.value.lease.unwrap().fencing_token, 42);
+        // A new cluster counts on its own.
+        store
+            .create_cluster("new".into(), 1, [1; 32])
+            .await
+            .unwrap();
+        let w = store.claim("new".into(), "n".into(), 30_000).await.unwrap();
+        assert_eq!(w.value.lease.unwrap().fencing_token, 1);
+
+        // Reopening does not migrate again (the per-cluster counters are kept).
+        drop(store);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&dd, OpenMode::MustExist) {
+                Ok(s) => break s,
+                // The writer thread of the dropped handle closes the database a moment later.
+                Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        assert_eq!(record(&store, "old").state.last_fencing_token, 42);
+        assert_eq!(record(&store, "new").state.last_fencing_token, 1);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = schema_1_data_dir(tmp.path());
+        {
+            let db = Database::open(dd.db_path()).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(META_SCHEMA, SCHEMA_VERSION + 1)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let err = Store::open(&dd, OpenMode::MustExist).err().unwrap();
+        assert!(
+            matches!(err, OpenError::SchemaMismatch { found, .. } if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_clears_only_its_own_clusters_nodes_and_bounds_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
+        for c in ["a", "b", "c"] {
+            store.create_cluster(c.into(), 3, [2; 32]).await.unwrap();
+            for n in ["n1", "n2", "n3"] {
+                let w = store.register(c.into(), register_req(n)).await.unwrap();
+                assert!(w.changed);
+            }
+        }
+        // Registering again unchanged writes nothing.
+        let w = store
+            .register("b".into(), register_req("n1"))
+            .await
+            .unwrap();
+        assert!(!w.changed);
+        let total = rules::RESET_LOG + 5;
+        for _ in 0..total {
+            let st = store.reset("b".into()).await.unwrap();
+            assert!(st.nodes.is_empty());
+        }
+        assert!(store.status("b").unwrap().nodes.is_empty());
+        assert_eq!(store.status("a").unwrap().nodes.len(), 3);
+        assert_eq!(store.status("c").unwrap().nodes.len(), 3);
+        assert_eq!(store.counts().unwrap(), (3, 6));
+        let b = record(&store, "b").state;
+        assert_eq!(b.resets, total as u64);
+        assert_eq!(
+            b.reset_log.len(),
+            rules::RESET_LOG,
+            "the log keeps the last entries"
+        );
+        assert_eq!((b.node_count, b.manager_count), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn refusals_and_no_op_answers_write_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
+        store.create_cluster("c".into(), 3, [3; 32]).await.unwrap();
+        let w = store.claim("c".into(), "a".into(), 60_000).await.unwrap();
+        assert!(w.changed);
+        let lease = w.value.lease.unwrap();
+        let before = record(&store, "c");
+        // The holder's re-claim and an early renewal answer the lease as it is.
+        let w = store.claim("c".into(), "a".into(), 60_000).await.unwrap();
+        assert!(w.value.granted && !w.changed);
+        let renew = RenewRequest {
+            node_id: "a".into(),
+            fencing_token: lease.fencing_token,
+            ttl_ms: 60_000,
+        };
+        let w = store.renew("c".into(), renew.clone()).await.unwrap();
+        assert!(w.value.granted && !w.changed);
+        let err = store
+            .renew(
+                "c".into(),
+                RenewRequest {
+                    node_id: "b".into(),
+                    ..renew
+                },
+            )
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::LeaseLost));
+        assert_eq!(
+            record(&store, "c").state,
+            before.state,
+            "nothing was written"
+        );
+        let err = store
+            .claim("nope".into(), "a".into(), 1)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::UnknownCluster));
+        let err = store
+            .create_cluster("c".into(), 3, [3; 32])
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::ClusterExists));
+    }
 }

@@ -1,12 +1,13 @@
 //! TLS: PEM certificate + key from files, or a self-signed certificate generated once into
 //! the data dir (rcgen) and reused; the sha256 fingerprint clients pin.
 
-use crate::datadir::{write_atomic, DataDir, DataDirError, SELF_SIGNED_CERT, SELF_SIGNED_KEY};
+use crate::datadir::{DataDir, DataDirError, SELF_SIGNED_CERT, SELF_SIGNED_KEY};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use swarmstrap_wire::format_fingerprint;
+use swarmstrap_wire::fsutil::write_atomic;
 use swarmstrap_wire::pin::cert_sha256;
 
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,9 @@ pub fn self_signed(dir: &DataDir, sans: &[String]) -> Result<Identity, TlsError>
         &key_path,
         generated.signing_key.serialize_pem().as_bytes(),
         0o600,
-    )?;
-    write_atomic(&cert_path, generated.cert.pem().as_bytes(), 0o644)?;
+    )
+    .map_err(DataDirError::from)?;
+    write_atomic(&cert_path, generated.cert.pem().as_bytes(), 0o644).map_err(DataDirError::from)?;
     let mut id = load(&cert_path, &key_path)?;
     id.generated = true;
     Ok(id)

@@ -1,9 +1,10 @@
 use super::admin_client::AdminClient;
-use crate::datadir::{write_atomic, DataDir};
+use crate::datadir::DataDir;
 use crate::store::{OpenError, OpenMode, Store};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
+use swarmstrap_wire::fsutil::write_atomic;
 use swarmstrap_wire::{ClusterStatus, CreateCluster, CreatedCluster, Secret};
 
 /// `swarm-coordinator cluster ...`: works on the data dir directly when no server runs, and
