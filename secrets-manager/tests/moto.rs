@@ -39,31 +39,43 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
                     .register(&reg(&id, RequestedRole::Manager))
                     .await
                     .unwrap();
-                (r, rv.claim(&id, Duration::from_secs(60)).await.unwrap())
+                match rv.claim(&id, Duration::from_secs(60)).await {
+                    Ok(c) => (r, Some(c)),
+                    // A node registered as a worker never gets the lease: while nobody holds
+                    // it, its claim is refused outright.
+                    Err(e) if conflict_code(&e) == Some("not_a_manager") => {
+                        assert_eq!(r.role, Role::Worker, "{e}");
+                        (r, None)
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
             } else {
                 let c = rv.claim(&id, Duration::from_secs(60)).await.unwrap();
                 (
                     rv.register(&reg(&id, RequestedRole::Manager))
                         .await
                         .unwrap(),
-                    c,
+                    Some(c),
                 )
             };
-            let lease = claim.lease.clone().expect("a live lease is always shown");
-            if claim.granted {
-                assert_eq!(lease.holder, id);
-                rv.publish(&publish_req(&id, lease.fencing_token, MGR, WRK))
+            let granted = claim.as_ref().is_some_and(|c| c.granted);
+            // A live lease is always shown; once formed there is none (publishing cleared it).
+            let token = claim.and_then(|c| {
+                assert!(c.lease.is_some() || c.phase == Phase::Formed, "{c:?}");
+                c.lease.map(|lease| {
+                    assert_eq!(c.granted, lease.holder == id);
+                    lease.fencing_token
+                })
+            });
+            if granted {
+                let token = token.expect("granted");
+                rv.publish(&publish_req(&id, token, MGR, WRK))
                     .await
                     .unwrap();
-            } else {
+            } else if let Some(token) = token {
                 // A non-winner trying to publish with the winner's token is refused.
                 let err = rv
-                    .publish(&publish_req(
-                        &id,
-                        lease.fencing_token,
-                        "SWMTKN-1-x",
-                        "SWMTKN-1-y",
-                    ))
+                    .publish(&publish_req(&id, token, "SWMTKN-1-x", "SWMTKN-1-y"))
                     .await
                     .unwrap_err();
                 assert!(
@@ -84,7 +96,7 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
             let want = if join.role == Role::Manager { MGR } else { WRK };
             assert_eq!(join.token.expose(), want);
             let calls = backend.api_calls();
-            (id, claim.granted, join.role, lease.fencing_token, calls)
+            (id, granted, join.role, token, calls)
         }));
     }
     let mut winners = Vec::new();
@@ -100,7 +112,7 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
         if role == Role::Manager {
             managers += 1;
         }
-        tokens.insert(token);
+        tokens.extend(token);
     }
     eprintln!(
         "20 contenders, total: reads={} writes={} {total:?}",
@@ -113,7 +125,7 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
     let status = moto.backend("race", 3).status().await.unwrap();
     assert_eq!(status.phase, Phase::Formed);
     assert_eq!(status.nodes.len(), 20);
-    assert_eq!(status.lease.unwrap().holder, winners[0]);
+    assert_eq!(status.lease, None, "publishing clears the lease");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,11 +148,12 @@ async fn stale_claim_is_taken_over_and_the_old_holder_is_fenced() {
     .await;
     let b_token = b.lease.unwrap().fencing_token;
     assert!(b_token > a_token, "{b_token} > {a_token}");
+    // The fencing token is checked first: a's token is no longer the current one.
     let err = old
         .publish(&publish_req("a", a_token, MGR, WRK))
         .await
         .unwrap_err();
-    assert_eq!(conflict_code(&err), Some("not_lease_holder"), "{err}");
+    assert_eq!(conflict_code(&err), Some("stale_fencing_token"), "{err}");
     let err = old
         .renew("a", a_token, Duration::from_secs(30))
         .await
@@ -157,14 +170,17 @@ async fn stale_claim_is_taken_over_and_the_old_holder_is_fenced() {
         .await
         .unwrap();
     assert_eq!(p.phase, Phase::Formed);
-    // identical re-publish is accepted (idempotent); a's is still refused
+    // identical re-publish is accepted (idempotent, no write); a's is still refused
+    let writes = new.api_calls().writes();
     new.publish(&publish_req("b", b_token, MGR, WRK))
         .await
         .unwrap();
-    assert!(old
+    assert_eq!(new.api_calls().writes(), writes);
+    let err = old
         .publish(&publish_req("a", a_token, MGR, WRK))
         .await
-        .is_err());
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("stale_fencing_token"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -337,11 +353,8 @@ async fn formed_cluster_refuses_new_claims() {
     let r = other.claim("b", Duration::from_secs(30)).await.unwrap();
     assert!(!r.granted);
     assert_eq!(r.phase, Phase::Formed);
-    // even after the old lease expired, and even for the former holder
-    eventually("the lease to expire", Duration::from_secs(10), || async {
-        other.status().await.unwrap().lease.is_none().then_some(())
-    })
-    .await;
+    // publishing cleared the lease; still no claim is granted, not even to the former holder
+    assert_eq!(other.status().await.unwrap().lease, None);
     for node in ["b", "a", "c"] {
         let r = other.claim(node, Duration::from_secs(30)).await.unwrap();
         assert!(!r.granted, "{node} was granted a claim on a formed cluster");
@@ -384,7 +397,7 @@ async fn wait_join_times_out_without_tokens_and_refuses_unknown_nodes() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, RendezvousError::Rejected { code, .. } if code == "unknown_node"),
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "node_not_registered"),
         "{err}"
     );
 }
@@ -541,11 +554,19 @@ async fn secret_created_empty_beforehand_is_filled_by_cas() {
         tasks.push(tokio::spawn(async move {
             let rv = moto.backend("empty", 3);
             let id = format!("n{i}");
-            rv.register(&reg(&id, RequestedRole::Auto)).await.unwrap();
-            rv.claim(&id, Duration::from_secs(30))
+            let role = rv
+                .register(&reg(&id, RequestedRole::Auto))
                 .await
                 .unwrap()
-                .granted
+                .role;
+            match rv.claim(&id, Duration::from_secs(30)).await {
+                Ok(c) => c.granted,
+                // a worker is refused while nobody holds the lease
+                Err(e) if role == Role::Worker && conflict_code(&e) == Some("not_a_manager") => {
+                    false
+                }
+                Err(e) => panic!("{id}: {e}"),
+            }
         }));
     }
     let mut granted = 0;
@@ -556,4 +577,168 @@ async fn secret_created_empty_beforehand_is_filled_by_cas() {
     let status = moto.backend("empty", 3).status().await.unwrap();
     assert_eq!(status.nodes.len(), 5);
     assert_eq!(status.phase, Phase::Claimed);
+}
+
+/// The lease rules as the rulebook decides them, end to end on Secrets Manager: workers never
+/// claim, the ttl is clamped to 5 min, expiry only opens the lease to takeover (the holder
+/// may still renew and publish while nobody took over), a renewal writes only once at most
+/// half the ttl is left, publishing clears the lease, renewing once formed is `lease_lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_rules_come_from_the_rulebook() {
+    let moto = Moto::start();
+    let rv = moto.backend("lease", 3);
+    rv.register(&reg("w", RequestedRole::Worker)).await.unwrap();
+    rv.register(&reg("m", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let err = rv.claim("w", Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("not_a_manager"), "{err}");
+
+    // the ttl is clamped to 5 min
+    let long = moto.backend("clamp", 3);
+    let c = long.claim("m", Duration::from_secs(3_600)).await.unwrap();
+    let expires = c.lease.unwrap().expires_in_ms;
+    assert!(
+        c.granted && expires <= 300_000 && expires > 240_000,
+        "{expires}"
+    );
+
+    // renew after expiry, nobody having taken over: granted and written
+    let c = rv.claim("m", Duration::from_millis(1_000)).await.unwrap();
+    assert!(c.granted);
+    let token = c.lease.unwrap().fencing_token;
+    eventually(
+        "the 1 s lease to expire",
+        Duration::from_secs(10),
+        || async { rv.status().await.unwrap().lease.is_none().then_some(()) },
+    )
+    .await;
+    let writes = rv.api_calls().writes();
+    let r = rv.renew("m", token, Duration::from_secs(60)).await.unwrap();
+    assert!(r.granted);
+    assert_eq!(r.lease.as_ref().unwrap().fencing_token, token);
+    assert_eq!(rv.api_calls().writes(), writes + 2, "put + stage move");
+    // renewed just now: more than half of the ttl is left, so no write
+    let r = rv.renew("m", token, Duration::from_secs(60)).await.unwrap();
+    assert!(r.granted);
+    assert_eq!(
+        rv.api_calls().writes(),
+        writes + 2,
+        "an early renewal wrote"
+    );
+
+    // publish on an expired lease nobody took over: accepted, and the lease is cleared
+    let quick = moto.backend("quick", 3);
+    quick
+        .register(&reg("m", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let c = quick
+        .claim("m", Duration::from_millis(1_000))
+        .await
+        .unwrap();
+    let qtoken = c.lease.unwrap().fencing_token;
+    eventually(
+        "the quick lease to expire",
+        Duration::from_secs(10),
+        || async { quick.status().await.unwrap().lease.is_none().then_some(()) },
+    )
+    .await;
+    let p = quick
+        .publish(&publish_req("m", qtoken, MGR, WRK))
+        .await
+        .unwrap();
+    assert_eq!(p.phase, Phase::Formed);
+    let s = quick.status().await.unwrap();
+    assert_eq!((s.phase, s.lease), (Phase::Formed, None));
+    // the publisher's identical retry: accepted without a write
+    let writes = quick.api_calls().writes();
+    quick
+        .publish(&publish_req("m", qtoken, MGR, WRK))
+        .await
+        .unwrap();
+    assert_eq!(quick.api_calls().writes(), writes);
+    // renewing once formed: lease_lost
+    let err = quick
+        .renew("m", qtoken, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("lease_lost"), "{err}");
+}
+
+/// A secret written by the previous version (schema 1: `cluster`, `next_fencing_token`, no
+/// counts) is read, extended and written back readable by both versions; fencing continues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_of_the_previous_version_is_read_and_fencing_continues() {
+    let moto = Moto::start();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let node = |id: &str, role: &str| {
+        serde_json::json!({"node_id": id, "hostname": format!("host-{id}"),
+            "advertise_addr": "198.18.0.10", "requested": "auto", "role": role,
+            "registered_at_ms": now_ms})
+    };
+    let old = serde_json::json!({
+        "schema": 1,
+        "cluster": "legacy",
+        "target_managers": 3,
+        "nodes": [node("a", "manager"), node("b", "manager"), node("w", "worker")],
+        "lease": {"holder": "a", "fencing_token": 7, "expires_at_ms": now_ms - 1_000},
+        "next_fencing_token": 8,
+        "formed": null,
+        "resets": 0,
+        "docs": {"lb": {"version": 3, "body": ["x"]}},
+        "recent_writes": []
+    });
+    moto.client()
+        .create_secret()
+        .name("swarmstrap/legacy")
+        .secret_string(old.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rv = moto.backend("legacy", 3);
+    let s = rv.status().await.unwrap();
+    assert_eq!((s.nodes.len(), s.phase), (3, Phase::Open));
+    assert_eq!(
+        rv.get_doc("lb", None, Duration::ZERO)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
+    // one manager seat is left (the counts are recounted from the node list)
+    let r = rv.register(&reg("c", RequestedRole::Auto)).await.unwrap();
+    assert_eq!(r.role, Role::Manager);
+    let r = rv.register(&reg("d", RequestedRole::Auto)).await.unwrap();
+    assert_eq!(r.role, Role::Worker);
+    // the expired lease is taken over with a token larger than any the old version granted
+    let c = rv.claim("b", Duration::from_secs(30)).await.unwrap();
+    assert!(c.granted);
+    assert_eq!(c.lease.unwrap().fencing_token, 8);
+    let err = rv.renew("a", 7, Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("lease_lost"), "{err}");
+    // as stored now: both versions' fields
+    let text = moto
+        .client()
+        .get_secret_value()
+        .secret_id("swarmstrap/legacy")
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["schema"].as_u64(), v["cluster"].as_str()),
+        (Some(1), Some("legacy"))
+    );
+    assert_eq!(v["name"], "legacy");
+    assert_eq!(v["last_fencing_token"], 8);
+    assert_eq!(v["next_fencing_token"], 9);
+    assert_eq!(v["manager_count"], 3);
 }
