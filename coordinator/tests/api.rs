@@ -141,6 +141,17 @@ async fn publish_is_fenced_and_formed_cluster_refuses_claims() {
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "already_formed");
 
+    // Formed: there is no lease to renew.
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": 60000})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert_eq!(b["error"], "lease_lost");
+
     // Formed: no claim is ever granted again.
     for node in ["a", "b", "c"] {
         let (s, b) = api.claim(node, 30_000).await;
@@ -206,21 +217,107 @@ async fn expired_unpublished_lease_is_taken_over() {
     srv.stop().await;
 }
 
+/// Expiry only opens the lease to takeover (wire/src/rules.rs): while nobody claimed after it
+/// ran out, the holder's token is still the newest, so it may renew and publish.
 #[tokio::test]
-async fn publish_after_lease_expiry_is_refused() {
+async fn lease_that_ran_out_unclaimed_still_renews_and_publishes() {
     let srv = TestServer::start().await;
-    let api = srv.create_cluster("late", 1).await;
-    let (_, c) = api.claim("a", 1000).await;
-    let token = c["lease"]["fencing_token"].as_u64().unwrap();
-    // Wait (polling the status) until the lease has run out, nobody took it over.
-    wait_for("the lease to expire", Duration::from_secs(10), || {
+    let late = srv.create_cluster("late", 1).await;
+    let slow = srv.create_cluster("slow", 1).await;
+    let (_, c) = late.claim("a", 1000).await;
+    let late_token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let (_, c) = slow.claim("a", 1000).await;
+    let slow_token = c["lease"]["fencing_token"].as_u64().unwrap();
+    // Wait (polling the status) until both leases have run out, nobody took them over.
+    for api in [&late, &slow] {
+        wait_for("the lease to expire", Duration::from_secs(10), || {
+            let api = api.clone();
+            async move { (api.status().await["phase"] == "open").then_some(()) }
+        })
+        .await;
+    }
+    // Publish under the run-out lease: accepted, formed.
+    let (s, b) = late.publish("a", late_token).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(late.status().await["phase"], "formed");
+    // Renew under the run-out lease: granted again, same token; then publish.
+    let (s, b) = slow
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "a", "fencing_token": slow_token, "ttl_ms": 30_000})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["granted"], true);
+    assert_eq!(b["phase"], "claimed");
+    assert_eq!(b["lease"]["fencing_token"].as_u64(), Some(slow_token));
+    assert!(
+        b["lease"]["expires_in_ms"].as_u64().unwrap() > 15_000,
+        "{b}"
+    );
+    assert_eq!(slow.publish("a", slow_token).await.0, StatusCode::OK);
+    srv.stop().await;
+}
+
+/// Lease bounds and writes (wire/src/rules.rs): the ttl is clamped to at most 300 s, a
+/// holder's re-claim does not extend the lease, and a renewal extends it only once at most
+/// half of the ttl is left (before that it answers the lease as it is).
+#[tokio::test]
+async fn lease_ttl_is_bounded_and_only_a_due_renewal_extends_it() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("ttl", 3).await;
+    let expires = |b: &Value| b["lease"]["expires_in_ms"].as_u64().unwrap();
+    let renew = |ttl: u64, token: u64| {
         let api = api.clone();
-        async move { (api.status().await["phase"] == "open").then_some(()) }
-    })
-    .await;
-    let (s, b) = api.publish("a", token).await;
-    assert_eq!(s, StatusCode::CONFLICT);
-    assert_eq!(b["error"], "lease_expired", "{b}");
+        async move {
+            let (s, b) = api
+                .call(
+                    Method::POST,
+                    "/claim/renew",
+                    Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": ttl})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            assert_eq!(b["granted"], true, "{b}");
+            b
+        }
+    };
+
+    let (_, c) = api.claim("a", 3_600_000).await;
+    assert_eq!(c["granted"], true);
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let first = expires(&c);
+    assert!(
+        first <= 300_000 && first > 290_000,
+        "an hour is clamped to 300 s: {c}"
+    );
+    // More than half of the ttl left: the answer is the lease as it is.
+    let b = renew(300_000, token).await;
+    assert!(expires(&b) <= first, "not extended: {b}");
+
+    let other = srv.create_cluster("ttl2", 3).await;
+    let (_, c) = other.claim("a", 60_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let first = expires(&c);
+    // The holder's re-claim with a longer ttl is granted, but not extended.
+    let (_, again) = other.claim("a", 300_000).await;
+    assert_eq!(again["granted"], true);
+    assert_eq!(again["lease"]["fencing_token"].as_u64(), Some(token));
+    assert!(
+        expires(&again) <= first,
+        "a re-claim does not extend: {again}"
+    );
+    // A renewal with a ttl of which at most half is left extends (60 s left of 300 s).
+    let (s, b) = other
+        .call(
+            Method::POST,
+            "/claim/renew",
+            Some(json!({"node_id": "a", "fencing_token": token, "ttl_ms": 300_000})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(expires(&b) > 250_000, "extended: {b}");
     srv.stop().await;
 }
 
@@ -731,5 +828,52 @@ async fn recover_resets_only_the_named_swarm_and_only_once() {
     // Roles are assigned again: the former worker may become a manager and claim.
     assert_eq!(api.register("w", "auto").await["role"], "manager");
     assert_eq!(api.claim("w", 30_000).await.1["granted"], true);
+    srv.stop().await;
+}
+
+/// The CA digest is stored canonical (`sha256:` + lowercase hex), so an uppercase retry is the
+/// identical publish; a reset reason is at most 500 characters (wire/src/rules.rs).
+#[tokio::test]
+async fn canonical_ca_digest_and_bounded_reset_reason() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("canon", 3).await;
+    api.register("a", "manager").await;
+    let (_, c) = api.claim("a", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let mut body = publish_body("a", token);
+    body["ca_digest"] = json!(format!("sha256:{}", "AB".repeat(32)));
+    let (s, b) = api.call(Method::POST, "/publish", Some(body.clone())).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let canonical = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(api.status().await["ca_digest"], canonical.as_str());
+    let (_, j) = api.call(Method::GET, "/join?node_id=a", None).await;
+    assert_eq!(j["join"]["ca_digest"], canonical.as_str());
+    // The same publish in either spelling is the identical retry.
+    assert_eq!(
+        api.call(Method::POST, "/publish", Some(body)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
+
+    let swarm = "swarm-abc";
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/reset",
+            Some(json!({"node_id": "a", "swarm_id": swarm, "reason": "x".repeat(501)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"], "invalid_request");
+    assert_eq!(api.status().await["phase"], "formed", "nothing was reset");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/reset",
+            Some(json!({"node_id": "a", "swarm_id": swarm, "reason": "é".repeat(500)})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "500 characters are fine: {b}");
+    assert_eq!(b["resets"], 1);
     srv.stop().await;
 }
