@@ -31,7 +31,10 @@
 //!   rolling upgrade or a rollback): every document also carries `cluster` (= `name`) and
 //!   `next_fencing_token` (= `last_fencing_token + 1`), the two fields it requires; every other
 //!   field it requires is unchanged, and it ignores the new ones. A document it writes back
-//!   loses the new fields, and the first rule of this list restores them.
+//!   loses the new fields, and the first rule of this list restores them — all but the
+//!   publisher of a cluster formed by this version (it keeps no lease to recover it from):
+//!   that publisher's identical re-publish is then refused as `stale_fencing_token`, the one
+//!   thing a mixed fleet loses.
 //!
 //! A document with another `schema` is refused (see [`crate::aws`]).
 

@@ -420,12 +420,12 @@ impl Rendezvous for SecretsManagerRendezvous {
         fencing_token: u64,
         ttl: Duration,
     ) -> Result<ClaimResponse> {
+        rules::validate_node_id(node_id)?;
         let req = RenewRequest {
             node_id: node_id.to_string(),
             fencing_token,
             ttl_ms: ttl_ms(ttl),
         };
-        rules::validate_node_id(node_id)?;
         let r = self
             .mutate("renew", |m, now| rules::renew(&m.state, now, &req))
             .await?;
@@ -444,7 +444,6 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
-        rules::validate_node_id(node_id)?;
         self.poll(wait, |m, now| {
             let j = m.join(now, node_id)?;
             Ok((j.join.is_some(), j))
