@@ -1,9 +1,10 @@
 //! Fault injection around one incarnation of one node (a process lifetime of the agent):
-//! [`FaultyRendezvous`] in front of the coordinator and [`SimEngine`] in front of the node's
+//! [`FaultyRendezvous`] in front of the backend and [`SimEngine`] in front of the node's
 //! fake engine. Both report the crash points ([`Step`]) of the race's crash schedule; when one
 //! fires, the incarnation is dead: that call and every later call of it (the lease-renewal task
 //! included) never return, and the node's supervisor aborts the bootstrap future.
 
+use super::backend::InitLease;
 use super::race::RaceCtx;
 use crate::engine::{Engine, EngineError, EngineInfo, JoinRequest, SwarmDetails, SwarmNode};
 use crate::state::StateStore;
@@ -60,9 +61,9 @@ impl Rng {
 /// right before, for `*Sent`/`InitIntent`), before the answer reaches the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Step {
-    /// The coordinator registered the node.
+    /// The backend registered the node.
     RegisterApplied,
-    /// The coordinator granted the init lease.
+    /// The backend granted the init lease.
     ClaimGranted,
     /// `swarm init` was called: the intent record is on disk, the swarm does not exist yet.
     InitIntent,
@@ -70,11 +71,11 @@ pub enum Step {
     InitApplied,
     /// The new swarm was inspected (tokens, CA) but not yet published.
     InspectAfterInit,
-    /// The coordinator extended the lease.
+    /// The backend extended the lease.
     RenewApplied,
     /// Publish is about to be sent.
     PublishSent,
-    /// The coordinator accepted the publish (cluster formed).
+    /// The backend accepted the publish (cluster formed).
     PublishApplied,
     /// A long-poll returned the join info.
     JoinInfoReceived,
@@ -101,9 +102,9 @@ pub const STEPS: [Step; 11] = [
 /// Per-call fault probabilities of the rendezvous wrapper.
 #[derive(Clone, Copy, Debug)]
 pub struct FaultMix {
-    /// `Transient` before the call reaches the coordinator.
+    /// `Transient` before the call reaches the backend.
     pub fail: f64,
-    /// The coordinator applies the call, the answer is lost (`Transient`).
+    /// The backend applies the call, the answer is lost (`Transient`).
     pub lose: f64,
     /// The call is applied twice (a retried request that arrived twice); the second answer
     /// is returned.
@@ -519,23 +520,21 @@ impl Engine for SimEngine {
                 None
             }
         };
-        // The lease it inits under must be live at the coordinator when init starts (checked
-        // for the init that creates a swarm; retries on an engine already in one change
-        // nothing).
-        let lease_problem = ctx.coordinator.peek().and_then(|status| {
-            let live = status.lease.as_ref().is_some_and(|l| {
-                l.holder == self.node_id && Some(l.fencing_token) == token && l.expires_in_ms > 0
-            });
-            (!live).then(|| {
-                format!(
-                    "{}: `swarm init` under token {token:?} started while the coordinator's \
-                     lease is {:?} (phase {})",
-                    inc.tag(),
-                    status.lease,
-                    status.phase
-                )
-            })
-        });
+        // The lease it inits under must be live at the backend when init starts (checked for
+        // the init that creates a swarm; retries on an engine already in one change nothing).
+        let lease_problem = match ctx.backend.init_lease(&self.node_id, token).await {
+            InitLease::Live => None,
+            InitLease::NotLive(what) => Some(format!(
+                "{}: `swarm init` under token {token:?} started while at the {}: {what}",
+                inc.tag(),
+                ctx.backend.name()
+            )),
+            InitLease::Unknown(why) => {
+                ctx.count(&format!("init lease check skipped: {why}"));
+                None
+            }
+        };
+        inc.gate().await;
         if let Some(d) = self.plan.slow_init {
             tokio::time::sleep(d).await;
             inc.gate().await;

@@ -1,15 +1,32 @@
 //! Race suite: a randomized simulation of the bootstrap under faults, asserting one `swarm
-//! init` per cluster (issue 8).
+//! init` per cluster, run against every rendezvous backend.
 //!
 //! Each race runs the REAL [`crate::bootstrap::Bootstrap`] for 3–9 nodes of one cluster at
-//! once, against the fake engine world of `testing.rs` (which counts every `swarm init`) and
-//! the REAL coordinator store (`swarm_coordinator::store::Store`, redb in a temp dir) behind an
-//! in-process `Rendezvous` adapter (`coord.rs`). A seeded plan (`race.rs`) decides:
+//! once, against the fake engine world of `testing.rs` (which counts every `swarm init`) and one
+//! backend behind the [`backend::SimBackend`] trait (`backend.rs`):
 //!
-//! - per call faults in front of the coordinator (`faults.rs`): `Transient` before applying,
+//! - `coordinator` (test `sim::races`): the REAL coordinator store
+//!   (`swarm_coordinator::store::Store`, redb in a temp dir) behind an in-process `Rendezvous`
+//!   adapter (`coord.rs`: errors mapped as over HTTP, join long-polls woken like the API's);
+//!   a restart drops the store and reopens it from its data dir.
+//! - `fake` (test `sim::fake_races`): the in-memory `testing::FakeBackend` (the rulebook's
+//!   `Memory` under a mutex), shared by all nodes.
+//! - `secrets-manager` (test `sim::secrets_manager_races`): `SecretsManagerRendezvous` against
+//!   ONE `moto_server` child process for the whole suite (free loopback port, dummy static
+//!   credentials, killed by pid at the end; `secrets_manager.rs`); each race has its own
+//!   cluster (`race-<seed>`, i.e. its own secret) and each node its own client.
+//!
+//! For the fake and Secrets Manager a "restart" is an outage in the adapter (`backend.rs`):
+//! calls fail `Transient` while it is down, answers in flight across it are lost (applied or
+//! not), the state is kept (as a durable backend would). Every adapter records the fencing token
+//! of each claim answer that granted a lease, before any fault can lose that answer.
+//!
+//! A seeded plan (`race.rs`) decides:
+//!
+//! - per call faults in front of the backend (`faults.rs`): `Transient` before applying,
 //!   answer lost after applying, call applied twice, request/answer delayed;
-//! - coordinator restarts (the store is dropped and reopened from its data dir; calls during
-//!   the outage fail, answers across it are lost; some outages outlast the lease);
+//! - backend restarts/outages (calls during the outage fail, answers across it are lost; some
+//!   outages outlast the lease);
 //! - crashes: the n-th time any node reaches a [`faults::Step`] (after register, after claim,
 //!   intent on disk, after init, after inspect, after renew, before/after publish, after join
 //!   info, after join, after leave) it dies there; the first crash step cycles with the seed so
@@ -19,37 +36,76 @@
 //! - engine faults: engine down at boot, transient join failures, lost join answer, slow init;
 //! - some nodes reboot once more after formation (must be a no-op).
 //!
-//! Checked for every race: it converges within 40 s (no stuck node) without any bootstrap
-//! error; the cluster is formed; with one fencing token ever granted exactly one `swarm init`
-//! happened in the world, with takeovers at most one init per token (and never more inits than
-//! tokens); every init had its intent record on disk and a live lease at the coordinator; every
-//! node is in the published swarm (same CA), in the role the coordinator assigned; no swarm
+//! The plan depends only on the seed, whatever the backend; the interleaving also depends on
+//! timing (and, for Secrets Manager, on moto's latency and the backend's jittered CAS and poll
+//! backoff), so a seed reruns the same plan, not always the exact same interleaving.
+//!
+//! Checked for every race, on every backend: it converges within 40 s (no stuck node) without
+//! any bootstrap error; the cluster is formed; with one fencing token ever granted exactly one
+//! `swarm init` happened in the world, with takeovers at most one init per token (and never more
+//! inits than tokens); every init had its intent record on disk and a live lease at the backend;
+//! every node is in the published swarm (same CA), in the role the backend assigned; no swarm
 //! ever has more managers than the target; no orphan swarm keeps members; every state file says
 //! `joined` with the published swarm; reboots change nothing.
 //!
+//! "A live lease at the backend when init began" is read in place at that instant for the
+//! coordinator and the fake (exact; skipped only while the coordinator is restarting). Secrets
+//! Manager can only be read over the network, after the instant: the check reads the stored
+//! lease (holder, token, `granted_at_ms`, `expires_at_ms`) and formation (`formed_at_ms`) and
+//! judges the instant from them, which is exact unless the holder renewed, another node took the
+//! lease over, or the cluster was formed within the read's own latency; those few checks are
+//! skipped and counted (`init lease check skipped: ...` in the summary).
+//!
+//! Races per backend in a plain `cargo test` (CI): coordinator [`CI_RACES`] (200), fake
+//! [`FAKE_CI_RACES`] (200), Secrets Manager [`SECRETS_MANAGER_CI_RACES`] (fewer: moto is one
+//! Python process, and every call is an HTTP round trip). The three suites never overlap (they
+//! share one lock), so the timing of one does not depend on another.
+//!
 //! Environment:
-//! - `SWARMSTRAP_RACES=N`: number of races (default [`CI_RACES`]);
+//! - `SWARMSTRAP_RACE_BACKEND=coordinator|fake|secrets-manager`: run only that backend's suite
+//!   (the others pass without racing); unset: all three;
+//! - `SWARMSTRAP_RACES=N`: number of races of each suite that runs (default: its CI count);
 //! - `SWARMSTRAP_RACE_SEED=S`: run only seed S (decimal or 0x-hex) and print its trace;
 //! - `SWARMSTRAP_RACE_BASE=S`: the first seed (default 1; race i uses seed S+i);
-//! - `SWARMSTRAP_RACE_PARALLEL=P`: races run at once (default 12);
+//! - `SWARMSTRAP_RACE_PARALLEL=P`: races run at once (default 12; Secrets Manager
+//!   [`SECRETS_MANAGER_PARALLEL`]);
 //! - `SWARMSTRAP_RACE_TRACE=1`: print every race's trace;
 //! - `SWARMSTRAP_RACE_LOG=<filter>`: the agent's own log lines (e.g. `swarm_agent=debug`);
 //! - `SWARMSTRAP_RACE_DEADLINE_SECS=S`: when an unfinished race counts as stuck (default 40);
 //! - `SWARMSTRAP_RACE_LOST_INIT_ANSWER=0`: leave out the engine fault "the answer of a
 //!   successful `swarm init` is lost" (on by default);
-//! - `SWARMSTRAP_RACE_LATE_ANSWERS=0`: leave out coordinator answers delayed past the lease
-//!   TTL (on by default).
+//! - `SWARMSTRAP_RACE_LATE_ANSWERS=0`: leave out backend answers delayed past the lease TTL (on
+//!   by default).
+//!
+//! A failing race prints its rerun command, e.g.
+//! `SWARMSTRAP_RACE_BACKEND=fake SWARMSTRAP_RACE_SEED=17 cargo test -p swarm-agent --lib
+//! sim::fake_races -- --nocapture`.
 
+mod backend;
 mod coord;
 mod faults;
 mod race;
+mod secrets_manager;
 
+use backend::Kind;
 use race::{Opts, RaceResult};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Races of a plain `cargo test` (the CI subset).
+/// Races of a plain `cargo test` (the CI subset) against the coordinator.
 const CI_RACES: u64 = 200;
+/// ... against the fake.
+const FAKE_CI_RACES: u64 = 200;
+/// ... against Secrets Manager (moto): about a minute and a half on 2 cores.
+const SECRETS_MANAGER_CI_RACES: u64 = 60;
+/// Races at once (coordinator, fake).
+const PARALLEL: u64 = 12;
+/// Races at once against moto (one Python process serves them all).
+const SECRETS_MANAGER_PARALLEL: u64 = 12;
+
+/// The suites run one at a time (their timing is part of what they test).
+static SUITE: Mutex<()> = Mutex::new(());
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
@@ -71,15 +127,27 @@ fn env_flag(name: &str) -> bool {
     env(name).is_none_or(|v| v != "0")
 }
 
-fn rerun(seed: u64, opts: &Opts) -> String {
-    let mut env = format!("SWARMSTRAP_RACE_SEED={seed}");
+fn rerun(backend: &str, seed: u64, opts: &Opts) -> String {
+    let mut env = format!("SWARMSTRAP_RACE_BACKEND={backend} SWARMSTRAP_RACE_SEED={seed}");
     if !opts.lost_init_answer {
         env += " SWARMSTRAP_RACE_LOST_INIT_ANSWER=0";
     }
     if !opts.late_answers {
         env += " SWARMSTRAP_RACE_LATE_ANSWERS=0";
     }
-    format!("{env} cargo test -p swarm-agent --lib sim::races -- --nocapture")
+    format!(
+        "{env} cargo test -p swarm-agent --lib {} -- --nocapture",
+        test_name(backend)
+    )
+}
+
+/// The test that runs `backend`'s suite.
+fn test_name(backend: &str) -> &'static str {
+    match backend {
+        "fake" => "sim::fake_races",
+        "secrets-manager" => "sim::secrets_manager_races",
+        _ => "sim::races",
+    }
 }
 
 fn print_trace(r: &RaceResult) {
@@ -89,13 +157,19 @@ fn print_trace(r: &RaceResult) {
     }
 }
 
-async fn run_suite(seeds: Vec<u64>, parallel: usize, opts: Opts, verbose: bool) -> Vec<RaceResult> {
+async fn run_suite(
+    seeds: Vec<u64>,
+    parallel: usize,
+    opts: Opts,
+    verbose: bool,
+    kind: Kind,
+) -> Vec<RaceResult> {
     use futures_util::StreamExt;
     let results: Vec<RaceResult> = futures_util::stream::iter(seeds)
         .map(|seed| {
-            let opts = opts.clone();
+            let (opts, kind) = (opts.clone(), kind.clone());
             async move {
-                tokio::spawn(race::run_race(seed, opts))
+                tokio::spawn(race::run_race(seed, opts, kind))
                     .await
                     .expect("a race panicked")
             }
@@ -111,7 +185,7 @@ async fn run_suite(seeds: Vec<u64>, parallel: usize, opts: Opts, verbose: bool) 
     results
 }
 
-fn summary(results: &[RaceResult], wall: Duration) -> String {
+fn summary(backend: &str, results: &[RaceResult], wall: Duration) -> String {
     let mut counters: BTreeMap<String, u64> = BTreeMap::new();
     let mut hows: BTreeMap<String, u64> = BTreeMap::new();
     for r in results {
@@ -129,8 +203,8 @@ fn summary(results: &[RaceResult], wall: Duration) -> String {
     let multi = results.iter().filter(|r| r.inits > 1).count();
     let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
     let mut s = format!(
-        "race suite: {} races, {failed} failed, wall {wall:.1?}; per race median {:?}, p90 {:?}, \
-         max {:?}\n",
+        "race suite ({backend}): {} races, {failed} failed, wall {wall:.1?}; per race median {:?}, \
+         p90 {:?}, max {:?}\n",
         results.len(),
         pct(50).copied().unwrap_or_default(),
         pct(90).copied().unwrap_or_default(),
@@ -150,6 +224,38 @@ fn summary(results: &[RaceResult], wall: Duration) -> String {
 
 #[test]
 fn races() {
+    suite("coordinator", CI_RACES, PARALLEL);
+}
+
+#[test]
+fn fake_races() {
+    suite("fake", FAKE_CI_RACES, PARALLEL);
+}
+
+#[test]
+fn secrets_manager_races() {
+    suite(
+        "secrets-manager",
+        SECRETS_MANAGER_CI_RACES,
+        SECRETS_MANAGER_PARALLEL,
+    );
+}
+
+/// Run `backend`'s suite (`ci_races` races unless the environment says otherwise).
+fn suite(backend: &str, ci_races: u64, default_parallel: u64) {
+    if let Some(only) = env("SWARMSTRAP_RACE_BACKEND") {
+        let only = only.trim();
+        assert!(
+            Kind::NAMES.contains(&only),
+            "SWARMSTRAP_RACE_BACKEND={only:?}: expected one of {:?}",
+            Kind::NAMES
+        );
+        if only != backend {
+            println!("race suite ({backend}): skipped (SWARMSTRAP_RACE_BACKEND={only})");
+            return;
+        }
+    }
+    let _one_at_a_time = SUITE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(filter) = env("SWARMSTRAP_RACE_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -158,7 +264,7 @@ fn races() {
     }
     let opts = Opts {
         lost_init_answer: env_flag("SWARMSTRAP_RACE_LOST_INIT_ANSWER"),
-        trace_all: env_flag("SWARMSTRAP_RACE_TRACE"),
+        trace_all: env("SWARMSTRAP_RACE_TRACE").is_some_and(|v| v.trim() != "0"),
         late_answers: env_flag("SWARMSTRAP_RACE_LATE_ANSWERS"),
         deadline: Duration::from_secs(
             env_u64("SWARMSTRAP_RACE_DEADLINE_SECS").unwrap_or(race::RACE_DEADLINE.as_secs()),
@@ -167,7 +273,7 @@ fn races() {
     let (seeds, verbose) = match env_u64("SWARMSTRAP_RACE_SEED") {
         Some(seed) => (vec![seed], true),
         None => {
-            let n = env_u64("SWARMSTRAP_RACES").unwrap_or(CI_RACES);
+            let n = env_u64("SWARMSTRAP_RACES").unwrap_or(ci_races);
             let base = env_u64("SWARMSTRAP_RACE_BASE").unwrap_or(1);
             (
                 (0..n).map(|i| base.wrapping_add(i)).collect(),
@@ -175,25 +281,35 @@ fn races() {
             )
         }
     };
-    let parallel = env_u64("SWARMSTRAP_RACE_PARALLEL").unwrap_or(12) as usize;
+    let parallel = env_u64("SWARMSTRAP_RACE_PARALLEL").unwrap_or(default_parallel) as usize;
+    // Secrets Manager: one moto for the suite, killed when the last race lets go of it.
+    let kind = match backend {
+        "coordinator" => Kind::Coordinator,
+        "fake" => Kind::Fake,
+        _ => Kind::SecretsManager(Arc::new(secrets_manager::Moto::start())),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .unwrap();
     let started = Instant::now();
-    let results = rt.block_on(run_suite(seeds, parallel, opts.clone(), verbose));
-    let report = summary(&results, started.elapsed());
+    let results = rt.block_on(run_suite(seeds, parallel, opts.clone(), verbose, kind));
+    let report = summary(backend, &results, started.elapsed());
     println!("{report}");
     let failed: Vec<&RaceResult> = results.iter().filter(|r| !r.failures.is_empty()).collect();
     if !failed.is_empty() {
-        let mut msg = format!("{} of {} races failed\n", failed.len(), results.len());
+        let mut msg = format!(
+            "{} of {} races failed against the {backend}\n",
+            failed.len(),
+            results.len()
+        );
         for r in &failed {
             msg += &format!("\nseed {}: {}\n", r.seed, r.plan);
             for f in &r.failures {
                 msg += &format!("  - {f}\n");
             }
-            msg += &format!("  rerun: {}\n", rerun(r.seed, &opts));
+            msg += &format!("  rerun: {}\n", rerun(backend, r.seed, &opts));
         }
         msg += "\n(the traces are printed above; run with --nocapture to see them)\n";
         msg += &report;

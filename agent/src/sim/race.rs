@@ -1,7 +1,7 @@
-//! One race: a seeded plan, 3–9 nodes running the real [`Bootstrap`] concurrently against the
-//! real coordinator store, with faults, crashes and coordinator restarts; then the checks.
+//! One race: a seeded plan, 3–9 nodes running the real [`Bootstrap`] concurrently against one
+//! backend ([`SimBackend`]), with faults, crashes and backend restarts/outages; then the checks.
 
-use super::coord::Coordinator;
+use super::backend::{Kind, SimBackend};
 use super::faults::Step;
 use super::faults::{EnginePlan, FaultMix, FaultyRendezvous, Incarnation, Rng, SimEngine, STEPS};
 use crate::bootstrap::{Bootstrap, How, Outcome, Settings};
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use swarmstrap_wire::{Phase, RequestedRole, Role};
+use swarmstrap_wire::{ClusterStatus, Phase, RequestedRole, Role};
 use tracing::Instrument;
 
 pub const CLUSTER: &str = "sim";
@@ -63,8 +63,8 @@ pub struct Plan {
     pub start_at: Vec<Duration>,
     pub mix_name: &'static str,
     pub mix: FaultMix,
-    /// (when, how long down)
-    pub coordinator_restarts: Vec<(Duration, Duration)>,
+    /// (when, how long down): coordinator restarts, outages of the other backends.
+    pub restarts: Vec<(Duration, Duration)>,
     /// The n-th time any node reaches `step` (counted after the previous entry fired), that
     /// node crashes. The first entry's step cycles with the seed, so consecutive seeds cover
     /// every step.
@@ -145,7 +145,7 @@ impl Plan {
             5..=7 => 1,
             _ => 2,
         };
-        let coordinator_restarts = (0..restarts)
+        let restarts = (0..restarts)
             .map(|_| {
                 let at = r.ms(0, 2000);
                 let down = if r.chance(0.2) {
@@ -200,7 +200,8 @@ impl Plan {
         // Shape the plan so that the rare steps are reached when the seed picks them.
         let (mut engines, mut restart_delays) = (engines, restart_delays);
         match step_crashes[0].0 {
-            // Renewals happen every ttl/3 while init runs: make init slow.
+            // Renewals happen every ttl / RENEW_DIVISOR while init runs (and write once half the
+            // ttl is used up): make init slow.
             Step::RenewApplied => {
                 for e in &mut engines {
                     e.slow_init = Some(r.ms(400, 900));
@@ -222,7 +223,7 @@ impl Plan {
             start_at,
             mix_name,
             mix,
-            coordinator_restarts,
+            restarts,
             step_crashes,
             timed_crashes,
             restart_delays,
@@ -268,7 +269,7 @@ impl Plan {
             })
             .collect();
         format!(
-            "seed {} | {} nodes, target {} managers, roles {} | faults {} {:?} | coordinator \
+            "seed {} | {} nodes, target {} managers, roles {} | faults {} {:?} | backend \
              restarts {:?} | step crashes {:?} | timed crashes {:?} | restart delays {:?} | \
              engines [{}] | reboot after formation {:?}",
             self.seed,
@@ -277,7 +278,7 @@ impl Plan {
             roles.join(","),
             self.mix_name,
             self.mix,
-            self.coordinator_restarts,
+            self.restarts,
             self.step_crashes,
             self.timed_crashes
                 .iter()
@@ -303,7 +304,7 @@ struct ScheduledCrash {
 
 pub struct RaceCtx {
     pub started: Instant,
-    pub coordinator: Arc<Coordinator>,
+    pub backend: Arc<dyn SimBackend>,
     pub world: SharedWorld,
     pub target: u8,
     schedule: Mutex<Vec<ScheduledCrash>>,
@@ -439,7 +440,7 @@ fn bootstrap(
         init_answer_lost: init_answer_lost.clone(),
     };
     let backend = FaultyRendezvous {
-        inner: ctx.coordinator.clone(),
+        inner: ctx.backend.client(i),
         inc: inc.clone(),
         ctx: ctx.clone(),
         mix: plan.mix,
@@ -449,7 +450,7 @@ fn bootstrap(
         backend: Arc::new(backend),
         store: StateStore::new(&node.dir),
         settings: Settings {
-            cluster: CLUSTER.into(),
+            cluster: ctx.backend.cluster(),
             node_id: node.node_id.clone(),
             advertise_addr: node.engine.addr.clone(),
             requested_role: plan.roles[i],
@@ -562,14 +563,14 @@ fn sim_tempdir() -> tempfile::TempDir {
         .expect("a temp dir")
 }
 
-pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
+pub async fn run_race(seed: u64, opts: Opts, kind: Kind) -> RaceResult {
     let plan = Arc::new(Plan::new(seed, &opts));
     let tmp = sim_tempdir();
-    let coordinator = Arc::new(Coordinator::start(tmp.path(), CLUSTER, plan.target).await);
+    let backend = kind.start(tmp.path(), seed, plan.target, plan.nodes).await;
     let w = world();
     let ctx = Arc::new(RaceCtx {
         started: Instant::now(),
-        coordinator: coordinator.clone(),
+        backend: backend.clone(),
         world: w.clone(),
         target: plan.target,
         schedule: Mutex::new(
@@ -612,11 +613,11 @@ pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
         })
         .collect();
 
-    // Coordinator restarts, until the nodes are done.
+    // Backend restarts (coordinator) or outages (the others), until the nodes are done.
     let (done_tx, mut done_rx) = tokio::sync::watch::channel(false);
     let restarter = {
         let ctx = ctx.clone();
-        let restarts = plan.coordinator_restarts.clone();
+        let restarts = plan.restarts.clone();
         tokio::spawn(async move {
             let mut restarts = restarts;
             restarts.sort();
@@ -625,13 +626,17 @@ pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
                     _ = tokio::time::sleep_until((ctx.started + at).into()) => {}
                     _ = done_rx.wait_for(|d| *d) => return,
                 }
-                ctx.trace(format!("COORDINATOR RESTART (down for {down:?})"));
-                ctx.count("coordinator restart");
-                if let Err(e) = ctx.coordinator.restart(down).await {
+                let what = match ctx.backend.name() {
+                    "coordinator" => "coordinator restart".to_string(),
+                    other => format!("{other} outage"),
+                };
+                ctx.trace(format!("{} (down for {down:?})", what.to_uppercase()));
+                ctx.count(&what);
+                if let Err(e) = ctx.backend.restart(down).await {
                     ctx.violation(e);
                     return;
                 }
-                ctx.trace("coordinator is back".into());
+                ctx.trace(format!("{} is back", ctx.backend.name()));
             }
         })
     };
@@ -659,7 +664,7 @@ pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
         .await
         .is_err()
     {
-        ctx.violation("the coordinator restart did not finish".into());
+        ctx.violation("the backend restart did not finish".into());
     }
 
     let mut failures: Vec<String> = vec![];
@@ -692,18 +697,18 @@ pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
         .filter_map(|e| e.as_ref().and_then(|e| e.outcome.as_ref().map(|o| o.how)))
         .collect();
     if converged && failures.is_empty() {
-        check_end_state(&ctx, &plan, &nodes, &mut failures);
+        check_end_state(&ctx, ctx.backend.peek().await, &plan, &nodes, &mut failures);
         if failures.is_empty() {
             reboot_check(&ctx, &plan, &nodes, &mut failures).await;
-            check_end_state(&ctx, &plan, &nodes, &mut failures);
+            check_end_state(&ctx, ctx.backend.peek().await, &plan, &nodes, &mut failures);
         }
     }
     failures.extend(ctx.violations.lock().unwrap().iter().cloned());
     failures.dedup();
     // Why each init that did not form the cluster happened: its initialiser crashed (and
     // stayed down past the lease), or it lost the lease while alive (renewals failing,
-    // coordinator down) and was fenced.
-    if let Some(formed) = coordinator.peek().and_then(|s| s.swarm_id) {
+    // backend down) and was fenced.
+    if let Some(formed) = backend.peek().await.and_then(|s| s.swarm_id) {
         let crashed = ctx.crashed.lock().unwrap().clone();
         for (who, _, swarm) in ctx.inits.lock().unwrap().iter() {
             if *swarm != formed {
@@ -727,15 +732,24 @@ pub async fn run_race(seed: u64, opts: Opts) -> RaceResult {
         elapsed: ctx.started.elapsed(),
         counters,
         inits,
-        tokens: coordinator.tokens_granted(),
+        tokens: backend.tokens_granted(),
         hows,
     }
 }
 
 /// The invariants at the end of a race.
-fn check_end_state(ctx: &RaceCtx, plan: &Plan, nodes: &[Arc<Node>], failures: &mut Vec<String>) {
-    let Some(status) = ctx.coordinator.peek() else {
-        failures.push("the coordinator is down at the end".into());
+fn check_end_state(
+    ctx: &RaceCtx,
+    status: Option<ClusterStatus>,
+    plan: &Plan,
+    nodes: &[Arc<Node>],
+    failures: &mut Vec<String>,
+) {
+    let Some(status) = status else {
+        failures.push(format!(
+            "the {} cannot be read at the end",
+            ctx.backend.name()
+        ));
         return;
     };
     let (Phase::Formed, Some(swarm), Some(ca)) =
@@ -748,7 +762,7 @@ fn check_end_state(ctx: &RaceCtx, plan: &Plan, nodes: &[Arc<Node>], failures: &m
     // One init per cluster: with a single fencing token ever granted, exactly one init; with
     // takeovers, at most one init per token (checked as they happen), never more inits than
     // tokens, and every orphan left.
-    let tokens = ctx.coordinator.tokens_granted();
+    let tokens = ctx.backend.tokens_granted();
     if w.inits == 0 || (tokens <= 1 && w.inits != 1) || w.inits as usize > tokens {
         failures.push(format!(
             "{} `swarm init`s in the world for {tokens} fencing token(s) granted",
@@ -760,7 +774,7 @@ fn check_end_state(ctx: &RaceCtx, plan: &Plan, nodes: &[Arc<Node>], failures: &m
         Some(s) => {
             if s.ca_digest != *ca {
                 failures.push(format!(
-                    "swarm {swarm} has CA {}, the coordinator published {ca}",
+                    "swarm {swarm} has CA {}, the backend published {ca}",
                     s.ca_digest
                 ));
             }
@@ -800,7 +814,7 @@ fn check_end_state(ctx: &RaceCtx, plan: &Plan, nodes: &[Arc<Node>], failures: &m
                 n.name
             )),
             Some((_, role)) if Some(role) != assigned => failures.push(format!(
-                "{} is a {role} in the swarm, the coordinator assigned {assigned:?}",
+                "{} is a {role} in the swarm, the backend assigned {assigned:?}",
                 n.name
             )),
             Some(_) => {}
