@@ -7,7 +7,8 @@
 //!        no
 //!        ▼
 //!     register ──► manager? ──► claim ──granted──► [intent record] init ► inspect ► publish
-//!        │            │           └─refused─┐        (lease renewed every ttl/3; lost ⇒ no publish)
+//!        │            │           └─refused─┐  (lease renewed every ttl/RENEW_DIVISOR = ttl/4;
+//!        │            │                     │   lost ⇒ no publish)
 //!        │          worker                  ▼
 //!        └──────────────┴──────────► long-poll join info ──► join (each manager address in order)
 //!                                      (lease expired ⇒ claim again: takeover)
@@ -29,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::rules::RENEW_DIVISOR;
 use swarmstrap_wire::{
     ClaimResponse, JoinInfo, Lease, Phase, PublishRequest, RegisterRequest, RequestedRole, Role,
 };
@@ -44,8 +46,6 @@ const PENDING_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest wait for one `docker info` while waiting for the engine (it answers in
 /// milliseconds once up).
 const ENGINE_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Marker of the init attempt refused because the lease is no longer held.
-const LEASE_LOST_BEFORE_INIT: &str = "the init lease is no longer held";
 /// Margin added to a lease's remaining time before claiming again, so the claim arrives after
 /// the backend considers the lease expired.
 const TAKEOVER_MARGIN: Duration = Duration::from_millis(250);
@@ -186,7 +186,8 @@ impl LeaseKeeper {
         let view = shared.clone();
         let token = lease.fencing_token;
         let task = tokio::spawn(async move {
-            let period = ttl / 3;
+            // Each extension leaves RENEW_DIVISOR / 2 periods of margin (see the rulebook).
+            let period = ttl / RENEW_DIVISOR;
             loop {
                 tokio::time::sleep(period).await;
                 let sent = Instant::now();
@@ -792,26 +793,29 @@ impl Bootstrap {
             self.s().policy.with_deadline(INIT_DEADLINE),
             "swarm init",
             // "Already part of a swarm" comes as a 503: a retried init whose first answer was
-            // lost. Not transient: handled below.
-            |e: &EngineError| engine_transient(e) && !e.is_already_in_swarm(),
+            // lost. Not transient: handled below. A lost lease is never transient.
+            |e: &InitAttemptError| match e {
+                InitAttemptError::LeaseLost => false,
+                InitAttemptError::Engine(e) => engine_transient(e) && !e.is_already_in_swarm(),
+            },
             |e| self.note_error(st, e.to_string()),
             || async {
                 if !keeper.held() {
-                    return Err(EngineError::Protocol {
-                        host: self.engine.describe(),
-                        message: LEASE_LOST_BEFORE_INIT.into(),
-                    });
+                    return Err(InitAttemptError::LeaseLost);
                 }
-                self.engine.init(&advertise).await
+                Ok(self.engine.init(&advertise).await?)
             },
         )
         .await;
-        // The engine answers `swarm init` with this node's id; the swarm id comes from inspect.
-        let node = match init {
-            Ok(node) => node,
-            Err(Failure::Permanent(EngineError::Protocol { message, .. }))
-                if message == LEASE_LOST_BEFORE_INIT =>
-            {
+        let init = match init {
+            Ok(node) => Ok(node),
+            Err(
+                Failure::Permanent(InitAttemptError::LeaseLost)
+                | Failure::Deadline {
+                    last: InitAttemptError::LeaseLost,
+                    ..
+                },
+            ) => {
                 keeper.stop();
                 tracing::warn!("the init lease ran out before `swarm init`: not initialising");
                 // An earlier attempt may have taken effect with its answer lost.
@@ -824,6 +828,15 @@ impl Bootstrap {
                 self.save(st)?;
                 return Ok(None);
             }
+            Err(Failure::Permanent(InitAttemptError::Engine(e))) => Err(Failure::Permanent(e)),
+            Err(Failure::Deadline {
+                elapsed,
+                last: InitAttemptError::Engine(last),
+            }) => Err(Failure::Deadline { elapsed, last }),
+        };
+        // The engine answers `swarm init` with this node's id; the swarm id comes from inspect.
+        let node = match init {
+            Ok(node) => node,
             // A retried init whose first answer was lost: the swarm exists, inspect it below.
             Err(Failure::Permanent(e)) if e.is_already_in_swarm() => {
                 let again = self.engine.info().await;
@@ -1119,6 +1132,16 @@ impl Bootstrap {
             swarm_id: Some(join.swarm_id),
         })
     }
+}
+
+/// Why one `swarm init` attempt failed, or was not made.
+#[derive(Debug, thiserror::Error)]
+enum InitAttemptError {
+    /// The init lease is no longer held for sure: the attempt was not made.
+    #[error("the init lease is no longer held: not running `swarm init`")]
+    LeaseLost,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 enum PublishError {

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use swarmstrap_secrets_manager::SecretsManagerConfig;
 use swarmstrap_wire::RequestedRole;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/swarm-agent/config.toml";
@@ -18,7 +19,6 @@ pub const DEFAULT_JOIN_SECRET_FILE: &str = "/etc/swarm-agent/join-secret";
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 30;
 pub const DEFAULT_TARGET_MANAGERS: u8 = 3;
 pub const DEFAULT_LB_PATH: &str = "/loadbalancer/default.conf";
-pub const DEFAULT_SECRET_NAME_PREFIX: &str = "swarmstrap/";
 /// Lease TTL bounds: shorter than 5 s risks losing the lease to a slow `swarm init`; longer
 /// than 5 min delays the takeover after a crashed claimant for no benefit (and the coordinator
 /// clamps leases to 300 s anyway).
@@ -145,50 +145,189 @@ impl FileConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Environment variables: every name is written once, here. The clap help, the tables below,
+// the parsing, the error messages and the tests all use these constants (and a test checks
+// that the README documents each of them).
+
+pub const ENV_CONFIG: &str = "SWARM_AGENT_CONFIG";
+pub const ENV_CLUSTER: &str = "SWARM_AGENT_CLUSTER";
+pub const ENV_BACKEND: &str = "SWARM_AGENT_BACKEND";
+pub const ENV_ROLE: &str = "SWARM_AGENT_ROLE";
+pub const ENV_TARGET_MANAGERS: &str = "SWARM_AGENT_TARGET_MANAGERS";
+pub const ENV_ADVERTISE_ADDR: &str = "SWARM_AGENT_ADVERTISE_ADDR";
+pub const ENV_DOCKER_HOST: &str = "SWARM_AGENT_DOCKER_HOST";
+pub const ENV_STATE_DIR: &str = "SWARM_AGENT_STATE_DIR";
+pub const ENV_JOIN_SECRET_FILE: &str = "SWARM_AGENT_JOIN_SECRET_FILE";
+pub const ENV_LEASE_TTL_SECS: &str = "SWARM_AGENT_LEASE_TTL_SECS";
+pub const ENV_COORDINATOR_URL: &str = "SWARM_AGENT_COORDINATOR_URL";
+pub const ENV_COORDINATOR_FINGERPRINT: &str = "SWARM_AGENT_COORDINATOR_FINGERPRINT";
+pub const ENV_COORDINATOR_CA_FILE: &str = "SWARM_AGENT_COORDINATOR_CA_FILE";
+
+pub const ENV_LB_ENABLED: &str = "SWARM_AGENT_LB_ENABLED";
+pub const ENV_LB_PATH: &str = "SWARM_AGENT_LB_PATH";
+pub const ENV_LB_LISTEN_PORT: &str = "SWARM_AGENT_LB_LISTEN_PORT";
+pub const ENV_LB_PORT: &str = "SWARM_AGENT_LB_PORT";
+pub const ENV_LB_TEMPLATE_FILE: &str = "SWARM_AGENT_LB_TEMPLATE_FILE";
+pub const ENV_LB_VALIDATE: &str = "SWARM_AGENT_LB_VALIDATE";
+pub const ENV_LB_NGINX_BIN: &str = "SWARM_AGENT_LB_NGINX_BIN";
+pub const ENV_LB_RELOAD_LABEL: &str = "SWARM_AGENT_LB_RELOAD_LABEL";
+pub const ENV_LB_RELOAD_SERVICE: &str = "SWARM_AGENT_LB_RELOAD_SERVICE";
+
+pub const ENV_QUORUM_ENABLED: &str = "SWARM_AGENT_QUORUM_ENABLED";
+pub const ENV_QUORUM_PROMOTE_AFTER_SECS: &str = "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS";
+pub const ENV_QUORUM_REMOVE_DOWN_AFTER_SECS: &str = "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS";
+pub const ENV_QUORUM_LEAVE_TIMEOUT_SECS: &str = "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS";
+
+/// The log filter (`tracing` syntax, e.g. `debug`); `RUST_LOG` is the fallback.
+pub const ENV_LOG: &str = "SWARM_AGENT_LOG";
+/// Test-only fault injection (see README): after a granted claim, if this file can be removed,
+/// hold forever before `swarm init` without renewing the lease.
+pub const ENV_DEBUG_HOLD_AFTER_CLAIM_FILE: &str = "SWARM_AGENT_DEBUG_HOLD_AFTER_CLAIM_FILE";
+
+/// `(field of [`Overrides`], environment variable)` for every override with a flag, in
+/// declaration order.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("config", ENV_CONFIG),
+    ("cluster", ENV_CLUSTER),
+    ("backend", ENV_BACKEND),
+    ("role", ENV_ROLE),
+    ("target_managers", ENV_TARGET_MANAGERS),
+    ("advertise_addr", ENV_ADVERTISE_ADDR),
+    ("docker_host", ENV_DOCKER_HOST),
+    ("state_dir", ENV_STATE_DIR),
+    ("join_secret_file", ENV_JOIN_SECRET_FILE),
+    ("lease_ttl_secs", ENV_LEASE_TTL_SECS),
+    ("coordinator_url", ENV_COORDINATOR_URL),
+    ("coordinator_fingerprint", ENV_COORDINATOR_FINGERPRINT),
+    ("coordinator_ca_file", ENV_COORDINATOR_CA_FILE),
+];
+
+/// `(key in [lb], environment variable)`.
+pub const LB_ENV_VARS: &[(&str, &str)] = &[
+    ("enabled", ENV_LB_ENABLED),
+    ("path", ENV_LB_PATH),
+    ("listen_port", ENV_LB_LISTEN_PORT),
+    ("port", ENV_LB_PORT),
+    ("template_file", ENV_LB_TEMPLATE_FILE),
+    ("validate", ENV_LB_VALIDATE),
+    ("nginx_bin", ENV_LB_NGINX_BIN),
+    ("reload_label", ENV_LB_RELOAD_LABEL),
+    ("reload_service", ENV_LB_RELOAD_SERVICE),
+];
+
+/// `(key in [quorum], environment variable)`.
+pub const QUORUM_ENV_VARS: &[(&str, &str)] = &[
+    ("enabled", ENV_QUORUM_ENABLED),
+    ("promote_after_secs", ENV_QUORUM_PROMOTE_AFTER_SECS),
+    ("remove_down_after_secs", ENV_QUORUM_REMOVE_DOWN_AFTER_SECS),
+    ("leave_timeout_secs", ENV_QUORUM_LEAVE_TIMEOUT_SECS),
+];
+
+/// Every environment variable the agent reads, for documentation checks.
+pub fn all_env_vars() -> impl Iterator<Item = &'static str> {
+    ENV_VARS
+        .iter()
+        .chain(LB_ENV_VARS)
+        .chain(QUORUM_ENV_VARS)
+        .map(|(_, var)| *var)
+        .chain([ENV_LOG, ENV_DEBUG_HOLD_AFTER_CLAIM_FILE])
+}
+
+/// A flag's help line: what it sets, and its environment variable.
+fn flag_help(what: &str, var: &str) -> String {
+    format!("{what} [env: {var}]")
+}
+
+// ---------------------------------------------------------------------------------------------
 // Overrides: one struct for both the environment and the command line.
 
 /// Settings given by flags or environment variables. Flags are declared on this struct (clap);
 /// [`Overrides::from_env`] fills the same struct from `SWARM_AGENT_*`.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
-    /// Config file [env: SWARM_AGENT_CONFIG] [default: /etc/swarm-agent/config.toml]
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = format!("{} [default: {DEFAULT_CONFIG_PATH}]", flag_help("Config file", ENV_CONFIG))
+    )]
     pub config: Option<PathBuf>,
-    /// Cluster name [env: SWARM_AGENT_CLUSTER]
-    #[arg(long)]
+    #[arg(long, help = flag_help("Cluster name", ENV_CLUSTER))]
     pub cluster: Option<String>,
-    /// Rendezvous backend: coordinator | secrets-manager [env: SWARM_AGENT_BACKEND]
-    #[arg(long)]
+    #[arg(
+        long,
+        help = flag_help("Rendezvous backend: coordinator | secrets-manager", ENV_BACKEND)
+    )]
     pub backend: Option<String>,
-    /// Requested role: auto | manager | worker [env: SWARM_AGENT_ROLE]
-    #[arg(long)]
+    #[arg(long, help = flag_help("Requested role: auto | manager | worker", ENV_ROLE))]
     pub role: Option<String>,
-    /// Managers wanted: 1, 3, 5 or 7 [env: SWARM_AGENT_TARGET_MANAGERS]
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        help = flag_help("Managers wanted: 1, 3, 5 or 7", ENV_TARGET_MANAGERS)
+    )]
     pub target_managers: Option<u8>,
-    /// auto | interface:NAME | aws | digitalocean | scaleway | IP [env: SWARM_AGENT_ADVERTISE_ADDR]
-    #[arg(long, value_name = "SPEC")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        help = flag_help(
+            "auto | interface:NAME | aws | digitalocean | scaleway | IP",
+            ENV_ADVERTISE_ADDR
+        )
+    )]
     pub advertise_addr: Option<String>,
-    /// Docker engine address, unix:///… or tcp://IP:PORT [env: SWARM_AGENT_DOCKER_HOST]
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help = flag_help(
+            "Docker engine address, unix:///… or tcp://IP:PORT",
+            ENV_DOCKER_HOST
+        )
+    )]
     pub docker_host: Option<String>,
-    /// Agent state directory [env: SWARM_AGENT_STATE_DIR]
-    #[arg(long, value_name = "DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        help = flag_help("Agent state directory", ENV_STATE_DIR)
+    )]
     pub state_dir: Option<PathBuf>,
-    /// File holding the cluster's join secret [env: SWARM_AGENT_JOIN_SECRET_FILE]
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help("File holding the cluster's join secret", ENV_JOIN_SECRET_FILE)
+    )]
     pub join_secret_file: Option<PathBuf>,
-    /// Init lease TTL in seconds [env: SWARM_AGENT_LEASE_TTL_SECS]
-    #[arg(long, value_name = "SECS")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        help = flag_help("Init lease TTL in seconds", ENV_LEASE_TTL_SECS)
+    )]
     pub lease_ttl_secs: Option<u64>,
-    /// Coordinator base URL, e.g. https://10.10.0.2:8443 [env: SWARM_AGENT_COORDINATOR_URL]
-    #[arg(long, value_name = "URL")]
+    #[arg(
+        long,
+        value_name = "URL",
+        help = flag_help(
+            "Coordinator base URL, e.g. https://10.10.0.2:8443",
+            ENV_COORDINATOR_URL
+        )
+    )]
     pub coordinator_url: Option<String>,
-    /// sha256 pin of the coordinator certificate [env: SWARM_AGENT_COORDINATOR_FINGERPRINT]
-    #[arg(long, value_name = "SHA256")]
+    #[arg(
+        long,
+        value_name = "SHA256",
+        help = flag_help(
+            "sha256 pin of the coordinator certificate",
+            ENV_COORDINATOR_FINGERPRINT
+        )
+    )]
     pub coordinator_fingerprint: Option<String>,
-    /// CA bundle that signs the coordinator certificate [env: SWARM_AGENT_COORDINATOR_CA_FILE]
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help(
+            "CA bundle that signs the coordinator certificate",
+            ENV_COORDINATOR_CA_FILE
+        )
+    )]
     pub coordinator_ca_file: Option<PathBuf>,
     /// `SWARM_AGENT_LB_*` (environment only; the [lb] table has no flags).
     #[arg(skip)]
@@ -207,23 +346,6 @@ pub struct QuorumEnv {
     pub leave_timeout_secs: Option<String>,
 }
 
-/// `(key in [quorum], environment variable)`.
-pub const QUORUM_ENV_VARS: &[(&str, &str)] = &[
-    ("enabled", "SWARM_AGENT_QUORUM_ENABLED"),
-    (
-        "promote_after_secs",
-        "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS",
-    ),
-    (
-        "remove_down_after_secs",
-        "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS",
-    ),
-    (
-        "leave_timeout_secs",
-        "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS",
-    ),
-];
-
 /// `SWARM_AGENT_LB_*` overrides of the `[lb]` table, raw (validated in [`Config::resolve`]).
 #[derive(Debug, Default, Clone)]
 pub struct LbEnv {
@@ -238,111 +360,57 @@ pub struct LbEnv {
     pub reload_service: Option<String>,
 }
 
-/// `(key in [lb], environment variable)`.
-pub const LB_ENV_VARS: &[(&str, &str)] = &[
-    ("enabled", "SWARM_AGENT_LB_ENABLED"),
-    ("path", "SWARM_AGENT_LB_PATH"),
-    ("listen_port", "SWARM_AGENT_LB_LISTEN_PORT"),
-    ("port", "SWARM_AGENT_LB_PORT"),
-    ("template_file", "SWARM_AGENT_LB_TEMPLATE_FILE"),
-    ("validate", "SWARM_AGENT_LB_VALIDATE"),
-    ("nginx_bin", "SWARM_AGENT_LB_NGINX_BIN"),
-    ("reload_label", "SWARM_AGENT_LB_RELOAD_LABEL"),
-    ("reload_service", "SWARM_AGENT_LB_RELOAD_SERVICE"),
-];
-
-/// `(field, environment variable)` for every override, in declaration order.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("config", "SWARM_AGENT_CONFIG"),
-    ("cluster", "SWARM_AGENT_CLUSTER"),
-    ("backend", "SWARM_AGENT_BACKEND"),
-    ("role", "SWARM_AGENT_ROLE"),
-    ("target_managers", "SWARM_AGENT_TARGET_MANAGERS"),
-    ("advertise_addr", "SWARM_AGENT_ADVERTISE_ADDR"),
-    ("docker_host", "SWARM_AGENT_DOCKER_HOST"),
-    ("state_dir", "SWARM_AGENT_STATE_DIR"),
-    ("join_secret_file", "SWARM_AGENT_JOIN_SECRET_FILE"),
-    ("lease_ttl_secs", "SWARM_AGENT_LEASE_TTL_SECS"),
-    ("coordinator_url", "SWARM_AGENT_COORDINATOR_URL"),
-    (
-        "coordinator_fingerprint",
-        "SWARM_AGENT_COORDINATOR_FINGERPRINT",
-    ),
-    ("coordinator_ca_file", "SWARM_AGENT_COORDINATOR_CA_FILE"),
-];
-
-fn env_name(field: &str) -> &'static str {
-    ENV_VARS
-        .iter()
-        .find(|(f, _)| *f == field)
-        .map(|(_, e)| *e)
-        .expect("every field has an env var")
-}
-
 impl Overrides {
     /// Read `SWARM_AGENT_*` through `get` (the process environment in production, a map in
     /// tests). Empty variables count as unset.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
-        let s = |field: &str| get(env_name(field)).filter(|v| !v.trim().is_empty());
-        let p = |field: &str| s(field).map(PathBuf::from);
-        let num = |field: &str| -> Result<Option<u64>, ConfigError> {
-            s(field)
+        let s = |var: &str| get(var).filter(|v| !v.trim().is_empty());
+        let p = |var: &str| s(var).map(PathBuf::from);
+        let num = |var: &str| -> Result<Option<u64>, ConfigError> {
+            s(var)
                 .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        invalid(
-                            env_name(field),
-                            format!("{v:?} is not a non-negative integer"),
-                        )
-                    })
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| invalid(var, format!("{v:?} is not a non-negative integer")))
                 })
                 .transpose()
         };
-        let target_managers = num("target_managers")?
+        let target_managers = num(ENV_TARGET_MANAGERS)?
             .map(|n| {
-                u8::try_from(n).map_err(|_| {
-                    invalid(
-                        env_name("target_managers"),
-                        format!("{n}: must be 1, 3, 5 or 7"),
-                    )
-                })
+                u8::try_from(n)
+                    .map_err(|_| invalid(ENV_TARGET_MANAGERS, format!("{n}: must be 1, 3, 5 or 7")))
             })
             .transpose()?;
         Ok(Overrides {
-            config: p("config"),
-            cluster: s("cluster"),
-            backend: s("backend"),
-            role: s("role"),
+            config: p(ENV_CONFIG),
+            cluster: s(ENV_CLUSTER),
+            backend: s(ENV_BACKEND),
+            role: s(ENV_ROLE),
             target_managers,
-            advertise_addr: s("advertise_addr"),
-            docker_host: s("docker_host"),
-            state_dir: p("state_dir"),
-            join_secret_file: p("join_secret_file"),
-            lease_ttl_secs: num("lease_ttl_secs")?,
-            coordinator_url: s("coordinator_url"),
-            coordinator_fingerprint: s("coordinator_fingerprint"),
-            coordinator_ca_file: p("coordinator_ca_file"),
-            lb: {
-                let l = |var: &str| get(var).filter(|v| !v.trim().is_empty());
-                LbEnv {
-                    enabled: l("SWARM_AGENT_LB_ENABLED"),
-                    path: l("SWARM_AGENT_LB_PATH"),
-                    listen_port: l("SWARM_AGENT_LB_LISTEN_PORT"),
-                    port: l("SWARM_AGENT_LB_PORT"),
-                    template_file: l("SWARM_AGENT_LB_TEMPLATE_FILE"),
-                    validate: l("SWARM_AGENT_LB_VALIDATE"),
-                    nginx_bin: l("SWARM_AGENT_LB_NGINX_BIN"),
-                    reload_label: l("SWARM_AGENT_LB_RELOAD_LABEL"),
-                    reload_service: l("SWARM_AGENT_LB_RELOAD_SERVICE"),
-                }
+            advertise_addr: s(ENV_ADVERTISE_ADDR),
+            docker_host: s(ENV_DOCKER_HOST),
+            state_dir: p(ENV_STATE_DIR),
+            join_secret_file: p(ENV_JOIN_SECRET_FILE),
+            lease_ttl_secs: num(ENV_LEASE_TTL_SECS)?,
+            coordinator_url: s(ENV_COORDINATOR_URL),
+            coordinator_fingerprint: s(ENV_COORDINATOR_FINGERPRINT),
+            coordinator_ca_file: p(ENV_COORDINATOR_CA_FILE),
+            lb: LbEnv {
+                enabled: s(ENV_LB_ENABLED),
+                path: s(ENV_LB_PATH),
+                listen_port: s(ENV_LB_LISTEN_PORT),
+                port: s(ENV_LB_PORT),
+                template_file: s(ENV_LB_TEMPLATE_FILE),
+                validate: s(ENV_LB_VALIDATE),
+                nginx_bin: s(ENV_LB_NGINX_BIN),
+                reload_label: s(ENV_LB_RELOAD_LABEL),
+                reload_service: s(ENV_LB_RELOAD_SERVICE),
             },
-            quorum: {
-                let l = |var: &str| get(var).filter(|v| !v.trim().is_empty());
-                QuorumEnv {
-                    enabled: l("SWARM_AGENT_QUORUM_ENABLED"),
-                    promote_after_secs: l("SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS"),
-                    remove_down_after_secs: l("SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS"),
-                    leave_timeout_secs: l("SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS"),
-                }
+            quorum: QuorumEnv {
+                enabled: s(ENV_QUORUM_ENABLED),
+                promote_after_secs: s(ENV_QUORUM_PROMOTE_AFTER_SECS),
+                remove_down_after_secs: s(ENV_QUORUM_REMOVE_DOWN_AFTER_SECS),
+                leave_timeout_secs: s(ENV_QUORUM_LEAVE_TIMEOUT_SECS),
             },
         })
     }
@@ -478,15 +546,6 @@ pub struct CoordinatorConfig {
     pub tls: CoordinatorTls,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct SecretsManagerConfig {
-    /// Full secret name (from `secret_name`, or `name_prefix` + cluster).
-    pub secret_name: String,
-    pub region: Option<String>,
-    pub kms_key_id: Option<String>,
-    pub endpoint_url: Option<String>,
-}
-
 /// How a rendered load-balancer config is checked before it replaces the old one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbValidate {
@@ -599,7 +658,7 @@ fn resolve_lb(flb: FileLb, env: &LbEnv, fp: &Option<PathBuf>) -> Result<LbConfig
     };
     let d = LbConfig::default();
     let enabled = match &env.enabled {
-        Some(v) => parse_bool(v, "SWARM_AGENT_LB_ENABLED")?,
+        Some(v) => parse_bool(v, ENV_LB_ENABLED)?,
         None => flb.enabled.unwrap_or(false),
     };
     let path = env
@@ -608,14 +667,14 @@ fn resolve_lb(flb: FileLb, env: &LbEnv, fp: &Option<PathBuf>) -> Result<LbConfig
         .map(PathBuf::from)
         .or(non_empty_path(flb.path))
         .unwrap_or(d.path);
-    let listen_port = match env_port(&env.listen_port, "SWARM_AGENT_LB_LISTEN_PORT")? {
+    let listen_port = match env_port(&env.listen_port, ENV_LB_LISTEN_PORT)? {
         Some(p) => p,
         None => match flb.listen_port {
             Some(n) => parse_port(n, &file_origin("listen_port"))?,
             None => DEFAULT_LB_LISTEN_PORT,
         },
     };
-    let port = match env_port(&env.port, "SWARM_AGENT_LB_PORT")? {
+    let port = match env_port(&env.port, ENV_LB_PORT)? {
         Some(p) => p,
         None => match flb.port {
             Some(n) => parse_port(n, &file_origin("port"))?,
@@ -668,9 +727,7 @@ fn resolve_lb(flb: FileLb, env: &LbEnv, fp: &Option<PathBuf>) -> Result<LbConfig
         .map(PathBuf::from)
         .or(non_empty_path(flb.template_file));
     let validate = match (&env.validate, non_empty(flb.validate)) {
-        (Some(v), _) => v
-            .parse()
-            .map_err(|m| invalid("SWARM_AGENT_LB_VALIDATE", m))?,
+        (Some(v), _) => v.parse().map_err(|m| invalid(ENV_LB_VALIDATE, m))?,
         (None, Some(v)) => v
             .parse()
             .map_err(|m| invalid(&file_origin("validate"), m))?,
@@ -715,6 +772,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Set when `backend = "coordinator"` (required then).
     pub coordinator: Option<CoordinatorConfig>,
+    /// The Secrets Manager backend's own config (`[secrets_manager]`; used when
+    /// `backend = "secrets-manager"`).
     pub secrets_manager: SecretsManagerConfig,
     /// The live nginx load-balancer config (`[lb]`, `SWARM_AGENT_LB_*`).
     pub lb: LbConfig,
@@ -777,13 +836,13 @@ fn resolve_quorum(
     };
     let d = QuorumConfig::default();
     let enabled = match (&env.enabled, fq.enabled) {
-        (Some(v), _) => parse_bool(v, "SWARM_AGENT_QUORUM_ENABLED")?,
+        (Some(v), _) => parse_bool(v, ENV_QUORUM_ENABLED)?,
         (None, Some(b)) => b,
         (None, None) => d.enabled,
     };
     let promote_after = match secs(
         &env.promote_after_secs,
-        "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS",
+        ENV_QUORUM_PROMOTE_AFTER_SECS,
         fq.promote_after_secs,
         "promote_after_secs",
     )? {
@@ -801,7 +860,7 @@ fn resolve_quorum(
     };
     let remove_down_after = match secs(
         &env.remove_down_after_secs,
-        "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS",
+        ENV_QUORUM_REMOVE_DOWN_AFTER_SECS,
         fq.remove_down_after_secs,
         "remove_down_after_secs",
     )? {
@@ -822,7 +881,7 @@ fn resolve_quorum(
     };
     let leave_timeout = match secs(
         &env.leave_timeout_secs,
-        "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS",
+        ENV_QUORUM_LEAVE_TIMEOUT_SECS,
         fq.leave_timeout_secs,
         "leave_timeout_secs",
     )? {
@@ -906,12 +965,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let fp = &file_path;
         macro_rules! layer {
-            ($field:ident, $file:expr) => {
+            ($field:ident, $var:expr, $file:expr) => {
                 pick(
                     flags.$field.clone(),
                     stringify!($field),
                     env.$field.clone(),
-                    env_name(stringify!($field)),
+                    $var,
                     $file,
                     stringify!($field),
                     fp,
@@ -919,20 +978,20 @@ impl Config {
             };
         }
 
-        let (cluster, origin) = layer!(cluster, non_empty(file.cluster.clone())).ok_or_else(|| {
-            ConfigError::Missing(
-                "cluster: set `cluster = \"NAME\"` in the config file, SWARM_AGENT_CLUSTER or --cluster"
-                    .into(),
-            )
-        })?;
+        let (cluster, origin) = layer!(cluster, ENV_CLUSTER, non_empty(file.cluster.clone()))
+            .ok_or_else(|| {
+                ConfigError::Missing(format!(
+                "cluster: set `cluster = \"NAME\"` in the config file, {ENV_CLUSTER} or --cluster"
+            ))
+            })?;
         swarmstrap_wire::validate_name(&cluster).map_err(|m| invalid(&origin, m))?;
 
-        let backend = match layer!(backend, non_empty(file.backend.clone())) {
+        let backend = match layer!(backend, ENV_BACKEND, non_empty(file.backend.clone())) {
             Some((b, origin)) => b.parse::<BackendKind>().map_err(|m| invalid(&origin, m))?,
             None => BackendKind::Coordinator,
         };
 
-        let role = match layer!(role, non_empty(file.role.clone())) {
+        let role = match layer!(role, ENV_ROLE, non_empty(file.role.clone())) {
             Some((r, origin)) => parse_role(&r).map_err(|m| invalid(&origin, m))?,
             None => RequestedRole::Auto,
         };
@@ -946,7 +1005,7 @@ impl Config {
             })?),
             None => None,
         };
-        let target_managers = match layer!(target_managers, file_target) {
+        let target_managers = match layer!(target_managers, ENV_TARGET_MANAGERS, file_target) {
             Some((n, origin)) => {
                 swarmstrap_wire::validate_target_managers(n).map_err(|m| invalid(&origin, m))?;
                 n
@@ -954,14 +1013,22 @@ impl Config {
             None => DEFAULT_TARGET_MANAGERS,
         };
 
-        let advertise_addr = match layer!(advertise_addr, non_empty(file.advertise_addr.clone())) {
+        let advertise_addr = match layer!(
+            advertise_addr,
+            ENV_ADVERTISE_ADDR,
+            non_empty(file.advertise_addr.clone())
+        ) {
             Some((s, origin)) => s
                 .parse::<AdvertiseSpec>()
                 .map_err(|m| invalid(&origin, m))?,
             None => AdvertiseSpec::Auto,
         };
 
-        let docker_host = match layer!(docker_host, non_empty(file.docker_host.clone())) {
+        let docker_host = match layer!(
+            docker_host,
+            ENV_DOCKER_HOST,
+            non_empty(file.docker_host.clone())
+        ) {
             Some((h, origin)) => {
                 validate_docker_host(&h).map_err(|m| invalid(&origin, m))?;
                 h
@@ -969,11 +1036,16 @@ impl Config {
             None => DEFAULT_DOCKER_HOST.to_string(),
         };
 
-        let state_dir = layer!(state_dir, non_empty_path(file.state_dir.clone()))
-            .map(|(p, _)| p)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let state_dir = layer!(
+            state_dir,
+            ENV_STATE_DIR,
+            non_empty_path(file.state_dir.clone())
+        )
+        .map(|(p, _)| p)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let join_secret_file = layer!(
             join_secret_file,
+            ENV_JOIN_SECRET_FILE,
             non_empty_path(file.join_secret_file.clone())
         )
         .map(|(p, _)| p)
@@ -988,7 +1060,7 @@ impl Config {
             })?),
             None => None,
         };
-        let lease_ttl_secs = match layer!(lease_ttl_secs, file_ttl) {
+        let lease_ttl_secs = match layer!(lease_ttl_secs, ENV_LEASE_TTL_SECS, file_ttl) {
             Some((n, origin)) => {
                 let (lo, hi) = LEASE_TTL_RANGE_SECS;
                 if !(lo..=hi).contains(&n) {
@@ -1008,7 +1080,7 @@ impl Config {
             flags.coordinator_url.clone(),
             "coordinator_url",
             env.coordinator_url.clone(),
-            env_name("coordinator_url"),
+            ENV_COORDINATOR_URL,
             non_empty(fc.url),
             "[coordinator] url",
             fp,
@@ -1017,7 +1089,7 @@ impl Config {
             flags.coordinator_fingerprint.clone(),
             "coordinator_fingerprint",
             env.coordinator_fingerprint.clone(),
-            env_name("coordinator_fingerprint"),
+            ENV_COORDINATOR_FINGERPRINT,
             non_empty(fc.tls_fingerprint),
             "[coordinator] tls_fingerprint",
             fp,
@@ -1026,7 +1098,7 @@ impl Config {
             flags.coordinator_ca_file.clone(),
             "coordinator_ca_file",
             env.coordinator_ca_file.clone(),
-            env_name("coordinator_ca_file"),
+            ENV_COORDINATOR_CA_FILE,
             non_empty_path(fc.ca_file),
             "[coordinator] ca_file",
             fp,
@@ -1036,32 +1108,30 @@ impl Config {
             None => None,
         };
         if backend == BackendKind::Coordinator && coordinator.is_none() {
-            return Err(ConfigError::Missing(
+            return Err(ConfigError::Missing(format!(
                 "the coordinator URL: set `url` in the [coordinator] table, \
-                 SWARM_AGENT_COORDINATOR_URL or --coordinator-url"
-                    .into(),
-            ));
+                 {ENV_COORDINATOR_URL} or --coordinator-url"
+            )));
         }
 
         // [secrets_manager]
         let fs = file.secrets_manager.clone().unwrap_or_default();
-        let secret_name = match (non_empty(fs.secret_name), non_empty(fs.name_prefix)) {
+        let mut secrets_manager = SecretsManagerConfig::new(cluster.clone(), target_managers);
+        match (non_empty(fs.secret_name), non_empty(fs.name_prefix)) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "[secrets_manager] table",
                     "set either secret_name or name_prefix, not both",
                 ))
             }
-            (Some(name), None) => name,
-            (None, Some(prefix)) => format!("{prefix}{cluster}"),
-            (None, None) => format!("{DEFAULT_SECRET_NAME_PREFIX}{cluster}"),
-        };
-        let secrets_manager = SecretsManagerConfig {
-            secret_name,
-            region: non_empty(fs.region),
-            kms_key_id: non_empty(fs.kms_key_id),
-            endpoint_url: non_empty(fs.endpoint_url),
-        };
+            (Some(name), None) => secrets_manager.secret_name = Some(name),
+            (None, Some(prefix)) => secrets_manager.name_prefix = prefix,
+            // The backend's default prefix.
+            (None, None) => {}
+        }
+        secrets_manager.region = non_empty(fs.region);
+        secrets_manager.kms_key_id = non_empty(fs.kms_key_id);
+        secrets_manager.endpoint_url = non_empty(fs.endpoint_url);
 
         let flb = file.lb.clone().unwrap_or_default();
         let lb = resolve_lb(flb, &env.lb, fp)?;
@@ -1242,7 +1312,7 @@ path = "/loadbalancer/default.conf"
         let co = c.coordinator.unwrap();
         assert_eq!(co.url, "https://10.10.0.2:8443");
         assert_eq!(co.tls, CoordinatorTls::Pinned([0xab; 32]));
-        assert_eq!(c.secrets_manager.secret_name, "swarmstrap/prod");
+        assert_eq!(c.secrets_manager.resolved_secret_name(), "swarmstrap/prod");
         assert_eq!(c.secrets_manager.region.as_deref(), Some("eu-west-1"));
         assert_eq!(c.secrets_manager.kms_key_id, None);
         assert_eq!(c.secrets_manager.endpoint_url, None);
@@ -1266,7 +1336,7 @@ path = "/loadbalancer/default.conf"
         assert_eq!(c.join_secret_file, PathBuf::from(DEFAULT_JOIN_SECRET_FILE));
         assert_eq!(c.lease_ttl, Duration::from_secs(30));
         assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::PlainHttp);
-        assert_eq!(c.secrets_manager.secret_name, "swarmstrap/c1");
+        assert_eq!(c.secrets_manager.resolved_secret_name(), "swarmstrap/c1");
         assert_eq!(c.lb.path, PathBuf::from(DEFAULT_LB_PATH));
     }
 
@@ -1281,10 +1351,10 @@ path = "/loadbalancer/default.conf"
         assert_eq!(c.target_managers, 5);
         // env beats file
         let env = [
-            ("SWARM_AGENT_CLUSTER", "from-env"),
-            ("SWARM_AGENT_ROLE", "manager"),
-            ("SWARM_AGENT_LEASE_TTL_SECS", "40"),
-            ("SWARM_AGENT_COORDINATOR_URL", "http://198.18.0.2:2"),
+            (ENV_CLUSTER, "from-env"),
+            (ENV_ROLE, "manager"),
+            (ENV_LEASE_TTL_SECS, "40"),
+            (ENV_COORDINATOR_URL, "http://198.18.0.2:2"),
         ];
         let c = resolve(text, &env, Overrides::default()).unwrap();
         assert_eq!(c.cluster, "from-env");
@@ -1334,10 +1404,10 @@ path = "/loadbalancer/default.conf"
         let c = resolve(
             &text,
             &[
-                ("SWARM_AGENT_LB_ENABLED", "false"),
-                ("SWARM_AGENT_LB_PATH", "/x/y.conf"),
-                ("SWARM_AGENT_LB_VALIDATE", "nginx"),
-                ("SWARM_AGENT_LB_TEMPLATE_FILE", "/t.j2"),
+                (ENV_LB_ENABLED, "false"),
+                (ENV_LB_PATH, "/x/y.conf"),
+                (ENV_LB_VALIDATE, "nginx"),
+                (ENV_LB_TEMPLATE_FILE, "/t.j2"),
             ],
             Overrides::default(),
         )
@@ -1348,25 +1418,16 @@ path = "/loadbalancer/default.conf"
         assert_eq!(c.lb.template_file, Some(PathBuf::from("/t.j2")));
         let c = resolve(
             base,
-            &[
-                ("SWARM_AGENT_LB_PORT", "9090"),
-                ("SWARM_AGENT_LB_LISTEN_PORT", "81"),
-            ],
+            &[(ENV_LB_PORT, "9090"), (ENV_LB_LISTEN_PORT, "81")],
             Overrides::default(),
         )
         .unwrap();
         assert_eq!((c.lb.services[0].port, c.lb.services[0].listen), (9090, 81));
         // Bad values name their origin.
         for (env, want) in [
-            (("SWARM_AGENT_LB_PORT", "0"), "SWARM_AGENT_LB_PORT"),
-            (
-                ("SWARM_AGENT_LB_ENABLED", "maybe"),
-                "SWARM_AGENT_LB_ENABLED",
-            ),
-            (
-                ("SWARM_AGENT_LB_VALIDATE", "strict"),
-                "SWARM_AGENT_LB_VALIDATE",
-            ),
+            ((ENV_LB_PORT, "0"), ENV_LB_PORT),
+            ((ENV_LB_ENABLED, "maybe"), ENV_LB_ENABLED),
+            ((ENV_LB_VALIDATE, "strict"), ENV_LB_VALIDATE),
         ] {
             let err = resolve(base, &[env], Overrides::default())
                 .unwrap_err()
@@ -1426,29 +1487,18 @@ path = "/loadbalancer/default.conf"
     #[test]
     fn bad_values_name_their_origin() {
         let base = "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
-        let err = resolve(base, &[("SWARM_AGENT_ROLE", "boss")], Overrides::default())
+        let err = resolve(base, &[(ENV_ROLE, "boss")], Overrides::default())
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("SWARM_AGENT_ROLE") && err.contains("boss"),
-            "{err}"
-        );
-        let err = resolve(
-            base,
-            &[("SWARM_AGENT_TARGET_MANAGERS", "4")],
-            Overrides::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("SWARM_AGENT_TARGET_MANAGERS"), "{err}");
-        let err = resolve(
-            base,
-            &[("SWARM_AGENT_LEASE_TTL_SECS", "x")],
-            Overrides::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("SWARM_AGENT_LEASE_TTL_SECS"), "{err}");
+        assert!(err.contains(ENV_ROLE) && err.contains("boss"), "{err}");
+        let err = resolve(base, &[(ENV_TARGET_MANAGERS, "4")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_TARGET_MANAGERS), "{err}");
+        let err = resolve(base, &[(ENV_LEASE_TTL_SECS, "x")], Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_LEASE_TTL_SECS), "{err}");
         let flags = Overrides {
             advertise_addr: Some("myhost.example".into()),
             ..Default::default()
@@ -1490,7 +1540,7 @@ path = "/loadbalancer/default.conf"
         )
         .unwrap();
         assert_eq!(c.backend, BackendKind::SecretsManager);
-        assert_eq!(c.secrets_manager.secret_name, "x/c");
+        assert_eq!(c.secrets_manager.resolved_secret_name(), "x/c");
     }
 
     #[test]
@@ -1510,7 +1560,7 @@ path = "/loadbalancer/default.conf"
             .unwrap_err()
             .to_string();
         assert!(err.contains("tls_fingerprint"), "{err}");
-        let env_pin = [("SWARM_AGENT_COORDINATOR_FINGERPRINT", pin.as_str())];
+        let env_pin = [(ENV_COORDINATOR_FINGERPRINT, pin.as_str())];
         let c = resolve(
             "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1\"\n",
             &env_pin,
@@ -1564,5 +1614,38 @@ path = "/loadbalancer/default.conf"
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/swarm-agent.toml"), "{err}");
+    }
+
+    #[test]
+    fn every_env_var_is_documented_once_in_the_readme() {
+        let readme = include_str!("../README.md");
+        let mut seen = std::collections::HashSet::new();
+        for var in all_env_vars() {
+            assert!(seen.insert(var), "{var} is declared twice");
+            assert!(var.starts_with("SWARM_AGENT_"), "{var}");
+            assert!(
+                readme.contains(&format!("`{var}")),
+                "agent/README.md does not document {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_show_their_env_var_in_the_help() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            overrides: Overrides,
+        }
+        let cmd = Cli::command();
+        for (field, var) in ENV_VARS {
+            let arg = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == *field)
+                .unwrap_or_else(|| panic!("no flag for {field}"));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains(&format!("[env: {var}]")), "{field}: {help}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use swarmstrap_wire::{Role, Secret};
+use swarmstrap_wire::{error_chain, Role, Secret};
 use tokio::sync::Mutex;
 
 /// Port of the swarm control plane.
@@ -286,20 +286,6 @@ impl BollardEngine {
             },
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[async_trait]

@@ -1,11 +1,13 @@
-//! Files the agent writes for others to read (state, node id) are written atomically: a temp
-//! file in the same directory, fsync, rename over the target, fsync the directory. A crash
-//! leaves either the old or the new content, never a torn file.
+//! Files the agent writes for others to read (state, node id, load-balancer config) are written
+//! atomically with the project's one atomic write ([`swarmstrap_wire::fsutil::write_atomic`]:
+//! temp file, fsync, rename over the target, fsync the directory). A crash leaves either the
+//! old or the new content, never a torn file.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use swarmstrap_wire::fsutil::write_atomic;
 use swarmstrap_wire::Secret;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,40 +45,14 @@ pub fn create_private_dir(dir: &Path) -> Result<(), FsError> {
         .map_err(io_err("create directory", dir))
 }
 
-/// Atomically replace `path` with `data` (file mode `mode`).
+/// Atomically replace `path` with `data` (file mode exactly `mode`): the project's one
+/// atomic write, [`swarmstrap_wire::fsutil::write_atomic`].
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        // The mode given to open() is filtered by the umask; make it exact.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &tmp))?;
-        f.write_all(data).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync directory", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomic(path, data, mode).map_err(|e| FsError::Io {
+        action: e.action,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Read the join secret: trimmed file content. A file readable by every user is refused (the

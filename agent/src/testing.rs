@@ -1,5 +1,5 @@
 //! Fakes for unit tests: a world of Docker engines sharing swarms ([`FakeEngine`]) and an
-//! in-memory rendezvous with the coordinator's semantics ([`FakeBackend`]). Both record what
+//! in-memory rendezvous that runs the rendezvous rulebook ([`FakeBackend`]). Both record what
 //! they were asked, so tests can assert what did NOT happen (no init, no join, no leave).
 
 use crate::engine::{
@@ -11,12 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
+use swarmstrap_wire::rules::{self, ClusterState, Code, LeaseState, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, JoinInfo, JoinResponse, Lease, NodeInfo, Phase,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole,
-    ResetRequest, Role, Secret,
+    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, PublishRequest,
+    PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, Role, Secret,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -295,33 +295,46 @@ pub struct PublishAttempt {
     pub accepted: bool,
 }
 
-struct Cluster {
-    target: u8,
-    nodes: Vec<(RegisterRequest, Role)>,
-    lease: Option<(String, u64, Instant)>,
-    next_token: u64,
-    formed: Option<PublishRequest>,
+/// What the fake stores: the cluster as the rulebook's [`Memory`], plus what tests inspect.
+struct Stored {
+    mem: Memory,
+    /// Every publish attempt that reached the rules, with the rules' verdict.
     publishes: Vec<PublishAttempt>,
+    /// Register calls that reached the rules.
     registers: u32,
 }
 
+/// An in-memory rendezvous backend, built exactly like a storage backend of the rulebook
+/// (`swarmstrap_wire::rules`): each call reads the [`Memory`] under the mutex, runs the rule
+/// at the wall-clock time, applies the returned change and wakes the waiters when the change
+/// is not empty. It decides nothing itself; the test hooks below only inject faults.
 pub struct FakeBackend {
-    inner: Mutex<Cluster>,
+    inner: Mutex<Stored>,
     changed: tokio::sync::Notify,
     pub secret_ok: AtomicBool,
     /// The next N calls fail with a transient error.
     pub transient_failures: AtomicU32,
 }
 
+/// The rules' clock: wall-clock milliseconds, as every backend uses.
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl FakeBackend {
+    /// A cluster named `test` with `target` managers.
     pub fn new(target: u8) -> Arc<FakeBackend> {
+        let state = ClusterState::new("test", target).expect("a valid manager target");
         Arc::new(FakeBackend {
-            inner: Mutex::new(Cluster {
-                target,
-                nodes: vec![],
-                lease: None,
-                next_token: 0,
-                formed: None,
+            inner: Mutex::new(Stored {
+                mem: Memory::new(state),
                 publishes: vec![],
                 registers: 0,
             }),
@@ -347,58 +360,93 @@ impl FakeBackend {
         Ok(())
     }
 
+    /// One atomic step: read, run the rule, store its change, answer. `note` sees the stored
+    /// record and the rule's result before the change is applied (test bookkeeping only).
+    fn step<T>(
+        &self,
+        rule: impl FnOnce(&Memory, u64) -> rules::Result<Outcome<T>>,
+        note: impl FnOnce(&mut Stored, bool),
+    ) -> RResult<T> {
+        let mut stored = self.inner.lock().unwrap();
+        let result = rule(&stored.mem, now_ms());
+        note(&mut stored, result.is_ok());
+        let Outcome { answer, change } = result?;
+        let changed = !change.is_empty();
+        stored.mem.apply(change);
+        drop(stored);
+        if changed {
+            self.changed.notify_waiters();
+        }
+        Ok(answer)
+    }
+
+    /// Read under the mutex, without changing anything.
+    fn read<T>(&self, f: impl FnOnce(&Memory, u64) -> T) -> T {
+        f(&self.inner.lock().unwrap().mem, now_ms())
+    }
+
+    /// Wait (up to `wait`) until `ready` accepts what `read` answers; answer the last read.
+    async fn wait_until<T>(
+        &self,
+        wait: Duration,
+        read: impl Fn(&Memory, u64) -> RResult<T>,
+        ready: impl Fn(&T) -> bool,
+    ) -> RResult<T> {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Registered before the read, so a change right after it still wakes us.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let answer = self.read(&read)?;
+            if ready(&answer) || Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
+        }
+    }
+
+    /// Every publish attempt that reached the rules, with whether it was accepted.
     pub fn publishes(&self) -> Vec<PublishAttempt> {
         self.inner.lock().unwrap().publishes.clone()
     }
 
+    /// How many register calls reached the rules.
     pub fn registers(&self) -> u32 {
         self.inner.lock().unwrap().registers
     }
 
+    /// The holder of the live lease, if any.
     pub fn lease_holder(&self) -> Option<String> {
-        let c = self.inner.lock().unwrap();
-        live_lease(&c).map(|(h, _, _)| h.clone())
+        self.read(|m, now| m.state.live_lease(now).map(|l| l.holder.clone()))
     }
 
+    /// The swarm id the cluster was formed with, if any.
     pub fn formed_swarm(&self) -> Option<String> {
-        self.inner
-            .lock()
-            .unwrap()
-            .formed
-            .as_ref()
-            .map(|p| p.swarm_id.clone())
+        self.read(|m, _| m.state.formed.as_ref().map(|f| f.swarm_id.clone()))
     }
 
-    /// Give the lease to someone else, as if it had expired and been claimed.
+    /// A copy of the whole stored cluster.
+    pub fn memory(&self) -> Memory {
+        self.read(|m, _| m.clone())
+    }
+
+    /// Test-only fault: give the lease to someone else, as if it had expired and been claimed
+    /// (a new fencing token, without going through the rules).
     pub fn steal_lease(&self, holder: &str, ttl: Duration) {
-        let mut c = self.inner.lock().unwrap();
-        c.next_token += 1;
-        c.lease = Some((holder.into(), c.next_token, Instant::now() + ttl));
-        drop(c);
+        let mut stored = self.inner.lock().unwrap();
+        let now = now_ms();
+        let st = &mut stored.mem.state;
+        st.last_fencing_token += 1;
+        st.lease = Some(LeaseState {
+            holder: holder.into(),
+            fencing_token: st.last_fencing_token,
+            granted_at_ms: now,
+            expires_at_ms: now.saturating_add(millis(ttl)),
+        });
+        drop(stored);
         self.changed.notify_waiters();
     }
-
-    fn phase(c: &Cluster) -> Phase {
-        if c.formed.is_some() {
-            Phase::Formed
-        } else if live_lease(c).is_some() {
-            Phase::Claimed
-        } else {
-            Phase::Open
-        }
-    }
-
-    fn lease_view(c: &Cluster) -> Option<Lease> {
-        live_lease(c).map(|(h, t, exp)| Lease {
-            holder: h.clone(),
-            fencing_token: *t,
-            expires_in_ms: exp.saturating_duration_since(Instant::now()).as_millis() as u64,
-        })
-    }
-}
-
-fn live_lease(c: &Cluster) -> Option<&(String, u64, Instant)> {
-    c.lease.as_ref().filter(|(_, _, exp)| *exp > Instant::now())
 }
 
 #[async_trait]
@@ -409,56 +457,12 @@ impl Rendezvous for FakeBackend {
 
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         self.gate()?;
-        let mut c = self.inner.lock().unwrap();
-        c.registers += 1;
-        let role = match c.nodes.iter().find(|(r, _)| r.node_id == req.node_id) {
-            Some((_, role)) => *role,
-            None => {
-                let managers = c.nodes.iter().filter(|(_, r)| *r == Role::Manager).count();
-                let role = match req.role {
-                    RequestedRole::Worker => Role::Worker,
-                    _ if managers < c.target as usize => Role::Manager,
-                    _ => Role::Worker,
-                };
-                c.nodes.push((req.clone(), role));
-                role
-            }
-        };
-        Ok(RegisterResponse {
-            node_id: req.node_id.clone(),
-            role,
-            target_managers: c.target,
-            phase: Self::phase(&c),
-        })
+        self.step(|m, now| m.register(now, req), |s, _| s.registers += 1)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> RResult<ClaimResponse> {
         self.gate()?;
-        let mut c = self.inner.lock().unwrap();
-        if c.formed.is_some() {
-            return Ok(ClaimResponse {
-                granted: false,
-                phase: Phase::Formed,
-                lease: None,
-            });
-        }
-        let granted = match live_lease(&c).cloned() {
-            Some((holder, token, _)) if holder == node_id => {
-                c.lease = Some((holder, token, Instant::now() + ttl));
-                true
-            }
-            Some(_) => false,
-            None => {
-                c.next_token += 1;
-                c.lease = Some((node_id.into(), c.next_token, Instant::now() + ttl));
-                true
-            }
-        };
-        Ok(ClaimResponse {
-            granted,
-            phase: Self::phase(&c),
-            lease: Self::lease_view(&c),
-        })
+        self.step(|m, now| m.claim(now, node_id, millis(ttl)), |_, _| ())
     }
 
     async fn renew(
@@ -468,164 +472,74 @@ impl Rendezvous for FakeBackend {
         ttl: Duration,
     ) -> RResult<ClaimResponse> {
         self.gate()?;
-        let mut c = self.inner.lock().unwrap();
-        match live_lease(&c).cloned() {
-            Some((h, t, _)) if h == node_id && t == fencing_token && c.formed.is_none() => {
-                c.lease = Some((h, t, Instant::now() + ttl));
-                Ok(ClaimResponse {
-                    granted: true,
-                    phase: Phase::Claimed,
-                    lease: Self::lease_view(&c),
-                })
-            }
-            _ => Err(RendezvousError::Conflict {
-                code: "lease_lost".into(),
-                message: "not the lease holder".into(),
-            }),
-        }
+        let req = RenewRequest {
+            node_id: node_id.into(),
+            fencing_token,
+            ttl_ms: millis(ttl),
+        };
+        self.step(|m, now| rules::renew(&m.state, now, &req), |_, _| ())
     }
 
     async fn publish(&self, req: &PublishRequest) -> RResult<PublishResponse> {
         self.gate()?;
-        let mut c = self.inner.lock().unwrap();
-        let holder_ok = matches!(live_lease(&c), Some((h, t, _)) if *h == req.node_id && *t == req.fencing_token);
-        let same = c.formed.as_ref() == Some(req);
-        let accepted = same || (c.formed.is_none() && holder_ok);
-        c.publishes.push(PublishAttempt {
-            node_id: req.node_id.clone(),
-            fencing_token: req.fencing_token,
-            swarm_id: req.swarm_id.clone(),
-            accepted,
-        });
-        if !accepted {
-            return Err(RendezvousError::Conflict {
-                code: "stale_fencing_token".into(),
-                message: "not the holder of the current lease".into(),
-            });
-        }
-        c.formed = Some(req.clone());
-        c.lease = None;
-        drop(c);
-        self.changed.notify_waiters();
-        Ok(PublishResponse {
-            phase: Phase::Formed,
-        })
+        self.step(
+            |m, now| rules::publish(&m.state, now, req),
+            |s, accepted| {
+                s.publishes.push(PublishAttempt {
+                    node_id: req.node_id.clone(),
+                    fencing_token: req.fencing_token,
+                    swarm_id: req.swarm_id.clone(),
+                    accepted,
+                })
+            },
+        )
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> RResult<JoinResponse> {
         self.gate()?;
-        let deadline = Instant::now() + wait;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let c = self.inner.lock().unwrap();
-                let role = c
-                    .nodes
-                    .iter()
-                    .find(|(r, _)| r.node_id == node_id)
-                    .map(|(_, role)| *role)
-                    .ok_or_else(|| RendezvousError::Rejected {
-                        code: "unknown_node".into(),
-                        message: format!("node {node_id} is not registered"),
-                    })?;
-                if let Some(p) = &c.formed {
-                    return Ok(JoinResponse {
-                        phase: Phase::Formed,
-                        lease: None,
-                        join: Some(JoinInfo {
-                            swarm_id: p.swarm_id.clone(),
-                            ca_digest: p.ca_digest.clone(),
-                            manager_addrs: p.manager_addrs.clone(),
-                            role,
-                            token: match role {
-                                Role::Manager => p.manager_token.clone(),
-                                Role::Worker => p.worker_token.clone(),
-                            },
-                        }),
-                    });
-                }
-                if Instant::now() >= deadline {
-                    return Ok(JoinResponse {
-                        phase: Self::phase(&c),
-                        lease: Self::lease_view(&c),
-                        join: None,
-                    });
-                }
-            }
-            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
-        }
+        self.wait_until(
+            wait,
+            |m, now| Ok(m.join(now, node_id)?),
+            |j: &JoinResponse| j.join.is_some(),
+        )
+        .await
     }
 
     async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
         self.gate()?;
-        {
-            let mut c = self.inner.lock().unwrap();
-            let current = c.formed.as_ref().map(|p| p.swarm_id.clone());
-            if current.as_deref() != Some(req.swarm_id.as_str()) {
-                return Err(RendezvousError::Conflict {
-                    code: "swarm_mismatch".into(),
-                    message: format!("formed with {current:?}"),
-                });
-            }
-            c.formed = None;
-            c.lease = None;
-            c.nodes.clear();
-        }
-        self.changed.notify_waiters();
-        self.status().await
+        self.step(|m, now| rules::recover(&m.state, now, req), |_, _| ())
     }
 
     async fn status(&self) -> RResult<ClusterStatus> {
         self.gate()?;
-        let c = self.inner.lock().unwrap();
-        Ok(ClusterStatus {
-            name: "test".into(),
-            phase: Self::phase(&c),
-            target_managers: c.target,
-            lease: Self::lease_view(&c),
-            swarm_id: c.formed.as_ref().map(|p| p.swarm_id.clone()),
-            ca_digest: c.formed.as_ref().map(|p| p.ca_digest.clone()),
-            manager_addrs: c
-                .formed
-                .as_ref()
-                .map(|p| p.manager_addrs.clone())
-                .unwrap_or_default(),
-            nodes: c
-                .nodes
-                .iter()
-                .map(|(r, role)| NodeInfo {
-                    node_id: r.node_id.clone(),
-                    hostname: r.hostname.clone(),
-                    advertise_addr: r.advertise_addr.clone(),
-                    requested: r.role,
-                    role: *role,
-                    registered_at_ms: 0,
-                })
-                .collect(),
-            formed_at_ms: None,
-            resets: 0,
-        })
+        Ok(self.read(|m, now| m.status(now)))
     }
 
-    async fn get_doc(
+    async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> RResult<Document> {
+        self.gate()?;
+        swarmstrap_wire::validate_name(name)
+            .map_err(|m| RendezvousError::from(RuleError::new(Code::InvalidName, m)))?;
+        // The long-poll's wait condition (as in every backend): a version newer than `after`.
+        self.wait_until(
+            wait,
+            |m, _| Ok(m.doc(name)),
+            |d: &Document| after.is_none_or(|a| d.version > a),
+        )
+        .await
+    }
+
+    async fn put_doc(
         &self,
-        _name: &str,
-        _after: Option<u64>,
-        _wait: Duration,
+        name: &str,
+        expected_version: u64,
+        body: &serde_json::Value,
     ) -> RResult<Document> {
-        Err(RendezvousError::Rejected {
-            code: "unsupported".into(),
-            message: "documents are not faked".into(),
-        })
-    }
-
-    async fn put_doc(&self, _name: &str, _v: u64, _body: &serde_json::Value) -> RResult<Document> {
-        Err(RendezvousError::Rejected {
-            code: "unsupported".into(),
-            message: "documents are not faked".into(),
-        })
+        self.gate()?;
+        let write = DocumentWrite {
+            expected_version,
+            body: body.clone(),
+        };
+        self.step(|m, _| m.put_doc(name, &write), |_, _| ())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Agent steady state (issue 8): RSS and CPU of every `swarm-agent run` over a 60 s idle
+//! Agent steady state: RSS and CPU of every `swarm-agent run` over a 60 s idle
 //! window in a formed 5-node cluster (coordinator backend, load balancer off, quorum keeper
 //! on). Reads /proc/<pid>/status (VmRSS, VmHWM) and /proc/<pid>/stat (utime + stime) at the
 //! start and the end of the window; the window is the measurement, not a wait for anything.

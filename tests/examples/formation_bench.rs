@@ -1,4 +1,4 @@
-//! Formation benchmark (issue 3): seconds from "all engines up" to "all N Ready" with the
+//! Formation benchmark: seconds from "all engines up" to "all N Ready" with the
 //! agents (coordinator backend, role=auto), beside the same for a script that already knows
 //! everything (init, then parallel joins: `baseline_form`), and the ratio. Target: ≤ 1.25×.
 //!

@@ -1,4 +1,4 @@
-//! Load-balancer propagation benchmark (issue 4): how long from the swarm marking a node
+//! Load-balancer propagation benchmark: how long from the swarm marking a node
 //! Down / Ready to the new config file on every (other) host. Target: ≤ 2 s.
 //!
 //! dockerd marks a stopped node Down only after its heartbeat period (default 5 s), so two

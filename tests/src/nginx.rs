@@ -1,4 +1,4 @@
-//! The live load-balancer config (issue 4) in the lab: agents with `[lb]` enabled, each host
+//! The live load-balancer config in the lab: agents with `[lb]` enabled, each host
 //! writing its own `<host dir>/loadbalancer/default.conf`, and a real nginx (Debian's
 //! `/usr/sbin/nginx`) run in a lab host's network namespace with a wrapper config that includes
 //! a host's rendered file, started and stopped by pid like every lab process.

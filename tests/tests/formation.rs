@@ -1,4 +1,4 @@
-//! Issue 3, end to end on real engines: fresh VMs become exactly one swarm.
+//! Swarm formation, end to end on real engines: fresh VMs become exactly one swarm.
 //!
 //! Each test starts its own lab (real dockerd per network namespace), the real static
 //! coordinator and the real static agent per host, configured with the config.toml that the

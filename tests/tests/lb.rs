@@ -1,4 +1,4 @@
-//! Issue 4, end to end on real engines and a real nginx: the live load-balancer config.
+//! The live load-balancer config, end to end on real engines and a real nginx.
 //!
 //! A 5-host lab with the real static coordinator and agents (`[lb]` enabled, each host writing
 //! `<host dir>/loadbalancer/default.conf`), a global busybox httpd service published in host

@@ -1,6 +1,6 @@
-//! Issue 7, end to end on real engines: scale-in with `swarm-agent leave`, a dead manager
-//! replaced by the quorum keeper, an engine restart, and total manager loss with the
-//! operator's `swarm-agent recover`.
+//! The cluster lifecycle, end to end on real engines: scale-in with `swarm-agent leave`, a
+//! dead manager replaced by the quorum keeper, an engine restart, and total manager loss with
+//! the operator's `swarm-agent recover`.
 //!
 //! Every wait has a deadline; failures print the agents' and coordinator's log tails.
 

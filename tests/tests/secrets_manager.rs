@@ -1,4 +1,4 @@
-//! Issue 5, end to end: the 5-host lab forms one swarm with the Secrets Manager backend (no
+//! The Secrets Manager backend, end to end: the 5-host lab forms one swarm through it (no
 //! coordinator), moto's server standing in for AWS. Agent configs come from the cloud-init
 //! node template rendered for the secrets-manager backend.
 

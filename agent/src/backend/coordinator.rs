@@ -10,10 +10,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
-    ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody, JoinResponse,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
-    Secret, API_PREFIX, MAX_WAIT_SECS,
+    error_chain, ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody,
+    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, Secret, API_PREFIX, MAX_WAIT_SECS,
 };
 
 /// Extra time a long-poll request may take beyond its `wait` (network, server scheduling).
@@ -155,9 +156,9 @@ pub fn map_status(status: StatusCode, body: &str, url: &str, cluster: &str) -> R
     let s = status.as_u16();
     match s {
         401 | 403 => RendezvousError::Unauthorized(format!("{message} (HTTP {s} from {url})")),
-        404 if code.contains("cluster") => RendezvousError::Unauthorized(format!(
-            "unknown cluster {cluster}: {message} (HTTP 404 from {url})"
-        )),
+        404 if Code::parse(&code) == Some(Code::UnknownCluster) => RendezvousError::Unauthorized(
+            format!("unknown cluster {cluster}: {message} (HTTP 404 from {url})"),
+        ),
         409 => RendezvousError::Conflict { code, message },
         408 | 429 => RendezvousError::Transient(format!("{url}: HTTP {s} {code}: {message}")),
         500..=599 => RendezvousError::Transient(format!("{url}: HTTP {s} {code}: {message}")),
@@ -183,20 +184,6 @@ fn send_error(e: &reqwest::Error, url: &str) -> RendezvousError {
     } else {
         RendezvousError::Transient(format!("{url}: {chain}"))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 fn wait_secs(wait: Duration) -> u64 {
@@ -436,19 +423,21 @@ mod tests {
         assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
         assert!(!e.to_string().contains("the-join-secret"));
 
-        let (c, _) = mock(404, body("unknown_cluster")).await;
+        let (c, _) = mock(404, body(Code::UnknownCluster.as_str())).await;
         assert!(matches!(
             c.register(&reg()).await.unwrap_err(),
             RendezvousError::Unauthorized(_)
         ));
 
-        let (c, _) = mock(409, body("stale_fencing_token")).await;
+        let (c, _) = mock(409, body(Code::StaleFencingToken.as_str())).await;
         match c.renew("n1", 1, Duration::from_secs(1)).await.unwrap_err() {
-            RendezvousError::Conflict { code, .. } => assert_eq!(code, "stale_fencing_token"),
+            e @ RendezvousError::Conflict { .. } => {
+                assert_eq!(e.code(), Some(Code::StaleFencingToken), "{e}")
+            }
             e => panic!("{e}"),
         }
 
-        let (c, _) = mock(404, body("node_not_registered")).await;
+        let (c, _) = mock(404, body(Code::NodeNotRegistered.as_str())).await;
         assert!(matches!(
             c.wait_join("n1", Duration::ZERO).await.unwrap_err(),
             RendezvousError::Rejected { .. }
@@ -469,7 +458,7 @@ mod tests {
             "{e}"
         );
 
-        let (c, _) = mock(400, body("invalid_request")).await;
+        let (c, _) = mock(400, body(Code::InvalidRequest.as_str())).await;
         assert!(matches!(
             c.register(&reg()).await.unwrap_err(),
             RendezvousError::Rejected { .. }

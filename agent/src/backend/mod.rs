@@ -7,7 +7,7 @@ use crate::config::{BackendKind, Config};
 use crate::fsutil::{self, FsError};
 use std::sync::Arc;
 use std::time::Duration;
-use swarmstrap_secrets_manager::{SecretsManagerConfig, SecretsManagerRendezvous};
+use swarmstrap_secrets_manager::SecretsManagerRendezvous;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +43,7 @@ pub async fn open(
             )?))
         }
         BackendKind::SecretsManager => {
-            let sm = &cfg.secrets_manager;
-            let mut smc = SecretsManagerConfig::new(cfg.cluster.clone(), cfg.target_managers);
-            smc.secret_name = Some(sm.secret_name.clone());
-            smc.region = sm.region.clone();
-            smc.kms_key_id = sm.kms_key_id.clone();
-            smc.endpoint_url = sm.endpoint_url.clone();
-            let backend = SecretsManagerRendezvous::new(smc)
+            let backend = SecretsManagerRendezvous::new(cfg.secrets_manager.clone())
                 .await
                 .map_err(BackendError::SecretsManager)?;
             Ok(Arc::new(backend))
@@ -68,7 +62,8 @@ pub fn unauthorized_hint(cfg: &Config) -> String {
         BackendKind::SecretsManager => format!(
             "access to cluster {} was denied: check the instance's AWS credentials and its IAM \
              permissions on secret {}",
-            cfg.cluster, cfg.secrets_manager.secret_name
+            cfg.cluster,
+            cfg.secrets_manager.resolved_secret_name()
         ),
     }
 }

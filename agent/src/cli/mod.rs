@@ -6,6 +6,7 @@ pub mod recover;
 pub mod run;
 pub mod status;
 
+use crate::config::ENV_LOG;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -46,7 +47,7 @@ impl Command {
         }
     }
 
-    /// `status` prints a report on stdout; keep stderr quiet unless asked (SWARM_AGENT_LOG).
+    /// `status` prints a report on stdout; keep stderr quiet unless asked ([`ENV_LOG`]).
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
@@ -68,9 +69,9 @@ impl Cli {
     }
 }
 
-/// Logs go to stderr. Level from `SWARM_AGENT_LOG` (or `RUST_LOG`), e.g. `debug`.
+/// Logs go to stderr. Level from [`ENV_LOG`] (or `RUST_LOG`), e.g. `debug`.
 pub fn init_logging(default_level: &str) {
-    let filter = std::env::var("SWARM_AGENT_LOG")
+    let filter = std::env::var(ENV_LOG)
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|v| EnvFilter::try_new(v).ok())

@@ -1,7 +1,7 @@
 //! `swarm-agent run`: bootstrap this node, then keep running until SIGTERM/SIGINT.
 
 use crate::bootstrap::{Bootstrap, Settings};
-use crate::config::{Config, Overrides};
+use crate::config::{Config, Overrides, ENV_DEBUG_HOLD_AFTER_CLAIM_FILE};
 use crate::engine::BollardEngine;
 use crate::lb::service::Lb;
 use crate::lifecycle::keeper::Keeper;
@@ -14,10 +14,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Test-only fault injection (see README): after a granted claim, if this file can be removed,
-/// hold forever before `swarm init` without renewing the lease.
-pub const DEBUG_HOLD_ENV: &str = "SWARM_AGENT_DEBUG_HOLD_AFTER_CLAIM_FILE";
 
 /// Per-request timeout of ordinary backend calls (long-polls get their wait + a margin).
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +79,7 @@ impl RunArgs {
                 long_poll: LONG_POLL,
                 policy: Policy::FAST,
                 unauthorized_hint: backend::unauthorized_hint(&cfg),
-                debug_hold_file: std::env::var_os(DEBUG_HOLD_ENV)
+                debug_hold_file: std::env::var_os(ENV_DEBUG_HOLD_AFTER_CLAIM_FILE)
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from),
             },

@@ -43,7 +43,7 @@ pub struct StatusReport {
     pub lifecycle: LifecycleStatus,
 }
 
-/// Quorum keeper, drains and manager loss (issue 7).
+/// Quorum keeper, drains and manager loss (the cluster lifecycle after the bootstrap).
 #[derive(Debug, Serialize, PartialEq, Default)]
 pub struct LifecycleStatus {
     /// Healthy managers minus the raft majority (from this manager's node list, else from the

@@ -23,7 +23,11 @@ pub enum ApplyError {
         path: PathBuf,
         message: String,
     },
-    #[error("validate = \"nginx\" but no nginx binary was found (set [lb] nginx_bin or SWARM_AGENT_LB_NGINX_BIN, or validate = \"auto\")")]
+    #[error(
+        "validate = \"nginx\" but no nginx binary was found (set [lb] nginx_bin or {}, or \
+         validate = \"auto\")",
+        crate::config::ENV_LB_NGINX_BIN
+    )]
     NoNginx,
     #[error("running {nginx} -t: {message}")]
     Validator { nginx: String, message: String },

@@ -1,4 +1,4 @@
-//! The live nginx load-balancer config (issue 4).
+//! The live nginx load-balancer config.
 //!
 //! - [`membership`]: the swarm's node list as published in the rendezvous document
 //!   [`membership::DOC_NAME`]; the agent on the raft leader keeps it current

@@ -116,18 +116,8 @@ pub fn render_template(
     )
     .map_err(|e| RenderError::Template {
         path: path.to_path_buf(),
-        message: error_text(&e),
+        message: swarmstrap_wire::error_chain(&e),
     })
-}
-
-fn error_text(e: &minijinja::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = std::error::Error::source(e);
-    while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Cluster lifecycle after the bootstrap (issue 7):
+//! Cluster lifecycle after the bootstrap (quorum keeper, drains, manager loss):
 //!
 //! - [`keeper`]: the quorum keeper and drain handler on the raft leader's agent
 //!   ([`plan`] decides, [`nodes`] acts on the engine, [`docs`] holds the shared documents);
