@@ -552,3 +552,110 @@ pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> 
         tokio::time::sleep(delays.next().unwrap().min(Duration::from_millis(20))).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmstrap_wire::RequestedRole;
+
+    fn reg(id: &str) -> RegisterRequest {
+        RegisterRequest {
+            node_id: id.into(),
+            hostname: id.into(),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+        }
+    }
+
+    #[tokio::test]
+    async fn documents_are_compare_and_set_and_long_polled() {
+        let b = FakeBackend::new(3);
+        let empty = b.get_doc("lb", None, Duration::ZERO).await.unwrap();
+        assert_eq!((empty.version, empty.body), (0, serde_json::Value::Null));
+        let body = serde_json::json!({"a": 1});
+        let v1 = b.put_doc("lb", 0, &body).await.unwrap();
+        assert_eq!(v1.version, 1);
+        let stale = b.put_doc("lb", 0, &body).await.unwrap_err();
+        assert_eq!(stale.code(), Some(Code::VersionConflict), "{stale}");
+        let bad = b.get_doc("Not A Name", None, Duration::ZERO).await;
+        assert_eq!(bad.unwrap_err().code(), Some(Code::InvalidName));
+
+        // A long-poll after version 1 wakes on the write of version 2, not at its deadline.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.get_doc("lb", Some(1), Duration::from_secs(20)).await })
+        };
+        let started = Instant::now();
+        let mut expected = 1;
+        // Write until the waiter has seen a newer version (it may register after a write).
+        while !waiter.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "waiter not woken"
+            );
+            b.put_doc("lb", expected, &serde_json::json!({"n": expected}))
+                .await
+                .unwrap();
+            expected += 1;
+            tokio::task::yield_now().await;
+        }
+        let seen = waiter.await.unwrap().unwrap();
+        assert!(seen.version > 1, "{seen:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // With nothing newer, the poll answers the current document at its deadline.
+        let now = b
+            .get_doc("lb", Some(expected), Duration::from_millis(50))
+            .await;
+        assert_eq!(now.unwrap().version, expected);
+    }
+
+    #[tokio::test]
+    async fn the_rules_decide_claims_renewals_and_publishes() {
+        let b = FakeBackend::new(1);
+        b.register(&reg("a")).await.unwrap();
+        let worker = b.register(&reg("w")).await.unwrap();
+        assert_eq!(worker.role, Role::Worker);
+        let refused = b.claim("w", Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::NotAManager));
+
+        let first = b.claim("a", Duration::from_secs(30)).await.unwrap();
+        let lease = first.lease.clone().unwrap();
+        assert!(first.granted && lease.holder == "a");
+        // A re-claim by the holder keeps the token and does not extend the lease.
+        let again = b.claim("a", Duration::from_secs(300)).await.unwrap();
+        let again_lease = again.lease.unwrap();
+        assert!(again.granted && again_lease.fencing_token == lease.fencing_token);
+        assert!(again_lease.expires_in_ms <= lease.expires_in_ms);
+        assert_eq!(b.lease_holder().as_deref(), Some("a"));
+
+        // The test fault: the lease passes to an intruder under a newer token.
+        b.steal_lease("intruder", Duration::from_secs(30));
+        let lost = b
+            .renew("a", lease.fencing_token, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(lost.code(), Some(Code::LeaseLost), "{lost}");
+        let req = PublishRequest {
+            node_id: "a".into(),
+            fencing_token: lease.fencing_token,
+            swarm_id: "swarm1".into(),
+            ca_digest: format!("sha256:{}", "ab".repeat(32)),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-m"),
+            worker_token: Secret::new("SWMTKN-1-w"),
+        };
+        let fenced = b.publish(&req).await.unwrap_err();
+        assert_eq!(fenced.code(), Some(Code::StaleFencingToken), "{fenced}");
+        assert_eq!(b.formed_swarm(), None);
+        let attempts = b.publishes();
+        assert_eq!(attempts.len(), 1);
+        assert!(!attempts[0].accepted);
+        assert_eq!(
+            b.wait_join("nobody", Duration::ZERO)
+                .await
+                .unwrap_err()
+                .code(),
+            Some(Code::NodeNotRegistered)
+        );
+    }
+}
