@@ -56,10 +56,12 @@
 //! lease over, or the cluster was formed within the read's own latency; those few checks are
 //! skipped and counted (`init lease check skipped: ...` in the summary).
 //!
-//! Races per backend in a plain `cargo test` (CI): coordinator [`CI_RACES`] (200), fake
-//! [`FAKE_CI_RACES`] (200), Secrets Manager [`SECRETS_MANAGER_CI_RACES`] (fewer: moto is one
-//! Python process, and every call is an HTTP round trip). The three suites never overlap (they
-//! share one lock), so the timing of one does not depend on another.
+//! Races per backend in a plain `cargo test` (CI): coordinator [`CI_RACES`] (200, ~30 s on 2
+//! cores), fake [`FAKE_CI_RACES`] (200, ~30 s), Secrets Manager [`SECRETS_MANAGER_CI_RACES`]
+//! (120, ~55 s plus moto's start: moto is one Python process and every call an HTTP round
+//! trip; they run [`SECRETS_MANAGER_PARALLEL`] (8) at a time, because at 12 moto's latency
+//! nears the 1 s lease). The three suites never overlap (they share one lock), so the timing
+//! of one does not depend on another. The Secrets Manager suite needs `moto_server` on PATH.
 //!
 //! Environment:
 //! - `SWARMSTRAP_RACE_BACKEND=coordinator|fake|secrets-manager`: run only that backend's suite

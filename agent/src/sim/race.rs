@@ -17,8 +17,8 @@ use swarmstrap_wire::{ClusterStatus, Phase, RequestedRole, Role};
 use tracing::Instrument;
 
 pub const CLUSTER: &str = "sim";
-/// The store's minimum lease TTL (`MIN_LEASE_TTL`): the shortest lease the real coordinator
-/// grants, so takeovers happen as fast as they can.
+/// The rulebook's minimum lease TTL (`rules::MIN_LEASE_TTL_MS`): the shortest lease any
+/// backend grants, so takeovers happen as fast as they can.
 pub const LEASE_TTL: Duration = Duration::from_secs(1);
 /// A race that has not converged by then has a stuck node (default of `Opts::deadline`).
 pub const RACE_DEADLINE: Duration = Duration::from_secs(40);
