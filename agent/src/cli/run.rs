@@ -33,6 +33,7 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let mut shutdown = Box::pin(shutdown_signal());
         let cfg = Config::load(&self.config)?;
         tracing::info!(
             "swarm-agent {} for cluster {} (backend {}, config {})",
@@ -57,7 +58,6 @@ impl RunArgs {
             let _ = warm.status().await;
         });
 
-        let mut shutdown = Box::pin(shutdown_signal());
         let advertise = tokio::select! {
             r = advertise::resolve(&cfg.advertise_addr) => r.with_context(|| {
                 format!("finding the advertise address (advertise_addr = {})", cfg.advertise_addr)
@@ -141,19 +141,31 @@ impl RunArgs {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Watches SIGTERM and SIGINT from the moment it is called (the handlers are installed here,
+/// not at the first poll: a signal that arrives before the future is first polled must stop
+/// the agent cleanly, not kill it with the default action). The future resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (term, int) => {
+                if let Some(e) = term.as_ref().err().or(int.as_ref().err()) {
+                    tracing::warn!("cannot watch SIGTERM/SIGINT: {e}");
+                }
+                if let Ok(mut s) = term.or(int) {
+                    s.recv().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
