@@ -3,7 +3,9 @@
 //! Starts the real `swarm-coordinator` binary (release) with a self-signed certificate on a
 //! temp data dir, prints its idle RSS, then runs CLIENTS (default 1000) concurrent simulated
 //! nodes, each with its own pinned TLS client: register, claim the init lease, and long-poll
-//! for its join token. The one lease holder publishes once every other node is waiting.
+//! for its join token. The one lease holder publishes once every other node is waiting. Workers
+//! claim too (real agents do not): a worker whose claim arrives before any manager's is
+//! refused (409 `not_a_manager`), which is counted apart and is not an error.
 //! Prints throughput, latency percentiles and RSS under load.
 
 use serde_json::{json, Value};
@@ -65,6 +67,20 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// User + system CPU seconds of `pid` so far (/proc/PID/stat, clock ticks of 1/100 s).
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / 100.0)
+        })
+        .unwrap_or(0.0)
 }
 
 struct Server {
@@ -182,6 +198,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
     }
     anyhow::ensure!(up, "the server did not become ready");
     let idle = rss_kib(pid, "VmRSS:");
+    let cpu_before = cpu_secs(pid);
     println!("swarm-coordinator pid {pid}, binary {}", bin.display());
     println!("idle RSS: {:.1} MiB ({idle} KiB)", idle as f64 / 1024.0);
 
@@ -204,6 +221,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
     let published_at = Arc::new(Mutex::new(None::<Instant>));
     let requests = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
     let granted = Arc::new(AtomicU64::new(0));
     let rss_parked = Arc::new(AtomicU64::new(0));
 
@@ -214,11 +232,12 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         let (base, secret) = (base.clone(), secret.clone());
         let (latencies, delivery, published_at) =
             (latencies.clone(), delivery.clone(), published_at.clone());
-        let (requests, errors, granted, rss_parked) = (
+        let (requests, errors, granted, rss_parked, refused) = (
             requests.clone(),
             errors.clone(),
             granted.clone(),
             rss_parked.clone(),
+            refused.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let node = format!("node-{i:04}");
@@ -230,6 +249,14 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                     let r = req.send().await;
                     let out = match r {
                         Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                        // A worker that claims before any manager did is refused by the rules
+                        // (409 not_a_manager): an answer, not an error; it goes on to wait for
+                        // its token like every worker.
+                        Ok(r) if r.status() == reqwest::StatusCode::CONFLICT => r
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .filter(|b| b["error"] == "not_a_manager"),
                         _ => None,
                     };
                     requests.fetch_add(1, Ordering::Relaxed);
@@ -252,6 +279,9 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                 .json(&json!({"node_id": node, "ttl_ms": 120_000})))
             .await;
             let Some(claim) = claim else { return };
+            if claim["error"] == "not_a_manager" {
+                refused.fetch_add(1, Ordering::Relaxed);
+            }
             if claim["granted"] == true {
                 granted.fetch_add(1, Ordering::Relaxed);
                 // The init node: publish once every other node waits for its token.
@@ -327,7 +357,11 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         "clients: {clients} (each its own TLS connection), granted init leases: {}",
         granted.load(Ordering::Relaxed)
     );
-    println!("errors: {}", errors.load(Ordering::Relaxed));
+    println!(
+        "errors: {} (claims answered 409 not_a_manager, a worker ahead of every manager: {})",
+        errors.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed)
+    );
     println!(
         "requests: {total} in {:.2} s wall = {:.0} req/s overall (includes the long-poll wait until every node parked)",
         wall.as_secs_f64(),
@@ -369,6 +403,10 @@ async fn run(clients: usize) -> anyhow::Result<()> {
         parked as f64 / 1024.0,
         peak_rss.load(Ordering::Relaxed) as f64 / 1024.0,
         rss_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "server CPU (user+system) for the run: {:.2} s",
+        cpu_secs(pid) - cpu_before
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&tmp);
