@@ -523,7 +523,7 @@ impl Rendezvous for FakeBackend {
         self.wait_until(
             wait,
             |m, _| Ok(m.doc(name)),
-            |d: &Document| after.is_none_or(|a| d.version > a),
+            |d: &Document| rules::doc_answers(d, after),
         )
         .await
     }

@@ -140,7 +140,8 @@ fn pubreq(node: &str, token: u64) -> PublishRequest {
 /// transient or an authorization failure).
 fn code(e: RendezvousError) -> Code {
     match e {
-        RendezvousError::Conflict { code, message } | RendezvousError::Rejected { code, message } => {
+        RendezvousError::Conflict { code, message }
+        | RendezvousError::Rejected { code, message } => {
             Code::parse(&code).unwrap_or_else(|| panic!("unknown error code {code:?}: {message}"))
         }
         other => panic!("expected a rule refusal, got {other}"),
@@ -173,8 +174,13 @@ async fn register(c: &dyn Rendezvous, id: &str, role: RequestedRole) -> Role {
 async fn claim_as_manager(c: &dyn Rendezvous, id: &str, ttl: Duration) -> u64 {
     assert_eq!(register(c, id, RequestedRole::Manager).await, Role::Manager);
     let r = call!(c.claim(id, ttl)).expect("claim");
-    assert!(r.granted, "{id}'s claim on an open cluster was not granted: {r:?}");
-    r.lease.expect("a granted claim names the lease").fencing_token
+    assert!(
+        r.granted,
+        "{id}'s claim on an open cluster was not granted: {r:?}"
+    );
+    r.lease
+        .expect("a granted claim names the lease")
+        .fencing_token
 }
 
 async fn form(c: &dyn Rendezvous, id: &str) -> u64 {
@@ -185,9 +191,11 @@ async fn form(c: &dyn Rendezvous, id: &str) -> u64 {
 
 /// Wait until the cluster's status shows no live lease (the lease ran out), with a deadline.
 async fn until_lease_expired(c: &dyn Rendezvous) {
-    until("the lease to expire", Duration::from_secs(MAX_LEASE_TTL_MS / 1000), || async {
-        call!(c.status()).expect("status").lease.is_none()
-    })
+    until(
+        "the lease to expire",
+        Duration::from_secs(MAX_LEASE_TTL_MS / 1000),
+        || async { call!(c.status()).expect("status").lease.is_none() },
+    )
     .await;
 }
 
@@ -238,22 +246,42 @@ async fn register_assigns_roles_up_to_the_target(b: Arc<dyn Backend>) {
 
 async fn register_is_idempotent_and_stores_changes(b: Arc<dyn Backend>) {
     let c = (b.cluster(3).await)();
-    assert_eq!(register(&*c, "n0", RequestedRole::Auto).await, Role::Manager);
+    assert_eq!(
+        register(&*c, "n0", RequestedRole::Auto).await,
+        Role::Manager
+    );
     // same node again, even asking for worker: same role
-    assert_eq!(register(&*c, "n0", RequestedRole::Worker).await, Role::Manager);
+    assert_eq!(
+        register(&*c, "n0", RequestedRole::Worker).await,
+        Role::Manager
+    );
     let mut moved = reg("n0", RequestedRole::Auto);
     moved.advertise_addr = "198.18.0.99".into();
     moved.hostname = "renamed".into();
     let r = call!(c.register(&moved)).unwrap();
     assert_eq!(r.role, Role::Manager);
     let s = call!(c.status()).unwrap();
-    assert_eq!(s.nodes.len(), 1, "re-registering added a node: {:?}", s.nodes);
+    assert_eq!(
+        s.nodes.len(),
+        1,
+        "re-registering added a node: {:?}",
+        s.nodes
+    );
     let n = &s.nodes[0];
-    assert_eq!((n.hostname.as_str(), n.advertise_addr.as_str()), ("renamed", "198.18.0.99"));
+    assert_eq!(
+        (n.hostname.as_str(), n.advertise_addr.as_str()),
+        ("renamed", "198.18.0.99")
+    );
     assert_eq!(n.requested, RequestedRole::Auto);
     // the manager count did not grow: two more managers fit, not more
-    assert_eq!(register(&*c, "n1", RequestedRole::Auto).await, Role::Manager);
-    assert_eq!(register(&*c, "n2", RequestedRole::Auto).await, Role::Manager);
+    assert_eq!(
+        register(&*c, "n1", RequestedRole::Auto).await,
+        Role::Manager
+    );
+    assert_eq!(
+        register(&*c, "n2", RequestedRole::Auto).await,
+        Role::Manager
+    );
     assert_eq!(register(&*c, "n3", RequestedRole::Auto).await, Role::Worker);
 }
 
@@ -280,16 +308,28 @@ async fn invalid_requests_are_refused_with_invalid_request(b: Arc<dyn Backend>) 
     let token = claim_as_manager(&*c, "a", TTL).await;
     let mut p = pubreq("a", token);
     p.ca_digest = "md5:00".into();
-    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.publish(&p)).unwrap_err()),
+        Code::InvalidRequest
+    );
     let mut p = pubreq("a", token);
     p.manager_addrs.clear();
-    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.publish(&p)).unwrap_err()),
+        Code::InvalidRequest
+    );
     let mut p = pubreq("a", token);
     p.worker_token = Secret::new("");
-    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.publish(&p)).unwrap_err()),
+        Code::InvalidRequest
+    );
     let mut p = pubreq("a", token);
     p.swarm_id = "has space".into();
-    assert_eq!(code(call!(c.publish(&p)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.publish(&p)).unwrap_err()),
+        Code::InvalidRequest
+    );
     // nothing of it was stored
     assert_eq!(call!(c.status()).unwrap().phase, Phase::Claimed);
 }
@@ -307,7 +347,10 @@ async fn one_claim_wins_and_the_holder_keeps_its_token(b: Arc<dyn Backend>) {
     let lease = r.lease.expect("the refusal names the holder");
     assert_eq!((lease.holder.as_str(), lease.fencing_token), ("a", token));
     let again = call!(c.claim("a", TTL)).unwrap();
-    assert!(again.granted, "the holder's retry must be granted: {again:?}");
+    assert!(
+        again.granted,
+        "the holder's retry must be granted: {again:?}"
+    );
     assert_eq!(again.lease.unwrap().fencing_token, token);
 }
 
@@ -315,12 +358,16 @@ async fn a_re_claim_does_not_extend_the_lease(b: Arc<dyn Backend>) {
     let c = (b.cluster(3).await)();
     claim_as_manager(&*c, "a", Duration::from_secs(4)).await;
     // let some of the lease pass, observed through status
-    until("the lease to run below 3.5 s", Duration::from_secs(10), || async {
-        call!(c.status())
-            .unwrap()
-            .lease
-            .is_some_and(|l| l.expires_in_ms < 3_500)
-    })
+    until(
+        "the lease to run below 3.5 s",
+        Duration::from_secs(10),
+        || async {
+            call!(c.status())
+                .unwrap()
+                .lease
+                .is_some_and(|l| l.expires_in_ms < 3_500)
+        },
+    )
     .await;
     let r = call!(c.claim("a", Duration::from_secs(4))).unwrap();
     assert!(r.granted);
@@ -330,8 +377,14 @@ async fn a_re_claim_does_not_extend_the_lease(b: Arc<dyn Backend>) {
 
 async fn a_worker_may_not_claim(b: Arc<dyn Backend>) {
     let c = (b.cluster(1).await)();
-    assert_eq!(register(&*c, "w", RequestedRole::Worker).await, Role::Worker);
-    assert_eq!(code(call!(c.claim("w", TTL)).unwrap_err()), Code::NotAManager);
+    assert_eq!(
+        register(&*c, "w", RequestedRole::Worker).await,
+        Role::Worker
+    );
+    assert_eq!(
+        code(call!(c.claim("w", TTL)).unwrap_err()),
+        Code::NotAManager
+    );
     assert_eq!(call!(c.status()).unwrap().phase, Phase::Open);
 }
 
@@ -349,7 +402,10 @@ async fn ttl_is_clamped_to_the_bounds(b: Arc<dyn Backend>) {
     let r = call!(c.claim("a", Duration::from_millis(1))).unwrap();
     assert!(r.granted);
     let left = r.lease.unwrap().expires_in_ms;
-    assert!(left > 500 && left <= 1_000, "a 1 ms claim got {left} ms (min 1 s)");
+    assert!(
+        left > 500 && left <= 1_000,
+        "a 1 ms claim got {left} ms (min 1 s)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +414,10 @@ async fn ttl_is_clamped_to_the_bounds(b: Arc<dyn Backend>) {
 async fn publish_is_fenced(b: Arc<dyn Backend>) {
     let c = (b.cluster(3).await)();
     // no lease at all
-    assert_eq!(code(call!(c.publish(&pubreq("a", 1))).unwrap_err()), Code::NotLeaseHolder);
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", 1))).unwrap_err()),
+        Code::NotLeaseHolder
+    );
     let token = claim_as_manager(&*c, "a", TTL).await;
     register(&*c, "b", RequestedRole::Manager).await;
     assert_eq!(
@@ -374,7 +433,11 @@ async fn publish_is_fenced(b: Arc<dyn Backend>) {
     assert_eq!(r.phase, Phase::Formed);
     let s = call!(c.status()).unwrap();
     assert_eq!(s.phase, Phase::Formed);
-    assert!(s.lease.is_none(), "a formed cluster shows no init lease: {:?}", s.lease);
+    assert!(
+        s.lease.is_none(),
+        "a formed cluster shows no init lease: {:?}",
+        s.lease
+    );
     assert_eq!(s.swarm_id.as_deref(), Some("swarmid0123456789abcdefgh"));
 }
 
@@ -389,7 +452,10 @@ async fn formed_cluster_refuses_claims_and_foreign_publishes(b: Arc<dyn Backend>
     }
     let mut other = pubreq("a", token);
     other.swarm_id = "anotherswarm".into();
-    assert_eq!(code(call!(c.publish(&other)).unwrap_err()), Code::AlreadyFormed);
+    assert_eq!(
+        code(call!(c.publish(&other)).unwrap_err()),
+        Code::AlreadyFormed
+    );
     assert_eq!(
         code(call!(c.publish(&pubreq("b", token))).unwrap_err()),
         Code::NotLeaseHolder
@@ -409,7 +475,10 @@ async fn identical_re_publish_is_accepted(b: Arc<dyn Backend>) {
     let r = call!(c.publish(&pubreq("a", token))).unwrap();
     assert_eq!(r.phase, Phase::Formed);
     let after = call!(c.status()).unwrap();
-    assert_eq!(before.formed_at_ms, after.formed_at_ms, "a retry re-formed the cluster");
+    assert_eq!(
+        before.formed_at_ms, after.formed_at_ms,
+        "a retry re-formed the cluster"
+    );
 }
 
 async fn ca_digest_is_stored_canonical(b: Arc<dyn Backend>) {
@@ -449,7 +518,11 @@ async fn expired_lease_is_taken_over_with_a_larger_token(b: Arc<dyn Backend>) {
     let c2 = (b.cluster(3).await)();
     let t1 = claim_as_manager(&*c2, "a", Duration::from_secs(1)).await;
     until_lease_expired(&*c2).await;
-    let t2 = call!(c2.claim("a", TTL)).unwrap().lease.unwrap().fencing_token;
+    let t2 = call!(c2.claim("a", TTL))
+        .unwrap()
+        .lease
+        .unwrap()
+        .fencing_token;
     assert!(t2 > t1);
     assert_eq!(
         code(call!(c2.publish(&pubreq("a", t1))).unwrap_err()),
@@ -463,7 +536,10 @@ async fn renew_and_publish_after_expiry_without_takeover(b: Arc<dyn Backend>) {
     until_lease_expired(&*c).await;
     // nobody took over: the token is still the newest, renewal is granted
     let r = call!(c.renew("a", token, Duration::from_secs(20))).unwrap();
-    assert!(r.granted, "renewal after expiry without takeover refused: {r:?}");
+    assert!(
+        r.granted,
+        "renewal after expiry without takeover refused: {r:?}"
+    );
     let lease = r.lease.expect("renewed lease");
     assert_eq!(lease.fencing_token, token);
     assert!(lease.expires_in_ms > 10_000);
@@ -481,20 +557,33 @@ async fn renew_extends_only_in_the_second_half(b: Arc<dyn Backend>) {
     let r = call!(c.renew("a", token, Duration::from_secs(4))).unwrap();
     assert!(r.granted);
     let first = r.lease.unwrap().expires_in_ms;
-    assert!(first <= 4_000, "an early renewal extended the lease ({first} ms)");
-    until("half of the lease to pass", Duration::from_secs(10), || async {
-        call!(c.status())
-            .unwrap()
-            .lease
-            .is_none_or(|l| l.expires_in_ms <= 1_900)
-    })
+    assert!(
+        first <= 4_000,
+        "an early renewal extended the lease ({first} ms)"
+    );
+    until(
+        "half of the lease to pass",
+        Duration::from_secs(10),
+        || async {
+            call!(c.status())
+                .unwrap()
+                .lease
+                .is_none_or(|l| l.expires_in_ms <= 1_900)
+        },
+    )
     .await;
     let r = call!(c.renew("a", token, Duration::from_secs(4))).unwrap();
     assert!(r.granted);
     let extended = r.lease.unwrap().expires_in_ms;
-    assert!(extended > 3_000, "a due renewal did not extend ({extended} ms)");
+    assert!(
+        extended > 3_000,
+        "a due renewal did not extend ({extended} ms)"
+    );
     // someone else's or an old token's renewal is lease_lost
-    assert_eq!(code(call!(c.renew("b", token, TTL)).unwrap_err()), Code::LeaseLost);
+    assert_eq!(
+        code(call!(c.renew("b", token, TTL)).unwrap_err()),
+        Code::LeaseLost
+    );
     assert_eq!(
         code(call!(c.renew("a", token + 1, TTL)).unwrap_err()),
         Code::LeaseLost
@@ -525,10 +614,22 @@ async fn join_gives_only_the_role_token(b: Arc<dyn Backend>) {
     assert!(before.join.is_none());
     assert_eq!(before.phase, Phase::Open);
     form(&*c, "m").await;
-    let m = call!(c.wait_join("m", Duration::ZERO)).unwrap().join.expect("formed");
-    assert_eq!((m.role, m.token.expose()), (Role::Manager, "SWMTKN-1-conformance-manager"));
-    let w = call!(c.wait_join("w", Duration::ZERO)).unwrap().join.expect("formed");
-    assert_eq!((w.role, w.token.expose()), (Role::Worker, "SWMTKN-1-conformance-worker"));
+    let m = call!(c.wait_join("m", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(
+        (m.role, m.token.expose()),
+        (Role::Manager, "SWMTKN-1-conformance-manager")
+    );
+    let w = call!(c.wait_join("w", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(
+        (w.role, w.token.expose()),
+        (Role::Worker, "SWMTKN-1-conformance-worker")
+    );
     assert_eq!(w.manager_addrs, ["198.18.0.10:2377"]);
     assert_eq!(w.ca_digest, digest(0xab));
 }
@@ -571,7 +672,10 @@ async fn status_shows_no_secret(b: Arc<dyn Backend>) {
     form(&*c, "m").await;
     let s = call!(c.status()).unwrap();
     let json = serde_json::to_string(&s).unwrap();
-    assert!(!json.contains("SWMTKN"), "status leaks a join token: {json}");
+    assert!(
+        !json.contains("SWMTKN"),
+        "status leaks a join token: {json}"
+    );
     assert_eq!(s.nodes.len(), 2);
     assert!(s.formed_at_ms.is_some());
     assert_eq!(s.manager_addrs, ["198.18.0.10:2377"]);
@@ -617,14 +721,21 @@ async fn reset_clears_registrations_and_fencing_keeps_counting(b: Arc<dyn Backen
     register(&*c, "w", RequestedRole::Auto).await;
     call!(c.reset(&reset_req("swarmid0123456789abcdefgh"))).unwrap();
     let s = call!(c.status()).unwrap();
-    assert!(s.nodes.is_empty(), "registrations survived the reset: {:?}", s.nodes);
+    assert!(
+        s.nodes.is_empty(),
+        "registrations survived the reset: {:?}",
+        s.nodes
+    );
     assert!(s.swarm_id.is_none() && s.lease.is_none());
     // roles are assigned again: the old worker may now become the one manager
     assert_eq!(register(&*c, "w", RequestedRole::Auto).await, Role::Manager);
     let r = call!(c.claim("w", TTL)).unwrap();
     assert!(r.granted);
     let token = r.lease.unwrap().fencing_token;
-    assert!(token > first, "fencing token {token} reused after reset (had {first})");
+    assert!(
+        token > first,
+        "fencing token {token} reused after reset (had {first})"
+    );
     // the old publisher's token is fenced out of the new formation
     assert_eq!(
         code(call!(c.publish(&pubreq("a", first))).unwrap_err()),
@@ -637,9 +748,15 @@ async fn reset_reason_is_bounded(b: Arc<dyn Backend>) {
     form(&*c, "a").await;
     let mut req = reset_req("swarmid0123456789abcdefgh");
     req.reason = "x".repeat(501);
-    assert_eq!(code(call!(c.reset(&req)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.reset(&req)).unwrap_err()),
+        Code::InvalidRequest
+    );
     req.reason = "line\nbreak".into();
-    assert_eq!(code(call!(c.reset(&req)).unwrap_err()), Code::InvalidRequest);
+    assert_eq!(
+        code(call!(c.reset(&req)).unwrap_err()),
+        Code::InvalidRequest
+    );
     req.reason = String::new();
     call!(c.reset(&req)).expect("an empty reason is fine");
 }
@@ -655,7 +772,11 @@ async fn reset_log_is_bounded(b: Arc<dyn Backend>) {
         call!(c.publish(&p)).unwrap();
         call!(c.reset(&reset_req(&format!("swarm{i}")))).unwrap();
     }
-    assert_eq!(call!(c.status()).unwrap().resets, n, "the counter counts every reset");
+    assert_eq!(
+        call!(c.status()).unwrap().resets,
+        n,
+        "the counter counts every reset"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,7 +822,10 @@ async fn document_long_poll_wakes_on_write(b: Arc<dyn Backend>) {
         call!(waiter.get_doc("drains", Some(1), Duration::from_secs(20))).unwrap()
     });
     park_delay().await;
-    assert!(!wait.is_finished(), "the long-poll returned before the write");
+    assert!(
+        !wait.is_finished(),
+        "the long-poll returned before the write"
+    );
     call!(c.put_doc("drains", 1, &serde_json::json!(["n1"]))).unwrap();
     let d = tokio::time::timeout(Duration::from_secs(15), wait)
         .await
@@ -718,7 +842,10 @@ async fn race_many_claimants_one_lease(b: Arc<dyn Backend>) {
     let n = 7;
     let setup = clients();
     for i in 0..n {
-        assert_eq!(register(&*setup, &format!("c{i}"), RequestedRole::Manager).await, Role::Manager);
+        assert_eq!(
+            register(&*setup, &format!("c{i}"), RequestedRole::Manager).await,
+            Role::Manager
+        );
     }
     let tasks: Vec<_> = (0..n)
         .map(|i| {
@@ -736,7 +863,11 @@ async fn race_many_claimants_one_lease(b: Arc<dyn Backend>) {
         holders.insert(r.lease.expect("every answer names the lease").holder);
     }
     assert_eq!(granted.len(), 1, "granted to {granted:?}");
-    assert_eq!(holders.len(), 1, "answers disagree on the holder: {holders:?}");
+    assert_eq!(
+        holders.len(),
+        1,
+        "answers disagree on the holder: {holders:?}"
+    );
 }
 
 async fn race_registrations_never_exceed_the_target(b: Arc<dyn Backend>) {
@@ -753,10 +884,16 @@ async fn race_registrations_never_exceed_the_target(b: Arc<dyn Backend>) {
             managers += 1;
         }
     }
-    assert_eq!(managers, 3, "concurrent registrations assigned {managers} managers");
+    assert_eq!(
+        managers, 3,
+        "concurrent registrations assigned {managers} managers"
+    );
     let s = call!(clients().status()).unwrap();
     assert_eq!(s.nodes.len(), 9, "a registration was lost");
-    assert_eq!(s.nodes.iter().filter(|n| n.role == Role::Manager).count(), 3);
+    assert_eq!(
+        s.nodes.iter().filter(|n| n.role == Role::Manager).count(),
+        3
+    );
 }
 
 async fn race_cas_writers_lose_no_update(b: Arc<dyn Backend>) {
@@ -818,7 +955,9 @@ async fn race_duplicate_publish_forms_once(b: Arc<dyn Backend>) {
         })
         .collect();
     for t in tasks {
-        t.await.unwrap().expect("every identical publish is accepted");
+        t.await
+            .unwrap()
+            .expect("every identical publish is accepted");
     }
     let s = call!(clients().status()).unwrap();
     assert_eq!(s.phase, Phase::Formed);

@@ -722,7 +722,7 @@ async fn get_doc(
             if after.is_some() { wait } else { 0 },
             || {
                 let d = store.get_doc(&auth.cluster, &name)?;
-                let done = after.is_none_or(|a| d.version > a);
+                let done = swarmstrap_wire::rules::doc_answers(&d, after);
                 Ok((d, done))
             },
         )

@@ -479,7 +479,7 @@ impl Rendezvous for SecretsManagerRendezvous {
         // Long-poll: done once the stored document is newer than the caller's `after`.
         self.poll(wait, |m, _| {
             let d = m.doc(name);
-            Ok((after.is_none_or(|seen| d.version > seen), d))
+            Ok((rules::doc_answers(&d, after), d))
         })
         .await
     }

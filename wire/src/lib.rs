@@ -4,11 +4,11 @@
 //! Every secret-bearing field uses [`Secret`], whose `Debug` never prints the value and which
 //! has no `Display`, so a join token cannot reach a log line by accident.
 
+#[cfg(feature = "fs")]
+pub mod fsutil;
 pub mod rendezvous;
 #[cfg(feature = "rules")]
 pub mod rules;
-#[cfg(feature = "fs")]
-pub mod fsutil;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -792,6 +792,12 @@ pub fn empty_doc() -> Document {
     }
 }
 
+/// Whether a document answers a read that asked for a version newer than `after` (`None`:
+/// any version answers). A long-poll of a document waits until this holds.
+pub fn doc_answers(doc: &Document, after: Option<u64>) -> bool {
+    after.is_none_or(|seen| doc.version > seen)
+}
+
 /// Document compare-and-set. `current` is the stored document ([`empty_doc`] if none).
 pub fn put_doc(current: &Document, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
     crate::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;

@@ -58,9 +58,14 @@ fn codes_have_one_spelling_each() {
     }
     assert_eq!(Code::parse("lease_expired"), None);
     let e: crate::rendezvous::RendezvousError = RuleError::new(Code::LeaseLost, "x").into();
-    assert!(matches!(e, crate::rendezvous::RendezvousError::Conflict { ref code, .. } if code == "lease_lost"));
+    assert!(
+        matches!(e, crate::rendezvous::RendezvousError::Conflict { ref code, .. } if code == "lease_lost")
+    );
     let e: crate::rendezvous::RendezvousError = RuleError::new(Code::InvalidName, "x").into();
-    assert!(matches!(e, crate::rendezvous::RendezvousError::Rejected { .. }));
+    assert!(matches!(
+        e,
+        crate::rendezvous::RendezvousError::Rejected { .. }
+    ));
 }
 
 #[test]
@@ -85,7 +90,10 @@ fn register_fills_managers_to_the_target_then_workers() {
     let o = m.register(NOW, &reg("n0", RequestedRole::Worker)).unwrap();
     assert_eq!(o.answer.role, Manager);
     assert!(o.change.state.is_none());
-    assert_eq!(o.change.node.as_ref().unwrap().requested, RequestedRole::Worker);
+    assert_eq!(
+        o.change.node.as_ref().unwrap().requested,
+        RequestedRole::Worker
+    );
 }
 
 #[test]
@@ -150,9 +158,18 @@ fn renewal_writes_only_in_the_second_half_and_survives_expiry_without_takeover()
     assert!(r.granted);
     assert_eq!(r.lease.unwrap().fencing_token, 1);
     // wrong holder or token: lease_lost
-    assert_eq!(code(renew(&m.state, NOW + 100_001, &renew_req("b", 1, 40_000))), Code::LeaseLost);
-    assert_eq!(code(renew(&m.state, NOW + 100_001, &renew_req("a", 2, 40_000))), Code::LeaseLost);
-    assert_eq!(code(renew(&cluster(3).state, NOW, &renew_req("a", 1, 40_000))), Code::LeaseLost);
+    assert_eq!(
+        code(renew(&m.state, NOW + 100_001, &renew_req("b", 1, 40_000))),
+        Code::LeaseLost
+    );
+    assert_eq!(
+        code(renew(&m.state, NOW + 100_001, &renew_req("a", 2, 40_000))),
+        Code::LeaseLost
+    );
+    assert_eq!(
+        code(renew(&cluster(3).state, NOW, &renew_req("a", 1, 40_000))),
+        Code::LeaseLost
+    );
 }
 
 #[test]
@@ -166,7 +183,10 @@ fn the_agents_renewal_period_leaves_two_periods_of_margin() {
     apply(&mut m, o);
     for k in 1..=40u64 {
         let now = NOW + k * period;
-        assert!(m.state.live_lease(now).is_some(), "lease ran out at renewal {k}");
+        assert!(
+            m.state.live_lease(now).is_some(),
+            "lease ran out at renewal {k}"
+        );
         if k % 2 == 0 {
             continue; // this renewal was lost on the way
         }
@@ -178,11 +198,20 @@ fn the_agents_renewal_period_leaves_two_periods_of_margin() {
 #[test]
 fn publish_is_fenced_by_holder_and_token_not_by_the_clock() {
     let mut m = cluster(3);
-    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 1))), Code::NotLeaseHolder);
+    assert_eq!(
+        code(publish(&m.state, NOW, &pubreq("a", 1))),
+        Code::NotLeaseHolder
+    );
     let o = m.claim(NOW, "a", 10_000);
     apply(&mut m, o);
-    assert_eq!(code(publish(&m.state, NOW, &pubreq("b", 1))), Code::NotLeaseHolder);
-    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 2))), Code::StaleFencingToken);
+    assert_eq!(
+        code(publish(&m.state, NOW, &pubreq("b", 1))),
+        Code::NotLeaseHolder
+    );
+    assert_eq!(
+        code(publish(&m.state, NOW, &pubreq("a", 2))),
+        Code::StaleFencingToken
+    );
     // expired, nobody took over: accepted
     let o = publish(&m.state, NOW + 50_000, &pubreq("a", 1));
     assert_eq!(apply(&mut m, o).phase, Phase::Formed);
@@ -198,27 +227,42 @@ fn publish_after_a_takeover_is_stale() {
     apply(&mut m, o);
     let o = m.claim(NOW + 10_000, "b", 10_000);
     apply(&mut m, o);
-    assert_eq!(code(publish(&m.state, NOW + 10_001, &pubreq("a", 1))), Code::StaleFencingToken);
+    assert_eq!(
+        code(publish(&m.state, NOW + 10_001, &pubreq("a", 1))),
+        Code::StaleFencingToken
+    );
     let o = publish(&m.state, NOW + 10_001, &pubreq("b", 2));
     apply(&mut m, o);
     // into the formed cluster: identical retry ok (no change), anything else refused
     let o = publish(&m.state, NOW + 99_000, &pubreq("b", 2)).unwrap();
     assert!(o.change.is_empty());
-    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 1))), Code::StaleFencingToken);
-    assert_eq!(code(publish(&m.state, NOW, &pubreq("a", 2))), Code::NotLeaseHolder);
+    assert_eq!(
+        code(publish(&m.state, NOW, &pubreq("a", 1))),
+        Code::StaleFencingToken
+    );
+    assert_eq!(
+        code(publish(&m.state, NOW, &pubreq("a", 2))),
+        Code::NotLeaseHolder
+    );
     let mut other = pubreq("b", 2);
     other.manager_addrs.push("198.18.0.2:2377".into());
     assert_eq!(code(publish(&m.state, NOW, &other)), Code::AlreadyFormed);
     // claims and renewals on a formed cluster
     assert!(!m.claim(NOW + 99_000, "b", 10_000).unwrap().answer.granted);
-    assert_eq!(code(renew(&m.state, NOW, &renew_req("b", 2, 10_000))), Code::LeaseLost);
+    assert_eq!(
+        code(renew(&m.state, NOW, &renew_req("b", 2, 10_000))),
+        Code::LeaseLost
+    );
 }
 
 #[test]
 fn ca_digest_is_canonical_and_validated() {
     let mut p = pubreq("a", 1);
     p.ca_digest = p.ca_digest.to_uppercase();
-    assert_eq!(validate_publish(&p).unwrap(), crate::format_fingerprint(&[7u8; 32]));
+    assert_eq!(
+        validate_publish(&p).unwrap(),
+        crate::format_fingerprint(&[7u8; 32])
+    );
     for bad in ["md5:00", "sha256:abc", ""] {
         p.ca_digest = bad.into();
         assert_eq!(code(validate_publish(&p)), Code::InvalidRequest, "{bad:?}");
@@ -249,9 +293,14 @@ fn join_answers_the_role_token_only_to_registered_nodes() {
     let w = m.join(NOW, "w").unwrap().join.unwrap();
     assert_eq!((w.role, w.token.expose()), (Role::Worker, "SWMTKN-1-wrk"));
     let mm = m.join(NOW, "m").unwrap().join.unwrap();
-    assert_eq!((mm.role, mm.token.expose()), (Role::Manager, "SWMTKN-1-mgr"));
+    assert_eq!(
+        (mm.role, mm.token.expose()),
+        (Role::Manager, "SWMTKN-1-mgr")
+    );
     assert!(!format!("{m:?}").contains("SWMTKN"), "Debug leaks a token");
-    assert!(!serde_json::to_string(&m.status(NOW)).unwrap().contains("SWMTKN"));
+    assert!(!serde_json::to_string(&m.status(NOW))
+        .unwrap()
+        .contains("SWMTKN"));
 }
 
 #[test]
@@ -279,8 +328,14 @@ fn reset_is_cas_on_the_swarm_id_and_clears_registrations() {
     assert_eq!((s.phase, s.resets), (Phase::Open, 1));
     assert!(m.nodes.is_empty());
     assert_eq!((m.state.manager_count, m.state.node_count), (0, 0));
-    assert_eq!(m.state.last_fencing_token, 1, "fencing keeps counting across resets");
-    assert_eq!(m.state.reset_log[0].previous_swarm_id.as_deref(), Some("swarm1"));
+    assert_eq!(
+        m.state.last_fencing_token, 1,
+        "fencing keeps counting across resets"
+    );
+    assert_eq!(
+        m.state.reset_log[0].previous_swarm_id.as_deref(),
+        Some("swarm1")
+    );
     assert_eq!(m.state.reset_log[0].by, "node m");
     let long = ResetRequest {
         reason: "r".repeat(MAX_REASON_CHARS + 1),
@@ -307,7 +362,10 @@ fn documents_are_cas_on_their_own_version() {
         expected_version: v,
         body,
     };
-    assert_eq!(code(m.put_doc("members", &w(1, serde_json::json!(1)))), Code::VersionConflict);
+    assert_eq!(
+        code(m.put_doc("members", &w(1, serde_json::json!(1)))),
+        Code::VersionConflict
+    );
     let o = m.put_doc("members", &w(0, serde_json::json!(1)));
     assert_eq!(apply(&mut m, o).version, 1);
     let o = m.put_doc("other", &w(0, serde_json::json!(1)));
@@ -316,7 +374,10 @@ fn documents_are_cas_on_their_own_version() {
     assert_eq!(apply(&mut m, o).version, 2);
     assert_eq!(m.doc("members").body, serde_json::json!(2));
     assert_eq!(m.doc("never").version, 0);
-    assert_eq!(code(m.put_doc("Bad Name", &w(0, serde_json::json!(1)))), Code::InvalidName);
+    assert_eq!(
+        code(m.put_doc("Bad Name", &w(0, serde_json::json!(1)))),
+        Code::InvalidName
+    );
 }
 
 #[test]
@@ -325,7 +386,10 @@ fn memory_round_trips_and_reads_the_old_layouts() {
     let o = m.register(NOW, &reg("n1", RequestedRole::Auto));
     apply(&mut m, o);
     let json = serde_json::to_value(&m).unwrap();
-    assert!(json["nodes"].is_array(), "nodes are stored as a list: {json}");
+    assert!(
+        json["nodes"].is_array(),
+        "nodes are stored as a list: {json}"
+    );
     let back: Memory = serde_json::from_value(json).unwrap();
     assert_eq!(back, m);
     // the Secrets Manager document used `cluster` for the name
