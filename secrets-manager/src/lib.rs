@@ -22,6 +22,8 @@
 pub mod aws;
 pub mod backoff;
 pub mod doc;
+#[cfg(feature = "moto")]
+pub mod moto;
 
 use aws::{CallCounter, CountingInterceptor, Snapshot, Store, WriteOutcome};
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;

@@ -7,114 +7,19 @@
 //! killed by pid when dropped.
 
 use super::backend::{InitLease, Outage, OutageClient, SimBackend};
-use aws_sdk_secretsmanager::config::{Credentials, Region, SharedCredentialsProvider};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_secrets_manager::backoff::Backoff;
-use swarmstrap_secrets_manager::{SecretsManagerConfig, SecretsManagerRendezvous};
+use swarmstrap_secrets_manager::SecretsManagerRendezvous;
 use swarmstrap_wire::rendezvous::Rendezvous;
 use swarmstrap_wire::rules::{self, LeaseState};
 use swarmstrap_wire::ClusterStatus;
 
-/// How long moto may take to answer its first request.
-const MOTO_START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long an observer read may keep failing transiently (moto busy) before the check gives
 /// up on it.
 const OBSERVE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A `moto_server` child process on a free loopback port.
-pub struct Moto {
-    child: Mutex<Child>,
-    pub endpoint: String,
-}
-
-impl Moto {
-    /// Start moto and wait (polling with backoff, under a deadline) until it answers HTTP.
-    pub fn start() -> Moto {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a free port")
-            .port();
-        let child = match Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "moto_server not found on PATH: the Secrets Manager race suite needs a real moto \
-                 server; install it with `pip install \"moto[server]\"`, or run the other \
-                 backends with SWARMSTRAP_RACE_BACKEND=coordinator|fake"
-            ),
-            Err(e) => panic!("cannot start moto_server: {e}"),
-        };
-        let moto = Moto {
-            child: Mutex::new(child),
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + MOTO_START_DEADLINE;
-        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
-        loop {
-            if http_ok(port) {
-                return moto;
-            }
-            if let Ok(Some(status)) = moto.child.lock().unwrap().try_wait() {
-                panic!("moto_server exited during startup with {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {port} within {MOTO_START_DEADLINE:?}"
-            );
-            std::thread::sleep(backoff.next_delay());
-        }
-    }
-
-    pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "testing", "testing", None, None, "static",
-            )))
-            .endpoint_url(&self.endpoint)
-            .build()
-    }
-
-    /// A backend client of `cluster`, with its own SDK client (as a separate node has).
-    pub fn backend(&self, cluster: &str, target: u8) -> SecretsManagerRendezvous {
-        let cfg = SecretsManagerConfig::new(cluster, target);
-        SecretsManagerRendezvous::with_sdk_config(cfg, &self.sdk_config())
-            .expect("a Secrets Manager backend for moto")
-    }
-}
-
-fn http_ok(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 12];
-    matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf.starts_with(b"HTTP/1."))
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        // Child::kill signals exactly this pid.
-        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
+pub use swarmstrap_secrets_manager::moto::Moto;
 
 /// Wall-clock milliseconds, the clock the backend's rules run on.
 fn now_ms() -> u64 {
@@ -158,7 +63,7 @@ impl SecretsManagerSim {
             secret_name: observer.secret_name().to_string(),
             clients,
             observer,
-            raw: aws_sdk_secretsmanager::Client::new(&moto.sdk_config()),
+            raw: moto.client(),
             outage,
         }
     }
