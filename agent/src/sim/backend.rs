@@ -211,6 +211,11 @@ impl Outage {
     pub fn tokens_granted(&self) -> usize {
         self.tokens.lock().unwrap().len()
     }
+
+    /// Long-polls parked right now (each subscribes to the outage switch).
+    pub fn parked_long_polls(&self) -> usize {
+        self.up.receiver_count()
+    }
 }
 
 /// One node's client behind the shared [`Outage`].
@@ -314,6 +319,11 @@ pub struct FakeSim {
 }
 
 impl FakeSim {
+    /// Long-polls parked right now behind the outage adapter.
+    pub fn parked_long_polls(&self) -> usize {
+        self.outage.parked_long_polls()
+    }
+
     pub fn new(target: u8) -> FakeSim {
         let backend = FakeBackend::new(target);
         let outage = Arc::new(Outage::default());

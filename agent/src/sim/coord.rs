@@ -99,6 +99,12 @@ impl Coordinator {
         map_status(status, &body, &url, &self.cluster)
     }
 
+    /// Long-polls parked right now (each holds a subscription to the restart signal): lets a
+    /// test restart the coordinator *while* a long-poll waits, not before it started.
+    pub fn parked_long_polls(&self) -> usize {
+        self.epoch.receiver_count()
+    }
+
     fn signal(&self) {
         self.state.send_modify(|v| *v += 1);
     }

@@ -345,6 +345,10 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
     // A long-poll in flight when the coordinator goes down loses its answer.
     let c2 = c.clone();
     let poll = tokio::spawn(async move { c2.wait_join("a", Duration::from_secs(30)).await });
+    crate::testing::wait_for("the long-poll to park", Duration::from_secs(10), || {
+        c.parked_long_polls() >= 1
+    })
+    .await;
     let c3 = c.clone();
     let restart = tokio::spawn(async move { c3.restart(Duration::from_millis(50)).await });
     let polled = tokio::time::timeout(Duration::from_secs(10), poll)
@@ -402,6 +406,10 @@ async fn outage_keeps_the_state_and_fails_calls_in_between() {
     // outage are refused.
     let c2 = sim.client(1);
     let poll = tokio::spawn(async move { c2.wait_join("a", Duration::from_secs(30)).await });
+    crate::testing::wait_for("the long-poll to park", Duration::from_secs(10), || {
+        sim.parked_long_polls() >= 1
+    })
+    .await;
     let outage = {
         let sim = sim.clone();
         tokio::spawn(async move { sim.restart(Duration::from_secs(3)).await })
