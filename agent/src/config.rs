@@ -19,10 +19,10 @@ pub const DEFAULT_JOIN_SECRET_FILE: &str = "/etc/swarm-agent/join-secret";
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 30;
 pub const DEFAULT_TARGET_MANAGERS: u8 = 3;
 pub const DEFAULT_LB_PATH: &str = "/loadbalancer/default.conf";
-/// Lease TTL bounds: shorter than 5 s risks losing the lease to a slow `swarm init`; longer
-/// than 5 min delays the takeover after a crashed claimant for no benefit (and the coordinator
-/// clamps leases to 300 s anyway).
-pub const LEASE_TTL_RANGE_SECS: (u64, u64) = (5, 300);
+/// Lease TTL bounds: shorter than 5 s risks losing the lease to a slow `swarm init`; the
+/// upper bound is the rulebook's (every backend clamps a lease to it, so a longer setting
+/// would only look longer).
+pub const LEASE_TTL_RANGE_SECS: (u64, u64) = (5, swarmstrap_wire::rules::MAX_LEASE_TTL_MS / 1000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
