@@ -107,6 +107,12 @@ pub struct RegisterRequest {
     pub advertise_addr: String,
     #[serde(default)]
     pub role: RequestedRole,
+    /// The manager address (`ip:2377`) this node's engine joined the swarm through, once it
+    /// joined. A hint for the quorum keeper: an engine promoted to manager joins raft through
+    /// that address, so a worker that joined through a dead manager is promoted by leaving and
+    /// rejoining instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_through: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +205,81 @@ pub struct NodeInfo {
     pub requested: RequestedRole,
     pub role: Role,
     pub registered_at_ms: u64,
+    /// See [`RegisterRequest::joined_through`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_through: Option<String>,
+    /// When the raft leader's agent first reported this node in the swarm ([`SyncRequest`]).
+    /// A node seen once and then missing from a sync has left: its registration is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at_ms: Option<u64>,
+}
+
+/// `POST /v1/clusters/{cluster}/sync`: the raft leader's agent reports the live swarm, so the
+/// rendezvous follows it: the manager addresses handed to joining nodes become the live
+/// managers', registrations take the role their node has in the swarm, registrations of nodes
+/// that left are dropped, and the manager count that assigns roles to new nodes is the swarm's.
+/// Refused with `swarm_mismatch` unless the cluster is formed with `swarm_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The caller (the raft leader's agent).
+    pub node_id: String,
+    pub swarm_id: String,
+    /// `ip:2377` of every healthy (Ready and Reachable) manager, 1–64.
+    pub manager_addrs: Vec<String>,
+    /// Healthy managers in the swarm now, registered or not.
+    pub managers: u32,
+    /// The registered nodes found in the swarm, each with the role its registration must have
+    /// (its swarm role, or `manager` for a worker the keeper rejoins as a manager).
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node_id: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Node ids whose registrations were dropped by this sync.
+    pub pruned: Vec<String>,
+    /// The counts after the sync (what the next registration is judged by).
+    pub manager_count: u64,
+    pub node_count: u64,
+    /// False when nothing had to change (no write happened).
+    pub changed: bool,
+}
+
+/// `POST /v1/clusters/{cluster}/adopt`: the raft leader's agent of a running swarm publishes it
+/// into a cluster that lost (or rolled back) its formation: the coordinator's database was wiped
+/// or restored from an older backup, the Secrets Manager secret was deleted and re-created.
+/// - not formed: formed with this swarm under a fresh fencing token (larger than any the
+///   cluster remembers), the lease and any adoption hold cleared, the caller registered as a
+///   manager; `adopted: true`;
+/// - formed with this swarm: manager addresses and tokens refreshed, `adopted: false`;
+/// - formed with another swarm: `already_formed`; a swarm an operator retired with a reset
+///   (`swarm-agent recover`): `swarm_retired`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptRequest {
+    pub node_id: String,
+    pub hostname: String,
+    pub advertise_addr: String,
+    pub swarm_id: String,
+    pub ca_digest: String,
+    pub manager_addrs: Vec<String>,
+    pub manager_token: Secret,
+    pub worker_token: Secret,
+    /// Healthy managers in the swarm now (as in [`SyncRequest::managers`]).
+    pub managers: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdoptResponse {
+    /// True when the cluster was not formed and now is, with this swarm.
+    pub adopted: bool,
+    /// The formation's fencing token.
+    pub fencing_token: u64,
+    pub phase: Phase,
 }
 
 /// `POST /v1/clusters/{cluster}/reset`: the operator's `swarm-agent recover` after every manager
@@ -229,6 +310,16 @@ pub struct ClusterStatus {
     pub formed_at_ms: Option<u64>,
     /// Number of operator resets so far (each allows exactly one new init).
     pub resets: u64,
+    /// The cluster was (re-)created to adopt its running swarm: init claims are refused until
+    /// the swarm's leader adopts it, or an operator lifts the hold.
+    #[serde(default)]
+    pub awaiting_adoption: bool,
+    /// How many times a running swarm was adopted into this cluster.
+    #[serde(default)]
+    pub adoptions: u64,
+    /// Swarm ids an operator reset retired (`swarm-agent recover`): never adopted again.
+    #[serde(default)]
+    pub retired_swarm_ids: Vec<String>,
 }
 
 /// `GET /v1/clusters/{cluster}/docs/{name}?after=V&wait=SECS` answers the current document;
@@ -257,6 +348,11 @@ pub struct CreateCluster {
     /// Use this secret instead of generating one (e.g. from Terraform's random_password).
     #[serde(default)]
     pub secret: Option<Secret>,
+    /// Re-creating the cluster of a running swarm (the coordinator lost its database): refuse
+    /// init claims until that swarm's leader adopts the cluster (`swarm-coordinator cluster
+    /// create --adopt`).
+    #[serde(default)]
+    pub await_adoption: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,14 +17,18 @@
 //!   takeover); an identical re-publish by the publisher is accepted.
 //! - `wait_join` returns as soon as the cluster is formed, or after about `wait`.
 //! - `reset` is compare-and-set on the swarm id and clears formation, lease and registrations.
+//! - `sync` (formed with that swarm only) makes manager addresses, roles, registrations and the
+//!   manager count follow the swarm; `adopt` re-forms a cluster that forgot its running swarm
+//!   under a fresh fencing token; a cluster awaiting adoption refuses init claims.
 //! - `put_doc` is compare-and-set on the document's version; `get_doc` with `after` waits (up
 //!   to `wait`) for a newer version.
 //!
 //! Refusals carry a [`crate::rules::Code`] spelled by `Code::as_str` in `Conflict`/`Rejected`.
 
 use crate::{
-    ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse, ResetRequest,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
+    SyncResponse,
 };
 use std::time::Duration;
 
@@ -92,6 +96,13 @@ pub trait Rendezvous: Send + Sync {
     async fn status(&self) -> Result<ClusterStatus>;
 
     async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus>;
+
+    /// The raft leader's agent reports the live swarm ([`SyncRequest`]).
+    async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse>;
+
+    /// The raft leader's agent publishes its running swarm into a cluster that lost or rolled
+    /// back its formation ([`AdoptRequest`]).
+    async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse>;
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document>;
 

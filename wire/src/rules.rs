@@ -69,6 +69,27 @@
 //!   every registration (roles are assigned again) and is recorded; the log keeps the last
 //!   [`RESET_LOG`] entries, the counter counts all. The admin reset is the same without the
 //!   swarm id check.
+//! - **The rendezvous follows the swarm** ([`sync`], by the raft leader's agent, only while
+//!   formed with that swarm id, else `swarm_mismatch`): the manager addresses handed to joining
+//!   nodes become the live managers' (the address of the node that ran `swarm init` is not
+//!   forever); each registration found in the swarm takes its swarm role and is marked seen; a
+//!   registration seen once and now missing has left and is dropped (a replaced manager VM frees
+//!   its manager slot; Secrets Manager's one document stays bounded under churn); one never seen
+//!   is joining and kept for [`PENDING_JOIN_GRACE_MS`]; and the manager count that assigns the
+//!   next role is the swarm's healthy managers plus the joining managers, the joining ones
+//!   capped so the total stays within the target.
+//! - **Adoption** ([`adopt`]): when the rendezvous lost or rolled back a formation (database
+//!   wiped or restored from an old backup, secret deleted and re-created), the running swarm's
+//!   leader publishes it again. It never runs `swarm init`, it records a swarm that exists, under
+//!   a fresh fencing token larger than any the cluster remembers, so no lease granted before it
+//!   can publish afterwards. A swarm retired by an operator reset is never adopted
+//!   (`swarm_retired`: adopting would undo `swarm-agent recover`); a cluster formed with another
+//!   swarm is `already_formed`. Formed with the same swarm, adoption refreshes its addresses and
+//!   tokens. The one window adoption alone cannot close is a node that claims between the loss
+//!   and the adoption (a few seconds): an operator re-creating a cluster declares it
+//!   ([`set_adoption_hold`], `swarm-coordinator cluster create --adopt`), and a held cluster
+//!   refuses every claim with `awaiting_adoption` until the swarm adopts it, a reset, or the
+//!   operator lifts the hold. A brand-new cluster has no hold, so forming is not slower.
 //! - **Documents** are compare-and-set on their own version: a write succeeds only when the
 //!   document's current version equals `expected_version` (0: never written), and makes it
 //!   `expected_version + 1`. Changes elsewhere in the cluster never fail a document write.
@@ -78,9 +99,10 @@
 //!   reason at most 500 characters without control characters.
 
 use crate::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo, JoinResponse, Lease, NodeInfo,
-    Phase, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
-    RequestedRole, ResetRequest, Role, Secret,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinInfo,
+    JoinResponse, Lease, NodeInfo, Phase, PublishRequest, PublishResponse, RegisterRequest,
+    RegisterResponse, RenewRequest, RequestedRole, ResetRequest, Role, Secret, SyncRequest,
+    SyncResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -99,6 +121,13 @@ pub const RESET_LOG: usize = 20;
 
 /// Longest reset reason (characters).
 pub const MAX_REASON_CHARS: usize = 500;
+
+/// A registration that was never seen in the swarm is kept this long by a sync (its node may be
+/// joining right now); after that it counts as abandoned and is dropped.
+pub const PENDING_JOIN_GRACE_MS: u64 = 10 * 60 * 1000;
+
+/// Most members one sync may list.
+pub const MAX_SYNC_MEMBERS: usize = 10_000;
 
 /// Every refusal the rulebook can give, each with one wire spelling ([`Code::as_str`]) and one
 /// HTTP status ([`Code::http_status`]).
@@ -128,10 +157,14 @@ pub enum Code {
     SwarmMismatch,
     /// Document compare-and-set failed (409).
     VersionConflict,
+    /// Init claims are refused until the running swarm adopts the cluster (409).
+    AwaitingAdoption,
+    /// Adoption refused: an operator reset retired this swarm (409).
+    SwarmRetired,
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 14] = [
         Code::InvalidRequest,
         Code::InvalidName,
         Code::UnknownCluster,
@@ -144,6 +177,8 @@ impl Code {
         Code::AlreadyFormed,
         Code::SwarmMismatch,
         Code::VersionConflict,
+        Code::AwaitingAdoption,
+        Code::SwarmRetired,
     ];
 
     /// The spelling in `{"error": code}` and in [`crate::rendezvous::RendezvousError`].
@@ -161,6 +196,8 @@ impl Code {
             Code::AlreadyFormed => "already_formed",
             Code::SwarmMismatch => "swarm_mismatch",
             Code::VersionConflict => "version_conflict",
+            Code::AwaitingAdoption => "awaiting_adoption",
+            Code::SwarmRetired => "swarm_retired",
         }
     }
 
@@ -278,6 +315,13 @@ pub struct ClusterState {
     pub resets: u64,
     #[serde(default)]
     pub reset_log: Vec<ResetRecord>,
+    /// Set by an operator re-creating the cluster of a running swarm: claims are refused until
+    /// the swarm adopts the cluster, a reset, or the operator lifts it.
+    #[serde(default)]
+    pub awaiting_adoption: bool,
+    /// Adoptions so far.
+    #[serde(default)]
+    pub adoptions: u64,
 }
 
 /// What a rule decided to store. Empty: nothing changed, no write needed.
@@ -285,9 +329,11 @@ pub struct ClusterState {
 pub struct Change {
     /// The cluster's new state.
     pub state: Option<ClusterState>,
-    /// A node record to insert or replace.
-    pub node: Option<NodeInfo>,
-    /// Forget every node registration (before inserting `node`, if any).
+    /// Node records to insert or replace (applied last).
+    pub nodes: Vec<NodeInfo>,
+    /// Node registrations to forget, by node id.
+    pub removed_nodes: Vec<String>,
+    /// Forget every node registration (applied first).
     pub clear_nodes: bool,
     /// A document's new content: (name, document).
     pub doc: Option<(String, Document)>,
@@ -295,7 +341,11 @@ pub struct Change {
 
 impl Change {
     pub fn is_empty(&self) -> bool {
-        self.state.is_none() && self.node.is_none() && !self.clear_nodes && self.doc.is_none()
+        self.state.is_none()
+            && self.nodes.is_empty()
+            && self.removed_nodes.is_empty()
+            && !self.clear_nodes
+            && self.doc.is_none()
     }
 }
 
@@ -341,6 +391,8 @@ impl ClusterState {
             formed: None,
             resets: 0,
             reset_log: Vec::new(),
+            awaiting_adoption: false,
+            adoptions: 0,
         })
     }
 
@@ -487,7 +539,8 @@ pub fn register(
     if let Some(node) = existing {
         let same = node.hostname == req.hostname
             && node.advertise_addr == req.advertise_addr
-            && node.requested == req.role;
+            && node.requested == req.role
+            && node.joined_through == req.joined_through;
         if same {
             return Ok(Outcome::keep(answer(node.role)));
         }
@@ -495,10 +548,11 @@ pub fn register(
         node.hostname = req.hostname.clone();
         node.advertise_addr = req.advertise_addr.clone();
         node.requested = req.role;
+        node.joined_through = req.joined_through.clone();
         return Ok(Outcome {
             answer: answer(node.role),
             change: Change {
-                node: Some(node),
+                nodes: vec![node],
                 ..Change::default()
             },
         });
@@ -518,14 +572,16 @@ pub fn register(
         answer: answer(role),
         change: Change {
             state: Some(next),
-            node: Some(NodeInfo {
+            nodes: vec![NodeInfo {
                 node_id: req.node_id.clone(),
                 hostname: req.hostname.clone(),
                 advertise_addr: req.advertise_addr.clone(),
                 requested: req.role,
                 role,
                 registered_at_ms: now_ms,
-            }),
+                joined_through: req.joined_through.clone(),
+                seen_at_ms: None,
+            }],
             ..Change::default()
         },
     })
@@ -540,6 +596,18 @@ pub fn claim(
     ttl_ms: u64,
 ) -> Result<Outcome<ClaimResponse>> {
     validate_node_id(node_id)?;
+    if st.formed.is_none() && st.awaiting_adoption {
+        return Err(RuleError::new(
+            Code::AwaitingAdoption,
+            format!(
+                "cluster {:?} was re-created to adopt its running swarm: no node may run `swarm \
+                 init` until that swarm's leader adopts it (seconds after the rendezvous is back). \
+                 If no swarm runs for this cluster any more, an operator lifts the hold \
+                 (`swarm-coordinator cluster allow-init {}`)",
+                st.name, st.name
+            ),
+        ));
+    }
     if st.formed.is_some() || st.live_lease(now_ms).is_some() {
         return Ok(Outcome::keep(st.claim_answer(node_id, now_ms)));
     }
@@ -689,6 +757,7 @@ fn reset_change(
     next.resets += 1;
     next.formed = None;
     next.lease = None;
+    next.awaiting_adoption = false;
     next.node_count = 0;
     next.manager_count = 0;
     Outcome {
@@ -781,7 +850,333 @@ pub fn status(st: &ClusterState, nodes: Vec<NodeInfo>, now_ms: u64) -> ClusterSt
         nodes,
         formed_at_ms: st.formed.as_ref().map(|f| f.formed_at_ms),
         resets: st.resets,
+        awaiting_adoption: st.awaiting_adoption && st.formed.is_none(),
+        adoptions: st.adoptions,
+        retired_swarm_ids: st.retired_swarm_ids(),
     }
+}
+
+impl ClusterState {
+    /// Swarm ids an operator reset retired (oldest first, no repeats).
+    pub fn retired_swarm_ids(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for id in self
+            .reset_log
+            .iter()
+            .filter_map(|r| r.previous_swarm_id.clone())
+        {
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out
+    }
+}
+
+fn validate_addrs(addrs: &[String]) -> Result<()> {
+    if addrs.is_empty() || addrs.len() > 64 {
+        return Err(invalid(
+            "manager_addrs must list 1-64 manager addresses (ip:2377)",
+        ));
+    }
+    for a in addrs {
+        validate_word("manager_addrs entry", a, 255)?;
+    }
+    Ok(())
+}
+
+pub fn validate_sync(req: &SyncRequest) -> Result<()> {
+    validate_node_id(&req.node_id)?;
+    validate_word("swarm_id", &req.swarm_id, 128)?;
+    validate_addrs(&req.manager_addrs)?;
+    if req.members.len() > MAX_SYNC_MEMBERS {
+        return Err(invalid(format!(
+            "a sync lists at most {MAX_SYNC_MEMBERS} members"
+        )));
+    }
+    if req.managers > 1000 {
+        return Err(invalid("managers must be at most 1000"));
+    }
+    for m in &req.members {
+        validate_node_id(&m.node_id)?;
+    }
+    Ok(())
+}
+
+/// Validates an adoption and returns its CA digest in canonical form.
+pub fn validate_adopt(req: &AdoptRequest) -> Result<String> {
+    validate_word("hostname", &req.hostname, 253)?;
+    validate_word("advertise_addr", &req.advertise_addr, 255)?;
+    if req.managers > 1000 {
+        return Err(invalid("managers must be at most 1000"));
+    }
+    validate_publish(&PublishRequest {
+        node_id: req.node_id.clone(),
+        fencing_token: 0,
+        swarm_id: req.swarm_id.clone(),
+        ca_digest: req.ca_digest.clone(),
+        manager_addrs: req.manager_addrs.clone(),
+        manager_token: req.manager_token.clone(),
+        worker_token: req.worker_token.clone(),
+    })
+}
+
+/// A registration waiting to join: never seen in the swarm, not listed by the sync at hand.
+fn pending(n: &NodeInfo, listed: &dyn Fn(&str) -> bool) -> bool {
+    n.seen_at_ms.is_none() && !listed(&n.node_id)
+}
+
+/// Registrations as the swarm says they are, given `managers` healthy managers in the swarm and
+/// the members the leader found (node id → role). Returns the changed records, the dropped node
+/// ids, and the manager count that assigns the next role.
+///
+/// - a listed member takes the listed role and is marked seen;
+/// - an unlisted node that was seen before has left the swarm: dropped;
+/// - an unlisted node never seen is joining: kept for [`PENDING_JOIN_GRACE_MS`], and the joining
+///   nodes (oldest registration first) are managers only while the swarm's managers plus them
+///   stay within the target, so a sync never hands out more manager tokens than the target.
+fn follow_swarm(
+    st: &ClusterState,
+    nodes: &[NodeInfo],
+    now_ms: u64,
+    managers: u32,
+    members: &BTreeMap<&str, Role>,
+) -> (Vec<NodeInfo>, Vec<String>, u64, u64) {
+    let listed = |id: &str| members.contains_key(id);
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    let mut joining: Vec<&NodeInfo> = Vec::new();
+    for n in nodes {
+        if let Some(role) = members.get(n.node_id.as_str()) {
+            if n.role != *role || n.seen_at_ms.is_none() {
+                let mut m = n.clone();
+                m.role = *role;
+                m.seen_at_ms.get_or_insert(now_ms);
+                changed.push(m);
+            }
+        } else if !pending(n, &listed) {
+            removed.push(n.node_id.clone());
+        } else if now_ms.saturating_sub(n.registered_at_ms) > PENDING_JOIN_GRACE_MS {
+            removed.push(n.node_id.clone());
+        } else {
+            joining.push(n);
+        }
+    }
+    joining.sort_by(|a, b| {
+        a.registered_at_ms
+            .cmp(&b.registered_at_ms)
+            .then(a.node_id.cmp(&b.node_id))
+    });
+    let mut manager_count = u64::from(managers);
+    for n in joining {
+        let wants = matches!(n.requested, RequestedRole::Auto | RequestedRole::Manager);
+        let role = if wants && manager_count < u64::from(st.target_managers) {
+            manager_count += 1;
+            Role::Manager
+        } else {
+            Role::Worker
+        };
+        if role != n.role {
+            let mut m = n.clone();
+            m.role = role;
+            changed.push(m);
+        }
+    }
+    let node_count = (nodes.len() - removed.len()) as u64;
+    (changed, removed, manager_count, node_count)
+}
+
+/// The raft leader's agent reports the live swarm (see [`SyncRequest`]). `nodes`: every
+/// registration of the cluster.
+pub fn sync(
+    st: &ClusterState,
+    nodes: &[NodeInfo],
+    now_ms: u64,
+    req: &SyncRequest,
+) -> Result<Outcome<SyncResponse>> {
+    validate_sync(req)?;
+    let Some(f) = st.formed.as_ref().filter(|f| f.swarm_id == req.swarm_id) else {
+        return Err(RuleError::new(
+            Code::SwarmMismatch,
+            format!(
+                "cluster {:?} is not formed with swarm {:?} ({}): nothing was synced",
+                st.name,
+                req.swarm_id,
+                st.formed.as_ref().map_or_else(
+                    || "it is not formed".to_string(),
+                    |f| format!("it is formed with swarm {:?}", f.swarm_id)
+                )
+            ),
+        ));
+    };
+    let members: BTreeMap<&str, Role> = req
+        .members
+        .iter()
+        .map(|m| (m.node_id.as_str(), m.role))
+        .collect();
+    let (changed_nodes, removed, manager_count, node_count) =
+        follow_swarm(st, nodes, now_ms, req.managers, &members);
+    let mut next = st.clone();
+    next.manager_count = manager_count;
+    next.node_count = node_count;
+    if f.manager_addrs != req.manager_addrs {
+        if let Some(nf) = next.formed.as_mut() {
+            nf.manager_addrs = req.manager_addrs.clone();
+        }
+    }
+    let state_changed = next != *st;
+    let changed = state_changed || !changed_nodes.is_empty() || !removed.is_empty();
+    Ok(Outcome {
+        answer: SyncResponse {
+            pruned: removed.clone(),
+            manager_count,
+            node_count,
+            changed,
+        },
+        change: Change {
+            state: state_changed.then_some(next),
+            nodes: changed_nodes,
+            removed_nodes: removed,
+            ..Change::default()
+        },
+    })
+}
+
+/// A running swarm's leader publishes it into a cluster that lost or rolled back its formation
+/// (see [`AdoptRequest`]). `nodes`: every registration of the cluster.
+///
+/// Why this keeps "one `swarm init` per cluster": adoption never runs `swarm init`; it records a
+/// swarm that exists. It takes a fencing token larger than any this cluster remembers, so a
+/// publish under a lease granted before the adoption is refused (`stale_fencing_token`), and a
+/// formed cluster grants no claim. The one window left is a node claiming between the loss and
+/// the adoption: a cluster re-created `awaiting_adoption` refuses every claim until then.
+pub fn adopt(
+    st: &ClusterState,
+    nodes: &[NodeInfo],
+    now_ms: u64,
+    req: &AdoptRequest,
+) -> Result<Outcome<AdoptResponse>> {
+    let ca_digest = validate_adopt(req)?;
+    if st.retired_swarm_ids().contains(&req.swarm_id) {
+        return Err(RuleError::new(
+            Code::SwarmRetired,
+            format!(
+                "swarm {:?} was retired by an operator reset of cluster {:?} (`swarm-agent \
+                 recover`): it is not adopted again. Its nodes leave it and join the cluster's \
+                 new swarm",
+                req.swarm_id, st.name
+            ),
+        ));
+    }
+    let caller = |role_seen: u64| -> NodeInfo {
+        let old = nodes.iter().find(|n| n.node_id == req.node_id);
+        NodeInfo {
+            node_id: req.node_id.clone(),
+            hostname: req.hostname.clone(),
+            advertise_addr: req.advertise_addr.clone(),
+            requested: old.map(|n| n.requested).unwrap_or(RequestedRole::Auto),
+            role: Role::Manager,
+            registered_at_ms: old.map(|n| n.registered_at_ms).unwrap_or(now_ms),
+            joined_through: old.and_then(|n| n.joined_through.clone()),
+            seen_at_ms: Some(old.and_then(|n| n.seen_at_ms).unwrap_or(role_seen)),
+        }
+    };
+    let mut next = st.clone();
+    let adopted = match &st.formed {
+        Some(f) if f.swarm_id == req.swarm_id && f.ca_digest == ca_digest => {
+            if let Some(nf) = next.formed.as_mut() {
+                nf.manager_addrs = req.manager_addrs.clone();
+                nf.manager_token = req.manager_token.clone();
+                nf.worker_token = req.worker_token.clone();
+            }
+            false
+        }
+        Some(f) => {
+            return Err(RuleError::new(
+                Code::AlreadyFormed,
+                format!(
+                    "cluster {:?} is formed with swarm {:?} (CA {}), not with swarm {:?}: two \
+                     swarms run for one cluster. Nothing was changed; an operator must decide \
+                     which one to keep",
+                    st.name, f.swarm_id, f.ca_digest, req.swarm_id
+                ),
+            ))
+        }
+        None => {
+            next.last_fencing_token += 1;
+            next.formed = Some(Formation {
+                swarm_id: req.swarm_id.clone(),
+                ca_digest: ca_digest.clone(),
+                manager_addrs: req.manager_addrs.clone(),
+                manager_token: req.manager_token.clone(),
+                worker_token: req.worker_token.clone(),
+                published_by: req.node_id.clone(),
+                fencing_token: next.last_fencing_token,
+                formed_at_ms: now_ms,
+            });
+            next.lease = None;
+            next.awaiting_adoption = false;
+            next.adoptions += 1;
+            true
+        }
+    };
+    // The caller is a member (and a manager) of the swarm; everyone else is judged as a sync
+    // with only the caller listed would judge them, without dropping anyone: the swarm's other
+    // members are not known here.
+    let me = caller(now_ms);
+    let others: Vec<NodeInfo> = nodes
+        .iter()
+        .filter(|n| n.node_id != req.node_id)
+        .cloned()
+        .collect();
+    let members: BTreeMap<&str, Role> = others
+        .iter()
+        .filter(|n| n.seen_at_ms.is_some())
+        .map(|n| (n.node_id.as_str(), n.role))
+        .collect();
+    let (mut changed, _, manager_count, _) =
+        follow_swarm(&next, &others, now_ms, req.managers.max(1), &members);
+    next.manager_count = manager_count;
+    next.node_count = others.len() as u64 + 1;
+    if nodes.iter().find(|n| n.node_id == req.node_id) != Some(&me) {
+        changed.push(me);
+    }
+    let fencing_token = next.formed.as_ref().map_or(0, |f| f.fencing_token);
+    let state_changed = next != *st;
+    Ok(Outcome {
+        answer: AdoptResponse {
+            adopted,
+            fencing_token,
+            phase: Phase::Formed,
+        },
+        change: Change {
+            state: state_changed.then_some(next),
+            nodes: changed,
+            ..Change::default()
+        },
+    })
+}
+
+/// The operator's adoption hold: `hold = true` (the cluster of a running swarm was re-created,
+/// or restored from a backup taken before it formed) refuses init claims until the swarm adopts
+/// it; `false` lifts it (no swarm runs any more: let a new one form). Holding a formed cluster
+/// is refused (`already_formed`): it grants no claim anyway.
+pub fn set_adoption_hold(st: &ClusterState, hold: bool) -> Result<Outcome<()>> {
+    if hold && st.formed.is_some() {
+        return Err(RuleError::new(
+            Code::AlreadyFormed,
+            format!(
+                "cluster {:?} is formed: it grants no init claim, there is nothing to hold",
+                st.name
+            ),
+        ));
+    }
+    if st.awaiting_adoption == hold {
+        return Ok(Outcome::keep(()));
+    }
+    let mut next = st.clone();
+    next.awaiting_adoption = hold;
+    Ok(Outcome::state((), next))
 }
 
 /// A document never written: version 0, body `null`.
@@ -895,7 +1290,10 @@ impl Memory {
         if change.clear_nodes {
             self.nodes.clear();
         }
-        if let Some(node) = change.node {
+        for id in change.removed_nodes {
+            self.nodes.remove(&id);
+        }
+        for node in change.nodes {
             self.nodes.insert(node.node_id.clone(), node);
         }
         if let Some((name, doc)) = change.doc {
@@ -925,6 +1323,18 @@ impl Memory {
 
     pub fn put_doc(&self, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
         put_doc(&self.doc(name), name, write)
+    }
+
+    fn node_list(&self) -> Vec<NodeInfo> {
+        self.nodes.values().cloned().collect()
+    }
+
+    pub fn sync(&self, now_ms: u64, req: &SyncRequest) -> Result<Outcome<SyncResponse>> {
+        sync(&self.state, &self.node_list(), now_ms, req)
+    }
+
+    pub fn adopt(&self, now_ms: u64, req: &AdoptRequest) -> Result<Outcome<AdoptResponse>> {
+        adopt(&self.state, &self.node_list(), now_ms, req)
     }
 }
 

@@ -14,6 +14,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         hostname: format!("host-{id}"),
         advertise_addr: "198.18.0.1".into(),
         role,
+        joined_through: None,
     }
 }
 
@@ -90,10 +91,7 @@ fn register_fills_managers_to_the_target_then_workers() {
     let o = m.register(NOW, &reg("n0", RequestedRole::Worker)).unwrap();
     assert_eq!(o.answer.role, Manager);
     assert!(o.change.state.is_none());
-    assert_eq!(
-        o.change.node.as_ref().unwrap().requested,
-        RequestedRole::Worker
-    );
+    assert_eq!(o.change.nodes[0].requested, RequestedRole::Worker);
 }
 
 #[test]
@@ -398,4 +396,290 @@ fn memory_round_trips_and_reads_the_old_layouts() {
     }))
     .unwrap();
     assert_eq!(old.name, "prod");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following the swarm, adoption, the adoption hold
+
+/// `apply(&mut m, rule)` where the rule reads `m` first.
+macro_rules! ap {
+    ($m:ident, $rule:expr $(,)?) => {{
+        let o = $rule;
+        apply(&mut $m, o)
+    }};
+}
+
+/// A formed cluster (target 3): a, b, c managers, d, e workers, all registered; `a` published.
+fn formed_five() -> Memory {
+    let mut m = cluster(3);
+    for id in ["a", "b", "c", "d", "e"] {
+        ap!(m, m.register(NOW, &reg(id, RequestedRole::Auto)));
+    }
+    let c = ap!(m, m.claim(NOW, "a", 10_000));
+    let token = c.lease.unwrap().fencing_token;
+    ap!(m, publish(&m.state, NOW, &pubreq("a", token)));
+    m
+}
+
+fn member(id: &str, role: Role) -> crate::Member {
+    crate::Member {
+        node_id: id.into(),
+        role,
+    }
+}
+
+fn syncreq(addrs: &[&str], managers: u32, members: &[(&str, Role)]) -> SyncRequest {
+    SyncRequest {
+        node_id: "b".into(),
+        swarm_id: "swarm1".into(),
+        manager_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        managers,
+        members: members.iter().map(|(i, r)| member(i, *r)).collect(),
+    }
+}
+
+fn adoptreq(node: &str, swarm: &str, managers: u32) -> AdoptRequest {
+    AdoptRequest {
+        node_id: node.into(),
+        hostname: format!("host-{node}"),
+        advertise_addr: "198.18.0.2".into(),
+        swarm_id: swarm.into(),
+        ca_digest: crate::format_fingerprint(&[7u8; 32]),
+        manager_addrs: vec!["198.18.0.2:2377".into()],
+        manager_token: Secret::new("SWMTKN-1-mgr"),
+        worker_token: Secret::new("SWMTKN-1-wrk"),
+        managers,
+    }
+}
+
+const M: Role = Role::Manager;
+const W: Role = Role::Worker;
+
+#[test]
+fn sync_makes_join_info_carry_the_live_managers() {
+    let mut m = formed_five();
+    let all = [("a", M), ("b", M), ("c", M), ("d", W), ("e", W)];
+    let r = ap!(
+        m,
+        m.sync(
+            NOW,
+            &syncreq(
+                &["198.18.0.1:2377", "198.18.0.2:2377", "198.18.0.3:2377"],
+                3,
+                &all,
+            ),
+        ),
+    );
+    assert!(r.changed);
+    let j = m.join(NOW, "d").unwrap().join.unwrap();
+    assert_eq!(j.manager_addrs.len(), 3);
+    // The same report again writes nothing.
+    let o = m
+        .sync(
+            NOW + 1,
+            &syncreq(
+                &["198.18.0.1:2377", "198.18.0.2:2377", "198.18.0.3:2377"],
+                3,
+                &all,
+            ),
+        )
+        .unwrap();
+    assert!(o.change.is_empty(), "{:?}", o.change);
+    assert!(!o.answer.changed);
+    // `a` (the one that ran init) died for good; `d` was promoted in its place.
+    let now = [("b", M), ("c", M), ("d", M), ("e", W)];
+    let r = ap!(
+        m,
+        m.sync(
+            NOW + 2,
+            &syncreq(
+                &["198.18.0.2:2377", "198.18.0.3:2377", "198.18.0.4:2377"],
+                3,
+                &now,
+            ),
+        ),
+    );
+    assert_eq!(r.pruned, vec!["a".to_string()]);
+    let j = m.join(NOW, "e").unwrap().join.unwrap();
+    assert!(!j.manager_addrs.contains(&"198.18.0.1:2377".to_string()));
+    assert_eq!(m.node("d").unwrap().role, Role::Manager);
+    assert!(m.node("a").is_none());
+}
+
+#[test]
+fn sync_is_refused_for_another_swarm_or_an_unformed_cluster() {
+    let mut m = formed_five();
+    let mut r = syncreq(&["198.18.0.1:2377"], 1, &[]);
+    r.swarm_id = "other".into();
+    assert_eq!(code(m.sync(NOW, &r)), Code::SwarmMismatch);
+    let st = m.state.clone();
+    m.apply(admin_reset(&st, NOW).change);
+    assert_eq!(
+        code(m.sync(NOW, &syncreq(&["198.18.0.1:2377"], 1, &[]))),
+        Code::SwarmMismatch
+    );
+    assert_eq!(
+        code(m.sync(NOW, &syncreq(&[], 1, &[]))),
+        Code::InvalidRequest
+    );
+}
+
+#[test]
+fn a_replaced_manager_frees_its_slot_for_the_next_node() {
+    let mut m = formed_five();
+    // Every node joined; then manager `c` left the swarm (`swarm-agent leave`, removed).
+    let all = [("a", M), ("b", M), ("c", M), ("d", W), ("e", W)];
+    ap!(m, m.sync(NOW, &syncreq(&["198.18.0.1:2377"], 3, &all)));
+    let r = ap!(m, m.register(NOW, &reg("f", RequestedRole::Auto)));
+    assert_eq!(
+        r.role,
+        Role::Worker,
+        "3 managers stand: a new node is a worker"
+    );
+    let left = [("a", M), ("b", M), ("d", W), ("e", W), ("f", W)];
+    let r = ap!(m, m.sync(NOW + 5, &syncreq(&["198.18.0.1:2377"], 2, &left)),);
+    assert_eq!(r.pruned, vec!["c".to_string()]);
+    assert_eq!(r.manager_count, 2);
+    let r = ap!(m, m.register(NOW + 6, &reg("g", RequestedRole::Auto)));
+    assert_eq!(
+        r.role,
+        Role::Manager,
+        "the replacement comes back as a manager"
+    );
+}
+
+#[test]
+fn joining_registrations_are_kept_for_the_grace_and_capped_at_the_target() {
+    let mut m = formed_five();
+    // Only a is in the swarm yet; b, c (managers) and d, e (workers) are joining.
+    let r = ap!(
+        m,
+        m.sync(NOW + 1, &syncreq(&["198.18.0.1:2377"], 1, &[("a", M)])),
+    );
+    assert!(r.pruned.is_empty());
+    assert_eq!(r.manager_count, 3);
+    assert_eq!(m.node("b").unwrap().role, Role::Manager);
+    assert_eq!(m.node("d").unwrap().role, Role::Worker);
+    // The swarm has 3 healthy managers already (e.g. after an adoption): joiners are workers.
+    let r = ap!(
+        m,
+        m.sync(NOW + 2, &syncreq(&["198.18.0.1:2377"], 3, &[("a", M)])),
+    );
+    assert_eq!(r.manager_count, 3);
+    assert_eq!(m.node("b").unwrap().role, Role::Worker);
+    assert_eq!(m.node("c").unwrap().role, Role::Worker);
+    // Never seen and older than the grace: dropped.
+    let late = NOW + PENDING_JOIN_GRACE_MS + 1;
+    let r = ap!(
+        m,
+        m.sync(late, &syncreq(&["198.18.0.1:2377"], 1, &[("a", M)])),
+    );
+    assert_eq!(r.pruned.len(), 4, "{:?}", r.pruned);
+    assert_eq!(m.nodes.len(), 1);
+    assert_eq!(m.state.node_count, 1);
+}
+
+#[test]
+fn adoption_reforms_a_forgetful_cluster_under_a_fresh_token() {
+    let m = formed_five();
+    let before = m.state.last_fencing_token;
+    // The rendezvous forgot: a re-created cluster awaiting adoption, with the old tokens.
+    let mut wiped = cluster(3);
+    wiped.state.last_fencing_token = before - 1; // a restored backup may even be older
+    ap!(wiped, set_adoption_hold(&wiped.state, true));
+    // A new node registers and claims in the window: refused, nothing granted.
+    let r = ap!(wiped, wiped.register(NOW, &reg("new", RequestedRole::Auto)),);
+    assert_eq!(r.role, Role::Manager);
+    assert_eq!(
+        code(wiped.claim(NOW, "new", 10_000)),
+        Code::AwaitingAdoption
+    );
+    assert!(wiped.status(NOW).awaiting_adoption);
+    // The swarm's leader adopts.
+    let a = ap!(wiped, wiped.adopt(NOW + 1, &adoptreq("b", "swarm1", 3)),);
+    assert!(a.adopted);
+    assert!(a.fencing_token > before - 1);
+    let st = wiped.status(NOW + 1);
+    assert_eq!(st.phase, Phase::Formed);
+    assert!(!st.awaiting_adoption);
+    assert_eq!(st.adoptions, 1);
+    assert_eq!(st.swarm_id.as_deref(), Some("swarm1"));
+    // The node that registered in the window joins the adopted swarm, as a worker (3 managers
+    // stand), and can never claim.
+    let j = wiped.join(NOW + 2, "new").unwrap().join.unwrap();
+    assert_eq!(j.role, Role::Worker);
+    assert_eq!(j.swarm_id, "swarm1");
+    assert!(!wiped.claim(NOW + 2, "new", 10_000).unwrap().answer.granted);
+    // Adopting again (a retry) changes nothing and keeps the token.
+    let again = wiped.adopt(NOW + 3, &adoptreq("b", "swarm1", 3)).unwrap();
+    assert!(!again.answer.adopted);
+    assert_eq!(again.answer.fencing_token, a.fencing_token);
+    assert!(again.change.is_empty(), "{:?}", again.change);
+    // Another swarm cannot adopt a formed cluster.
+    assert_eq!(
+        code(wiped.adopt(NOW + 4, &adoptreq("x", "swarm2", 1))),
+        Code::AlreadyFormed
+    );
+}
+
+#[test]
+fn adoption_fences_a_lease_granted_before_it() {
+    let mut m = cluster(3);
+    ap!(m, m.register(NOW, &reg("n", RequestedRole::Auto)));
+    let c = ap!(m, m.claim(NOW, "n", 10_000));
+    let token = c.lease.unwrap().fencing_token;
+    ap!(m, m.adopt(NOW + 1, &adoptreq("b", "swarm1", 3)));
+    let mut late = pubreq("n", token);
+    late.swarm_id = "swarm-of-n".into();
+    assert_eq!(
+        code(publish(&m.state, NOW + 2, &late)),
+        Code::StaleFencingToken
+    );
+}
+
+#[test]
+fn a_retired_swarm_is_never_adopted_and_holds_are_lifted_by_reset_or_operator() {
+    let mut m = formed_five();
+    let req = ResetRequest {
+        node_id: "b".into(),
+        swarm_id: "swarm1".into(),
+        reason: "all managers lost".into(),
+    };
+    ap!(m, recover(&m.state, NOW, &req));
+    assert_eq!(m.status(NOW).retired_swarm_ids, vec!["swarm1".to_string()]);
+    assert_eq!(
+        code(m.adopt(NOW, &adoptreq("b", "swarm1", 1))),
+        Code::SwarmRetired
+    );
+    // A hold, then lifted by the operator: claims are granted again.
+    ap!(m, set_adoption_hold(&m.state, true));
+    ap!(m, m.register(NOW, &reg("n", RequestedRole::Auto)));
+    assert_eq!(code(m.claim(NOW, "n", 10_000)), Code::AwaitingAdoption);
+    ap!(m, set_adoption_hold(&m.state, false));
+    assert!(m.claim(NOW, "n", 10_000).unwrap().answer.granted);
+    // A formed cluster cannot be held.
+    let f = formed_five();
+    assert_eq!(code(set_adoption_hold(&f.state, true)), Code::AlreadyFormed);
+    // A reset lifts a hold.
+    let mut h = cluster(3);
+    ap!(h, set_adoption_hold(&h.state, true));
+    let st = h.state.clone();
+    h.apply(admin_reset(&st, NOW).change);
+    assert!(!h.state.awaiting_adoption);
+}
+
+#[test]
+fn registration_records_the_join_address() {
+    let mut m = cluster(3);
+    ap!(m, m.register(NOW, &reg("a", RequestedRole::Auto)));
+    let mut r = reg("a", RequestedRole::Auto);
+    r.joined_through = Some("198.18.0.9:2377".into());
+    let o = m.register(NOW, &r).unwrap();
+    assert_eq!(o.change.nodes.len(), 1);
+    m.apply(o.change);
+    assert_eq!(
+        m.node("a").unwrap().joined_through.as_deref(),
+        Some("198.18.0.9:2377")
+    );
+    assert!(m.register(NOW, &r).unwrap().change.is_empty());
 }
