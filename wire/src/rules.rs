@@ -82,10 +82,12 @@
 //!   wiped or restored from an old backup, secret deleted and re-created), the running swarm's
 //!   leader publishes it again. It never runs `swarm init`, it records a swarm that exists, under
 //!   a fresh fencing token larger than any the cluster remembers, so no lease granted before it
-//!   can publish afterwards. A swarm retired by an operator reset is never adopted
-//!   (`swarm_retired`: adopting would undo `swarm-agent recover`); a cluster formed with another
-//!   swarm is `already_formed`. Formed with the same swarm, adoption refreshes its addresses and
-//!   tokens. The one window adoption alone cannot close is a node that claims between the loss
+//!   can publish afterwards; and not below the wall clock in milliseconds ([`adoption_token`]),
+//!   so also larger than every token the forgotten state granted, which nobody remembers any
+//!   more (claims count up by one from there: they never reach the clock). A swarm retired by
+//!   an operator reset is never adopted (`swarm_retired`: adopting would undo `swarm-agent
+//!   recover`); a cluster formed with another swarm is `already_formed`. Formed with the same
+//!   swarm, adoption refreshes its addresses and tokens. The one window adoption alone cannot close is a node that claims between the loss
 //!   and the adoption (a few seconds): an operator re-creating a cluster declares it
 //!   ([`set_adoption_hold`], `swarm-coordinator cluster create --adopt`), and a held cluster
 //!   refuses every claim with `awaiting_adoption` until the swarm adopts it, a reset, or the
@@ -954,9 +956,10 @@ fn follow_swarm(
                 m.seen_at_ms.get_or_insert(now_ms);
                 changed.push(m);
             }
-        } else if !pending(n, &listed) {
-            removed.push(n.node_id.clone());
-        } else if now_ms.saturating_sub(n.registered_at_ms) > PENDING_JOIN_GRACE_MS {
+        } else if !pending(n, &listed)
+            || now_ms.saturating_sub(n.registered_at_ms) > PENDING_JOIN_GRACE_MS
+        {
+            // Seen before and gone (it left), or never seen within the grace (abandoned).
             removed.push(n.node_id.clone());
         } else {
             joining.push(n);
@@ -1042,13 +1045,24 @@ pub fn sync(
     })
 }
 
+/// The fencing token an adoption takes: larger than the last one the cluster remembers
+/// (`last`), and at least the wall clock in milliseconds. The floor is what makes it larger than
+/// the tokens of the state the rendezvous forgot (a wiped database, a deleted secret: `last` is
+/// 0 again, or the older value of a restored backup): tokens count up by one per claim, and no
+/// cluster is claimed once per millisecond since 1970, while the clock of an adoption runs ahead
+/// of every earlier adoption's (the one assumption: the wall clock does not go back by more than
+/// the time between two adoptions of one cluster).
+pub fn adoption_token(last: u64, now_ms: u64) -> u64 {
+    last.saturating_add(1).max(now_ms)
+}
+
 /// A running swarm's leader publishes it into a cluster that lost or rolled back its formation
 /// (see [`AdoptRequest`]). `nodes`: every registration of the cluster.
 ///
 /// Why this keeps "one `swarm init` per cluster": adoption never runs `swarm init`; it records a
-/// swarm that exists. It takes a fencing token larger than any this cluster remembers, so a
-/// publish under a lease granted before the adoption is refused (`stale_fencing_token`), and a
-/// formed cluster grants no claim. The one window left is a node claiming between the loss and
+/// swarm that exists. It takes a fencing token larger than any this cluster remembers (and than
+/// any the forgotten state granted: [`adoption_token`]), so a publish under a lease granted
+/// before the adoption is refused (`stale_fencing_token`), and a formed cluster grants no claim. The one window left is a node claiming between the loss and
 /// the adoption: a cluster re-created `awaiting_adoption` refuses every claim until then.
 pub fn adopt(
     st: &ClusterState,
@@ -1103,7 +1117,7 @@ pub fn adopt(
             ))
         }
         None => {
-            next.last_fencing_token += 1;
+            next.last_fencing_token = adoption_token(st.last_fencing_token, now_ms);
             next.formed = Some(Formation {
                 swarm_id: req.swarm_id.clone(),
                 ca_digest: ca_digest.clone(),

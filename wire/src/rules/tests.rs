@@ -683,3 +683,44 @@ fn registration_records_the_join_address() {
     );
     assert!(m.register(NOW, &r).unwrap().change.is_empty());
 }
+
+#[test]
+fn an_adopted_token_exceeds_what_a_wiped_rendezvous_forgot() {
+    // The formed cluster went through some claims and resets: its token is well above 1.
+    let mut m = formed_five();
+    for _ in 0..3 {
+        let st = m.state.clone();
+        m.apply(admin_reset(&st, NOW).change);
+        ap!(m, m.register(NOW, &reg("a", RequestedRole::Auto)));
+        ap!(m, m.claim(NOW, "a", 10_000));
+    }
+    let forgotten = m.state.last_fencing_token;
+    assert!(forgotten > 3);
+    // Wiped: the new cluster remembers nothing, and is adopted a moment later.
+    let mut wiped = cluster(3);
+    let a = ap!(wiped, wiped.adopt(NOW + 1_000, &adoptreq("b", "swarm1", 3)));
+    assert!(
+        a.fencing_token > forgotten,
+        "{} > {forgotten}",
+        a.fencing_token
+    );
+    // Wiped again and adopted again later: larger again, although claims after the first
+    // adoption counted on from its token.
+    let first = a.fencing_token;
+    let st = wiped.state.clone();
+    wiped.apply(admin_reset(&st, NOW + 2_000).change);
+    ap!(
+        wiped,
+        wiped.register(NOW + 2_000, &reg("x", RequestedRole::Auto))
+    );
+    let c = ap!(wiped, wiped.claim(NOW + 2_000, "x", 10_000));
+    assert_eq!(c.lease.unwrap().fencing_token, first + 1);
+    let mut again = cluster(3);
+    let a = ap!(
+        again,
+        again.adopt(NOW + 60_000, &adoptreq("b", "swarm1", 3))
+    );
+    assert!(a.fencing_token > first + 1);
+    // A remembered token above the clock (a clock that went back) still grows.
+    assert_eq!(adoption_token(NOW + 5, NOW), NOW + 6);
+}
