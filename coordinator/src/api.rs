@@ -24,9 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
-    ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster, CreatedCluster, Document,
-    DocumentWrite, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
-    RegisterResponse, RenewRequest, ResetRequest, Secret, MAX_WAIT_SECS,
+    AdoptRequest, AdoptResponse, ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster,
+    CreatedCluster, Document, DocumentWrite, JoinResponse, PublishRequest, PublishResponse,
+    RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, Secret, SyncRequest,
+    SyncResponse, MAX_WAIT_SECS,
 };
 use tokio::sync::watch;
 
@@ -36,6 +37,10 @@ pub const API_BODY_LIMIT: usize = 64 * 1024;
 pub const DOC_LIMIT: usize = 1024 * 1024;
 /// Largest `PUT /docs/{name}` request: the document plus its envelope.
 pub const DOC_BODY_LIMIT: usize = DOC_LIMIT + 4096;
+/// Largest `POST /sync` request: the rulebook allows `rules::MAX_SYNC_MEMBERS` (10,000)
+/// members, each at most ~160 bytes of JSON (a 128-character node id), plus 64 manager
+/// addresses; a swarm of a thousand nodes would not fit the ordinary 64 KiB.
+pub const SYNC_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Limits that protect the server from slow or hostile clients.
 #[derive(Debug, Clone)]
@@ -462,6 +467,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (Method::GET, "/v1/clusters/{cluster}/join", get(join)),
         (Method::POST, "/v1/clusters/{cluster}/reset", post(recover)),
+        (Method::POST, "/v1/clusters/{cluster}/sync", post(sync)),
+        (Method::POST, "/v1/clusters/{cluster}/adopt", post(adopt)),
         (
             Method::GET,
             "/v1/clusters/{cluster}/docs/{name}",
@@ -479,6 +486,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             Method::POST,
             "/v1/admin/clusters/{cluster}/reset",
             post(admin_reset),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/clusters/{cluster}/adoption-hold",
+            post(admin_adoption_hold),
         ),
     ]
 }
@@ -666,6 +678,42 @@ async fn recover(
     Ok(Json(status))
 }
 
+async fn sync(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<SyncRequest, SYNC_BODY_LIMIT>,
+) -> Result<Json<SyncResponse>, ApiError> {
+    // No wakeup: a sync needs a formed cluster, whose join long-polls have answered already.
+    let node = req.node_id.clone();
+    let w = state.store.sync(auth.cluster.clone(), req).await?;
+    if !w.value.pruned.is_empty() {
+        tracing::info!(cluster = %auth.cluster, node = %node, pruned = ?w.value.pruned,
+            managers = w.value.manager_count, "registrations of nodes that left the swarm dropped");
+    }
+    Ok(Json(w.value))
+}
+
+async fn adopt(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    ApiJson(req): ApiJson<AdoptRequest>,
+) -> Result<Json<AdoptResponse>, ApiError> {
+    let (node, swarm) = (req.node_id.clone(), req.swarm_id.clone());
+    let w = state.store.adopt(auth.cluster.clone(), req).await?;
+    if w.value.adopted {
+        tracing::info!(
+            "cluster {} adopted swarm {swarm} from node {node} under fencing token {}",
+            auth.cluster,
+            w.value.fencing_token
+        );
+    }
+    if w.changed {
+        // Nodes parked waiting for join info get the adopted swarm's.
+        state.notify(&auth.cluster, Signal::State);
+    }
+    Ok(Json(w.value))
+}
+
 fn check_wait(wait: Option<u64>) -> Result<u64, ApiError> {
     let wait = wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
@@ -785,9 +833,15 @@ pub async fn create_cluster(store: &Store, req: CreateCluster) -> Result<Created
             req.name,
             req.target_managers,
             auth::sha256(secret.expose().as_bytes()),
+            req.await_adoption,
         )
         .await?;
-    tracing::info!(cluster = %status.name, target_managers = status.target_managers, "cluster created");
+    if status.awaiting_adoption {
+        tracing::info!(cluster = %status.name, target_managers = status.target_managers,
+            "cluster created awaiting adoption: init claims are refused until its running swarm adopts it");
+    } else {
+        tracing::info!(cluster = %status.name, target_managers = status.target_managers, "cluster created");
+    }
     Ok(CreatedCluster {
         name: status.name,
         target_managers: status.target_managers,
@@ -812,4 +866,31 @@ async fn admin_reset(
     tracing::warn!(cluster = %name, resets = status.resets, "cluster reset by the operator: one new init is allowed");
     state.notify(&name, Signal::State);
     Ok(Json(status))
+}
+
+/// `POST /v1/admin/clusters/{cluster}/adoption-hold` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdoptionHold {
+    hold: bool,
+}
+
+async fn admin_adoption_hold(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ClusterName(name): ClusterName,
+    ApiJson(req): ApiJson<AdoptionHold>,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let w = state
+        .store
+        .set_adoption_hold(name.clone(), req.hold)
+        .await?;
+    if w.changed {
+        if req.hold {
+            tracing::info!(cluster = %name, "adoption hold set by the operator: init claims are refused until the running swarm adopts the cluster");
+        } else {
+            tracing::info!(cluster = %name, "adoption hold lifted by the operator: the next claimant may run `swarm init`");
+        }
+    }
+    Ok(Json(w.value))
 }

@@ -8,9 +8,11 @@
 //!
 //! The store decides nothing. Each write reads, inside the write transaction, what its rule
 //! needs (the cluster's [`ClusterState`], the one node record, the one document), calls the
-//! rule, and stores the [`Change`] it returns: the state into CLUSTERS, a node into NODES (one
-//! row per node, so 10,000 agents cost one small row each), `clear_nodes` as the removal of the
-//! cluster's NODES rows, a document into DOCS. A refusal stores nothing. Concurrent requests
+//! rule, and stores the [`Change`] it returns: the state into CLUSTERS, upserted nodes into
+//! NODES (one row per node, so 10,000 agents cost one small row each), `removed_nodes` and
+//! `clear_nodes` as the removal of those / all of the cluster's NODES rows, a document into
+//! DOCS. A refusal stores nothing. The rules that judge every registration (sync, adopt) read
+//! all of the cluster's NODES rows inside the same transaction. Concurrent requests
 //! are serialized by the single writer, not by in-memory locks; nothing the server needs
 //! survives only in memory.
 
@@ -26,8 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rules::{self, Change, ClusterState, Code, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, NodeInfo, Phase,
-    PublishRequest, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
+    JoinResponse, NodeInfo, Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, SyncRequest, SyncResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -298,13 +301,22 @@ impl Store {
         .await
     }
 
+    /// Create a cluster. `await_adoption`: it is the re-created cluster of a running swarm
+    /// (`cluster create --adopt`), so it refuses init claims until that swarm adopts it
+    /// (`rules::set_adoption_hold`).
     pub async fn create_cluster(
         &self,
         name: String,
         target_managers: u8,
         secret_sha256: [u8; 32],
+        await_adoption: bool,
     ) -> Result<ClusterStatus, StoreError> {
-        let state = ClusterState::new(&name, target_managers)?;
+        let mut state = ClusterState::new(&name, target_managers)?;
+        if await_adoption {
+            if let Some(held) = rules::set_adoption_hold(&state, true)?.change.state {
+                state = held;
+            }
+        }
         self.write(move |txn| {
             if get_cluster(txn, &name)?.is_some() {
                 return Err(StoreError::cluster_exists(&name));
@@ -461,6 +473,59 @@ impl Store {
         .await
     }
 
+    /// `rules::sync`: the raft leader's agent reports the live swarm.
+    pub async fn sync(
+        &self,
+        cluster: String,
+        req: SyncRequest,
+    ) -> Result<Written<SyncResponse>, StoreError> {
+        rules::validate_sync(&req)?;
+        self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            let outcome = rules::sync(&rec.state, &nodes, now_ms(), &req)?;
+            store_outcome(txn, &cluster, Some(rec), outcome)
+        })
+        .await
+    }
+
+    /// `rules::adopt`: a running swarm's leader re-forms a cluster that forgot it.
+    pub async fn adopt(
+        &self,
+        cluster: String,
+        req: AdoptRequest,
+    ) -> Result<Written<AdoptResponse>, StoreError> {
+        rules::validate_adopt(&req)?;
+        self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            let outcome = rules::adopt(&rec.state, &nodes, now_ms(), &req)?;
+            store_outcome(txn, &cluster, Some(rec), outcome)
+        })
+        .await
+    }
+
+    /// `rules::set_adoption_hold` (the operator's `cluster await-adoption` / `allow-init`);
+    /// answers the cluster's status after it.
+    pub async fn set_adoption_hold(
+        &self,
+        cluster: String,
+        hold: bool,
+    ) -> Result<Written<ClusterStatus>, StoreError> {
+        self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            let outcome = rules::set_adoption_hold(&rec.state, hold)?;
+            let after = outcome.change.state.as_ref().unwrap_or(&rec.state).clone();
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            let w = store_outcome(txn, &cluster, Some(rec), outcome)?;
+            Ok(Written {
+                value: rules::status(&after, nodes, now_ms()),
+                changed: w.changed,
+            })
+        })
+        .await
+    }
+
     /// `rules::join`: what `node_id` needs to join (the token of its role only), once formed.
     pub fn join(&self, cluster: &str, node_id: &str) -> Result<JoinResponse, StoreError> {
         self.read(|txn| {
@@ -505,7 +570,8 @@ fn store_outcome<T>(
     let changed = !change.is_empty();
     let Change {
         state,
-        node,
+        nodes,
+        removed_nodes,
         clear_nodes,
         doc,
     } = change;
@@ -518,7 +584,7 @@ fn store_outcome<T>(
         rec.state = state;
         put_cluster(txn, &rec)?;
     }
-    if clear_nodes || node.is_some() {
+    if clear_nodes || !nodes.is_empty() || !removed_nodes.is_empty() {
         let mut table = txn.open_table(NODES)?;
         if clear_nodes {
             let mut ids = vec![];
@@ -534,8 +600,11 @@ fn store_outcome<T>(
                 table.remove((cluster, id.as_str()))?;
             }
         }
-        if let Some(node) = node {
-            let bytes = serde_json::to_vec(&node)?;
+        for id in &removed_nodes {
+            table.remove((cluster, id.as_str()))?;
+        }
+        for node in &nodes {
+            let bytes = serde_json::to_vec(node)?;
             table.insert((cluster, node.node_id.as_str()), bytes.as_slice())?;
         }
     }
@@ -844,7 +913,14 @@ fn get_node(
 }
 
 fn list_nodes(txn: &ReadTransaction, cluster: &str) -> Result<Vec<NodeInfo>, StoreError> {
-    let table = txn.open_table(NODES)?;
+    nodes_in(&txn.open_table(NODES)?, cluster)
+}
+
+/// Every node row of `cluster`.
+fn nodes_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    cluster: &str,
+) -> Result<Vec<NodeInfo>, StoreError> {
     let mut out = vec![];
     for entry in table.range((cluster, "")..)? {
         let (k, v) = entry?;
@@ -878,6 +954,7 @@ mod tests {
             hostname: format!("host-{node}"),
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
+            joined_through: None,
         }
     }
 
@@ -967,7 +1044,7 @@ mod tests {
         assert_eq!(w.value.lease.unwrap().fencing_token, 42);
         // A new cluster counts on its own.
         store
-            .create_cluster("new".into(), 1, [1; 32])
+            .create_cluster("new".into(), 1, [1; 32], false)
             .await
             .unwrap();
         let w = store.claim("new".into(), "n".into(), 30_000).await.unwrap();
@@ -1015,7 +1092,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
         for c in ["a", "b", "c"] {
-            store.create_cluster(c.into(), 3, [2; 32]).await.unwrap();
+            store
+                .create_cluster(c.into(), 3, [2; 32], false)
+                .await
+                .unwrap();
             for n in ["n1", "n2", "n3"] {
                 let w = store.register(c.into(), register_req(n)).await.unwrap();
                 assert!(w.changed);
@@ -1050,7 +1130,10 @@ mod tests {
     async fn refusals_and_no_op_answers_write_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
-        store.create_cluster("c".into(), 3, [3; 32]).await.unwrap();
+        store
+            .create_cluster("c".into(), 3, [3; 32], false)
+            .await
+            .unwrap();
         let w = store.claim("c".into(), "a".into(), 60_000).await.unwrap();
         assert!(w.changed);
         let lease = w.value.lease.unwrap();
@@ -1089,10 +1172,138 @@ mod tests {
             .unwrap();
         assert_eq!(err.code(), Some(Code::UnknownCluster));
         let err = store
-            .create_cluster("c".into(), 3, [3; 32])
+            .create_cluster("c".into(), 3, [3; 32], false)
             .await
             .err()
             .unwrap();
         assert_eq!(err.code(), Some(Code::ClusterExists));
+    }
+
+    fn adopt_req(node: &str, swarm: &str) -> AdoptRequest {
+        AdoptRequest {
+            node_id: node.into(),
+            hostname: format!("host-{node}"),
+            advertise_addr: "198.18.0.2".into(),
+            swarm_id: swarm.into(),
+            ca_digest: swarmstrap_wire::format_fingerprint(&[9; 32]),
+            manager_addrs: vec!["198.18.0.2:2377".into()],
+            manager_token: swarmstrap_wire::Secret::new("SWMTKN-1-m"),
+            worker_token: swarmstrap_wire::Secret::new("SWMTKN-1-w"),
+            managers: 1,
+        }
+    }
+
+    /// Sync and adopt store their whole change in one transaction: upserted and removed node
+    /// rows (only this cluster's), the state; the adoption hold is stored and survives a reopen.
+    #[tokio::test]
+    async fn sync_removes_departed_rows_and_the_hold_is_durable() {
+        use swarmstrap_wire::{Member, Role};
+        let tmp = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(tmp.path());
+        let store = Store::open(&dd, OpenMode::CreateIfMissing).unwrap();
+        store
+            .create_cluster("c".into(), 1, [4; 32], false)
+            .await
+            .unwrap();
+        store
+            .create_cluster("other".into(), 1, [4; 32], false)
+            .await
+            .unwrap();
+        for n in ["a", "b", "w"] {
+            store.register("c".into(), register_req(n)).await.unwrap();
+            store
+                .register("other".into(), register_req(n))
+                .await
+                .unwrap();
+        }
+        let a = store.adopt("c".into(), adopt_req("a", "s1")).await.unwrap();
+        assert!(a.value.adopted && a.changed);
+        let sync = |members: &[(&str, Role)]| SyncRequest {
+            node_id: "a".into(),
+            swarm_id: "s1".into(),
+            manager_addrs: vec!["198.18.0.2:2377".into(), "198.18.0.3:2377".into()],
+            managers: 1,
+            members: members
+                .iter()
+                .map(|(id, role)| Member {
+                    node_id: id.to_string(),
+                    role: *role,
+                })
+                .collect(),
+        };
+        let w = store
+            .sync(
+                "c".into(),
+                sync(&[
+                    ("a", Role::Manager),
+                    ("b", Role::Worker),
+                    ("w", Role::Worker),
+                ]),
+            )
+            .await
+            .unwrap();
+        assert!(w.changed && w.value.pruned.is_empty());
+        // b left the swarm: its row goes, the other cluster's b stays.
+        let w = store
+            .sync(
+                "c".into(),
+                sync(&[("a", Role::Manager), ("w", Role::Worker)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.value.pruned, vec!["b".to_string()]);
+        assert_eq!(store.counts().unwrap(), (2, 5));
+        let st = store.status("c").unwrap();
+        assert_eq!(st.manager_addrs.len(), 2);
+        assert_eq!(st.nodes.len(), 2);
+        assert!(st.nodes.iter().all(|n| n.seen_at_ms.is_some()));
+        // The same report again writes nothing.
+        let w = store
+            .sync(
+                "c".into(),
+                sync(&[("a", Role::Manager), ("w", Role::Worker)]),
+            )
+            .await
+            .unwrap();
+        assert!(!w.changed);
+        // A hold on an unformed cluster, refused on a formed one.
+        store
+            .create_cluster("held".into(), 3, [4; 32], true)
+            .await
+            .unwrap();
+        let err = store
+            .set_adoption_hold("c".into(), true)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::AlreadyFormed));
+        let err = store
+            .claim("held".into(), "n".into(), 30_000)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::AwaitingAdoption));
+        drop(store);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let store = loop {
+            match Store::open(&dd, OpenMode::MustExist) {
+                Ok(s) => break s,
+                Err(OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        assert!(store.status("held").unwrap().awaiting_adoption);
+        assert_eq!(store.status("c").unwrap().adoptions, 1);
+        let w = store.set_adoption_hold("held".into(), false).await.unwrap();
+        assert!(w.changed && !w.value.awaiting_adoption);
+        let w = store.set_adoption_hold("held".into(), false).await.unwrap();
+        assert!(!w.changed, "lifting a lifted hold writes nothing");
+        let w = store
+            .claim("held".into(), "n".into(), 30_000)
+            .await
+            .unwrap();
+        assert!(w.value.granted);
     }
 }

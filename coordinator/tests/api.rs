@@ -877,3 +877,377 @@ async fn canonical_ca_digest_and_bounded_reset_reason() {
     assert_eq!(b["resets"], 1);
     srv.stop().await;
 }
+
+fn sync_body(swarm: &str, addrs: &[&str], managers: u32, members: &[(&str, &str)]) -> Value {
+    json!({
+        "node_id": "a",
+        "swarm_id": swarm,
+        "manager_addrs": addrs,
+        "managers": managers,
+        "members": members
+            .iter()
+            .map(|(id, role)| json!({"node_id": id, "role": role}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn adopt_body(node: &str, swarm: &str) -> Value {
+    json!({
+        "node_id": node,
+        "hostname": format!("host-{node}"),
+        "advertise_addr": "198.18.0.20",
+        "swarm_id": swarm,
+        "ca_digest": format!("sha256:{}", "cd".repeat(32)),
+        "manager_addrs": ["198.18.0.20:2377", "198.18.0.21:2377"],
+        "manager_token": MANAGER_TOKEN,
+        "worker_token": WORKER_TOKEN,
+        "managers": 3,
+    })
+}
+
+/// `/sync` (wire/src/rules.rs `sync`): join info carries the live managers, a node seen and
+/// then missing is dropped and frees its manager slot, an unchanged report writes nothing, and
+/// only the cluster's own swarm may sync.
+#[tokio::test]
+async fn sync_makes_the_cluster_follow_the_swarm() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("follow", 3).await;
+    for n in ["a", "b", "c", "d"] {
+        api.register(n, "auto").await;
+    }
+    let (_, c) = api.claim("a", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
+
+    let all = [
+        ("a", "manager"),
+        ("b", "manager"),
+        ("c", "manager"),
+        ("d", "worker"),
+    ];
+    let addrs = ["198.18.0.11:2377", "198.18.0.12:2377", "198.18.0.13:2377"];
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body("swarm-abc", &addrs, 3, &all)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["changed"], true);
+    assert_eq!(b["pruned"], json!([]));
+    let (_, j) = api.call(Method::GET, "/join?node_id=d", None).await;
+    assert_eq!(j["join"]["manager_addrs"], json!(addrs), "{j}");
+    // The same report again: nothing to change.
+    let (_, b) = api
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body("swarm-abc", &addrs, 3, &all)),
+        )
+        .await;
+    assert_eq!(b["changed"], false, "{b}");
+    // A new node now is a worker: three managers stand.
+    assert_eq!(api.register("e", "auto").await["role"], "worker");
+    // Manager c left the swarm: dropped, and the next node takes its slot.
+    let left = [
+        ("a", "manager"),
+        ("b", "manager"),
+        ("d", "worker"),
+        ("e", "worker"),
+    ];
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body("swarm-abc", &addrs[..2], 2, &left)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["pruned"], json!(["c"]));
+    assert_eq!(b["manager_count"], 2);
+    let st = api.status().await;
+    assert!(st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|n| n["node_id"] != "c"));
+    assert_eq!(st["manager_addrs"], json!(addrs[..2]));
+    assert_eq!(api.register("f", "auto").await["role"], "manager");
+    // Another swarm, or a cluster that is not formed: swarm_mismatch, nothing changed.
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body("other-swarm", &addrs, 3, &all)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "swarm_mismatch", "{b}");
+    let open = srv.create_cluster("follow-open", 3).await;
+    let (s, b) = open
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body("swarm-abc", &addrs, 3, &all)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "swarm_mismatch", "{b}");
+    srv.stop().await;
+}
+
+/// A cluster re-created awaiting adoption (the coordinator lost its database): claims are
+/// refused until the running swarm's leader adopts it; a node parked waiting for join info is
+/// answered by the adoption; the adoption is idempotent; another swarm cannot adopt.
+#[tokio::test]
+async fn re_created_cluster_refuses_claims_until_adopted() {
+    let srv = TestServer::start().await;
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters",
+            Some(json!({"name": "again", "target_managers": 3, "await_adoption": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let api = Api {
+        client: srv.client(),
+        base: srv.base.clone(),
+        cluster: "again".into(),
+        secret: b["secret"].as_str().unwrap().to_string(),
+    };
+    let st = api.status().await;
+    assert_eq!(
+        (st["phase"].clone(), st["awaiting_adoption"].clone()),
+        (json!("open"), json!(true))
+    );
+
+    // A new node starting in the window registers (a manager), but may not init.
+    assert_eq!(api.register("new", "auto").await["role"], "manager");
+    let (s, b) = api.claim("new", 30_000).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "awaiting_adoption", "{b}");
+    assert!(b["message"].as_str().unwrap().contains("allow-init"), "{b}");
+    assert_eq!(api.status().await["lease"], Value::Null);
+
+    // It waits for join info; the adoption answers it.
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            api.call(Method::GET, "/join?node_id=new&wait=30", None)
+                .await
+        })
+    };
+    let s = &srv;
+    wait_for("the join long-poll to be parked", Duration::from_secs(10), || async move {
+        (s.metric("swarm_coordinator_open_long_polls ").await >= 1.0).then_some(())
+    })
+    .await;
+    let (s, a) = api
+        .call(
+            Method::POST,
+            "/adopt",
+            Some(adopt_body("leader", "swarm-live")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!(a["adopted"], true);
+    assert_eq!(a["phase"], "formed");
+    let token = a["fencing_token"].as_u64().unwrap();
+    let (s, j) = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the adoption wakes the parked join")
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["join"]["swarm_id"], "swarm-live", "{j}");
+    assert_eq!(j["join"]["role"], "worker", "three managers stand: {j}");
+    assert_eq!(j["join"]["token"], WORKER_TOKEN);
+    assert_eq!(
+        j["join"]["manager_addrs"],
+        json!(["198.18.0.20:2377", "198.18.0.21:2377"])
+    );
+
+    let st = api.status().await;
+    assert_eq!(st["phase"], "formed");
+    assert_eq!(st["awaiting_adoption"], false);
+    assert_eq!(st["adoptions"], 1);
+    assert!(!st.to_string().contains(MANAGER_TOKEN) && !st.to_string().contains(WORKER_TOKEN));
+    let leader = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "leader")
+        .cloned()
+        .expect("the adopter is registered");
+    assert_eq!(leader["role"], "manager");
+    // Formed: no claim is granted.
+    let (s, c) = api.claim("new", 30_000).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(c["granted"], false, "{c}");
+    // The same adoption again (a retry): not adopted again, the same token.
+    let (s, again) = api
+        .call(
+            Method::POST,
+            "/adopt",
+            Some(adopt_body("leader", "swarm-live")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["adopted"], false);
+    assert_eq!(again["fencing_token"].as_u64(), Some(token));
+    // Another swarm cannot take the cluster.
+    let (s, b) = api
+        .call(Method::POST, "/adopt", Some(adopt_body("x", "swarm-other")))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "already_formed", "{b}");
+    srv.stop().await;
+}
+
+/// The adoption's fencing token fences a lease granted in the window before it, and is larger
+/// than the tokens of the cluster as it was before the database was lost.
+#[tokio::test]
+async fn adoption_fences_a_lease_granted_before_it() {
+    let srv = TestServer::start().await;
+    let before = srv.create_cluster("old", 3).await;
+    let (_, c) = before.claim("a", 30_000).await;
+    let old_token = c["lease"]["fencing_token"].as_u64().unwrap();
+    // The "re-created" cluster without a hold: a node claims in the window.
+    let api = srv.create_cluster("window", 3).await;
+    let (_, c) = api.claim("n", 30_000).await;
+    assert_eq!(c["granted"], true);
+    let n_token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let (s, a) = api
+        .call(
+            Method::POST,
+            "/adopt",
+            Some(adopt_body("leader", "swarm-live")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let token = a["fencing_token"].as_u64().unwrap();
+    assert!(token > n_token && token > old_token, "{token}");
+    let (s, b) = api.publish("n", n_token).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "stale_fencing_token", "{b}");
+    assert_eq!(api.status().await["swarm_id"], "swarm-live");
+    srv.stop().await;
+}
+
+/// A swarm retired by `swarm-agent recover` is never adopted again.
+#[tokio::test]
+async fn adoption_of_a_retired_swarm_is_refused() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("retired", 1).await;
+    let (_, c) = api.claim("a", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
+    let (s, _) = api
+        .call(
+            Method::POST,
+            "/reset",
+            Some(json!({"node_id": "a", "swarm_id": "swarm-abc", "reason": "all managers lost"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        api.status().await["retired_swarm_ids"],
+        json!(["swarm-abc"])
+    );
+    let (s, b) = api
+        .call(Method::POST, "/adopt", Some(adopt_body("a", "swarm-abc")))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "swarm_retired", "{b}");
+    assert_eq!(api.status().await["phase"], "open");
+    srv.stop().await;
+}
+
+/// `POST /v1/admin/clusters/{c}/adoption-hold`: set and lifted by the operator, refused on a
+/// formed cluster, admin token only.
+#[tokio::test]
+async fn admin_sets_and_lifts_the_adoption_hold() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("hold", 3).await;
+    api.register("n", "auto").await;
+    let hold = |h: bool| json!({ "hold": h });
+    let (s, st) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/hold/adoption-hold",
+            Some(hold(true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["awaiting_adoption"], true);
+    assert_eq!(api.claim("n", 30_000).await.1["error"], "awaiting_adoption");
+    let (s, st) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/hold/adoption-hold",
+            Some(hold(false)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["awaiting_adoption"], false);
+    let (_, c) = api.claim("n", 30_000).await;
+    assert_eq!(c["granted"], true, "{c}");
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("n", token).await.0, StatusCode::OK);
+    // Formed: nothing to hold.
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/hold/adoption-hold",
+            Some(hold(true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "already_formed", "{b}");
+    // Unknown cluster, bad name, bad body, no admin token.
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/nope/adoption-hold",
+            Some(hold(true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b["error"], "unknown_cluster");
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/Bad_Name/adoption-hold",
+            Some(hold(true)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(b["error"], "invalid_name");
+    for body in [
+        json!({}),
+        json!({"hold": "yes"}),
+        json!({"hold": true, "extra": 1}),
+    ] {
+        let (s, b) = srv
+            .admin(
+                Method::POST,
+                "/v1/admin/clusters/hold/adoption-hold",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {b}");
+        assert_eq!(b["error"], "invalid_request", "{b}");
+    }
+    let (s, b) = send(
+        &srv.client(),
+        Method::POST,
+        &format!("{}/v1/admin/clusters/hold/adoption-hold", srv.base),
+        Some(&api.secret),
+        Some(hold(false)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(b["error"], "unauthorized");
+    srv.stop().await;
+}

@@ -489,3 +489,181 @@ async fn long_poll_cap_answers_503() {
     }
     assert!(stopping.elapsed() < Duration::from_secs(5));
 }
+
+/// `/sync` and `/adopt` (wire/src/rules.rs): authenticated like publish, every bad input a
+/// JSON 4xx, nothing stored.
+#[tokio::test]
+async fn sync_and_adopt_refuse_bad_input_with_json_errors() {
+    let srv = TestServer::start_with(lenient()).await;
+    let api = srv.create_cluster("follow", 3).await;
+    let other = srv.create_cluster("other", 3).await;
+    let c = srv.client();
+    let sec = Some(api.secret.as_str());
+    let json_ct = Some("application/json");
+    let adopt = json!({
+        "node_id": "a", "hostname": "host-a", "advertise_addr": "198.18.0.20",
+        "swarm_id": "swarm-live", "ca_digest": format!("sha256:{}", "cd".repeat(32)),
+        "manager_addrs": ["198.18.0.20:2377"], "manager_token": "SWMTKN-1-secret-manager",
+        "worker_token": "SWMTKN-1-secret-worker", "managers": 1,
+    });
+    let sync = json!({
+        "node_id": "a", "swarm_id": "swarm-live", "manager_addrs": ["198.18.0.20:2377"],
+        "managers": 1, "members": [{"node_id": "a", "role": "manager"}],
+    });
+    for (route, body) in [("/sync", &sync), ("/adopt", &adopt)] {
+        let url = api.url(route);
+        let bytes = serde_json::to_vec(body).unwrap();
+        // No secret, a wrong one, another cluster's: the same 401, before the body is read.
+        for bearer in [
+            None,
+            Some("wrong-secret-wrong-secret"),
+            Some(other.secret.as_str()),
+        ] {
+            let (s, v, _) = raw(&c, Method::POST, &url, bearer, json_ct, bytes.clone()).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{route} {bearer:?}");
+            assert_error(&v, "unauthorized");
+        }
+        let (s, v, _) = raw(&c, Method::POST, &url, sec, json_ct, b"{not json".to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{route}");
+        assert_error(&v, "malformed_json");
+        let (s, v, _) = raw(
+            &c,
+            Method::POST,
+            &url,
+            sec,
+            json_ct,
+            b"{\"node_id\": 5}".to_vec(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{route}");
+        assert_error(&v, "invalid_request");
+        let (s, v, _) = raw(
+            &c,
+            Method::POST,
+            &url,
+            sec,
+            Some("text/plain"),
+            bytes.clone(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{route}");
+        assert_error(&v, "unsupported_media_type");
+        // Well-formed JSON with a field the rules refuse.
+        for (field, value) in [
+            ("node_id", json!("bad id")),
+            ("swarm_id", json!("two words")),
+            ("manager_addrs", json!([])),
+            ("managers", json!(5000)),
+        ] {
+            let mut b = body.clone();
+            b[field] = value;
+            let (s, v, _) = raw(
+                &c,
+                Method::POST,
+                &url,
+                sec,
+                json_ct,
+                serde_json::to_vec(&b).unwrap(),
+            )
+            .await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{route} {field}");
+            assert_error(&v, "invalid_request");
+            assert!(!v.to_string().contains("SWMTKN"), "{v}");
+        }
+        let (s, v, _) = raw(&c, Method::GET, &url, sec, None, vec![]).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{route}");
+        assert_error(&v, "method_not_allowed");
+    }
+    let mut bad = adopt.clone();
+    bad["ca_digest"] = json!("md5:00");
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/adopt"),
+        sec,
+        json_ct,
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_request");
+    let mut bad = adopt.clone();
+    bad["worker_token"] = json!("");
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/adopt"),
+        sec,
+        json_ct,
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_request");
+    let mut bad = sync.clone();
+    bad["members"] = json!([{"node_id": "a", "role": "leader"}]);
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/sync"),
+        sec,
+        json_ct,
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_request");
+    // Body limits: an adoption is an ordinary request (64 KiB); a sync may list 10,000
+    // members (2 MiB), and not more.
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/adopt"),
+        sec,
+        json_ct,
+        vec![b' '; 70 * 1024],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&v, "payload_too_large");
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/sync"),
+        sec,
+        json_ct,
+        vec![b' '; 2 * 1024 * 1024 + 1],
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&v, "payload_too_large");
+    let mut many = sync.clone();
+    many["members"] = json!((0..10_000)
+        .map(|i| json!({"node_id": format!("{i:0>100}"), "role": "worker"}))
+        .collect::<Vec<_>>());
+    let bytes = serde_json::to_vec(&many).unwrap();
+    assert!(bytes.len() > 1024 * 1024, "{}", bytes.len());
+    let (s, v, _) = raw(&c, Method::POST, &api.url("/sync"), sec, json_ct, bytes).await;
+    assert_eq!(s, StatusCode::CONFLICT, "read and judged by the rules: {v}");
+    assert_error(&v, "swarm_mismatch");
+    many["members"] = json!((0..10_001)
+        .map(|i| json!({"node_id": format!("n{i}"), "role": "worker"}))
+        .collect::<Vec<_>>());
+    let (s, v, _) = raw(
+        &c,
+        Method::POST,
+        &api.url("/sync"),
+        sec,
+        json_ct,
+        serde_json::to_vec(&many).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_error(&v, "invalid_request");
+    // Nothing of it was stored.
+    let st = api.status().await;
+    assert_eq!(st["phase"], "open");
+    assert_eq!(st["nodes"], json!([]));
+    assert_eq!(srv.get("/healthz").await.0, StatusCode::OK);
+    srv.stop().await;
+}

@@ -28,6 +28,11 @@ struct Running {
 
 /// Start `serve` on 127.0.0.1:0 and wait until it answers /healthz (deadline, no fixed sleep).
 async fn start(data: &Path, log: &Path) -> Running {
+    start_logging(data, log, "warn").await
+}
+
+/// [`start`] with the log filter `level` (the server's stderr goes to `log`).
+async fn start_logging(data: &Path, log: &Path, level: &str) -> Running {
     let stderr = std::fs::File::create(log).unwrap();
     let mut child = Command::new(BIN)
         .args([
@@ -38,7 +43,7 @@ async fn start(data: &Path, log: &Path) -> Running {
             "--data-dir",
         ])
         .arg(data)
-        .env("SWARM_COORDINATOR_LOG", "warn")
+        .env("SWARM_COORDINATOR_LOG", level)
         .stdout(Stdio::null())
         .stderr(stderr)
         .kill_on_drop(true)
@@ -566,4 +571,129 @@ async fn insecure_http_needs_the_flag_and_warns() {
     );
     child.start_kill().unwrap();
     let _ = child.wait().await;
+}
+
+/// The coordinator lost its database: the operator re-creates the cluster with the same secret
+/// and `--adopt`; init claims are refused until the running swarm adopts it, which the server
+/// logs. `await-adoption` / `allow-init` work on the data dir and through the running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_created_cluster_awaits_adoption_through_the_cli_and_the_server() {
+    install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let secret_file = tmp.path().join("secret");
+    let secret = "terraform-random-password-0123456789";
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let ok = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let show = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).expect("JSON status on stdout")
+    };
+
+    let out = cli(&[
+        "cluster",
+        "create",
+        "prod",
+        "--adopt",
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+        "--data-dir",
+        data_s,
+    ])
+    .await;
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("allow-init prod"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["cluster", "show", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    assert_eq!(show(&out)["awaiting_adoption"], true);
+    // Directly on the data dir: lift and set again.
+    let out = cli(&["cluster", "allow-init", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    assert_eq!(show(&out)["awaiting_adoption"], false);
+    let out = cli(&["cluster", "await-adoption", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    assert_eq!(show(&out)["awaiting_adoption"], true);
+
+    let log = tmp.path().join("server.log");
+    let srv = start_logging(&data, &log, "info").await;
+    let api = Api {
+        client: srv.client.clone(),
+        base: srv.base.clone(),
+        cluster: "prod".into(),
+        secret: secret.into(),
+    };
+    // Through the running server's admin API.
+    let out = cli(&["cluster", "allow-init", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    assert_eq!(show(&out)["awaiting_adoption"], false);
+    let out = cli(&["cluster", "await-adoption", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    assert_eq!(show(&out)["awaiting_adoption"], true);
+    let out = cli(&["cluster", "list", "--data-dir", data_s]).await;
+    ok(&out);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("awaiting-adoption"), "{listing}");
+
+    api.register("new", "auto").await;
+    let (s, b) = api.claim("new", 30_000).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert_eq!(b["error"], "awaiting_adoption", "{b}");
+
+    let (s, a) = api
+        .call(
+            Method::POST,
+            "/adopt",
+            Some(json!({
+                "node_id": "leader-node", "hostname": "host-l", "advertise_addr": "198.18.0.20",
+                "swarm_id": "swarm-live", "ca_digest": format!("sha256:{}", "cd".repeat(32)),
+                "manager_addrs": ["198.18.0.20:2377"], "manager_token": MANAGER_TOKEN,
+                "worker_token": WORKER_TOKEN, "managers": 3,
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    let token = a["fencing_token"].as_u64().unwrap();
+    let expect = format!(
+        "cluster prod adopted swarm swarm-live from node leader-node under fencing token {token}"
+    );
+    let logged = wait_for("the adoption in the log", Duration::from_secs(10), || {
+        let (log, expect) = (log.clone(), expect.clone());
+        async move {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains(&expect).then_some(text)
+        }
+    })
+    .await;
+    assert!(logged.contains("adoption hold lifted"), "{logged}");
+    assert!(logged.contains("adoption hold set"), "{logged}");
+    for secret_text in [secret, MANAGER_TOKEN, WORKER_TOKEN] {
+        assert!(
+            !logged.contains(secret_text),
+            "a secret in the log: {logged}"
+        );
+    }
+    // Formed: nothing to hold; the CLI says why.
+    let out = cli(&["cluster", "await-adoption", "prod", "--data-dir", data_s]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already_formed"), "{err}");
+    let out = cli(&["cluster", "show", "prod", "--data-dir", data_s]).await;
+    ok(&out);
+    let st = show(&out);
+    assert_eq!(
+        (st["phase"].clone(), st["adoptions"].clone()),
+        (json!("formed"), json!(1))
+    );
+    let mut child = srv.child;
+    child.kill().await.unwrap();
 }

@@ -100,6 +100,18 @@ impl AdminClient {
         .await
     }
 
+    pub async fn set_adoption_hold(&self, name: &str, hold: bool) -> anyhow::Result<ClusterStatus> {
+        self.call(
+            self.http
+                .post(format!(
+                    "{}/v1/admin/clusters/{name}/adoption-hold",
+                    self.base
+                ))
+                .json(&serde_json::json!({ "hold": hold })),
+        )
+        .await
+    }
+
     pub async fn list(&self) -> anyhow::Result<Vec<ClusterStatus>> {
         self.call(self.http.get(format!("{}/v1/admin/clusters", self.base)))
             .await

@@ -15,6 +15,11 @@ pub enum ClusterCmd {
     Create(Create),
     /// Allow exactly one new `swarm init` for a formed cluster (recorded in its `resets`).
     Reset(Named),
+    /// Refuse init claims until the cluster's running swarm adopts it (the cluster was
+    /// re-created, or restored from a backup taken before its swarm formed).
+    AwaitAdoption(Named),
+    /// Lift the adoption hold: no swarm runs for this cluster any more, let a new one form.
+    AllowInit(Named),
     /// List the clusters.
     List(List),
     /// Show one cluster as JSON (no secrets).
@@ -42,6 +47,12 @@ pub struct Create {
     /// Write the generated secret to this file (mode 0600) instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Re-create the cluster of a running swarm (the coordinator lost its database, or is
+    /// restored from a backup): refuse every init claim until that swarm's leader adopts it,
+    /// so no new node can `swarm init` a second swarm meanwhile. Never for a brand-new cluster
+    /// (it would wait for a swarm that does not exist; `cluster allow-init` lifts the hold).
+    #[arg(long)]
+    pub adopt: bool,
     #[command(flatten)]
     pub dir: DataDirArg,
 }
@@ -96,6 +107,19 @@ impl Backend {
         }
     }
 
+    async fn set_adoption_hold(&self, name: &str, hold: bool) -> anyhow::Result<ClusterStatus> {
+        match self {
+            Backend::Direct(store) => {
+                let w = store.set_adoption_hold(name.to_string(), hold).await?;
+                if w.changed {
+                    tracing::info!(cluster = %name, hold, "adoption hold changed (data dir)");
+                }
+                Ok(w.value)
+            }
+            Backend::Remote(c) => c.set_adoption_hold(name, hold).await,
+        }
+    }
+
     async fn list(&self) -> anyhow::Result<Vec<ClusterStatus>> {
         match self {
             Backend::Direct(store) => Ok(store.list()?),
@@ -126,14 +150,42 @@ impl ClusterCmd {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 Ok(())
             }
+            ClusterCmd::AwaitAdoption(n) => {
+                let status = Backend::open(&n.dir, OpenMode::MustExist)?
+                    .set_adoption_hold(&n.name, true)
+                    .await?;
+                eprintln!(
+                    "cluster {} awaits adoption: init claims are refused until its running swarm \
+                     adopts it (`swarm-coordinator cluster allow-init {}` lifts the hold)",
+                    status.name, status.name
+                );
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                Ok(())
+            }
+            ClusterCmd::AllowInit(n) => {
+                let status = Backend::open(&n.dir, OpenMode::MustExist)?
+                    .set_adoption_hold(&n.name, false)
+                    .await?;
+                eprintln!(
+                    "cluster {}: init claims are allowed (no adoption hold){}",
+                    status.name,
+                    if status.phase == swarmstrap_wire::Phase::Formed {
+                        "; it is formed, so none is granted until a reset"
+                    } else {
+                        ""
+                    }
+                );
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                Ok(())
+            }
             ClusterCmd::List(l) => {
                 let clusters = Backend::open(&l.dir, OpenMode::MustExist)?.list().await?;
                 if l.json {
                     println!("{}", serde_json::to_string_pretty(&clusters)?);
                 } else {
                     println!(
-                        "{:<24} {:<8} {:>7} {:>6} {:>9} {:>7}",
-                        "NAME", "PHASE", "TARGET", "NODES", "MANAGERS", "RESETS"
+                        "{:<24} {:<8} {:>7} {:>6} {:>9} {:>7} {:>9}  HOLD",
+                        "NAME", "PHASE", "TARGET", "NODES", "MANAGERS", "RESETS", "ADOPTIONS"
                     );
                     for c in clusters {
                         let managers = c
@@ -142,13 +194,19 @@ impl ClusterCmd {
                             .filter(|n| n.role == swarmstrap_wire::Role::Manager)
                             .count();
                         println!(
-                            "{:<24} {:<8} {:>7} {:>6} {:>9} {:>7}",
+                            "{:<24} {:<8} {:>7} {:>6} {:>9} {:>7} {:>9}  {}",
                             c.name,
                             c.phase.to_string(),
                             c.target_managers,
                             c.nodes.len(),
                             managers,
-                            c.resets
+                            c.resets,
+                            c.adoptions,
+                            if c.awaiting_adoption {
+                                "awaiting-adoption"
+                            } else {
+                                "-"
+                            }
                         );
                     }
                 }
@@ -197,8 +255,17 @@ impl Create {
                 name: self.name.clone(),
                 target_managers: self.target_managers,
                 secret,
+                await_adoption: self.adopt,
             })
             .await?;
+        if self.adopt {
+            eprintln!(
+                "cluster {} awaits adoption: no node may run `swarm init` until the running \
+                 swarm's leader adopts it; if no swarm runs for it any more, lift the hold with \
+                 `swarm-coordinator cluster allow-init {}`",
+                created.name, created.name
+            );
+        }
         match &self.out {
             Some(out) => {
                 let mut bytes = created.secret.expose().as_bytes().to_vec();
