@@ -183,6 +183,108 @@ impl Coordinator {
         Ok(out)
     }
 
+    /// `cluster create NAME --secret-file FILE` (an operator re-creating a cluster whose
+    /// secret it kept, e.g. Terraform's random_password), with `--adopt` when `adopt`: the
+    /// cluster is created awaiting adoption by the running swarm's leader and refuses init
+    /// claims until then. Works with the server stopped (direct) or running (admin API).
+    pub fn create_cluster_with_secret(
+        &self,
+        name: &str,
+        target_managers: u8,
+        secret_file: &Path,
+        adopt: bool,
+    ) -> Result<()> {
+        let mut cmd = self.cli();
+        cmd.args(["cluster", "create", name, "--target-managers"])
+            .arg(target_managers.to_string())
+            .arg("--secret-file")
+            .arg(secret_file)
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        if adopt {
+            cmd.arg("--adopt");
+        }
+        let o = cmd.output()?;
+        if !o.status.success() {
+            bail!(
+                "swarm-coordinator cluster create {name} --secret-file …{} failed ({}): {}",
+                if adopt { " --adopt" } else { "" },
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// The database is lost but the machine keeps its identity (a VM rebuilt from the same
+    /// Terraform: same certificate, same cluster secret, empty store). With the server stopped:
+    /// remove everything in the data dir (store, marker, admin token, server.json), keeping the
+    /// TLS certificate and key aside, so the fingerprint the agents pin stays the same.
+    ///
+    /// Then create the cluster again ([`Coordinator::create_cluster_with_secret`]: a data dir
+    /// holding only `tls/` has no marker and would be refused as foreign, so the certificate is
+    /// not put back yet) and [`Coordinator::start`], which restores the kept certificate first
+    /// ([`Coordinator::restore_tls`]) and fails if the fingerprint changed.
+    pub fn wipe_store_keep_tls(&self) -> Result<()> {
+        if self.is_running() {
+            bail!("wipe_store_keep_tls: stop or kill the coordinator first");
+        }
+        let tls = self.data_dir.join("tls");
+        let kept = self.kept_tls_dir();
+        let have = |d: &Path| ["cert.pem", "key.pem"].iter().all(|f| d.join(f).exists());
+        if have(&tls) {
+            if kept.exists() {
+                fs::remove_dir_all(&kept)?;
+            }
+            fs::create_dir_all(&kept)?;
+            fs::set_permissions(&kept, fs::Permissions::from_mode(0o700))?;
+            for f in ["cert.pem", "key.pem"] {
+                fs::copy(tls.join(f), kept.join(f))
+                    .with_context(|| format!("keeping {}", tls.join(f).display()))?;
+            }
+        } else if !have(&kept) {
+            // (An earlier wipe whose restart failed leaves the kept copy as the only one.)
+            bail!(
+                "{} holds no certificate and key, and none were kept: the coordinator never \
+                 generated its certificate here",
+                tls.display()
+            );
+        }
+        fs::remove_dir_all(&self.data_dir)
+            .with_context(|| format!("removing {}", self.data_dir.display()))?;
+        fs::create_dir_all(&self.data_dir)?;
+        fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700))?;
+        Ok(())
+    }
+
+    fn kept_tls_dir(&self) -> PathBuf {
+        self.dir.join("tls-kept")
+    }
+
+    /// Put the certificate and key kept by [`Coordinator::wipe_store_keep_tls`] back into the
+    /// data dir (no-op when there is nothing kept or the data dir has its certificate).
+    pub fn restore_tls(&self) -> Result<()> {
+        let kept = self.kept_tls_dir();
+        let tls = self.data_dir.join("tls");
+        if !kept.join("cert.pem").exists() || tls.join("cert.pem").exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&tls)?;
+        for f in ["cert.pem", "key.pem"] {
+            fs::copy(kept.join(f), tls.join(f))
+                .with_context(|| format!("restoring {}", tls.join(f).display()))?;
+        }
+        fs::set_permissions(tls.join("key.pem"), fs::Permissions::from_mode(0o600))?;
+        fs::set_permissions(tls.join("cert.pem"), fs::Permissions::from_mode(0o644))?;
+        Ok(())
+    }
+
+    /// Whether `serve` was started and has not been stopped or killed by the harness (it may
+    /// still have exited on its own).
+    pub fn is_running(&self) -> bool {
+        self.child.lock().unwrap().is_some()
+    }
+
     /// `cluster show NAME` (JSON, no secrets).
     pub fn show(&self, name: &str) -> Result<Value> {
         let o = self
@@ -217,6 +319,7 @@ impl Coordinator {
 
     /// Start `serve` and wait (deadline) until it accepts TCP connections.
     pub fn start(&mut self) -> Result<()> {
+        self.restore_tls()?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -501,6 +604,14 @@ impl Cluster {
 
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The file holding the cluster's join secret (coordinator backend only).
+    pub fn secret_file(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Coordinator { secret_file, .. } => Some(secret_file),
+            Backend::SecretsManager { .. } => None,
+        }
     }
 
     /// The coordinator (panics for a Secrets Manager cluster: a test bug).
@@ -808,6 +919,14 @@ impl Cluster {
 /// Lines a `swarm-agent run` log has per `swarm init` it ran.
 pub fn count_inits(log: &str) -> usize {
     log.lines().filter(|l| l.contains(INIT_MARKER)).count()
+}
+
+/// Lines of `log` that contain `pattern`, compared case-insensitively.
+pub fn lines_matching<'a>(log: &'a str, pattern: &str) -> Vec<&'a str> {
+    let p = pattern.to_ascii_lowercase();
+    log.lines()
+        .filter(|l| l.to_ascii_lowercase().contains(&p))
+        .collect()
 }
 
 /// What the agent logs right after a successful `swarm init`.

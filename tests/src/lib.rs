@@ -25,6 +25,7 @@ pub mod lock;
 pub mod net;
 pub mod nginx;
 pub mod proc;
+pub mod quorum;
 pub mod stale;
 pub mod swarm;
 pub mod wait;
