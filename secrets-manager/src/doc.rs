@@ -13,7 +13,8 @@
 //!
 //! The stored JSON is `schema`, the rulebook's [`rules::Memory`] flattened (its state fields —
 //! `name`, `target_managers`, `node_count`, `manager_count`, `lease`, `last_fencing_token`,
-//! `formed`, `resets`, `reset_log` —, `nodes` as a list, `docs` as a map of
+//! `formed`, `resets`, `reset_log`, `awaiting_adoption`, `adoptions` —, `nodes` as a list
+//! (each with `joined_through` and `seen_at_ms` once known), `docs` as a map of
 //! `{version, body}`) and `recent_writes`. That is the layout the previous version wrote, with
 //! additions; it stays **schema 1** because both versions read each other's documents:
 //!
@@ -21,7 +22,8 @@
 //!   cluster's name; its `next_fencing_token` (the token the *next* grant gets) becomes
 //!   `last_fencing_token = max(last_fencing_token, next_fencing_token - 1)`, so fencing stays
 //!   monotonic across the upgrade; the node and manager counts it did not store are recounted
-//!   from the node list (always, so they can never disagree with it); a `formed` without
+//!   from the node list (only when absent: a sync sets the manager count from the swarm's
+//!   healthy managers, which need not all be registered); a `formed` without
 //!   `published_by` was published by the holder of the lease the previous version kept after
 //!   publishing, so that lease's holder and token become `published_by` / `fencing_token` and
 //!   the lease is dropped (the rulebook clears it on publish), which keeps the publisher's
@@ -33,8 +35,17 @@
 //!   field it requires is unchanged, and it ignores the new ones. A document it writes back
 //!   loses the new fields, and the first rule of this list restores them — all but the
 //!   publisher of a cluster formed by this version (it keeps no lease to recover it from):
-//!   that publisher's identical re-publish is then refused as `stale_fencing_token`, the one
-//!   thing a mixed fleet loses.
+//!   that publisher's identical re-publish is then refused as `stale_fencing_token`; and what
+//!   the previous version has no rule for: an adoption hold (lifted), the adoption count, the
+//!   nodes' `seen_at_ms` (the next sync marks them again; until then a departed node is not
+//!   dropped) and `joined_through`. That is what a mixed fleet loses.
+//! - **Fields added since** (`awaiting_adoption`, `adoptions`, a node's `joined_through` and
+//!   `seen_at_ms`) default to false / 0 / absent, so a document written before them reads as
+//!   it is.
+//!
+//! Registrations of nodes that left the swarm are dropped from `nodes` by the leader's sync
+//! ([`rules::sync`]), so the document stays bounded under churn (a secret holds at most
+//! [`MAX_SECRET_BYTES`]).
 //!
 //! A document with another `schema` is refused (see [`crate::aws`]).
 
@@ -122,8 +133,8 @@ impl ClusterDoc {
     }
 
     /// Bring a document as read up to the current layout (see the module docs): pure field
-    /// conversion, no rule.
-    fn from_stored(stored: StoredIn) -> Self {
+    /// conversion, no rule. `counted`: the document stored the node and manager counts.
+    fn from_stored(stored: StoredIn, counted: bool) -> Self {
         let mut cluster = stored.cluster;
         let state = &mut cluster.state;
         if let Some(next) = stored.next_fencing_token {
@@ -137,7 +148,9 @@ impl ClusterDoc {
                 }
             }
         }
-        cluster.recount();
+        if !counted {
+            cluster.recount();
+        }
         ClusterDoc {
             schema: stored.schema,
             cluster,
@@ -202,9 +215,12 @@ impl<'de> Deserialize<'de> for ClusterDoc {
                 }
             }
         }
+        // The previous version stored no counts (recounted from the node list); this one
+        // stores both, and a sync sets the manager count from the swarm.
+        let counted = map.contains_key("node_count") && map.contains_key("manager_count");
         let stored: StoredIn =
             serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
-        Ok(ClusterDoc::from_stored(stored))
+        Ok(ClusterDoc::from_stored(stored, counted))
     }
 }
 
@@ -225,6 +241,7 @@ mod tests {
             hostname: format!("host-{id}"),
             advertise_addr: "198.18.0.1".into(),
             role,
+            joined_through: None,
         }
     }
 
@@ -678,5 +695,84 @@ mod tests {
         assert!(d.includes_write("id-10"));
         assert!(d.includes_write(&format!("id-{}", RECENT_WRITES + 9)));
         assert_eq!(reparse(&d), d);
+    }
+
+    #[test]
+    fn sync_and_adopt_survive_the_round_trip_and_prune_the_document() {
+        use swarmstrap_wire::{AdoptRequest, Member, SyncRequest};
+        // Adopted by a swarm of 3 healthy managers of which only the caller is registered: the
+        // manager count is the swarm's, not the node list's, and reads back as stored.
+        let mut doc = new_doc();
+        let adopt = AdoptRequest {
+            node_id: "lead".into(),
+            hostname: "host-lead".into(),
+            advertise_addr: "198.18.0.1".into(),
+            swarm_id: "swarm-1".into(),
+            ca_digest: swarmstrap_wire::format_fingerprint(&[7u8; 32]),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-mgr"),
+            worker_token: Secret::new("SWMTKN-1-wrk"),
+            managers: 3,
+        };
+        let (a, wrote) = run(&mut doc, |m| m.adopt(NOW, &adopt)).unwrap();
+        assert!(a.adopted && wrote);
+        assert_eq!(doc.cluster.state.manager_count, 3);
+        assert_eq!(doc.cluster.nodes.len(), 1);
+        // So a new node is a worker: the swarm's managers stand.
+        let (r, _) = run(&mut doc, |m| {
+            m.register(NOW, &reg("n1", RequestedRole::Auto))
+        })
+        .unwrap();
+        assert_eq!(r.role, Role::Worker);
+        let (r, _) = run(&mut doc, |m| {
+            m.register(NOW, &reg("n2", RequestedRole::Auto))
+        })
+        .unwrap();
+        assert_eq!(r.role, Role::Worker);
+        let sync = |members: &[&str], managers: u32| SyncRequest {
+            node_id: "lead".into(),
+            swarm_id: "swarm-1".into(),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            managers,
+            members: members
+                .iter()
+                .map(|id| Member {
+                    node_id: id.to_string(),
+                    role: if *id == "lead" {
+                        Role::Manager
+                    } else {
+                        Role::Worker
+                    },
+                })
+                .collect(),
+        };
+        run(&mut doc, |m| {
+            m.sync(NOW + 1, &sync(&["lead", "n1", "n2"], 1))
+        })
+        .unwrap();
+        let before = serde_json::to_string(&doc).unwrap().len();
+        // n2 left the swarm: its registration is gone from the stored document.
+        let (r, wrote) = run(&mut doc, |m| m.sync(NOW + 2, &sync(&["lead", "n1"], 1))).unwrap();
+        assert!(wrote);
+        assert_eq!(r.pruned, vec!["n2".to_string()]);
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains("\"n2\""), "{text}");
+        assert!(text.len() < before);
+        assert_eq!(
+            (
+                doc.cluster.state.node_count,
+                doc.cluster.state.manager_count
+            ),
+            (2, 1)
+        );
+        // The new fields are stored, and a document without them (written before) reads.
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["adoptions"], 1);
+        assert_eq!(v["awaiting_adoption"], false);
+        assert!(v["nodes"][0]["seen_at_ms"].is_u64(), "{v}");
+        let old: ClusterDoc = serde_json::from_value(legacy_formed()).unwrap();
+        assert!(!old.cluster.state.awaiting_adoption);
+        assert_eq!(old.cluster.state.adoptions, 0);
+        assert!(old.cluster.nodes.values().all(|n| n.seen_at_ms.is_none()));
     }
 }

@@ -11,6 +11,12 @@
 //! documents) polls GetSecretValue with capped exponential backoff and jitter — never a fixed
 //! sleep.
 //!
+//! The secret may be missing (never created, or deleted and re-created by an operator): reads
+//! then see an open, unformed cluster, and the first write — a registration, a claim, or the
+//! running swarm's adoption — creates the secret (CreateSecret; a lost creation race re-reads
+//! and runs the rule again). A sync on a missing secret is `swarm_mismatch`, which is how the
+//! raft leader's agent learns that the secret forgot its swarm and adopts it.
+//!
 //! Writes are rare on purpose (Secrets Manager write APIs share ~50 TPS per account, and every
 //! write adds a secret version): no heartbeats, and a rule whose change is empty writes nothing
 //! — idempotent calls (re-register, re-claim by the holder, identical re-publish) and early
@@ -34,8 +40,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, PublishRequest,
-    PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
+    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, SyncRequest, SyncResponse,
 };
 
 /// Default prefix of the secret name: the secret of cluster `prod` is `swarmstrap/prod`.
@@ -204,6 +211,34 @@ impl SecretsManagerRendezvous {
     /// AWS API calls made so far by this instance (for the README's call budget and tests).
     pub fn api_calls(&self) -> ApiCallCounts {
         self.calls.snapshot()
+    }
+
+    /// Set or lift the adoption hold (`swarmstrap_wire::rules::set_adoption_hold`): while set,
+    /// init claims are refused with `awaiting_adoption` until the running swarm adopts the
+    /// cluster. For an operator (or a test) whose secret was deleted and re-created while its
+    /// swarm runs; a formed cluster refuses the hold (`already_formed`). Creates the secret when
+    /// it is missing.
+    pub async fn set_adoption_hold(&self, hold: bool) -> Result<ClusterStatus> {
+        let r = self
+            .mutate("set_adoption_hold", |m, now| {
+                let outcome = rules::set_adoption_hold(&m.state, hold)?;
+                let mut after = m.clone();
+                after.apply(outcome.change.clone());
+                Ok(Outcome {
+                    answer: after.status(now),
+                    change: outcome.change,
+                })
+            })
+            .await?;
+        if let Mutated::Written(_) = r {
+            tracing::info!(
+                secret = %self.store.secret_name,
+                hold,
+                "adoption hold {}",
+                if hold { "set" } else { "lifted" }
+            );
+        }
+        Ok(r.into_inner())
     }
 
     /// The document of this cluster before anyone wrote it (the target is written by whoever
@@ -468,6 +503,35 @@ impl Rendezvous for SecretsManagerRendezvous {
             .await?;
         tracing::warn!(node = %req.node_id, lost_swarm = %req.swarm_id,
             "cluster reset by `swarm-agent recover`: one new init is allowed");
+        Ok(r.into_inner())
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        rules::validate_sync(req)?;
+        let r = self.mutate("sync", |m, now| m.sync(now, req)).await?;
+        if let Mutated::Written(a) = &r {
+            if !a.pruned.is_empty() {
+                tracing::info!(node = %req.node_id, pruned = ?a.pruned, managers = a.manager_count,
+                    "registrations of nodes that left the swarm dropped from the secret");
+            }
+        }
+        Ok(r.into_inner())
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
+        rules::validate_adopt(req)?;
+        let r = self.mutate("adopt", |m, now| m.adopt(now, req)).await?;
+        if let Mutated::Written(a) = &r {
+            if a.adopted {
+                tracing::info!(
+                    "secret {} adopted swarm {} from node {} under fencing token {}",
+                    self.store.secret_name,
+                    req.swarm_id,
+                    req.node_id,
+                    a.fencing_token
+                );
+            }
+        }
         Ok(r.into_inner())
     }
 

@@ -66,6 +66,26 @@ async fn tokens_never_appear_in_logs() {
     let jb = b.wait_join("b", Duration::from_secs(10)).await.unwrap();
     assert_eq!(ja.join.as_ref().unwrap().token.expose(), mgr);
     assert_eq!(jb.join.as_ref().unwrap().token.expose(), wrk);
+    // adoption into a cluster whose secret is missing (created with the tokens), a refused one
+    let c: Box<dyn Rendezvous> = Box::new(moto.backend("logs-adopted", 3));
+    let adopt = swarmstrap_wire::AdoptRequest {
+        node_id: "lead".into(),
+        hostname: "host-lead".into(),
+        advertise_addr: "198.18.0.10".into(),
+        swarm_id: "swarm-live".into(),
+        ca_digest: swarmstrap_wire::format_fingerprint(&[0x5a; 32]),
+        manager_addrs: vec!["198.18.0.10:2377".into()],
+        manager_token: swarmstrap_wire::Secret::new(&mgr),
+        worker_token: swarmstrap_wire::Secret::new(&wrk),
+        managers: 1,
+    };
+    assert!(c.adopt(&adopt).await.unwrap().adopted);
+    let other = swarmstrap_wire::AdoptRequest {
+        swarm_id: "swarm-other".into(),
+        ..adopt.clone()
+    };
+    assert!(c.adopt(&other).await.is_err());
+    tracing::info!(?adopt, "debug dump of an adoption");
     // Debug output of everything the agent might print is redacted too
     tracing::info!(?ja, ?jb, status = ?a.status().await.unwrap(), "debug dump");
     // an AWS failure (deleted secret) is logged with its code
@@ -80,6 +100,10 @@ async fn tokens_never_appear_in_logs() {
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("init lease granted"), "capture works");
     assert!(text.contains("join data published"), "capture works");
+    assert!(
+        text.contains("adopted swarm swarm-live from node lead under fencing token"),
+        "the adoption is logged"
+    );
     assert!(
         text.contains("InvalidRequestException"),
         "failures are logged with their code"

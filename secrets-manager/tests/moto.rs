@@ -742,3 +742,349 @@ async fn secret_of_the_previous_version_is_read_and_fencing_continues() {
     assert_eq!(v["next_fencing_token"], 9);
     assert_eq!(v["manager_count"], 3);
 }
+
+/// The AWSCURRENT document as stored (test-side raw read).
+async fn stored_doc(moto: &Moto, secret: &str) -> Option<serde_json::Value> {
+    match moto
+        .client()
+        .get_secret_value()
+        .secret_id(secret)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+    {
+        Ok(out) => Some(serde_json::from_str(out.secret_string().unwrap()).unwrap()),
+        Err(e) => {
+            let text = format!("{e:?}");
+            assert!(text.contains("ResourceNotFoundException"), "{text}");
+            None
+        }
+    }
+}
+
+fn sync_req(
+    swarm: &str,
+    addrs: &[&str],
+    managers: u32,
+    members: &[(&str, Role)],
+) -> swarmstrap_wire::SyncRequest {
+    swarmstrap_wire::SyncRequest {
+        node_id: "a".into(),
+        swarm_id: swarm.into(),
+        manager_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        managers,
+        members: members
+            .iter()
+            .map(|(id, role)| swarmstrap_wire::Member {
+                node_id: id.to_string(),
+                role: *role,
+            })
+            .collect(),
+    }
+}
+
+fn adopt_req(node: &str, swarm: &str, managers: u32) -> swarmstrap_wire::AdoptRequest {
+    swarmstrap_wire::AdoptRequest {
+        node_id: node.into(),
+        hostname: format!("host-{node}"),
+        advertise_addr: "198.18.0.20".into(),
+        swarm_id: swarm.into(),
+        ca_digest: swarmstrap_wire::format_fingerprint(&[0x5a; 32]),
+        manager_addrs: vec!["198.18.0.20:2377".into(), "198.18.0.21:2377".into()],
+        manager_token: swarmstrap_wire::Secret::new(MGR),
+        worker_token: swarmstrap_wire::Secret::new(WRK),
+        managers,
+    }
+}
+
+/// The leader's sync makes the secret follow the swarm: join info carries the live managers,
+/// departed nodes leave the stored document (so it stays bounded under churn) and free their
+/// manager slot; an unchanged report writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_prunes_departed_nodes_and_refreshes_manager_addrs() {
+    use Role::{Manager as M, Worker as W};
+    let moto = Moto::start();
+    let rv = moto.backend("churn", 3);
+    for id in ["a", "b", "c", "d"] {
+        rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
+    }
+    let token = rv
+        .claim("a", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .lease
+        .unwrap()
+        .fencing_token;
+    rv.publish(&publish_req("a", token, MGR, WRK))
+        .await
+        .unwrap();
+    let secret = rv.secret_name().to_string();
+    // The document's size without the write-id ring (bounded at 64 ids, it fills as writes
+    // happen): what grows with the nodes.
+    let size = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("recent_writes");
+        v.to_string().len()
+    };
+    let formed_size = size(&stored_doc(&moto, &secret).await.unwrap());
+
+    let addrs = ["198.18.0.11:2377", "198.18.0.12:2377", "198.18.0.13:2377"];
+    let all = [("a", M), ("b", M), ("c", M), ("d", W)];
+    let r = rv
+        .sync(&sync_req("swarm-abc", &addrs, 3, &all))
+        .await
+        .unwrap();
+    assert!(r.changed && r.pruned.is_empty(), "{r:?}");
+    // Another node's client reads the new addresses.
+    let j = moto
+        .backend("churn", 3)
+        .wait_join("d", Duration::ZERO)
+        .await
+        .unwrap()
+        .join
+        .unwrap();
+    assert_eq!(j.manager_addrs, addrs);
+    // The same report again: no write.
+    let writes = rv.api_calls().writes();
+    let r = rv
+        .sync(&sync_req("swarm-abc", &addrs, 3, &all))
+        .await
+        .unwrap();
+    assert!(!r.changed);
+    assert_eq!(rv.api_calls().writes(), writes);
+
+    // Churn: 40 nodes join and leave, in two waves. Each wave's registrations reach the
+    // secret; once they left the swarm, the leader's sync drops them from it.
+    for wave in 0..2 {
+        let ids: Vec<String> = (0..20).map(|i| format!("churn-{wave}-{i:02}")).collect();
+        for id in &ids {
+            let r = rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
+            assert_eq!(r.role, W, "three managers stand");
+        }
+        let mut members: Vec<(&str, Role)> = all.to_vec();
+        members.extend(ids.iter().map(|i| (i.as_str(), W)));
+        rv.sync(&sync_req("swarm-abc", &addrs, 3, &members))
+            .await
+            .unwrap();
+        let grown = size(&stored_doc(&moto, &secret).await.unwrap());
+        assert!(grown > formed_size + 20 * 100, "{grown} vs {formed_size}");
+        let r = rv
+            .sync(&sync_req("swarm-abc", &addrs, 3, &all))
+            .await
+            .unwrap();
+        assert_eq!(r.pruned.len(), 20, "{r:?}");
+    }
+    // Manager c and worker d left too: pruned, and c's manager slot is free again.
+    let r = rv
+        .sync(&sync_req(
+            "swarm-abc",
+            &addrs[..2],
+            2,
+            &[("a", M), ("b", M)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.pruned, vec!["c".to_string(), "d".to_string()]);
+    assert_eq!((r.manager_count, r.node_count), (2, 2));
+    let doc = stored_doc(&moto, &secret).await.unwrap();
+    let stored: Vec<&str> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stored, ["a", "b"]);
+    assert!(
+        size(&doc) <= formed_size + 200,
+        "the document shrank back: {} vs {formed_size}",
+        size(&doc)
+    );
+    assert_eq!(
+        doc["manager_addrs"],
+        serde_json::Value::Null,
+        "addrs live in formed"
+    );
+    assert_eq!(
+        doc["formed"]["manager_addrs"],
+        serde_json::json!(addrs[..2])
+    );
+    let r = rv.register(&reg("e", RequestedRole::Auto)).await.unwrap();
+    assert_eq!(r.role, M, "the replaced manager's slot is free");
+    // Only the cluster's own swarm may sync.
+    let err = rv
+        .sync(&sync_req("other-swarm", &addrs, 3, &all))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("swarm_mismatch"), "{err}");
+}
+
+/// The secret was deleted (for good) while its swarm runs: reads see an open cluster, the
+/// leader's sync is `swarm_mismatch` and writes nothing, its adoption re-creates the secret
+/// formed under a fencing token larger than any before; a node registering afterwards joins
+/// the adopted swarm. Duplicate adoptions racing a registration create the secret once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_secret_is_re_created_by_the_adoption() {
+    let moto = Arc::new(Moto::start());
+    let rv = moto.backend("lost", 3);
+    rv.register(&reg("a", RequestedRole::Auto)).await.unwrap();
+    let old_token = rv
+        .claim("a", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .lease
+        .unwrap()
+        .fencing_token;
+    rv.publish(&publish_req("a", old_token, MGR, WRK))
+        .await
+        .unwrap();
+    moto.client()
+        .delete_secret()
+        .secret_id(rv.secret_name())
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let secret = rv.secret_name().to_string();
+    assert!(stored_doc(&moto, &secret).await.is_none());
+
+    // What a node sees now: an open, unformed, empty cluster.
+    let fresh = moto.backend("lost", 3);
+    let s = fresh.status().await.unwrap();
+    assert_eq!((s.phase, s.nodes.len(), s.swarm_id), (Phase::Open, 0, None));
+    // The leader's sync finds the swarm forgotten, and writes nothing.
+    let err = rv
+        .sync(&sync_req(
+            "swarm-abc",
+            &["198.18.0.10:2377"],
+            1,
+            &[("a", Role::Manager)],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("swarm_mismatch"), "{err}");
+    assert!(stored_doc(&moto, &secret).await.is_none());
+
+    // Three duplicate adoptions (retries of the leader) and a new node's registration race to
+    // create the secret.
+    let mut adoptions = Vec::new();
+    for _ in 0..3 {
+        let moto = moto.clone();
+        adoptions.push(tokio::spawn(async move {
+            moto.backend("lost", 3)
+                .adopt(&adopt_req("a", "swarm-abc", 1))
+                .await
+                .unwrap()
+        }));
+    }
+    let late = {
+        let moto = moto.clone();
+        tokio::spawn(async move {
+            moto.backend("lost", 3)
+                .register(&reg("late", RequestedRole::Auto))
+                .await
+                .unwrap()
+        })
+    };
+    let mut adopted = 0;
+    let mut tokens = std::collections::BTreeSet::new();
+    for a in adoptions {
+        let a = a.await.unwrap();
+        adopted += usize::from(a.adopted);
+        tokens.insert(a.fencing_token);
+        assert_eq!(a.phase, Phase::Formed);
+    }
+    late.await.unwrap();
+    assert_eq!(adopted, 1, "adopted once, the retries found it adopted");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let token = *tokens.iter().next().unwrap();
+    assert!(token > old_token, "{token} > {old_token}");
+
+    let s = fresh.status().await.unwrap();
+    assert_eq!(s.phase, Phase::Formed);
+    assert_eq!(s.swarm_id.as_deref(), Some("swarm-abc"));
+    assert_eq!(s.adoptions, 1);
+    assert!(s.nodes.iter().any(|n| n.node_id == "late"), "{:?}", s.nodes);
+    // A node registering after the adoption joins the adopted swarm.
+    fresh
+        .register(&reg("later", RequestedRole::Auto))
+        .await
+        .unwrap();
+    for id in ["late", "later"] {
+        let j = fresh
+            .wait_join(id, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .join
+            .expect("formed");
+        assert_eq!(j.swarm_id, "swarm-abc");
+        assert_eq!(j.manager_addrs, ["198.18.0.20:2377", "198.18.0.21:2377"]);
+    }
+    // No claim is granted, and the old publisher's token is stale.
+    let c = fresh.claim("later", Duration::from_secs(30)).await.unwrap();
+    assert!(!c.granted);
+    let err = rv
+        .publish(&publish_req("a", old_token, MGR, WRK))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict_code(&err), Some("stale_fencing_token"), "{err}");
+    let doc = stored_doc(&moto, &secret).await.unwrap();
+    assert_eq!(doc["formed"]["fencing_token"], token);
+}
+
+/// A stored cluster awaiting adoption (the flag written into the document directly, as an
+/// operator re-creating the secret would) refuses every claim until the swarm adopts it or the
+/// hold is lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_refused_while_the_stored_cluster_awaits_adoption() {
+    let moto = Moto::start();
+    let rv = moto.backend("held", 3);
+    rv.register(&reg("n", RequestedRole::Auto)).await.unwrap();
+    let secret = rv.secret_name().to_string();
+    let mut doc = stored_doc(&moto, &secret).await.unwrap();
+    doc["awaiting_adoption"] = serde_json::json!(true);
+    moto.client()
+        .put_secret_value()
+        .secret_id(&secret)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(rv.status().await.unwrap().awaiting_adoption);
+    let writes = rv.api_calls().writes();
+    for node in ["n", "m"] {
+        let err = rv.claim(node, Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(conflict_code(&err), Some("awaiting_adoption"), "{err}");
+    }
+    assert_eq!(
+        rv.api_calls().writes(),
+        writes,
+        "a refused claim writes nothing"
+    );
+    assert_eq!(rv.status().await.unwrap().lease, None);
+
+    // Lifted by the operator: claims are granted again; held again: refused again.
+    let s = rv.set_adoption_hold(false).await.unwrap();
+    assert!(!s.awaiting_adoption);
+    let s = rv.set_adoption_hold(true).await.unwrap();
+    assert!(s.awaiting_adoption);
+    let err = rv.claim("n", Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("awaiting_adoption"), "{err}");
+
+    // The running swarm adopts it: formed, hold gone, still no claim granted.
+    let a = rv.adopt(&adopt_req("lead", "swarm-live", 3)).await.unwrap();
+    assert!(a.adopted);
+    let s = rv.status().await.unwrap();
+    assert_eq!((s.phase, s.awaiting_adoption), (Phase::Formed, false));
+    let c = rv.claim("n", Duration::from_secs(30)).await.unwrap();
+    assert!(!c.granted);
+    let j = rv
+        .wait_join("n", Duration::ZERO)
+        .await
+        .unwrap()
+        .join
+        .unwrap();
+    assert_eq!((j.swarm_id.as_str(), j.role), ("swarm-live", Role::Worker));
+    // A formed cluster cannot be held.
+    let err = rv.set_adoption_hold(true).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("already_formed"), "{err}");
+}

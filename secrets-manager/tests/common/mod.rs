@@ -33,6 +33,7 @@ pub fn reg(
         hostname: format!("host-{node_id}"),
         advertise_addr: "198.18.0.10".to_string(),
         role,
+        joined_through: None,
     }
 }
 
