@@ -117,8 +117,12 @@ def coordinator_vars(
     tls_key_pem: str,
     coordinator_binary_url: str = "https://example.com/releases/v0.1.0/swarm-coordinator-x86_64-linux",
     coordinator_binary_sha256: str = "1" * 64,
+    adopt_running_swarm: bool = False,
 ) -> dict:
-    """The vars map of coordinator.yaml.tftpl."""
+    """The vars map of coordinator.yaml.tftpl. adopt_running_swarm: the modules'
+    coordinator_adopt_running_swarm (a bool: `%{ if }` refuses anything else)."""
+    if not isinstance(adopt_running_swarm, bool):
+        raise ValueError(f"adopt_running_swarm {adopt_running_swarm!r}: must be true or false")
     return {
         "cluster": cluster,
         "target_managers": target_managers,
@@ -127,6 +131,7 @@ def coordinator_vars(
         "tls_key_pem": tls_key_pem,
         "coordinator_binary_url": coordinator_binary_url,
         "coordinator_binary_sha256": coordinator_binary_sha256,
+        "adopt_running_swarm": adopt_running_swarm,
         "coordinator_unit": read("swarm-coordinator.service"),
         "install_script": read("swarmstrap-install.sh"),
     }

@@ -238,10 +238,14 @@ class CoordinatorTemplateTest(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def variables(self):
+    CREATE = ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers",
+              "5", "--secret-file", "/etc/swarm-coordinator/cluster.secret",
+              "--data-dir", "/var/lib/swarm-coordinator"]
+
+    def variables(self, **kw):
         return nodecfg.coordinator_vars(
             cluster="prod", target_managers=5, cluster_secret="Zx8kP2qLm9Vt4Rw7",
-            tls_cert_pem=self.cert, tls_key_pem=self.key,
+            tls_cert_pem=self.cert, tls_key_pem=self.key, **kw,
         )
 
     def test_valid_and_complete(self):
@@ -262,21 +266,55 @@ class CoordinatorTemplateTest(unittest.TestCase):
         self.assertEqual(runcmd[0], "set -e")
         self.assertEqual(runcmd[1][2:5], ["install", "--name", "swarm-coordinator"])
         self.assertEqual(runcmd[1][-2:], ["--docker", "none"])
-        self.assertEqual(
-            runcmd[2],
-            ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers",
-             "5", "--secret-file", "/etc/swarm-coordinator/cluster.secret",
-             "--data-dir", "/var/lib/swarm-coordinator"],
-        )
+        # The modules' default (coordinator_adopt_running_swarm = false): a plain create.
+        self.assertEqual(runcmd[2], self.CREATE)
         self.assertEqual(runcmd[3], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
         self.assertIn("--data-dir /var/lib/swarm-coordinator", unit)
         # The secret never reaches a command line.
         self.assertNotIn("Zx8kP2qLm9Vt4Rw7", json.dumps(runcmd))
 
+    def test_adopt_running_swarm_adds_adopt_to_cluster_create_only(self):
+        # true: the replacement coordinator of a running swarm creates the cluster awaiting
+        # adoption (`cluster create ... --adopt`); false (a new cluster): no --adopt anywhere.
+        rendered = {}
+        for adopt in (False, True):
+            with self.subTest(adopt=adopt):
+                variables = self.variables(adopt_running_swarm=adopt)
+                text = nodecfg.render_coordinator(variables)
+                assert_fully_rendered(self, f"coordinator adopt={adopt}", nodecfg.COORDINATOR_TEMPLATE, variables)
+                proc = cloud_init_schema(text)
+                self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+                self.assertIn("Valid cloud-config", proc.stdout)
+                doc = yaml.safe_load(text)
+                runcmd = doc["runcmd"]
+                self.assertEqual(len(runcmd), 4)
+                self.assertEqual(runcmd[2], self.CREATE + (["--adopt"] if adopt else []))
+                flags = [arg for item in runcmd if isinstance(item, list) for arg in item]
+                self.assertEqual(flags.count("--adopt"), 1 if adopt else 0)
+                self.assertEqual(runcmd[3], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
+                rendered[adopt] = doc
+        # Nothing but the create command differs: same files, same install and start steps.
+        off, on = rendered[False], rendered[True]
+        self.assertEqual(off["write_files"], on["write_files"])
+        self.assertEqual([c for i, c in enumerate(off["runcmd"]) if i != 2],
+                         [c for i, c in enumerate(on["runcmd"]) if i != 2])
+
+    def test_adopt_running_swarm_must_be_a_bool(self):
+        # The modules declare it `type = bool`; the tests' vars builder refuses anything else,
+        # and so does the template's `%{ if }` for a value no bool conversion accepts.
+        for bad in ("true", 1, None):
+            with self.subTest(bad=bad), self.assertRaises(ValueError):
+                self.variables(adopt_running_swarm=bad)
+        variables = self.variables()
+        variables["adopt_running_swarm"] = "yes"
+        with self.assertRaises(tfrender.TemplateError):
+            nodecfg.render_coordinator(variables)
+
     def test_template_uses_exactly_the_passed_variables(self):
         with open(nodecfg.COORDINATOR_TEMPLATE) as f:
             used = tfrender.template_variables(f.read())
         self.assertEqual(used, set(self.variables()))
+        self.assertIn("adopt_running_swarm", used)
 
 
 class RendererMatchesTerraformTest(unittest.TestCase):
@@ -292,6 +330,11 @@ class RendererMatchesTerraformTest(unittest.TestCase):
             cases["coordinator"] = (
                 nodecfg.COORDINATOR_TEMPLATE,
                 nodecfg.coordinator_vars(cluster="prod", cluster_secret='a"b<c>', tls_cert_pem=cert, tls_key_pem=key),
+            )
+            cases["coordinator_adopt"] = (
+                nodecfg.COORDINATOR_TEMPLATE,
+                nodecfg.coordinator_vars(cluster="prod", cluster_secret='a"b<c>', tls_cert_pem=cert, tls_key_pem=key,
+                                         adopt_running_swarm=True),
             )
             got = tfbin.templatefile_many(cases)
             for name, (path, variables) in cases.items():

@@ -6,6 +6,8 @@ start the server exactly as swarm-coordinator.service does (only paths and the l
 moved into a temp dir / 127.0.0.1). Then the pin computed the way the Terraform modules compute
 it must equal the coordinator's own fingerprint, and a swarm-agent with the rendered node
 config.toml must reach the coordinator through that pin (and be refused with a wrong pin).
+With adopt_running_swarm, the rendered `cluster create` holds the cluster awaiting adoption
+(`cluster show`), and `cluster allow-init` lifts the hold; without it, no hold.
 
 Binaries: $SWARM_COORDINATOR_BIN / $SWARM_AGENT_BIN, else builds under target*/; skipped
 without them.
@@ -177,6 +179,41 @@ class CoordinatorUserDataTest(unittest.TestCase):
         self.assertFalse(backend["reachable"])
         self.assertIsNone(backend["phase"])
         self.assertIn("fingerprint", backend["error"])
+
+    def test_adopt_running_swarm_creates_the_cluster_awaiting_adoption(self):
+        # The rendered `cluster create` of a replacement coordinator (adopt_running_swarm = true)
+        # holds init claims until the running swarm adopts the cluster; a new cluster's (false)
+        # does not. `cluster allow-init` lifts the hold.
+        for adopt in (False, True):
+            with self.subTest(adopt=adopt):
+                root = tempfile.mkdtemp(dir=self.root)
+                user_data = nodecfg.render_coordinator(nodecfg.coordinator_vars(
+                    cluster="itest", target_managers=3, cluster_secret=SECRET,
+                    tls_cert_pem="unused", tls_key_pem="unused", adopt_running_swarm=adopt,
+                ))
+                secret_path = "/etc/swarm-coordinator/cluster.secret"
+                moved = {"/usr/local/bin/swarm-coordinator": COORD_BIN,
+                         secret_path: os.path.join(root, "cluster.secret"),
+                         "/var/lib/swarm-coordinator": os.path.join(root, "data")}
+                with open(moved[secret_path], "w") as f:
+                    f.write(nodecfg.write_files(user_data)[secret_path]["content"])
+                os.chmod(moved[secret_path], 0o600)
+                create = [moved.get(a, a) for a in yaml.safe_load(user_data)["runcmd"][2]]
+                self.assertEqual("--adopt" in create, adopt)
+                proc = subprocess.run(create, capture_output=True, text=True, timeout=60)
+                self.assertEqual(proc.returncode, 0, proc.stderr)
+                self.assertNotIn(SECRET, proc.stdout + proc.stderr)
+                data = ["--data-dir", moved["/var/lib/swarm-coordinator"]]
+                self.assertIs(self.cluster_json("show", "itest", *data)["awaiting_adoption"], adopt)
+                if adopt:
+                    self.assertIn("allow-init", proc.stderr)
+                    self.assertIs(self.cluster_json("allow-init", "itest", *data)["awaiting_adoption"], False)
+                    self.assertIs(self.cluster_json("show", "itest", *data)["awaiting_adoption"], False)
+
+    def cluster_json(self, *args) -> dict:
+        proc = subprocess.run([COORD_BIN, "cluster", *args], capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return json.loads(proc.stdout)
 
     def agent_status(self, port: int, pin: str) -> subprocess.CompletedProcess:
         d = tempfile.mkdtemp(dir=self.root)

@@ -22,6 +22,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import nodecfg  # noqa: E402
 import readme_tables  # noqa: E402
 import tfbin  # noqa: E402
 import tfrender  # noqa: E402
@@ -306,7 +307,7 @@ class ParseAndReferenceTest(unittest.TestCase):
         # Every module variable without a free-form nature has a validation block.
         free_form = {"manager_size", "worker_size", "coordinator_size", "ssh_keys", "tags",
                      "manager_instance_type", "worker_instance_type", "coordinator_instance_type",
-                     "lb_type", "ssh_key_name", "lb_config_enabled"}
+                     "lb_type", "ssh_key_name", "lb_config_enabled", "coordinator_adopt_running_swarm"}
         for cloud, d in MODULES.items():
             for name, body in declared_variables(d).items():
                 if name in free_form:
@@ -345,6 +346,96 @@ class TemplatefileTest(unittest.TestCase):
             for args in calls(text, "file"):
                 with self.subTest(f"{cloud}: {args[0]}"):
                     self.assertTrue(os.path.isfile(resolve_path(args[0], d, text)))
+
+
+def variable_block(text: str, name: str) -> str:
+    m = re.search(rf'(?m)^variable\s+"{name}"\s*\{{', text)
+    assert m, f"variable {name} not found"
+    return text[m.start() : balanced(text, m.end() - 1)]
+
+
+class CoordinatorAdoptTest(unittest.TestCase):
+    """coordinator_adopt_running_swarm: only the modules that run a coordinator have it; it
+    reaches the coordinator template (and nothing else) as adopt_running_swarm; it is a bool,
+    false by default; its description says when to set it; the coordinator ignores user_data
+    changes, so setting it never touches a running coordinator; the examples pass it through so
+    `terraform apply -replace=... -var coordinator_adopt_running_swarm=true` works from them."""
+
+    VAR = "coordinator_adopt_running_swarm"
+    COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+
+    def test_only_the_coordinator_modules_declare_it(self):
+        self.assertNotIn(self.VAR, declared_variables(MODULES["aws"]))
+        self.assertNotIn("coordinator.yaml.tftpl", raw(MODULES["aws"]))
+        self.assertNotIn(self.VAR, declared_variables(EXAMPLES["aws"]))
+        for cloud in self.COORDINATOR:
+            with self.subTest(cloud):
+                body = declared_variables(MODULES[cloud])[self.VAR]
+                self.assertEqual(scalar(body["type"]).strip("${}"), "bool")
+                self.assertIs(scalar(body["default"]), False)
+                desc = scalar(body["description"])
+                for phrase in (f"-replace='module.NAME.{self.COORDINATOR[cloud]}.coordinator'",
+                               f"-var {self.VAR}=true", "cluster create --adopt", "second `swarm init`",
+                               "Never for a brand-new cluster", "cluster allow-init",
+                               "ignores user_data changes"):
+                    self.assertIn(phrase, desc)
+
+    def test_it_reaches_the_coordinator_template_only(self):
+        for cloud, rtype in self.COORDINATOR.items():
+            with self.subTest(cloud):
+                text = raw(MODULES[cloud])
+                coordinator = resource_body(text, rtype, "coordinator")
+                self.assertIn("coordinator.yaml.tftpl", coordinator)
+                self.assertRegex(coordinator, rf"\n\s*adopt_running_swarm\s*=\s*var\.{self.VAR}\n")
+                self.assertEqual(len(re.findall(rf"\bvar\.{self.VAR}\b", text)), 1)
+                self.assertRegex(coordinator, r"ignore_changes\s*=\s*\[[^\]]*user_data")
+                self.assertNotIn("adopt", local_value(text, "node_vars"))
+
+    def test_examples_pass_it_through_false_by_default(self):
+        for cloud in self.COORDINATOR:
+            with self.subTest(cloud):
+                (_, args), = [m for doc in module_docs(EXAMPLES[cloud]).values() for m in blocks(doc, "module")]
+                self.assertEqual(scalar(args[self.VAR]).strip("${}"), f"var.{self.VAR}")
+                body = declared_variables(EXAMPLES[cloud])[self.VAR]
+                self.assertEqual(scalar(body["type"]).strip("${}"), "bool")
+                self.assertIs(scalar(body["default"]), False)
+
+    def test_terraform_renders_adopt_only_when_set(self):
+        # The module's own variable block, set the way an operator sets it (-var on the command
+        # line, or not at all), through Terraform's templatefile(): `--adopt` appears in the
+        # coordinator's `cluster create` exactly when the variable is true.
+        others = nodecfg.coordinator_vars(
+            cluster="prod", cluster_secret="Zx8kP2qLm9Vt4Rw7",
+            tls_cert_pem="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            tls_key_pem="-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n",
+        )
+        del others["adopt_running_swarm"]
+        create = ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers", "3",
+                  "--secret-file", "/etc/swarm-coordinator/cluster.secret", "--data-dir", "/var/lib/swarm-coordinator"]
+        for cloud in self.COORDINATOR:
+            block = variable_block(read_text(os.path.join(MODULES[cloud], "variables.tf")), self.VAR)
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+                with open(os.path.join(d, "others.json"), "w") as f:
+                    json.dump(others, f)
+                with open(os.path.join(d, "main.tf"), "w") as f:
+                    f.write(block + "\n\n" + (
+                        'output "user_data" {\n'
+                        f'  value = templatefile({json.dumps(nodecfg.COORDINATOR_TEMPLATE)}, merge(\n'
+                        '    jsondecode(file("${path.module}/others.json")),\n'
+                        f'    {{ adopt_running_swarm = var.{self.VAR} }},\n'
+                        '  ))\n}\n'))
+                tfbin.run(["init", "-input=false", "-no-color"], d)
+                for args, adopt in (([], False), ([f"-var={self.VAR}=false"], False), ([f"-var={self.VAR}=true"], True)):
+                    with self.subTest(cloud=cloud, args=args):
+                        tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", *args], d)
+                        out = json.loads(tfbin.run(["output", "-json", "-no-color"], d).stdout)
+                        runcmd = yaml.safe_load(out["user_data"]["value"])["runcmd"]
+                        self.assertEqual(runcmd[2], create + (["--adopt"] if adopt else []))
+                with self.subTest(cloud=cloud, args="not a bool"):
+                    proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color",
+                                      f"-var={self.VAR}=yes"], d, check=False)
+                    self.assertNotEqual(proc.returncode, 0)
+                    self.assertIn("bool", proc.stderr)
 
 
 class ScalingTest(unittest.TestCase):

@@ -39,3 +39,9 @@ variable "ssh_allowed_cidrs" {
   description = "Where you run deploy.sh from, e.g. [\"203.0.113.7/32\"]."
   type        = list(string)
 }
+
+variable "coordinator_adopt_running_swarm" {
+  description = "Only on the command line of the apply that replaces the coordinator of the running swarm: terraform apply -replace='module.swarm.digitalocean_droplet.coordinator' -var coordinator_adopt_running_swarm=true. Never for a new cluster."
+  type        = bool
+  default     = false
+}

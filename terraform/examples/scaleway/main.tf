@@ -29,6 +29,9 @@ module "swarm" {
   coordinator_binary_url    = var.coordinator_binary_url
   coordinator_binary_sha256 = var.coordinator_binary_sha256
 
+  # Only with -replace of the coordinator while the swarm runs (see the module README).
+  coordinator_adopt_running_swarm = var.coordinator_adopt_running_swarm
+
   ssh_allowed_cidrs = var.ssh_allowed_cidrs
   lb_ports          = [80]
 }

@@ -127,12 +127,15 @@ resource "digitalocean_droplet" "coordinator" {
     tls_key_pem               = tls_private_key.coordinator.private_key_pem
     coordinator_binary_url    = local.coordinator_binary_url
     coordinator_binary_sha256 = var.coordinator_binary_sha256
+    adopt_running_swarm       = var.coordinator_adopt_running_swarm
     coordinator_unit          = file("${local.cloud_init_dir}/swarm-coordinator.service")
     install_script            = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   })
 
   lifecycle {
     # A new image release or template edit must not replace the rendezvous of a running cluster.
+    # So setting coordinator_adopt_running_swarm changes nothing on a running coordinator: it
+    # takes effect only when the coordinator is replaced (terraform apply -replace=...).
     ignore_changes = [user_data, image]
   }
 }
