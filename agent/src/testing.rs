@@ -15,8 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::rules::{self, ClusterState, Code, LeaseState, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, JoinResponse, PublishRequest,
-    PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, Role, Secret,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
+    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, Role, Secret, SyncRequest, SyncResponse,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -295,13 +296,27 @@ pub struct PublishAttempt {
     pub accepted: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdoptAttempt {
+    pub node_id: String,
+    pub swarm_id: String,
+    /// The rules accepted it (`adopted` or a refresh of the same swarm).
+    pub accepted: bool,
+    /// It formed the cluster (`AdoptResponse::adopted`).
+    pub adopted: bool,
+}
+
 /// What the fake stores: the cluster as the rulebook's [`Memory`], plus what tests inspect.
 struct Stored {
     mem: Memory,
     /// Every publish attempt that reached the rules, with the rules' verdict.
     publishes: Vec<PublishAttempt>,
+    /// Every adoption that reached the rules, with the rules' verdict.
+    adopts: Vec<AdoptAttempt>,
     /// Register calls that reached the rules.
     registers: u32,
+    /// Sync calls that reached the rules (accepted or not).
+    syncs: u32,
 }
 
 /// An in-memory rendezvous backend, built exactly like a storage backend of the rulebook
@@ -336,7 +351,9 @@ impl FakeBackend {
             inner: Mutex::new(Stored {
                 mem: Memory::new(state),
                 publishes: vec![],
+                adopts: vec![],
                 registers: 0,
+                syncs: 0,
             }),
             changed: tokio::sync::Notify::new(),
             secret_ok: AtomicBool::new(true),
@@ -414,6 +431,37 @@ impl FakeBackend {
     /// How many register calls reached the rules.
     pub fn registers(&self) -> u32 {
         self.inner.lock().unwrap().registers
+    }
+
+    /// Every adoption that reached the rules, with the verdict.
+    pub fn adopts(&self) -> Vec<AdoptAttempt> {
+        self.inner.lock().unwrap().adopts.clone()
+    }
+
+    /// How many sync calls reached the rules.
+    pub fn syncs(&self) -> u32 {
+        self.inner.lock().unwrap().syncs
+    }
+
+    /// Test hook: the rendezvous forgets the cluster, as a coordinator whose database was
+    /// wiped and the cluster re-created (same name, target and secret), or a Secrets Manager
+    /// secret deleted: no formation, lease, registration, document, reset log or fencing
+    /// history. The call records (`publishes`, `adopts`, ...) are kept. Waiters are woken.
+    pub fn wipe(&self) {
+        let mut stored = self.inner.lock().unwrap();
+        let st = &stored.mem.state;
+        let fresh = ClusterState::new(&st.name, st.target_managers)
+            .expect("the stored name and target were valid");
+        stored.mem = Memory::new(fresh);
+        drop(stored);
+        self.changed.notify_waiters();
+    }
+
+    /// Test hook: the operator's adoption hold (`swarm-coordinator cluster await-adoption` /
+    /// `allow-init`), through the rulebook (`rules::set_adoption_hold`: a formed cluster
+    /// refuses a hold with `already_formed`).
+    pub fn set_adoption_hold(&self, hold: bool) -> RResult<()> {
+        self.step(|m, _| rules::set_adoption_hold(&m.state, hold), |_, _| ())
     }
 
     /// The holder of the live lease, if any.
@@ -515,6 +563,31 @@ impl Rendezvous for FakeBackend {
         Ok(self.read(|m, now| m.status(now)))
     }
 
+    async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
+        self.gate()?;
+        self.step(|m, now| m.sync(now, req), |s, _| s.syncs += 1)
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
+        self.gate()?;
+        let adopted = std::cell::Cell::new(false);
+        self.step(
+            |m, now| {
+                let o = m.adopt(now, req);
+                adopted.set(o.as_ref().is_ok_and(|o| o.answer.adopted));
+                o
+            },
+            |s, accepted| {
+                s.adopts.push(AdoptAttempt {
+                    node_id: req.node_id.clone(),
+                    swarm_id: req.swarm_id.clone(),
+                    accepted,
+                    adopted: adopted.get(),
+                })
+            },
+        )
+    }
+
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> RResult<Document> {
         self.gate()?;
         swarmstrap_wire::validate_name(name)
@@ -556,7 +629,7 @@ pub async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarmstrap_wire::RequestedRole;
+    use swarmstrap_wire::{Phase, RequestedRole};
 
     fn reg(id: &str) -> RegisterRequest {
         RegisterRequest {
@@ -564,6 +637,7 @@ mod tests {
             hostname: id.into(),
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
+            joined_through: None,
         }
     }
 
@@ -657,5 +731,82 @@ mod tests {
                 .code(),
             Some(Code::NodeNotRegistered)
         );
+    }
+
+    #[tokio::test]
+    async fn wipe_forgets_the_cluster_and_the_hold_refuses_claims_until_adopted() {
+        let b = FakeBackend::new(3);
+        b.register(&reg("a")).await.unwrap();
+        let token = b
+            .claim("a", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .lease
+            .unwrap()
+            .fencing_token;
+        let publish = PublishRequest {
+            node_id: "a".into(),
+            fencing_token: token,
+            swarm_id: "swarm1".into(),
+            ca_digest: format!("sha256:{}", "ab".repeat(32)),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-m"),
+            worker_token: Secret::new("SWMTKN-1-w"),
+        };
+        b.publish(&publish).await.unwrap();
+        // A waiter parked on a node registered after the wipe is answered by the adoption.
+        b.wipe();
+        let s = b.status().await.unwrap();
+        assert_eq!((s.phase, s.nodes.len(), s.swarm_id), (Phase::Open, 0, None));
+        b.set_adoption_hold(true).unwrap();
+        b.register(&reg("new")).await.unwrap();
+        let refused = b.claim("new", Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::AwaitingAdoption), "{refused}");
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.wait_join("new", Duration::from_secs(20)).await })
+        };
+        let adopt = AdoptRequest {
+            node_id: "a".into(),
+            hostname: "a".into(),
+            advertise_addr: "198.18.0.1".into(),
+            swarm_id: "swarm1".into(),
+            ca_digest: format!("sha256:{}", "ab".repeat(32)),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-m"),
+            worker_token: Secret::new("SWMTKN-1-w"),
+            managers: 1,
+        };
+        let a = b.adopt(&adopt).await.unwrap();
+        assert!(a.adopted && a.fencing_token > token);
+        let j = waiter
+            .await
+            .unwrap()
+            .unwrap()
+            .join
+            .expect("woken by the adoption");
+        assert_eq!(j.swarm_id, "swarm1");
+        let again = b.adopt(&adopt).await.unwrap();
+        assert!(!again.adopted);
+        assert_eq!(
+            b.adopts()
+                .iter()
+                .map(|a| (a.accepted, a.adopted))
+                .collect::<Vec<_>>(),
+            [(true, true), (true, false)]
+        );
+        // Formed: the hold is refused; a sync for another swarm too.
+        let held = b.set_adoption_hold(true).unwrap_err();
+        assert_eq!(held.code(), Some(Code::AlreadyFormed));
+        let sync = SyncRequest {
+            node_id: "a".into(),
+            swarm_id: "other".into(),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            managers: 1,
+            members: vec![],
+        };
+        let e = b.sync(&sync).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::SwarmMismatch));
+        assert_eq!(b.syncs(), 1);
     }
 }

@@ -2,7 +2,9 @@
 //! checked through the [`Rendezvous`] trait the agent uses, against any backend.
 //!
 //! A backend test implements [`Backend`] (make a fresh cluster, hand out clients as separate
-//! nodes would have them) and calls [`run_all`]. Every case runs in its own cluster, in its own
+//! nodes would have them; and a cluster with an [`Operator`] that can make the rendezvous
+//! forget it, or hold it for adoption, the way that backend's operator or disaster would) and
+//! calls [`run_all`]. Every case runs in its own cluster, in its own
 //! task; the run reports each case and fails listing every failed case. The same cases run on
 //! the coordinator (in process, over real TLS, through the agent's HTTPS client), on Secrets
 //! Manager (the real backend against a moto server) and on the in-memory fake.
@@ -17,7 +19,8 @@ use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
-    Phase, PublishRequest, RegisterRequest, RequestedRole, ResetRequest, Role, Secret,
+    AdoptRequest, Member, Phase, PublishRequest, RegisterRequest, RequestedRole, ResetRequest,
+    Role, Secret, SyncRequest,
 };
 
 /// Makes a client for one node of a cluster.
@@ -29,6 +32,27 @@ pub trait Backend: Send + Sync + 'static {
     fn name(&self) -> String;
     /// A fresh, empty cluster with this manager target.
     async fn cluster(&self, target_managers: u8) -> Clients;
+    /// A fresh, empty cluster with this manager target, and its [`Operator`].
+    async fn operated_cluster(&self, target_managers: u8) -> Operated;
+}
+
+/// What happens to one cluster outside the rendezvous API: an operator's hand, or a disaster.
+#[async_trait::async_trait]
+pub trait Operator: Send + Sync {
+    /// The rendezvous forgets the cluster while its swarm keeps running: the coordinator's
+    /// database is lost and the coordinator restarted with the same certificate, the cluster
+    /// re-created with the same name, target and secret (without `--adopt`); the Secrets
+    /// Manager secret deleted for good; the fake's `wipe()`. Clients made before keep working.
+    async fn wipe(&self);
+    /// Set or lift the adoption hold (`swarm-coordinator cluster await-adoption` /
+    /// `allow-init`), or the backend's refusal (a formed cluster: `already_formed`).
+    async fn set_adoption_hold(&self, hold: bool) -> Result<(), RendezvousError>;
+}
+
+/// A cluster and its operator.
+pub struct Operated {
+    pub clients: Clients,
+    pub operator: Arc<dyn Operator>,
 }
 
 type CaseFn = fn(Arc<dyn Backend>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -73,6 +97,14 @@ cases!(
     race_cas_writers_lose_no_update,
     race_concurrent_recoveries_reset_once,
     race_duplicate_publish_forms_once,
+    sync_makes_join_info_carry_the_live_managers,
+    sync_drops_a_departed_node_and_frees_its_manager_slot,
+    sync_of_another_swarm_is_swarm_mismatch,
+    sync_and_adopt_refuse_invalid_requests,
+    adoption_re_forms_a_wiped_cluster_under_a_larger_token,
+    claims_are_refused_while_the_cluster_awaits_adoption,
+    adoption_of_a_retired_swarm_is_refused,
+    adoption_keeps_a_cluster_formed_with_its_swarm,
 );
 
 /// Run every case (or those whose name contains `filter`), each in its own cluster and task.
@@ -123,6 +155,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         hostname: format!("host-{id}"),
         advertise_addr: "198.18.0.10".into(),
         role,
+        joined_through: None,
     }
 }
 
@@ -980,4 +1013,382 @@ async fn race_duplicate_publish_forms_once(b: Arc<dyn Backend>) {
     }
     let s = call!(clients().status()).unwrap();
     assert_eq!(s.phase, Phase::Formed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Following the swarm (sync) and adoption
+
+const SWARM: &str = "swarmid0123456789abcdefgh";
+
+fn syncreq(swarm: &str, addrs: &[&str], managers: u32, members: &[(&str, Role)]) -> SyncRequest {
+    SyncRequest {
+        node_id: "a".into(),
+        swarm_id: swarm.into(),
+        manager_addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        managers,
+        members: members
+            .iter()
+            .map(|(id, role)| Member {
+                node_id: id.to_string(),
+                role: *role,
+            })
+            .collect(),
+    }
+}
+
+/// The running swarm's leader `node` adopts (the publish data of [`pubreq`], live addresses).
+fn adoptreq(node: &str, swarm: &str, managers: u32) -> AdoptRequest {
+    AdoptRequest {
+        node_id: node.into(),
+        hostname: format!("host-{node}"),
+        advertise_addr: "198.18.0.10".into(),
+        swarm_id: swarm.into(),
+        ca_digest: digest(0xab),
+        manager_addrs: vec!["198.18.0.10:2377".into(), "198.18.0.11:2377".into()],
+        manager_token: Secret::new("SWMTKN-1-conformance-manager"),
+        worker_token: Secret::new("SWMTKN-1-conformance-worker"),
+        managers,
+    }
+}
+
+async fn sync_makes_join_info_carry_the_live_managers(b: Arc<dyn Backend>) {
+    use Role::{Manager as M, Worker as W};
+    let clients = b.cluster(3).await;
+    let c = clients();
+    form(&*c, "a").await;
+    for id in ["b", "c", "w"] {
+        register(&*c, id, RequestedRole::Auto).await;
+    }
+    let first = ["198.18.0.10:2377", "198.18.0.12:2377", "198.18.0.13:2377"];
+    let all = [("a", M), ("b", M), ("c", M), ("w", W)];
+    let r = call!(c.sync(&syncreq(SWARM, &first, 3, &all))).unwrap();
+    assert!(r.changed && r.pruned.is_empty(), "{r:?}");
+    // The node that ran `swarm init` (a, the one everybody joined through) died for good; the
+    // keeper promoted w. The leader's next sync:
+    let live = ["198.18.0.12:2377", "198.18.0.13:2377", "198.18.0.14:2377"];
+    let now = [("b", M), ("c", M), ("w", M)];
+    let r = call!(c.sync(&syncreq(SWARM, &live, 3, &now))).unwrap();
+    assert_eq!(r.pruned, ["a"]);
+    // A node joining now (another client, as another VM) is told the live managers only.
+    let late = clients();
+    assert_eq!(register(&*late, "late", RequestedRole::Auto).await, W);
+    let j = call!(late.wait_join("late", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(j.manager_addrs, live);
+    assert_eq!(j.swarm_id, SWARM);
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.manager_addrs, live);
+    let w = s.nodes.iter().find(|n| n.node_id == "w").expect("w");
+    assert_eq!(w.role, M, "w's registration takes its swarm role");
+    assert!(w.seen_at_ms.is_some());
+    // w now gets the manager token.
+    let j = call!(c.wait_join("w", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(j.token.expose(), "SWMTKN-1-conformance-manager");
+    // late is seen once it joined; then the same report changes nothing.
+    let joined = [("b", M), ("c", M), ("w", M), ("late", W)];
+    let r = call!(c.sync(&syncreq(SWARM, &live, 3, &joined))).unwrap();
+    assert!(r.changed, "late was seen for the first time");
+    let r = call!(c.sync(&syncreq(SWARM, &live, 3, &joined))).unwrap();
+    assert!(!r.changed && r.pruned.is_empty(), "{r:?}");
+}
+
+async fn sync_drops_a_departed_node_and_frees_its_manager_slot(b: Arc<dyn Backend>) {
+    use Role::{Manager as M, Worker as W};
+    let c = (b.cluster(3).await)();
+    form(&*c, "a").await;
+    for id in ["b", "c", "d"] {
+        register(&*c, id, RequestedRole::Auto).await;
+    }
+    let all = [("a", M), ("b", M), ("c", M), ("d", W)];
+    let addrs = ["198.18.0.10:2377", "198.18.0.11:2377", "198.18.0.12:2377"];
+    call!(c.sync(&syncreq(SWARM, &addrs, 3, &all))).unwrap();
+    // Three managers stand: a new node is a worker.
+    assert_eq!(register(&*c, "e", RequestedRole::Auto).await, W);
+    // Manager c left the swarm (its VM was replaced); the leader's next sync drops it.
+    let left = [("a", M), ("b", M), ("d", W), ("e", W)];
+    let r = call!(c.sync(&syncreq(SWARM, &addrs[..2], 2, &left))).unwrap();
+    assert_eq!(r.pruned, ["c"]);
+    assert_eq!((r.manager_count, r.node_count), (2, 4));
+    let s = call!(c.status()).unwrap();
+    assert!(
+        s.nodes.iter().all(|n| n.node_id != "c"),
+        "c is still registered: {:?}",
+        s.nodes
+    );
+    // Its replacement comes back as a manager, and gets the manager token.
+    assert_eq!(register(&*c, "c2", RequestedRole::Auto).await, M);
+    let j = call!(c.wait_join("c2", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(
+        (j.role, j.token.expose()),
+        (M, "SWMTKN-1-conformance-manager")
+    );
+    assert_eq!(register(&*c, "f", RequestedRole::Auto).await, W);
+    // The departed node, registering again, is a new registration (worker: the target is met).
+    assert_eq!(register(&*c, "c", RequestedRole::Auto).await, W);
+}
+
+async fn sync_of_another_swarm_is_swarm_mismatch(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let addrs = ["198.18.0.10:2377"];
+    // not formed
+    register(&*c, "a", RequestedRole::Auto).await;
+    assert_eq!(
+        code(call!(c.sync(&syncreq(SWARM, &addrs, 1, &[("a", Role::Manager)]))).unwrap_err()),
+        Code::SwarmMismatch
+    );
+    form(&*c, "a").await;
+    let before = call!(c.status()).unwrap();
+    assert_eq!(
+        code(
+            call!(c.sync(&syncreq(
+                "anotherswarm",
+                &["198.18.0.99:2377"],
+                1,
+                &[("a", Role::Manager)]
+            )))
+            .unwrap_err()
+        ),
+        Code::SwarmMismatch
+    );
+    let after = call!(c.status()).unwrap();
+    assert_eq!(
+        before.manager_addrs, after.manager_addrs,
+        "nothing was synced"
+    );
+    assert!(after.nodes.iter().all(|n| n.seen_at_ms.is_none()));
+}
+
+async fn sync_and_adopt_refuse_invalid_requests(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    form(&*c, "a").await;
+    let ok = syncreq(SWARM, &["198.18.0.10:2377"], 1, &[("a", Role::Manager)]);
+    let mut bad = Vec::new();
+    let mut r = ok.clone();
+    r.manager_addrs.clear();
+    bad.push(r);
+    let mut r = ok.clone();
+    r.node_id = "has space".into();
+    bad.push(r);
+    let mut r = ok.clone();
+    r.members[0].node_id = "".into();
+    bad.push(r);
+    let mut r = ok.clone();
+    r.managers = 100_000;
+    bad.push(r);
+    for r in bad {
+        assert_eq!(
+            code(call!(c.sync(&r)).unwrap_err()),
+            Code::InvalidRequest,
+            "{r:?}"
+        );
+    }
+    let ok = adoptreq("a", SWARM, 1);
+    let mut bad = Vec::new();
+    let mut r = ok.clone();
+    r.ca_digest = "md5:00".into();
+    bad.push(r);
+    let mut r = ok.clone();
+    r.manager_addrs.clear();
+    bad.push(r);
+    let mut r = ok.clone();
+    r.worker_token = Secret::new("");
+    bad.push(r);
+    let mut r = ok.clone();
+    r.hostname = "two words".into();
+    bad.push(r);
+    for r in bad {
+        let e = call!(c.adopt(&r)).unwrap_err();
+        assert!(
+            !e.to_string().contains("SWMTKN"),
+            "a token in an error: {e}"
+        );
+        assert_eq!(code(e), Code::InvalidRequest, "{r:?}");
+    }
+    // nothing of it was stored
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.manager_addrs, ["198.18.0.10:2377"]);
+    assert_eq!(s.adoptions, 0);
+}
+
+async fn adoption_re_forms_a_wiped_cluster_under_a_larger_token(b: Arc<dyn Backend>) {
+    let Operated { clients, operator } = b.operated_cluster(3).await;
+    let c = clients();
+    register(&*c, "b", RequestedRole::Auto).await;
+    let old = form(&*c, "a").await;
+    operator.wipe().await;
+    // The rendezvous forgot: open, nobody registered.
+    let s = call!(c.status()).unwrap();
+    assert_eq!(
+        (s.phase, s.nodes.len(), s.swarm_id.clone()),
+        (Phase::Open, 0, None),
+        "{s:?}"
+    );
+    // The leader's sync finds its swarm forgotten ...
+    assert_eq!(
+        code(
+            call!(c.sync(&syncreq(
+                SWARM,
+                &["198.18.0.10:2377"],
+                2,
+                &[("a", Role::Manager)]
+            )))
+            .unwrap_err()
+        ),
+        Code::SwarmMismatch
+    );
+    // ... and adopts it, under a fencing token larger than any the lost state granted.
+    let a = call!(c.adopt(&adoptreq("b", SWARM, 2))).unwrap();
+    assert!(a.adopted, "{a:?}");
+    assert_eq!(a.phase, Phase::Formed);
+    assert!(
+        a.fencing_token > old,
+        "adopted under token {} after {old}",
+        a.fencing_token
+    );
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.phase, Phase::Formed);
+    assert_eq!(s.swarm_id.as_deref(), Some(SWARM));
+    assert_eq!(s.adoptions, 1);
+    assert!(s.lease.is_none());
+    let adopter = s.nodes.iter().find(|n| n.node_id == "b").expect("b");
+    assert_eq!(adopter.role, Role::Manager);
+    // A node registering afterwards (another VM) joins the adopted swarm, as the third manager.
+    let late = clients();
+    assert_eq!(
+        register(&*late, "late", RequestedRole::Auto).await,
+        Role::Manager
+    );
+    let j = call!(late.wait_join("late", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(j.swarm_id, SWARM);
+    assert_eq!(j.ca_digest, digest(0xab));
+    assert_eq!(j.manager_addrs, ["198.18.0.10:2377", "198.18.0.11:2377"]);
+    assert_eq!(j.token.expose(), "SWMTKN-1-conformance-manager");
+    // It can never init: no claim is granted; the old publish's token is stale.
+    let r = call!(late.claim("late", TTL)).unwrap();
+    assert!(!r.granted && r.phase == Phase::Formed, "{r:?}");
+    assert_eq!(
+        code(call!(c.publish(&pubreq("a", old))).unwrap_err()),
+        Code::StaleFencingToken
+    );
+    // The leader's retry changes nothing and keeps the token.
+    let again = call!(c.adopt(&adoptreq("b", SWARM, 2))).unwrap();
+    assert!(!again.adopted);
+    assert_eq!(again.fencing_token, a.fencing_token);
+    // and its sync is accepted again
+    call!(c.sync(&syncreq(
+        SWARM,
+        &["198.18.0.10:2377", "198.18.0.11:2377"],
+        2,
+        &[("b", Role::Manager), ("late", Role::Manager)]
+    )))
+    .expect("sync after the adoption");
+}
+
+async fn claims_are_refused_while_the_cluster_awaits_adoption(b: Arc<dyn Backend>) {
+    let Operated { clients, operator } = b.operated_cluster(3).await;
+    let c = clients();
+    // The cluster of a running swarm was re-created: held until that swarm adopts it.
+    operator
+        .set_adoption_hold(true)
+        .await
+        .expect("hold an unformed cluster");
+    assert!(call!(c.status()).unwrap().awaiting_adoption);
+    assert_eq!(register(&*c, "n", RequestedRole::Auto).await, Role::Manager);
+    assert_eq!(
+        code(call!(c.claim("n", TTL)).unwrap_err()),
+        Code::AwaitingAdoption
+    );
+    let s = call!(c.status()).unwrap();
+    assert!(s.lease.is_none() && s.phase == Phase::Open, "{s:?}");
+    // Lifted (no swarm runs any more): claims are granted; held again: even the holder's
+    // re-claim is refused, and nobody else is granted either.
+    operator.set_adoption_hold(false).await.expect("lift");
+    assert!(!call!(c.status()).unwrap().awaiting_adoption);
+    let token = call!(c.claim("n", TTL))
+        .unwrap()
+        .lease
+        .expect("granted")
+        .fencing_token;
+    operator.set_adoption_hold(true).await.expect("hold again");
+    assert_eq!(
+        code(call!(c.claim("n", TTL)).unwrap_err()),
+        Code::AwaitingAdoption
+    );
+    // A node waiting for join info is answered by the adoption.
+    register(&*c, "w", RequestedRole::Worker).await;
+    let waiter = clients();
+    let wait =
+        tokio::spawn(async move { call!(waiter.wait_join("w", Duration::from_secs(20))).unwrap() });
+    park_delay().await;
+    let a = call!(c.adopt(&adoptreq("lead", SWARM, 3))).unwrap();
+    assert!(a.adopted && a.fencing_token > token, "{a:?}");
+    let j = tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .expect("wait_join did not wake within 15 s of the adoption")
+        .unwrap()
+        .join
+        .expect("woken with join info");
+    assert_eq!((j.swarm_id.as_str(), j.role), (SWARM, Role::Worker));
+    let s = call!(c.status()).unwrap();
+    assert_eq!((s.phase, s.awaiting_adoption), (Phase::Formed, false));
+    // Formed: no claim, the lease granted before the adoption cannot publish, no hold.
+    assert!(!call!(c.claim("n", TTL)).unwrap().granted);
+    let mut late = pubreq("n", token);
+    late.swarm_id = "swarm-of-n".into();
+    assert_eq!(
+        code(call!(c.publish(&late)).unwrap_err()),
+        Code::StaleFencingToken
+    );
+    assert_eq!(
+        code(operator.set_adoption_hold(true).await.unwrap_err()),
+        Code::AlreadyFormed
+    );
+}
+
+async fn adoption_of_a_retired_swarm_is_refused(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    form(&*c, "a").await;
+    call!(c.reset(&reset_req(SWARM))).unwrap();
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.retired_swarm_ids, [SWARM]);
+    assert_eq!(
+        code(call!(c.adopt(&adoptreq("a", SWARM, 1))).unwrap_err()),
+        Code::SwarmRetired
+    );
+    assert_eq!(call!(c.status()).unwrap().phase, Phase::Open);
+    // The swarm formed after the recovery is another one: it may be adopted.
+    let a = call!(c.adopt(&adoptreq("a", "swarmafterrecovery", 1))).unwrap();
+    assert!(a.adopted);
+}
+
+async fn adoption_keeps_a_cluster_formed_with_its_swarm(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    let token = form(&*c, "a").await;
+    // Formed with this swarm (a restored backup that still knows it): addresses and tokens
+    // are refreshed, nothing is re-formed.
+    let before = call!(c.status()).unwrap();
+    let a = call!(c.adopt(&adoptreq("b", SWARM, 2))).unwrap();
+    assert!(!a.adopted);
+    assert_eq!(a.fencing_token, token);
+    let s = call!(c.status()).unwrap();
+    assert_eq!(s.formed_at_ms, before.formed_at_ms);
+    assert_eq!(s.manager_addrs, ["198.18.0.10:2377", "198.18.0.11:2377"]);
+    assert_eq!(s.adoptions, 0);
+    // Another swarm: two swarms for one cluster; refused, nothing changed.
+    assert_eq!(
+        code(call!(c.adopt(&adoptreq("x", "anotherswarm", 1))).unwrap_err()),
+        Code::AlreadyFormed
+    );
+    assert_eq!(call!(c.status()).unwrap().swarm_id.as_deref(), Some(SWARM));
 }

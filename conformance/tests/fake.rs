@@ -3,10 +3,24 @@
 
 use std::sync::Arc;
 use swarm_agent::testing::FakeBackend;
-use swarmstrap_conformance::{run_all, Backend, Clients};
-use swarmstrap_wire::rendezvous::Rendezvous;
+use swarmstrap_conformance::{run_all, Backend, Clients, Operated, Operator};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
 struct Fake;
+
+/// The fake's test hooks: `wipe()` and `set_adoption_hold()`.
+struct FakeOperator(Arc<FakeBackend>);
+
+#[async_trait::async_trait]
+impl Operator for FakeOperator {
+    async fn wipe(&self) {
+        self.0.wipe();
+    }
+
+    async fn set_adoption_hold(&self, hold: bool) -> Result<(), RendezvousError> {
+        self.0.set_adoption_hold(hold)
+    }
+}
 
 #[async_trait::async_trait]
 impl Backend for Fake {
@@ -17,6 +31,15 @@ impl Backend for Fake {
     async fn cluster(&self, target_managers: u8) -> Clients {
         let backend: Arc<dyn Rendezvous> = FakeBackend::new(target_managers);
         Arc::new(move || backend.clone())
+    }
+
+    async fn operated_cluster(&self, target_managers: u8) -> Operated {
+        let fake = FakeBackend::new(target_managers);
+        let backend: Arc<dyn Rendezvous> = fake.clone();
+        Operated {
+            clients: Arc::new(move || backend.clone()),
+            operator: Arc::new(FakeOperator(fake)),
+        }
     }
 }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
-    error_chain, ClaimRequest, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody,
-    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
-    ResetRequest, Secret, API_PREFIX, MAX_WAIT_SECS,
+    error_chain, AdoptRequest, AdoptResponse, ClaimRequest, ClaimResponse, ClusterStatus, Document,
+    DocumentWrite, ErrorBody, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
+    RegisterResponse, RenewRequest, ResetRequest, Secret, SyncRequest, SyncResponse, API_PREFIX,
+    MAX_WAIT_SECS,
 };
 
 /// Extra time a long-poll request may take beyond its `wait` (network, server scheduling).
@@ -249,6 +250,14 @@ impl Rendezvous for CoordinatorClient {
         self.post("/reset", req).await
     }
 
+    async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        self.post("/sync", req).await
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
+        self.post("/adopt", req).await
+    }
+
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
         let (url, timeout) = match after {
             Some(v) => {
@@ -349,6 +358,7 @@ mod tests {
             hostname: "h1".into(),
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
+            joined_through: None,
         }
     }
 
@@ -391,6 +401,87 @@ mod tests {
             seen.lock().unwrap()[0].path_query,
             "/v1/clusters/prod/join?node_id=n1&wait=3"
         );
+    }
+
+    #[tokio::test]
+    async fn sync_and_adopt_post_their_routes_and_map_errors_like_publish() {
+        let (c, seen) = mock(
+            200,
+            r#"{"pruned":["gone"],"manager_count":3,"node_count":5,"changed":true}"#,
+        )
+        .await;
+        let sync = SyncRequest {
+            node_id: "n1".into(),
+            swarm_id: "s".into(),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            managers: 3,
+            members: vec![swarmstrap_wire::Member {
+                node_id: "n1".into(),
+                role: Role::Manager,
+            }],
+        };
+        let r = c.sync(&sync).await.unwrap();
+        assert_eq!(r.pruned, ["gone"]);
+        let s = seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            (s.method.as_str(), s.path_query.as_str()),
+            ("POST", "/v1/clusters/prod/sync")
+        );
+        assert_eq!(s.auth.as_deref(), Some("Bearer the-join-secret"));
+        assert_eq!(serde_json::from_str::<SyncRequest>(&s.body).unwrap(), sync);
+
+        let (c, seen) = mock(
+            200,
+            r#"{"adopted":true,"fencing_token":9,"phase":"formed"}"#,
+        )
+        .await;
+        let adopt = AdoptRequest {
+            node_id: "n1".into(),
+            hostname: "h1".into(),
+            advertise_addr: "198.18.0.1".into(),
+            swarm_id: "s".into(),
+            ca_digest: format!("sha256:{}", "ab".repeat(32)),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-m"),
+            worker_token: Secret::new("SWMTKN-1-w"),
+            managers: 3,
+        };
+        let r = c.adopt(&adopt).await.unwrap();
+        assert!(r.adopted && r.fencing_token == 9);
+        let s = seen.lock().unwrap()[0].clone();
+        assert_eq!(s.path_query, "/v1/clusters/prod/adopt");
+        assert_eq!(
+            serde_json::from_str::<AdoptRequest>(&s.body).unwrap(),
+            adopt
+        );
+
+        for (status, code, conflict) in [
+            (409, Code::SwarmMismatch, true),
+            (409, Code::SwarmRetired, true),
+            (409, Code::AwaitingAdoption, true),
+            (400, Code::InvalidRequest, false),
+        ] {
+            let (c, _) = mock(status, body(code.as_str())).await;
+            for e in [
+                c.sync(&sync).await.unwrap_err(),
+                c.adopt(&adopt).await.unwrap_err(),
+            ] {
+                assert_eq!(e.code(), Some(code), "{e}");
+                assert_eq!(
+                    matches!(e, RendezvousError::Conflict { .. }),
+                    conflict,
+                    "{e}"
+                );
+                assert!(!e.to_string().contains("SWMTKN"), "{e}");
+            }
+        }
+        let (c, _) = mock(401, body("unauthorized")).await;
+        assert!(matches!(
+            c.adopt(&adopt).await.unwrap_err(),
+            RendezvousError::Unauthorized(_)
+        ));
+        let (c, _) = mock(503, body("storage_unavailable")).await;
+        assert!(c.sync(&sync).await.unwrap_err().is_transient());
     }
 
     #[tokio::test]

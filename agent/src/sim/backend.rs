@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse, ResetRequest,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
+    SyncResponse,
 };
 use tokio::sync::watch;
 
@@ -292,6 +293,15 @@ impl Rendezvous for OutageClient {
 
     async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
         self.call(self.inner.reset(req)).await
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
+        self.call(self.inner.sync(req)).await
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
+        // An adoption's fencing token is not recorded with the claims': it runs no `swarm init`.
+        self.call(self.inner.adopt(req)).await
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> RResult<Document> {

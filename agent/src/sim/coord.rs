@@ -21,8 +21,9 @@ use swarm_coordinator::error::ApiError;
 use swarm_coordinator::store::{OpenError, OpenMode, Store, StoreError};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody, JoinResponse, PublishRequest,
-    PublishResponse, RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, MAX_WAIT_SECS,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody,
+    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, SyncRequest, SyncResponse, MAX_WAIT_SECS,
 };
 use tokio::sync::watch;
 
@@ -52,7 +53,7 @@ impl Coordinator {
         let dir = DataDir::new(root.join("coordinator"));
         let store = Store::open(&dir, OpenMode::CreateIfMissing).expect("open the store");
         store
-            .create_cluster(cluster.into(), target, [7u8; 32])
+            .create_cluster(cluster.into(), target, [7u8; 32], false)
             .await
             .expect("create the cluster");
         Coordinator {
@@ -268,6 +269,22 @@ impl Rendezvous for Coordinator {
             self.signal();
         }
         self.answer(epoch, "/reset", r)
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
+        // No wakeup, as the API: a sync needs a formed cluster, whose join polls have answered.
+        let (store, epoch) = self.handle()?;
+        let r = store.sync(self.cluster.clone(), req.clone()).await;
+        self.answer(epoch, "/sync", r.map(|w| w.value))
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
+        let (store, epoch) = self.handle()?;
+        let r = store.adopt(self.cluster.clone(), req.clone()).await;
+        if matches!(&r, Ok(w) if w.changed) {
+            self.signal();
+        }
+        self.answer(epoch, "/adopt", r.map(|w| w.value))
     }
 
     async fn get_doc(&self, name: &str, _after: Option<u64>, _wait: Duration) -> RResult<Document> {

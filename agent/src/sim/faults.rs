@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
-    ClaimResponse, ClusterStatus, Document, JoinResponse, PublishRequest, PublishResponse,
-    RegisterRequest, RegisterResponse, ResetRequest,
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
+    SyncResponse,
 };
 use tokio::sync::Notify;
 
@@ -423,6 +424,24 @@ impl Rendezvous for FaultyRendezvous {
     async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
         self.call("reset", true, None, |_| None, || self.inner.reset(req))
             .await
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
+        self.call("sync", true, None, |_| None, || self.inner.sync(req))
+            .await
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
+        let r = self
+            .call("adopt", true, None, |_| None, || self.inner.adopt(req))
+            .await;
+        let how = match &r {
+            Ok(a) => format!("adopted={} under token {}", a.adopted, a.fencing_token),
+            Err(e) => e.to_string(),
+        };
+        self.ctx
+            .trace(format!("{} adopt {}: {how}", self.inc.tag(), req.swarm_id));
+        r
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> RResult<Document> {

@@ -335,6 +335,7 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
         hostname: "a".into(),
         advertise_addr: "198.18.0.1".into(),
         role: RequestedRole::Auto,
+        joined_through: None,
     })
     .await
     .unwrap();
@@ -394,6 +395,7 @@ async fn outage_keeps_the_state_and_fails_calls_in_between() {
         hostname: "a".into(),
         advertise_addr: "198.18.0.1".into(),
         role: RequestedRole::Auto,
+        joined_through: None,
     })
     .await
     .unwrap();
