@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
-use swarmstrap_wire::rules::RENEW_DIVISOR;
+use swarmstrap_wire::rules::{Code, RENEW_DIVISOR};
 use swarmstrap_wire::{
     ClaimResponse, JoinInfo, Lease, Phase, PublishRequest, RegisterRequest, RequestedRole, Role,
 };
@@ -600,6 +600,7 @@ impl Bootstrap {
             hostname: info.hostname.clone(),
             advertise_addr: self.s().advertise_addr.clone(),
             role: self.s().requested_role,
+            joined_through: st.joined_through.clone(),
         };
         let resp = retry::retry_notify(
             self.s().policy,
@@ -635,7 +636,8 @@ impl Bootstrap {
         st.ca_digest = None;
         st.swarm_node_id = None;
         st.joined_at = None;
-        let role = self.register(st, info).await?;
+        st.joined_through = None;
+        let mut role = self.register(st, info).await?;
 
         // When to claim next: now for a manager, never for a worker.
         let mut claim_at = (role == Role::Manager).then(Instant::now);
@@ -643,7 +645,18 @@ impl Bootstrap {
             if let Some(at) = claim_at {
                 if Instant::now() >= at {
                     self.set_phase(st, AgentPhase::Claiming)?;
-                    let (resp, sent) = self.claim(st).await?;
+                    let Some((resp, sent)) = self.claim(st).await? else {
+                        // Awaiting adoption: wait for the running swarm's join info.
+                        claim_at = Some(Instant::now() + self.s().long_poll);
+                        self.set_phase(st, AgentPhase::WaitingForTokens)?;
+                        let resp = self
+                            .wait_join_registered(st, info, self.s().long_poll)
+                            .await?;
+                        if let Some(join) = resp.join {
+                            return self.join(st, join, How::Joined).await;
+                        }
+                        continue;
+                    };
                     if resp.granted {
                         let lease = resp.lease.clone().unwrap_or(Lease {
                             holder: self.s().node_id.clone(),
@@ -667,9 +680,15 @@ impl Bootstrap {
                     .min(self.s().long_poll),
                 None => self.s().long_poll,
             };
-            let resp = self.wait_join(st, wait).await?;
+            let resp = self.wait_join_registered(st, info, wait).await?;
             if let Some(join) = resp.join {
                 return self.join(st, join, How::Joined).await;
+            }
+            // The registration may have been dropped and made again with another role.
+            if st.role != Some(role) {
+                role = st.role.unwrap_or(role);
+                claim_at = (role == Role::Manager).then(Instant::now);
+                continue;
             }
             if role == Role::Manager {
                 claim_at = self.next_claim(&resp.phase, resp.lease.as_ref());
@@ -690,8 +709,12 @@ impl Bootstrap {
     }
 
     /// Claim the lease. Also returns when the answered attempt was sent: a lease's remaining
-    /// time counts from then, not from a (possibly late) answer.
-    async fn claim(&self, st: &mut AgentState) -> Result<(ClaimResponse, Instant), BootstrapError> {
+    /// time counts from then, not from a (possibly late) answer. `None`: the cluster awaits
+    /// adoption by its running swarm (no node may init; wait for its join info).
+    async fn claim(
+        &self,
+        st: &mut AgentState,
+    ) -> Result<Option<(ClaimResponse, Instant)>, BootstrapError> {
         let sent = Mutex::new(Instant::now());
         let resp = retry::retry_notify(
             self.s().policy,
@@ -703,8 +726,22 @@ impl Bootstrap {
                 self.backend.claim(&self.s().node_id, self.s().lease_ttl)
             },
         )
-        .await
-        .map_err(|f| self.backend_err("claim the init lease", f))?;
+        .await;
+        let resp = match resp {
+            Err(Failure::Permanent(e)) if e.code() == Some(Code::AwaitingAdoption) => {
+                let msg = format!(
+                    "not initialising: cluster {} awaits adoption by its running swarm; waiting \
+                     for that swarm's join info ({e})",
+                    self.s().cluster
+                );
+                if st.last_error.as_ref().map(|l| &l.message) != Some(&msg) {
+                    tracing::warn!("{msg}");
+                }
+                self.note_error(st, msg);
+                return Ok(None);
+            }
+            r => r.map_err(|f| self.backend_err("claim the init lease", f))?,
+        };
         match (&resp.granted, &resp.lease) {
             (true, Some(l)) => {
                 tracing::info!("init lease granted (fencing token {})", l.fencing_token)
@@ -717,7 +754,28 @@ impl Bootstrap {
             _ => tracing::debug!("claim answered: phase {}", resp.phase),
         }
         let sent = *sent.lock().unwrap();
-        Ok((resp, sent))
+        Ok(Some((resp, sent)))
+    }
+
+    /// [`Bootstrap::wait_join`], registering again when the rendezvous no longer knows this node
+    /// (its registration was dropped, or the rendezvous lost it).
+    async fn wait_join_registered(
+        &self,
+        st: &mut AgentState,
+        info: &EngineInfo,
+        wait: Duration,
+    ) -> Result<swarmstrap_wire::JoinResponse, BootstrapError> {
+        match self.wait_join(st, wait).await {
+            Err(BootstrapError::Backend {
+                source: Failure::Permanent(e),
+                ..
+            }) if e.code() == Some(Code::NodeNotRegistered) => {
+                tracing::warn!("the rendezvous no longer knows this node: registering again");
+                self.register(st, info).await?;
+                self.wait_join(st, Duration::ZERO).await
+            }
+            r => r,
+        }
     }
 
     async fn wait_join(
@@ -1014,7 +1072,10 @@ impl Bootstrap {
             if let Some(at) = claim_at {
                 if Instant::now() >= at && resp.phase != Phase::Formed {
                     self.set_phase(st, AgentPhase::Claiming)?;
-                    let (c, _) = self.claim(st).await?;
+                    let Some((c, _)) = self.claim(st).await? else {
+                        claim_at = Some(Instant::now() + self.s().long_poll);
+                        continue;
+                    };
                     if c.granted {
                         let token = c.lease.as_ref().map(|l| l.fencing_token).unwrap_or(0);
                         if let Some(i) = st.init.as_mut() {
@@ -1060,16 +1121,28 @@ impl Bootstrap {
             join.manager_addrs.join(", ")
         );
         let advertise = self.s().advertise_addr.clone();
+        // Start at a random manager: the engine joins raft through the address it joined
+        // through if it is ever promoted, so spreading the joins means no one manager's death
+        // strands every promotion.
+        let mut addrs = join.manager_addrs.clone();
+        if !addrs.is_empty() {
+            let start = rand::random_range(0..addrs.len());
+            addrs.rotate_left(start);
+        }
+        let through: Mutex<Option<String>> = Mutex::new(None);
         let attempt = || async {
             let mut last: Option<EngineError> = None;
-            for addr in &join.manager_addrs {
+            for addr in &addrs {
                 let req = JoinRequest {
                     remote_addr: addr.clone(),
                     token: join.token.clone(),
                     advertise_addr: advertise.clone(),
                 };
                 match self.engine.join(&req).await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        *through.lock().unwrap() = Some(addr.clone());
+                        return Ok(());
+                    }
                     Err(e) if e.is_already_in_swarm() => return Ok(()),
                     Err(e) => {
                         tracing::debug!("join through {addr} failed: {e}");
@@ -1125,7 +1198,25 @@ impl Bootstrap {
         st.ca_digest = Some(join.ca_digest.clone());
         st.swarm_node_id = info.swarm.node_id.clone();
         st.joined_at = Some(rfc3339_now());
+        let through = through.lock().unwrap().clone();
+        if through.is_some() {
+            st.joined_through = through;
+        }
         self.set_phase(st, AgentPhase::Joined)?;
+        // Tell the rendezvous which manager the engine joined through (a hint for the quorum
+        // keeper). Best effort: one attempt, the join is done either way.
+        if st.joined_through.is_some() {
+            let req = RegisterRequest {
+                node_id: self.s().node_id.clone(),
+                hostname: info.hostname.clone(),
+                advertise_addr: self.s().advertise_addr.clone(),
+                role: self.s().requested_role,
+                joined_through: st.joined_through.clone(),
+            };
+            if let Err(e) = self.backend.register(&req).await {
+                tracing::debug!("could not record the join address with the rendezvous: {e}");
+            }
+        }
         Ok(Outcome {
             how,
             role: join.role,

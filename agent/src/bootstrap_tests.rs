@@ -46,6 +46,10 @@ impl Node {
     fn state(&self) -> AgentState {
         StateStore::new(self.dir.path()).load().unwrap().unwrap()
     }
+
+    fn state_opt(&self) -> Option<AgentState> {
+        StateStore::new(self.dir.path()).load().ok().flatten()
+    }
 }
 
 fn nodes(w: &SharedWorld, n: usize) -> Vec<Node> {
@@ -240,6 +244,7 @@ async fn crashed_after_init(
             hostname: n.engine.name.clone(),
             advertise_addr: n.engine.addr.clone(),
             role: RequestedRole::Auto,
+            joined_through: None,
         })
         .await
         .unwrap();
@@ -401,4 +406,69 @@ async fn worker_with_lost_state_is_recognised_by_its_managers() {
     assert_eq!(o.how, How::AlreadyMember);
     assert_eq!(o.role, Role::Worker);
     assert!(engine_mutations(&ns[1].engine.calls()[before..]).is_empty());
+}
+
+/// The rendezvous forgot the cluster (database wiped) and was re-created awaiting adoption: a
+/// node starting in that window registers, is refused the init lease, and joins the running
+/// swarm once its leader adopts the cluster. No second `swarm init`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_starting_while_the_cluster_awaits_adoption_joins_the_adopted_swarm() {
+    let w = world();
+    let backend = FakeBackend::new(3);
+    let ns = nodes(&w, 4);
+    run_all(&ns[..3], &backend).await;
+    let swarm = assert_one_swarm(&w, &ns[..3], 3);
+    let initialiser = ns[..3]
+        .iter()
+        .find(|n| n.state().init.is_some())
+        .expect("one node ran init");
+    let details = initialiser.engine.inspect_swarm().await.unwrap();
+
+    backend.wipe();
+    backend.set_adoption_hold(true).unwrap();
+    let late = ns[3].boot(&backend);
+    let h = tokio::spawn(async move { late.run().await });
+    wait_for(
+        "the late node is refused the lease",
+        Duration::from_secs(10),
+        || {
+            ns[3]
+                .state_opt()
+                .and_then(|s| s.last_error)
+                .is_some_and(|e| e.message.contains("awaits adoption"))
+        },
+    )
+    .await;
+    assert!(!h.is_finished(), "the late node waits for the adoption");
+    assert_eq!(w.lock().unwrap().inits, 1);
+
+    let adopted = backend
+        .adopt(&swarmstrap_wire::AdoptRequest {
+            node_id: initialiser.node_id.clone(),
+            hostname: "node-init".into(),
+            advertise_addr: initialiser.engine.addr.clone(),
+            swarm_id: details.id.clone(),
+            ca_digest: details.ca_digest.clone(),
+            manager_addrs: vec![format!("{}:2377", initialiser.engine.addr)],
+            manager_token: details.manager_token.clone(),
+            worker_token: details.worker_token.clone(),
+            managers: 3,
+        })
+        .await
+        .unwrap();
+    assert!(adopted.adopted);
+    let out = tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .expect("the late node finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.how, How::Joined);
+    assert_eq!(
+        out.role,
+        Role::Worker,
+        "3 managers stand: the late node is a worker"
+    );
+    assert_eq!(out.swarm_id.as_deref(), Some(swarm.as_str()));
+    assert_eq!(w.lock().unwrap().inits, 1, "exactly one swarm init, ever");
+    assert_one_swarm(&w, &ns, 3);
 }

@@ -98,6 +98,10 @@ pub struct AgentState {
     /// When `swarm-agent leave` took this node out of the swarm (RFC 3339).
     #[serde(default)]
     pub left_at: Option<String>,
+    /// The manager address (`ip:2377`) the engine joined the swarm through (its raft join goes
+    /// through it if it is ever promoted).
+    #[serde(default)]
+    pub joined_through: Option<String>,
     pub updated_at: String,
 }
 

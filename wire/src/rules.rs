@@ -935,7 +935,7 @@ fn pending(n: &NodeInfo, listed: &dyn Fn(&str) -> bool) -> bool {
 /// - a listed member takes the listed role and is marked seen;
 /// - an unlisted node that was seen before has left the swarm: dropped;
 /// - an unlisted node never seen is joining: kept for [`PENDING_JOIN_GRACE_MS`], and the joining
-///   nodes (oldest registration first) are managers only while the swarm's managers plus them
+///   nodes (those registered as managers first, then the oldest) are managers only while the swarm's managers plus them
 ///   stay within the target, so a sync never hands out more manager tokens than the target.
 fn follow_swarm(
     st: &ClusterState,
@@ -965,9 +965,12 @@ fn follow_swarm(
             joining.push(n);
         }
     }
+    // Joining managers keep their role first (they may hold the manager token already), then
+    // the oldest registrations.
     joining.sort_by(|a, b| {
-        a.registered_at_ms
-            .cmp(&b.registered_at_ms)
+        (a.role != Role::Manager)
+            .cmp(&(b.role != Role::Manager))
+            .then(a.registered_at_ms.cmp(&b.registered_at_ms))
             .then(a.node_id.cmp(&b.node_id))
     });
     let mut manager_count = u64::from(managers);

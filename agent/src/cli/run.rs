@@ -121,6 +121,7 @@ impl RunArgs {
                 backend: boot.backend.clone(),
                 cfg: cfg.quorum.clone(),
                 target: cfg.target_managers,
+                store: StateStore::new(&cfg.state_dir),
             }
             .run()
             .await

@@ -53,6 +53,12 @@ pub struct LifecycleStatus {
     /// Hostname of the leader whose agent runs the keeper (from its report).
     pub keeper_leader: Option<String>,
     pub keeper_last_action: Option<crate::lifecycle::docs::RecordedAction>,
+    /// The role change the keeper has in flight (it decides nothing else until it ends).
+    pub keeper_inflight: Option<crate::lifecycle::docs::InflightStep>,
+    /// The rendezvous awaits adoption by the running swarm (its formation was lost).
+    pub awaiting_adoption: bool,
+    /// Times the running swarm was adopted into the cluster again.
+    pub adoptions: u64,
     /// Nodes being drained by `swarm-agent leave`: `hostname: state (N tasks left)`.
     pub pending_drains: Vec<String>,
     /// No manager of this node's swarm reachable (since when, if the agent recorded it).
@@ -129,6 +135,9 @@ pub struct BackendStatus {
     pub lease_holder: Option<String>,
     pub swarm_id: Option<String>,
     pub ca_digest: Option<String>,
+    /// Init claims are refused until the running swarm adopts the cluster.
+    pub awaiting_adoption: bool,
+    pub adoptions: u64,
     pub error: Option<String>,
     #[serde(skip)]
     pub keeper: Option<crate::lifecycle::docs::KeeperReport>,
@@ -230,7 +239,10 @@ fn lifecycle_status(
         l.target_managers = Some(k.target);
         l.keeper_leader = Some(k.leader.clone()).filter(|s| !s.is_empty());
         l.keeper_last_action = k.last_action().cloned();
+        l.keeper_inflight = k.inflight.clone();
     }
+    l.awaiting_adoption = b.awaiting_adoption;
+    l.adoptions = b.adoptions;
     if let (Some(t), Some(r)) = (swarm.managers_total, swarm.managers_reachable) {
         l.quorum_margin = Some(r as i64 - crate::lifecycle::nodes::majority(t as usize) as i64);
     }
@@ -406,6 +418,8 @@ async fn probe_backend(cfg: &Config) -> BackendStatus {
             bs.lease_holder = s.lease.map(|l| l.holder);
             bs.swarm_id = s.swarm_id;
             bs.ca_digest = s.ca_digest;
+            bs.awaiting_adoption = s.awaiting_adoption;
+            bs.adoptions = s.adoptions;
         }
         Err(e) => bs.error = Some(e),
     }
@@ -514,11 +528,7 @@ pub fn render_text(r: &StatusReport) -> String {
         match (&l.keeper_leader, &l.keeper_last_action) {
             (Some(h), Some(a)) => format!(
                 "on {h}; last action: {} {} at {} ({}){}",
-                match a.action.kind {
-                    crate::lifecycle::plan::Kind::Promote => "promote",
-                    crate::lifecycle::plan::Kind::Demote => "demote",
-                    crate::lifecycle::plan::Kind::Remove => "remove",
-                },
+                kind_word(a.action.kind),
                 a.action.hostname,
                 a.at,
                 a.action.reason,
@@ -531,6 +541,35 @@ pub fn render_text(r: &StatusReport) -> String {
             _ => "-".into(),
         },
     ));
+    if let Some(f) = &l.keeper_inflight {
+        rows.push((
+            "keeper step",
+            format!(
+                "{} {} since {} (bound {} s): {}",
+                kind_word(f.kind),
+                f.hostname,
+                f.since,
+                f.bound_secs,
+                f.reason
+            ),
+        ));
+    }
+    if l.awaiting_adoption || l.adoptions > 0 {
+        rows.push((
+            "adoption",
+            if l.awaiting_adoption {
+                format!(
+                    "the rendezvous AWAITS ADOPTION by the running swarm (adopted {} times before)",
+                    l.adoptions
+                )
+            } else {
+                format!(
+                    "the running swarm was adopted again {} time(s) after the rendezvous lost it",
+                    l.adoptions
+                )
+            },
+        ));
+    }
     rows.push((
         "pending drains",
         if l.pending_drains.is_empty() {
@@ -585,6 +624,17 @@ pub fn render_text(r: &StatusReport) -> String {
         out.push_str(&format!("{:<width$} {v}\n", format!("{k}:")));
     }
     out
+}
+
+fn kind_word(k: crate::lifecycle::plan::Kind) -> &'static str {
+    use crate::lifecycle::plan::Kind;
+    match k {
+        Kind::Promote => "promote",
+        Kind::Demote => "demote",
+        Kind::Remove => "remove",
+        Kind::Rejoin => "rejoin as manager",
+        Kind::Adopt => "adopt",
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //!   cannot drain itself, so it asks here; the leader's agent drains the node, marks it
 //!   `drained` once no task is meant to run there, and removes it from the swarm after it
 //!   left (`left`).
-//! - [`KEEPER_DOC`]: the quorum keeper's report (managers, quorum margin, recent actions), so
-//!   `swarm-agent status` on any node can show it.
+//! - [`KEEPER_DOC`]: the quorum keeper's report (managers, quorum margin, the step in flight,
+//!   recent actions), so `swarm-agent status` on any node can show it.
+//! - [`REJOINS_DOC`]: the keeper's requests that a worker's agent leave the swarm and join again
+//!   as a manager (a promotion the engine cannot carry out), keyed by the agent's node id.
 
 use super::plan::Action;
 use serde::de::DeserializeOwned;
@@ -16,6 +18,7 @@ use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
 pub const DRAINS_DOC: &str = "drains";
 pub const KEEPER_DOC: &str = "keeper";
+pub const REJOINS_DOC: &str = "rejoins";
 /// Actions kept in the keeper report.
 pub const KEEPER_HISTORY: usize = 10;
 
@@ -83,6 +86,51 @@ pub struct DownNode {
     pub since: String,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RejoinState {
+    /// The keeper asks the node's agent to leave and join again as a manager.
+    Requested,
+    /// The agent left the swarm and is joining again.
+    Rejoining,
+    /// The agent joined again as a manager.
+    Rejoined,
+    /// The agent could not (see `message`).
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejoinRequest {
+    pub hostname: String,
+    /// The node's Docker node id when the request was made (as a worker).
+    pub swarm_node_id: String,
+    pub state: RejoinState,
+    /// RFC 3339.
+    pub requested_at: String,
+    pub updated_ms: u64,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejoins {
+    /// By the agent's node id (its registration).
+    #[serde(default)]
+    pub requests: BTreeMap<String, RejoinRequest>,
+}
+
+/// The one role change the keeper has in flight (it decides nothing else until it ends).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InflightStep {
+    pub kind: super::plan::Kind,
+    pub hostname: String,
+    /// RFC 3339.
+    pub since: String,
+    /// The step is undone (or given up) after this many seconds.
+    pub bound_secs: u64,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeeperReport {
     /// Hostname of the leader whose agent wrote this.
@@ -99,6 +147,9 @@ pub struct KeeperReport {
     pub down: Vec<DownNode>,
     #[serde(default)]
     pub actions: Vec<RecordedAction>,
+    /// The role change in flight, if any.
+    #[serde(default)]
+    pub inflight: Option<InflightStep>,
 }
 
 impl KeeperReport {

@@ -1,23 +1,39 @@
 //! The quorum keeper and the drain handler, on every agent; they act only while the local
-//! engine is the raft leader. Every pass (every [`TICK`]) reads the node list, carries out
-//! pending drain requests, plans at most one role change ([`super::plan`]), logs and records it
-//! in the [`KEEPER_DOC`] report that `swarm-agent status` shows.
+//! engine is the raft leader. Every pass (every [`TICK`]) reads the node list and:
+//!
+//! 1. keeps the rendezvous following the swarm ([`Rendezvous::sync`]: live manager addresses,
+//!    roles, departed nodes) and, when the rendezvous lost the cluster's formation (database
+//!    wiped or rolled back, secret re-created), publishes the running swarm again
+//!    ([`Rendezvous::adopt`]);
+//! 2. carries out pending drain requests;
+//! 3. finishes the role change in flight, or plans the next one ([`super::plan`]). **One step at
+//!    a time**: after a promotion the keeper waits until that node is a Reachable manager
+//!    (bounded: [`PROMOTE_BOUND`]; on expiry it demotes it again and has the node's agent rejoin
+//!    instead) before it decides anything else. A worker that joined the swarm through a
+//!    manager that is now dead cannot be promoted by its engine (Docker's raft join goes through
+//!    the address the engine originally joined through), so that worker's agent is asked to
+//!    leave and join again as a manager through a live manager ([`Kind::Rejoin`], bounded by
+//!    [`REJOIN_BOUND`]).
+//!
+//! Everything is logged and recorded in the [`KEEPER_DOC`] report that `swarm-agent status`
+//! shows, with the step in flight.
 
 use super::docs::{
-    self, DownNode, DrainState, Drains, KeeperReport, RecordedAction, DRAINS_DOC, KEEPER_DOC,
-    KEEPER_HISTORY,
+    self, DownNode, DrainState, Drains, InflightStep, KeeperReport, RecordedAction, RejoinRequest,
+    RejoinState, Rejoins, DRAINS_DOC, KEEPER_DOC, KEEPER_HISTORY, REJOINS_DOC,
 };
 use super::nodes::{self, majority, Availability, NodeView};
 use super::plan::{self, Action, Kind, Rules, View};
 use crate::config::QuorumConfig;
-use crate::engine::{BollardEngine, EngineError};
+use crate::engine::{BollardEngine, Engine, EngineError, SwarmDetails};
 use crate::lb::docker::is_leader;
-use crate::state::rfc3339_now;
-use std::collections::{HashMap, HashSet};
+use crate::state::{rfc3339_now, StateStore};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use swarmstrap_wire::rendezvous::Rendezvous;
-use swarmstrap_wire::Role;
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::rules::Code;
+use swarmstrap_wire::{AdoptRequest, ClusterStatus, Member, NodeInfo, Role, SyncRequest};
 
 /// One keeper pass this often (a periodic check of the node list: T is measured in passes).
 pub const TICK: Duration = Duration::from_secs(2);
@@ -25,6 +41,19 @@ pub const TICK: Duration = Duration::from_secs(2);
 const TARGET_REFRESH: Duration = Duration::from_secs(60);
 /// Forget drain requests whose node is gone from the swarm and that nobody finished.
 const STALE_REQUEST: Duration = Duration::from_secs(3600);
+/// A promoted engine is a Reachable manager within seconds; after this the promotion is undone.
+pub const PROMOTE_BOUND: Duration = Duration::from_secs(20);
+/// Leave + join as a manager (the join waits for raft) takes seconds; after this it is given up.
+pub const REJOIN_BOUND: Duration = Duration::from_secs(90);
+/// A demotion shows in the node list at once; bound it anyway.
+const DEMOTE_BOUND: Duration = Duration::from_secs(20);
+/// A worker whose promotion failed is not picked again for this long.
+const AVOID_FOR: Duration = Duration::from_secs(600);
+/// Read the cluster from the rendezvous this often while all is well (every pass otherwise), so
+/// a lost formation is adopted again within seconds of the rendezvous answering.
+const STATUS_EVERY: Duration = Duration::from_secs(4);
+/// Send an unchanged sync again this often (registrations that never joined expire).
+const SYNC_REFRESH: Duration = Duration::from_secs(60);
 
 pub struct Keeper {
     pub engine: Arc<BollardEngine>,
@@ -32,6 +61,47 @@ pub struct Keeper {
     pub cfg: QuorumConfig,
     /// The target from the config, until the backend's is known.
     pub target: u8,
+    /// The agent's state file: which cluster and swarm this node belongs to, its node id.
+    pub store: StateStore,
+}
+
+/// The role change in flight.
+#[derive(Clone, Debug)]
+struct Inflight {
+    kind: Kind,
+    /// Docker node id (for a rejoin: the node's id as a worker, before it left).
+    node_id: String,
+    /// The node's agent (registration), when known.
+    agent_node_id: Option<String>,
+    hostname: String,
+    /// The node's address (Status.Addr): a rejoined node has a new Docker id, the same address.
+    addr: Option<String>,
+    started: Instant,
+    since: String,
+    bound: Duration,
+    reason: String,
+}
+
+impl Inflight {
+    fn report(&self) -> InflightStep {
+        InflightStep {
+            kind: self.kind,
+            hostname: self.hostname.clone(),
+            since: self.since.clone(),
+            bound_secs: self.bound.as_secs(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+/// This node as the rendezvous should know it.
+struct Me {
+    node_id: String,
+    hostname: String,
+    advertise_addr: String,
+    /// The swarm the state file says this node belongs to.
+    swarm_id: Option<String>,
+    ca_digest: Option<String>,
 }
 
 #[derive(Default)]
@@ -43,6 +113,34 @@ struct Memory {
     actions: Vec<RecordedAction>,
     last_error: Option<String>,
     was_leader: bool,
+    inflight: Option<Inflight>,
+    avoid: HashMap<String, Instant>,
+    /// The last cluster status read, and when; `None` after a failed read.
+    status: Option<(ClusterStatus, Instant)>,
+    last_sync: Option<(SyncRequest, Instant)>,
+    logged: HashSet<String>,
+}
+
+impl Memory {
+    /// Log a warning once until [`Memory::clear_logged`] forgets it.
+    fn warn_once(&mut self, key: &str, msg: String) {
+        if self.logged.insert(format!("{key}:{msg}")) {
+            self.logged
+                .retain(|k| !k.starts_with(key) || k == &format!("{key}:{msg}"));
+            tracing::warn!("{msg}");
+        }
+    }
+
+    fn clear_logged(&mut self, key: &str) {
+        self.logged.retain(|k| !k.starts_with(key));
+    }
+}
+
+/// What an in-flight step came to.
+enum StepEnd {
+    Pending,
+    Done(String),
+    Failed(String),
 }
 
 impl Keeper {
@@ -64,6 +162,9 @@ impl Keeper {
     }
 
     async fn target(&self, mem: &mut Memory) -> u8 {
+        if let Some((s, _)) = &mem.status {
+            return s.target_managers;
+        }
         match mem.target {
             Some((t, at)) if at.elapsed() < TARGET_REFRESH => t,
             _ => match self.backend.status().await {
@@ -76,12 +177,24 @@ impl Keeper {
         }
     }
 
+    fn me(&self) -> Option<Me> {
+        let st = self.store.load().ok().flatten()?;
+        Some(Me {
+            node_id: st.node_id,
+            hostname: st.hostname?,
+            advertise_addr: st.advertise_addr?,
+            swarm_id: st.swarm_id,
+            ca_digest: st.ca_digest,
+        })
+    }
+
     async fn pass(&self, mem: &mut Memory) -> anyhow::Result<()> {
         if !is_leader(&self.engine).await? {
             if mem.was_leader {
                 tracing::info!("quorum keeper: this node is no longer the raft leader");
             }
-            // Another leader measures from scratch (its own view of who is down).
+            // Another leader measures from scratch (its own view of who is down). A step in
+            // flight is the new leader's to judge: it sees the node list too.
             *mem = Memory {
                 actions: std::mem::take(&mut mem.actions),
                 ..Memory::default()
@@ -99,7 +212,6 @@ impl Keeper {
                 }
             }
         }
-        let target = self.target(mem).await;
         let list = nodes::list(&self.engine).await?;
         let now = Instant::now();
         let seen: HashSet<&str> = list.iter().map(|n| n.id.as_str()).collect();
@@ -114,7 +226,13 @@ impl Keeper {
                     .or_insert_with(|| (now, rfc3339_now()));
             }
         }
+        mem.avoid.retain(|_, at| at.elapsed() < AVOID_FOR);
 
+        // 1. The rendezvous follows the swarm (and adopts it when it forgot it).
+        self.follow(mem, &list).await;
+        let target = self.target(mem).await;
+
+        // 2. Drains.
         let (_, drains) = docs::read::<Drains>(self.backend.as_ref(), DRAINS_DOC).await?;
         self.drains(mem, &list, &drains).await;
         let leaving: HashSet<String> = drains.requests.keys().cloned().collect();
@@ -124,32 +242,335 @@ impl Keeper {
         } else {
             mem.imbalance_since = None;
         }
+
+        // 3. The step in flight, or the next one.
+        if self.cfg.enabled {
+            let busy = match mem.inflight.clone() {
+                Some(f) => self.finish_step(mem, &list, f).await,
+                None => false,
+            };
+            if !busy {
+                self.next_step(mem, &list, target, &leaving).await;
+            }
+        }
+        self.report(mem, &list, target).await;
+        Ok(())
+    }
+
+    /// Judge the step in flight. True while it is still in flight (nothing else is decided).
+    async fn finish_step(&self, mem: &mut Memory, list: &[NodeView], f: Inflight) -> bool {
+        let end = match f.kind {
+            Kind::Promote => match list.iter().find(|n| n.id == f.node_id) {
+                Some(n) if n.role == Role::Manager && n.healthy() => {
+                    StepEnd::Done(format!("{} is a Reachable manager", f.hostname))
+                }
+                Some(n) if n.role == Role::Worker => {
+                    StepEnd::Failed(format!("{} is a worker again", f.hostname))
+                }
+                None => StepEnd::Failed(format!("{} left the swarm", f.hostname)),
+                Some(_) if f.started.elapsed() >= f.bound => StepEnd::Failed(format!(
+                    "{} did not become a Reachable manager within {} s",
+                    f.hostname,
+                    f.bound.as_secs()
+                )),
+                Some(_) => StepEnd::Pending,
+            },
+            Kind::Demote => match list.iter().find(|n| n.id == f.node_id) {
+                Some(n) if n.role == Role::Manager && f.started.elapsed() < f.bound => {
+                    StepEnd::Pending
+                }
+                Some(n) if n.role == Role::Manager => StepEnd::Failed(format!(
+                    "{} is still a manager after {} s",
+                    f.hostname,
+                    f.bound.as_secs()
+                )),
+                _ => StepEnd::Done(format!("{} is no longer a manager", f.hostname)),
+            },
+            Kind::Rejoin => self.rejoin_progress(list, &f).await,
+            Kind::Remove | Kind::Adopt => StepEnd::Done(String::new()),
+        };
+        match end {
+            StepEnd::Pending => true,
+            StepEnd::Done(what) => {
+                mem.inflight = None;
+                mem.imbalance_since = None;
+                if !what.is_empty() {
+                    tracing::info!("quorum keeper: step done: {what}");
+                }
+                if f.kind == Kind::Rejoin {
+                    self.finish_rejoin(mem, list, &f).await;
+                }
+                // Decide the next step from a fresh node list.
+                true
+            }
+            StepEnd::Failed(why) => {
+                mem.inflight = None;
+                mem.imbalance_since = None;
+                mem.avoid.insert(f.node_id.clone(), Instant::now());
+                match f.kind {
+                    Kind::Promote => {
+                        // Undo it: a manager that never joined raft must not stay a manager.
+                        let undo = nodes::set_role(&self.engine, &f.node_id, Role::Worker).await;
+                        self.record(
+                            mem,
+                            Action {
+                                kind: Kind::Demote,
+                                node_id: f.node_id.clone(),
+                                hostname: f.hostname.clone(),
+                                reason: format!("undoing its promotion: {why}"),
+                            },
+                            undo.as_ref().err().map(|e| e.to_string()),
+                        );
+                        // The engine cannot: its agent leaves and joins again as a manager.
+                        if undo.is_ok() {
+                            if let Some(agent) = f.agent_node_id.clone() {
+                                let n = list.iter().find(|n| n.id == f.node_id);
+                                if let Some(n) = n {
+                                    let reason = format!(
+                                        "its engine could not be promoted ({why}); joining again \
+                                         as a manager through a live manager"
+                                    );
+                                    self.start_rejoin(mem, list, n, agent, reason).await;
+                                }
+                            }
+                        }
+                    }
+                    Kind::Rejoin => {
+                        tracing::warn!("quorum keeper: rejoin of {} given up: {why}", f.hostname);
+                        if let Some(agent) = &f.agent_node_id {
+                            let _ = forget_rejoin(self.backend.as_ref(), agent).await;
+                        }
+                        // The registration's role follows the swarm again at the next sync.
+                        mem.last_sync = None;
+                    }
+                    _ => tracing::warn!("quorum keeper: step given up: {why}"),
+                }
+                true
+            }
+        }
+    }
+
+    async fn rejoin_progress(&self, list: &[NodeView], f: &Inflight) -> StepEnd {
+        let joined = list.iter().find(|n| {
+            n.id != f.node_id
+                && n.role == Role::Manager
+                && n.healthy()
+                && f.addr.is_some()
+                && n.addr == f.addr
+        });
+        if let Some(n) = joined {
+            return StepEnd::Done(format!(
+                "{} joined again as a manager ({}) and is Reachable",
+                f.hostname, n.id
+            ));
+        }
+        if let Some(agent) = &f.agent_node_id {
+            if let Ok((_, r)) = docs::read::<Rejoins>(self.backend.as_ref(), REJOINS_DOC).await {
+                if let Some(req) = r.requests.get(agent) {
+                    if req.state == RejoinState::Failed {
+                        return StepEnd::Failed(format!(
+                            "its agent could not: {}",
+                            req.message.as_deref().unwrap_or("no reason given")
+                        ));
+                    }
+                }
+            }
+        }
+        if f.started.elapsed() >= f.bound {
+            return StepEnd::Failed(format!(
+                "{} did not join again as a Reachable manager within {} s",
+                f.hostname,
+                f.bound.as_secs()
+            ));
+        }
+        StepEnd::Pending
+    }
+
+    /// After a rejoin: remove the node's old (worker) entry and the request.
+    async fn finish_rejoin(&self, mem: &mut Memory, list: &[NodeView], f: &Inflight) {
+        if let Some(old) = list.iter().find(|n| n.id == f.node_id) {
+            if !old.ready {
+                let r = nodes::remove(&self.engine, &old.id, false).await;
+                self.record(
+                    mem,
+                    Action {
+                        kind: Kind::Remove,
+                        node_id: old.id.clone(),
+                        hostname: old.hostname.clone(),
+                        reason: "its old worker entry, after it joined again as a manager".into(),
+                    },
+                    r.err().map(|e| e.to_string()),
+                );
+            }
+        }
+        if let Some(agent) = &f.agent_node_id {
+            if let Err(e) = forget_rejoin(self.backend.as_ref(), agent).await {
+                tracing::warn!("quorum keeper: cannot clear the rejoin request: {e}");
+            }
+        }
+        mem.last_sync = None;
+    }
+
+    /// Ask a worker's agent to leave and join again as a manager: first its registration says
+    /// manager (so the rendezvous hands it the manager token), then the request.
+    async fn start_rejoin(
+        &self,
+        mem: &mut Memory,
+        list: &[NodeView],
+        n: &NodeView,
+        agent: String,
+        reason: String,
+    ) {
+        let f = Inflight {
+            kind: Kind::Rejoin,
+            node_id: n.id.clone(),
+            agent_node_id: Some(agent.clone()),
+            hostname: n.hostname.clone(),
+            addr: n.addr.clone(),
+            started: Instant::now(),
+            since: rfc3339_now(),
+            bound: REJOIN_BOUND,
+            reason: reason.clone(),
+        };
+        mem.inflight = Some(f);
+        mem.last_sync = None;
+        self.sync(mem, list).await;
+        let req = RejoinRequest {
+            hostname: n.hostname.clone(),
+            swarm_node_id: n.id.clone(),
+            state: RejoinState::Requested,
+            requested_at: rfc3339_now(),
+            updated_ms: docs::now_ms(),
+            message: None,
+        };
+        let written = docs::update::<Rejoins, _>(self.backend.as_ref(), REJOINS_DOC, |d| {
+            d.requests.insert(agent.clone(), req.clone());
+            true
+        })
+        .await;
+        let action = Action {
+            kind: Kind::Rejoin,
+            node_id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            reason,
+        };
+        match written {
+            Ok(_) => self.record(mem, action, None),
+            Err(e) => {
+                self.record(mem, action, Some(e.to_string()));
+                mem.inflight = None;
+                mem.last_sync = None;
+            }
+        }
+    }
+
+    async fn next_step(
+        &self,
+        mem: &mut Memory,
+        list: &[NodeView],
+        target: u8,
+        leaving: &HashSet<String>,
+    ) {
+        let now = Instant::now();
         let unhealthy_for: HashMap<String, Duration> = mem
             .unhealthy_since
             .iter()
             .map(|(id, (at, _))| (id.clone(), now - *at))
             .collect();
+        let regs = self.registrations(mem, list);
+        let live: HashSet<String> = list
+            .iter()
+            .filter(|n| n.role == Role::Manager && n.healthy())
+            .filter_map(|n| n.manager_addr.clone())
+            .collect();
+        // Workers whose engine can be promoted in place: joined through a live manager (or
+        // unknown: engines restarted since, or agents that did not say).
+        let prefer: HashSet<String> = list
+            .iter()
+            .filter(|n| n.role == Role::Worker)
+            .filter(
+                |n| match regs.get(&n.id).and_then(|r| r.joined_through.as_ref()) {
+                    Some(a) => live.contains(a),
+                    None => true,
+                },
+            )
+            .map(|n| n.id.clone())
+            .collect();
+        let avoid: HashSet<String> = mem.avoid.keys().cloned().collect();
         let rules = Rules {
             target,
             promote_after: self.cfg.promote_after,
             remove_down_after: self.cfg.remove_down_after,
         };
         let view = View {
-            nodes: &list,
+            nodes: list,
             unhealthy_for: &unhealthy_for,
             imbalance_for: mem.imbalance_since.map(|s| now - s).unwrap_or_default(),
-            leaving: &leaving,
+            leaving,
+            avoid: &avoid,
+            prefer: &prefer,
         };
-        if self.cfg.enabled {
-            if let Some(action) = plan::plan(&view, &rules) {
-                let result = self.execute(&action).await;
-                // The count changed: a further imbalance is measured from now.
-                mem.imbalance_since = None;
-                self.record(mem, action, result.err().map(|e| e.to_string()));
+        let Some(action) = plan::plan(&view, &rules) else {
+            return;
+        };
+        let node = list.iter().find(|n| n.id == action.node_id);
+        let agent = regs.get(&action.node_id).map(|r| r.node_id.clone());
+        if action.kind == Kind::Promote && !prefer.contains(&action.node_id) {
+            if let (Some(n), Some(agent)) = (node, agent.clone()) {
+                let joined = regs
+                    .get(&action.node_id)
+                    .and_then(|r| r.joined_through.clone())
+                    .unwrap_or_default();
+                let reason = format!(
+                    "{}; it joined the swarm through {joined}, which is not a live manager, so \
+                     its engine cannot be promoted in place: its agent joins again as a manager",
+                    action.reason
+                );
+                self.start_rejoin(mem, list, n, agent, reason).await;
+                return;
             }
         }
-        self.report(mem, &list, target).await;
-        Ok(())
+        let result = self.execute(&action).await;
+        // The count changed: a further imbalance is measured from now.
+        mem.imbalance_since = None;
+        if result.is_ok() && matches!(action.kind, Kind::Promote | Kind::Demote) {
+            mem.inflight = Some(Inflight {
+                kind: action.kind,
+                node_id: action.node_id.clone(),
+                agent_node_id: agent,
+                hostname: action.hostname.clone(),
+                addr: node.and_then(|n| n.addr.clone()),
+                started: Instant::now(),
+                since: rfc3339_now(),
+                bound: if action.kind == Kind::Promote {
+                    PROMOTE_BOUND
+                } else {
+                    DEMOTE_BOUND
+                },
+                reason: action.reason.clone(),
+            });
+            mem.last_sync = None;
+        }
+        self.record(mem, action, result.err().map(|e| e.to_string()));
+    }
+
+    /// Registrations by Docker node id (matched by address, else by hostname).
+    fn registrations(&self, mem: &Memory, list: &[NodeView]) -> HashMap<String, NodeInfo> {
+        let Some((status, _)) = &mem.status else {
+            return HashMap::new();
+        };
+        match_registrations(&status.nodes, list)
+            .into_iter()
+            .map(|(agent, docker)| {
+                let reg = status
+                    .nodes
+                    .iter()
+                    .find(|r| r.node_id == agent)
+                    .cloned()
+                    .expect("matched from the list");
+                (docker, reg)
+            })
+            .collect()
     }
 
     async fn execute(&self, a: &Action) -> Result<(), EngineError> {
@@ -157,25 +578,257 @@ impl Keeper {
             Kind::Promote => nodes::set_role(&self.engine, &a.node_id, Role::Manager).await,
             Kind::Demote => nodes::set_role(&self.engine, &a.node_id, Role::Worker).await,
             Kind::Remove => nodes::remove(&self.engine, &a.node_id, false).await,
+            Kind::Rejoin | Kind::Adopt => Ok(()),
         }
     }
 
+    // -----------------------------------------------------------------------------------------
+    // The rendezvous follows the swarm
+
+    /// Read the cluster (every pass while something is off, else every [`STATUS_EVERY`]),
+    /// adopt the swarm if the rendezvous lost it, and sync.
+    async fn follow(&self, mem: &mut Memory, list: &[NodeView]) {
+        let fresh = mem
+            .status
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() < STATUS_EVERY);
+        if !fresh {
+            match self.backend.status().await {
+                Ok(s) => {
+                    mem.clear_logged("status");
+                    mem.target = Some((s.target_managers, Instant::now()));
+                    mem.status = Some((s, Instant::now()));
+                }
+                Err(e) => {
+                    mem.status = None;
+                    mem.warn_once(
+                        "status",
+                        format!(
+                            "quorum keeper: cannot read cluster from {}: {e}",
+                            self.backend.describe()
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        let Some(me) = self.me() else { return };
+        let details = match self.engine.inspect_swarm().await {
+            Ok(d) => d,
+            Err(e) => {
+                mem.warn_once(
+                    "inspect",
+                    format!("quorum keeper: cannot inspect the swarm: {e}"),
+                );
+                return;
+            }
+        };
+        let status = mem
+            .status
+            .as_ref()
+            .map(|(s, _)| s.clone())
+            .expect("read above");
+        if status.swarm_id.as_deref() != Some(details.id.as_str()) {
+            self.adopt(mem, list, &me, &details, &status).await;
+            return;
+        }
+        mem.clear_logged("adopt");
+        self.sync(mem, list).await;
+    }
+
+    async fn adopt(
+        &self,
+        mem: &mut Memory,
+        list: &[NodeView],
+        me: &Me,
+        details: &SwarmDetails,
+        status: &ClusterStatus,
+    ) {
+        // Only the swarm this agent's state file says it belongs to (a foreign swarm on this
+        // engine is never published into the cluster).
+        let ours = me.swarm_id.as_deref() == Some(details.id.as_str())
+            || me.ca_digest.as_deref() == Some(details.ca_digest.as_str());
+        if !ours {
+            mem.warn_once(
+                "adopt",
+                format!(
+                    "quorum keeper: the rendezvous does not hold swarm {} and this agent's state \
+                     file does not say it belongs to it: not adopting it",
+                    details.id
+                ),
+            );
+            return;
+        }
+        if status.retired_swarm_ids.contains(&details.id) {
+            mem.warn_once(
+                "adopt",
+                format!(
+                    "quorum keeper: swarm {} was retired by an operator reset (`swarm-agent \
+                     recover`): not adopting it",
+                    details.id
+                ),
+            );
+            return;
+        }
+        if let Some(other) = &status.swarm_id {
+            mem.warn_once(
+                "adopt",
+                format!(
+                    "quorum keeper: TWO SWARMS for cluster {}: the rendezvous holds swarm {other}, \
+                     this node's swarm is {}. Nothing is changed automatically; an operator must \
+                     decide which one to keep",
+                    status.name, details.id
+                ),
+            );
+            return;
+        }
+        let (addrs, managers) = live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        let req = AdoptRequest {
+            node_id: me.node_id.clone(),
+            hostname: me.hostname.clone(),
+            advertise_addr: me.advertise_addr.clone(),
+            swarm_id: details.id.clone(),
+            ca_digest: details.ca_digest.clone(),
+            manager_addrs: addrs,
+            manager_token: details.manager_token.clone(),
+            worker_token: details.worker_token.clone(),
+            managers,
+        };
+        match self.backend.adopt(&req).await {
+            Ok(r) => {
+                let what = format!(
+                    "the rendezvous had lost cluster {}'s formation (it was {}{}): adopted the \
+                     running swarm {} again under fencing token {}",
+                    status.name,
+                    status.phase,
+                    if status.awaiting_adoption {
+                        ", awaiting adoption"
+                    } else {
+                        ""
+                    },
+                    details.id,
+                    r.fencing_token
+                );
+                tracing::warn!("quorum keeper: {what}");
+                self.record(
+                    mem,
+                    Action {
+                        kind: Kind::Adopt,
+                        node_id: String::new(),
+                        hostname: me.hostname.clone(),
+                        reason: what,
+                    },
+                    None,
+                );
+                mem.status = None;
+                mem.last_sync = None;
+                mem.clear_logged("adopt");
+            }
+            Err(e) => mem.warn_once(
+                "adopt",
+                format!("quorum keeper: adopting swarm {} failed: {e}", details.id),
+            ),
+        }
+    }
+
+    async fn sync(&self, mem: &mut Memory, list: &[NodeView]) {
+        let Some((status, _)) = &mem.status else {
+            return;
+        };
+        let Some(swarm_id) = status.swarm_id.clone() else {
+            return;
+        };
+        let Some(me) = self.me() else { return };
+        let (manager_addrs, managers) =
+            live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        if manager_addrs.is_empty() {
+            return;
+        }
+        let matched = match_registrations(&status.nodes, list);
+        let rejoining = mem
+            .inflight
+            .as_ref()
+            .filter(|f| f.kind == Kind::Rejoin)
+            .and_then(|f| f.agent_node_id.clone());
+        let mut members: Vec<Member> = matched
+            .iter()
+            .filter_map(|(agent, docker)| {
+                let n = list.iter().find(|n| &n.id == docker)?;
+                Some(Member {
+                    node_id: agent.clone(),
+                    role: if rejoining.as_deref() == Some(agent.as_str()) {
+                        Role::Manager
+                    } else {
+                        n.role
+                    },
+                })
+            })
+            .collect();
+        members.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let req = SyncRequest {
+            node_id: me.node_id,
+            swarm_id,
+            manager_addrs,
+            managers,
+            members,
+        };
+        if let Some((last, at)) = &mem.last_sync {
+            if *last == req && at.elapsed() < SYNC_REFRESH {
+                return;
+            }
+        }
+        match self.backend.sync(&req).await {
+            Ok(r) => {
+                mem.clear_logged("sync");
+                let addrs_changed = mem
+                    .last_sync
+                    .as_ref()
+                    .is_none_or(|(l, _)| l.manager_addrs != req.manager_addrs);
+                if r.changed && addrs_changed {
+                    tracing::info!(
+                        "quorum keeper: joining nodes are sent to the live managers {}",
+                        req.manager_addrs.join(", ")
+                    );
+                }
+                if !r.pruned.is_empty() {
+                    tracing::info!(
+                        "quorum keeper: the rendezvous dropped the registrations of nodes that \
+                         left the swarm: {}",
+                        r.pruned.join(", ")
+                    );
+                }
+                mem.last_sync = Some((req, Instant::now()));
+            }
+            Err(e) => {
+                if e.code() == Some(Code::SwarmMismatch) {
+                    // The formation changed under us: read the cluster again next pass.
+                    mem.status = None;
+                }
+                mem.warn_once(
+                    "sync",
+                    format!("quorum keeper: sync with the rendezvous: {e}"),
+                );
+            }
+        }
+    }
     fn record(&self, mem: &mut Memory, action: Action, error: Option<String>) {
         let verb = match action.kind {
-            Kind::Promote => "promoted",
-            Kind::Demote => "demoted",
-            Kind::Remove => "removed",
+            Kind::Promote => "promote",
+            Kind::Demote => "demote",
+            Kind::Remove => "remove",
+            Kind::Rejoin => "rejoin as a manager",
+            Kind::Adopt => "adopt the swarm",
         };
         match &error {
-            None => tracing::warn!(
-                "quorum keeper: {verb} {} ({}): {}",
+            None if action.kind != Kind::Adopt => tracing::warn!(
+                "quorum keeper: {verb}: {} ({}): {}",
                 action.hostname,
                 action.node_id,
                 action.reason
             ),
+            None => {}
             Some(e) => tracing::warn!(
-                "quorum keeper: could not {} {} ({}): {e}; reason: {}",
-                verb.trim_end_matches('d'),
+                "quorum keeper: could not {verb} {} ({}): {e}; reason: {}",
                 action.hostname,
                 action.node_id,
                 action.reason
@@ -280,6 +933,7 @@ impl Keeper {
             manager_addrs,
             down,
             actions: mem.actions.clone(),
+            inflight: mem.inflight.as_ref().map(Inflight::report),
         };
         if mem.report.as_ref() == Some(&report) {
             return;
@@ -299,6 +953,67 @@ impl Keeper {
             Err(e) => tracing::warn!("quorum keeper: cannot publish its report: {e}"),
         }
     }
+}
+
+/// `ip:2377` of the healthy managers (sorted), and how many managers count for the rendezvous's
+/// role assignment: healthy ones and those unhealthy for less than T (probably restarting).
+fn live_managers(
+    list: &[NodeView],
+    unhealthy_since: &HashMap<String, (Instant, String)>,
+    t: Duration,
+) -> (Vec<String>, u32) {
+    let mut addrs: Vec<String> = list
+        .iter()
+        .filter(|n| n.role == Role::Manager && n.healthy())
+        .filter_map(|n| n.manager_addr.clone())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    let managers = list
+        .iter()
+        .filter(|n| n.role == Role::Manager)
+        .filter(|n| {
+            n.healthy()
+                || unhealthy_since
+                    .get(&n.id)
+                    .is_none_or(|(at, _)| at.elapsed() < t)
+        })
+        .count() as u32;
+    (addrs, managers)
+}
+
+/// Which Docker node each registration is (agent node id → Docker node id): the node with the
+/// registration's advertise address (Status.Addr), else its hostname; a Ready node before a
+/// Down one (a node that left and joined again has two entries), a manager before a worker.
+pub fn match_registrations(regs: &[NodeInfo], list: &[NodeView]) -> BTreeMap<String, String> {
+    let ip = |a: &str| -> String {
+        match a.parse::<std::net::SocketAddr>() {
+            Ok(sa) => sa.ip().to_string(),
+            Err(_) => a.to_string(),
+        }
+    };
+    let mut out = BTreeMap::new();
+    for r in regs {
+        let want = ip(&r.advertise_addr);
+        let mut by_addr: Vec<&NodeView> = list
+            .iter()
+            .filter(|n| n.addr.as_deref().map(ip).as_deref() == Some(want.as_str()))
+            .collect();
+        if by_addr.is_empty() {
+            by_addr = list.iter().filter(|n| n.hostname == r.hostname).collect();
+        }
+        by_addr.sort_by_key(|n| (!n.ready, n.role != Role::Manager, n.id.clone()));
+        if let Some(n) = by_addr.first() {
+            out.insert(r.node_id.clone(), n.id.clone());
+        }
+    }
+    out
+}
+
+async fn forget_rejoin(backend: &dyn Rendezvous, agent: &str) -> Result<(), RendezvousError> {
+    docs::update::<Rejoins, _>(backend, REJOINS_DOC, |d| d.requests.remove(agent).is_some())
+        .await
+        .map(|_| ())
 }
 
 fn stale(updated_ms: u64) -> bool {
@@ -335,4 +1050,82 @@ async fn forget(
     docs::update::<Drains, _>(backend, DRAINS_DOC, |d| d.requests.remove(id).is_some())
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmstrap_wire::RequestedRole;
+
+    fn view(id: &str, host: &str, addr: &str, role: Role, ready: bool) -> NodeView {
+        NodeView {
+            id: id.into(),
+            hostname: host.into(),
+            role,
+            availability: Availability::Active,
+            ready,
+            state: if ready { "ready" } else { "down" }.into(),
+            leader: false,
+            reachable: (role == Role::Manager).then_some(ready),
+            manager_addr: (role == Role::Manager).then(|| format!("{addr}:2377")),
+            addr: Some(addr.into()),
+        }
+    }
+
+    fn reg(id: &str, host: &str, addr: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            hostname: host.into(),
+            advertise_addr: addr.into(),
+            requested: RequestedRole::Auto,
+            role: Role::Worker,
+            registered_at_ms: 0,
+            joined_through: None,
+            seen_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn registrations_match_by_address_then_hostname_preferring_the_live_entry() {
+        let list = vec![
+            view("d1", "n1", "10.0.0.1", Role::Manager, true),
+            // n2 left as a worker and joined again as a manager: two entries, one address.
+            view("d2-old", "n2", "10.0.0.2", Role::Worker, false),
+            view("d2", "n2", "10.0.0.2", Role::Manager, true),
+            view("d3", "n3", "172.16.0.3", Role::Worker, true),
+        ];
+        let regs = vec![
+            reg("a1", "n1", "10.0.0.1"),
+            reg("a2", "n2", "10.0.0.2"),
+            // Behind NAT: the swarm sees another address; the hostname matches.
+            reg("a3", "n3", "10.0.0.3"),
+            reg("gone", "n9", "10.0.0.9"),
+        ];
+        let m = match_registrations(&regs, &list);
+        assert_eq!(m.get("a1").map(String::as_str), Some("d1"));
+        assert_eq!(m.get("a2").map(String::as_str), Some("d2"));
+        assert_eq!(m.get("a3").map(String::as_str), Some("d3"));
+        assert!(!m.contains_key("gone"));
+    }
+
+    #[test]
+    fn live_managers_are_the_healthy_ones_and_the_count_spares_restarting_managers() {
+        let list = vec![
+            view("d1", "n1", "10.0.0.1", Role::Manager, true),
+            view("d2", "n2", "10.0.0.2", Role::Manager, false),
+            view("d3", "n3", "10.0.0.3", Role::Manager, false),
+            view("d4", "n4", "10.0.0.4", Role::Worker, true),
+        ];
+        let t = Duration::from_secs(10);
+        let mut since = HashMap::new();
+        since.insert("d2".to_string(), (Instant::now(), String::new()));
+        since.insert(
+            "d3".to_string(),
+            (Instant::now() - Duration::from_secs(11), String::new()),
+        );
+        let (addrs, managers) = live_managers(&list, &since, t);
+        assert_eq!(addrs, vec!["10.0.0.1:2377".to_string()]);
+        // d1 healthy, d2 down for less than T (restarting?), d3 dead.
+        assert_eq!(managers, 2);
+    }
 }

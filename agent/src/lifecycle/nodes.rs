@@ -37,6 +37,8 @@ pub struct NodeView {
     pub reachable: Option<bool>,
     /// Managers: `ip:2377`.
     pub manager_addr: Option<String>,
+    /// Status.Addr: the node's IP as the managers see it (its advertise address).
+    pub addr: Option<String>,
 }
 
 impl NodeView {
@@ -61,6 +63,7 @@ pub async fn list(engine: &BollardEngine) -> Result<Vec<NodeView>> {
             let spec = n.spec.unwrap_or_default();
             let ms = n.manager_status;
             let state = n.status.as_ref().and_then(|s| s.state);
+            let status_addr = n.status.as_ref().and_then(|s| s.addr.clone());
             NodeView {
                 id: n.id.unwrap_or_default(),
                 hostname: n.description.and_then(|d| d.hostname).unwrap_or_default(),
@@ -87,6 +90,7 @@ pub async fn list(engine: &BollardEngine) -> Result<Vec<NodeView>> {
                     .and_then(|m| m.reachability)
                     .map(|r| r == Reachability::REACHABLE),
                 manager_addr: ms.and_then(|m| m.addr).filter(|a| !a.is_empty()),
+                addr: status_addr.filter(|a| !a.is_empty() && a != "0.0.0.0"),
             }
         })
         .collect())

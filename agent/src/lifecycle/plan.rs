@@ -36,6 +36,12 @@ pub enum Kind {
     Promote,
     Demote,
     Remove,
+    /// A worker's agent leaves and joins again as a manager through a live manager (a promotion
+    /// the engine cannot carry out: it would join raft through a dead manager).
+    Rejoin,
+    /// The rendezvous had lost the cluster's formation; the leader's agent published the
+    /// running swarm again.
+    Adopt,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +61,11 @@ pub struct View<'a> {
     pub imbalance_for: Duration,
     /// Nodes with a pending `swarm-agent leave` (never promoted, never counted as spares).
     pub leaving: &'a HashSet<String>,
+    /// Workers whose promotion failed recently: not picked again for a while.
+    pub avoid: &'a HashSet<String>,
+    /// Workers the engine can promote in place (they joined through a manager that is alive):
+    /// picked before the others.
+    pub prefer: &'a HashSet<String>,
 }
 
 /// Is the manager count something rule 4 wants to change?
@@ -90,9 +101,16 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
                 && n.healthy()
                 && n.availability == Availability::Active
                 && !v.leaving.contains(&n.id)
+                && !v.avoid.contains(&n.id)
         })
         .collect();
-    spares.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    spares.sort_by(|a, b| {
+        v.prefer
+            .contains(&b.id)
+            .cmp(&v.prefer.contains(&a.id))
+            .then(a.hostname.cmp(&b.hostname))
+            .then(a.id.cmp(&b.id))
+    });
     // Demoting a healthy manager must leave a majority of healthy managers among the rest.
     let can_demote_healthy = healthy > 1 && healthy > majority(managers.len() - 1);
     // Demoting an unhealthy one: raft must have quorum now to apply it.
@@ -249,6 +267,7 @@ mod tests {
             leader: false,
             reachable: (role == Role::Manager).then_some(healthy),
             manager_addr: None,
+            addr: None,
         }
     }
 
@@ -274,12 +293,15 @@ mod tests {
             .map(|(i, s)| (i.to_string(), Duration::from_secs(*s)))
             .collect();
         let leaving: HashSet<String> = leaving.iter().map(|s| s.to_string()).collect();
+        let none = HashSet::new();
         plan(
             &View {
                 nodes,
                 unhealthy_for: &unhealthy_for,
                 imbalance_for: Duration::from_secs(imbalance),
                 leaving: &leaving,
+                avoid: &none,
+                prefer: &none,
             },
             r,
         )
@@ -433,6 +455,26 @@ mod tests {
         n[4].ready = false;
         n[4].state = "down".into();
         assert_eq!(run(&n, &[("e-old", 60), ("e", 1)], 0, &[], &rules()), None);
+    }
+
+    #[test]
+    fn promotable_workers_go_first_and_failed_ones_are_avoided() {
+        let n = five(true);
+        let unhealthy_for: HashMap<String, Duration> = [("c".to_string(), T)].into();
+        let none = HashSet::new();
+        let e: HashSet<String> = ["e".to_string()].into();
+        let d: HashSet<String> = ["d".to_string()].into();
+        let view = |avoid, prefer| View {
+            nodes: &n,
+            unhealthy_for: &unhealthy_for,
+            imbalance_for: Duration::ZERO,
+            leaving: &none,
+            avoid,
+            prefer,
+        };
+        assert_eq!(plan(&view(&none, &none), &rules()).unwrap().node_id, "d");
+        assert_eq!(plan(&view(&none, &e), &rules()).unwrap().node_id, "e");
+        assert_eq!(plan(&view(&d, &none), &rules()).unwrap().node_id, "e");
     }
 
     #[test]

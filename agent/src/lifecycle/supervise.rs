@@ -10,16 +10,27 @@
 //!   this swarm) does the node leave its dead swarm and bootstrap into the new one — through
 //!   the same single-init election as a fresh cluster.
 //!
+//! - the quorum keeper asks this node (a worker) to join again as a manager (a promotion the
+//!   engine cannot carry out, see [`super::keeper`]): leave the swarm and bootstrap again, which
+//!   joins with the manager token through a live manager. The request is long-polled, so this
+//!   starts within moments of the keeper's decision.
+//!
+//! A rendezvous that forgot the cluster's formation (database wiped, restored from an old
+//! backup, secret re-created) is not an operator's reset: only a swarm listed as retired by a
+//! reset makes the node leave. Otherwise the running swarm's leader adopts the cluster again.
+//!
 //! `swarm-agent leave` marks the state file `leaving`/`left`; the supervisor then stays out of
 //! the way.
 
+use super::docs::{self, RejoinRequest, RejoinState, Rejoins, REJOINS_DOC};
 use super::nodes;
 use crate::bootstrap::Bootstrap;
 use crate::engine::{BollardEngine, EngineInfo, LocalSwarmState};
 use crate::state::{rfc3339_now, AgentPhase, AgentState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use swarmstrap_wire::Phase;
+use swarmstrap_wire::rendezvous::Rendezvous;
+use swarmstrap_wire::Role;
 
 /// One membership check this often (a periodic check, not a wait).
 pub const TICK: Duration = Duration::from_secs(5);
@@ -28,6 +39,8 @@ pub const TICK: Duration = Duration::from_secs(5);
 pub const NO_MANAGER_GRACE: Duration = Duration::from_secs(20);
 /// One TCP connect to a manager's swarm port.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// One long-poll of the rejoin requests.
+const REJOIN_POLL: Duration = Duration::from_secs(25);
 
 pub struct Supervisor<'a> {
     pub boot: &'a Bootstrap,
@@ -52,10 +65,102 @@ impl Memory {
 impl Supervisor<'_> {
     pub async fn run(&self) {
         let mut mem = Memory::default();
+        let (tx, mut rx) = tokio::sync::watch::channel(None::<RejoinRequest>);
+        let watcher = watch_rejoins(
+            self.boot.backend.clone(),
+            self.boot.settings.node_id.clone(),
+            tx,
+        );
+        tokio::pin!(watcher);
         loop {
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                r = rx.changed() => {
+                    if r.is_err() {
+                        // The watcher ended (it never does): fall back to the tick.
+                        tokio::time::sleep(TICK).await;
+                    }
+                }
+                _ = &mut watcher => {}
+            }
+            let request = rx.borrow_and_update().clone();
+            if let Some(req) = request {
+                if self.rejoin(&mut mem, &req).await {
+                    continue;
+                }
+            }
             self.pass(&mut mem).await;
         }
+    }
+
+    /// Carry out the keeper's request to join again as a manager, if it is for this engine as
+    /// it is now. True when it acted.
+    async fn rejoin(&self, mem: &mut Memory, req: &RejoinRequest) -> bool {
+        if req.state != RejoinState::Requested {
+            return false;
+        }
+        let Some(st) = self.load() else { return false };
+        if matches!(st.phase, AgentPhase::Leaving | AgentPhase::Left) {
+            return false;
+        }
+        let info = match self.boot.engine.info().await {
+            Ok(i) => i,
+            Err(_) => return false,
+        };
+        if info.swarm.state != LocalSwarmState::Active
+            || info.swarm.control_available
+            || info.swarm.node_id.as_deref() != Some(req.swarm_node_id.as_str())
+        {
+            return false;
+        }
+        let backend = self.boot.backend.as_ref();
+        let me = self.boot.settings.node_id.clone();
+        // The keeper made this node's registration a manager before asking: check, so the
+        // node does not leave only to join as a worker again.
+        match backend.wait_join(&me, Duration::ZERO).await {
+            Ok(r) if r.join.as_ref().is_some_and(|j| j.role == Role::Manager) => {}
+            Ok(_) => {
+                tracing::info!(
+                    "the quorum keeper asks this node to join again as a manager; the rendezvous \
+                     does not hand it the manager role yet: waiting"
+                );
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!("rejoin as a manager: cannot read the join info: {e}");
+                return false;
+            }
+        }
+        tracing::warn!(
+            "the quorum keeper asks this node to join again as a manager (its engine cannot be \
+             promoted in place): leaving the swarm as a worker and joining as a manager"
+        );
+        let _ = set_rejoin(backend, &me, RejoinState::Rejoining, None).await;
+        if let Err(e) = self.boot.engine.leave(false).await {
+            let msg = format!("leaving the swarm failed: {e}");
+            tracing::warn!("rejoin as a manager: {msg}");
+            let _ = set_rejoin(backend, &me, RejoinState::Failed, Some(msg)).await;
+            return true;
+        }
+        *mem = Memory::default();
+        match self.boot.run().await {
+            Ok(o) => {
+                tracing::info!(
+                    "joined cluster {} again as {} ({:?})",
+                    self.boot.settings.cluster,
+                    o.role,
+                    o.how
+                );
+                let _ = set_rejoin(backend, &me, RejoinState::Rejoined, None).await;
+            }
+            Err(e) => {
+                let msg = format!("joining again failed: {e}");
+                tracing::error!("rejoin as a manager: {msg}");
+                let _ = set_rejoin(backend, &me, RejoinState::Failed, Some(msg)).await;
+            }
+        }
+        self.save_no_manager(None);
+        true
     }
 
     fn load(&self) -> Option<AgentState> {
@@ -135,12 +240,13 @@ impl Supervisor<'_> {
             self.save_no_manager(Some(rfc3339_now()));
         }
         let swarm = st.swarm_id.clone().unwrap_or_else(|| "?".into());
-        // Has an operator reset the cluster (`swarm-agent recover`)?
+        // Has an operator reset the cluster (`swarm-agent recover`)? Only a reset retires a
+        // swarm; a rendezvous that merely forgot it waits for the swarm to adopt it again.
         match self.boot.backend.status().await {
-            Ok(s) if s.phase != Phase::Formed || s.swarm_id.as_deref() != Some(swarm.as_str()) => {
+            Ok(s) if s.retired_swarm_ids.contains(&swarm) => {
                 tracing::warn!(
-                    "cluster {} no longer holds swarm {swarm} (an operator ran `swarm-agent \
-                     recover`; phase {}): leaving the dead swarm and bootstrapping into the new one",
+                    "cluster {} retired swarm {swarm} (an operator ran `swarm-agent recover`; \
+                     phase {}): leaving the dead swarm and bootstrapping into the new one",
                     self.boot.settings.cluster,
                     s.phase
                 );
@@ -178,6 +284,63 @@ impl Supervisor<'_> {
         }
         self.save_no_manager(None);
     }
+}
+
+/// Long-poll the rejoin requests; publish this node's request (or `None`) on every change.
+async fn watch_rejoins(
+    backend: Arc<dyn Rendezvous>,
+    me: String,
+    tx: tokio::sync::watch::Sender<Option<RejoinRequest>>,
+) {
+    let mut after: Option<u64> = None;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match backend.get_doc(REJOINS_DOC, after, REJOIN_POLL).await {
+            Ok(d) => {
+                delay = Duration::from_millis(500);
+                if after.is_some_and(|a| d.version <= a) {
+                    continue;
+                }
+                after = Some(d.version);
+                let mine = serde_json::from_value::<Rejoins>(d.body)
+                    .ok()
+                    .and_then(|r| r.requests.get(&me).cloned());
+                tx.send_if_modified(|cur| {
+                    if *cur != mine {
+                        *cur = mine.clone();
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::debug!("watching the rejoin requests: {e}");
+                let jitter = rand::random_range(0..=delay.as_millis() as u64 / 2);
+                tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn set_rejoin(
+    backend: &dyn Rendezvous,
+    me: &str,
+    state: RejoinState,
+    message: Option<String>,
+) -> Result<(), swarmstrap_wire::rendezvous::RendezvousError> {
+    docs::update::<Rejoins, _>(backend, REJOINS_DOC, |d| match d.requests.get_mut(me) {
+        Some(r) if r.state != state => {
+            r.state = state;
+            r.updated_ms = docs::now_ms();
+            r.message = message.clone();
+            true
+        }
+        _ => false,
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Can this node open a TCP connection to any manager's swarm port?
