@@ -119,6 +119,8 @@ struct Memory {
     status: Option<(ClusterStatus, Instant)>,
     last_sync: Option<(SyncRequest, Instant)>,
     logged: HashSet<String>,
+    /// The rejoin requests were checked since this node became the leader.
+    rejoins_checked: bool,
 }
 
 impl Memory {
@@ -213,6 +215,12 @@ impl Keeper {
             }
         }
         let list = nodes::list(&self.engine).await?;
+        if mem.inflight.is_none() && !mem.rejoins_checked {
+            // A rejoin the previous leader started is still in flight: judge it, do not start
+            // a second one.
+            mem.rejoins_checked = true;
+            self.adopt_rejoin_in_flight(mem, &list).await;
+        }
         let now = Instant::now();
         let seen: HashSet<&str> = list.iter().map(|n| n.id.as_str()).collect();
         mem.unhealthy_since
@@ -346,6 +354,44 @@ impl Keeper {
                     _ => tracing::warn!("quorum keeper: step given up: {why}"),
                 }
                 true
+            }
+        }
+    }
+
+    /// Take over a rejoin the previous leader's keeper started (recent, not finished); forget
+    /// requests that are finished or too old.
+    async fn adopt_rejoin_in_flight(&self, mem: &mut Memory, list: &[NodeView]) {
+        let Ok((_, r)) = docs::read::<Rejoins>(self.backend.as_ref(), REJOINS_DOC).await else {
+            return;
+        };
+        let now = docs::now_ms();
+        for (agent, req) in &r.requests {
+            let age = Duration::from_millis(now.saturating_sub(req.updated_ms));
+            let live = matches!(req.state, RejoinState::Requested | RejoinState::Rejoining)
+                && age < REJOIN_BOUND;
+            if live && mem.inflight.is_none() {
+                let addr = list
+                    .iter()
+                    .find(|n| n.id == req.swarm_node_id)
+                    .and_then(|n| n.addr.clone());
+                tracing::info!(
+                    "quorum keeper: the previous leader asked {} to join again as a manager; \
+                     waiting for it",
+                    req.hostname
+                );
+                mem.inflight = Some(Inflight {
+                    kind: Kind::Rejoin,
+                    node_id: req.swarm_node_id.clone(),
+                    agent_node_id: Some(agent.clone()),
+                    hostname: req.hostname.clone(),
+                    addr,
+                    started: Instant::now() - age,
+                    since: req.requested_at.clone(),
+                    bound: REJOIN_BOUND,
+                    reason: "started by the previous leader's keeper".into(),
+                });
+            } else if !live {
+                let _ = forget_rejoin(self.backend.as_ref(), agent).await;
             }
         }
     }
