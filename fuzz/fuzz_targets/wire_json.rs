@@ -62,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
     decode::<ErrorBody>(data);
     decode::<Document>(data);
     decode::<DocumentWrite>(data);
+    decode::<SyncRequest>(data);
+    decode::<SyncResponse>(data);
+    decode::<AdoptResponse>(data);
     decode_secret::<PublishRequest>(data, |p| {
         p.manager_token = blank();
         p.worker_token = blank();
@@ -77,4 +80,8 @@ fuzz_target!(|data: &[u8]| {
         }
     });
     decode_secret::<CreatedCluster>(data, |c| c.secret = blank());
+    decode_secret::<AdoptRequest>(data, |a| {
+        a.manager_token = blank();
+        a.worker_token = blank();
+    });
 });
