@@ -369,6 +369,17 @@ impl Coordinator {
                     .map(|_| ()),
             )
         })?;
+        // The listener is bound before `server.json` (how the CLI reaches the running server's
+        // admin API) is written: until then `cluster show` fails. Wait for this server's.
+        let pid = self.child.lock().unwrap().as_ref().map(|c| c.id());
+        let info = self.data_dir.join("server.json");
+        wait_until(Duration::from_secs(20), "coordinator server.json", || {
+            Ok(fs::read(&info)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .filter(|v| v["pid"].as_u64().map(|p| p as u32) == pid)
+                .map(|_| ()))
+        })?;
         Ok(())
     }
 

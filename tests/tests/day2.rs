@@ -10,8 +10,9 @@
 //!   good, (2) then the raft leader, (3) then a follower manager: each time 3 Reachable
 //!   managers within T + 20 s of the kill, never two promotions in flight, no even raft for
 //!   longer than one step (a watch samples `GET /nodes` every 400 ms), then a new host Ready
-//!   within 30 s; (4) a manager runs `swarm-agent leave` and a new host starts: it joins as a
-//!   manager itself.
+//!   within 30 s; (4) a manager runs `swarm-agent leave`; once the rendezvous no longer counts
+//!   it as a manager (bounded: 20 s; the leader's agent syncs every keeper pass) a new host
+//!   starts: it joins as a manager itself, no keeper promotion.
 //! - lab 2 (9 hosts, 3 managers + 2 workers): the coordinator's database wiped (certificate and
 //!   secret kept), the cluster re-created with `cluster create --adopt`, the coordinator
 //!   restarted while 0, then 1, then 3 new hosts start their agents: one swarm id everywhere,
@@ -47,6 +48,9 @@ const NEW_HOST_DEADLINE: Duration = Duration::from_secs(60);
 const EVEN_STREAK_BOUND: Duration = Duration::from_secs(15);
 /// How often the watch samples `GET /nodes`.
 const SAMPLE_PERIOD: Duration = Duration::from_millis(400);
+/// How long the rendezvous gets to stop counting a manager that left (the leader's agent syncs
+/// the registrations with the swarm every keeper pass, ~2 s).
+const REGISTRATIONS_CATCH_UP: Duration = Duration::from_secs(20);
 /// After a failed scenario, how long the cluster gets to be back in shape for the next one.
 const RECOVER_FOR_NEXT: Duration = Duration::from_secs(60);
 
@@ -61,8 +65,9 @@ const ADOPT_DEADLINE: Duration = Duration::from_secs(60);
 /// The agent's join line: `joining swarm <id> as <role> through <addrs>`.
 const JOIN_LOG_PATTERN: &str = "joining swarm";
 const JOINED_AS_MANAGER: &str = " as manager";
-/// A keeper promotion in an agent's log (case-insensitive), with the node's hostname.
-const PROMOTE_LOG_PATTERN: &str = "promot";
+/// A keeper action that makes a node a manager, in an agent's log (case-insensitive, on a line
+/// that also names the node): an in-place promotion or a rejoin as a manager.
+const PROMOTE_LOG_PATTERNS: &[&str] = &["promot", "rejoin as a manager"];
 
 fn options() -> AgentOptions {
     AgentOptions {
@@ -314,6 +319,40 @@ impl<'a> Day2<'a> {
         Ok((n, took, manager))
     }
 
+    /// Hostnames the coordinator registers with role manager.
+    fn registered_managers(&self) -> Result<BTreeSet<String>> {
+        let v = self.c.coordinator().show(&self.c.name)?;
+        Ok(v["nodes"]
+            .as_array()
+            .ok_or_else(|| anyhow!("cluster show has no nodes: {v}"))?
+            .iter()
+            .filter(|n| n["role"] == "manager")
+            .filter_map(|n| n["hostname"].as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The coordinator's registrations, `hostname:role` (informational).
+    fn registrations(&self) -> String {
+        match self.c.coordinator().show(&self.c.name) {
+            Ok(v) => v["nodes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|n| {
+                            format!(
+                                "{}:{}",
+                                n["hostname"].as_str().unwrap_or("?"),
+                                n["role"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            Err(e) => format!("(cluster show: {e:#})"),
+        }
+    }
+
     fn manager_addrs(&self) -> String {
         match self.c.coordinator().show(&self.c.name) {
             Ok(v) => v["manager_addrs"].to_string(),
@@ -425,8 +464,9 @@ impl<'a> Day2<'a> {
         ))
     }
 
-    /// Scenario 4: a follower manager runs `swarm-agent leave`; a new host starts its agent
-    /// and joins as a manager itself (no keeper promotion).
+    /// Scenario 4: a follower manager runs `swarm-agent leave`; when the rendezvous registers
+    /// only the live managers (bounded; a lag past the bound is a failure, reported), a new
+    /// host starts its agent and joins as a manager itself (no keeper promotion or rejoin).
     fn leave_and_replace(&mut self) -> Result<Figures> {
         let c = self.c;
         let managers = self.managers()?;
@@ -444,7 +484,7 @@ impl<'a> Day2<'a> {
         let out = c.agent_cmd(m, &["leave", "--timeout-secs", "60"]);
         let left = t0.elapsed();
         let new_host = self.spare.front().copied();
-        let steps = (|| -> Result<(usize, Duration, Duration)> {
+        let steps = (|| -> Result<(usize, Duration, Duration, Option<String>)> {
             let out = out?;
             ensure!(
                 out.status.success(),
@@ -454,6 +494,45 @@ impl<'a> Day2<'a> {
                 out.stderr
             );
             eprintln!("{name} left in {}:\n{}", secs(left), out.stdout.trim_end());
+            // The replacement VM comes after the old one is gone: let the rendezvous catch up
+            // with the leave (the leader's agent syncs the registrations with the swarm), so
+            // that it no longer counts the leaver as a manager, bounded.
+            let caught_up = wait_for(
+                REGISTRATIONS_CATCH_UP,
+                &format!("the rendezvous to register exactly the live managers (not {name})"),
+                || {
+                    let live: BTreeSet<String> = match self.managers() {
+                        Ok(m) => m.into_iter().map(|i| self.name(i).to_string()).collect(),
+                        Err(e) => return Ok(Err(format!("{e:#}"))),
+                    };
+                    let registered = match self.registered_managers() {
+                        Ok(r) => r,
+                        Err(e) => return Ok(Err(format!("{e:#}"))),
+                    };
+                    Ok(if registered == live {
+                        Ok(t0.elapsed())
+                    } else {
+                        Err(format!(
+                            "registered managers {registered:?}, live managers {live:?}"
+                        ))
+                    })
+                },
+            );
+            let lag = match caught_up {
+                Ok(t) => {
+                    eprintln!(
+                        "the rendezvous registers only the live managers {} after the leave \
+                         started",
+                        secs(t)
+                    );
+                    None
+                }
+                Err(e) => Some(format!("{e}")),
+            };
+            eprintln!(
+                "registrations when the new host starts: {}",
+                self.registrations()
+            );
             let (n, ready, _) = self.add_host().context("the new host")?;
             let t1 = Instant::now();
             let new_name = self.name(n).to_string();
@@ -481,7 +560,7 @@ impl<'a> Day2<'a> {
                 secs(settled),
                 secs(t1.elapsed() + ready)
             );
-            Ok((n, ready, settled))
+            Ok((n, ready, settled, lag))
         })();
         let report = watch.stop();
         eprintln!(
@@ -490,10 +569,10 @@ impl<'a> Day2<'a> {
             report.summary(),
             report.timeline_text()
         );
-        let (n, ready, settled) = steps.map_err(|e| anyhow!("{e:#}\n{}", c.diagnostics()))?;
+        let (n, ready, settled, lag) = steps.map_err(|e| anyhow!("{e:#}\n{}", c.diagnostics()))?;
         let new_name = self.name(n).to_string();
 
-        let mut violations = Vec::new();
+        let mut violations: Vec<String> = lag.into_iter().collect();
         // It joined as a manager: its own agent says so (state and log) ...
         let (_, st) = c.status(n)?;
         let log = c.agent(n).map(|p| p.log()).unwrap_or_default();
@@ -520,11 +599,12 @@ impl<'a> Day2<'a> {
             .iter()
             .filter_map(|&i| c.agent(i).map(|p| (i, p.log())))
             .flat_map(|(i, log)| {
-                lines_matching(&log, PROMOTE_LOG_PATTERN)
-                    .into_iter()
+                PROMOTE_LOG_PATTERNS
+                    .iter()
+                    .flat_map(|p| lines_matching(&log, p))
                     .filter(|l| l.contains(new_name.as_str()))
                     .map(|l| format!("{}: {l}", self.name(i)))
-                    .collect::<Vec<_>>()
+                    .collect::<BTreeSet<_>>()
             })
             .collect();
         if !promotions.is_empty() {
