@@ -54,6 +54,9 @@ const AVOID_FOR: Duration = Duration::from_secs(600);
 const STATUS_EVERY: Duration = Duration::from_secs(4);
 /// Send an unchanged sync again this often (registrations that never joined expire).
 const SYNC_REFRESH: Duration = Duration::from_secs(60);
+/// A new leader counts a manager's unhealthy time from when it last saw it healthy as a
+/// follower (a raft election takes ~10 s), if that was at most this long ago.
+const BACKDATE_MAX: Duration = Duration::from_secs(30);
 
 pub struct Keeper {
     pub engine: Arc<BollardEngine>,
@@ -121,6 +124,10 @@ struct Memory {
     logged: HashSet<String>,
     /// The rejoin requests were checked since this node became the leader.
     rejoins_checked: bool,
+    /// While not the leader: when each node was last seen healthy, and when the node list
+    /// last answered (see [`BACKDATE_MAX`]).
+    last_healthy: HashMap<String, Instant>,
+    last_list_ok: Option<Instant>,
 }
 
 impl Memory {
@@ -199,8 +206,21 @@ impl Keeper {
             // flight is the new leader's to judge: it sees the node list too.
             *mem = Memory {
                 actions: std::mem::take(&mut mem.actions),
+                last_healthy: std::mem::take(&mut mem.last_healthy),
+                last_list_ok: mem.last_list_ok,
                 ..Memory::default()
             };
+            // A manager that is not the leader still watches who is healthy, so that if it
+            // becomes the leader after the old leader died, the old leader's T counts from when
+            // it was last seen healthy, not from the end of the election (~10 s later).
+            if let Ok(list) = nodes::list(&self.engine).await {
+                let now = Instant::now();
+                mem.last_list_ok = Some(now);
+                mem.last_healthy.retain(|_, at| at.elapsed() < BACKDATE_MAX);
+                for n in list.iter().filter(|n| n.healthy()) {
+                    mem.last_healthy.insert(n.id.clone(), now);
+                }
+            }
             return Ok(());
         }
         if !mem.was_leader {
@@ -214,7 +234,7 @@ impl Keeper {
                 }
             }
         }
-        let list = nodes::list(&self.engine).await?;
+        let mut list = nodes::list(&self.engine).await?;
         if mem.inflight.is_none() && !mem.rejoins_checked {
             // A rejoin the previous leader started is still in flight: judge it, do not start
             // a second one.
@@ -225,15 +245,30 @@ impl Keeper {
         let seen: HashSet<&str> = list.iter().map(|n| n.id.as_str()).collect();
         mem.unhealthy_since
             .retain(|id, _| seen.contains(id.as_str()));
+        // Before this node was the leader it watched the list too: a manager last seen healthy
+        // then (within BACKDATE_MAX, and the watch ran until recently) is unhealthy since then.
+        let watched = mem
+            .last_list_ok
+            .is_some_and(|at| at.elapsed() < BACKDATE_MAX);
         for n in &list {
             if n.healthy() {
                 mem.unhealthy_since.remove(&n.id);
+                mem.last_healthy.remove(&n.id);
             } else {
-                mem.unhealthy_since
-                    .entry(n.id.clone())
-                    .or_insert_with(|| (now, rfc3339_now()));
+                let since = mem
+                    .last_healthy
+                    .remove(&n.id)
+                    .filter(|at| watched && at.elapsed() < BACKDATE_MAX)
+                    .unwrap_or(now);
+                mem.unhealthy_since.entry(n.id.clone()).or_insert_with(|| {
+                    let ago = now.saturating_duration_since(since);
+                    let wall = std::time::SystemTime::now() - ago;
+                    (since, crate::state::rfc3339(wall))
+                });
             }
         }
+        mem.last_healthy.clear();
+        mem.last_list_ok = None;
         mem.avoid.retain(|_, at| at.elapsed() < AVOID_FOR);
 
         // 1. The rendezvous follows the swarm (and adopts it when it forgot it).
@@ -254,7 +289,7 @@ impl Keeper {
         // 3. The step in flight, or the next one.
         if self.cfg.enabled {
             let busy = match mem.inflight.clone() {
-                Some(f) => self.finish_step(mem, &list, f).await,
+                Some(f) => self.finish_step(mem, &mut list, f).await,
                 None => false,
             };
             if !busy {
@@ -266,7 +301,7 @@ impl Keeper {
     }
 
     /// Judge the step in flight. True while it is still in flight (nothing else is decided).
-    async fn finish_step(&self, mem: &mut Memory, list: &[NodeView], f: Inflight) -> bool {
+    async fn finish_step(&self, mem: &mut Memory, list: &mut Vec<NodeView>, f: Inflight) -> bool {
         let end = match f.kind {
             Kind::Promote => match list.iter().find(|n| n.id == f.node_id) {
                 Some(n) if n.role == Role::Manager && n.healthy() => {
@@ -307,9 +342,11 @@ impl Keeper {
                 }
                 if f.kind == Kind::Rejoin {
                     self.finish_rejoin(mem, list, &f).await;
+                    list.retain(|n| n.id != f.node_id || n.ready);
                 }
-                // Decide the next step from a fresh node list.
-                true
+                // The list this was judged on shows the step done: the next step may be
+                // decided on it now (e.g. demote the dead manager the promotion replaced).
+                false
             }
             StepEnd::Failed(why) => {
                 mem.inflight = None;
@@ -834,6 +871,15 @@ impl Keeper {
                     tracing::info!(
                         "quorum keeper: joining nodes are sent to the live managers {}",
                         req.manager_addrs.join(", ")
+                    );
+                }
+                if r.changed {
+                    tracing::info!(
+                        "quorum keeper: rendezvous synced: {} registered members, {} managers \
+                         count for new nodes ({} registrations)",
+                        req.members.len(),
+                        r.manager_count,
+                        r.node_count
                     );
                 }
                 if !r.pruned.is_empty() {

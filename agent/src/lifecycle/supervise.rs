@@ -267,6 +267,14 @@ impl Supervisor<'_> {
     }
 
     async fn rebootstrap(&self, mem: &mut Memory, leave_first: bool) {
+        // `swarm-agent leave` may have started since this pass read the state file: a node
+        // that is leaving never bootstraps again by itself.
+        if self
+            .load()
+            .is_some_and(|st| matches!(st.phase, AgentPhase::Leaving | AgentPhase::Left))
+        {
+            return;
+        }
         if leave_first {
             if let Err(e) = self.boot.engine.leave(true).await {
                 tracing::warn!("leaving the old swarm failed: {e}");
