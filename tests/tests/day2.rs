@@ -55,8 +55,10 @@ const REGISTRATIONS_CATCH_UP: Duration = Duration::from_secs(20);
 const RECOVER_FOR_NEXT: Duration = Duration::from_secs(60);
 
 /// The leader's agent logs a line matching this (case-insensitive) when it adopts the swarm
-/// into a cluster the rendezvous lost.
-const ADOPT_LOG_PATTERN: &str = "adopt";
+/// into a cluster the rendezvous lost ("... adopted the running swarm ... again under fencing
+/// token N"). Not merely "adopt": lines about the adoption hold ("awaiting adoption") or a
+/// cluster name would match that. (The lab's cluster name must not contain it either.)
+const ADOPT_LOG_PATTERN: &str = "adopted";
 /// The issue: adoption within 10 s of the backend being reachable. Asserted with margin: the
 /// cluster shows phase `formed` within this of the coordinator accepting connections.
 const ADOPT_BOUND: Duration = Duration::from_secs(20);
@@ -934,7 +936,11 @@ fn wipe_round(
 #[test]
 fn day2_a_wiped_coordinator_is_adopted_by_the_running_swarm_never_a_second_init() -> Result<()> {
     let lab = Lab::start(LabConfig::new(9))?;
-    let mut c = Cluster::new(lab, "day2-adopt", options())?;
+    let mut c = Cluster::new(lab, "day2-wiped", options())?;
+    ensure!(
+        !c.name.contains(ADOPT_LOG_PATTERN),
+        "the cluster name would match the adoption log pattern"
+    );
     let mut started: Vec<usize> = (0..5).collect();
     let t = Instant::now();
     for &i in &started {
