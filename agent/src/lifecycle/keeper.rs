@@ -57,6 +57,8 @@ const SYNC_REFRESH: Duration = Duration::from_secs(60);
 /// A new leader counts a manager's unhealthy time from when it last saw it healthy as a
 /// follower (a raft election takes ~10 s), if that was at most this long ago.
 const BACKDATE_MAX: Duration = Duration::from_secs(30);
+/// Longest wait for the leader check and a follower's node list.
+const ENGINE_CHECK: Duration = Duration::from_secs(3);
 
 pub struct Keeper {
     pub engine: Arc<BollardEngine>,
@@ -198,7 +200,12 @@ impl Keeper {
     }
 
     async fn pass(&self, mem: &mut Memory) -> anyhow::Result<()> {
-        if !is_leader(&self.engine).await? {
+        // During a raft election the engine's node calls hang until a leader is elected: bound
+        // them, so a new leader notices within a pass of the election.
+        let leader = tokio::time::timeout(ENGINE_CHECK, is_leader(&self.engine))
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine did not say within {ENGINE_CHECK:?} whether it leads raft (an election?)"))??;
+        if !leader {
             if mem.was_leader {
                 tracing::info!("quorum keeper: this node is no longer the raft leader");
             }
@@ -213,8 +220,16 @@ impl Keeper {
             // A manager that is not the leader still watches who is healthy, so that if it
             // becomes the leader after the old leader died, the old leader's T counts from when
             // it was last seen healthy, not from the end of the election (~10 s later).
-            if let Ok(list) = nodes::list(&self.engine).await {
+            if let Ok(Ok(list)) =
+                tokio::time::timeout(ENGINE_CHECK, nodes::list(&self.engine)).await
+            {
                 let now = Instant::now();
+                if mem.last_list_ok.is_none() {
+                    tracing::info!(
+                        "quorum keeper: this node is a manager (not the leader): watching the \
+                         managers' health"
+                    );
+                }
                 mem.last_list_ok = Some(now);
                 mem.last_healthy.retain(|_, at| at.elapsed() < BACKDATE_MAX);
                 for n in list.iter().filter(|n| n.healthy()) {
