@@ -53,6 +53,12 @@ const SAMPLE_PERIOD: Duration = Duration::from_millis(400);
 const REGISTRATIONS_CATCH_UP: Duration = Duration::from_secs(20);
 /// After a failed scenario, how long the cluster gets to be back in shape for the next one.
 const RECOVER_FOR_NEXT: Duration = Duration::from_secs(60);
+/// A follower manager's agent logs this once it watches the managers' health (keeper pass).
+const WATCHING_MARKER: &str = "watching the managers' health";
+/// The agent logs this when it (re)joined the swarm.
+const JOINED_MARKER: &str = "phase: joined";
+/// Bound for the followers to start watching (one keeper pass is ~2 s).
+const FOLLOWERS_WATCHING: Duration = Duration::from_secs(20);
 
 /// The leader's agent logs a line matching this (case-insensitive) when it adopts the swarm
 /// into a cluster the rendezvous lost ("... adopted the running swarm ... again under fencing
@@ -362,9 +368,43 @@ impl<'a> Day2<'a> {
         }
     }
 
+    /// Every manager's agent keeps watching the managers' health while it is not the leader,
+    /// so a new leader counts a dead leader's T from when it last saw it healthy. A manager
+    /// that joined (or rejoined) a moment ago has not looked yet: wait until every follower's
+    /// agent says it watches, since its latest join (bounded), so a kill right after the
+    /// previous scenario tests the settled cluster, not the instant after a rejoin.
+    fn wait_followers_watching(&self) -> Result<()> {
+        wait_for(
+            FOLLOWERS_WATCHING,
+            "every follower manager's agent watching",
+            || {
+                let managers = match self.managers() {
+                    Ok(m) => m,
+                    Err(e) => return Ok(Err(format!("{e:#}"))),
+                };
+                let mut waiting = vec![];
+                for &i in managers.iter().skip(1) {
+                    let log = self.c.agent(i).map(|p| p.log()).unwrap_or_default();
+                    let joined = log.rfind(JOINED_MARKER);
+                    let watching = log.rfind(WATCHING_MARKER);
+                    if watching.is_none() || watching < joined {
+                        waiting.push(self.name(i).to_string());
+                    }
+                }
+                Ok(if waiting.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("not yet watching: {waiting:?}"))
+                })
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))
+    }
+
     /// Scenarios 1-3: `victim` killed for good (agent and engine SIGKILLed, never restarted).
     fn kill_for_good(&mut self, victim: usize, what: &str) -> Result<Figures> {
         let c = self.c;
+        self.wait_followers_watching()?;
         let name = self.name(victim).to_string();
         let vid = self.swarm_node_id(victim)?;
         let before = self.nodes().map(|(_, n)| describe(&n, &self.gone_ids));

@@ -42,6 +42,15 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// What is wrong with it, in a word for log lines: `down`, `unreachable`, `ready`, ...
+    pub fn condition(&self) -> &str {
+        if self.ready && self.role == Role::Manager && self.reachable != Some(true) {
+            "unreachable"
+        } else {
+            &self.state
+        }
+    }
+
     /// A manager that takes part in raft, or a worker that runs tasks.
     pub fn healthy(&self) -> bool {
         match self.role {

@@ -137,7 +137,7 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
                         "manager {} has been {} for {} s (T = {} s); {healthy} of {target} \
                          managers healthy",
                         d.hostname,
-                        d.state,
+                        d.condition(),
                         secs(down_for(d)),
                         secs(r.promote_after)
                     ),
@@ -154,7 +154,7 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
                     "manager {} has been {} for {} s and {healthy} healthy managers stand \
                      ({} in raft)",
                     d.hostname,
-                    d.state,
+                    d.condition(),
                     secs(down_for(d)),
                     managers.len()
                 ),
