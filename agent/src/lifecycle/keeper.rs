@@ -37,8 +37,6 @@ use swarmstrap_wire::{AdoptRequest, ClusterStatus, Member, NodeInfo, Role, SyncR
 
 /// One keeper pass this often (a periodic check of the node list: T is measured in passes).
 pub const TICK: Duration = Duration::from_secs(2);
-/// Re-read the cluster's target manager count this often.
-const TARGET_REFRESH: Duration = Duration::from_secs(60);
 /// Forget drain requests whose node is gone from the swarm and that nobody finished.
 const STALE_REQUEST: Duration = Duration::from_secs(3600);
 /// A promoted engine is a Reachable manager within seconds; after this the promotion is undone.
@@ -113,7 +111,8 @@ struct Me {
 struct Memory {
     unhealthy_since: HashMap<String, (Instant, String)>,
     imbalance_since: Option<Instant>,
-    target: Option<(u8, Instant)>,
+    /// The target of the last status read.
+    target: Option<u8>,
     report: Option<KeeperReport>,
     actions: Vec<RecordedAction>,
     last_error: Option<String>,
@@ -172,20 +171,14 @@ impl Keeper {
         }
     }
 
-    async fn target(&self, mem: &mut Memory) -> u8 {
-        if let Some((s, _)) = &mem.status {
-            return s.target_managers;
-        }
-        match mem.target {
-            Some((t, at)) if at.elapsed() < TARGET_REFRESH => t,
-            _ => match self.backend.status().await {
-                Ok(s) => {
-                    mem.target = Some((s.target_managers, Instant::now()));
-                    s.target_managers
-                }
-                Err(_) => mem.target.map(|(t, _)| t).unwrap_or(self.target),
-            },
-        }
+    /// The cluster's target manager count: from the status [`Keeper::follow`] read (the last
+    /// one known while the rendezvous does not answer), else the config's.
+    fn target(&self, mem: &Memory) -> u8 {
+        mem.status
+            .as_ref()
+            .map(|(s, _)| s.target_managers)
+            .or(mem.target)
+            .unwrap_or(self.target)
     }
 
     fn me(&self) -> Option<Me> {
@@ -288,7 +281,7 @@ impl Keeper {
 
         // 1. The rendezvous follows the swarm (and adopts it when it forgot it).
         self.follow(mem, &list).await;
-        let target = self.target(mem).await;
+        let target = self.target(mem);
 
         // 2. Drains.
         let (_, drains) = docs::read::<Drains>(self.backend.as_ref(), DRAINS_DOC).await?;
@@ -694,7 +687,7 @@ impl Keeper {
             match self.backend.status().await {
                 Ok(s) => {
                     mem.clear_logged("status");
-                    mem.target = Some((s.target_managers, Instant::now()));
+                    mem.target = Some(s.target_managers);
                     mem.status = Some((s, Instant::now()));
                 }
                 Err(e) => {
