@@ -350,7 +350,7 @@ impl Keeper {
                 }
                 if f.kind == Kind::Rejoin {
                     self.finish_rejoin(mem, list, &f).await;
-                    list.retain(|n| n.id != f.node_id || n.ready);
+                    list.retain(|n| n.id != f.node_id);
                 }
                 // The list this was judged on shows the step done: the next step may be
                 // decided on it now (e.g. demote the dead manager the promotion replaced).
@@ -477,22 +477,23 @@ impl Keeper {
         StepEnd::Pending
     }
 
-    /// After a rejoin: remove the node's old (worker) entry and the request.
+    /// After a rejoin: remove the node's old (worker) entry and the request. The engine at the
+    /// old entry's address now answers under the new node id, so the old entry is stale even
+    /// while it still shows Ready (until its heartbeat times out): it is removed with force, so
+    /// it is never mistaken for a spare worker.
     async fn finish_rejoin(&self, mem: &mut Memory, list: &[NodeView], f: &Inflight) {
         if let Some(old) = list.iter().find(|n| n.id == f.node_id) {
-            if !old.ready {
-                let r = nodes::remove(&self.engine, &old.id, false).await;
-                self.record(
-                    mem,
-                    Action {
-                        kind: Kind::Remove,
-                        node_id: old.id.clone(),
-                        hostname: old.hostname.clone(),
-                        reason: "its old worker entry, after it joined again as a manager".into(),
-                    },
-                    r.err().map(|e| e.to_string()),
-                );
-            }
+            let r = nodes::remove(&self.engine, &old.id, true).await;
+            self.record(
+                mem,
+                Action {
+                    kind: Kind::Remove,
+                    node_id: old.id.clone(),
+                    hostname: old.hostname.clone(),
+                    reason: "its old worker entry, after it joined again as a manager".into(),
+                },
+                r.err().map(|e| e.to_string()),
+            );
         }
         if let Some(agent) = &f.agent_node_id {
             if let Err(e) = forget_rejoin(self.backend.as_ref(), agent).await {

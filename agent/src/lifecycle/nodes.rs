@@ -44,19 +44,36 @@ pub struct NodeView {
 impl NodeView {
     /// What is wrong with it, in a word for log lines: `down`, `unreachable`, `ready`, ...
     pub fn condition(&self) -> &str {
-        if self.ready && self.role == Role::Manager && self.reachable != Some(true) {
-            "unreachable"
+        if self.ready && self.role == Role::Manager && !self.reachable_manager() {
+            if self.outside_raft() {
+                "not in raft"
+            } else {
+                "unreachable"
+            }
         } else {
             &self.state
         }
     }
 
-    /// A manager that takes part in raft, or a worker that runs tasks.
+    /// A manager that takes part in raft, or a worker that runs tasks. The leader counts even
+    /// while its engine still reports its own reachability as `unknown` (for a few seconds
+    /// after an election): it leads raft, so it is in it.
     pub fn healthy(&self) -> bool {
         match self.role {
-            Role::Manager => self.ready && self.reachable == Some(true),
+            Role::Manager => self.ready && self.reachable_manager(),
             Role::Worker => self.ready,
         }
+    }
+
+    fn reachable_manager(&self) -> bool {
+        self.reachable == Some(true) || self.leader
+    }
+
+    /// A node whose role is manager but that is not a raft member (no manager status: it was
+    /// promoted and never joined raft). The engine refuses to demote it (`can't find manager in
+    /// raft memberlist`); once it is down it can only be removed.
+    pub fn outside_raft(&self) -> bool {
+        self.role == Role::Manager && self.reachable.is_none()
     }
 }
 

@@ -15,6 +15,12 @@
 //!    joined again under a new node id): remove the stale entry once it has been Down for T.
 //!    With `remove_down_after` (T2) set: remove any worker Down for T2.
 //!
+//! 0. (Before all) a Down manager that never joined raft (promoted, no manager status) for T:
+//!    remove it; the engine cannot demote it, and it holds no raft vote.
+//!
+//! A worker that shares its address or hostname with another Ready entry (an engine that left
+//! and joined again, whose old entry is not Down yet) is never a spare.
+//!
 //! A demotion is only planned when the healthy managers keep a majority of the managers left.
 
 use super::nodes::{majority, Availability, NodeView};
@@ -102,6 +108,7 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
                 && n.availability == Availability::Active
                 && !v.leaving.contains(&n.id)
                 && !v.avoid.contains(&n.id)
+                && !duplicated(v.nodes, n)
         })
         .collect();
     spares.sort_by(|a, b| {
@@ -124,6 +131,22 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
         c.sort_by(|a, b| b.hostname.cmp(&a.hostname).then(b.id.cmp(&a.id)));
         c.first().map(|n| (*n).clone())
     };
+
+    // Rule 0: a Down manager that never joined raft cannot be demoted (the engine refuses);
+    // it is removed. It holds no raft vote, so this never touches quorum.
+    if let Some(d) = dead.iter().find(|n| n.outside_raft() && !n.ready) {
+        return Some(Action {
+            kind: Kind::Remove,
+            node_id: d.id.clone(),
+            hostname: d.hostname.clone(),
+            reason: format!(
+                "manager {} was promoted but never joined raft, and has been {} for {} s",
+                d.hostname,
+                d.state,
+                secs(down_for(d))
+            ),
+        });
+    }
 
     if let Some(d) = dead.first() {
         // Rule 1.
@@ -252,6 +275,18 @@ pub fn plan(v: &View<'_>, r: &Rules) -> Option<Action> {
     None
 }
 
+/// Another Ready entry has this node's address or hostname: one of the two is the stale entry of
+/// an engine that left and joined again (the old entry stays Ready until its heartbeat times
+/// out). Promoting the stale one would make a manager that never joins raft, so neither is a
+/// spare until the stale entry is Down.
+fn duplicated(nodes: &[NodeView], n: &NodeView) -> bool {
+    nodes.iter().any(|o| {
+        o.id != n.id
+            && o.ready
+            && (o.hostname == n.hostname || (o.addr.is_some() && o.addr == n.addr))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +379,72 @@ mod tests {
         n[2].role = Role::Worker;
         n[2].reachable = None;
         assert_eq!(run(&n, &[("c", 14)], 0, &[], &rules()), None);
+    }
+
+    #[test]
+    fn a_leader_whose_own_reachability_is_still_unknown_counts_as_healthy() {
+        // Just after an election the leader reports itself `unknown` for a few seconds.
+        let mut n = five(true);
+        n[0].reachable = Some(false);
+        n[3].role = Role::Manager;
+        n[3].reachable = Some(true);
+        let a = run(&n, &[("c", 12)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "c"), "{a:?}");
+        // Not the leader: it is unhealthy, and a worker is promoted.
+        n[0].leader = false;
+        n[1].leader = true;
+        let a = run(&n, &[("c", 12), ("a", 12)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "e"), "{a:?}");
+    }
+
+    #[test]
+    fn the_stale_ready_entry_of_an_engine_that_joined_again_is_not_promoted() {
+        // d left and joined again as manager d2; its old worker entry is still Ready.
+        let mut n = five(true);
+        n[0].reachable = Some(false); // the new leader, still `unknown`
+        let mut d2 = node("d2", Role::Manager, true);
+        d2.hostname = "host-d".into();
+        d2.addr = Some("10.0.0.4".into());
+        n[3].addr = Some("10.0.0.4".into());
+        n.push(d2);
+        // 3 healthy managers (a leads): the dead one is demoted, nobody promoted.
+        let a = run(&n, &[("c", 12)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Demote, "c"), "{a:?}");
+        // With a fourth manager wanted, e is promoted, never the stale d.
+        let mut r = rules();
+        r.target = 5;
+        let a = run(&n, &[("c", 12)], 0, &[], &r).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "e"), "{a:?}");
+        // By address alone (another hostname) it is still a duplicate.
+        n[5].hostname = "renamed".into();
+        let a = run(&n, &[("c", 12)], 0, &[], &r).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "e"), "{a:?}");
+        // A worker sharing a hostname with a Down entry is a spare (the host lost its swarm
+        // state; the Down entry is the stale one).
+        n[3].ready = false;
+        n[3].state = "down".into();
+        n[4].hostname = "host-d".into();
+        let a = run(&n, &[("c", 12), ("d", 12)], 0, &[], &r).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "e"), "{a:?}");
+    }
+
+    #[test]
+    fn a_down_manager_that_never_joined_raft_is_removed_not_demoted() {
+        let mut n = five(false);
+        let mut p = node("p", Role::Manager, false);
+        p.reachable = None; // promoted, no manager status
+        n.push(p);
+        assert_eq!(run(&n, &[("p", 9)], 0, &[], &rules()), None);
+        let a = run(&n, &[("p", 10)], 0, &[], &rules()).unwrap();
+        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Remove, "p"), "{a:?}");
+        assert!(a.reason.contains("never joined raft"), "{}", a.reason);
+        // Ready but outside raft (a promotion in progress or stuck): not removed by the plan.
+        n[5].ready = true;
+        n[5].state = "ready".into();
+        assert_ne!(
+            run(&n, &[("p", 30)], 0, &[], &rules()).map(|a| a.kind),
+            Some(Kind::Remove)
+        );
     }
 
     #[test]
