@@ -19,6 +19,14 @@ pub const API_PREFIX: &str = "/v1";
 /// Longest long-poll a client may ask for (`wait` query parameter, seconds).
 pub const MAX_WAIT_SECS: u64 = 60;
 
+/// The header that carries a node's own credential (issued once, at its registration) on every
+/// call made for that node id after registering. See [`RegisterResponse::credential`].
+pub const NODE_CREDENTIAL_HEADER: &str = "x-swarmstrap-node-credential";
+
+/// The header that carries the operator credential of a cluster (issued by `cluster create`,
+/// never in user-data): the one credential that resets a cluster (`swarm-agent recover`).
+pub const OPERATOR_CREDENTIAL_HEADER: &str = "x-swarmstrap-operator-credential";
+
 /// A secret string (join token, cluster secret). `Debug` is redacted; there is no `Display`.
 /// Use [`Secret::expose`] at the single place where the value is really needed.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -122,6 +130,13 @@ pub struct RegisterResponse {
     pub role: Role,
     pub target_managers: u8,
     pub phase: Phase,
+    /// The node's own credential, issued once: when this registration created the node id (or
+    /// bound a registration made before credentials existed). Every later call for this node
+    /// id (registering again, claim, renew, publish, join, sync, adopt, document writes) must
+    /// present it ([`NODE_CREDENTIAL_HEADER`]); the agent keeps it in its state dir (mode
+    /// 0600). Only its sha256 is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Secret>,
 }
 
 /// An init lease. `expires_in_ms` is relative to the response, so clocks need not agree.
@@ -212,6 +227,10 @@ pub struct NodeInfo {
     /// A node seen once and then missing from a sync has left: its registration is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seen_at_ms: Option<u64>,
+    /// `sha256:<hex>` of the node's credential ([`RegisterResponse::credential`]). Stored, never
+    /// shown: status answers leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_sha256: Option<String>,
 }
 
 /// `POST /v1/clusters/{cluster}/sync`: the raft leader's agent reports the live swarm, so the
@@ -277,6 +296,10 @@ pub struct AdoptRequest {
 pub struct AdoptResponse {
     /// True when the cluster was not formed and now is, with this swarm.
     pub adopted: bool,
+    /// The caller's new node credential, when the adoption registered it (a cluster that lost
+    /// its registrations); see [`RegisterResponse::credential`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<Secret>,
     /// The formation's fencing token.
     pub fencing_token: u64,
     pub phase: Phase,
@@ -337,6 +360,10 @@ pub struct Document {
 pub struct DocumentWrite {
     pub expected_version: u64,
     pub body: serde_json::Value,
+    /// The writing node (its credential in [`NODE_CREDENTIAL_HEADER`]). Documents are typed:
+    /// who may write which one, and what it may hold, is in the rulebook (`rules::put_doc`).
+    #[serde(default)]
+    pub node_id: String,
 }
 
 /// Admin: `POST /v1/admin/clusters` (bearer: the admin token in the data dir).
@@ -353,6 +380,10 @@ pub struct CreateCluster {
     /// create --adopt`).
     #[serde(default)]
     pub await_adoption: bool,
+    /// Use this operator credential instead of generating one. The operator credential resets
+    /// the cluster (`swarm-agent recover`); it never goes into user-data.
+    #[serde(default)]
+    pub operator_credential: Option<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -360,6 +391,8 @@ pub struct CreatedCluster {
     pub name: String,
     pub target_managers: u8,
     pub secret: Secret,
+    /// The cluster's operator credential (only its sha256 is stored).
+    pub operator_credential: Secret,
 }
 
 pub fn default_target_managers() -> u8 {

@@ -24,13 +24,57 @@
 //!   to `wait`) for a newer version.
 //!
 //! Refusals carry a [`crate::rules::Code`] spelled by `Code::as_str` in `Conflict`/`Rejected`.
+//!
+//! Node credentials: `register` (and `adopt`, when it registers the caller) returns the node's
+//! credential once; the implementation keeps it ([`Credentials`]) and presents it on every later
+//! call for that node id. The agent also stores it in its state dir and hands it back with
+//! [`Rendezvous::set_credential`] after a restart. `reset` needs the operator credential.
 
 use crate::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
     PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
     SyncResponse,
 };
+use crate::Secret;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The node credentials a client holds, by node id (a client usually acts for one node; the
+/// test fake for many).
+#[derive(Default)]
+pub struct Credentials(Mutex<HashMap<String, Secret>>);
+
+impl Credentials {
+    pub fn set(&self, node_id: &str, credential: Secret) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_string(), credential);
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<Secret> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    /// Keep the credential an answer carried (register, adopt).
+    pub fn keep(&self, node_id: &str, issued: Option<&Secret>) {
+        if let Some(c) = issued {
+            self.set(node_id, c.clone());
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Credentials(<{n} redacted>)")
+    }
+}
 
 /// Errors of a rendezvous call, sorted by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +122,13 @@ pub trait Rendezvous: Send + Sync {
     /// or `secrets-manager swarmstrap/prod (eu-west-1)`. Never contains a secret.
     fn describe(&self) -> String;
 
+    /// Present `credential` for `node_id` on every later call (the agent loads it from its state
+    /// dir). `register` and `adopt` keep a credential they are issued themselves.
+    fn set_credential(&self, node_id: &str, credential: Secret);
+
+    /// The credential this client holds for `node_id`.
+    fn credential(&self, node_id: &str) -> Option<Secret>;
+
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse>;
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse>;
@@ -95,7 +146,10 @@ pub trait Rendezvous: Send + Sync {
 
     async fn status(&self) -> Result<ClusterStatus>;
 
-    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus>;
+    /// The operator's reset (`swarm-agent recover`). `operator` is the cluster's operator
+    /// credential (never a node's): the coordinator refuses without it (`operator_required`).
+    /// On Secrets Manager the operator is whoever may write the secret (IAM).
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus>;
 
     /// The raft leader's agent reports the live swarm ([`SyncRequest`]).
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse>;
@@ -106,8 +160,10 @@ pub trait Rendezvous: Send + Sync {
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document>;
 
+    /// Compare-and-set a document, written by node `node_id` (with its credential).
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,

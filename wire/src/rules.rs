@@ -131,6 +131,23 @@ pub const PENDING_JOIN_GRACE_MS: u64 = 10 * 60 * 1000;
 /// Most members one sync may list.
 pub const MAX_SYNC_MEMBERS: usize = 10_000;
 
+/// Most registrations one cluster holds (sized for 10,000 agents with room for churn).
+pub const MAX_NODES: u64 = 12_000;
+
+/// The documents a cluster may hold; any other name is refused (`invalid_name`). See
+/// [`put_doc`] for who may write which.
+pub const KNOWN_DOCS: [&str; 4] = [DOC_MEMBERSHIP, DOC_DRAINS, DOC_KEEPER, DOC_REJOINS];
+/// The load-balancer membership (the raft leader's agent; a current manager only).
+pub const DOC_MEMBERSHIP: &str = "membership";
+/// `swarm-agent leave` requests (any node for itself; a manager for anyone).
+pub const DOC_DRAINS: &str = "drains";
+/// The quorum keeper's report (a current manager only).
+pub const DOC_KEEPER: &str = "keeper";
+/// The keeper's rejoin requests (a manager; the asked node updates its own entry).
+pub const DOC_REJOINS: &str = "rejoins";
+/// Largest document body (serialized JSON): a membership of 10,000 nodes fits.
+pub const MAX_DOC_BYTES: usize = 4 << 20;
+
 /// Every refusal the rulebook can give, each with one wire spelling ([`Code::as_str`]) and one
 /// HTTP status ([`Code::http_status`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -163,10 +180,16 @@ pub enum Code {
     AwaitingAdoption,
     /// Adoption refused: an operator reset retired this swarm (409).
     SwarmRetired,
+    /// The node credential presented for a node id is missing or wrong (403).
+    BadNodeCredential,
+    /// The call needs the cluster's operator credential (403).
+    OperatorRequired,
+    /// A per-cluster limit is reached (403): registrations, documents.
+    QuotaExceeded,
 }
 
 impl Code {
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 17] = [
         Code::InvalidRequest,
         Code::InvalidName,
         Code::UnknownCluster,
@@ -181,6 +204,9 @@ impl Code {
         Code::VersionConflict,
         Code::AwaitingAdoption,
         Code::SwarmRetired,
+        Code::BadNodeCredential,
+        Code::OperatorRequired,
+        Code::QuotaExceeded,
     ];
 
     /// The spelling in `{"error": code}` and in [`crate::rendezvous::RendezvousError`].
@@ -200,6 +226,9 @@ impl Code {
             Code::VersionConflict => "version_conflict",
             Code::AwaitingAdoption => "awaiting_adoption",
             Code::SwarmRetired => "swarm_retired",
+            Code::BadNodeCredential => "bad_node_credential",
+            Code::OperatorRequired => "operator_required",
+            Code::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -211,6 +240,7 @@ impl Code {
         match self {
             Code::InvalidRequest | Code::InvalidName => 400,
             Code::UnknownCluster | Code::NodeNotRegistered => 404,
+            Code::BadNodeCredential | Code::OperatorRequired | Code::QuotaExceeded => 403,
             _ => 409,
         }
     }
@@ -324,6 +354,9 @@ pub struct ClusterState {
     /// Adoptions so far.
     #[serde(default)]
     pub adoptions: u64,
+    /// `sha256:<hex>` of the operator credential ([`check_operator`]); never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_sha256: Option<String>,
 }
 
 /// What a rule decided to store. Empty: nothing changed, no write needed.
@@ -395,6 +428,7 @@ impl ClusterState {
             reset_log: Vec::new(),
             awaiting_adoption: false,
             adoptions: 0,
+            operator_sha256: None,
         })
     }
 
@@ -522,42 +556,185 @@ pub fn renewal_due(lease: &LeaseState, now_ms: u64, ttl_ms: u64) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Node credentials
+
+/// `sha256:<hex>` of a credential: what is stored for a node (or an operator) instead of the
+/// credential itself.
+pub fn credential_sha256(c: &Secret) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(c.expose().as_bytes());
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Does `presented` match the stored digest? Compares digests in constant time.
+pub fn credential_matches(stored_sha256: &str, presented: &Secret) -> bool {
+    let given = credential_sha256(presented);
+    let (a, b) = (given.as_bytes(), stored_sha256.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The registration of `node_id`, if `presented` is its credential.
+pub fn authenticate<'a>(
+    st: &ClusterState,
+    node: Option<&'a NodeInfo>,
+    node_id: &str,
+    presented: Option<&Secret>,
+) -> Result<&'a NodeInfo> {
+    validate_node_id(node_id)?;
+    let Some(node) = node else {
+        return Err(RuleError::new(
+            Code::NodeNotRegistered,
+            format!(
+                "node {node_id:?} is not registered in cluster {:?}: register it first (POST /v1/clusters/{}/nodes)",
+                st.name, st.name
+            ),
+        ));
+    };
+    let Some(stored) = node.credential_sha256.as_deref() else {
+        return Err(RuleError::new(
+            Code::BadNodeCredential,
+            format!(
+                "node {node_id:?} was registered before node credentials existed: register it \
+                 again (the answer carries its credential)"
+            ),
+        ));
+    };
+    match presented {
+        Some(p) if credential_matches(stored, p) => Ok(node),
+        Some(_) => Err(RuleError::new(
+            Code::BadNodeCredential,
+            format!(
+                "the node credential presented for node {node_id:?} is wrong: only the node that \
+                 registered this id holds it (a node that lost its state dir registers under a \
+                 new node id)"
+            ),
+        )),
+        None => Err(RuleError::new(
+            Code::BadNodeCredential,
+            format!(
+                "no node credential was presented for node {node_id:?}: every call for a \
+                 registered node id carries the credential its registration returned"
+            ),
+        )),
+    }
+}
+
+/// The operator's calls (reset): `presented` must be the cluster's operator credential. A node
+/// holds the join secret and its own credential, never this one.
+pub fn check_operator(st: &ClusterState, presented: Option<&Secret>) -> Result<()> {
+    match (&st.operator_sha256, presented) {
+        (Some(d), Some(p)) if credential_matches(d, p) => Ok(()),
+        (Some(_), Some(_)) => Err(RuleError::new(
+            Code::OperatorRequired,
+            format!(
+                "the operator credential presented for cluster {:?} is wrong",
+                st.name
+            ),
+        )),
+        (Some(_), None) => Err(RuleError::new(
+            Code::OperatorRequired,
+            format!(
+                "resetting cluster {:?} needs its operator credential (the one `cluster create` \
+                 printed; pass it to `swarm-agent recover --operator-credential-file FILE`, or \
+                 `-` for stdin); the join secret and node credentials cannot reset a cluster",
+                st.name
+            ),
+        )),
+        (None, _) => Err(RuleError::new(
+            Code::OperatorRequired,
+            format!(
+                "cluster {:?} has no operator credential (created before they existed): reset \
+                 it through the admin API (`swarm-coordinator cluster reset {}` on the \
+                 coordinator host)",
+                st.name, st.name
+            ),
+        )),
+    }
+}
+
+/// [`authenticate`], and the registration must hold the manager role.
+pub fn authenticate_manager<'a>(
+    st: &ClusterState,
+    node: Option<&'a NodeInfo>,
+    node_id: &str,
+    presented: Option<&Secret>,
+    what: &str,
+) -> Result<&'a NodeInfo> {
+    let n = authenticate(st, node, node_id, presented)?;
+    if n.role != Role::Manager {
+        return Err(RuleError::new(
+            Code::NotAManager,
+            format!("node {node_id:?} was assigned the worker role; only managers may {what}"),
+        ));
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Rules
 
-/// Register `req`. `existing` is the stored record of `req.node_id`, if any.
+/// Register `req`. `existing` is the stored record of `req.node_id`, if any; `presented` the
+/// credential the caller presented; `fresh` a new random credential, issued (and its digest
+/// stored) when this registration creates the node id, or binds a registration made before
+/// credentials existed. Registering an existing node id again needs its credential.
 pub fn register(
     st: &ClusterState,
     existing: Option<&NodeInfo>,
     now_ms: u64,
     req: &RegisterRequest,
+    presented: Option<&Secret>,
+    fresh: &Secret,
 ) -> Result<Outcome<RegisterResponse>> {
     validate_register(req)?;
-    let answer = |role| RegisterResponse {
+    let answer = |role, credential: Option<&Secret>| RegisterResponse {
         node_id: req.node_id.clone(),
         role,
         target_managers: st.target_managers,
         phase: st.phase(now_ms),
+        credential: credential.cloned(),
     };
     if let Some(node) = existing {
+        let bind = node.credential_sha256.is_none();
+        if !bind {
+            authenticate(st, existing, &req.node_id, presented)?;
+        }
         let same = node.hostname == req.hostname
             && node.advertise_addr == req.advertise_addr
             && node.requested == req.role
             && node.joined_through == req.joined_through;
-        if same {
-            return Ok(Outcome::keep(answer(node.role)));
+        if same && !bind {
+            return Ok(Outcome::keep(answer(node.role, None)));
         }
         let mut node = node.clone();
+        if bind {
+            node.credential_sha256 = Some(credential_sha256(fresh));
+        }
         node.hostname = req.hostname.clone();
         node.advertise_addr = req.advertise_addr.clone();
         node.requested = req.role;
         node.joined_through = req.joined_through.clone();
         return Ok(Outcome {
-            answer: answer(node.role),
+            answer: answer(node.role, bind.then_some(fresh)),
             change: Change {
                 nodes: vec![node],
                 ..Change::default()
             },
         });
+    }
+    if st.node_count >= MAX_NODES {
+        return Err(RuleError::new(
+            Code::QuotaExceeded,
+            format!(
+                "cluster {:?} holds {} registrations, the most one cluster may hold ({MAX_NODES}); \
+                 registrations of nodes that left are dropped by the leader's sync",
+                st.name, st.node_count
+            ),
+        ));
     }
     let wants_manager = matches!(req.role, RequestedRole::Auto | RequestedRole::Manager);
     let role = if wants_manager && st.manager_count < u64::from(st.target_managers) {
@@ -571,7 +748,7 @@ pub fn register(
         next.manager_count += 1;
     }
     Ok(Outcome {
-        answer: answer(role),
+        answer: answer(role, Some(fresh)),
         change: Change {
             state: Some(next),
             nodes: vec![NodeInfo {
@@ -583,21 +760,24 @@ pub fn register(
                 registered_at_ms: now_ms,
                 joined_through: req.joined_through.clone(),
                 seen_at_ms: None,
+                credential_sha256: Some(credential_sha256(fresh)),
             }],
             ..Change::default()
         },
     })
 }
 
-/// Claim the init lease for `node_id`. `node` is its registration, if any.
+/// Claim the init lease for `node_id`: only a registered manager, with its credential. `node`
+/// is its registration, if any.
 pub fn claim(
     st: &ClusterState,
     node: Option<&NodeInfo>,
     now_ms: u64,
     node_id: &str,
     ttl_ms: u64,
+    presented: Option<&Secret>,
 ) -> Result<Outcome<ClaimResponse>> {
-    validate_node_id(node_id)?;
+    authenticate_manager(st, node, node_id, presented, "claim the init lease")?;
     if st.formed.is_none() && st.awaiting_adoption {
         return Err(RuleError::new(
             Code::AwaitingAdoption,
@@ -612,14 +792,6 @@ pub fn claim(
     }
     if st.formed.is_some() || st.live_lease(now_ms).is_some() {
         return Ok(Outcome::keep(st.claim_answer(node_id, now_ms)));
-    }
-    if node.is_some_and(|n| n.role == Role::Worker) {
-        return Err(RuleError::new(
-            Code::NotAManager,
-            format!(
-                "node {node_id:?} was assigned the worker role; only managers may claim the init lease"
-            ),
-        ));
     }
     let mut next = st.clone();
     next.last_fencing_token += 1;
@@ -659,8 +831,14 @@ fn check_holder<'a>(st: &'a ClusterState, node_id: &str, token: u64) -> Result<&
 }
 
 /// Renew the lease (see the module docs: extends only once half the ttl is used up).
-pub fn renew(st: &ClusterState, now_ms: u64, req: &RenewRequest) -> Result<Outcome<ClaimResponse>> {
-    validate_node_id(&req.node_id)?;
+pub fn renew(
+    st: &ClusterState,
+    node: Option<&NodeInfo>,
+    now_ms: u64,
+    req: &RenewRequest,
+    presented: Option<&Secret>,
+) -> Result<Outcome<ClaimResponse>> {
+    authenticate(st, node, &req.node_id, presented)?;
     if st.formed.is_some() {
         return Err(RuleError::new(
             Code::LeaseLost,
@@ -683,10 +861,13 @@ pub fn renew(st: &ClusterState, now_ms: u64, req: &RenewRequest) -> Result<Outco
 /// Publish the join data (see the module docs).
 pub fn publish(
     st: &ClusterState,
+    node: Option<&NodeInfo>,
     now_ms: u64,
     req: &PublishRequest,
+    presented: Option<&Secret>,
 ) -> Result<Outcome<PublishResponse>> {
     let ca_digest = validate_publish(req)?;
+    authenticate(st, node, &req.node_id, presented)?;
     let formed = PublishResponse {
         phase: Phase::Formed,
     };
@@ -809,16 +990,9 @@ pub fn join(
     node: Option<&NodeInfo>,
     now_ms: u64,
     node_id: &str,
+    presented: Option<&Secret>,
 ) -> Result<JoinResponse> {
-    let Some(node) = node else {
-        return Err(RuleError::new(
-            Code::NodeNotRegistered,
-            format!(
-                "node {node_id:?} is not registered in cluster {:?}: register it first (POST /v1/clusters/{}/nodes)",
-                st.name, st.name
-            ),
-        ));
-    };
+    let node = authenticate(st, node, node_id, presented)?;
     Ok(JoinResponse {
         phase: st.phase(now_ms),
         lease: st.wire_lease(now_ms),
@@ -835,8 +1009,11 @@ pub fn join(
     })
 }
 
-/// The cluster as `GET /v1/clusters/{c}` shows it: no secrets.
-pub fn status(st: &ClusterState, nodes: Vec<NodeInfo>, now_ms: u64) -> ClusterStatus {
+/// The cluster as `GET /v1/clusters/{c}` shows it: no secrets, no credential digests.
+pub fn status(st: &ClusterState, mut nodes: Vec<NodeInfo>, now_ms: u64) -> ClusterStatus {
+    for n in &mut nodes {
+        n.credential_sha256 = None;
+    }
     ClusterStatus {
         name: st.name.clone(),
         phase: st.phase(now_ms),
@@ -999,8 +1176,11 @@ pub fn sync(
     nodes: &[NodeInfo],
     now_ms: u64,
     req: &SyncRequest,
+    presented: Option<&Secret>,
 ) -> Result<Outcome<SyncResponse>> {
     validate_sync(req)?;
+    let caller = nodes.iter().find(|n| n.node_id == req.node_id);
+    authenticate_manager(st, caller, &req.node_id, presented, "sync the cluster")?;
     let Some(f) = st.formed.as_ref().filter(|f| f.swarm_id == req.swarm_id) else {
         return Err(RuleError::new(
             Code::SwarmMismatch,
@@ -1067,13 +1247,24 @@ pub fn adoption_token(last: u64, now_ms: u64) -> u64 {
 /// any the forgotten state granted: [`adoption_token`]), so a publish under a lease granted
 /// before the adoption is refused (`stale_fencing_token`), and a formed cluster grants no claim. The one window left is a node claiming between the loss and
 /// the adoption: a cluster re-created `awaiting_adoption` refuses every claim until then.
+///
+/// Who may: a registered manager with its credential; an unregistered caller (or one registered
+/// before credentials existed) only while the cluster is not formed (it lost its registrations
+/// with its formation): it is registered with `fresh` as its credential, returned once.
 pub fn adopt(
     st: &ClusterState,
     nodes: &[NodeInfo],
     now_ms: u64,
     req: &AdoptRequest,
+    presented: Option<&Secret>,
+    fresh: &Secret,
 ) -> Result<Outcome<AdoptResponse>> {
     let ca_digest = validate_adopt(req)?;
+    let registered = nodes.iter().find(|n| n.node_id == req.node_id);
+    let bind = st.formed.is_none() && registered.is_none_or(|n| n.credential_sha256.is_none());
+    if !bind {
+        authenticate_manager(st, registered, &req.node_id, presented, "adopt a swarm")?;
+    }
     if st.retired_swarm_ids().contains(&req.swarm_id) {
         return Err(RuleError::new(
             Code::SwarmRetired,
@@ -1096,6 +1287,11 @@ pub fn adopt(
             registered_at_ms: old.map(|n| n.registered_at_ms).unwrap_or(now_ms),
             joined_through: old.and_then(|n| n.joined_through.clone()),
             seen_at_ms: Some(old.and_then(|n| n.seen_at_ms).unwrap_or(role_seen)),
+            credential_sha256: if bind {
+                Some(credential_sha256(fresh))
+            } else {
+                old.and_then(|n| n.credential_sha256.clone())
+            },
         }
     };
     let mut next = st.clone();
@@ -1163,6 +1359,7 @@ pub fn adopt(
     Ok(Outcome {
         answer: AdoptResponse {
             adopted,
+            credential: bind.then(|| fresh.clone()),
             fencing_token,
             phase: Phase::Formed,
         },
@@ -1210,9 +1407,63 @@ pub fn doc_answers(doc: &Document, after: Option<u64>) -> bool {
     after.is_none_or(|seen| doc.version > seen)
 }
 
-/// Document compare-and-set. `current` is the stored document ([`empty_doc`] if none).
-pub fn put_doc(current: &Document, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
+/// Document compare-and-set by a registered node (`write.node_id`, with its credential
+/// `presented`; `writer` is its registration). `current` is the stored document ([`empty_doc`]
+/// if none). Only the [`KNOWN_DOCS`] exist; each is typed (see [`docs`]): the membership and
+/// keeper documents are written by managers only, a worker changes only its own entries of the
+/// drains and rejoins documents.
+pub fn put_doc(
+    st: &ClusterState,
+    writer: Option<&NodeInfo>,
+    current: &Document,
+    name: &str,
+    write: &DocumentWrite,
+    presented: Option<&Secret>,
+) -> Result<Outcome<Document>> {
     crate::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;
+    if !KNOWN_DOCS.contains(&name) {
+        return Err(RuleError::new(
+            Code::InvalidName,
+            format!("there is no document {name:?}: the documents are {KNOWN_DOCS:?}"),
+        ));
+    }
+    let node = authenticate(st, writer, &write.node_id, presented)?;
+    let size = serde_json::to_vec(&write.body).map_or(usize::MAX, |b| b.len());
+    if size > MAX_DOC_BYTES {
+        return Err(RuleError::new(
+            Code::QuotaExceeded,
+            format!("document {name:?} would be {size} bytes; the most is {MAX_DOC_BYTES}"),
+        ));
+    }
+    docs::check_strings(name, &write.body)?;
+    let manager = node.role == Role::Manager;
+    match name {
+        DOC_MEMBERSHIP | DOC_KEEPER if !manager => {
+            return Err(RuleError::new(
+                Code::NotAManager,
+                format!(
+                    "node {:?} is a worker: only a current manager writes document {name:?}",
+                    write.node_id
+                ),
+            ))
+        }
+        DOC_DRAINS if !manager => {
+            docs::check_own_entries(name, &current.body, &write.body, &write.node_id, |_, v| {
+                v.get("agent_node_id")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_string)
+            })?
+        }
+        DOC_REJOINS if !manager => {
+            docs::check_own_entries(name, &current.body, &write.body, &write.node_id, |k, _| {
+                Some(k.to_string())
+            })?
+        }
+        _ => {}
+    }
+    if name == DOC_MEMBERSHIP {
+        docs::check_membership(&write.body)?;
+    }
     if current.version != write.expected_version {
         return Err(RuleError::new(
             Code::VersionConflict,
@@ -1322,38 +1573,115 @@ impl Memory {
         &self,
         now_ms: u64,
         req: &RegisterRequest,
+        presented: Option<&Secret>,
+        fresh: &Secret,
     ) -> Result<Outcome<RegisterResponse>> {
-        register(&self.state, self.node(&req.node_id), now_ms, req)
+        register(
+            &self.state,
+            self.node(&req.node_id),
+            now_ms,
+            req,
+            presented,
+            fresh,
+        )
     }
 
-    pub fn claim(&self, now_ms: u64, node_id: &str, ttl_ms: u64) -> Result<Outcome<ClaimResponse>> {
-        claim(&self.state, self.node(node_id), now_ms, node_id, ttl_ms)
+    pub fn claim(
+        &self,
+        now_ms: u64,
+        node_id: &str,
+        ttl_ms: u64,
+        presented: Option<&Secret>,
+    ) -> Result<Outcome<ClaimResponse>> {
+        claim(
+            &self.state,
+            self.node(node_id),
+            now_ms,
+            node_id,
+            ttl_ms,
+            presented,
+        )
     }
 
-    pub fn join(&self, now_ms: u64, node_id: &str) -> Result<JoinResponse> {
-        join(&self.state, self.node(node_id), now_ms, node_id)
+    pub fn renew(
+        &self,
+        now_ms: u64,
+        req: &RenewRequest,
+        presented: Option<&Secret>,
+    ) -> Result<Outcome<ClaimResponse>> {
+        renew(&self.state, self.node(&req.node_id), now_ms, req, presented)
+    }
+
+    pub fn publish(
+        &self,
+        now_ms: u64,
+        req: &PublishRequest,
+        presented: Option<&Secret>,
+    ) -> Result<Outcome<PublishResponse>> {
+        publish(&self.state, self.node(&req.node_id), now_ms, req, presented)
+    }
+
+    pub fn join(
+        &self,
+        now_ms: u64,
+        node_id: &str,
+        presented: Option<&Secret>,
+    ) -> Result<JoinResponse> {
+        join(&self.state, self.node(node_id), now_ms, node_id, presented)
     }
 
     pub fn status(&self, now_ms: u64) -> ClusterStatus {
         status(&self.state, self.nodes.values().cloned().collect(), now_ms)
     }
 
-    pub fn put_doc(&self, name: &str, write: &DocumentWrite) -> Result<Outcome<Document>> {
-        put_doc(&self.doc(name), name, write)
+    pub fn put_doc(
+        &self,
+        name: &str,
+        write: &DocumentWrite,
+        presented: Option<&Secret>,
+    ) -> Result<Outcome<Document>> {
+        put_doc(
+            &self.state,
+            self.node(&write.node_id),
+            &self.doc(name),
+            name,
+            write,
+            presented,
+        )
     }
 
     fn node_list(&self) -> Vec<NodeInfo> {
         self.nodes.values().cloned().collect()
     }
 
-    pub fn sync(&self, now_ms: u64, req: &SyncRequest) -> Result<Outcome<SyncResponse>> {
-        sync(&self.state, &self.node_list(), now_ms, req)
+    pub fn sync(
+        &self,
+        now_ms: u64,
+        req: &SyncRequest,
+        presented: Option<&Secret>,
+    ) -> Result<Outcome<SyncResponse>> {
+        sync(&self.state, &self.node_list(), now_ms, req, presented)
     }
 
-    pub fn adopt(&self, now_ms: u64, req: &AdoptRequest) -> Result<Outcome<AdoptResponse>> {
-        adopt(&self.state, &self.node_list(), now_ms, req)
+    pub fn adopt(
+        &self,
+        now_ms: u64,
+        req: &AdoptRequest,
+        presented: Option<&Secret>,
+        fresh: &Secret,
+    ) -> Result<Outcome<AdoptResponse>> {
+        adopt(
+            &self.state,
+            &self.node_list(),
+            now_ms,
+            req,
+            presented,
+            fresh,
+        )
     }
 }
+
+mod docs;
 
 #[cfg(test)]
 mod tests;
