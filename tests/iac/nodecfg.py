@@ -105,6 +105,8 @@ def node_vars(
         "docker_log_max_file": docker_log_max_file,
         "agent_unit": read("swarm-agent.service"),
         "install_script": read("swarmstrap-install.sh"),
+        "metadata_block_script": read("swarmstrap-metadata-block.sh"),
+        "metadata_block_unit": read("swarmstrap-metadata-block.service"),
     }
 
 

@@ -182,6 +182,11 @@ class NodeTemplateTest(unittest.TestCase):
                 script = files["/usr/local/lib/swarmstrap/swarmstrap-install.sh"]
                 self.assertEqual(script["content"], nodecfg.read("swarmstrap-install.sh"))
                 self.assertEqual(script["permissions"], "0755")
+                block = files["/usr/local/lib/swarmstrap/swarmstrap-metadata-block.sh"]
+                self.assertEqual(block["content"], nodecfg.read("swarmstrap-metadata-block.sh"))
+                self.assertEqual(block["permissions"], "0755")
+                bunit = files["/etc/systemd/system/swarmstrap-metadata-block.service"]
+                self.assertEqual(bunit["content"], nodecfg.read("swarmstrap-metadata-block.service"))
                 daemon = json.loads(files["/etc/docker/daemon.json"]["content"])
                 self.assertEqual(daemon["log-driver"], "json-file")
                 self.assertEqual(daemon["log-opts"], {"max-size": "10m", "max-file": "3"})
@@ -200,7 +205,9 @@ class NodeTemplateTest(unittest.TestCase):
                 self.assertEqual(opts["--url"], sc.get("agent_url", nodecfg.DEFAULT_AGENT_URL))
                 self.assertEqual(opts["--sha256"], sc.get("agent_sha256", "0" * 64))
                 self.assertEqual(opts["--docker"], sc.get("docker_version", "distro"))
-                self.assertEqual(opts["--start"], "swarm-agent.service")
+                starts = [v for k, v in zip(cmd[3::2], cmd[4::2]) if k == "--start"]
+                # The metadata block first: no container may run before it.
+                self.assertEqual(starts, ["swarmstrap-metadata-block.service", "swarm-agent.service"])
 
     def test_user_data_fits_aws_limit_uncompressed(self):
         # Worst case: longest values the module validations allow.

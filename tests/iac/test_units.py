@@ -16,6 +16,7 @@ import unittest
 CLOUD_INIT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "cloud-init"))
 AGENT_UNIT = os.path.join(CLOUD_INIT, "swarm-agent.service")
 COORDINATOR_UNIT = os.path.join(CLOUD_INIT, "swarm-coordinator.service")
+METADATA_UNIT = os.path.join(CLOUD_INIT, "swarmstrap-metadata-block.service")
 
 
 def parse_unit(path) -> configparser.ConfigParser:
@@ -35,8 +36,9 @@ def write_exe(path, text):
 class UnitsTest(unittest.TestCase):
     def test_agent_unit_ordering_and_restart(self):
         u = parse_unit(AGENT_UNIT)
-        for key in ("After", "Wants"):
-            self.assertEqual(set(u["Unit"][key].split()), {"docker.service", "network-online.target"})
+        self.assertEqual(set(u["Unit"]["Wants"].split()), {"docker.service", "network-online.target"})
+        self.assertEqual(set(u["Unit"]["After"].split()), {"docker.service", "network-online.target", "swarmstrap-metadata-block.service"})
+        self.assertEqual(u["Unit"]["Requires"], "swarmstrap-metadata-block.service")
         s = u["Service"]
         self.assertEqual(s["ExecStart"], "/usr/local/bin/swarm-agent run --config /etc/swarm-agent/config.toml")
         self.assertEqual(s["Restart"], "on-failure")
@@ -44,6 +46,14 @@ class UnitsTest(unittest.TestCase):
         self.assertTrue(s["ExecStop"].startswith("-"), "a failing leave must not fail the stop")
         self.assertIn("/usr/local/bin/swarm-agent leave --config /etc/swarm-agent/config.toml", s["ExecStop"])
         self.assertEqual(u["Install"]["WantedBy"], "multi-user.target")
+
+    def test_metadata_block_unit_runs_before_docker_on_every_boot(self):
+        u = parse_unit(METADATA_UNIT)
+        self.assertIn("docker.service", u["Unit"]["Before"].split())
+        self.assertIn("swarm-agent.service", u["Unit"]["Before"].split())
+        self.assertEqual(u["Service"]["Type"], "oneshot")
+        self.assertEqual(u["Service"]["ExecStart"], "/usr/local/lib/swarmstrap/swarmstrap-metadata-block.sh")
+        self.assertIn("multi-user.target", u["Install"]["WantedBy"].split())
 
     def test_coordinator_unit(self):
         u = parse_unit(COORDINATOR_UNIT)
@@ -63,15 +73,19 @@ class UnitsTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             fake = os.path.join(tmp, "bin")
             write_exe(fake, "#!/bin/sh\n")
-            for unit in (AGENT_UNIT, COORDINATOR_UNIT):
+            # verify insists that the binaries exist: point them at a stand-in. Every unit is
+            # in the directory first: the agent unit requires the metadata block unit.
+            for unit in (AGENT_UNIT, COORDINATOR_UNIT, METADATA_UNIT):
+                with open(unit) as f:
+                    text = f.read()
+                text = (text.replace("/usr/local/bin/swarm-agent", fake)
+                        .replace("/usr/local/bin/swarm-coordinator", fake)
+                        .replace("/usr/local/lib/swarmstrap/swarmstrap-metadata-block.sh", fake))
+                with open(os.path.join(tmp, os.path.basename(unit)), "w") as f:
+                    f.write(text)
+            for unit in (AGENT_UNIT, COORDINATOR_UNIT, METADATA_UNIT):
                 with self.subTest(os.path.basename(unit)):
-                    # verify insists that the binaries exist: point them at a stand-in.
-                    with open(unit) as f:
-                        text = f.read()
-                    text = text.replace("/usr/local/bin/swarm-agent", fake).replace("/usr/local/bin/swarm-coordinator", fake)
                     path = os.path.join(tmp, os.path.basename(unit))
-                    with open(path, "w") as f:
-                        f.write(text)
                     proc = subprocess.run(["systemd-analyze", "verify", path], capture_output=True, text=True, timeout=60)
                     self.assertEqual(proc.returncode, 0, proc.stderr)
                     self.assertEqual(proc.stderr.strip(), "", "systemd warns about the unit")

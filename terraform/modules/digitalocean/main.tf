@@ -42,6 +42,8 @@ locals {
     docker_log_max_size     = var.docker_log_max_size
     docker_log_max_file     = tostring(var.docker_log_max_file)
     agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
+    metadata_block_script   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
+    metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
     install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
 
