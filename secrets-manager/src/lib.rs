@@ -24,6 +24,29 @@
 //! ([`swarmstrap_wire::rules::renewal_due`]): an agent renewing every ttl/4 writes about once
 //! per ttl/2, and a bootstrap that publishes within the first half of its ttl never writes a
 //! renewal.
+//!
+//! Node credentials: the rulebook issues each node id a credential at its first registration
+//! (or adoption) and stores only its sha256 in the secret; this backend makes the fresh
+//! credentials (32 bytes from the OS RNG, hex) and keeps the one it is issued
+//! ([`Credentials`]), presenting it on every later call for that node id (the agent also
+//! stores it and hands it back with [`Rendezvous::set_credential`]). The check runs inside
+//! the rulebook on the freshly read document, like every other rule: a node cannot register
+//! again, claim, renew, publish, join, sync, adopt or write documents under another node's id.
+//! Documents are typed (`rules::put_doc`): only managers write the membership and keeper
+//! documents, a worker changes only its own drains/rejoins entries.
+//!
+//! Trust boundary: on Secrets Manager every node reads and writes the secret itself, so
+//! whoever holds IAM write access to the secret can rewrite the whole document, digests
+//! included. The credentials stop a node from acting under another node's id through this
+//! client (a bug, a confused or compromised agent that only has this API), not a principal
+//! with raw `secretsmanager:PutSecretValue`; scope the IAM policy to the instances that run
+//! the agent (see the README).
+//!
+//! Reset (`swarm-agent recover`): on Secrets Manager the operator is whoever may write the
+//! secret (IAM), so [`Rendezvous::reset`] does not require the operator credential. When the
+//! stored cluster has an operator credential digest (`operator_sha256`) and the caller passes
+//! an operator credential, it is checked (`rules::check_operator`): a wrong one is refused with
+//! `operator_required`.
 
 pub mod aws;
 pub mod backoff;
@@ -37,12 +60,12 @@ use aws_sdk_secretsmanager::config::Region;
 use doc::{ClusterDoc, Step};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
     JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
-    ResetRequest, SyncRequest, SyncResponse,
+    ResetRequest, Secret, SyncRequest, SyncResponse,
 };
 
 /// Default prefix of the secret name: the secret of cluster `prod` is `swarmstrap/prod`.
@@ -143,6 +166,7 @@ pub struct SecretsManagerRendezvous {
     target_managers: u8,
     region: String,
     calls: Arc<CallCounter>,
+    credentials: Credentials,
 }
 
 impl SecretsManagerRendezvous {
@@ -201,6 +225,7 @@ impl SecretsManagerRendezvous {
             target_managers: cfg.target_managers,
             region,
             calls,
+            credentials: Credentials::default(),
         })
     }
 
@@ -380,6 +405,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A fresh node credential: 32 bytes from the OS RNG, as 64 hex characters.
+pub fn new_credential() -> Result<Secret> {
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut b).map_err(|e| {
+        RendezvousError::Transient(format!("the OS random number generator failed: {e}"))
+    })?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(Secret::new(hex))
+}
+
 /// A lease ttl in milliseconds (the rulebook clamps it).
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
@@ -401,19 +437,35 @@ impl Rendezvous for SecretsManagerRendezvous {
         )
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.credentials.set(node_id, credential);
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.credentials.get(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
         rules::validate_register(req)?;
+        let presented = self.credentials.get(&req.node_id);
+        let fresh = new_credential()?;
         let r = self
-            .mutate("register", |m, now| m.register(now, req))
-            .await?;
-        Ok(r.into_inner())
+            .mutate("register", |m, now| {
+                m.register(now, req, presented.as_ref(), &fresh)
+            })
+            .await?
+            .into_inner();
+        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
         rules::validate_node_id(node_id)?;
         let ttl_ms = ttl_ms(ttl);
+        let presented = self.credentials.get(node_id);
+        let presented = presented.as_ref();
         match self
-            .mutate("claim", |m, now| m.claim(now, node_id, ttl_ms))
+            .mutate("claim", |m, now| m.claim(now, node_id, ttl_ms, presented))
             .await?
         {
             Mutated::Unchanged(r) => Ok(r),
@@ -430,7 +482,9 @@ impl Rendezvous for SecretsManagerRendezvous {
                     )));
                 };
                 let Outcome { answer, change } =
-                    snap.doc.cluster.claim(now_ms(), node_id, ttl_ms)?;
+                    snap.doc
+                        .cluster
+                        .claim(now_ms(), node_id, ttl_ms, presented)?;
                 if !change.is_empty() {
                     return Err(RendezvousError::Transient(format!(
                         "the init lease written for node {node_id} on secret {} had already \
@@ -463,16 +517,18 @@ impl Rendezvous for SecretsManagerRendezvous {
             fencing_token,
             ttl_ms: ttl_ms(ttl),
         };
+        let presented = self.credentials.get(node_id);
         let r = self
-            .mutate("renew", |m, now| rules::renew(&m.state, now, &req))
+            .mutate("renew", |m, now| m.renew(now, &req, presented.as_ref()))
             .await?;
         Ok(r.into_inner())
     }
 
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
         rules::validate_publish(req)?;
+        let presented = self.credentials.get(&req.node_id);
         let r = self
-            .mutate("publish", |m, now| rules::publish(&m.state, now, req))
+            .mutate("publish", |m, now| m.publish(now, req, presented.as_ref()))
             .await?;
         if let Mutated::Written(_) = r {
             tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
@@ -481,8 +537,9 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
+        let presented = self.credentials.get(node_id);
         self.poll(wait, |m, now| {
-            let j = m.join(now, node_id)?;
+            let j = m.join(now, node_id, presented.as_ref())?;
             Ok((j.join.is_some(), j))
         })
         .await
@@ -496,10 +553,18 @@ impl Rendezvous for SecretsManagerRendezvous {
         Ok(doc.cluster.status(now_ms()))
     }
 
-    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus> {
+    /// On Secrets Manager the operator is whoever may write the secret (IAM): `operator` is not
+    /// required. When the stored cluster has an operator credential digest and `operator` is
+    /// given, it must match (`rules::check_operator`).
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus> {
         rules::validate_reset(req)?;
         let r = self
-            .mutate("reset", |m, now| rules::recover(&m.state, now, req))
+            .mutate("reset", |m, now| {
+                if m.state.operator_sha256.is_some() && operator.is_some() {
+                    rules::check_operator(&m.state, operator)?;
+                }
+                rules::recover(&m.state, now, req)
+            })
             .await?;
         tracing::warn!(node = %req.node_id, lost_swarm = %req.swarm_id,
             "cluster reset by `swarm-agent recover`: one new init is allowed");
@@ -508,7 +573,10 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
         rules::validate_sync(req)?;
-        let r = self.mutate("sync", |m, now| m.sync(now, req)).await?;
+        let presented = self.credentials.get(&req.node_id);
+        let r = self
+            .mutate("sync", |m, now| m.sync(now, req, presented.as_ref()))
+            .await?;
         if let Mutated::Written(a) = &r {
             if !a.pruned.is_empty() {
                 tracing::info!(node = %req.node_id, pruned = ?a.pruned, managers = a.manager_count,
@@ -520,7 +588,15 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
         rules::validate_adopt(req)?;
-        let r = self.mutate("adopt", |m, now| m.adopt(now, req)).await?;
+        let presented = self.credentials.get(&req.node_id);
+        let fresh = new_credential()?;
+        let r = self
+            .mutate("adopt", |m, now| {
+                m.adopt(now, req, presented.as_ref(), &fresh)
+            })
+            .await?;
+        let (Mutated::Written(a) | Mutated::Unchanged(a)) = &r;
+        self.credentials.keep(&req.node_id, a.credential.as_ref());
         if let Mutated::Written(a) = &r {
             if a.adopted {
                 tracing::info!(
@@ -552,6 +628,7 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
@@ -559,9 +636,13 @@ impl Rendezvous for SecretsManagerRendezvous {
         let write = DocumentWrite {
             expected_version,
             body: body.clone(),
+            node_id: node_id.to_string(),
         };
+        let presented = self.credentials.get(node_id);
         let r = self
-            .mutate("put_doc", |m, _| m.put_doc(name, &write))
+            .mutate("put_doc", |m, _| {
+                m.put_doc(name, &write, presented.as_ref())
+            })
             .await?;
         Ok(r.into_inner())
     }
