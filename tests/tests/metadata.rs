@@ -1,0 +1,167 @@
+//! Containers cannot read the node's secrets from the cloud's metadata service (issue 14).
+//!
+//! A 2-host lab. node2 plays the cloud's metadata service: 169.254.169.254 on its loopback and a
+//! busybox httpd serving `/latest/user-data` (a marker standing for the join secret). node1 routes
+//! 169.254.169.254 through node2, as a VM routes it off-host. Then, on node1:
+//! 1. a process on the host reads the user-data, and so does a container (the control: this is
+//!    what an attacker's container gets today, and proves the test can fail);
+//! 2. `cloud-init/swarmstrap-metadata-block.sh` runs in node1's network namespace (twice: it is
+//!    idempotent);
+//! 3. a container no longer gets an answer (its connection is rejected), a process on the host
+//!    still does.
+//!
+//! Traffic stays inside the lab: 169.254.169.254 exists only in node2's namespace, and only
+//! node1's namespace has a route to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use swarmstrap_lab::cmd::{run, run_unchecked};
+use swarmstrap_lab::{wait_for, Host, Lab, LabConfig};
+
+const METADATA: &str = "169.254.169.254";
+const MARKER: &str = "swarmstrap-join-secret-marker-7f3a";
+/// An HTTP GET with busybox `nc` (Debian's static busybox `wget` segfaults on this machine).
+const GET: &str =
+    "printf 'GET /latest/user-data HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn in_netns(host: &Host, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", host.netns_path().display()))
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// A GET of the user-data from node1 itself (not a container).
+fn host_get(host: &Host) -> swarmstrap_lab::Result<Option<String>> {
+    let out = run_unchecked(in_netns(host, "busybox").args(["sh", "-c", GET]))?;
+    Ok((out.success() && out.stdout.contains(MARKER)).then_some(MARKER.to_string()))
+}
+
+/// A GET of the user-data from a container on `host` (default bridge network).
+fn container_get(host: &Host) -> anyhow::Result<(bool, String)> {
+    let out = host.docker_output(&["run", "--rm", "bb", "sh", "-c", GET])?;
+    Ok((out.success(), format!("{}{}", out.stdout, out.stderr)))
+}
+
+fn rules(host: &Host) -> anyhow::Result<String> {
+    Ok(run(in_netns(host, "iptables").args(["-w", "-S", "DOCKER-USER"]))?.stdout)
+}
+
+#[test]
+fn containers_cannot_reach_the_metadata_service_once_blocked_the_host_still_can(
+) -> anyhow::Result<()> {
+    let lab = Lab::start(LabConfig::new(2))?;
+    let r = scenario(&lab);
+    if r.is_err() {
+        for h in lab.hosts() {
+            eprintln!(
+                "--- {} DOCKER-USER:\n{}",
+                h.name(),
+                rules(h).unwrap_or_default()
+            );
+            for args in [&["addr"][..], &["route"][..]] {
+                let out = run_unchecked(in_netns(h, "ip").args(args));
+                eprintln!("--- {} ip {args:?}:\n{:?}", h.name(), out.map(|o| o.stdout));
+            }
+            let out = run_unchecked(in_netns(h, "busybox").args(["sh", "-c", GET]));
+            eprintln!(
+                "--- {} GET: {:?}",
+                h.name(),
+                out.map(|o| (o.status, o.stdout, o.stderr))
+            );
+        }
+    }
+    let report = lab.teardown()?;
+    assert!(report.is_clean(), "lab teardown left: {report:?}");
+    r
+}
+
+fn scenario(lab: &Lab) -> anyhow::Result<()> {
+    let (node1, node2) = (lab.host(0), lab.host(1));
+    lab.import_image(
+        node1,
+        "bb",
+        &lab.build_image_tar("bb.tar", &swarmstrap_lab::image::busybox_entries()?)?,
+    )?;
+
+    // node2: the fake metadata service.
+    let www = lab.root().join("metadata-www");
+    std::fs::create_dir_all(www.join("latest"))?;
+    std::fs::write(www.join("latest/user-data"), MARKER)?;
+    run(in_netns(node2, "ip").args(["addr", "add", &format!("{METADATA}/32"), "dev", "lo"]))?;
+    let mut httpd = Command::new("busybox");
+    httpd
+        .args(["httpd", "-f", "-p", &format!("{METADATA}:80"), "-h"])
+        .arg(&www);
+    node2.spawn_in_netns("metadata-httpd", httpd)?;
+    // node1: off-host route to it, as on a VM.
+    run(in_netns(node1, "ip").args([
+        "route",
+        "add",
+        &format!("{METADATA}/32"),
+        "via",
+        &node2.addr().to_string(),
+    ]))?;
+
+    // 1. Before the block: the host and a container both read it (the control).
+    wait_for(
+        Duration::from_secs(20),
+        "node1 reads the fake user-data",
+        || {
+            Ok(match host_get(node1)? {
+                Some(body) if body == MARKER => Ok(()),
+                other => Err(format!("got {other:?}")),
+            })
+        },
+    )?;
+    let (ok, out) = container_get(node1)?;
+    assert!(
+        ok && out.contains(MARKER),
+        "control: before the block a container must read the user-data (else this test proves \
+         nothing); got ok={ok} {out:?}"
+    );
+    println!(
+        "before the block: a container on node1 read the user-data ({} bytes)",
+        MARKER.len()
+    );
+
+    // 2. The block, twice (idempotent).
+    let script = repo_root().join("cloud-init/swarmstrap-metadata-block.sh");
+    for _ in 0..2 {
+        let out = run(in_netns(node1, "sh").arg(&script))?;
+        println!("block script: {}", out.stderr.trim());
+    }
+    let r = rules(node1)?;
+    let ours = r.lines().filter(|l| l.contains("swarmstrap")).count();
+    assert_eq!(
+        ours, 4,
+        "2 addresses x tcp/udp, added once each; DOCKER-USER:\n{r}"
+    );
+
+    // 3. After: the container is refused, the host still reads it.
+    let (ok, out) = container_get(node1)?;
+    assert!(
+        !ok && !out.contains(MARKER),
+        "after the block a container must not read the user-data; got ok={ok} {out:?}"
+    );
+    println!(
+        "after the block: the container's request failed: {}",
+        out.trim()
+    );
+    assert_eq!(
+        host_get(node1)?.as_deref(),
+        Some(MARKER),
+        "the host itself must still reach the metadata service"
+    );
+    println!("after the block: node1 itself still reads the user-data");
+    Ok(())
+}
