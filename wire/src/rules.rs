@@ -1179,8 +1179,9 @@ pub fn sync(
     presented: Option<&Secret>,
 ) -> Result<Outcome<SyncResponse>> {
     validate_sync(req)?;
-    let caller = nodes.iter().find(|n| n.node_id == req.node_id);
-    authenticate_manager(st, caller, &req.node_id, presented, "sync the cluster")?;
+    // The swarm first: a cluster that lost its formation lost its registrations with it, and
+    // `swarm_mismatch` (not `node_not_registered`) is what tells the leader's agent to adopt.
+    // It reveals nothing the status does not show.
     let Some(f) = st.formed.as_ref().filter(|f| f.swarm_id == req.swarm_id) else {
         return Err(RuleError::new(
             Code::SwarmMismatch,
@@ -1195,6 +1196,8 @@ pub fn sync(
             ),
         ));
     };
+    let caller = nodes.iter().find(|n| n.node_id == req.node_id);
+    authenticate_manager(st, caller, &req.node_id, presented, "sync the cluster")?;
     let members: BTreeMap<&str, Role> = req
         .members
         .iter()
@@ -1457,7 +1460,8 @@ pub fn put_doc(
         DOC_REJOINS if !manager => {
             docs::check_own_entries(name, &current.body, &write.body, &write.node_id, |k, _| {
                 Some(k.to_string())
-            })?
+            })?;
+            docs::check_worker_rejoin(&current.body, &write.body, &write.node_id)?
         }
         _ => {}
     }

@@ -2,13 +2,18 @@
 //!
 //! - `membership` (the load-balancer node list; every value may reach an nginx template):
 //!   `{"nodes": [{id, hostname, addr, role, state, availability, leader, labels}]}` with node
-//!   ids `[A-Za-z0-9]{1,64}`, RFC 1123 host names, IP addresses, the swarm's enum values, label
+//!   ids `[A-Za-z0-9]{1,64}`, RFC 1123 host names, IP addresses (both may be empty: not
+//!   reported by the engine), the swarm's enum values, label
 //!   keys `[A-Za-z0-9._/-]{1,128}` and label values of at most 256 characters from
 //!   `[A-Za-z0-9 ._:/=,@+-]` (no quote, brace, semicolon, `$`, backslash or control character:
 //!   nothing that is nginx syntax). Unknown fields are refused.
 //! - `drains`, `rejoins` (lifecycle requests): objects whose entries a worker may add, change or
 //!   remove only for itself (`drains`: entries whose `agent_node_id` is the writer;
 //!   `rejoins`: the entry keyed by the writer's node id). A manager may write any entry.
+//!   A rejoin request makes its node a manager (the keeper's sync hands it the manager role),
+//!   so only a manager creates or removes one: a worker only moves the state of its own,
+//!   forward (`requested` → `rejoining` → `rejoined` | `failed`), with `updated_ms` and
+//!   `message`, and changes nothing else in it.
 //! - `keeper`: a manager only.
 //!
 //! Every string in any document is at most 4,096 characters without control characters (they
@@ -35,8 +40,7 @@ pub(super) fn is_hostname(s: &str) -> bool {
 fn is_label_key(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
 }
 
@@ -44,7 +48,10 @@ fn is_label_value(s: &str) -> bool {
     s.chars().count() <= 256
         && s.bytes().all(|b| {
             b.is_ascii_alphanumeric()
-                || matches!(b, b' ' | b'.' | b'_' | b':' | b'/' | b'=' | b',' | b'@' | b'+' | b'-')
+                || matches!(
+                    b,
+                    b' ' | b'.' | b'_' | b':' | b'/' | b'=' | b',' | b'@' | b'+' | b'-'
+                )
         })
 }
 
@@ -126,7 +133,9 @@ pub(super) fn check_membership(body: &Value) -> Result<()> {
             .as_object()
             .ok_or_else(|| invalid(format!("membership node {i} must be an object")))?;
         if let Some(k) = m.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-            return Err(invalid(format!("membership node {i} has an unknown field {k:?}")));
+            return Err(invalid(format!(
+                "membership node {i} has an unknown field {k:?}"
+            )));
         }
         let id = str_field(m, i, "id")?;
         if !is_node_id(id) {
@@ -134,14 +143,16 @@ pub(super) fn check_membership(body: &Value) -> Result<()> {
                 "membership node {i}: id {id:?} is not a node id (1-64 letters and digits)"
             )));
         }
+        // Empty: the engine did not report it (a node that never reached the manager); such a
+        // node takes no traffic, and refusing it would stop the whole membership.
         let host = str_field(m, i, "hostname")?;
-        if !is_hostname(host) {
+        if !host.is_empty() && !is_hostname(host) {
             return Err(invalid(format!(
                 "membership node {i}: hostname {host:?} is not an RFC 1123 host name"
             )));
         }
         let addr = str_field(m, i, "addr")?;
-        if addr.parse::<IpAddr>().is_err() {
+        if !addr.is_empty() && addr.parse::<IpAddr>().is_err() {
             return Err(invalid(format!(
                 "membership node {i}: addr {addr:?} is not an IP address"
             )));
@@ -161,7 +172,9 @@ pub(super) fn check_membership(body: &Value) -> Result<()> {
         )?;
         if let Some(l) = m.get("leader") {
             if !l.is_boolean() {
-                return Err(invalid(format!("membership node {i}: leader must be true or false")));
+                return Err(invalid(format!(
+                    "membership node {i}: leader must be true or false"
+                )));
             }
         }
         if let Some(labels) = m.get("labels") {
@@ -231,6 +244,55 @@ pub(super) fn check_own_entries(
                 return Err(RuleErrorExt::not_own(name, k, writer));
             }
         }
+    }
+    Ok(())
+}
+
+/// A worker's write of the `rejoins` document (its own entry only: [`check_own_entries`]
+/// first): see the module docs.
+pub(super) fn check_worker_rejoin(old: &Value, new: &Value, writer: &str) -> Result<()> {
+    const NAME: &str = "rejoins";
+    let o = requests(NAME, old)
+        .ok()
+        .flatten()
+        .and_then(|m| m.get(writer));
+    let n = requests(NAME, new)?.and_then(|m| m.get(writer));
+    if o == n {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        super::RuleError::new(
+            super::Code::NotAManager,
+            format!("node {writer:?} is a worker: in document {NAME:?} {why}"),
+        )
+    };
+    let (Some(Value::Object(o)), Some(Value::Object(n))) = (o, n) else {
+        return Err(refuse(
+            "only the quorum keeper (a manager) creates or removes a rejoin request; a worker \
+             only moves the state of its own",
+        ));
+    };
+    const MUTABLE: [&str; 3] = ["state", "updated_ms", "message"];
+    let keys: std::collections::BTreeSet<&String> = o.keys().chain(n.keys()).collect();
+    if let Some(k) = keys
+        .into_iter()
+        .find(|k| !MUTABLE.contains(&k.as_str()) && o.get(*k) != n.get(*k))
+    {
+        return Err(refuse(&format!(
+            "it may change only the state, updated_ms and message of its request, not {k:?}"
+        )));
+    }
+    let from = o.get("state").and_then(Value::as_str).unwrap_or_default();
+    let to = n.get("state").and_then(Value::as_str).unwrap_or_default();
+    let allowed: &[&str] = match from {
+        "requested" => &["rejoining", "rejoined", "failed"],
+        "rejoining" => &["rejoined", "failed"],
+        _ => &[],
+    };
+    if !allowed.contains(&to) {
+        return Err(refuse(&format!(
+            "it may move its request's state only forward, not from {from:?} to {to:?}"
+        )));
     }
     Ok(())
 }
