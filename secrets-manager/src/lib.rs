@@ -32,6 +32,11 @@
 //! stores it and hands it back with [`Rendezvous::set_credential`]). The check runs inside
 //! the rulebook on the freshly read document, like every other rule: a node cannot register
 //! again, claim, renew, publish, join, sync, adopt or write documents under another node's id.
+//! A registration (or adoption) whose write committed but whose answer was lost (a timeout,
+//! a failed read after the write) must not lock the node out of its own id: the fresh
+//! credential an instance offers for a node id stays the same until it holds one for that id,
+//! and a call refused with `bad_node_credential` is judged once more with that offered
+//! credential (see `Presenting`).
 //! Documents are typed (`rules::put_doc`): only managers write the membership and keeper
 //! documents, a worker changes only its own drains/rejoins entries.
 //!
@@ -58,7 +63,9 @@ use aws::{CallCounter, CountingInterceptor, Snapshot, Store, WriteOutcome};
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::Region;
 use doc::{ClusterDoc, Step};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
@@ -167,6 +174,79 @@ pub struct SecretsManagerRendezvous {
     region: String,
     calls: Arc<CallCounter>,
     credentials: Credentials,
+    offered: Offered,
+}
+
+/// The fresh credential this instance offers for each node id it holds no credential for
+/// yet: the same one on every attempt, so an attempt whose write committed but whose answer
+/// was lost is not a lockout (the next attempt presents it).
+#[derive(Default)]
+struct Offered(Mutex<HashMap<String, Secret>>);
+
+impl Offered {
+    fn get(&self, node_id: &str) -> Option<Secret> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    fn get_or_make(&self, node_id: &str) -> Result<Secret> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(node_id) {
+            return Ok(c.clone());
+        }
+        let c = new_credential()?;
+        m.insert(node_id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, node_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node_id);
+    }
+}
+
+impl std::fmt::Debug for Offered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Offered(<{n} redacted>)")
+    }
+}
+
+/// The credentials one call may present for its node id: the one held, and the one offered
+/// in an earlier registration or adoption whose answer never arrived.
+struct Presenting {
+    held: Option<Secret>,
+    offered: Option<Secret>,
+    /// The last judgement accepted the offered credential (it is the node's now).
+    offered_accepted: AtomicBool,
+}
+
+impl Presenting {
+    /// Judge `rule` with the held credential (or, holding none, the offered one); when that is
+    /// refused with `bad_node_credential` and an offered credential exists, once more with it.
+    fn judge<T>(&self, rule: impl Fn(Option<&Secret>) -> rules::Result<T>) -> rules::Result<T> {
+        let first = self.held.as_ref().or(self.offered.as_ref());
+        let r = rule(first);
+        let (r, by_offered) = match (&r, &self.held, &self.offered) {
+            (Err(e), Some(h), Some(o)) if e.code == Code::BadNodeCredential && h != o => {
+                match rule(Some(o)) {
+                    Ok(t) => (Ok(t), true),
+                    Err(_) => (r, false),
+                }
+            }
+            _ => {
+                let by_offered = r.is_ok() && self.held.is_none() && self.offered.is_some();
+                (r, by_offered)
+            }
+        };
+        self.offered_accepted.store(by_offered, Ordering::Relaxed);
+        r
+    }
 }
 
 impl SecretsManagerRendezvous {
@@ -226,6 +306,7 @@ impl SecretsManagerRendezvous {
             region,
             calls,
             credentials: Credentials::default(),
+            offered: Offered::default(),
         })
     }
 
@@ -264,6 +345,38 @@ impl SecretsManagerRendezvous {
             );
         }
         Ok(r.into_inner())
+    }
+
+    /// What a call for `node_id` presents; `offer`: make a fresh credential to offer if none
+    /// is on offer yet (registration, adoption), returned as the second value.
+    fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
+        let fresh = if offer {
+            Some(self.offered.get_or_make(node_id)?)
+        } else {
+            None
+        };
+        Ok((
+            Presenting {
+                held: self.credentials.get(node_id),
+                offered: fresh.clone().or_else(|| self.offered.get(node_id)),
+                offered_accepted: AtomicBool::new(false),
+            },
+            fresh,
+        ))
+    }
+
+    /// After a call succeeded: keep the credential it issued, or the offered one it accepted.
+    fn settle(&self, node_id: &str, p: &Presenting, issued: Option<&Secret>) {
+        let kept = issued.cloned().or_else(|| {
+            p.offered_accepted
+                .load(Ordering::Relaxed)
+                .then(|| p.offered.clone())
+                .flatten()
+        });
+        if let Some(c) = kept {
+            self.credentials.set(node_id, c);
+            self.offered.forget(node_id);
+        }
     }
 
     /// The document of this cluster before anyone wrote it (the target is written by whoever
@@ -447,27 +560,29 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
         rules::validate_register(req)?;
-        let presented = self.credentials.get(&req.node_id);
-        let fresh = new_credential()?;
+        let (p, fresh) = self.presenting(&req.node_id, true)?;
+        let fresh = fresh.expect("offered");
         let r = self
             .mutate("register", |m, now| {
-                m.register(now, req, presented.as_ref(), &fresh)
+                p.judge(|c| m.register(now, req, c, &fresh))
             })
             .await?
             .into_inner();
-        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        self.settle(&req.node_id, &p, r.credential.as_ref());
         Ok(r)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
         rules::validate_node_id(node_id)?;
         let ttl_ms = ttl_ms(ttl);
-        let presented = self.credentials.get(node_id);
-        let presented = presented.as_ref();
-        match self
-            .mutate("claim", |m, now| m.claim(now, node_id, ttl_ms, presented))
-            .await?
-        {
+        let (p, _) = self.presenting(node_id, false)?;
+        let r = self
+            .mutate("claim", |m, now| {
+                p.judge(|c| m.claim(now, node_id, ttl_ms, c))
+            })
+            .await?;
+        self.settle(node_id, &p, None);
+        match r {
             Mutated::Unchanged(r) => Ok(r),
             Mutated::Written(_) => {
                 // Read back before reporting the grant: the agent runs `swarm init` only when
@@ -482,9 +597,7 @@ impl Rendezvous for SecretsManagerRendezvous {
                     )));
                 };
                 let Outcome { answer, change } =
-                    snap.doc
-                        .cluster
-                        .claim(now_ms(), node_id, ttl_ms, presented)?;
+                    p.judge(|c| snap.doc.cluster.claim(now_ms(), node_id, ttl_ms, c))?;
                 if !change.is_empty() {
                     return Err(RendezvousError::Transient(format!(
                         "the init lease written for node {node_id} on secret {} had already \
@@ -517,19 +630,21 @@ impl Rendezvous for SecretsManagerRendezvous {
             fencing_token,
             ttl_ms: ttl_ms(ttl),
         };
-        let presented = self.credentials.get(node_id);
+        let (p, _) = self.presenting(node_id, false)?;
         let r = self
-            .mutate("renew", |m, now| m.renew(now, &req, presented.as_ref()))
+            .mutate("renew", |m, now| p.judge(|c| m.renew(now, &req, c)))
             .await?;
+        self.settle(node_id, &p, None);
         Ok(r.into_inner())
     }
 
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
         rules::validate_publish(req)?;
-        let presented = self.credentials.get(&req.node_id);
+        let (p, _) = self.presenting(&req.node_id, false)?;
         let r = self
-            .mutate("publish", |m, now| m.publish(now, req, presented.as_ref()))
+            .mutate("publish", |m, now| p.judge(|c| m.publish(now, req, c)))
             .await?;
+        self.settle(&req.node_id, &p, None);
         if let Mutated::Written(_) = r {
             tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
         }
@@ -537,12 +652,15 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
-        let presented = self.credentials.get(node_id);
-        self.poll(wait, |m, now| {
-            let j = m.join(now, node_id, presented.as_ref())?;
-            Ok((j.join.is_some(), j))
-        })
-        .await
+        let (p, _) = self.presenting(node_id, false)?;
+        let j = self
+            .poll(wait, |m, now| {
+                let j = p.judge(|c| m.join(now, node_id, c))?;
+                Ok((j.join.is_some(), j))
+            })
+            .await?;
+        self.settle(node_id, &p, None);
+        Ok(j)
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
@@ -573,10 +691,11 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
         rules::validate_sync(req)?;
-        let presented = self.credentials.get(&req.node_id);
+        let (p, _) = self.presenting(&req.node_id, false)?;
         let r = self
-            .mutate("sync", |m, now| m.sync(now, req, presented.as_ref()))
+            .mutate("sync", |m, now| p.judge(|c| m.sync(now, req, c)))
             .await?;
+        self.settle(&req.node_id, &p, None);
         if let Mutated::Written(a) = &r {
             if !a.pruned.is_empty() {
                 tracing::info!(node = %req.node_id, pruned = ?a.pruned, managers = a.manager_count,
@@ -588,15 +707,13 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
         rules::validate_adopt(req)?;
-        let presented = self.credentials.get(&req.node_id);
-        let fresh = new_credential()?;
+        let (p, fresh) = self.presenting(&req.node_id, true)?;
+        let fresh = fresh.expect("offered");
         let r = self
-            .mutate("adopt", |m, now| {
-                m.adopt(now, req, presented.as_ref(), &fresh)
-            })
+            .mutate("adopt", |m, now| p.judge(|c| m.adopt(now, req, c, &fresh)))
             .await?;
         let (Mutated::Written(a) | Mutated::Unchanged(a)) = &r;
-        self.credentials.keep(&req.node_id, a.credential.as_ref());
+        self.settle(&req.node_id, &p, a.credential.as_ref());
         if let Mutated::Written(a) = &r {
             if a.adopted {
                 tracing::info!(
@@ -638,12 +755,11 @@ impl Rendezvous for SecretsManagerRendezvous {
             body: body.clone(),
             node_id: node_id.to_string(),
         };
-        let presented = self.credentials.get(node_id);
+        let (p, _) = self.presenting(node_id, false)?;
         let r = self
-            .mutate("put_doc", |m, _| {
-                m.put_doc(name, &write, presented.as_ref())
-            })
+            .mutate("put_doc", |m, _| p.judge(|c| m.put_doc(name, &write, c)))
             .await?;
+        self.settle(node_id, &p, None);
         Ok(r.into_inner())
     }
 }
