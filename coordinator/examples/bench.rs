@@ -156,7 +156,15 @@ async fn run(clients: usize) -> anyhow::Result<()> {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--tls-self-signed",
+            // Every simulated node connects from 127.0.0.1: lift the per-address caps (a real
+            // fleet comes from one address per node).
+            "--max-connections-per-address",
+            "1000000",
+            "--max-long-polls-per-address",
+            "1000000",
             "--data-dir",
         ])
         .arg(&data)
@@ -272,10 +280,11 @@ async fn run(clients: usize) -> anyhow::Result<()> {
             let reg = timed(0, client.post(url("/nodes")).bearer_auth(&secret).json(&json!({
                 "node_id": node, "hostname": node, "advertise_addr": "198.18.1.1", "role": "auto"})))
             .await;
-            if reg.is_none() {
-                return;
-            }
-            let claim = timed(1, client.post(url("/claim")).bearer_auth(&secret)
+            let Some(reg) = reg else { return };
+            // The node's own credential, issued by its registration, on every later call.
+            let cred = reg["credential"].as_str().unwrap_or_default().to_string();
+            const CRED: &str = swarmstrap_wire::NODE_CREDENTIAL_HEADER;
+            let claim = timed(1, client.post(url("/claim")).bearer_auth(&secret).header(CRED, &cred)
                 .json(&json!({"node_id": node, "ttl_ms": 120_000})))
             .await;
             let Some(claim) = claim else { return };
@@ -306,7 +315,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                 rss_parked.store(rss_kib(pid, "VmRSS:"), Ordering::Relaxed);
                 let token = claim["lease"]["fencing_token"].as_u64().unwrap();
                 *published_at.lock().unwrap() = Some(Instant::now());
-                let r = timed(2, client.post(url("/publish")).bearer_auth(&secret).json(&json!({
+                let r = timed(2, client.post(url("/publish")).bearer_auth(&secret).header(CRED, &cred).json(&json!({
                     "node_id": node, "fencing_token": token, "swarm_id": "bench-swarm",
                     "ca_digest": format!("sha256:{}", "cd".repeat(32)),
                     "manager_addrs": ["198.18.1.1:2377"],
@@ -316,7 +325,7 @@ async fn run(clients: usize) -> anyhow::Result<()> {
                 return;
             }
             loop {
-                let r = client.get(url(&format!("/join?node_id={node}&wait=60"))).bearer_auth(&secret).send().await;
+                let r = client.get(url(&format!("/join?node_id={node}&wait=60"))).bearer_auth(&secret).header(CRED, &cred).send().await;
                 requests.fetch_add(1, Ordering::Relaxed);
                 let body = match r {
                     Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),

@@ -406,13 +406,21 @@ async fn start_coordinator(args: &Args, tmp: &Path) -> Result<Running> {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
         "--tls-self-signed",
+        // Every simulated agent connects from 127.0.0.1: lift the per-address caps (a real
+        // fleet comes from one address per node).
+        "--max-connections-per-address",
+        "1000000",
+        "--max-long-polls-per-address",
+        "1000000",
         "--data-dir",
     ])
     .arg(&data);
     let mut notes = vec![];
     if args.coordinator_default_limits {
-        notes.push("coordinator limits: defaults (10,000 connections, 8,192 long-polls)".into());
+        notes.push("coordinator limits: defaults (16,384 connections, 16,000 long-polls, 12,000 per cluster)".into());
     } else {
         let conns = (args.agents + 64).max(10_000);
         let polls = (args.agents + 64).max(8_192);
@@ -422,7 +430,7 @@ async fn start_coordinator(args: &Args, tmp: &Path) -> Result<Running> {
             .arg(polls.to_string());
         notes.push(format!(
             "coordinator limits: --max-connections {conns} --max-long-polls {polls} \
-             (defaults 10,000 / 8,192)"
+             (defaults 16,384 / 16,000)"
         ));
     }
     // The shipped default log level (one line per request) unless the caller set one.
@@ -847,15 +855,26 @@ fn tokens_body(node: &str, fence: u64) -> Value {
         "manager_token": "SWMTKN-1-bench-manager", "worker_token": "SWMTKN-1-bench-worker"})
 }
 
+/// A membership document as the leader's agent writes it (the coordinator validates its typed
+/// schema: wire/src/rules/docs.rs); write `k` is told apart by a label of the first node.
 fn membership_body(k: u64, nodes: usize) -> Value {
     let list: Vec<Value> = (0..nodes)
         .map(|i| {
-            json!({"node_id": format!("node-{i:05}"), "addr": format!("198.18.{}.{}", i / 250, i % 250 + 1),
-                "role": if i < 3 { "manager" } else { "worker" }, "state": "ready", "availability": "active"})
+            let mut n = json!({"id": format!("node{i:05}"), "hostname": format!("node-{i:05}"),
+                "addr": format!("198.18.{}.{}", i / 250, i % 250 + 1),
+                "role": if i < 3 { "manager" } else { "worker" }, "state": "ready",
+                "availability": "active", "leader": i == 0});
+            if i == 0 {
+                n["labels"] = json!({"generation": k.to_string()});
+            }
+            n
         })
         .collect();
-    json!({"generation": k, "leader": "node-00000", "nodes": list})
+    json!({"nodes": list})
 }
+
+/// The header of a node's own credential (issued by its registration).
+const CRED: &str = swarmstrap_wire::NODE_CREDENTIAL_HEADER;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
@@ -873,7 +892,8 @@ async fn op_connect(t: &Target, c: &Client) -> Result<()> {
     call_ok(c.get(url), "connect").await.map(|_| ())
 }
 
-async fn op_register(t: &Target, c: &Client, node: &str) -> Result<()> {
+/// Register; the coordinator answers the node's credential (etcd: none, empty).
+async fn op_register(t: &Target, c: &Client, node: &str) -> Result<String> {
     match t.kind {
         Kind::Coordinator { .. } => call_ok(
             c.post(t.coord("/nodes"))
@@ -882,7 +902,7 @@ async fn op_register(t: &Target, c: &Client, node: &str) -> Result<()> {
             "register",
         )
         .await
-        .map(|_| ()),
+        .map(|v| v["credential"].as_str().unwrap_or_default().to_string()),
         Kind::Etcd { .. } => {
             let key = format!("/c/nodes/{node}");
             let value = register_body(node).to_string();
@@ -892,17 +912,18 @@ async fn op_register(t: &Target, c: &Client, node: &str) -> Result<()> {
                 "put",
             )
             .await
-            .map(|_| ())
+            .map(|_| String::new())
         }
     }
 }
 
-async fn op_claim(t: &Target, c: &Client, node: &str) -> Result<Claim> {
+async fn op_claim(t: &Target, c: &Client, node: &str, cred: &str) -> Result<Claim> {
     match t.kind {
         Kind::Coordinator { .. } => {
             let (st, v) = call(
                 c.post(t.coord("/claim"))
                     .bearer_auth(t.secret())
+                    .header(CRED, cred)
                     .json(&json!({"node_id": node, "ttl_ms": LEASE_TTL_SECS * 1000})),
             )
             .await?;
@@ -946,11 +967,12 @@ async fn op_claim(t: &Target, c: &Client, node: &str) -> Result<Claim> {
     }
 }
 
-async fn op_publish(t: &Target, c: &Client, node: &str, fence: u64) -> Result<()> {
+async fn op_publish(t: &Target, c: &Client, node: &str, cred: &str, fence: u64) -> Result<()> {
     match t.kind {
         Kind::Coordinator { .. } => call_ok(
             c.post(t.coord("/publish"))
                 .bearer_auth(t.secret())
+                .header(CRED, cred)
                 .json(&tokens_body(node, fence)),
             "publish",
         )
@@ -974,14 +996,24 @@ async fn op_publish(t: &Target, c: &Client, node: &str, fence: u64) -> Result<()
 }
 
 /// Compare-and-set write number `k` (1-based). `prev`: coordinator version / etcd mod_revision.
-async fn op_write(t: &Target, c: &Client, k: u64, prev: &mut u64, nodes: usize) -> Result<()> {
+/// Compare-and-set write number `k` (1-based) by the leader `node`. `prev`: coordinator version
+/// / etcd mod_revision.
+async fn op_write(
+    t: &Target,
+    c: &Client,
+    (node, cred): (&str, &str),
+    k: u64,
+    prev: &mut u64,
+    nodes: usize,
+) -> Result<()> {
     let body = membership_body(k, nodes);
     match t.kind {
         Kind::Coordinator { .. } => {
             let v = call_ok(
                 c.put(t.coord("/docs/membership"))
                     .bearer_auth(t.secret())
-                    .json(&json!({"expected_version": *prev, "body": body})),
+                    .header(CRED, cred)
+                    .json(&json!({"node_id": node, "expected_version": *prev, "body": body})),
                 "membership PUT",
             )
             .await?;
@@ -1007,11 +1039,18 @@ async fn op_write(t: &Target, c: &Client, k: u64, prev: &mut u64, nodes: usize) 
 
 /// A coordinator long-poll; a 503 (too many long-polls) is retried after its Retry-After, as
 /// the agent does.
-async fn coord_long_poll(t: &Target, c: &Client, shared: &Shared, url: &str) -> Result<Value> {
+async fn coord_long_poll(
+    t: &Target,
+    c: &Client,
+    shared: &Shared,
+    url: &str,
+    cred: &str,
+) -> Result<Value> {
     loop {
         let r = c
             .get(url)
             .bearer_auth(t.secret())
+            .header(CRED, cred)
             .timeout(Duration::from_secs(WAIT_SECS + 60))
             .send()
             .await?;
@@ -1091,13 +1130,11 @@ async fn agent_steps(i: usize, t: &Target, shared: &Shared, out: &mut AgentOut) 
     let permit = shared.inflight.acquire().await?;
     let c = t.client();
     out.connect = Some(timed(op_connect(t, &c)).await.context("connect")?.1);
-    out.register = Some(
-        timed(op_register(t, &c, &node))
-            .await
-            .context("register")?
-            .1,
-    );
-    let (claim, at) = timed(op_claim(t, &c, &node)).await.context("claim")?;
+    let (cred, at) = timed(op_register(t, &c, &node)).await.context("register")?;
+    out.register = Some(at);
+    let (claim, at) = timed(op_claim(t, &c, &node, &cred))
+        .await
+        .context("claim")?;
     out.claim = Some(at);
     out.outcome = Some(claim);
     drop(permit);
@@ -1107,7 +1144,7 @@ async fn agent_steps(i: usize, t: &Target, shared: &Shared, out: &mut AgentOut) 
             t,
             &c,
             shared,
-            &node,
+            (&node, &cred),
             fence,
             out.leader.as_mut().expect("set"),
         )
@@ -1117,7 +1154,7 @@ async fn agent_steps(i: usize, t: &Target, shared: &Shared, out: &mut AgentOut) 
         Kind::Coordinator { .. } => {
             loop {
                 let url = t.coord(&format!("/join?node_id={node}&wait={WAIT_SECS}"));
-                let v = coord_long_poll(t, &c, shared, &url)
+                let v = coord_long_poll(t, &c, shared, &url, &cred)
                     .await
                     .context("join long-poll")?;
                 if !v["join"].is_null() {
@@ -1130,7 +1167,7 @@ async fn agent_steps(i: usize, t: &Target, shared: &Shared, out: &mut AgentOut) 
             let mut have = 0u64;
             while have < shared.writes {
                 let url = t.coord(&format!("/docs/membership?after={have}&wait={WAIT_SECS}"));
-                let v = coord_long_poll(t, &c, shared, &url)
+                let v = coord_long_poll(t, &c, shared, &url, &cred)
                     .await
                     .context("membership long-poll")?;
                 let version = num(&v["version"]).context("document without a version")?;
@@ -1241,7 +1278,7 @@ async fn lead(
     t: &Target,
     c: &Client,
     shared: &Shared,
-    node: &str,
+    (node, cred): (&str, &str),
     fence: u64,
     out: &mut LeaderOut,
 ) -> Result<()> {
@@ -1252,7 +1289,7 @@ async fn lead(
     out.parked_at = Some(Instant::now());
     out.rss_parked_kib = sample_rss(shared, t.pid);
     shared.enter(P_TOKEN);
-    out.publish = Some(timed(op_publish(t, c, node, fence)).await?.1);
+    out.publish = Some(timed(op_publish(t, c, node, cred, fence)).await?.1);
     let mut prev = 0u64;
     for k in 1..=shared.writes {
         let ready = || {
@@ -1271,7 +1308,7 @@ async fn lead(
             shared.enter(P_MEMBERSHIP);
         }
         out.writes.push(
-            timed(op_write(t, c, k, &mut prev, shared.doc_nodes))
+            timed(op_write(t, c, (node, cred), k, &mut prev, shared.doc_nodes))
                 .await?
                 .1,
         );

@@ -27,15 +27,16 @@ use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimRequest, ClaimResponse, ClusterStatus, CreateCluster,
     CreatedCluster, Document, DocumentWrite, JoinResponse, PublishRequest, PublishResponse,
     RegisterRequest, RegisterResponse, RenewRequest, ResetRequest, Secret, SyncRequest,
-    SyncResponse, MAX_WAIT_SECS,
+    SyncResponse, MAX_WAIT_SECS, NODE_CREDENTIAL_HEADER, OPERATOR_CREDENTIAL_HEADER,
 };
 use tokio::sync::watch;
 
 /// Largest request body of an API call.
 pub const API_BODY_LIMIT: usize = 64 * 1024;
-/// Largest document body (serialized JSON) stored under `/docs/{name}`.
-pub const DOC_LIMIT: usize = 1024 * 1024;
-/// Largest `PUT /docs/{name}` request: the document plus its envelope.
+/// Largest document body (serialized JSON) stored under `/docs/{name}` (the rulebook's
+/// `MAX_DOC_BYTES`: a membership of 10,000 nodes fits; larger: 403 `quota_exceeded`).
+pub const DOC_LIMIT: usize = swarmstrap_wire::rules::MAX_DOC_BYTES;
+/// Largest `PUT /docs/{name}` request: the document plus its envelope (413 beyond it).
 pub const DOC_BODY_LIMIT: usize = DOC_LIMIT + 4096;
 /// Largest `POST /sync` request: the rulebook allows `rules::MAX_SYNC_MEMBERS` (10,000)
 /// members, each at most ~160 bytes of JSON (a 128-character node id), plus 64 manager
@@ -49,24 +50,41 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time allowed to receive a whole request body.
     pub body_read_timeout: Duration,
+    /// Time allowed to finish the TLS handshake (a connection that does not is closed).
     pub tls_handshake_timeout: Duration,
+    /// Most open connections on the public listener (TLS handshakes included); beyond it new
+    /// connections wait in the kernel's backlog. The service's `LimitNOFILE` must be above it.
     pub max_connections: usize,
+    /// Most open connections from one client address; beyond it a new one is closed at once.
+    pub max_connections_per_address: usize,
+    /// Most open long-polls in all (503 `too_many_long_polls` beyond it).
     pub max_long_polls: u64,
-    /// Failures in a row from one address before it is refused (429).
+    /// Most open long-polls of one cluster (503 `too_many_long_polls` beyond it), so one
+    /// cluster's secret holder cannot take every long-poll of the server.
+    pub max_long_polls_per_cluster: u64,
+    /// Most open long-polls from one client address (429 `too_many_long_polls` beyond it).
+    pub max_long_polls_per_address: u64,
+    /// Failed authentications from one (address, cluster) before its failures are refused
+    /// with 429. A valid credential is always accepted (checked first).
     pub auth_failures_before_backoff: u32,
     pub max_auth_backoff: Duration,
     /// How long a graceful shutdown waits for open requests.
     pub shutdown_grace: Duration,
 }
 
+/// The defaults are sized for 10,000 agents of one cluster: each holds at most one long-poll
+/// (join, or a document watch) and one connection at a time.
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
-            tls_handshake_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
-            max_long_polls: 8_192,
+            tls_handshake_timeout: Duration::from_secs(5),
+            max_connections: 16_384,
+            max_connections_per_address: 2_500,
+            max_long_polls: 16_000,
+            max_long_polls_per_cluster: 12_000,
+            max_long_polls_per_address: 2_000,
             auth_failures_before_backoff: 5,
             max_auth_backoff: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
@@ -96,6 +114,25 @@ pub struct Inner {
     admin_token_sha256: [u8; 32],
     signals: Mutex<HashMap<String, ClusterSignals>>,
     shutdown: watch::Receiver<bool>,
+    /// Join-secret digests of known clusters. A cluster's secret never changes while the
+    /// server holds the database (no route changes it, clusters are never deleted), so the
+    /// check of every request is a map lookup, not a read of the cluster's whole record (which
+    /// grows with its reset log and formation). Only existing clusters are cached.
+    secrets: std::sync::RwLock<HashMap<String, [u8; 32]>>,
+    /// Open long-polls per cluster and per client address.
+    polls: Mutex<PollCounts>,
+    /// The last `/readyz` probe: at most one durable write per [`READY_PROBE_EVERY`].
+    ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// `/readyz` answers from its last probe for this long (one durable write per second at
+/// most, however many clients ask).
+pub const READY_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct PollCounts {
+    by_cluster: HashMap<String, u64>,
+    by_addr: HashMap<IpAddr, u64>,
 }
 
 /// Shared state of all handlers.
@@ -124,7 +161,49 @@ impl AppState {
             admin_token_sha256: auth::sha256(admin_token.expose().as_bytes()),
             signals: Mutex::new(HashMap::new()),
             shutdown,
+            secrets: std::sync::RwLock::new(HashMap::new()),
+            polls: Mutex::new(PollCounts::default()),
+            ready: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// The join-secret digest of `cluster` (None: no such cluster).
+    fn secret_digest(&self, cluster: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        if let Some(d) = self
+            .secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cluster)
+        {
+            return Ok(Some(*d));
+        }
+        let d = self.store.cluster_secret_hash(cluster)?;
+        if let Some(d) = d {
+            self.secrets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(cluster.to_string(), d);
+        }
+        Ok(d)
+    }
+
+    /// The durable write of `/readyz`, at most once per [`READY_PROBE_EVERY`]: concurrent
+    /// callers wait for the one probe in flight and share its result.
+    async fn ready(&self) -> Result<(), String> {
+        let mut last = self.ready.lock().await;
+        if let Some((at, r)) = last.as_ref() {
+            if at.elapsed() < READY_PROBE_EVERY {
+                return r.clone();
+            }
+        }
+        self.metrics.ready_probes.fetch_add(1, Ordering::Relaxed);
+        let r = match tokio::time::timeout(Duration::from_secs(5), self.store.probe_write()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the store does not accept writes: {e}")),
+            Err(_) => Err("a store write did not finish within 5 s".to_string()),
+        };
+        *last = Some((Instant::now(), r.clone()));
+        r
     }
 
     fn subscribe(&self, cluster: &str, which: Signal) -> watch::Receiver<u64> {
@@ -154,6 +233,7 @@ impl AppState {
     async fn long_poll<T>(
         &self,
         cluster: &str,
+        peer: IpAddr,
         which: Signal,
         wait: u64,
         mut check: impl FnMut() -> Result<(T, bool), ApiError>,
@@ -164,7 +244,7 @@ impl AppState {
         if done || wait == 0 {
             return Ok(value);
         }
-        let _slot = LongPollSlot::acquire(self)?;
+        let _slot = LongPollSlot::acquire(self, cluster, peer)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
         let mut shutdown = self.shutdown.clone();
         loop {
@@ -185,31 +265,82 @@ impl AppState {
     }
 }
 
-struct LongPollSlot<'a>(&'a Metrics);
+/// One open long-poll, counted in all, per cluster and per client address until dropped.
+struct LongPollSlot<'a> {
+    state: &'a Inner,
+    cluster: String,
+    peer: IpAddr,
+}
 
 impl<'a> LongPollSlot<'a> {
-    fn acquire(state: &'a Inner) -> Result<Self, ApiError> {
-        let open = &state.metrics.open_long_polls;
-        let prev = open.fetch_add(1, Ordering::SeqCst);
-        if prev >= state.limits.max_long_polls {
-            open.fetch_sub(1, Ordering::SeqCst);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_long_polls",
+    fn acquire(state: &'a Inner, cluster: &str, peer: IpAddr) -> Result<Self, ApiError> {
+        let limits = &state.limits;
+        let mut polls = state.polls.lock().expect("polls lock");
+        let open = state.metrics.open_long_polls.load(Ordering::SeqCst);
+        let by_addr = polls.by_addr.get(&peer).copied().unwrap_or(0);
+        let by_cluster = polls.by_cluster.get(cluster).copied().unwrap_or(0);
+        let refuse = |status, msg: String| {
+            Err(ApiError::new(status, "too_many_long_polls", msg).retry_after(1))
+        };
+        if by_addr >= limits.max_long_polls_per_address {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "the coordinator already holds {prev} open long-polls (limit {}); retry with backoff",
-                    state.limits.max_long_polls
+                    "this address already holds {by_addr} open long-polls (limit {} per address); \
+                     retry with backoff",
+                    limits.max_long_polls_per_address
                 ),
-            )
-            .retry_after(1));
+            );
         }
-        Ok(LongPollSlot(&state.metrics))
+        if by_cluster >= limits.max_long_polls_per_cluster {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "cluster {cluster:?} already holds {by_cluster} open long-polls (limit {} per \
+                     cluster); retry with backoff",
+                    limits.max_long_polls_per_cluster
+                ),
+            );
+        }
+        if open >= limits.max_long_polls {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the coordinator already holds {open} open long-polls (limit {}); retry with backoff",
+                    limits.max_long_polls
+                ),
+            );
+        }
+        *polls.by_addr.entry(peer).or_default() += 1;
+        *polls.by_cluster.entry(cluster.to_string()).or_default() += 1;
+        state.metrics.open_long_polls.fetch_add(1, Ordering::SeqCst);
+        Ok(LongPollSlot {
+            state,
+            cluster: cluster.to_string(),
+            peer,
+        })
     }
 }
 
 impl Drop for LongPollSlot<'_> {
     fn drop(&mut self) {
-        self.0.open_long_polls.fetch_sub(1, Ordering::SeqCst);
+        let mut polls = self.state.polls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = polls.by_addr.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                polls.by_addr.remove(&self.peer);
+            }
+        }
+        if let Some(n) = polls.by_cluster.get_mut(&self.cluster) {
+            *n -= 1;
+            if *n == 0 {
+                polls.by_cluster.remove(&self.cluster);
+            }
+        }
+        self.state
+            .metrics
+            .open_long_polls
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -224,10 +355,14 @@ fn peer_ip(parts: &Parts) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// Compare a bearer token against a stored digest; count failures per address.
+/// Compare a bearer token against a stored digest, first: a valid token is always accepted,
+/// whatever failures others sent from the same address. A failure is counted for (address,
+/// `scope`) (the cluster, or the admin API), and refused with 429 while that pair is backed
+/// off; a valid call never resets another pair's count.
 fn check_bearer(
     state: &AppState,
     parts: &Parts,
+    scope: &str,
     expected: Result<Option<[u8; 32]>, StoreError>,
 ) -> Result<(), ApiError> {
     let ip = peer_ip(parts);
@@ -248,18 +383,10 @@ fn check_bearer(
         }
     };
     if ok {
-        state.backoff.success(ip);
         return Ok(());
     }
     state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-    if let Some(block) = state.backoff.failure(ip) {
-        tracing::warn!(peer = %ip, block_secs = block.as_secs(), "repeated authentication failures; backing off");
-    }
-    Err(ApiError::unauthorized())
-}
-
-fn refuse_if_blocked(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
-    if let Some(left) = state.backoff.blocked(peer_ip(parts)) {
+    if let Some(left) = state.backoff.blocked(ip, scope) {
         let secs = left.as_secs_f64().ceil() as u64;
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -268,7 +395,10 @@ fn refuse_if_blocked(state: &AppState, parts: &Parts) -> Result<(), ApiError> {
         )
         .retry_after(secs));
     }
-    Ok(())
+    if let Some(block) = state.backoff.failure(ip, scope) {
+        tracing::warn!(peer = %ip, block_secs = block.as_secs(), "repeated authentication failures; backing off");
+    }
+    Err(ApiError::unauthorized())
 }
 
 fn path_param<'a>(params: &'a RawPathParams, name: &str) -> Option<&'a str> {
@@ -284,18 +414,23 @@ impl FromRequestParts<AppState> for ClusterAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        refuse_if_blocked(state, parts)?;
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request("bad_path", e.body_text()))?;
         let cluster = path_param(&params, "cluster").unwrap_or("").to_string();
         // An invalid name cannot exist: answer exactly like an unknown cluster.
         let expected = if swarmstrap_wire::validate_name(&cluster).is_ok() {
-            state.store.cluster_secret_hash(&cluster)
+            state.secret_digest(&cluster)
         } else {
             Ok(None)
         };
-        check_bearer(state, parts, expected)?;
+        // Failures for clusters that do not exist share one scope per address, so made-up
+        // names cannot add entries to the backoff map.
+        let scope = match &expected {
+            Ok(Some(_)) => cluster.as_str(),
+            _ => "",
+        };
+        check_bearer(state, parts, scope, expected)?;
         Ok(ClusterAuth { cluster })
     }
 }
@@ -307,14 +442,60 @@ impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        refuse_if_blocked(state, parts)?;
-        check_bearer(state, parts, Ok(Some(state.admin_token_sha256))).map_err(|mut e| {
+        check_bearer(state, parts, "/admin", Ok(Some(state.admin_token_sha256))).map_err(|mut e| {
             if e.code == "unauthorized" {
                 e.message = "missing or wrong admin token: send `Authorization: Bearer <DATA_DIR/admin.token>`".into();
             }
             e
         })?;
         Ok(AdminAuth)
+    }
+}
+
+fn header_secret(parts: &Parts, name: &str) -> Option<Secret> {
+    parts
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+}
+
+/// The node credential presented in [`NODE_CREDENTIAL_HEADER`] (None: the header is absent,
+/// empty or not text). The rulebook decides whether it matches.
+pub struct NodeCredential(pub Option<Secret>);
+
+impl FromRequestParts<AppState> for NodeCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(NodeCredential(header_secret(parts, NODE_CREDENTIAL_HEADER)))
+    }
+}
+
+/// The operator credential presented in [`OPERATOR_CREDENTIAL_HEADER`].
+pub struct OperatorCredential(pub Option<Secret>);
+
+impl FromRequestParts<AppState> for OperatorCredential {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(OperatorCredential(header_secret(
+            parts,
+            OPERATOR_CREDENTIAL_HEADER,
+        )))
+    }
+}
+
+/// The client's address (unspecified when unknown, e.g. in-process tests of the router).
+pub struct Peer(pub IpAddr);
+
+impl FromRequestParts<AppState> for Peer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        Ok(Peer(peer_ip(parts)))
     }
 }
 
@@ -445,10 +626,28 @@ impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<AppState> for ApiJson<
 // ---------------------------------------------------------------------------------------------
 // Routes
 
-/// Every route: method, path template, handler. The router is built from this list and the
+/// Which listener serves a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// The public listener (`--listen`): agents, probes, metrics.
+    Public,
+    /// The admin listener (`--admin-listen`, loopback by default): the operator on the
+    /// coordinator host. The public listener answers 404 on these paths.
+    Admin,
+}
+
+/// Every route: method, path template, handler. The routers are built from this list and the
 /// OpenAPI test reads it, so the two cannot drift apart silently.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
-    vec![
+    surface_routes()
+        .into_iter()
+        .map(|(m, p, r, _)| (m, p, r))
+        .collect()
+}
+
+/// [`routes`] with the listener that serves each.
+pub fn surface_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Surface)> {
+    let public = [
         (Method::GET, "/healthz", get(healthz)),
         (Method::GET, "/readyz", get(readyz)),
         (Method::GET, "/metrics", get(metrics)),
@@ -479,6 +678,8 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/v1/clusters/{cluster}/docs/{name}",
             put(put_doc),
         ),
+    ];
+    let admin = [
         (Method::GET, "/v1/admin/clusters", get(admin_list)),
         (Method::POST, "/v1/admin/clusters", post(admin_create)),
         (Method::GET, "/v1/admin/clusters/{cluster}", get(admin_show)),
@@ -492,27 +693,60 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/v1/admin/clusters/{cluster}/adoption-hold",
             post(admin_adoption_hold),
         ),
-    ]
+    ];
+    public
+        .into_iter()
+        .map(|(m, p, r)| (m, p, r, Surface::Public))
+        .chain(admin.into_iter().map(|(m, p, r)| (m, p, r, Surface::Admin)))
+        .collect()
 }
 
-/// (method, path) of every route.
+/// (method, path) of every route, both listeners.
 pub fn route_table() -> Vec<(Method, &'static str)> {
     routes().into_iter().map(|(m, p, _)| (m, p)).collect()
 }
 
-pub fn router(state: AppState) -> Router {
+fn surface_router(state: AppState, surface: Surface) -> Router {
     let mut r = Router::new();
-    for (_, path, mr) in routes() {
-        r = r.route(path, mr);
+    for (_, path, mr, s) in surface_routes() {
+        if s == surface {
+            r = r.route(path, mr);
+        }
     }
-    r.method_not_allowed_fallback(method_not_allowed)
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+    let r = r.method_not_allowed_fallback(method_not_allowed);
+    let r = match surface {
+        Surface::Public => r.fallback(not_found_public),
+        Surface::Admin => r.fallback(not_found),
+    };
+    r.layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// The public listener's routes (no admin API: see [`admin_router`]).
+pub fn router(state: AppState) -> Router {
+    surface_router(state, Surface::Public)
+}
+
+/// The admin listener's routes (`/v1/admin/...`).
+pub fn admin_router(state: AppState) -> Router {
+    surface_router(state, Surface::Admin)
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::not_found_route(method.as_str(), uri.path())
+}
+
+async fn not_found_public(method: Method, uri: Uri) -> ApiError {
+    if uri.path() == "/v1/admin" || uri.path().starts_with("/v1/admin/") {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the admin API is not served on this listener: it listens on the coordinator host \
+             only (`serve --admin-listen`, loopback by default); use `swarm-coordinator cluster ...` \
+             there",
+        );
+    }
+    not_found(method, uri).await
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
@@ -576,18 +810,16 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// Ready when the store takes a durable write: one probe write per second at most (the
+/// answer is the last probe's within [`READY_PROBE_EVERY`]), so unauthenticated probes cannot
+/// turn into an fsync each.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    match tokio::time::timeout(Duration::from_secs(5), state.store.probe_write()).await {
-        Ok(Ok(())) => Ok(Json(serde_json::json!({"status": "ready"}))),
-        Ok(Err(e)) => Err(ApiError::new(
+    match state.ready().await {
+        Ok(()) => Ok(Json(serde_json::json!({"status": "ready"}))),
+        Err(m) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            format!("the store does not accept writes: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "a store write did not finish within 5 s",
+            m,
         )),
     }
 }
@@ -617,22 +849,24 @@ async fn cluster_status(
 async fn register(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
     // No wakeup: a registration changes nothing a join long-poll answers, and waking every
     // parked node on each registration would cost O(nodes²) reads while a cluster boots.
-    let w = state.store.register(auth.cluster, req).await?;
+    let w = state.store.register(auth.cluster, req, cred).await?;
     Ok(Json(w.value))
 }
 
 async fn claim(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
     let w = state
         .store
-        .claim(auth.cluster.clone(), req.node_id, req.ttl_ms)
+        .claim(auth.cluster.clone(), req.node_id, req.ttl_ms, cred)
         .await?;
     if w.changed {
         state.notify(&auth.cluster, Signal::State);
@@ -643,9 +877,10 @@ async fn claim(
 async fn renew(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
-    let w = state.store.renew(auth.cluster.clone(), req).await?;
+    let w = state.store.renew(auth.cluster.clone(), req, cred).await?;
     if w.changed {
         state.notify(&auth.cluster, Signal::State);
     }
@@ -655,9 +890,10 @@ async fn renew(
 async fn publish(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<PublishRequest>,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    let w = state.store.publish(auth.cluster.clone(), req).await?;
+    let w = state.store.publish(auth.cluster.clone(), req, cred).await?;
     if w.changed {
         tracing::info!(cluster = %auth.cluster, "cluster formed: join tokens published");
         state.notify(&auth.cluster, Signal::State);
@@ -668,12 +904,22 @@ async fn publish(
 async fn recover(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    OperatorCredential(operator): OperatorCredential,
     ApiJson(req): ApiJson<ResetRequest>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
     let (node, swarm) = (req.node_id.clone(), req.swarm_id.clone());
-    let status = state.store.recover(auth.cluster.clone(), req).await?;
+    let status = state
+        .store
+        .recover(auth.cluster.clone(), req, operator)
+        .await
+        .inspect_err(|e| {
+            if e.code() == Some(Code::OperatorRequired) {
+                state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(cluster = %auth.cluster, "reset refused: no or a wrong operator credential");
+            }
+        })?;
     tracing::warn!(cluster = %auth.cluster, node = %node, lost_swarm = %swarm, resets = status.resets,
-        "cluster reset by `swarm-agent recover`: one new init is allowed");
+        "cluster reset by the operator (`swarm-agent recover`): one new init is allowed");
     state.notify(&auth.cluster, Signal::State);
     Ok(Json(status))
 }
@@ -681,11 +927,12 @@ async fn recover(
 async fn sync(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<SyncRequest, SYNC_BODY_LIMIT>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     // No wakeup: a sync needs a formed cluster, whose join long-polls have answered already.
     let node = req.node_id.clone();
-    let w = state.store.sync(auth.cluster.clone(), req).await?;
+    let w = state.store.sync(auth.cluster.clone(), req, cred).await?;
     if !w.value.pruned.is_empty() {
         tracing::info!(cluster = %auth.cluster, node = %node, pruned = ?w.value.pruned,
             managers = w.value.manager_count, "registrations of nodes that left the swarm dropped");
@@ -696,10 +943,11 @@ async fn sync(
 async fn adopt(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     ApiJson(req): ApiJson<AdoptRequest>,
 ) -> Result<Json<AdoptResponse>, ApiError> {
     let (node, swarm) = (req.node_id.clone(), req.swarm_id.clone());
-    let w = state.store.adopt(auth.cluster.clone(), req).await?;
+    let w = state.store.adopt(auth.cluster.clone(), req, cred).await?;
     if w.value.adopted {
         tracing::info!(
             "cluster {} adopted swarm {swarm} from node {node} under fencing token {}",
@@ -734,13 +982,15 @@ struct JoinQuery {
 async fn join(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    Peer(peer): Peer,
+    NodeCredential(cred): NodeCredential,
     ApiQuery(q): ApiQuery<JoinQuery>,
 ) -> Result<Json<JoinResponse>, ApiError> {
     let wait = check_wait(q.wait)?;
     let store = state.store.clone();
     let resp = state
-        .long_poll(&auth.cluster, Signal::State, wait, || {
-            let r = store.join(&auth.cluster, &q.node_id)?;
+        .long_poll(&auth.cluster, peer, Signal::State, wait, || {
+            let r = store.join(&auth.cluster, &q.node_id, cred.as_ref())?;
             let done = r.join.is_some();
             Ok((r, done))
         })
@@ -757,6 +1007,7 @@ struct DocQuery {
 async fn get_doc(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    Peer(peer): Peer,
     DocName(name): DocName,
     ApiQuery(q): ApiQuery<DocQuery>,
 ) -> Result<Json<Document>, ApiError> {
@@ -766,6 +1017,7 @@ async fn get_doc(
     let doc = state
         .long_poll(
             &auth.cluster,
+            peer,
             Signal::Docs,
             if after.is_some() { wait } else { 0 },
             || {
@@ -781,22 +1033,15 @@ async fn get_doc(
 async fn put_doc(
     State(state): State<AppState>,
     auth: ClusterAuth,
+    NodeCredential(cred): NodeCredential,
     DocName(name): DocName,
     ApiJson(write): ApiJson<DocumentWrite, DOC_BODY_LIMIT>,
 ) -> Result<Json<Document>, ApiError> {
-    let size = serde_json::to_vec(&write.body)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if size > DOC_LIMIT {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "document_too_large",
-            format!("the document body is {size} bytes; the limit is {DOC_LIMIT}"),
-        ));
-    }
+    // Typed documents: the rulebook decides who may write what, and bounds the size
+    // (`rules::put_doc`: 403 quota_exceeded above DOC_LIMIT).
     let doc = state
         .store
-        .put_doc(auth.cluster.clone(), name, write)
+        .put_doc(auth.cluster.clone(), name, write, cred)
         .await?;
     state.notify(&auth.cluster, Signal::Docs);
     Ok(Json(doc))
@@ -818,12 +1063,29 @@ async fn admin_create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Create a cluster with the given or a generated secret (shared by the admin API and the
-/// CLI's direct mode).
+/// Create a cluster with the given or a generated join secret and operator credential (shared
+/// by the admin API and the CLI's direct mode). Only their digests are stored; the answer
+/// carries both, once.
 pub async fn create_cluster(store: &Store, req: CreateCluster) -> Result<CreatedCluster, ApiError> {
     let secret = match req.secret {
         Some(s) => {
             auth::validate_secret(&s).map_err(|m| ApiError::bad_request("invalid_secret", m))?;
+            s
+        }
+        None => auth::generate_secret(),
+    };
+    let operator = match req.operator_credential {
+        Some(s) => {
+            auth::validate_secret(&s).map_err(|m| {
+                ApiError::bad_request("invalid_secret", format!("operator credential: {m}"))
+            })?;
+            if s == secret {
+                return Err(ApiError::bad_request(
+                    "invalid_secret",
+                    "the operator credential must differ from the join secret (every node holds \
+                     the join secret; only the operator may reset the cluster)",
+                ));
+            }
             s
         }
         None => auth::generate_secret(),
@@ -834,6 +1096,7 @@ pub async fn create_cluster(store: &Store, req: CreateCluster) -> Result<Created
             req.target_managers,
             auth::sha256(secret.expose().as_bytes()),
             req.await_adoption,
+            swarmstrap_wire::rules::credential_sha256(&operator),
         )
         .await?;
     if status.awaiting_adoption {
@@ -846,6 +1109,7 @@ pub async fn create_cluster(store: &Store, req: CreateCluster) -> Result<Created
         name: status.name,
         target_managers: status.target_managers,
         secret,
+        operator_credential: operator,
     })
 }
 

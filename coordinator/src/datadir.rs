@@ -273,6 +273,10 @@ pub struct ServerInfo {
     /// `sha256:<hex>` of the served certificate (https only).
     pub fingerprint: Option<String>,
     pub pid: u32,
+    /// Where the admin API listens (the same scheme and certificate). Absent in the file of a
+    /// server from before the admin listener existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

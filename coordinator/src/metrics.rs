@@ -13,6 +13,10 @@ pub struct Metrics {
     durations: Mutex<BTreeMap<(String, String), (f64, u64)>>,
     pub open_long_polls: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Durable probe writes `/readyz` made (at most one per second).
+    pub ready_probes: AtomicU64,
+    /// Connections closed at once: their address already had its most open connections.
+    pub refused_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -70,6 +74,20 @@ impl Metrics {
             out,
             "swarm_coordinator_auth_failures_total {}",
             self.auth_failures.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP swarm_coordinator_ready_probes_total Durable probe writes made by /readyz (at most one per second).\n");
+        out.push_str("# TYPE swarm_coordinator_ready_probes_total counter\n");
+        let _ = writeln!(
+            out,
+            "swarm_coordinator_ready_probes_total {}",
+            self.ready_probes.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP swarm_coordinator_refused_connections_total Connections closed at once because their address held its most open connections.\n");
+        out.push_str("# TYPE swarm_coordinator_refused_connections_total counter\n");
+        let _ = writeln!(
+            out,
+            "swarm_coordinator_refused_connections_total {}",
+            self.refused_connections.load(Ordering::Relaxed)
         );
         if let Some(c) = clusters {
             out.push_str("# HELP swarm_coordinator_clusters Clusters in the store.\n");

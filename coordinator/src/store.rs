@@ -30,7 +30,7 @@ use swarmstrap_wire::rules::{self, Change, ClusterState, Code, Outcome, RuleErro
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
     JoinResponse, NodeInfo, Phase, PublishRequest, RegisterRequest, RegisterResponse, RenewRequest,
-    ResetRequest, SyncRequest, SyncResponse,
+    ResetRequest, Secret, SyncRequest, SyncResponse,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -304,14 +304,18 @@ impl Store {
     /// Create a cluster. `await_adoption`: it is the re-created cluster of a running swarm
     /// (`cluster create --adopt`), so it refuses init claims until that swarm adopts it
     /// (`rules::set_adoption_hold`).
+    /// `operator_sha256` is `rules::credential_sha256` of the cluster's operator credential
+    /// (only the digest is stored; it resets the cluster: `rules::check_operator`).
     pub async fn create_cluster(
         &self,
         name: String,
         target_managers: u8,
         secret_sha256: [u8; 32],
         await_adoption: bool,
+        operator_sha256: String,
     ) -> Result<ClusterStatus, StoreError> {
         let mut state = ClusterState::new(&name, target_managers)?;
+        state.operator_sha256 = Some(operator_sha256);
         if await_adoption {
             if let Some(held) = rules::set_adoption_hold(&state, true)?.change.state {
                 state = held;
@@ -390,50 +394,100 @@ impl Store {
         .await
     }
 
-    /// `swarm-agent recover` (`rules::recover`).
+    /// Refuse a wrong node credential before the write is queued: a node id registered with
+    /// a credential and presented with another one is refused from a read transaction, so a
+    /// flood of bad credentials never reaches the single writer. The rule checks again (and
+    /// decides everything else) inside the write transaction.
+    fn precheck_node(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        presented: Option<&Secret>,
+    ) -> Result<(), StoreError> {
+        self.read(|txn| {
+            let Some(rec) = get_cluster_r(txn, cluster)? else {
+                return Err(StoreError::unknown_cluster(cluster));
+            };
+            let node = node_in(&txn.open_table(NODES)?, cluster, node_id)?;
+            if node.as_ref().is_some_and(|n| n.credential_sha256.is_some()) {
+                rules::authenticate(&rec.state, node.as_ref(), node_id, presented)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `swarm-agent recover` (`rules::check_operator`, then `rules::recover`): only with the
+    /// cluster's operator credential.
     pub async fn recover(
         &self,
         cluster: String,
         req: ResetRequest,
+        operator: Option<Secret>,
     ) -> Result<ClusterStatus, StoreError> {
-        // Malformed input never reaches the single writer.
+        // Malformed input and a wrong operator credential never reach the single writer.
         rules::validate_reset(&req)?;
+        self.read(|txn| {
+            let rec = get_cluster_r(txn, &cluster)?
+                .ok_or_else(|| StoreError::unknown_cluster(&cluster))?;
+            Ok(rules::check_operator(&rec.state, operator.as_ref())?)
+        })?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
+            rules::check_operator(&rec.state, operator.as_ref())?;
             let outcome = rules::recover(&rec.state, now_ms(), &req)?;
             Ok(store_outcome(txn, &cluster, Some(rec), outcome)?.value)
         })
         .await
     }
 
-    /// `rules::register`.
+    /// `rules::register` with `presented` (the node's credential, when it registers again)
+    /// and a fresh random credential, issued when this registration creates the node id.
     pub async fn register(
         &self,
         cluster: String,
         req: RegisterRequest,
+        presented: Option<Secret>,
     ) -> Result<Written<RegisterResponse>, StoreError> {
         rules::validate_register(&req)?;
+        self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
+        let fresh = crate::auth::generate_secret();
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let node = get_node(txn, &cluster, &req.node_id)?;
-            let outcome = rules::register(&rec.state, node.as_ref(), now_ms(), &req)?;
+            let outcome = rules::register(
+                &rec.state,
+                node.as_ref(),
+                now_ms(),
+                &req,
+                presented.as_ref(),
+                &fresh,
+            )?;
             store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
     }
 
-    /// `rules::claim`.
+    /// `rules::claim`: a registered manager, with its credential.
     pub async fn claim(
         &self,
         cluster: String,
         node_id: String,
         ttl_ms: u64,
+        presented: Option<Secret>,
     ) -> Result<Written<ClaimResponse>, StoreError> {
         rules::validate_node_id(&node_id)?;
+        self.precheck_node(&cluster, &node_id, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let node = get_node(txn, &cluster, &node_id)?;
-            let outcome = rules::claim(&rec.state, node.as_ref(), now_ms(), &node_id, ttl_ms)?;
+            let outcome = rules::claim(
+                &rec.state,
+                node.as_ref(),
+                now_ms(),
+                &node_id,
+                ttl_ms,
+                presented.as_ref(),
+            )?;
             store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
@@ -444,11 +498,20 @@ impl Store {
         &self,
         cluster: String,
         req: RenewRequest,
+        presented: Option<Secret>,
     ) -> Result<Written<ClaimResponse>, StoreError> {
         rules::validate_node_id(&req.node_id)?;
+        self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
-            let outcome = rules::renew(&rec.state, now_ms(), &req)?;
+            let node = get_node(txn, &cluster, &req.node_id)?;
+            let outcome = rules::renew(
+                &rec.state,
+                node.as_ref(),
+                now_ms(),
+                &req,
+                presented.as_ref(),
+            )?;
             store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
@@ -459,11 +522,20 @@ impl Store {
         &self,
         cluster: String,
         req: PublishRequest,
+        presented: Option<Secret>,
     ) -> Result<Written<Phase>, StoreError> {
         rules::validate_publish(&req)?;
+        self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
-            let outcome = rules::publish(&rec.state, now_ms(), &req)?;
+            let node = get_node(txn, &cluster, &req.node_id)?;
+            let outcome = rules::publish(
+                &rec.state,
+                node.as_ref(),
+                now_ms(),
+                &req,
+                presented.as_ref(),
+            )?;
             let w = store_outcome(txn, &cluster, Some(rec), outcome)?;
             Ok(Written {
                 value: w.value.phase,
@@ -478,28 +550,41 @@ impl Store {
         &self,
         cluster: String,
         req: SyncRequest,
+        presented: Option<Secret>,
     ) -> Result<Written<SyncResponse>, StoreError> {
         rules::validate_sync(&req)?;
+        self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
-            let outcome = rules::sync(&rec.state, &nodes, now_ms(), &req)?;
+            let outcome = rules::sync(&rec.state, &nodes, now_ms(), &req, presented.as_ref())?;
             store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
     }
 
-    /// `rules::adopt`: a running swarm's leader re-forms a cluster that forgot it.
+    /// `rules::adopt`: a running swarm's leader re-forms a cluster that forgot it (with a
+    /// fresh credential for a caller the adoption registers).
     pub async fn adopt(
         &self,
         cluster: String,
         req: AdoptRequest,
+        presented: Option<Secret>,
     ) -> Result<Written<AdoptResponse>, StoreError> {
         rules::validate_adopt(&req)?;
+        self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
+        let fresh = crate::auth::generate_secret();
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
-            let outcome = rules::adopt(&rec.state, &nodes, now_ms(), &req)?;
+            let outcome = rules::adopt(
+                &rec.state,
+                &nodes,
+                now_ms(),
+                &req,
+                presented.as_ref(),
+                &fresh,
+            )?;
             store_outcome(txn, &cluster, Some(rec), outcome)
         })
         .await
@@ -526,13 +611,25 @@ impl Store {
         .await
     }
 
-    /// `rules::join`: what `node_id` needs to join (the token of its role only), once formed.
-    pub fn join(&self, cluster: &str, node_id: &str) -> Result<JoinResponse, StoreError> {
+    /// `rules::join`: what `node_id` needs to join (the token of its role only), once formed;
+    /// only with the node's credential.
+    pub fn join(
+        &self,
+        cluster: &str,
+        node_id: &str,
+        presented: Option<&Secret>,
+    ) -> Result<JoinResponse, StoreError> {
         self.read(|txn| {
             let rec =
                 get_cluster_r(txn, cluster)?.ok_or_else(|| StoreError::unknown_cluster(cluster))?;
             let node = node_in(&txn.open_table(NODES)?, cluster, node_id)?;
-            Ok(rules::join(&rec.state, node.as_ref(), now_ms(), node_id)?)
+            Ok(rules::join(
+                &rec.state,
+                node.as_ref(),
+                now_ms(),
+                node_id,
+                presented,
+            )?)
         })
     }
 
@@ -541,16 +638,28 @@ impl Store {
         self.read(|txn| doc_in(&txn.open_table(DOCS)?, cluster, name))
     }
 
-    /// `rules::put_doc` (compare-and-set on the document's own version).
+    /// `rules::put_doc` (compare-and-set on the document's own version), written by node
+    /// `write.node_id` with its credential `presented`.
     pub async fn put_doc(
         &self,
         cluster: String,
         name: String,
         write: DocumentWrite,
+        presented: Option<Secret>,
     ) -> Result<Document, StoreError> {
+        self.precheck_node(&cluster, &write.node_id, presented.as_ref())?;
         self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            let writer = get_node(txn, &cluster, &write.node_id)?;
             let current = doc_in(&txn.open_table(DOCS)?, &cluster, &name)?;
-            let outcome = rules::put_doc(&current, &name, &write)?;
+            let outcome = rules::put_doc(
+                &rec.state,
+                writer.as_ref(),
+                &current,
+                &name,
+                &write,
+                presented.as_ref(),
+            )?;
             Ok(store_outcome(txn, &cluster, None, outcome)?.value)
         })
         .await
@@ -958,6 +1067,19 @@ mod tests {
         }
     }
 
+    /// Register `node` in `cluster`; its credential.
+    async fn reg(store: &Store, cluster: &str, node: &str) -> Secret {
+        store
+            .register(cluster.into(), register_req(node), None)
+            .await
+            .unwrap()
+            .value
+            .credential
+            .expect("a new registration is issued a credential")
+    }
+
+    const OP: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
     fn record(store: &Store, name: &str) -> ClusterRecord {
         store
             .read(|txn| get_cluster_r(txn, name))
@@ -1033,21 +1155,42 @@ mod tests {
         assert_eq!(st.target_managers, 3);
         assert_eq!(store.cluster_secret_hash("old").unwrap(), Some([0xab; 32]));
 
+        // A registration from before credentials existed claims nothing until it registers
+        // again (and is bound to the credential that answer carries).
+        let err = store
+            .claim("old".into(), "a".into(), 30_000, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::BadNodeCredential));
+        let w = store
+            .register("old".into(), register_req("a"), None)
+            .await
+            .unwrap();
+        let a = w.value.credential.expect("bound to a credential");
         // The expired lease is taken over, and both clusters continue above the old counter.
-        let w = store.claim("old".into(), "a".into(), 30_000).await.unwrap();
+        let w = store
+            .claim("old".into(), "a".into(), 30_000, Some(a))
+            .await
+            .unwrap();
         assert!(w.value.granted && w.changed);
         assert_eq!(w.value.lease.unwrap().fencing_token, 42);
+        let x = reg(&store, "other", "x").await;
         let w = store
-            .claim("other".into(), "x".into(), 30_000)
+            .claim("other".into(), "x".into(), 30_000, Some(x))
             .await
             .unwrap();
         assert_eq!(w.value.lease.unwrap().fencing_token, 42);
         // A new cluster counts on its own.
         store
-            .create_cluster("new".into(), 1, [1; 32], false)
+            .create_cluster("new".into(), 1, [1; 32], false, OP.into())
             .await
             .unwrap();
-        let w = store.claim("new".into(), "n".into(), 30_000).await.unwrap();
+        let n = reg(&store, "new", "n").await;
+        let w = store
+            .claim("new".into(), "n".into(), 30_000, Some(n))
+            .await
+            .unwrap();
         assert_eq!(w.value.lease.unwrap().fencing_token, 1);
 
         // Reopening does not migrate again (the per-cluster counters are kept).
@@ -1091,22 +1234,37 @@ mod tests {
     async fn reset_clears_only_its_own_clusters_nodes_and_bounds_the_log() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
+        let mut creds = std::collections::HashMap::new();
         for c in ["a", "b", "c"] {
             store
-                .create_cluster(c.into(), 3, [2; 32], false)
+                .create_cluster(c.into(), 3, [2; 32], false, OP.into())
                 .await
                 .unwrap();
             for n in ["n1", "n2", "n3"] {
-                let w = store.register(c.into(), register_req(n)).await.unwrap();
+                let w = store
+                    .register(c.into(), register_req(n), None)
+                    .await
+                    .unwrap();
                 assert!(w.changed);
+                creds.insert((c, n), w.value.credential.unwrap());
             }
         }
-        // Registering again unchanged writes nothing.
+        // Registering again unchanged writes nothing (and needs the node's credential).
+        let err = store
+            .register("b".into(), register_req("n1"), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(Code::BadNodeCredential));
         let w = store
-            .register("b".into(), register_req("n1"))
+            .register(
+                "b".into(),
+                register_req("n1"),
+                Some(creds[&("b", "n1")].clone()),
+            )
             .await
             .unwrap();
-        assert!(!w.changed);
+        assert!(!w.changed && w.value.credential.is_none());
         let total = rules::RESET_LOG + 5;
         for _ in 0..total {
             let st = store.reset("b".into()).await.unwrap();
@@ -1131,48 +1289,69 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&DataDir::new(tmp.path()), OpenMode::CreateIfMissing).unwrap();
         store
-            .create_cluster("c".into(), 3, [3; 32], false)
+            .create_cluster("c".into(), 3, [3; 32], false, OP.into())
             .await
             .unwrap();
-        let w = store.claim("c".into(), "a".into(), 60_000).await.unwrap();
+        let a = reg(&store, "c", "a").await;
+        let b = reg(&store, "c", "b").await;
+        let w = store
+            .claim("c".into(), "a".into(), 60_000, Some(a.clone()))
+            .await
+            .unwrap();
         assert!(w.changed);
         let lease = w.value.lease.unwrap();
         let before = record(&store, "c");
         // The holder's re-claim and an early renewal answer the lease as it is.
-        let w = store.claim("c".into(), "a".into(), 60_000).await.unwrap();
+        let w = store
+            .claim("c".into(), "a".into(), 60_000, Some(a.clone()))
+            .await
+            .unwrap();
         assert!(w.value.granted && !w.changed);
         let renew = RenewRequest {
             node_id: "a".into(),
             fencing_token: lease.fencing_token,
             ttl_ms: 60_000,
         };
-        let w = store.renew("c".into(), renew.clone()).await.unwrap();
+        let w = store
+            .renew("c".into(), renew.clone(), Some(a.clone()))
+            .await
+            .unwrap();
         assert!(w.value.granted && !w.changed);
         let err = store
             .renew(
                 "c".into(),
                 RenewRequest {
                     node_id: "b".into(),
-                    ..renew
+                    ..renew.clone()
                 },
+                Some(b),
             )
             .await
             .err()
             .unwrap();
         assert_eq!(err.code(), Some(Code::LeaseLost));
+        // The holder's id with another node's (or no) credential.
+        for wrong in [None, Some(Secret::new("x".repeat(64)))] {
+            let err = store
+                .renew("c".into(), renew.clone(), wrong)
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(err.code(), Some(Code::BadNodeCredential));
+        }
         assert_eq!(
             record(&store, "c").state,
             before.state,
             "nothing was written"
         );
         let err = store
-            .claim("nope".into(), "a".into(), 1)
+            .claim("nope".into(), "a".into(), 1, None)
             .await
             .err()
             .unwrap();
         assert_eq!(err.code(), Some(Code::UnknownCluster));
         let err = store
-            .create_cluster("c".into(), 3, [3; 32], false)
+            .create_cluster("c".into(), 3, [3; 32], false, OP.into())
             .await
             .err()
             .unwrap();
@@ -1202,21 +1381,25 @@ mod tests {
         let dd = DataDir::new(tmp.path());
         let store = Store::open(&dd, OpenMode::CreateIfMissing).unwrap();
         store
-            .create_cluster("c".into(), 1, [4; 32], false)
+            .create_cluster("c".into(), 1, [4; 32], false, OP.into())
             .await
             .unwrap();
         store
-            .create_cluster("other".into(), 1, [4; 32], false)
+            .create_cluster("other".into(), 1, [4; 32], false, OP.into())
             .await
             .unwrap();
+        let mut a_cred = None;
         for n in ["a", "b", "w"] {
-            store.register("c".into(), register_req(n)).await.unwrap();
-            store
-                .register("other".into(), register_req(n))
-                .await
-                .unwrap();
+            let c = reg(&store, "c", n).await;
+            if n == "a" {
+                a_cred = Some(c);
+            }
+            reg(&store, "other", n).await;
         }
-        let a = store.adopt("c".into(), adopt_req("a", "s1")).await.unwrap();
+        let a = store
+            .adopt("c".into(), adopt_req("a", "s1"), a_cred.clone())
+            .await
+            .unwrap();
         assert!(a.value.adopted && a.changed);
         let sync = |members: &[(&str, Role)]| SyncRequest {
             node_id: "a".into(),
@@ -1239,6 +1422,7 @@ mod tests {
                     ("b", Role::Worker),
                     ("w", Role::Worker),
                 ]),
+                a_cred.clone(),
             )
             .await
             .unwrap();
@@ -1248,6 +1432,7 @@ mod tests {
             .sync(
                 "c".into(),
                 sync(&[("a", Role::Manager), ("w", Role::Worker)]),
+                a_cred.clone(),
             )
             .await
             .unwrap();
@@ -1262,13 +1447,14 @@ mod tests {
             .sync(
                 "c".into(),
                 sync(&[("a", Role::Manager), ("w", Role::Worker)]),
+                a_cred.clone(),
             )
             .await
             .unwrap();
         assert!(!w.changed);
         // A hold on an unformed cluster, refused on a formed one.
         store
-            .create_cluster("held".into(), 3, [4; 32], true)
+            .create_cluster("held".into(), 3, [4; 32], true, OP.into())
             .await
             .unwrap();
         let err = store
@@ -1277,8 +1463,9 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.code(), Some(Code::AlreadyFormed));
+        let n = reg(&store, "held", "n").await;
         let err = store
-            .claim("held".into(), "n".into(), 30_000)
+            .claim("held".into(), "n".into(), 30_000, Some(n.clone()))
             .await
             .err()
             .unwrap();
@@ -1301,7 +1488,7 @@ mod tests {
         let w = store.set_adoption_hold("held".into(), false).await.unwrap();
         assert!(!w.changed, "lifting a lifted hold writes nothing");
         let w = store
-            .claim("held".into(), "n".into(), 30_000)
+            .claim("held".into(), "n".into(), 30_000, Some(n))
             .await
             .unwrap();
         assert!(w.value.granted);

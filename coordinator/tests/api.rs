@@ -37,22 +37,29 @@ async fn pinned_client_connects_and_wrong_pin_is_refused() {
 #[tokio::test]
 async fn hundred_concurrent_claimants_get_exactly_one_lease() {
     let srv = TestServer::start().await;
-    let api = srv.create_cluster("race", 3).await;
+    let api = srv.create_cluster("race", 7).await;
+    // A hundred nodes register and claim at once: the seven managers race for the lease, the
+    // workers are refused (only a registered manager claims).
     let mut tasks = vec![];
     for i in 0..100 {
         let api = api.clone();
         tasks.push(tokio::spawn(async move {
             let node = format!("node-{i}");
             let (s, b) = api.claim(&node, 30_000).await;
-            assert_eq!(s, StatusCode::OK, "claim {node}: {b}");
-            (node, b)
+            (node, s, b)
         }));
     }
     let mut granted = vec![];
     let mut holders = HashSet::new();
     let mut tokens = HashSet::new();
+    let mut answered = 0;
     for t in tasks {
-        let (node, b) = t.await.unwrap();
+        let (node, s, b) = t.await.unwrap();
+        if s == StatusCode::CONFLICT && b["error"] == "not_a_manager" {
+            continue;
+        }
+        assert_eq!(s, StatusCode::OK, "claim {node}: {b}");
+        answered += 1;
         let lease = &b["lease"];
         holders.insert(lease["holder"].as_str().unwrap().to_string());
         tokens.insert(lease["fencing_token"].as_u64().unwrap());
@@ -78,6 +85,10 @@ async fn hundred_concurrent_claimants_get_exactly_one_lease() {
         "everyone is told the same token: {tokens:?}"
     );
     assert!(holders.contains(&granted[0]));
+    assert_eq!(
+        answered, 7,
+        "every manager is answered, every worker refused"
+    );
 
     // The holder's retry is granted again with the same token (idempotent).
     let (_, again) = api.claim(&granted[0], 30_000).await;
@@ -411,6 +422,9 @@ async fn reset_allows_exactly_one_new_init() {
     let mut new_token = 0;
     for t in tasks {
         let b = t.await.unwrap();
+        if b["error"] == "not_a_manager" {
+            continue; // registered as a worker: three managers stand
+        }
         new_token = b["lease"]["fencing_token"].as_u64().unwrap();
         if b["granted"] == true {
             winners.push(b["lease"]["holder"].as_str().unwrap().to_string());
@@ -421,13 +435,19 @@ async fn reset_allows_exactly_one_new_init() {
         new_token > first,
         "fencing tokens are never reused across resets"
     );
-    // The old holder's token is dead.
+    // The reset forgot the old holder's registration (its credential is void): it registers
+    // again, and its token is dead.
+    let (s, b) = api.publish("a", first).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert_eq!(b["error"], "node_not_registered", "{b}");
+    api.creds.lock().unwrap().remove("a");
+    api.register("a", "auto").await;
     assert_eq!(
         api.publish("a", first).await.1["error"],
         "stale_fencing_token"
     );
     assert_eq!(api.publish(&winners[0], new_token).await.0, StatusCode::OK);
-    assert_eq!(api.claim("z", 30_000).await.1["granted"], false);
+    assert_eq!(api.claim(&winners[0], 30_000).await.1["granted"], false);
     let st = api.status().await;
     assert_eq!(st["phase"], "formed");
     assert_eq!(st["resets"], 1);
@@ -476,7 +496,8 @@ async fn roles_keep_the_manager_target_and_are_idempotent() {
 async fn docs_compare_and_set_loses_no_update() {
     let srv = TestServer::start().await;
     let api = srv.create_cluster("docs", 3).await;
-    let (s, d) = api.call(Method::GET, "/docs/counter", None).await;
+    api.register("m", "manager").await;
+    let (s, d) = api.call(Method::GET, "/docs/keeper", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(d, json!({"version": 0, "body": null}));
 
@@ -489,14 +510,14 @@ async fn docs_compare_and_set_loses_no_update() {
             let mut conflicts = 0u64;
             for _ in 0..EACH {
                 loop {
-                    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+                    let (_, d) = api.call(Method::GET, "/docs/keeper", None).await;
                     let v = d["version"].as_u64().unwrap();
                     let n = d["body"]["n"].as_u64().unwrap_or(0);
                     let (s, b) = api
                         .call(
                             Method::PUT,
-                            "/docs/counter",
-                            Some(json!({"expected_version": v, "body": {"n": n + 1}})),
+                            "/docs/keeper",
+                            Some(json!({"node_id": "m", "expected_version": v, "body": {"n": n + 1}})),
                         )
                         .await;
                     match s {
@@ -517,7 +538,7 @@ async fn docs_compare_and_set_loses_no_update() {
     for t in tasks {
         conflicts += t.await.unwrap();
     }
-    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+    let (_, d) = api.call(Method::GET, "/docs/keeper", None).await;
     assert_eq!(d["version"].as_u64().unwrap(), WRITERS * EACH);
     assert_eq!(
         d["body"]["n"].as_u64().unwrap(),
@@ -530,8 +551,8 @@ async fn docs_compare_and_set_loses_no_update() {
     let (s, b) = api
         .call(
             Method::PUT,
-            "/docs/counter",
-            Some(json!({"expected_version": 1, "body": {}})),
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 1, "body": {}})),
         )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
@@ -546,18 +567,19 @@ async fn docs_compare_and_set_loses_no_update() {
 async fn docs_long_poll_wakes_on_write() {
     let srv = TestServer::start().await;
     let api = srv.create_cluster("watch", 3).await;
+    api.register("m", "manager").await;
     let (s, d) = api
         .call(
             Method::PUT,
-            "/docs/lb",
-            Some(json!({"expected_version": 0, "body": {"backends": []}})),
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 0, "body": {"backends": []}})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(d["version"], 1);
     // Already newer than `after`: answers at once.
     let (_, d) = api
-        .call(Method::GET, "/docs/lb?after=0&wait=30", None)
+        .call(Method::GET, "/docs/keeper?after=0&wait=30", None)
         .await;
     assert_eq!(d["version"], 1);
 
@@ -565,7 +587,7 @@ async fn docs_long_poll_wakes_on_write() {
         let api = api.clone();
         tokio::spawn(async move {
             let r = api
-                .call(Method::GET, "/docs/lb?after=1&wait=30", None)
+                .call(Method::GET, "/docs/keeper?after=1&wait=30", None)
                 .await;
             (r, Instant::now())
         })
@@ -578,16 +600,16 @@ async fn docs_long_poll_wakes_on_write() {
     // A write to another document does not answer it.
     api.call(
         Method::PUT,
-        "/docs/other",
-        Some(json!({"expected_version": 0, "body": 1})),
+        "/docs/drains",
+        Some(json!({"node_id": "m", "expected_version": 0, "body": {"requests": {}}})),
     )
     .await;
     let written_at = Instant::now();
     let (s, _) = api
         .call(
             Method::PUT,
-            "/docs/lb",
-            Some(json!({"expected_version": 1, "body": {"backends": ["198.18.0.2:80"]}})),
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 1, "body": {"backends": ["198.18.0.2:80"]}})),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -603,7 +625,9 @@ async fn docs_long_poll_wakes_on_write() {
 
     // With nothing new, the long-poll ends after `wait` with the current version.
     let start = Instant::now();
-    let (_, d) = api.call(Method::GET, "/docs/lb?after=2&wait=1", None).await;
+    let (_, d) = api
+        .call(Method::GET, "/docs/keeper?after=2&wait=1", None)
+        .await;
     assert_eq!(d["version"], 2);
     assert!(start.elapsed() >= Duration::from_millis(900));
     srv.stop().await;
@@ -613,22 +637,36 @@ async fn docs_long_poll_wakes_on_write() {
 async fn oversized_document_is_refused() {
     let srv = TestServer::start().await;
     let api = srv.create_cluster("big", 3).await;
-    let big = "x".repeat(1024 * 1024 + 10);
+    api.register("m", "manager").await;
+    // Beyond the request limit (document limit + 4 KiB): 413 before anything is parsed.
+    let body = |strings: usize| json!(vec!["x".repeat(4000); strings]);
     let (s, b) = api
         .call(
             Method::PUT,
-            "/docs/big",
-            Some(json!({"expected_version": 0, "body": big})),
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 0, "body": body(1060)})),
         )
         .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
-    // Just under the document limit is fine (and above the 64 KiB API limit).
-    let ok = "x".repeat(200 * 1024);
+    // A body just above the 4 MiB document limit (inside the request limit): the rulebook's
+    // quota, 403.
+    let over = body(1048);
+    assert!(serde_json::to_vec(&over).unwrap().len() > 4 << 20);
     let (s, b) = api
         .call(
             Method::PUT,
-            "/docs/big",
-            Some(json!({"expected_version": 0, "body": ok})),
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 0, "body": over})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert_eq!(b["error"], "quota_exceeded", "{b}");
+    // Under the document limit is fine (and above the 64 KiB API limit).
+    let (s, b) = api
+        .call(
+            Method::PUT,
+            "/docs/keeper",
+            Some(json!({"node_id": "m", "expected_version": 0, "body": body(50)})),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -699,12 +737,26 @@ async fn admin_api_and_metrics() {
     let (s, _) = send(
         &srv.client(),
         Method::GET,
-        &format!("{}/v1/admin/clusters", srv.base),
+        &format!("{}/v1/admin/clusters", srv.admin_base),
         Some(&api.secret),
         None,
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The public listener does not serve the admin API, even with the admin token.
+    let (s, b) = send(
+        &srv.client(),
+        Method::GET,
+        &format!("{}/v1/admin/clusters", srv.base),
+        Some(srv.admin_token.expose()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains("admin-listen"),
+        "{b}"
+    );
 
     let (s, text) = srv.get("/metrics").await;
     assert_eq!(s, StatusCode::OK);
@@ -741,6 +793,7 @@ async fn serves_operator_supplied_pem_files() {
             key: cert.clone(),
         },
         limits: Default::default(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     };
     let err = server::prepare(&bad)
         .err()
@@ -755,6 +808,7 @@ async fn serves_operator_supplied_pem_files() {
         data_dir: tmp.path().join("data"),
         tls: TlsMode::Files { cert, key },
         limits: Default::default(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
     };
     let cfg = server::prepare(&opts).unwrap();
     assert_eq!(cfg.fingerprint.as_deref(), Some(expected.as_str()));
@@ -787,11 +841,7 @@ async fn recover_resets_only_the_named_swarm_and_only_once() {
 
     // The wrong swarm id changes nothing.
     let (s, b) = api
-        .call(
-            Method::POST,
-            "/reset",
-            Some(json!({"node_id": "w", "swarm_id": "not-it"})),
-        )
+        .reset(Some(json!({"node_id": "w", "swarm_id": "not-it"})))
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert_eq!(b["error"], "swarm_mismatch");
@@ -803,9 +853,7 @@ async fn recover_resets_only_the_named_swarm_and_only_once() {
         let api = api.clone();
         let swarm = swarm.clone();
         tasks.push(tokio::spawn(async move {
-            api.call(
-                Method::POST,
-                "/reset",
+            api.reset(
                 Some(json!({"node_id": format!("op{i}"), "swarm_id": swarm, "reason": "all managers lost"})),
             )
             .await
@@ -857,21 +905,17 @@ async fn canonical_ca_digest_and_bounded_reset_reason() {
 
     let swarm = "swarm-abc";
     let (s, b) = api
-        .call(
-            Method::POST,
-            "/reset",
-            Some(json!({"node_id": "a", "swarm_id": swarm, "reason": "x".repeat(501)})),
-        )
+        .reset(Some(
+            json!({"node_id": "a", "swarm_id": swarm, "reason": "x".repeat(501)}),
+        ))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
     assert_eq!(b["error"], "invalid_request");
     assert_eq!(api.status().await["phase"], "formed", "nothing was reset");
     let (s, b) = api
-        .call(
-            Method::POST,
-            "/reset",
-            Some(json!({"node_id": "a", "swarm_id": swarm, "reason": "é".repeat(500)})),
-        )
+        .reset(Some(
+            json!({"node_id": "a", "swarm_id": swarm, "reason": "é".repeat(500)}),
+        ))
         .await;
     assert_eq!(s, StatusCode::OK, "500 characters are fine: {b}");
     assert_eq!(b["resets"], 1);
@@ -1016,6 +1060,8 @@ async fn re_created_cluster_refuses_claims_until_adopted() {
         base: srv.base.clone(),
         cluster: "again".into(),
         secret: b["secret"].as_str().unwrap().to_string(),
+        operator: b["operator_credential"].as_str().unwrap().to_string(),
+        creds: Default::default(),
     };
     let st = api.status().await;
     assert_eq!(
@@ -1081,9 +1127,12 @@ async fn re_created_cluster_refuses_claims_until_adopted() {
         .cloned()
         .expect("the adopter is registered");
     assert_eq!(leader["role"], "manager");
-    // Formed: no claim is granted.
+    // Formed: no claim is granted (and "new" is a worker now: three managers stand).
     let (s, c) = api.claim("new", 30_000).await;
-    assert_eq!(s, StatusCode::OK);
+    assert_eq!(s, StatusCode::CONFLICT, "{c}");
+    assert_eq!(c["error"], "not_a_manager", "{c}");
+    let (s, c) = api.claim("leader", 30_000).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["granted"], false, "{c}");
     // The same adoption again (a retry): not adopted again, the same token.
     let (s, again) = api
@@ -1096,9 +1145,18 @@ async fn re_created_cluster_refuses_claims_until_adopted() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(again["adopted"], false);
     assert_eq!(again["fencing_token"].as_u64(), Some(token));
-    // Another swarm cannot take the cluster.
+    // An unregistered node cannot adopt a formed cluster; another swarm cannot take it.
     let (s, b) = api
         .call(Method::POST, "/adopt", Some(adopt_body("x", "swarm-other")))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b["error"], "node_not_registered", "{b}");
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/adopt",
+            Some(adopt_body("leader", "swarm-other")),
+        )
         .await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert_eq!(b["error"], "already_formed", "{b}");
@@ -1144,11 +1202,9 @@ async fn adoption_of_a_retired_swarm_is_refused() {
     let token = c["lease"]["fencing_token"].as_u64().unwrap();
     assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
     let (s, _) = api
-        .call(
-            Method::POST,
-            "/reset",
-            Some(json!({"node_id": "a", "swarm_id": "swarm-abc", "reason": "all managers lost"})),
-        )
+        .reset(Some(
+            json!({"node_id": "a", "swarm_id": "swarm-abc", "reason": "all managers lost"}),
+        ))
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(
@@ -1242,7 +1298,7 @@ async fn admin_sets_and_lifts_the_adoption_hold() {
     let (s, b) = send(
         &srv.client(),
         Method::POST,
-        &format!("{}/v1/admin/clusters/hold/adoption-hold", srv.base),
+        &format!("{}/v1/admin/clusters/hold/adoption-hold", srv.admin_base),
         Some(&api.secret),
         Some(hold(false)),
     )

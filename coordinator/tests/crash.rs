@@ -39,6 +39,8 @@ async fn start_logging(data: &Path, log: &Path, level: &str) -> Running {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--tls-self-signed",
             "--data-dir",
         ])
@@ -121,10 +123,14 @@ async fn acknowledged_writes_survive_sigkill() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.stdout.is_empty(),
-        "the secret went to --out, not stdout"
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let operator = stdout
+        .strip_prefix("SWARMSTRAP_OPERATOR_CREDENTIAL=")
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| {
+            panic!("the secret went to --out, the operator credential to stdout: {stdout:?}")
+        });
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
     let secret = std::fs::read_to_string(&secret_file)
         .unwrap()
         .trim()
@@ -145,6 +151,8 @@ async fn acknowledged_writes_survive_sigkill() {
         base: srv.base.clone(),
         cluster: "crash".into(),
         secret: secret.clone(),
+        operator,
+        creds: Default::default(),
     };
     let (_, c) = api.claim("holder", 300_000).await;
     assert_eq!(c["granted"], true);
@@ -155,13 +163,15 @@ async fn acknowledged_writes_survive_sigkill() {
     let max_doc_version = Arc::new(AtomicU64::new(0));
     let acked_nodes = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut writers = vec![];
+    let holder_cred = api.cred("holder").expect("the claim registered the holder");
     for w in 0..4 {
         let (api, acked, maxv) = (api.clone(), acked.clone(), max_doc_version.clone());
+        let holder_cred = holder_cred.clone();
         writers.push(tokio::spawn(async move {
             loop {
                 let Ok(r) = api
                     .client
-                    .get(api.url("/docs/counter"))
+                    .get(api.url("/docs/keeper"))
                     .bearer_auth(&api.secret)
                     .send()
                     .await
@@ -175,9 +185,10 @@ async fn acknowledged_writes_survive_sigkill() {
                 let n = d["body"]["n"].as_u64().unwrap_or(0);
                 let put = api
                     .client
-                    .put(api.url("/docs/counter"))
+                    .put(api.url("/docs/keeper"))
                     .bearer_auth(&api.secret)
-                    .json(&json!({"expected_version": v, "body": {"n": n + 1, "by": w}}))
+                    .header(NODE_CREDENTIAL, &holder_cred)
+                    .json(&json!({"node_id": "holder", "expected_version": v, "body": {"n": n + 1, "by": w}}))
                     .send()
                     .await;
                 let Ok(r) = put else { return };
@@ -204,9 +215,13 @@ async fn acknowledged_writes_survive_sigkill() {
                     .send()
                     .await;
                 let Ok(r) = r else { return };
-                if r.status() != StatusCode::OK || r.bytes().await.is_err() {
+                if r.status() != StatusCode::OK {
                     return;
                 }
+                let Ok(answer) = r.json::<serde_json::Value>().await else {
+                    return;
+                };
+                api.keep_cred(&id, &answer);
                 nodes.lock().unwrap().push(id);
                 acked.fetch_add(1, Ordering::SeqCst);
             }
@@ -242,7 +257,7 @@ async fn acknowledged_writes_survive_sigkill() {
         base: srv.base.clone(),
         ..api
     };
-    let (_, d) = api.call(Method::GET, "/docs/counter", None).await;
+    let (_, d) = api.call(Method::GET, "/docs/keeper", None).await;
     let version = d["version"].as_u64().unwrap();
     assert!(
         version >= maxv,
@@ -265,8 +280,17 @@ async fn acknowledged_writes_survive_sigkill() {
         missing.is_empty(),
         "acknowledged registrations lost: {missing:?}"
     );
-    // The init lease survived the restart: nobody else is granted, the holder keeps its token.
-    let (_, c) = api.claim("intruder", 30_000).await;
+    // The init lease survived the restart: no other manager is granted, the holder keeps its
+    // token (and the credentials issued before the kill still hold).
+    let other = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "manager" && n["node_id"] != "holder")
+        .map(|n| n["node_id"].as_str().unwrap().to_string())
+        .expect("a second manager registered");
+    let (s, c) = api.claim(&other, 30_000).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
     assert_eq!(c["granted"], false);
     assert_eq!(c["lease"]["holder"], "holder");
     assert_eq!(c["lease"]["fencing_token"].as_u64(), Some(token));
@@ -296,10 +320,21 @@ async fn acknowledged_writes_survive_sigkill() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim().len(),
-        64,
-        "generated secret on stdout"
+    // Both generated secrets on stdout, once, as KEY=value lines; stderr says so.
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout:?}");
+    for (line, key) in lines.iter().zip([
+        "SWARMSTRAP_CLUSTER_SECRET=",
+        "SWARMSTRAP_OPERATOR_CREDENTIAL=",
+    ]) {
+        let v = line.strip_prefix(key).unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(v.len(), 64, "{line:?}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shown once on stdout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     let out = cli(&["cluster", "reset", "crash", "--data-dir", data_s]).await;
     assert!(
@@ -372,6 +407,8 @@ async fn assert_refused(data: &Path, expect: &[&str]) {
         cli(&[
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--tls-self-signed",
             "--data-dir",
@@ -506,6 +543,8 @@ async fn insecure_http_needs_the_flag_and_warns() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
         "--data-dir",
         data.to_str().unwrap(),
     ])
@@ -518,6 +557,8 @@ async fn insecure_http_needs_the_flag_and_warns() {
         .args([
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--insecure-http",
             "--data-dir",
@@ -631,6 +672,8 @@ async fn re_created_cluster_awaits_adoption_through_the_cli_and_the_server() {
         base: srv.base.clone(),
         cluster: "prod".into(),
         secret: secret.into(),
+        operator: String::new(),
+        creds: Default::default(),
     };
     // Through the running server's admin API.
     let out = cli(&["cluster", "allow-init", "prod", "--data-dir", data_s]).await;

@@ -111,7 +111,13 @@ async fn every_spec_operation_reaches_a_handler() {
         let concrete = path
             .replace("{cluster}", "probe")
             .replace("{name}", "probe-doc");
-        let mut url = format!("{}{concrete}", srv.base);
+        // The admin API is served on the admin listener only.
+        let base = if path.starts_with("/v1/admin") {
+            &srv.admin_base
+        } else {
+            &srv.base
+        };
+        let mut url = format!("{base}{concrete}");
         if path.ends_with("/join") {
             url.push_str("?node_id=probe-node");
         }

@@ -1,6 +1,7 @@
 //! The admin API client the CLI uses while a server holds the data dir's database lock. It
-//! reads the server's address and certificate fingerprint from DATA_DIR/server.json and the
-//! bearer token from DATA_DIR/admin.token, and pins the certificate.
+//! reads the admin listener's address and the certificate fingerprint from DATA_DIR/server.json
+//! and the bearer token from DATA_DIR/admin.token, and pins the certificate. The admin API is
+//! served only on the admin listener (`serve --admin-listen`, loopback by default).
 
 use crate::datadir::DataDir;
 use anyhow::{bail, Context};
@@ -23,7 +24,14 @@ impl AdminClient {
         let token = dir
             .read_admin_token()
             .context("the database is locked by a running server, but its admin token cannot be read (run this as the user that runs the server)")?;
-        let addr = connect_addr(info.listen);
+        let Some(admin) = info.admin_listen else {
+            bail!(
+                "the running server's {} names no admin listener (a server older than this CLI?): \
+                 run the CLI of the same version as the server",
+                dir.path(crate::datadir::SERVER_FILE).display()
+            );
+        };
+        let addr = connect_addr(admin);
         let builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))

@@ -3,7 +3,8 @@ use crate::datadir::DataDir;
 use crate::store::{OpenError, OpenMode, Store};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use swarmstrap_wire::fsutil::write_atomic;
 use swarmstrap_wire::{ClusterStatus, CreateCluster, CreatedCluster, Secret};
 
@@ -11,7 +12,8 @@ use swarmstrap_wire::{ClusterStatus, CreateCluster, CreatedCluster, Secret};
 /// through the running server's admin API when the server holds the database.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCmd {
-    /// Create a cluster and print its join secret (or write it to --out).
+    /// Create a cluster; print its join secret and operator credential once (or write them to
+    /// --out / --operator-credential-out).
     Create(Create),
     /// Allow exactly one new `swarm init` for a formed cluster (recorded in its `resets`).
     Reset(Named),
@@ -40,13 +42,23 @@ pub struct Create {
     /// Managers to keep (odd: 1, 3, 5 or 7).
     #[arg(long, default_value_t = swarmstrap_wire::default_target_managers())]
     pub target_managers: u8,
-    /// Read the secret from this file instead of generating one (e.g. Terraform's
+    /// Read the join secret from this file instead of generating one (e.g. Terraform's
     /// random_password written to a file).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Write the generated secret to this file (mode 0600) instead of stdout.
+    /// Write the generated join secret to this new file (mode 0600) instead of stdout. The
+    /// file stays until you delete it.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Read the operator credential (the one credential that resets the cluster: `swarm-agent
+    /// recover`) from this file, or `-` for stdin, instead of generating one. Never put it in
+    /// user-data.
+    #[arg(long, conflicts_with = "operator_credential_out")]
+    pub operator_credential_file: Option<PathBuf>,
+    /// Write the generated operator credential to this new file (mode 0600) instead of
+    /// stdout. The file stays until you delete it.
+    #[arg(long)]
+    pub operator_credential_out: Option<PathBuf>,
     /// Re-create the cluster of a running swarm (the coordinator lost its database, or is
     /// restored from a backup): refuse every init claim until that swarm's leader adopts it,
     /// so no new node can `swarm init` a second swarm meanwhile. Never for a brand-new cluster
@@ -223,32 +235,72 @@ impl ClusterCmd {
     }
 }
 
+/// Read a secret from `path` (`-`: stdin), trailing newline removed, checked.
+fn read_secret(path: &Path, what: &str) -> anyhow::Result<Secret> {
+    let text = if path == Path::new("-") {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .with_context(|| format!("cannot read the {what} from stdin"))?;
+        t
+    } else {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?
+    };
+    let s = Secret::new(text.trim_end_matches(['\n', '\r']));
+    crate::auth::validate_secret(&s)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("bad {what} in {}", path.display()))?;
+    Ok(s)
+}
+
+/// Refuse an output file that exists, or whose directory does not (checked before the cluster
+/// is created, so a bad path creates nothing).
+fn check_out(path: &Path, flag: &str) -> anyhow::Result<()> {
+    if path.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a secret file (remove it or pick another {flag})",
+            path.display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "the directory of {flag} {} does not exist; nothing was created",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Create {
     async fn run(self) -> anyhow::Result<()> {
         swarmstrap_wire::validate_name(&self.name).map_err(anyhow::Error::msg)?;
         swarmstrap_wire::validate_target_managers(self.target_managers)
             .map_err(anyhow::Error::msg)?;
+        if self.secret_file.as_deref() == Some(Path::new("-")) {
+            bail!("--secret-file - is not supported: name a file (stdin is for --operator-credential-file -)");
+        }
         let secret = match &self.secret_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the secret file {}", path.display()))?;
-                let s = Secret::new(text.trim_end_matches(['\n', '\r']));
-                crate::auth::validate_secret(&s)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("bad secret in {}", path.display()))?;
-                Some(s)
-            }
+            Some(path) => Some(read_secret(path, "secret")?),
+            None => None,
+        };
+        let operator = match &self.operator_credential_file {
+            Some(path) => Some(read_secret(path, "operator credential")?),
             None => None,
         };
         if let Some(out) = &self.out {
-            if out.exists() {
-                bail!(
-                    "{} already exists; refusing to overwrite a secret file (remove it or pick another --out)",
-                    out.display()
-                );
+            check_out(out, "--out")?;
+        }
+        if let Some(out) = &self.operator_credential_out {
+            check_out(out, "--operator-credential-out")?;
+            if self.out.as_ref() == Some(out) {
+                bail!("--out and --operator-credential-out must name two different files");
             }
         }
-        let from_file = secret.is_some();
         let backend = Backend::open(&self.dir, OpenMode::CreateIfMissing)?;
         let created = backend
             .create(CreateCluster {
@@ -256,8 +308,14 @@ impl Create {
                 target_managers: self.target_managers,
                 secret,
                 await_adoption: self.adopt,
+                operator_credential: operator,
             })
             .await?;
+        eprintln!(
+            "created cluster {} (target managers {}); the coordinator keeps only the sha256 of its \
+             join secret and operator credential",
+            created.name, created.target_managers
+        );
         if self.adopt {
             eprintln!(
                 "cluster {} awaits adoption: no node may run `swarm init` until the running \
@@ -266,39 +324,66 @@ impl Create {
                 created.name, created.name
             );
         }
-        match &self.out {
-            Some(out) => {
-                let mut bytes = created.secret.expose().as_bytes().to_vec();
-                bytes.push(b'\n');
-                write_atomic(out, &bytes, 0o600).with_context(|| {
-                    format!(
-                        "cluster created, but cannot write its secret to {}",
-                        out.display()
-                    )
-                })?;
-                eprintln!(
-                    "created cluster {} (target managers {}); secret written to {} (mode 0600)",
-                    created.name,
-                    created.target_managers,
-                    out.display()
-                );
-            }
-            None if from_file => eprintln!(
-                "created cluster {} (target managers {}) with the secret from {}",
-                created.name,
-                created.target_managers,
-                self.secret_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
+        // Each secret the operator did not bring goes to its file or, once, to stdout.
+        let mut stdout: Vec<(&str, &Secret)> = vec![];
+        let mut failed: Vec<String> = vec![];
+        let outputs = [
+            (
+                "join secret (every node's user-data)",
+                "SWARMSTRAP_CLUSTER_SECRET",
+                &created.secret,
+                self.secret_file.as_ref(),
+                self.out.as_ref(),
             ),
-            None => {
-                eprintln!(
-                    "created cluster {} (target managers {}); its secret follows on stdout",
-                    created.name, created.target_managers
-                );
-                println!("{}", created.secret.expose());
+            (
+                "operator credential (resets the cluster: `swarm-agent recover`; keep it off the nodes)",
+                "SWARMSTRAP_OPERATOR_CREDENTIAL",
+                &created.operator_credential,
+                self.operator_credential_file.as_ref(),
+                self.operator_credential_out.as_ref(),
+            ),
+        ];
+        for (what, key, value, from, out) in outputs {
+            if let Some(from) = from {
+                eprintln!("{what}: taken from {}", from.display());
+                continue;
             }
+            let Some(out) = out else {
+                stdout.push((key, value));
+                continue;
+            };
+            let mut bytes = value.expose().as_bytes().to_vec();
+            bytes.push(b'\n');
+            match write_atomic(out, &bytes, 0o600) {
+                Ok(()) => eprintln!(
+                    "{what}: written to {} (mode 0600). The file stays on disk until you delete \
+                     it: store it where it belongs, then delete it (e.g. `shred -u {}`)",
+                    out.display(),
+                    out.display()
+                ),
+                Err(e) => {
+                    // Not lost: it goes to stdout instead, and the command fails.
+                    failed.push(format!("{what} not written to {} ({e})", out.display()));
+                    stdout.push((key, value));
+                }
+            }
+        }
+        if !stdout.is_empty() {
+            let keys: Vec<&str> = stdout.iter().map(|(k, _)| *k).collect();
+            eprintln!(
+                "shown once on stdout (KEY=value lines: {}); nothing else keeps them",
+                keys.join(", ")
+            );
+            for (key, value) in &stdout {
+                println!("{key}={}", value.expose());
+            }
+        }
+        if !failed.is_empty() {
+            bail!(
+                "cluster {} was created, but: {} (printed on stdout instead)",
+                created.name,
+                failed.join("; ")
+            );
         }
         Ok(())
     }

@@ -41,12 +41,36 @@ pub struct Serve {
     /// Serve plain HTTP (labs only: join tokens then travel in clear text).
     #[arg(long, env = "SWARM_COORDINATOR_INSECURE_HTTP")]
     pub insecure_http: bool,
+    /// Address of the admin API (`/v1/admin`: the `cluster` commands while the server runs).
+    /// Keep it on loopback: the public --listen never serves the admin API.
+    #[arg(long, env = "SWARM_COORDINATOR_ADMIN_LISTEN", default_value = server::DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
     /// Most concurrently open long-polls; beyond it, 503 with Retry-After.
     #[arg(long, env = "SWARM_COORDINATOR_MAX_LONG_POLLS", default_value_t = Limits::default().max_long_polls)]
     pub max_long_polls: u64,
-    /// Most concurrently open connections; beyond it, new connections wait in the backlog.
+    /// Most concurrently open long-polls of one cluster; beyond it, 503 with Retry-After.
+    #[arg(long, env = "SWARM_COORDINATOR_MAX_LONG_POLLS_PER_CLUSTER", default_value_t = Limits::default().max_long_polls_per_cluster)]
+    pub max_long_polls_per_cluster: u64,
+    /// Most concurrently open long-polls from one client address; beyond it, 429 with
+    /// Retry-After (raise it when many agents reach the coordinator through one NAT address).
+    #[arg(long, env = "SWARM_COORDINATOR_MAX_LONG_POLLS_PER_ADDRESS", default_value_t = Limits::default().max_long_polls_per_address)]
+    pub max_long_polls_per_address: u64,
+    /// Most concurrently open connections (TLS handshakes included); beyond it, new
+    /// connections wait in the backlog. The process needs more open files than this
+    /// (the systemd unit sets LimitNOFILE=65536).
     #[arg(long, env = "SWARM_COORDINATOR_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
+    /// Most concurrently open connections from one client address; a new one beyond it is
+    /// closed at once.
+    #[arg(long, env = "SWARM_COORDINATOR_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = Limits::default().max_connections_per_address)]
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to finish its TLS handshake.
+    #[arg(
+        long,
+        env = "SWARM_COORDINATOR_TLS_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = Limits::default().tls_handshake_timeout.as_secs()
+    )]
+    pub tls_handshake_timeout_secs: u64,
     /// Seconds a client has to send its request headers (and to send a body).
     #[arg(
         long,
@@ -71,7 +95,11 @@ impl Serve {
         let read_timeout = Duration::from_secs(self.read_timeout_secs.max(1));
         let limits = Limits {
             max_long_polls: self.max_long_polls,
+            max_long_polls_per_cluster: self.max_long_polls_per_cluster,
+            max_long_polls_per_address: self.max_long_polls_per_address,
             max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            tls_handshake_timeout: Duration::from_secs(self.tls_handshake_timeout_secs.max(1)),
             header_read_timeout: read_timeout,
             body_read_timeout: read_timeout,
             ..Limits::default()
@@ -80,6 +108,7 @@ impl Serve {
             data_dir: self.data_dir.clone(),
             tls,
             limits,
+            admin_listen: self.admin_listen,
         };
         let cfg = server::prepare(&opts)
             .with_context(|| format!("cannot start with data dir {}", self.data_dir.display()))?;

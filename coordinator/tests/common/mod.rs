@@ -1,12 +1,16 @@
-//! Shared test helpers: a real server on 127.0.0.1:0 with a self-signed certificate from a
-//! temp data dir, started in-process through `server::run`, and a reqwest client that pins
-//! that certificate.
+//! Shared test helpers: a real server on 127.0.0.1:0 (admin API on another 127.0.0.1:0) with a
+//! self-signed certificate from a temp data dir, started in-process through `server::run`, and
+//! a reqwest client that pins that certificate. [`Api`] keeps the node credentials its
+//! registrations were issued and presents them (header `x-swarmstrap-node-credential`) on
+//! every call that names a node (`node_id` in the body or the query).
 #![allow(dead_code)]
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarm_coordinator::api::Limits;
 use swarm_coordinator::server::{self, ServeOptions, TlsMode};
@@ -20,6 +24,9 @@ pub fn install_crypto() {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
+    /// The admin listener (`/v1/admin`), loopback.
+    pub admin_addr: SocketAddr,
+    pub admin_base: String,
     pub fingerprint: String,
     pub admin_token: Secret,
     pub dir: tempfile::TempDir,
@@ -39,8 +46,10 @@ impl TestServer {
             data_dir: dir.path().join("data"),
             tls: TlsMode::SelfSigned { sans: vec![] },
             limits,
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
         };
         let cfg = server::prepare(&opts).expect("prepare the server");
+        let admin_addr = cfg.admin_addr;
         let fingerprint = cfg.fingerprint.clone().expect("https has a fingerprint");
         let admin_token = cfg.admin_token.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -58,6 +67,8 @@ impl TestServer {
         TestServer {
             addr,
             base: format!("https://{addr}"),
+            admin_addr,
+            admin_base: format!("https://{admin_addr}"),
             fingerprint,
             admin_token,
             dir,
@@ -75,7 +86,7 @@ impl TestServer {
         let (status, body) = send(
             &self.client(),
             Method::POST,
-            &format!("{}/v1/admin/clusters", self.base),
+            &format!("{}/v1/admin/clusters", self.admin_base),
             Some(self.admin_token.expose()),
             Some(json!({"name": name, "target_managers": target})),
         )
@@ -86,6 +97,8 @@ impl TestServer {
             base: self.base.clone(),
             cluster: name.to_string(),
             secret: body["secret"].as_str().unwrap().to_string(),
+            operator: body["operator_credential"].as_str().unwrap().to_string(),
+            creds: Arc::default(),
         }
     }
 
@@ -98,7 +111,7 @@ impl TestServer {
         send(
             &self.client(),
             method,
-            &format!("{}{path}", self.base),
+            &format!("{}{path}", self.admin_base),
             Some(self.admin_token.expose()),
             body,
         )
@@ -153,9 +166,24 @@ pub async fn send(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    send_with(client, method, url, bearer, &[], body).await
+}
+
+/// [`send`] with extra headers.
+pub async fn send_with(
+    client: &reqwest::Client,
+    method: Method,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let mut req = client.request(method, url);
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     if let Some(body) = body {
         req = req.json(&body);
@@ -170,13 +198,32 @@ pub async fn send(
     (status, value)
 }
 
-/// Calls on one cluster with its secret.
+pub const NODE_CREDENTIAL: &str = "x-swarmstrap-node-credential";
+pub const OPERATOR_CREDENTIAL: &str = "x-swarmstrap-operator-credential";
+
+/// Calls on one cluster with its secret, presenting the node credentials it was issued.
 #[derive(Clone)]
 pub struct Api {
     pub client: reqwest::Client,
     pub base: String,
     pub cluster: String,
     pub secret: String,
+    /// The cluster's operator credential (from the create answer).
+    pub operator: String,
+    /// node id → credential, kept from registrations (and adoptions).
+    pub creds: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// The node a call is for: `node_id` in the body, or in the query string.
+fn node_of(rest: &str, body: Option<&Value>) -> Option<String> {
+    if let Some(n) = body.and_then(|b| b["node_id"].as_str()) {
+        return Some(n.to_string());
+    }
+    let query = rest.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("node_id="))
+        .map(str::to_string)
 }
 
 impl Api {
@@ -184,23 +231,69 @@ impl Api {
         format!("{}/v1/clusters/{}{rest}", self.base, self.cluster)
     }
 
+    /// The credential this client holds for `node`.
+    pub fn cred(&self, node: &str) -> Option<String> {
+        self.creds.lock().unwrap().get(node).cloned()
+    }
+
+    pub fn keep_cred(&self, node: &str, answer: &Value) {
+        if let Some(c) = answer["credential"].as_str() {
+            self.creds
+                .lock()
+                .unwrap()
+                .insert(node.to_string(), c.to_string());
+        }
+    }
+
+    /// A call with the join secret and, when it names a node this client registered, that
+    /// node's credential.
     pub async fn call(
         &self,
         method: Method,
         rest: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        send(
+        let node = node_of(rest, body.as_ref());
+        let cred = node.as_deref().and_then(|n| self.cred(n));
+        let headers: Vec<(&str, &str)> = cred
+            .as_deref()
+            .map(|c| vec![(NODE_CREDENTIAL, c)])
+            .unwrap_or_default();
+        let (s, b) = self.call_with(method, rest, &headers, body).await;
+        // A registration or an adoption that registered the caller carries its credential.
+        if let Some(n) = node {
+            self.keep_cred(&n, &b);
+        }
+        (s, b)
+    }
+
+    /// `POST /reset` with the operator credential.
+    pub async fn reset(&self, body: Option<Value>) -> (StatusCode, Value) {
+        let op = self.operator.clone();
+        self.call_with(Method::POST, "/reset", &[(OPERATOR_CREDENTIAL, &op)], body)
+            .await
+    }
+
+    /// A call with the join secret and exactly `headers` (no credential added).
+    pub async fn call_with(
+        &self,
+        method: Method,
+        rest: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        send_with(
             &self.client,
             method,
             &self.url(rest),
             Some(&self.secret),
+            headers,
             body,
         )
         .await
     }
 
-    pub async fn register(&self, node: &str, role: &str) -> Value {
+    pub async fn try_register(&self, node: &str, role: &str) -> (StatusCode, Value) {
         let (s, b) = self
             .call(
                 Method::POST,
@@ -209,11 +302,42 @@ impl Api {
                             "advertise_addr": "198.18.0.10", "role": role})),
             )
             .await;
+        self.keep_cred(node, &b);
+        (s, b)
+    }
+
+    pub async fn register(&self, node: &str, role: &str) -> Value {
+        let (s, b) = self.try_register(node, role).await;
         assert_eq!(s, StatusCode::OK, "register {node}: {b}");
         b
     }
 
+    /// Reset as the operator (`swarm-agent recover`), with the operator credential.
+    pub async fn recover(&self, node: &str, swarm_id: &str) -> (StatusCode, Value) {
+        let op = self.operator.clone();
+        self.call_with(
+            Method::POST,
+            "/reset",
+            &[(OPERATOR_CREDENTIAL, &op)],
+            Some(json!({"node_id": node, "swarm_id": swarm_id, "reason": "test"})),
+        )
+        .await
+    }
+
+    /// Claim for `node`, registering it first (role auto) when this client holds no
+    /// credential for it: only a registered manager may claim.
     pub async fn claim(&self, node: &str, ttl_ms: u64) -> (StatusCode, Value) {
+        if self.cred(node).is_none() {
+            let (s, b) = self.try_register(node, "auto").await;
+            if s != StatusCode::OK {
+                return (s, b);
+            }
+        }
+        self.raw_claim(node, ttl_ms).await
+    }
+
+    /// Claim for `node` as it is (no registration first).
+    pub async fn raw_claim(&self, node: &str, ttl_ms: u64) -> (StatusCode, Value) {
         self.call(
             Method::POST,
             "/claim",
