@@ -272,6 +272,82 @@ mod tests {
         }
     }
 
+    // Node `id` holds the credential `cred(id)`: handed in as the fresh credential of its
+    // registration, presented on every later call.
+    fn cred(id: &str) -> Secret {
+        Secret::new(format!("credential-of-{id}"))
+    }
+
+    fn register_as(
+        m: &Memory,
+        now: u64,
+        req: &RegisterRequest,
+    ) -> rules::Result<Outcome<swarmstrap_wire::RegisterResponse>> {
+        m.register(now, req, Some(&cred(&req.node_id)), &cred(&req.node_id))
+    }
+
+    fn claim_as(
+        m: &Memory,
+        now: u64,
+        id: &str,
+        ttl_ms: u64,
+    ) -> rules::Result<Outcome<swarmstrap_wire::ClaimResponse>> {
+        m.claim(now, id, ttl_ms, Some(&cred(id)))
+    }
+
+    fn renew_as(
+        m: &Memory,
+        now: u64,
+        req: &RenewRequest,
+    ) -> rules::Result<Outcome<swarmstrap_wire::ClaimResponse>> {
+        m.renew(now, req, Some(&cred(&req.node_id)))
+    }
+
+    fn publish_as(
+        m: &Memory,
+        now: u64,
+        req: &PublishRequest,
+    ) -> rules::Result<Outcome<swarmstrap_wire::PublishResponse>> {
+        m.publish(now, req, Some(&cred(&req.node_id)))
+    }
+
+    fn join_as(m: &Memory, now: u64, id: &str) -> rules::Result<swarmstrap_wire::JoinResponse> {
+        m.join(now, id, Some(&cred(id)))
+    }
+
+    fn sync_as(
+        m: &Memory,
+        now: u64,
+        req: &swarmstrap_wire::SyncRequest,
+    ) -> rules::Result<Outcome<swarmstrap_wire::SyncResponse>> {
+        m.sync(now, req, Some(&cred(&req.node_id)))
+    }
+
+    fn adopt_as(
+        m: &Memory,
+        now: u64,
+        req: &swarmstrap_wire::AdoptRequest,
+    ) -> rules::Result<Outcome<swarmstrap_wire::AdoptResponse>> {
+        m.adopt(now, req, Some(&cred(&req.node_id)), &cred(&req.node_id))
+    }
+
+    /// Bind registrations stored before node credentials existed (their next registration).
+    fn bind(doc: &mut ClusterDoc, ids: &[&str]) {
+        for id in ids {
+            let n = doc.cluster.node(id).expect("registered").clone();
+            let req = RegisterRequest {
+                node_id: n.node_id.clone(),
+                hostname: n.hostname.clone(),
+                advertise_addr: n.advertise_addr.clone(),
+                role: n.requested,
+                joined_through: n.joined_through.clone(),
+            };
+            let (r, wrote) = run(doc, |m| m.register(NOW, &req, None, &cred(id))).unwrap();
+            assert!(wrote);
+            assert_eq!(r.credential, Some(cred(id)));
+        }
+    }
+
     fn reparse(doc: &ClusterDoc) -> ClusterDoc {
         serde_json::from_str(&serde_json::to_string(doc).unwrap()).unwrap()
     }
@@ -303,7 +379,7 @@ mod tests {
         let mut roles = Vec::new();
         for i in 0..5 {
             let (r, wrote) = run(&mut doc, |m| {
-                m.register(NOW, &reg(&format!("n{i}"), RequestedRole::Auto))
+                register_as(m, NOW, &reg(&format!("n{i}"), RequestedRole::Auto))
             })
             .unwrap();
             assert!(wrote);
@@ -320,70 +396,55 @@ mod tests {
         );
         // re-register: same role, no write
         let (r, wrote) = run(&mut doc, |m| {
-            m.register(NOW, &reg("n0", RequestedRole::Auto))
+            register_as(m, NOW, &reg("n0", RequestedRole::Auto))
         })
         .unwrap();
         assert_eq!((r.role, wrote), (M, false));
         // a worker never claims
-        let err = run(&mut doc, |m| m.claim(NOW, "n3", 30_000)).unwrap_err();
+        let err = run(&mut doc, |m| claim_as(m, NOW, "n3", 30_000)).unwrap_err();
         assert_eq!(code(err), "not_a_manager");
         // the ttl is clamped to 5 min
-        let (c, wrote) = run(&mut doc, |m| m.claim(NOW, "n0", 3_600_000)).unwrap();
+        let (c, wrote) = run(&mut doc, |m| claim_as(m, NOW, "n0", 3_600_000)).unwrap();
         assert!(c.granted && wrote);
         let lease = c.lease.unwrap();
         assert_eq!((lease.fencing_token, lease.expires_in_ms), (1, 300_000));
         // another manager loses, without a write
-        let (c, wrote) = run(&mut doc, |m| m.claim(NOW + 1, "n1", 300_000)).unwrap();
+        let (c, wrote) = run(&mut doc, |m| claim_as(m, NOW + 1, "n1", 300_000)).unwrap();
         assert!(!c.granted && !wrote);
         // renew writes only once at most half the ttl is left
-        let early = |m: &Memory| rules::renew(&m.state, NOW + 100_000, &renewreq("n0", 1, 300_000));
+        let early = |m: &Memory| renew_as(m, NOW + 100_000, &renewreq("n0", 1, 300_000));
         let (r, wrote) = run(&mut doc, early).unwrap();
         assert!(r.granted && !wrote);
-        let due = |m: &Memory| rules::renew(&m.state, NOW + 150_000, &renewreq("n0", 1, 300_000));
+        let due = |m: &Memory| renew_as(m, NOW + 150_000, &renewreq("n0", 1, 300_000));
         let (r, wrote) = run(&mut doc, due).unwrap();
         assert!(r.granted && wrote);
         assert_eq!(r.lease.unwrap().expires_in_ms, 300_000);
         // expired, nobody took over: renew is granted (and writes), so is a publish
         let late = NOW + 150_000 + 300_001;
-        let (r, wrote) = run(&mut doc, |m| {
-            rules::renew(&m.state, late, &renewreq("n0", 1, 10_000))
-        })
-        .unwrap();
+        let (r, wrote) = run(&mut doc, |m| renew_as(m, late, &renewreq("n0", 1, 10_000))).unwrap();
         assert!(r.granted && wrote);
         let later = late + 10_001;
-        let (p, wrote) = run(&mut doc, |m| {
-            rules::publish(&m.state, later, &pubreq("n0", 1))
-        })
-        .unwrap();
+        let (p, wrote) = run(&mut doc, |m| publish_as(m, later, &pubreq("n0", 1))).unwrap();
         assert!(wrote);
         assert_eq!(p.phase, Phase::Formed);
         assert_eq!(doc.cluster.state.lease, None, "publish clears the lease");
         // the publisher's identical retry: accepted without a write; others refused
-        let (_, wrote) = run(&mut doc, |m| {
-            rules::publish(&m.state, later, &pubreq("n0", 1))
-        })
-        .unwrap();
+        let (_, wrote) = run(&mut doc, |m| publish_as(m, later, &pubreq("n0", 1))).unwrap();
         assert!(!wrote);
-        let err = run(&mut doc, |m| {
-            rules::publish(&m.state, later, &pubreq("n1", 1))
-        })
-        .unwrap_err();
+        let err = run(&mut doc, |m| publish_as(m, later, &pubreq("n1", 1))).unwrap_err();
         assert_eq!(code(err), "not_lease_holder");
         // renewing once formed is lease_lost; claims are answered without a write
-        let err = run(&mut doc, |m| {
-            rules::renew(&m.state, later, &renewreq("n0", 1, 10_000))
-        })
-        .unwrap_err();
+        let err = run(&mut doc, |m| renew_as(m, later, &renewreq("n0", 1, 10_000))).unwrap_err();
         assert_eq!(code(err), "lease_lost");
-        let (c, wrote) = run(&mut doc, |m| m.claim(later, "n1", 10_000)).unwrap();
+        let (c, wrote) = run(&mut doc, |m| claim_as(m, later, "n1", 10_000)).unwrap();
         assert!(!c.granted && !wrote);
         // join: the token of the node's own role only; unknown nodes are refused
-        let j = doc.cluster.join(later, "n4").unwrap().join.unwrap();
+        let j = join_as(&doc.cluster, later, "n4").unwrap().join.unwrap();
         assert_eq!((j.role, j.token.expose()), (W, "SWMTKN-1-wrk"));
-        let j = doc.cluster.join(later, "n2").unwrap().join.unwrap();
+        let j = join_as(&doc.cluster, later, "n2").unwrap().join.unwrap();
         assert_eq!((j.role, j.token.expose()), (M, "SWMTKN-1-mgr"));
         assert_eq!(
-            code(doc.cluster.join(later, "ghost").unwrap_err().into()),
+            code(join_as(&doc.cluster, later, "ghost").unwrap_err().into()),
             "node_not_registered"
         );
         // nothing secret in the status or in Debug of the whole document
@@ -409,38 +470,59 @@ mod tests {
         assert!(wrote);
         assert_eq!((s.phase, s.resets, s.nodes.len()), (Phase::Open, 1, 0));
         assert!(doc.cluster.nodes.is_empty());
-        let (c, _) = run(&mut doc, |m| m.claim(later, "n1", 10_000)).unwrap();
+        let err = run(&mut doc, |m| claim_as(m, later, "n1", 10_000)).unwrap_err();
+        assert_eq!(code(err), "node_not_registered");
+        run(&mut doc, |m| {
+            register_as(m, later, &reg("n1", RequestedRole::Auto))
+        })
+        .unwrap();
+        let (c, _) = run(&mut doc, |m| claim_as(m, later, "n1", 10_000)).unwrap();
         assert_eq!(c.lease.unwrap().fencing_token, 2);
     }
 
     #[test]
     fn put_doc_checks_only_its_own_version() {
         let mut doc = new_doc();
+        run(&mut doc, |m| {
+            register_as(m, NOW, &reg("m", RequestedRole::Manager))
+        })
+        .unwrap();
         let write = |v: u64, body: serde_json::Value| DocumentWrite {
             expected_version: v,
             body,
+            node_id: "m".into(),
         };
+        let put = |m: &Memory, name: &str, w: &DocumentWrite| m.put_doc(name, w, Some(&cred("m")));
         let body = serde_json::json!({"n": 1});
-        let err = run(&mut doc, |m| m.put_doc("members", &write(1, body.clone()))).unwrap_err();
+        let err = run(&mut doc, |m| put(m, "keeper", &write(1, body.clone()))).unwrap_err();
         assert_eq!(code(err), "version_conflict");
-        let (d, _) = run(&mut doc, |m| m.put_doc("members", &write(0, body.clone()))).unwrap();
+        let (d, _) = run(&mut doc, |m| put(m, "keeper", &write(0, body.clone()))).unwrap();
         assert_eq!(d.version, 1);
         // an unrelated change (another doc, a registration) does not disturb the next write
-        run(&mut doc, |m| m.put_doc("other", &write(0, body.clone()))).unwrap();
+        run(&mut doc, |m| put(m, "drains", &write(0, body.clone()))).unwrap();
         run(&mut doc, |m| {
-            m.register(NOW, &reg("n1", RequestedRole::Auto))
+            register_as(m, NOW, &reg("n1", RequestedRole::Auto))
         })
         .unwrap();
         let (d, _) = run(&mut doc, |m| {
-            m.put_doc("members", &write(1, serde_json::json!(2)))
+            put(m, "keeper", &write(1, serde_json::json!(2)))
         })
         .unwrap();
         assert_eq!(d.version, 2);
-        assert_eq!(doc.cluster.doc("members").body, serde_json::json!(2));
-        assert_eq!(doc.cluster.doc("other").version, 1);
-        assert_eq!(doc.cluster.doc("nothing").version, 0);
-        let err = run(&mut doc, |m| m.put_doc("Bad Name", &write(0, body.clone()))).unwrap_err();
-        assert_eq!(code(err), "invalid_name");
+        assert_eq!(doc.cluster.doc("keeper").body, serde_json::json!(2));
+        assert_eq!(doc.cluster.doc("drains").version, 1);
+        assert_eq!(doc.cluster.doc("rejoins").version, 0);
+        for bad in ["Bad Name", "members"] {
+            let err = run(&mut doc, |m| put(m, bad, &write(0, body.clone()))).unwrap_err();
+            assert_eq!(code(err), "invalid_name");
+        }
+        // without the writer's credential: refused, nothing written
+        let err = run(&mut doc, |m| {
+            m.put_doc("keeper", &write(2, body.clone()), Some(&cred("n1")))
+        })
+        .unwrap_err();
+        assert_eq!(code(err), "bad_node_credential");
+        assert_eq!(doc.cluster.doc("keeper").version, 2);
     }
 
     /// A formed document exactly as the previous version wrote it (schema 1): `cluster`,
@@ -494,29 +576,30 @@ mod tests {
         );
         assert_eq!(doc.cluster.doc("lb").version, 2);
         assert!(doc.includes_write("id-2"));
+        // registered before node credentials: nothing until bound by a registration
+        let err = run(&mut doc, |m| renew_as(m, NOW, &renewreq("a", 4, 1_000))).unwrap_err();
+        assert_eq!(code(err), "bad_node_credential");
+        bind(&mut doc, &["a", "b"]);
         // the old holder may still renew its expired lease (nobody took over) ...
-        let (r, _) = run(&mut doc, |m| {
-            rules::renew(&m.state, NOW, &renewreq("a", 4, 1_000))
-        })
-        .unwrap();
+        let (r, _) = run(&mut doc, |m| renew_as(m, NOW, &renewreq("a", 4, 1_000))).unwrap();
         assert!(r.granted);
         // ... and once another manager has taken over, it gets a strictly larger token
-        let (c, wrote) = run(&mut doc, |m| m.claim(NOW + 2_000, "b", 30_000)).unwrap();
+        let (c, wrote) = run(&mut doc, |m| claim_as(m, NOW + 2_000, "b", 30_000)).unwrap();
         assert!(c.granted && wrote);
         assert_eq!(c.lease.unwrap().fencing_token, 5);
         let err = run(&mut doc, |m| {
-            rules::renew(&m.state, NOW + 2_001, &renewreq("a", 4, 1_000))
+            renew_as(m, NOW + 2_001, &renewreq("a", 4, 1_000))
         })
         .unwrap_err();
         assert_eq!(code(err), "lease_lost");
         // the recount drives role assignment: one manager seat is left
         let (r, _) = run(&mut doc, |m| {
-            m.register(NOW, &reg("c", RequestedRole::Auto))
+            register_as(m, NOW, &reg("c", RequestedRole::Auto))
         })
         .unwrap();
         assert_eq!(r.role, Role::Manager);
         let (r, _) = run(&mut doc, |m| {
-            m.register(NOW, &reg("d", RequestedRole::Auto))
+            register_as(m, NOW, &reg("d", RequestedRole::Auto))
         })
         .unwrap();
         assert_eq!(r.role, Role::Worker);
@@ -530,7 +613,8 @@ mod tests {
         fresh["lease"] = serde_json::Value::Null;
         fresh["next_fencing_token"] = serde_json::json!(1);
         let mut doc: ClusterDoc = serde_json::from_value(fresh).unwrap();
-        let (c, _) = run(&mut doc, |m| m.claim(NOW, "a", 30_000)).unwrap();
+        bind(&mut doc, &["a"]);
+        let (c, _) = run(&mut doc, |m| claim_as(m, NOW, "a", 30_000)).unwrap();
         assert_eq!(c.lease.unwrap().fencing_token, 1);
     }
 
@@ -540,12 +624,13 @@ mod tests {
         let f = doc.cluster.state.formed.as_ref().unwrap();
         assert_eq!((f.published_by.as_str(), f.fencing_token), ("a", 4));
         assert_eq!(doc.cluster.state.lease, None);
+        bind(&mut doc, &["a", "w"]);
         // the publisher's identical retry is still accepted, without a write
-        let (p, wrote) = run(&mut doc, |m| rules::publish(&m.state, NOW, &pubreq("a", 4))).unwrap();
+        let (p, wrote) = run(&mut doc, |m| publish_as(m, NOW, &pubreq("a", 4))).unwrap();
         assert_eq!((p.phase, wrote), (Phase::Formed, false));
-        let err = run(&mut doc, |m| rules::publish(&m.state, NOW, &pubreq("a", 3))).unwrap_err();
+        let err = run(&mut doc, |m| publish_as(m, NOW, &pubreq("a", 3))).unwrap_err();
         assert_eq!(code(err), "stale_fencing_token");
-        let j = doc.cluster.join(NOW, "w").unwrap().join.unwrap();
+        let j = join_as(&doc.cluster, NOW, "w").unwrap().join.unwrap();
         assert_eq!(j.token.expose(), "SWMTKN-1-wrk");
         // after a recovery the next grant still gets a larger token than any before
         let reset = ResetRequest {
@@ -556,7 +641,11 @@ mod tests {
         run(&mut doc, |m| rules::recover(&m.state, NOW, &reset)).unwrap();
         assert_eq!(doc.cluster.state.resets, 2);
         assert_eq!(doc.cluster.state.reset_log.len(), 2);
-        let (c, _) = run(&mut doc, |m| m.claim(NOW, "b", 30_000)).unwrap();
+        run(&mut doc, |m| {
+            register_as(m, NOW, &reg("b", RequestedRole::Auto))
+        })
+        .unwrap();
+        let (c, _) = run(&mut doc, |m| claim_as(m, NOW, "b", 30_000)).unwrap();
         assert_eq!(c.lease.unwrap().fencing_token, 5);
     }
 
@@ -620,10 +709,10 @@ mod tests {
     fn documents_stay_readable_by_the_previous_version() {
         let mut doc = new_doc();
         run(&mut doc, |m| {
-            m.register(NOW, &reg("a", RequestedRole::Auto))
+            register_as(m, NOW, &reg("a", RequestedRole::Auto))
         })
         .unwrap();
-        let (c, _) = run(&mut doc, |m| m.claim(NOW, "a", 30_000)).unwrap();
+        let (c, _) = run(&mut doc, |m| claim_as(m, NOW, "a", 30_000)).unwrap();
         assert!(c.granted);
         doc.note_write("id-1");
         let text = serde_json::to_string(&doc).unwrap();
@@ -633,7 +722,7 @@ mod tests {
         assert_eq!(old.lease.unwrap().holder, "a");
         assert_eq!(old.nodes.len(), 1);
         // formed and reset, too
-        run(&mut doc, |m| rules::publish(&m.state, NOW, &pubreq("a", 1))).unwrap();
+        run(&mut doc, |m| publish_as(m, NOW, &pubreq("a", 1))).unwrap();
         let text = serde_json::to_string(&doc).unwrap();
         let old: previous::ClusterDoc = serde_json::from_str(&text).unwrap();
         assert_eq!(old.formed.unwrap().worker_token.expose(), "SWMTKN-1-wrk");
@@ -714,18 +803,18 @@ mod tests {
             worker_token: Secret::new("SWMTKN-1-wrk"),
             managers: 3,
         };
-        let (a, wrote) = run(&mut doc, |m| m.adopt(NOW, &adopt)).unwrap();
+        let (a, wrote) = run(&mut doc, |m| adopt_as(m, NOW, &adopt)).unwrap();
         assert!(a.adopted && wrote);
         assert_eq!(doc.cluster.state.manager_count, 3);
         assert_eq!(doc.cluster.nodes.len(), 1);
         // So a new node is a worker: the swarm's managers stand.
         let (r, _) = run(&mut doc, |m| {
-            m.register(NOW, &reg("n1", RequestedRole::Auto))
+            register_as(m, NOW, &reg("n1", RequestedRole::Auto))
         })
         .unwrap();
         assert_eq!(r.role, Role::Worker);
         let (r, _) = run(&mut doc, |m| {
-            m.register(NOW, &reg("n2", RequestedRole::Auto))
+            register_as(m, NOW, &reg("n2", RequestedRole::Auto))
         })
         .unwrap();
         assert_eq!(r.role, Role::Worker);
@@ -747,12 +836,12 @@ mod tests {
                 .collect(),
         };
         run(&mut doc, |m| {
-            m.sync(NOW + 1, &sync(&["lead", "n1", "n2"], 1))
+            sync_as(m, NOW + 1, &sync(&["lead", "n1", "n2"], 1))
         })
         .unwrap();
         let before = serde_json::to_string(&doc).unwrap().len();
         // n2 left the swarm: its registration is gone from the stored document.
-        let (r, wrote) = run(&mut doc, |m| m.sync(NOW + 2, &sync(&["lead", "n1"], 1))).unwrap();
+        let (r, wrote) = run(&mut doc, |m| sync_as(m, NOW + 2, &sync(&["lead", "n1"], 1))).unwrap();
         assert!(wrote);
         assert_eq!(r.pruned, vec!["n2".to_string()]);
         let text = serde_json::to_string(&doc).unwrap();

@@ -763,3 +763,75 @@ impl Rendezvous for SecretsManagerRendezvous {
         Ok(r.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmstrap_wire::RequestedRole;
+
+    fn reg(id: &str) -> RegisterRequest {
+        RegisterRequest {
+            node_id: id.into(),
+            hostname: format!("host-{id}"),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+        }
+    }
+
+    fn presenting(held: Option<&Secret>, offered: Option<&Secret>) -> Presenting {
+        Presenting {
+            held: held.cloned(),
+            offered: offered.cloned(),
+            offered_accepted: AtomicBool::new(false),
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn fresh_credentials_are_32_random_bytes_in_hex() {
+        let (a, b) = (new_credential().unwrap(), new_credential().unwrap());
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+
+    #[test]
+    fn a_lost_answer_is_no_lockout() {
+        let offered = Offered::default();
+        let p1 = offered.get_or_make("n").unwrap();
+        assert_eq!(
+            offered.get_or_make("n").unwrap(),
+            p1,
+            "the same on every attempt"
+        );
+        assert!(!format!("{offered:?}").contains(p1.expose()));
+        // The registration committed, its answer was lost.
+        let mut m = Memory::new(rules::ClusterState::new("prod", 3).unwrap());
+        let first = presenting(None, Some(&p1));
+        let o = first.judge(|c| m.register(NOW, &reg("n"), c, &p1)).unwrap();
+        m.apply(o.change);
+        // The retry presents the offered credential: accepted, and kept.
+        let retry = presenting(None, Some(&p1));
+        let o = retry.judge(|c| m.register(NOW, &reg("n"), c, &p1)).unwrap();
+        assert_eq!(o.answer.credential, None);
+        assert!(retry.offered_accepted.load(Ordering::Relaxed));
+        // Holding a stale credential (the node's from before its registration was lost), the
+        // adoption / registration that re-registered it under the offered one: accepted too.
+        let stale = Secret::new("stale");
+        let p = presenting(Some(&stale), Some(&p1));
+        assert!(p.judge(|c| m.join(NOW, "n", c)).is_ok());
+        assert!(p.offered_accepted.load(Ordering::Relaxed));
+        // The held credential is right: used, the offered one not accepted.
+        let p = presenting(Some(&p1), Some(&stale));
+        assert!(p.judge(|c| m.join(NOW, "n", c)).is_ok());
+        assert!(!p.offered_accepted.load(Ordering::Relaxed));
+        // Neither is: the first refusal.
+        let p = presenting(Some(&stale), Some(&Secret::new("other")));
+        let e = p.judge(|c| m.join(NOW, "n", c)).unwrap_err();
+        assert_eq!(e.code, Code::BadNodeCredential);
+        assert!(!p.offered_accepted.load(Ordering::Relaxed));
+    }
+}

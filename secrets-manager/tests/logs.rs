@@ -118,4 +118,12 @@ async fn tokens_never_appear_in_logs() {
     for secret in [mgr.as_str(), wrk.as_str(), "SWMTKN-1-different", "SWMTKN"] {
         assert!(!text.contains(secret), "{secret} leaked into the logs");
     }
+    // Node credentials neither (only their digests are stored in the secret).
+    for (rv, id) in [(&a, "a"), (&b, "b"), (&c, "lead")] {
+        let credential = rv.credential(id).expect("issued");
+        assert!(
+            !text.contains(credential.expose()),
+            "{id}'s credential leaked into the logs"
+        );
+    }
 }

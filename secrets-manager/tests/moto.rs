@@ -9,6 +9,7 @@ use std::time::Duration;
 use swarmstrap_secrets_manager::backoff::Backoff;
 use swarmstrap_secrets_manager::ApiCallCounts;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::rules::{DOC_DRAINS as DRAINS, DOC_KEEPER as KEEPER};
 use swarmstrap_wire::{Phase, RequestedRole, Role};
 
 const MGR: &str = "SWMTKN-1-manager-token-0123456789";
@@ -33,30 +34,28 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
             // the agent's view: only the trait
             let rv: &dyn Rendezvous = &backend;
             let id = format!("node-{i:02}");
-            // Half register first, half claim first: both CreateSecret races happen.
-            let (reg_resp, claim) = if i % 2 == 0 {
-                let r = rv
-                    .register(&reg(&id, RequestedRole::Manager))
-                    .await
-                    .unwrap();
-                match rv.claim(&id, Duration::from_secs(60)).await {
-                    Ok(c) => (r, Some(c)),
-                    // A node registered as a worker never gets the lease: while nobody holds
-                    // it, its claim is refused outright.
-                    Err(e) if conflict_code(&e) == Some("not_a_manager") => {
-                        assert_eq!(r.role, Role::Worker, "{e}");
-                        (r, None)
-                    }
-                    Err(e) => panic!("{id}: {e}"),
+            // Everyone registers (the CreateSecret race), then claims: only a registered
+            // manager may claim; a worker's claim is refused outright.
+            let reg_resp = rv
+                .register(&reg(&id, RequestedRole::Manager))
+                .await
+                .unwrap();
+            assert!(
+                reg_resp.credential.is_some(),
+                "a new node gets its credential"
+            );
+            assert_eq!(
+                rv.credential(&id),
+                reg_resp.credential,
+                "and the backend keeps it"
+            );
+            let claim = match rv.claim(&id, Duration::from_secs(60)).await {
+                Ok(c) => Some(c),
+                Err(e) if conflict_code(&e) == Some("not_a_manager") => {
+                    assert_eq!(reg_resp.role, Role::Worker, "{e}");
+                    None
                 }
-            } else {
-                let c = rv.claim(&id, Duration::from_secs(60)).await.unwrap();
-                (
-                    rv.register(&reg(&id, RequestedRole::Manager))
-                        .await
-                        .unwrap(),
-                    Some(c),
-                )
+                Err(e) => panic!("{id}: {e}"),
             };
             let granted = claim.as_ref().is_some_and(|c| c.granted);
             // A live lease is always shown; once formed there is none (publishing cleared it).
@@ -133,6 +132,12 @@ async fn stale_claim_is_taken_over_and_the_old_holder_is_fenced() {
     let moto = Moto::start();
     let old = moto.backend("stale", 3);
     let new = moto.backend("stale", 3);
+    old.register(&reg("a", RequestedRole::Manager))
+        .await
+        .unwrap();
+    new.register(&reg("b", RequestedRole::Manager))
+        .await
+        .unwrap();
     let a = old.claim("a", Duration::from_millis(1_000)).await.unwrap();
     assert!(a.granted);
     let a_token = a.lease.unwrap().fencing_token;
@@ -186,20 +191,30 @@ async fn stale_claim_is_taken_over_and_the_old_holder_is_fenced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_doc_writers_and_registrations_lose_nothing() {
     let moto = Arc::new(Moto::start());
+    // The writers: ten clients of one manager node (its credential handed to each, as the
+    // agent hands its stored one back after a restart).
+    let first = moto.backend("docs", 3);
+    first
+        .register(&reg("writer", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let writer = first.credential("writer").expect("issued");
     let mut tasks = Vec::new();
     for w in 0..10 {
         let moto = moto.clone();
+        let writer = writer.clone();
         tasks.push(tokio::spawn(async move {
             let rv = moto.backend("docs", 3);
+            rv.set_credential("writer", writer);
             let mut conflicts = 0;
             for _ in 0..10 {
                 let mut backoff =
                     Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
                 loop {
-                    let cur = rv.get_doc("counter", None, Duration::ZERO).await.unwrap();
+                    let cur = rv.get_doc(KEEPER, None, Duration::ZERO).await.unwrap();
                     let n = cur.body.as_u64().unwrap_or(0);
                     match rv
-                        .put_doc("counter", cur.version, &serde_json::json!(n + 1))
+                        .put_doc("writer", KEEPER, cur.version, &serde_json::json!(n + 1))
                         .await
                     {
                         Ok(d) => {
@@ -230,11 +245,13 @@ async fn concurrent_doc_writers_and_registrations_lose_nothing() {
     }
     let other = {
         let moto = moto.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
             let rv = moto.backend("docs", 3);
+            rv.set_credential("writer", writer);
             for v in 0..10u64 {
-                // expected version is known: nobody else writes "other"
-                rv.put_doc("other", v, &serde_json::json!({ "v": v + 1 }))
+                // expected version is known: nobody else writes the drains document
+                rv.put_doc("writer", DRAINS, v, &serde_json::json!({ "v": v + 1 }))
                     .await
                     .unwrap();
             }
@@ -249,14 +266,14 @@ async fn concurrent_doc_writers_and_registrations_lose_nothing() {
     }
     other.await.unwrap();
     let rv = moto.backend("docs", 3);
-    let counter = rv.get_doc("counter", None, Duration::ZERO).await.unwrap();
+    let counter = rv.get_doc(KEEPER, None, Duration::ZERO).await.unwrap();
     assert_eq!(counter.version, 100);
     assert_eq!(counter.body, serde_json::json!(100));
-    let other = rv.get_doc("other", None, Duration::ZERO).await.unwrap();
+    let other = rv.get_doc(DRAINS, None, Duration::ZERO).await.unwrap();
     assert_eq!(other.version, 10);
     assert_eq!(other.body, serde_json::json!({ "v": 10 }));
     let status = rv.status().await.unwrap();
-    assert_eq!(status.nodes.len(), 10);
+    assert_eq!(status.nodes.len(), 11);
     let managers = status
         .nodes
         .iter()
@@ -270,13 +287,16 @@ async fn concurrent_doc_writers_and_registrations_lose_nothing() {
 async fn get_doc_after_waits_for_a_newer_version() {
     let moto = Arc::new(Moto::start());
     let rv = moto.backend("wait", 3);
-    rv.put_doc("lb", 0, &serde_json::json!(["a"]))
+    rv.register(&reg("m", RequestedRole::Manager))
+        .await
+        .unwrap();
+    rv.put_doc("m", KEEPER, 0, &serde_json::json!(["a"]))
         .await
         .unwrap();
     // nothing newer: returns the current version after about `wait`
     let t0 = std::time::Instant::now();
     let same = rv
-        .get_doc("lb", Some(1), Duration::from_millis(700))
+        .get_doc(KEEPER, Some(1), Duration::from_millis(700))
         .await
         .unwrap();
     assert_eq!(same.version, 1);
@@ -289,19 +309,19 @@ async fn get_doc_after_waits_for_a_newer_version() {
         let moto = moto.clone();
         tokio::spawn(async move {
             moto.backend("wait", 3)
-                .get_doc("lb", Some(1), Duration::from_secs(30))
+                .get_doc(KEEPER, Some(1), Duration::from_secs(30))
                 .await
                 .unwrap()
         })
     };
-    rv.put_doc("lb", 1, &serde_json::json!(["a", "b"]))
+    rv.put_doc("m", KEEPER, 1, &serde_json::json!(["a", "b"]))
         .await
         .unwrap();
     let newer = waiter.await.unwrap();
     assert_eq!(newer.version, 2);
     assert_eq!(newer.body, serde_json::json!(["a", "b"]));
     // a document never written: version 0, null
-    let none = rv.get_doc("nothing", None, Duration::ZERO).await.unwrap();
+    let none = rv.get_doc("rejoins", None, Duration::ZERO).await.unwrap();
     assert_eq!((none.version, none.body), (0, serde_json::Value::Null));
 }
 
@@ -315,18 +335,19 @@ async fn auto_roles_keep_managers_at_target() {
             let rv = moto.backend("roles", 3);
             let id = format!("n{i}");
             let r = rv.register(&reg(&id, RequestedRole::Auto)).await.unwrap();
-            (id, r.role)
+            (id, r.role, r.credential.expect("issued"))
         }));
     }
     let mut roles = BTreeMap::new();
+    let rv = moto.backend("roles", 3);
     for t in tasks {
-        let (id, role) = t.await.unwrap();
+        let (id, role, credential) = t.await.unwrap();
+        rv.set_credential(&id, credential);
         roles.insert(id, role);
     }
     let managers = roles.values().filter(|r| **r == Role::Manager).count();
     assert_eq!(managers, 3, "{roles:?}");
-    // registering again returns the same role, without a write
-    let rv = moto.backend("roles", 3);
+    // registering again (with the node's credential) returns the same role, without a write
     for (id, role) in &roles {
         let r = rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
         assert_eq!(r.role, *role);
@@ -350,12 +371,24 @@ async fn formed_cluster_refuses_new_claims() {
         .await
         .unwrap();
     let other = moto.backend("formed", 3);
+    other
+        .register(&reg("b", RequestedRole::Manager))
+        .await
+        .unwrap();
     let r = other.claim("b", Duration::from_secs(30)).await.unwrap();
     assert!(!r.granted);
     assert_eq!(r.phase, Phase::Formed);
+    // An unregistered node cannot even ask.
+    let err = other.claim("c", Duration::from_secs(30)).await.unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "node_not_registered"),
+        "{err}"
+    );
     // publishing cleared the lease; still no claim is granted, not even to the former holder
+    // (its credential handed to this client)
+    other.set_credential("a", rv.credential("a").unwrap());
     assert_eq!(other.status().await.unwrap().lease, None);
-    for node in ["b", "a", "c"] {
+    for node in ["b", "a"] {
         let r = other.claim(node, Duration::from_secs(30)).await.unwrap();
         assert!(!r.granted, "{node} was granted a claim on a formed cluster");
         assert_eq!(r.phase, Phase::Formed);
@@ -376,7 +409,7 @@ async fn formed_cluster_refuses_new_claims() {
         .unwrap()
         .join
         .unwrap();
-    assert_eq!(join.token.expose(), MGR, "late is the 2nd manager of 3");
+    assert_eq!(join.token.expose(), MGR, "late is the 3rd manager of 3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,6 +417,9 @@ async fn wait_join_times_out_without_tokens_and_refuses_unknown_nodes() {
     let moto = Moto::start();
     let rv = moto.backend("slow", 3);
     rv.register(&reg("w", RequestedRole::Worker)).await.unwrap();
+    rv.register(&reg("m", RequestedRole::Manager))
+        .await
+        .unwrap();
     let c = rv.claim("m", Duration::from_secs(30)).await.unwrap();
     assert!(c.granted);
     let t0 = std::time::Instant::now();
@@ -561,7 +597,7 @@ async fn secret_created_empty_beforehand_is_filled_by_cas() {
                 .role;
             match rv.claim(&id, Duration::from_secs(30)).await {
                 Ok(c) => c.granted,
-                // a worker is refused while nobody holds the lease
+                // a worker's claim is refused
                 Err(e) if role == Role::Worker && conflict_code(&e) == Some("not_a_manager") => {
                     false
                 }
@@ -596,6 +632,9 @@ async fn lease_rules_come_from_the_rulebook() {
 
     // the ttl is clamped to 5 min
     let long = moto.backend("clamp", 3);
+    long.register(&reg("m", RequestedRole::Manager))
+        .await
+        .unwrap();
     let c = long.claim("m", Duration::from_secs(3_600)).await.unwrap();
     let expires = c.lease.unwrap().expires_in_ms;
     assert!(
@@ -714,6 +753,30 @@ async fn secret_of_the_previous_version_is_read_and_fencing_continues() {
     assert_eq!(r.role, Role::Manager);
     let r = rv.register(&reg("d", RequestedRole::Auto)).await.unwrap();
     assert_eq!(r.role, Role::Worker);
+    // Registered before node credentials: b can do nothing until it registers again, which
+    // binds it to a credential (issued once).
+    let err = rv.claim("b", Duration::from_secs(30)).await.unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "bad_node_credential"),
+        "{err}"
+    );
+    for id in ["a", "b"] {
+        let r = rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
+        assert_eq!(r.role, Role::Manager);
+        assert!(r.credential.is_some(), "{id} is bound on its registration");
+        let again = rv.register(&reg(id, RequestedRole::Auto)).await.unwrap();
+        assert!(again.credential.is_none(), "issued once");
+    }
+    // A client that is not b cannot bind or use it any more.
+    let stranger = moto.backend("legacy", 3);
+    let err = stranger
+        .register(&reg("b", RequestedRole::Auto))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "bad_node_credential"),
+        "{err}"
+    );
     // the expired lease is taken over with a token larger than any the old version granted
     let c = rv.claim("b", Duration::from_secs(30)).await.unwrap();
     assert!(c.granted);
@@ -835,9 +898,10 @@ async fn sync_prunes_departed_nodes_and_refreshes_manager_addrs() {
         .await
         .unwrap();
     assert!(r.changed && r.pruned.is_empty(), "{r:?}");
-    // Another node's client reads the new addresses.
-    let j = moto
-        .backend("churn", 3)
+    // Another client of node d (with d's credential) reads the new addresses.
+    let d = moto.backend("churn", 3);
+    d.set_credential("d", rv.credential("d").unwrap());
+    let j = d
         .wait_join("d", Duration::ZERO)
         .await
         .unwrap()
@@ -964,36 +1028,45 @@ async fn deleted_secret_is_re_created_by_the_adoption() {
     assert_eq!(conflict_code(&err), Some("swarm_mismatch"), "{err}");
     assert!(stored_doc(&moto, &secret).await.is_none());
 
-    // Three duplicate adoptions (retries of the leader) and a new node's registration race to
-    // create the secret.
+    // Three duplicate adoptions (retries of the leader's client, which still holds a's
+    // credential from before: the secret forgot it, so the adoption registers a anew) and a new
+    // node's registration race to create the secret.
+    let leader = Arc::new(moto.backend("lost", 3));
+    leader.set_credential("a", rv.credential("a").unwrap());
     let mut adoptions = Vec::new();
     for _ in 0..3 {
-        let moto = moto.clone();
+        let leader = leader.clone();
         adoptions.push(tokio::spawn(async move {
-            moto.backend("lost", 3)
-                .adopt(&adopt_req("a", "swarm-abc", 1))
-                .await
-                .unwrap()
+            leader.adopt(&adopt_req("a", "swarm-abc", 1)).await.unwrap()
         }));
     }
     let late = {
         let moto = moto.clone();
         tokio::spawn(async move {
-            moto.backend("lost", 3)
-                .register(&reg("late", RequestedRole::Auto))
+            let rv = moto.backend("lost", 3);
+            rv.register(&reg("late", RequestedRole::Auto))
                 .await
-                .unwrap()
+                .unwrap();
+            rv.credential("late").expect("issued")
         })
     };
     let mut adopted = 0;
+    let mut issued = 0;
     let mut tokens = std::collections::BTreeSet::new();
     for a in adoptions {
         let a = a.await.unwrap();
         adopted += usize::from(a.adopted);
+        issued += usize::from(a.credential.is_some());
         tokens.insert(a.fencing_token);
         assert_eq!(a.phase, Phase::Formed);
     }
-    late.await.unwrap();
+    assert_eq!(issued, 1, "a's new credential is issued once");
+    assert_ne!(
+        leader.credential("a"),
+        rv.credential("a"),
+        "a new credential"
+    );
+    fresh.set_credential("late", late.await.unwrap());
     assert_eq!(adopted, 1, "adopted once, the retries found it adopted");
     assert_eq!(tokens.len(), 1, "{tokens:?}");
     let token = *tokens.iter().next().unwrap();
@@ -1020,13 +1093,24 @@ async fn deleted_secret_is_re_created_by_the_adoption() {
         assert_eq!(j.manager_addrs, ["198.18.0.20:2377", "198.18.0.21:2377"]);
     }
     // No claim is granted, and the old publisher's token is stale.
-    let c = fresh.claim("later", Duration::from_secs(30)).await.unwrap();
-    assert!(!c.granted);
-    let err = rv
+    match fresh.claim("later", Duration::from_secs(30)).await {
+        Ok(c) => assert!(!c.granted),
+        Err(e) => assert_eq!(conflict_code(&e), Some("not_a_manager"), "{e}"),
+    }
+    let err = leader
         .publish(&publish_req("a", old_token, MGR, WRK))
         .await
         .unwrap_err();
     assert_eq!(conflict_code(&err), Some("stale_fencing_token"), "{err}");
+    // The old credential of a (from before the secret was lost) no longer speaks for it.
+    let err = rv
+        .publish(&publish_req("a", old_token, MGR, WRK))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RendezvousError::Rejected { code, .. } if code == "bad_node_credential"),
+        "{err}"
+    );
     let doc = stored_doc(&moto, &secret).await.unwrap();
     assert_eq!(doc["formed"]["fencing_token"], token);
 }
@@ -1051,10 +1135,8 @@ async fn claims_are_refused_while_the_stored_cluster_awaits_adoption() {
         .unwrap();
     assert!(rv.status().await.unwrap().awaiting_adoption);
     let writes = rv.api_calls().writes();
-    for node in ["n", "m"] {
-        let err = rv.claim(node, Duration::from_secs(30)).await.unwrap_err();
-        assert_eq!(conflict_code(&err), Some("awaiting_adoption"), "{err}");
-    }
+    let err = rv.claim("n", Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("awaiting_adoption"), "{err}");
     assert_eq!(
         rv.api_calls().writes(),
         writes,
@@ -1075,8 +1157,9 @@ async fn claims_are_refused_while_the_stored_cluster_awaits_adoption() {
     assert!(a.adopted);
     let s = rv.status().await.unwrap();
     assert_eq!((s.phase, s.awaiting_adoption), (Phase::Formed, false));
-    let c = rv.claim("n", Duration::from_secs(30)).await.unwrap();
-    assert!(!c.granted);
+    // n is a worker now (3 managers stand): it may not claim at all.
+    let err = rv.claim("n", Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(conflict_code(&err), Some("not_a_manager"), "{err}");
     let j = rv
         .wait_join("n", Duration::ZERO)
         .await
@@ -1087,4 +1170,246 @@ async fn claims_are_refused_while_the_stored_cluster_awaits_adoption() {
     // A formed cluster cannot be held.
     let err = rv.set_adoption_hold(true).await.unwrap_err();
     assert_eq!(conflict_code(&err), Some("already_formed"), "{err}");
+}
+
+/// The rulebook's code of a refusal (`Conflict` or `Rejected`).
+fn refusal(e: &RendezvousError) -> Option<&str> {
+    match e {
+        RendezvousError::Conflict { code, .. } | RendezvousError::Rejected { code, .. } => {
+            Some(code)
+        }
+        _ => None,
+    }
+}
+
+/// Issue 14: a node cannot act under another node's id. Every call for a registered node id
+/// needs the credential its registration issued (missing or wrong: `bad_node_credential`, and
+/// nothing is written); only its digest reaches the secret; handed to another client (as the
+/// agent does after a restart) it works there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cannot_act_under_another_nodes_id() {
+    use swarmstrap_wire::Secret;
+    let moto = Moto::start();
+    let a = moto.backend("ids", 3);
+    let r = a.register(&reg("a", RequestedRole::Manager)).await.unwrap();
+    let cred = r.credential.clone().expect("issued");
+    assert_eq!(cred.expose().len(), 64, "32 random bytes, hex");
+    assert_eq!(
+        a.credential("a").as_ref(),
+        Some(&cred),
+        "kept by the backend"
+    );
+    let token = a
+        .claim("a", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .lease
+        .unwrap()
+        .fencing_token;
+    a.publish(&publish_req("a", token, MGR, WRK)).await.unwrap();
+    // Stored: the digest only. Shown: not even that.
+    let doc = stored_doc(&moto, a.secret_name()).await.unwrap();
+    assert!(!doc.to_string().contains(cred.expose()));
+    assert_eq!(
+        doc["nodes"][0]["credential_sha256"],
+        swarmstrap_wire::rules::credential_sha256(&cred)
+    );
+    let s = a.status().await.unwrap();
+    assert!(s.nodes.iter().all(|n| n.credential_sha256.is_none()));
+
+    let b = moto.backend("ids", 3);
+    b.register(&reg("b", RequestedRole::Manager)).await.unwrap();
+    let writes = b.api_calls().writes();
+    let mut hijack = reg("a", RequestedRole::Manager);
+    hijack.advertise_addr = "198.18.0.66".into();
+    let sync = sync_req(
+        "swarm-abc",
+        &["198.18.0.66:2377"],
+        1,
+        &[("a", Role::Manager)],
+    );
+    // Missing (b's client holds nothing for a), then wrong: b's own credential, a made-up one.
+    for presented in [None, b.credential("b"), Some(Secret::new("0".repeat(64)))] {
+        if let Some(p) = presented {
+            b.set_credential("a", p);
+        }
+        let refusals = [
+            b.register(&hijack).await.unwrap_err(),
+            b.claim("a", Duration::from_secs(30)).await.unwrap_err(),
+            b.renew("a", token, Duration::from_secs(30))
+                .await
+                .unwrap_err(),
+            b.publish(&publish_req("a", token, MGR, WRK))
+                .await
+                .unwrap_err(),
+            b.wait_join("a", Duration::ZERO).await.unwrap_err(),
+            b.sync(&sync).await.unwrap_err(),
+            b.adopt(&adopt_req("a", "swarm-abc", 1)).await.unwrap_err(),
+            b.put_doc("a", KEEPER, 0, &serde_json::json!({"leader": "evil"}))
+                .await
+                .unwrap_err(),
+        ];
+        for e in refusals {
+            assert_eq!(refusal(&e), Some("bad_node_credential"), "{e}");
+            assert!(!e.to_string().contains(cred.expose()), "{e}");
+        }
+    }
+    assert_eq!(
+        b.api_calls().writes(),
+        writes,
+        "a refused call writes nothing"
+    );
+    let s = a.status().await.unwrap();
+    let stored_a = s.nodes.iter().find(|n| n.node_id == "a").unwrap();
+    assert_eq!(stored_a.advertise_addr, "198.18.0.10");
+    assert_eq!(s.manager_addrs, ["198.18.0.10:2377"]);
+    // The right credential, handed to another client: it speaks for a there.
+    b.set_credential("a", cred.clone());
+    let j = b
+        .wait_join("a", Duration::ZERO)
+        .await
+        .unwrap()
+        .join
+        .unwrap();
+    assert_eq!((j.role, j.token.expose()), (Role::Manager, MGR));
+    assert!(b.sync(&sync).await.unwrap().changed);
+}
+
+/// Issue 14: documents are typed. Only the known documents exist; a worker writes neither the
+/// membership nor the keeper document, and only its own entries of the drains document; the
+/// membership is validated strictly, so nothing that is nginx syntax reaches a template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_write_membership_and_documents_are_typed() {
+    let moto = Moto::start();
+    let m = moto.backend("typed", 1);
+    m.register(&reg("m", RequestedRole::Manager)).await.unwrap();
+    let w = moto.backend("typed", 1);
+    let r = w.register(&reg("w", RequestedRole::Auto)).await.unwrap();
+    assert_eq!(r.role, Role::Worker);
+    let membership = serde_json::json!({"nodes": [{
+        "id": "abc123", "hostname": "node1", "addr": "198.18.0.10", "role": "manager",
+        "state": "ready", "availability": "active", "leader": true,
+        "labels": {"zone": "eu-west-1a"}
+    }]});
+    for doc in ["membership", KEEPER] {
+        let e = w.put_doc("w", doc, 0, &membership).await.unwrap_err();
+        assert_eq!(refusal(&e), Some("not_a_manager"), "{doc}: {e}");
+    }
+    // Nor as the manager: its own credential is not m's.
+    w.set_credential("m", w.credential("w").unwrap());
+    let e = w
+        .put_doc("m", "membership", 0, &membership)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&e), Some("bad_node_credential"), "{e}");
+    let d = m.put_doc("m", "membership", 0, &membership).await.unwrap();
+    assert_eq!(d.version, 1);
+    // Injection attempts are refused, whoever writes.
+    let evil = [
+        (
+            "addr",
+            serde_json::json!("10.0.0.7; } server { listen 8081; } upstream x { server 10.0.0.8"),
+        ),
+        ("hostname", serde_json::json!("node1;")),
+        ("labels", serde_json::json!({"zone": "${host}"})),
+        ("labels", serde_json::json!({"zone": "a\n}"})),
+    ];
+    for (field, value) in evil {
+        let mut body = membership.clone();
+        body["nodes"][0][field] = value;
+        let e = m.put_doc("m", "membership", 1, &body).await.unwrap_err();
+        assert_eq!(refusal(&e), Some("invalid_request"), "{field}: {e}");
+    }
+    // Only the known documents exist.
+    let e = m
+        .put_doc("m", "lb", 0, &serde_json::json!([]))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&e), Some("invalid_name"), "{e}");
+    // A worker's own drain request: accepted; one for another node: refused.
+    let drain = |agent: &str| {
+        serde_json::json!({"hostname": format!("host-{agent}"), "agent_node_id": agent,
+            "state": "requested", "requested_at": "2026-11-30T09:00:00Z",
+            "updated_at": "2026-11-30T09:00:00Z", "updated_ms": 0})
+    };
+    let own = serde_json::json!({"requests": {"dockerw": drain("w")}});
+    assert_eq!(w.put_doc("w", DRAINS, 0, &own).await.unwrap().version, 1);
+    let mut other = own.clone();
+    other["requests"]["dockerm"] = drain("m");
+    let e = w.put_doc("w", DRAINS, 1, &other).await.unwrap_err();
+    assert_eq!(refusal(&e), Some("not_a_manager"), "{e}");
+    // Nothing the refusals tried was stored.
+    let got = m.get_doc("membership", None, Duration::ZERO).await.unwrap();
+    assert_eq!((got.version, got.body), (1, membership));
+    let got = m.get_doc(DRAINS, None, Duration::ZERO).await.unwrap();
+    assert_eq!((got.version, got.body), (1, own));
+}
+
+/// Register manager `a`, claim, publish `swarm`.
+async fn form(rv: &dyn Rendezvous, swarm: &str) {
+    rv.register(&reg("a", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let c = rv.claim("a", Duration::from_secs(60)).await.unwrap();
+    let mut p = publish_req("a", c.lease.unwrap().fencing_token, MGR, WRK);
+    p.swarm_id = swarm.into();
+    rv.publish(&p).await.unwrap();
+}
+
+/// Issue 14 on Secrets Manager: the operator is whoever may write the secret (IAM), so a reset
+/// needs no operator credential; one that is given is checked against the stored digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_checks_a_given_operator_credential_against_the_stored_one() {
+    use swarmstrap_wire::{ResetRequest, Secret};
+    let moto = Moto::start();
+    let reset = |swarm: &str| ResetRequest {
+        node_id: "a".into(),
+        swarm_id: swarm.into(),
+        reason: "test".into(),
+    };
+    // No digest stored: nothing to check a given credential against.
+    let plain = moto.backend("op-none", 3);
+    form(&plain, "swarm-1").await;
+    let s = plain
+        .reset(&reset("swarm-1"), Some(&Secret::new("anything")))
+        .await
+        .unwrap();
+    assert_eq!((s.phase, s.resets), (Phase::Open, 1));
+
+    // A digest stored (written into the document directly, as the operator's tooling would).
+    let rv = moto.backend("op", 3);
+    rv.register(&reg("a", RequestedRole::Manager))
+        .await
+        .unwrap();
+    let op = Secret::new("the-operator-credential");
+    let secret = rv.secret_name().to_string();
+    let mut doc = stored_doc(&moto, &secret).await.unwrap();
+    doc["operator_sha256"] = serde_json::json!(swarmstrap_wire::rules::credential_sha256(&op));
+    moto.client()
+        .put_secret_value()
+        .secret_id(&secret)
+        .secret_string(doc.to_string())
+        .send()
+        .await
+        .unwrap();
+    form(&rv, "swarm-2").await;
+    let e = rv
+        .reset(&reset("swarm-2"), Some(&Secret::new("wrong")))
+        .await
+        .unwrap_err();
+    assert_eq!(refusal(&e), Some("operator_required"), "{e}");
+    assert!(!e.to_string().contains("the-operator-credential"));
+    assert_eq!(rv.status().await.unwrap().phase, Phase::Formed);
+    let s = rv.reset(&reset("swarm-2"), Some(&op)).await.unwrap();
+    assert_eq!((s.phase, s.resets), (Phase::Open, 1));
+    // Without one: IAM is the operator. The digest stays stored across resets.
+    form(&rv, "swarm-3").await;
+    let s = rv.reset(&reset("swarm-3"), None).await.unwrap();
+    assert_eq!((s.phase, s.resets), (Phase::Open, 2));
+    let doc = stored_doc(&moto, &secret).await.unwrap();
+    assert_eq!(
+        doc["operator_sha256"],
+        swarmstrap_wire::rules::credential_sha256(&op)
+    );
+    assert!(!doc.to_string().contains("the-operator-credential"));
 }
