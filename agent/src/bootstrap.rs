@@ -147,14 +147,28 @@ pub enum BootstrapError {
          `docker swarm leave --force` to start over) and restart swarm-agent"
     )]
     SwarmUnusable { state: &'static str, detail: String },
+    #[error(
+        "{backend} holds a registration of node id {node_id} whose credential this node no \
+         longer has (its state dir was lost or restored from elsewhere while the registration \
+         stayed): only the node that registered an id may act for it — {detail}"
+    )]
+    LostCredential {
+        backend: String,
+        node_id: String,
+        detail: String,
+    },
     #[error(transparent)]
     State(#[from] StateError),
 }
 
 impl BootstrapError {
     /// Unauthorized / foreign swarm / CA mismatch: the operator must change something.
+    /// (A lost credential is not: the agent continues under a new node id.)
     pub fn needs_operator(&self) -> bool {
-        !matches!(self, BootstrapError::State(_))
+        !matches!(
+            self,
+            BootstrapError::State(_) | BootstrapError::LostCredential { .. }
+        )
     }
 }
 
@@ -283,6 +297,13 @@ impl Bootstrap {
 
     fn backend_err(&self, step: &'static str, f: Failure<RendezvousError>) -> BootstrapError {
         match f {
+            Failure::Permanent(e) if e.code() == Some(Code::BadNodeCredential) => {
+                BootstrapError::LostCredential {
+                    backend: self.backend.describe(),
+                    node_id: self.s().node_id.clone(),
+                    detail: e.to_string(),
+                }
+            }
             Failure::Permanent(RendezvousError::Unauthorized(detail)) => {
                 BootstrapError::Unauthorized {
                     backend: self.backend.describe(),
@@ -327,6 +348,32 @@ impl Bootstrap {
         result
     }
 
+    /// [`Bootstrap::run`]; when the rendezvous refuses this node id's credential
+    /// ([`BootstrapError::LostCredential`]: the state dir lost it while the registration
+    /// stayed), warn and run again under a NEW node id, saved in the state dir (once: a refusal
+    /// of a brand-new id is not a lost file, and is returned).
+    pub async fn run_or_rename(&mut self) -> Result<Outcome, BootstrapError> {
+        match self.run().await {
+            Err(e @ BootstrapError::LostCredential { .. }) => {
+                let dir = self
+                    .store
+                    .path()
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let new_id = crate::state::replace_node_id(&dir)?;
+                tracing::warn!(
+                    "{e}. Continuing under the NEW node id {new_id} (saved in {}); the old \
+                     registration is dropped once the leader's sync no longer sees it",
+                    dir.display()
+                );
+                self.settings.node_id = new_id;
+                self.run().await
+            }
+            r => r,
+        }
+    }
+
     fn initial_state(&self) -> Result<AgentState, BootstrapError> {
         let s = self.s();
         let mut st = match self.store.load()? {
@@ -360,7 +407,11 @@ impl Bootstrap {
         let info = self.wait_engine_settled(st).await?;
         st.hostname = Some(info.hostname.clone());
         match info.swarm.state {
-            LocalSwarmState::Active => self.existing_swarm(st, info).await,
+            LocalSwarmState::Active => {
+                let out = self.existing_swarm(st, info.clone()).await?;
+                self.ensure_credential(st, &info).await?;
+                Ok(out)
+            }
             LocalSwarmState::Inactive => {
                 if was_joined {
                     tracing::warn!(
@@ -584,6 +635,43 @@ impl Bootstrap {
             step: "inspect the swarm",
             source,
         })
+    }
+
+    /// A member that holds no credential for its node id (an agent upgraded from a version
+    /// before node credentials, whose registration has none yet; or one whose registration
+    /// was dropped) registers once, as the role its engine has, so its later calls (sync,
+    /// documents) carry one. A registration whose credential was lost is
+    /// [`BootstrapError::LostCredential`].
+    async fn ensure_credential(
+        &self,
+        st: &mut AgentState,
+        info: &EngineInfo,
+    ) -> Result<(), BootstrapError> {
+        if self.backend.credential(&self.s().node_id).is_some() {
+            return Ok(());
+        }
+        let req = RegisterRequest {
+            node_id: self.s().node_id.clone(),
+            hostname: info.hostname.clone(),
+            advertise_addr: self.s().advertise_addr.clone(),
+            role: if info.swarm.control_available {
+                RequestedRole::Manager
+            } else {
+                RequestedRole::Worker
+            },
+            joined_through: st.joined_through.clone(),
+        };
+        retry::retry_notify(
+            self.s().policy,
+            "register with the backend (for this node's credential)",
+            backend_transient,
+            |e| self.note_error(st, e.to_string()),
+            || self.backend.register(&req),
+        )
+        .await
+        .map_err(|f| self.backend_err("register this node", f))?;
+        tracing::info!("registered this member node for its rendezvous credential");
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------------

@@ -472,3 +472,46 @@ async fn a_node_starting_while_the_cluster_awaits_adoption_joins_the_adopted_swa
     assert_eq!(w.lock().unwrap().inits, 1, "exactly one swarm init, ever");
     assert_one_swarm(&w, &ns, 3);
 }
+
+/// The state dir lost the node's credential while its registration stayed: the bootstrap
+/// stops with a clear error (no retry loop), and `run_or_rename` continues under a new node
+/// id, saved in the state dir.
+#[tokio::test]
+async fn a_lost_credential_continues_under_a_new_node_id() {
+    let w = world();
+    let backend = FakeBackend::new(3);
+    let n = Node::new(&w, "node1", "198.18.0.1");
+    let old = n.node_id.clone();
+    backend
+        .register(&RegisterRequest {
+            node_id: old.clone(),
+            hostname: "node1".into(),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+        })
+        .await
+        .unwrap();
+    let issued = backend.credential(&old).unwrap();
+    backend.forget_credential(&old);
+    let mut boot = n.boot(&backend);
+    let e = tokio::time::timeout(Duration::from_secs(20), boot.run())
+        .await
+        .expect("refused at once, not retried")
+        .unwrap_err();
+    assert!(matches!(e, BootstrapError::LostCredential { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&old) && msg.contains("credential"), "{msg}");
+    assert!(!msg.contains(issued.expose()));
+    assert!(!e.needs_operator());
+    let out = tokio::time::timeout(Duration::from_secs(20), boot.run_or_rename())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.how, How::Initialised);
+    let new = boot.settings.node_id.clone();
+    assert_ne!(new, old);
+    assert_eq!(crate::state::read_node_id(n.dir.path()), Some(new.clone()));
+    assert!(backend.credential(&new).is_some());
+    assert_eq!(n.state().node_id, new);
+}

@@ -84,6 +84,9 @@ pub struct FileCoordinator {
     pub url: Option<String>,
     pub tls_fingerprint: Option<String>,
     pub ca_file: Option<PathBuf>,
+    /// Allow an `http://` URL (labs only: the join secret and the node credential travel in
+    /// clear text). Without it an http URL is refused.
+    pub insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -1103,8 +1106,15 @@ impl Config {
             "[coordinator] ca_file",
             fp,
         );
+        let insecure_http = fc.insecure_http.unwrap_or(false);
         let coordinator = match url {
-            Some((url, origin)) => Some(resolve_coordinator(&url, &origin, fingerprint, ca_file)?),
+            Some((url, origin)) => Some(resolve_coordinator(
+                &url,
+                &origin,
+                fingerprint,
+                ca_file,
+                insecure_http,
+            )?),
             None => None,
         };
         if backend == BackendKind::Coordinator && coordinator.is_none() {
@@ -1194,6 +1204,7 @@ fn resolve_coordinator(
     origin: &str,
     fingerprint: Option<(String, String)>,
     ca_file: Option<(PathBuf, String)>,
+    insecure_http: bool,
 ) -> Result<CoordinatorConfig, ConfigError> {
     let parsed = reqwest::Url::parse(url.trim())
         .map_err(|e| invalid(origin, format!("{url:?} is not a URL: {e}")))?;
@@ -1232,7 +1243,17 @@ fn resolve_coordinator(
         ),
         ("https", None, Some((ca, _))) => CoordinatorTls::CaFile(ca),
         ("https", None, None) => CoordinatorTls::SystemRoots,
-        ("http", None, None) => CoordinatorTls::PlainHttp,
+        ("http", None, None) if insecure_http => CoordinatorTls::PlainHttp,
+        ("http", None, None) => {
+            return Err(invalid(
+                origin,
+                format!(
+                    "{url:?} is plain http: the join secret and this node's credential would \
+                     travel in clear text. Use an https URL (with tls_fingerprint or ca_file), \
+                     or, in a lab only, set `insecure_http = true` in the [coordinator] table"
+                ),
+            ))
+        }
         ("http", Some((_, o)), _) | ("http", _, Some((_, o))) => {
             return Err(invalid(
                 &o,
@@ -1321,9 +1342,48 @@ path = "/loadbalancer/default.conf"
     }
 
     #[test]
+    fn plain_http_needs_insecure_http() {
+        let err = resolve(
+            "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("insecure_http = true") && err.contains("clear text"),
+            "{err}"
+        );
+        // From the environment or a flag too: the opt-in is the config file's.
+        let err = resolve(
+            "cluster = \"c\"\n",
+            &[(ENV_COORDINATOR_URL, "http://198.18.0.2:2")],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("insecure_http"), "{err}");
+        let c = resolve(
+            "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\ninsecure_http = true\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::PlainHttp);
+        // It changes nothing for https.
+        let c = resolve(
+            "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1:8443\"\ninsecure_http = true\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.coordinator.unwrap().tls, CoordinatorTls::SystemRoots);
+    }
+
+    #[test]
     fn defaults() {
         let c = resolve(
-            "cluster = \"c1\"\n[coordinator]\nurl = \"http://198.18.0.254:8080\"\n",
+            "cluster = \"c1\"\n[coordinator]\nurl = \"http://198.18.0.254:8080\"\ninsecure_http = true\n",
             &[],
             Overrides::default(),
         )
@@ -1343,7 +1403,7 @@ path = "/loadbalancer/default.conf"
     #[test]
     fn precedence_flags_over_env_over_file() {
         let text = "cluster = \"from-file\"\nrole = \"worker\"\nlease_ttl_secs = 20\n\
-                    target_managers = 5\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+                    target_managers = 5\n[coordinator]\nurl = \"http://198.18.0.1:1\"\ninsecure_http = true\n";
         // file only
         let c = resolve(text, &[], Overrides::default()).unwrap();
         assert_eq!(c.cluster, "from-file");
@@ -1382,7 +1442,8 @@ path = "/loadbalancer/default.conf"
 
     #[test]
     fn lb_keys_env_overrides_and_errors() {
-        let base = "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+        let base =
+            "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\ninsecure_http = true\n";
         // Defaults: one `swarm` service 8080 → 80, validate auto, the default reload label.
         let c = resolve(base, &[], Overrides::default()).unwrap();
         assert_eq!(c.lb, LbConfig::default());
@@ -1486,7 +1547,8 @@ path = "/loadbalancer/default.conf"
 
     #[test]
     fn bad_values_name_their_origin() {
-        let base = "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\n";
+        let base =
+            "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\ninsecure_http = true\n";
         let err = resolve(base, &[(ENV_ROLE, "boss")], Overrides::default())
             .unwrap_err()
             .to_string();

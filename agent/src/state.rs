@@ -6,7 +6,7 @@ use crate::fsutil::{self, FsError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::Role;
+use swarmstrap_wire::{Role, Secret};
 
 /// Where `run` is. Serialized in snake_case into `state.json` and `status --json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -193,6 +193,86 @@ pub fn load_or_create_node_id(state_dir: &Path) -> Result<String, StateError> {
     }
 }
 
+/// Replace the node id with a new random one (persisted) and drop the credential of the old
+/// one: the way out when the rendezvous holds a registration of this node id whose credential
+/// this node lost (its state dir was wiped while the registration stayed).
+pub fn replace_node_id(state_dir: &Path) -> Result<String, StateError> {
+    let bytes: [u8; 16] = rand::random();
+    let id = hex::encode(bytes);
+    fsutil::atomic_write(
+        &state_dir.join("node-id"),
+        format!("{id}\n").as_bytes(),
+        0o600,
+    )?;
+    remove_credential(state_dir)?;
+    Ok(id)
+}
+
+/// The file holding this node's rendezvous credential (mode 0600, never logged or shown).
+pub const CREDENTIAL_FILE: &str = "node-credential";
+
+/// What [`CREDENTIAL_FILE`] holds: the credential and the node id it was issued to.
+#[derive(Serialize, Deserialize)]
+struct StoredCredential {
+    node_id: String,
+    credential: Secret,
+}
+
+/// The credential the rendezvous issued to `node_id` (its registration), if this node kept one.
+/// A file written for another node id (the node id was replaced) counts as none.
+pub fn load_credential(state_dir: &Path, node_id: &str) -> Result<Option<Secret>, StateError> {
+    let path = state_dir.join(CREDENTIAL_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            // The parse error names no content (the file holds a secret).
+            let stored: StoredCredential =
+                serde_json::from_slice(&bytes).map_err(|_| StateError::Corrupt {
+                    path: path.clone(),
+                    message: "not a node credential record".into(),
+                })?;
+            Ok(
+                (stored.node_id == node_id && !stored.credential.expose().is_empty())
+                    .then_some(stored.credential),
+            )
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Fs(FsError::Io {
+            action: "read",
+            path,
+            source,
+        })),
+    }
+}
+
+/// Keep the credential issued to `node_id` (atomic write, mode 0600).
+pub fn save_credential(
+    state_dir: &Path,
+    node_id: &str,
+    credential: &Secret,
+) -> Result<(), StateError> {
+    let stored = StoredCredential {
+        node_id: node_id.to_string(),
+        credential: credential.clone(),
+    };
+    let mut bytes = serde_json::to_vec(&stored).expect("a credential record serializes");
+    bytes.push(b'\n');
+    fsutil::atomic_write(&state_dir.join(CREDENTIAL_FILE), &bytes, 0o600)?;
+    Ok(())
+}
+
+fn remove_credential(state_dir: &Path) -> Result<(), StateError> {
+    let path = state_dir.join(CREDENTIAL_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Fs(FsError::Io {
+            action: "remove",
+            path,
+            source,
+        })),
+    }
+}
+
 /// Read the node id without creating it (for `status`).
 pub fn read_node_id(state_dir: &Path) -> Option<String> {
     std::fs::read_to_string(state_dir.join("node-id"))
@@ -254,6 +334,33 @@ mod tests {
             load_or_create_node_id(dir.path()),
             Err(StateError::BadNodeId { .. })
         ));
+    }
+
+    #[test]
+    fn credential_is_kept_private_per_node_id_and_dropped_with_a_new_node_id() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let id = load_or_create_node_id(dir.path()).unwrap();
+        assert!(load_credential(dir.path(), &id).unwrap().is_none());
+        save_credential(dir.path(), &id, &Secret::new("cred-1")).unwrap();
+        let path = dir.path().join(CREDENTIAL_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            load_credential(dir.path(), &id).unwrap().unwrap().expose(),
+            "cred-1"
+        );
+        // Another node id's credential is not this one's.
+        assert!(load_credential(dir.path(), "other").unwrap().is_none());
+        let new = replace_node_id(dir.path()).unwrap();
+        assert_ne!(new, id);
+        assert_eq!(read_node_id(dir.path()), Some(new.clone()));
+        assert!(!path.exists());
+        assert!(load_credential(dir.path(), &new).unwrap().is_none());
+        // A corrupt file is an error that does not echo its content.
+        std::fs::write(&path, "cred-secret-text").unwrap();
+        let e = load_credential(dir.path(), &new).unwrap_err().to_string();
+        assert!(!e.contains("cred-secret-text"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::rules::{self, ClusterState, Code, LeaseState, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
@@ -323,12 +323,29 @@ struct Stored {
 /// (`swarmstrap_wire::rules`): each call reads the [`Memory`] under the mutex, runs the rule
 /// at the wall-clock time, applies the returned change and wakes the waiters when the change
 /// is not empty. It decides nothing itself; the test hooks below only inject faults.
+///
+/// Like every client, it keeps node credentials ([`Credentials`]): the ones `register` and
+/// `adopt` issue, or ones set with [`Rendezvous::set_credential`]; each call for a node id
+/// presents the one held for it. One fake usually serves many nodes, so it holds many. The
+/// cluster has an operator credential ([`FakeBackend::operator_credential`]) that `reset` needs.
 pub struct FakeBackend {
     inner: Mutex<Stored>,
     changed: tokio::sync::Notify,
     pub secret_ok: AtomicBool,
     /// The next N calls fail with a transient error.
     pub transient_failures: AtomicU32,
+    credentials: Credentials,
+    operator: Mutex<Secret>,
+}
+
+/// A new random credential (32 bytes from the OS RNG, hex), as a backend issues.
+pub fn fresh_credential() -> Secret {
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .expect("the operating system's random number generator failed");
+    Secret::new(hex::encode(b))
 }
 
 /// The rules' clock: wall-clock milliseconds, as every backend uses.
@@ -346,7 +363,9 @@ fn millis(d: Duration) -> u64 {
 impl FakeBackend {
     /// A cluster named `test` with `target` managers.
     pub fn new(target: u8) -> Arc<FakeBackend> {
-        let state = ClusterState::new("test", target).expect("a valid manager target");
+        let mut state = ClusterState::new("test", target).expect("a valid manager target");
+        let operator = fresh_credential();
+        state.operator_sha256 = Some(rules::credential_sha256(&operator));
         Arc::new(FakeBackend {
             inner: Mutex::new(Stored {
                 mem: Memory::new(state),
@@ -358,7 +377,33 @@ impl FakeBackend {
             changed: tokio::sync::Notify::new(),
             secret_ok: AtomicBool::new(true),
             transient_failures: AtomicU32::new(0),
+            credentials: Credentials::default(),
+            operator: Mutex::new(operator),
         })
+    }
+
+    /// The cluster's operator credential (what `cluster create` prints): `reset` needs it.
+    pub fn operator_credential(&self) -> Secret {
+        self.operator.lock().unwrap().clone()
+    }
+
+    /// Test hook: make `credential` the cluster's operator credential.
+    pub fn set_operator_credential(&self, credential: Secret) {
+        let digest = rules::credential_sha256(&credential);
+        *self.operator.lock().unwrap() = credential;
+        self.inner.lock().unwrap().mem.state.operator_sha256 = Some(digest);
+    }
+
+    /// Test hook: drop the credential this client holds for `node_id` (a node that lost its
+    /// state dir while its registration stayed).
+    pub fn forget_credential(&self, node_id: &str) {
+        // `Credentials` has no remove: an empty credential never matches a stored digest.
+        self.credentials.set(node_id, Secret::new(""));
+    }
+
+    /// The credential held for `node_id` (none for a forgotten one).
+    fn presented(&self, node_id: &str) -> Option<Secret> {
+        self.credentials.get(node_id).filter(|c| !c.is_empty())
     }
 
     fn gate(&self) -> RResult<()> {
@@ -450,8 +495,10 @@ impl FakeBackend {
     pub fn wipe(&self) {
         let mut stored = self.inner.lock().unwrap();
         let st = &stored.mem.state;
-        let fresh = ClusterState::new(&st.name, st.target_managers)
+        let mut fresh = ClusterState::new(&st.name, st.target_managers)
             .expect("the stored name and target were valid");
+        // Re-created with the same operator credential.
+        fresh.operator_sha256 = st.operator_sha256.clone();
         stored.mem = Memory::new(fresh);
         drop(stored);
         self.changed.notify_waiters();
@@ -503,14 +550,33 @@ impl Rendezvous for FakeBackend {
         "fake backend".into()
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.credentials.set(node_id, credential);
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.presented(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         self.gate()?;
-        self.step(|m, now| m.register(now, req), |s, _| s.registers += 1)
+        let presented = self.presented(&req.node_id);
+        let fresh = fresh_credential();
+        let r = self.step(
+            |m, now| m.register(now, req, presented.as_ref(), &fresh),
+            |s, _| s.registers += 1,
+        )?;
+        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> RResult<ClaimResponse> {
         self.gate()?;
-        self.step(|m, now| m.claim(now, node_id, millis(ttl)), |_, _| ())
+        let presented = self.presented(node_id);
+        self.step(
+            |m, now| m.claim(now, node_id, millis(ttl), presented.as_ref()),
+            |_, _| (),
+        )
     }
 
     async fn renew(
@@ -525,13 +591,15 @@ impl Rendezvous for FakeBackend {
             fencing_token,
             ttl_ms: millis(ttl),
         };
-        self.step(|m, now| rules::renew(&m.state, now, &req), |_, _| ())
+        let presented = self.presented(node_id);
+        self.step(|m, now| m.renew(now, &req, presented.as_ref()), |_, _| ())
     }
 
     async fn publish(&self, req: &PublishRequest) -> RResult<PublishResponse> {
         self.gate()?;
+        let presented = self.presented(&req.node_id);
         self.step(
-            |m, now| rules::publish(&m.state, now, req),
+            |m, now| m.publish(now, req, presented.as_ref()),
             |s, accepted| {
                 s.publishes.push(PublishAttempt {
                     node_id: req.node_id.clone(),
@@ -545,17 +613,24 @@ impl Rendezvous for FakeBackend {
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> RResult<JoinResponse> {
         self.gate()?;
+        let presented = self.presented(node_id);
         self.wait_until(
             wait,
-            |m, now| Ok(m.join(now, node_id)?),
+            |m, now| Ok(m.join(now, node_id, presented.as_ref())?),
             |j: &JoinResponse| j.join.is_some(),
         )
         .await
     }
 
-    async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
         self.gate()?;
-        self.step(|m, now| rules::recover(&m.state, now, req), |_, _| ())
+        self.step(
+            |m, now| {
+                rules::check_operator(&m.state, operator)?;
+                rules::recover(&m.state, now, req)
+            },
+            |_, _| (),
+        )
     }
 
     async fn status(&self) -> RResult<ClusterStatus> {
@@ -565,15 +640,21 @@ impl Rendezvous for FakeBackend {
 
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
         self.gate()?;
-        self.step(|m, now| m.sync(now, req), |s, _| s.syncs += 1)
+        let presented = self.presented(&req.node_id);
+        self.step(
+            |m, now| m.sync(now, req, presented.as_ref()),
+            |s, _| s.syncs += 1,
+        )
     }
 
     async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
         self.gate()?;
         let adopted = std::cell::Cell::new(false);
-        self.step(
+        let presented = self.presented(&req.node_id);
+        let fresh = fresh_credential();
+        let r = self.step(
             |m, now| {
-                let o = m.adopt(now, req);
+                let o = m.adopt(now, req, presented.as_ref(), &fresh);
                 adopted.set(o.as_ref().is_ok_and(|o| o.answer.adopted));
                 o
             },
@@ -585,7 +666,9 @@ impl Rendezvous for FakeBackend {
                     adopted: adopted.get(),
                 })
             },
-        )
+        )?;
+        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> RResult<Document> {
@@ -603,6 +686,7 @@ impl Rendezvous for FakeBackend {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
@@ -611,8 +695,13 @@ impl Rendezvous for FakeBackend {
         let write = DocumentWrite {
             expected_version,
             body: body.clone(),
+            node_id: node_id.to_string(),
         };
-        self.step(|m, _| m.put_doc(name, &write), |_, _| ())
+        let presented = self.presented(node_id);
+        self.step(
+            |m, _| m.put_doc(name, &write, presented.as_ref()),
+            |_, _| (),
+        )
     }
 }
 
@@ -644,12 +733,13 @@ mod tests {
     #[tokio::test]
     async fn documents_are_compare_and_set_and_long_polled() {
         let b = FakeBackend::new(3);
-        let empty = b.get_doc("lb", None, Duration::ZERO).await.unwrap();
+        b.register(&reg("a")).await.unwrap();
+        let empty = b.get_doc("keeper", None, Duration::ZERO).await.unwrap();
         assert_eq!((empty.version, empty.body), (0, serde_json::Value::Null));
         let body = serde_json::json!({"a": 1});
-        let v1 = b.put_doc("lb", 0, &body).await.unwrap();
+        let v1 = b.put_doc("a", "keeper", 0, &body).await.unwrap();
         assert_eq!(v1.version, 1);
-        let stale = b.put_doc("lb", 0, &body).await.unwrap_err();
+        let stale = b.put_doc("a", "keeper", 0, &body).await.unwrap_err();
         assert_eq!(stale.code(), Some(Code::VersionConflict), "{stale}");
         let bad = b.get_doc("Not A Name", None, Duration::ZERO).await;
         assert_eq!(bad.unwrap_err().code(), Some(Code::InvalidName));
@@ -657,7 +747,7 @@ mod tests {
         // A long-poll after version 1 wakes on the write of version 2, not at its deadline.
         let waiter = {
             let b = b.clone();
-            tokio::spawn(async move { b.get_doc("lb", Some(1), Duration::from_secs(20)).await })
+            tokio::spawn(async move { b.get_doc("keeper", Some(1), Duration::from_secs(20)).await })
         };
         let started = Instant::now();
         let mut expected = 1;
@@ -667,7 +757,7 @@ mod tests {
                 started.elapsed() < Duration::from_secs(10),
                 "waiter not woken"
             );
-            b.put_doc("lb", expected, &serde_json::json!({"n": expected}))
+            b.put_doc("a", "keeper", expected, &serde_json::json!({"n": expected}))
                 .await
                 .unwrap();
             expected += 1;
@@ -678,9 +768,76 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10));
         // With nothing newer, the poll answers the current document at its deadline.
         let now = b
-            .get_doc("lb", Some(expected), Duration::from_millis(50))
+            .get_doc("keeper", Some(expected), Duration::from_millis(50))
             .await;
         assert_eq!(now.unwrap().version, expected);
+    }
+
+    #[tokio::test]
+    async fn credentials_are_kept_presented_and_checked() {
+        let b = FakeBackend::new(3);
+        let r = b.register(&reg("a")).await.unwrap();
+        let issued = r.credential.expect("a new node id is issued a credential");
+        assert_eq!(b.credential("a"), Some(issued.clone()));
+        assert!(!format!("{:?}", b.credentials).contains(issued.expose()));
+        // Registering again presents it (and is issued nothing new).
+        assert!(b.register(&reg("a")).await.unwrap().credential.is_none());
+        // Lost: the same node id is refused, not re-issued.
+        b.forget_credential("a");
+        let e = b.register(&reg("a")).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::BadNodeCredential), "{e}");
+        let e = b.claim("a", Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::BadNodeCredential), "{e}");
+        // Handed back (as the agent does from its state dir): accepted again.
+        b.set_credential("a", issued);
+        assert!(b.claim("a", Duration::from_secs(30)).await.unwrap().granted);
+        // Unregistered ids cannot claim; unknown documents do not exist.
+        let e = b.claim("ghost", Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::NodeNotRegistered), "{e}");
+        let e = b
+            .put_doc("a", "lb", 0, &serde_json::json!({}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::InvalidName), "{e}");
+    }
+
+    #[tokio::test]
+    async fn reset_needs_the_operator_credential() {
+        let b = FakeBackend::new(1);
+        b.register(&reg("a")).await.unwrap();
+        let token = b
+            .claim("a", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .lease
+            .unwrap()
+            .fencing_token;
+        b.publish(&PublishRequest {
+            node_id: "a".into(),
+            fencing_token: token,
+            swarm_id: "swarm1".into(),
+            ca_digest: format!("sha256:{}", "ab".repeat(32)),
+            manager_addrs: vec!["198.18.0.1:2377".into()],
+            manager_token: Secret::new("SWMTKN-1-m"),
+            worker_token: Secret::new("SWMTKN-1-w"),
+        })
+        .await
+        .unwrap();
+        let req = ResetRequest {
+            node_id: "a".into(),
+            swarm_id: "swarm1".into(),
+            reason: "test".into(),
+        };
+        let node_cred = b.credential("a").unwrap();
+        for op in [None, Some(&node_cred), Some(&Secret::new("guess"))] {
+            let e = b.reset(&req, op).await.unwrap_err();
+            assert_eq!(e.code(), Some(Code::OperatorRequired), "{e}");
+        }
+        assert_eq!(b.formed_swarm().as_deref(), Some("swarm1"));
+        b.set_operator_credential(Secret::new("op-1"));
+        assert_eq!(b.operator_credential().expose(), "op-1");
+        let after = b.reset(&req, Some(&Secret::new("op-1"))).await.unwrap();
+        assert_eq!(after.resets, 1);
     }
 
     #[tokio::test]

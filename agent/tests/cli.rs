@@ -33,7 +33,7 @@ fn write_config(dir: &std::path::Path, extra: &str, secret_mode: u32) -> std::pa
         format!(
             "cluster = \"prod\"\nadvertise_addr = \"127.0.0.1\"\n\
              docker_host = \"unix://{d}/docker.sock\"\nstate_dir = \"{d}/state\"\n\
-             join_secret_file = \"{s}\"\n{extra}[coordinator]\nurl = \"http://127.0.0.1:{p}\"\n",
+             join_secret_file = \"{s}\"\n{extra}[coordinator]\nurl = \"http://127.0.0.1:{p}\"\ninsecure_http = true\n",
             d = dir.display(),
             s = secret.display(),
             p = closed_port()

@@ -1,7 +1,10 @@
 //! The coordinator backend: [`Rendezvous`] over the coordinator's `/v1` HTTPS API (reqwest +
-//! rustls). The join secret is the bearer token. TLS trust is a certificate pin
-//! (`swarmstrap_wire::pin`), a CA file, or the system roots; plain http only when the URL says
-//! so (labs).
+//! rustls). The join secret is the bearer token; every call made for a node id carries that
+//! node's credential ([`NODE_CREDENTIAL_HEADER`], kept in [`Credentials`]: the one `register` or
+//! `adopt` returns, or the one the agent loaded from its state dir), and a reset the operator
+//! credential ([`OPERATOR_CREDENTIAL_HEADER`]). Credentials never go into a URL. TLS trust is a
+//! certificate pin (`swarmstrap_wire::pin`), a CA file, or the system roots; plain http only
+//! when the config opts in (`insecure_http = true`, labs).
 
 use crate::config::{CoordinatorConfig, CoordinatorTls};
 use async_trait::async_trait;
@@ -9,13 +12,13 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
-use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result};
 use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
     error_chain, AdoptRequest, AdoptResponse, ClaimRequest, ClaimResponse, ClusterStatus, Document,
     DocumentWrite, ErrorBody, JoinResponse, PublishRequest, PublishResponse, RegisterRequest,
     RegisterResponse, RenewRequest, ResetRequest, Secret, SyncRequest, SyncResponse, API_PREFIX,
-    MAX_WAIT_SECS,
+    MAX_WAIT_SECS, NODE_CREDENTIAL_HEADER, OPERATOR_CREDENTIAL_HEADER,
 };
 
 /// Extra time a long-poll request may take beyond its `wait` (network, server scheduling).
@@ -44,6 +47,7 @@ pub struct CoordinatorClient {
     secret: Secret,
     http: reqwest::Client,
     request_timeout: Duration,
+    credentials: Credentials,
 }
 
 impl CoordinatorClient {
@@ -93,6 +97,7 @@ impl CoordinatorClient {
             secret,
             http,
             request_timeout,
+            credentials: Credentials::default(),
         })
     }
 
@@ -108,6 +113,21 @@ impl CoordinatorClient {
             .request(method, url)
             .bearer_auth(self.secret.expose())
             .timeout(timeout)
+    }
+
+    /// A request made for `node_id`: with its credential, when this client holds one.
+    fn node_request(
+        &self,
+        method: Method,
+        url: &str,
+        timeout: Duration,
+        node_id: &str,
+    ) -> RequestBuilder {
+        let req = self.request(method, url, timeout);
+        match self.credentials.get(node_id) {
+            Some(c) => req.header(NODE_CREDENTIAL_HEADER, sensitive(&c)),
+            None => req,
+        }
     }
 
     async fn call<T: DeserializeOwned>(&self, req: RequestBuilder, url: &str) -> Result<T> {
@@ -133,13 +153,28 @@ impl CoordinatorClient {
         Err(map_status(status, &text, url, &self.cluster))
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, tail: &str, body: &B) -> Result<T> {
+    /// POST for `node_id` (with its credential).
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        tail: &str,
+        node_id: &str,
+        body: &B,
+    ) -> Result<T> {
         let url = self.url(tail);
         let req = self
-            .request(Method::POST, &url, self.request_timeout)
+            .node_request(Method::POST, &url, self.request_timeout, node_id)
             .json(body);
         self.call(req, &url).await
     }
+}
+
+/// A header value marked sensitive (hyper never logs it). A credential holds no byte a header
+/// value refuses (the rendezvous issues hex/base64url); one that does is sent empty and refused.
+fn sensitive(c: &Secret) -> reqwest::header::HeaderValue {
+    let mut v = reqwest::header::HeaderValue::from_str(c.expose())
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
 }
 
 /// Map an error status and its JSON body to what the caller should do.
@@ -155,11 +190,24 @@ pub fn map_status(status: StatusCode, body: &str, url: &str, cluster: &str) -> R
         }
     };
     let s = status.as_u16();
+    let code_of = Code::parse(&code);
     match s {
+        // The rulebook's own 403s (a node credential, the operator credential, a quota): the
+        // caller acts on the code, like on every other backend.
+        403 if matches!(
+            code_of,
+            Some(Code::BadNodeCredential | Code::OperatorRequired | Code::QuotaExceeded)
+        ) =>
+        {
+            RendezvousError::Rejected {
+                code,
+                message: format!("{message} (HTTP {s} from {url})"),
+            }
+        }
         401 | 403 => RendezvousError::Unauthorized(format!("{message} (HTTP {s} from {url})")),
-        404 if Code::parse(&code) == Some(Code::UnknownCluster) => RendezvousError::Unauthorized(
-            format!("unknown cluster {cluster}: {message} (HTTP 404 from {url})"),
-        ),
+        404 if code_of == Some(Code::UnknownCluster) => RendezvousError::Unauthorized(format!(
+            "unknown cluster {cluster}: {message} (HTTP 404 from {url})"
+        )),
         409 => RendezvousError::Conflict { code, message },
         408 | 429 => RendezvousError::Transient(format!("{url}: HTTP {s} {code}: {message}")),
         500..=599 => RendezvousError::Transient(format!("{url}: HTTP {s} {code}: {message}")),
@@ -199,8 +247,18 @@ impl Rendezvous for CoordinatorClient {
         format!("coordinator {}", self.base)
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.credentials.set(node_id, credential);
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.credentials.get(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
-        self.post("/nodes", req).await
+        let r: RegisterResponse = self.post("/nodes", &req.node_id, req).await?;
+        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
@@ -208,7 +266,7 @@ impl Rendezvous for CoordinatorClient {
             node_id: node_id.to_string(),
             ttl_ms: ttl.as_millis() as u64,
         };
-        self.post("/claim", &body).await
+        self.post("/claim", node_id, &body).await
     }
 
     async fn renew(
@@ -222,20 +280,21 @@ impl Rendezvous for CoordinatorClient {
             fencing_token,
             ttl_ms: ttl.as_millis() as u64,
         };
-        self.post("/claim/renew", &body).await
+        self.post("/claim/renew", node_id, &body).await
     }
 
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
-        self.post("/publish", req).await
+        self.post("/publish", &req.node_id, req).await
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
         let secs = wait_secs(wait);
         let url = self.url(&format!("/join?node_id={node_id}&wait={secs}"));
-        let req = self.request(
+        let req = self.node_request(
             Method::GET,
             &url,
             Duration::from_secs(secs) + LONG_POLL_MARGIN,
+            node_id,
         );
         self.call(req, &url).await
     }
@@ -246,16 +305,26 @@ impl Rendezvous for CoordinatorClient {
         self.call(req, &url).await
     }
 
-    async fn reset(&self, req: &ResetRequest) -> Result<ClusterStatus> {
-        self.post("/reset", req).await
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        // The operator's call: its credential, never a node's.
+        let url = self.url("/reset");
+        let mut r = self
+            .request(Method::POST, &url, self.request_timeout)
+            .json(req);
+        if let Some(op) = operator {
+            r = r.header(OPERATOR_CREDENTIAL_HEADER, sensitive(op));
+        }
+        self.call(r, &url).await
     }
 
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
-        self.post("/sync", req).await
+        self.post("/sync", &req.node_id, req).await
     }
 
     async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
-        self.post("/adopt", req).await
+        let r: AdoptResponse = self.post("/adopt", &req.node_id, req).await?;
+        self.credentials.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
     }
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
@@ -275,16 +344,18 @@ impl Rendezvous for CoordinatorClient {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
     ) -> Result<Document> {
         let url = self.url(&format!("/docs/{name}"));
         let req = self
-            .request(Method::PUT, &url, self.request_timeout)
+            .node_request(Method::PUT, &url, self.request_timeout, node_id)
             .json(&DocumentWrite {
                 expected_version,
                 body: body.clone(),
+                node_id: node_id.to_string(),
             });
         self.call(req, &url).await
     }
@@ -306,6 +377,8 @@ mod tests {
         method: String,
         path_query: String,
         auth: Option<String>,
+        credential: Option<String>,
+        operator: Option<String>,
         body: String,
     }
 
@@ -324,6 +397,14 @@ mod tests {
                     auth: parts
                         .headers
                         .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    credential: parts
+                        .headers
+                        .get(NODE_CREDENTIAL_HEADER)
+                        .map(|v| v.to_str().unwrap().to_string()),
+                    operator: parts
+                        .headers
+                        .get(OPERATOR_CREDENTIAL_HEADER)
                         .map(|v| v.to_str().unwrap().to_string()),
                     body: String::from_utf8_lossy(&bytes).into_owned(),
                 });
@@ -378,6 +459,82 @@ mod tests {
         assert_eq!(s.auth.as_deref(), Some("Bearer the-join-secret"));
         let body: RegisterRequest = serde_json::from_str(&s.body).unwrap();
         assert_eq!(body, reg());
+    }
+
+    #[tokio::test]
+    async fn register_keeps_the_issued_credential_and_every_node_call_carries_it() {
+        let (c, seen) = mock(
+            200,
+            r#"{"node_id":"n1","role":"manager","target_managers":3,"phase":"open","credential":"cred-n1"}"#,
+        )
+        .await;
+        // Nothing held yet: the first registration carries no credential.
+        c.register(&reg()).await.unwrap();
+        assert_eq!(c.credential("n1").unwrap().expose(), "cred-n1");
+        assert!(c.credential("n2").is_none());
+        let _ = c.claim("n1", Duration::from_secs(30)).await;
+        let _ = c.renew("n1", 1, Duration::from_secs(30)).await;
+        let _ = c.wait_join("n1", Duration::ZERO).await;
+        let _ = c.put_doc("n1", "drains", 0, &serde_json::json!({})).await;
+        let _ = c.status().await;
+        let _ = c.get_doc("drains", None, Duration::ZERO).await;
+        let _ = c.claim("n2", Duration::from_secs(30)).await;
+        let _ = c
+            .reset(
+                &ResetRequest {
+                    node_id: "n1".into(),
+                    swarm_id: "s".into(),
+                    reason: String::new(),
+                },
+                Some(&Secret::new("op-cred")),
+            )
+            .await;
+        let s = seen.lock().unwrap().clone();
+        assert_eq!(s[0].credential, None);
+        for x in &s[1..5] {
+            assert_eq!(x.credential.as_deref(), Some("cred-n1"), "{x:?}");
+            assert!(!x.path_query.contains("cred-"), "{x:?}");
+        }
+        // The document write names its writer.
+        let w: DocumentWrite = serde_json::from_str(&s[4].body).unwrap();
+        assert_eq!(w.node_id, "n1");
+        // Reads carry none; another node id gets none; a reset carries the operator's only.
+        assert_eq!(s[5].credential, None);
+        assert_eq!(s[6].credential, None);
+        assert_eq!(s[7].credential, None);
+        assert_eq!(
+            (s[8].credential.as_deref(), s[8].operator.as_deref()),
+            (None, Some("op-cred"))
+        );
+        assert_eq!(s[8].path_query, "/v1/clusters/prod/reset");
+        // A credential set from the state dir is presented too.
+        c.set_credential("n2", Secret::new("cred-n2"));
+        let _ = c.claim("n2", Duration::from_secs(30)).await;
+        assert_eq!(
+            seen.lock().unwrap()[9].credential.as_deref(),
+            Some("cred-n2")
+        );
+        // Debug output of the client's credentials is redacted.
+        assert!(!format!("{:?}", c.credentials).contains("cred-"));
+    }
+
+    #[tokio::test]
+    async fn rulebook_403s_keep_their_code() {
+        for code in [
+            Code::BadNodeCredential,
+            Code::OperatorRequired,
+            Code::QuotaExceeded,
+        ] {
+            let (c, _) = mock(403, body(code.as_str())).await;
+            let e = c.register(&reg()).await.unwrap_err();
+            assert_eq!(e.code(), Some(code), "{e}");
+            assert!(matches!(e, RendezvousError::Rejected { .. }), "{e}");
+        }
+        let (c, _) = mock(403, body("forbidden")).await;
+        assert!(matches!(
+            c.register(&reg()).await.unwrap_err(),
+            RendezvousError::Unauthorized(_)
+        ));
     }
 
     #[tokio::test]

@@ -5,10 +5,17 @@ pub mod coordinator;
 
 use crate::config::{BackendKind, Config};
 use crate::fsutil::{self, FsError};
+use crate::state::{self, StateError};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use swarmstrap_secrets_manager::SecretsManagerRendezvous;
-use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
+use swarmstrap_wire::{
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
+    SyncRequest, SyncResponse,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -18,13 +25,35 @@ pub enum BackendError {
     Coordinator(#[from] coordinator::ClientError),
     #[error("cannot set up the secrets-manager backend: {0}")]
     SecretsManager(#[source] RendezvousError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Open the configured backend. `request_timeout` bounds each ordinary coordinator call
 /// (long-polls get their wait plus a margin). The coordinator authenticates with the join
 /// secret (read here from `join_secret_file`); Secrets Manager with the instance's AWS
 /// credentials (no join secret).
+///
+/// The node's own credential: loaded from the state dir (when this node has one) and handed to
+/// the backend before any call; one the backend issues later (`register`, `adopt`) is written
+/// to the state dir ([`Persisted`]).
 pub async fn open(
+    cfg: &Config,
+    request_timeout: Duration,
+) -> Result<Arc<dyn Rendezvous>, BackendError> {
+    let inner = open_inner(cfg, request_timeout).await?;
+    if let Some(id) = state::read_node_id(&cfg.state_dir) {
+        if let Some(c) = state::load_credential(&cfg.state_dir, &id)? {
+            inner.set_credential(&id, c);
+        }
+    }
+    Ok(Arc::new(Persisted {
+        inner,
+        state_dir: cfg.state_dir.clone(),
+    }))
+}
+
+async fn open_inner(
     cfg: &Config,
     request_timeout: Duration,
 ) -> Result<Arc<dyn Rendezvous>, BackendError> {
@@ -34,6 +63,14 @@ pub async fn open(
                 .coordinator
                 .as_ref()
                 .expect("config validation requires [coordinator] for this backend");
+            if c.tls == crate::config::CoordinatorTls::PlainHttp {
+                tracing::warn!(
+                    "the coordinator URL {} is plain http (insecure_http = true): the join \
+                     secret and this node's credential travel in clear text; use https outside \
+                     a lab",
+                    c.url
+                );
+            }
             let secret = fsutil::read_secret_file(&cfg.join_secret_file)?;
             Ok(Arc::new(coordinator::CoordinatorClient::new(
                 c,
@@ -65,5 +102,142 @@ pub fn unauthorized_hint(cfg: &Config) -> String {
             cfg.cluster,
             cfg.secrets_manager.resolved_secret_name()
         ),
+    }
+}
+
+/// A backend whose issued node credentials are kept in the state dir
+/// ([`state::save_credential`], mode 0600) the moment `register` or `adopt` returns one, so a
+/// restarted agent presents it again. Everything else is passed through.
+pub struct Persisted {
+    pub inner: Arc<dyn Rendezvous>,
+    pub state_dir: PathBuf,
+}
+
+impl Persisted {
+    fn keep(&self, node_id: &str, issued: Option<&Secret>) {
+        if let Some(c) = issued {
+            if let Err(e) = state::save_credential(&self.state_dir, node_id, c) {
+                // The client holds it for this run; after a restart this node id is lost and
+                // the agent registers under a new one.
+                tracing::error!(
+                    "cannot keep this node's rendezvous credential in {}: {e}",
+                    self.state_dir.display()
+                );
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Rendezvous for Persisted {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.inner.set_credential(node_id, credential)
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.inner.credential(node_id)
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
+        let r = self.inner.register(req).await?;
+        self.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
+    }
+
+    async fn claim(&self, node_id: &str, ttl: Duration) -> RResult<ClaimResponse> {
+        self.inner.claim(node_id, ttl).await
+    }
+
+    async fn renew(
+        &self,
+        node_id: &str,
+        fencing_token: u64,
+        ttl: Duration,
+    ) -> RResult<ClaimResponse> {
+        self.inner.renew(node_id, fencing_token, ttl).await
+    }
+
+    async fn publish(&self, req: &PublishRequest) -> RResult<PublishResponse> {
+        self.inner.publish(req).await
+    }
+
+    async fn wait_join(&self, node_id: &str, wait: Duration) -> RResult<JoinResponse> {
+        self.inner.wait_join(node_id, wait).await
+    }
+
+    async fn status(&self) -> RResult<ClusterStatus> {
+        self.inner.status().await
+    }
+
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
+        self.inner.reset(req, operator).await
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
+        self.inner.sync(req).await
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
+        let r = self.inner.adopt(req).await?;
+        self.keep(&req.node_id, r.credential.as_ref());
+        Ok(r)
+    }
+
+    async fn get_doc(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        wait: std::time::Duration,
+    ) -> RResult<Document> {
+        self.inner.get_doc(name, after, wait).await
+    }
+
+    async fn put_doc(
+        &self,
+        node_id: &str,
+        name: &str,
+        expected_version: u64,
+        body: &serde_json::Value,
+    ) -> RResult<Document> {
+        self.inner
+            .put_doc(node_id, name, expected_version, body)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeBackend;
+    use swarmstrap_wire::RequestedRole;
+
+    #[tokio::test]
+    async fn an_issued_credential_is_kept_in_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeBackend::new(1);
+        let b = Persisted {
+            inner: fake.clone(),
+            state_dir: dir.path().to_path_buf(),
+        };
+        let req = RegisterRequest {
+            node_id: "n1".into(),
+            hostname: "h1".into(),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+        };
+        b.register(&req).await.unwrap();
+        let kept = state::load_credential(dir.path(), "n1").unwrap().unwrap();
+        assert_eq!(Some(kept), fake.credential("n1"));
+        // A later registration (no credential issued) leaves the file as it is.
+        b.register(&req).await.unwrap();
+        assert_eq!(
+            state::load_credential(dir.path(), "n1").unwrap(),
+            fake.credential("n1")
+        );
     }
 }

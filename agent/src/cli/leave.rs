@@ -134,10 +134,12 @@ impl LeaveArgs {
                 )
             }
         };
+        // This agent's node id writes its drain request (with its credential, which
+        // `backend::open` loaded from the state dir).
+        let agent_node_id = state::read_node_id(&cfg.state_dir).unwrap_or_default();
         if let Some(b) = &backend {
-            let agent_node_id = state::read_node_id(&cfg.state_dir).unwrap_or_default();
             let now = rfc3339_now();
-            docs::update::<Drains, _>(b.as_ref(), DRAINS_DOC, |d| {
+            docs::update::<Drains, _>(b.as_ref(), &agent_node_id, DRAINS_DOC, |d| {
                 if d.requests.contains_key(id) {
                     return false;
                 }
@@ -195,7 +197,8 @@ impl LeaveArgs {
             .context("docker swarm leave")?;
         println!("{hostname} left the swarm");
         if let Some(b) = &backend {
-            if let Err(e) = set_state(b.as_ref(), id, DrainState::Left, None).await {
+            if let Err(e) = set_state(b.as_ref(), &agent_node_id, id, DrainState::Left, None).await
+            {
                 tracing::warn!("cannot mark the drain request as left ({e}); the leader's agent removes the node once it is down anyway");
             }
         }

@@ -66,7 +66,7 @@ impl RunArgs {
         };
         tracing::info!("node id {node_id}, advertise address {advertise}");
 
-        let boot = Bootstrap {
+        let mut boot = Bootstrap {
             engine: Arc::new(BollardEngine::new(&cfg.docker_host, ENGINE_TIMEOUT)),
             backend,
             store: StateStore::new(&cfg.state_dir),
@@ -85,7 +85,7 @@ impl RunArgs {
             },
         };
         tokio::select! {
-            r = boot.run() => { r?; }
+            r = boot.run_or_rename() => { r?; }
             _ = &mut shutdown => {
                 tracing::info!("stopping on signal before the bootstrap finished");
                 return Ok(ExitCode::SUCCESS);
@@ -103,6 +103,7 @@ impl RunArgs {
                     state_dir: cfg.state_dir.clone(),
                     engine: lb_engine.clone(),
                     backend: boot.backend.clone(),
+                    node_id: boot.settings.node_id.clone(),
                 }
                 .run()
                 .await
@@ -122,6 +123,7 @@ impl RunArgs {
                 cfg: cfg.quorum.clone(),
                 target: cfg.target_managers,
                 store: StateStore::new(&cfg.state_dir),
+                node_id: boot.settings.node_id.clone(),
             }
             .run()
             .await

@@ -653,7 +653,10 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let mut c = Config::resolve(
             FileConfig::parse(
-                &format!("cluster = \"test\"\n[coordinator]\nurl = \"{coordinator_url}\"\n"),
+                &format!(
+                    "cluster = \"test\"\n[coordinator]\nurl = \"{coordinator_url}\"\n\
+                     insecure_http = true\n"
+                ),
                 std::path::Path::new("t.toml"),
             )
             .unwrap(),

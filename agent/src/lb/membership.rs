@@ -33,6 +33,112 @@ impl Member {
     }
 }
 
+/// A node id of the membership document: 1-64 letters and digits (Docker's node ids).
+fn is_node_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// An RFC 1123 host name.
+fn is_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// A label key: `[A-Za-z0-9._/-]{1,128}`.
+fn is_label_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+}
+
+/// A label value: at most 256 of `[A-Za-z0-9 ._:/=,@+-]` (no quote, brace, semicolon, `$`,
+/// backslash, `#` or control character: nothing that is nginx syntax).
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 256
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b' ' | b'.' | b'_' | b':' | b'/' | b'=' | b',' | b'@' | b'+' | b'-'
+                )
+        })
+}
+
+impl Member {
+    /// Why this member must not reach a config, if it must not: every value a template can
+    /// print is checked as the rendezvous checks the membership document
+    /// (`swarmstrap_wire::rules`, typed documents), so a value that is nginx syntax never
+    /// renders even if a document got past the rendezvous.
+    pub fn problem(&self) -> Option<String> {
+        if !is_node_id(&self.id) {
+            return Some(format!(
+                "node id {:?} is not 1-64 letters and digits",
+                self.id
+            ));
+        }
+        if !is_hostname(&self.hostname) {
+            return Some(format!(
+                "hostname {:?} is not an RFC 1123 host name",
+                self.hostname
+            ));
+        }
+        if self.addr.parse::<IpAddr>().is_err() {
+            return Some(format!("address {:?} is not an IP address", self.addr));
+        }
+        for (key, v, allowed) in [
+            ("role", &self.role, &["manager", "worker"][..]),
+            (
+                "state",
+                &self.state,
+                &["ready", "down", "disconnected", "unknown"],
+            ),
+            (
+                "availability",
+                &self.availability,
+                &["active", "pause", "drain"],
+            ),
+        ] {
+            if !allowed.contains(&v.as_str()) {
+                return Some(format!("{key} {v:?} is not one of {allowed:?}"));
+            }
+        }
+        if let Some((k, v)) = self
+            .labels
+            .iter()
+            .find(|(k, v)| !is_label_key(k) || !is_label_value(v))
+        {
+            return Some(format!(
+                "label {k:?} = {v:?} is refused (keys [A-Za-z0-9._/-]{{1,128}}, values at most \
+                 256 of [A-Za-z0-9 ._:/=,@+-])"
+            ));
+        }
+        None
+    }
+
+    /// Drop the labels the membership document refuses (a Docker label may hold any text);
+    /// the dropped keys are returned.
+    pub fn drop_bad_labels(&mut self) -> Vec<String> {
+        let bad: Vec<String> = self
+            .labels
+            .iter()
+            .filter(|(k, v)| !is_label_key(k) || !is_label_value(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &bad {
+            self.labels.remove(k);
+        }
+        bad
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub nodes: Vec<Member>,
@@ -79,6 +185,44 @@ impl Membership {
         self
     }
 
+    /// Only the members that may reach a config ([`Member::problem`]); each skipped one is
+    /// returned with its reason (for the log). The safe form is what every rendering uses.
+    pub fn checked(&self) -> (Membership, Vec<String>) {
+        let mut skipped = Vec::new();
+        let nodes = self
+            .nodes
+            .iter()
+            .filter(|m| match m.problem() {
+                None => true,
+                Some(why) => {
+                    // Debug-escaped: the log line stays one line whatever the value holds.
+                    skipped.push(format!("node {:?}: {why}", m.id));
+                    false
+                }
+            })
+            .cloned()
+            .collect();
+        (Membership { nodes }, skipped)
+    }
+
+    /// What the leader publishes: labels the document refuses are dropped, a member the
+    /// document refuses (no address yet, a host name that is not RFC 1123) is left out; each
+    /// returned with its reason.
+    pub fn publishable(mut self) -> (Membership, Vec<String>) {
+        let mut notes = Vec::new();
+        for m in &mut self.nodes {
+            for k in m.drop_bad_labels() {
+                notes.push(format!(
+                    "node {:?}: label {k:?} left out (not a safe label)",
+                    m.id
+                ));
+            }
+        }
+        let (m, skipped) = self.checked();
+        notes.extend(skipped);
+        (m, notes)
+    }
+
     /// Ready (and not drained) nodes, one per address, sorted by address.
     pub fn ready(&self) -> Vec<&Member> {
         let mut out: Vec<&Member> = Vec::new();
@@ -94,7 +238,10 @@ impl Membership {
 #[cfg(test)]
 pub(crate) fn member(addr: &str, host: &str, state: &str) -> Member {
     Member {
-        id: format!("id-{host}"),
+        id: format!(
+            "id{}",
+            host.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        ),
         hostname: host.into(),
         addr: addr.into(),
         role: "worker".into(),
@@ -126,6 +273,58 @@ mod tests {
             None
         );
         assert!(Membership::from_body(&serde_json::json!({"nodes": 3})).is_err());
+    }
+
+    #[test]
+    fn members_with_values_that_are_not_safe_are_skipped() {
+        let good = member("10.0.0.1", "a", "ready");
+        assert_eq!(good.problem(), None);
+        let mut v6 = member("fd00::1", "b-2.example", "ready");
+        v6.labels.insert("zone".into(), "eu-west-1a".into());
+        v6.labels
+            .insert("io.x/k_1".into(), "a b:c/d=e,f@g+h".into());
+        assert_eq!(v6.problem(), None);
+        let bad = |f: &dyn Fn(&mut Member)| {
+            let mut m = member("10.0.0.9", "z", "ready");
+            f(&mut m);
+            m
+        };
+        let cases = [
+            bad(&|m| m.addr = "10.0.0.7; } server { listen 8081; }".into()),
+            bad(&|m| m.addr = String::new()),
+            bad(&|m| m.hostname = "a;b".into()),
+            bad(&|m| m.hostname = "under_score".into()),
+            bad(&|m| m.id = "x y".into()),
+            bad(&|m| m.role = "manager;".into()),
+            bad(&|m| m.state = "ready }".into()),
+            bad(&|m| m.availability = "active\n".into()),
+            bad(&|m| {
+                m.labels
+                    .insert("zone".into(), "a; include /etc/passwd".into());
+            }),
+            bad(&|m| {
+                m.labels.insert("k{".into(), "v".into());
+            }),
+            bad(&|m| {
+                m.labels.insert("k".into(), "$host".into());
+            }),
+        ];
+        for c in &cases {
+            assert!(c.problem().is_some(), "{c:?}");
+        }
+        let mut nodes = cases.to_vec();
+        nodes.push(good.clone());
+        let (safe, skipped) = Membership::new(nodes).checked();
+        assert_eq!(safe.nodes, [good.clone()]);
+        assert_eq!(skipped.len(), cases.len());
+        // Publishing drops a bad label but keeps the node.
+        let mut labelled = good.clone();
+        labelled.labels.insert("zone".into(), "a\"b".into());
+        labelled.labels.insert("ok".into(), "yes".into());
+        let (p, notes) = Membership::new(vec![labelled, cases[1].clone()]).publishable();
+        assert_eq!(p.nodes.len(), 1);
+        assert_eq!(p.nodes[0].labels.len(), 1);
+        assert_eq!(notes.len(), 2, "{notes:?}");
     }
 
     #[test]

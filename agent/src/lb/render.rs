@@ -3,6 +3,12 @@
 //! a minijinja template replaces it for custom configs. Output is deterministic (nodes sorted
 //! by address, no timestamps, no versions), so every host renders identical bytes and a
 //! membership change that does not change the config does not rewrite it.
+//!
+//! Defense in depth: the rendezvous validates the membership document, and the rendering checks
+//! every member again ([`Membership::checked`]: an IP address, an RFC 1123 host name, the
+//! swarm's enum values, safe labels). A member that fails is skipped and logged, never
+//! rendered, so no value from a document can be nginx syntax in the built-in config or in a
+//! template's context.
 
 use super::membership::Membership;
 use crate::config::{LbConfig, LbService};
@@ -50,8 +56,18 @@ pub fn render(cluster: &str, m: &Membership, lb: &LbConfig) -> Result<String, Re
     }
 }
 
+/// The members that may be rendered; the others are logged (once per rendering) and skipped.
+fn safe(m: &Membership) -> Membership {
+    let (safe, skipped) = m.checked();
+    for why in skipped {
+        tracing::warn!("load balancer: a membership entry is not rendered: {why}");
+    }
+    safe
+}
+
 /// The classic config: per service an upstream over every Ready node and a proxying server.
 pub fn render_default(m: &Membership, services: &[LbService]) -> String {
+    let m = safe(m);
     let ready = m.ready();
     let mut s = String::from(
         "# Written by swarm-agent from the swarm's node list; rewritten on every change.\n",
@@ -104,6 +120,7 @@ pub fn render_template(
             .build()
             .expect("default delimiters are valid"),
     );
+    let m = safe(m);
     let ctx = Context {
         cluster,
         nodes: &m.nodes,
@@ -167,6 +184,58 @@ server {
         let mut nodes = swarm().nodes;
         nodes.reverse();
         assert_eq!(render("c", &Membership::new(nodes), &lb).unwrap(), out);
+    }
+
+    /// Issue 14's injection: an address that closes the upstream and opens a server. Whatever
+    /// the rendezvous let through, it never reaches the built-in config nor a template.
+    #[test]
+    fn an_injected_address_hostname_or_label_never_reaches_the_config() {
+        const INJECTION: &str = "10.0.0.7; } server { listen 8081; } upstream x { server 10.0.0.8";
+        let mut nodes = swarm().nodes;
+        let mut evil = member(INJECTION, "evil", "ready");
+        evil.id = "evil1".into();
+        nodes.push(evil);
+        let mut host = member("198.18.1.20", "h", "ready");
+        host.hostname = "h; } server { listen 8082; }".into();
+        nodes.push(host);
+        let mut label = member("198.18.1.21", "l", "ready");
+        label
+            .labels
+            .insert("zone".into(), "a; } server { listen 8083; }".into());
+        nodes.push(label);
+        let m = Membership::new(nodes);
+        let clean = render_default(&swarm(), &[svc("web", 8080, 80)]);
+        let out = render_default(&m, &[svc("web", 8080, 80)]);
+        assert_eq!(out, clean, "only the valid members are rendered");
+        for bad in ["8081", "8082", "8083", "10.0.0.7", "10.0.0.8", "upstream x"] {
+            assert!(!out.contains(bad), "{bad} in {out}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("lb.j2");
+        std::fs::write(
+            &t,
+            "{% for n in nodes %}{{ n.addr }} {{ n.hostname }} {{ n.labels }}\n{% endfor %}\
+             {% for n in ready %}server {{ n.addr }};\n{% endfor %}",
+        )
+        .unwrap();
+        let lb = LbConfig {
+            template_file: Some(t),
+            ..LbConfig::default()
+        };
+        let out = render("c", &m, &lb).unwrap();
+        for bad in [
+            "8081",
+            "8082",
+            "8083",
+            "10.0.0.7",
+            "upstream x",
+            "listen",
+            "evil",
+        ] {
+            assert!(!out.contains(bad), "{bad} in {out}");
+        }
+        assert!(out.contains("198.18.1.1 node1"), "{out}");
     }
 
     #[test]

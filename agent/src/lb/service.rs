@@ -40,6 +40,8 @@ pub struct Lb {
     pub state_dir: PathBuf,
     pub engine: Arc<BollardEngine>,
     pub backend: Arc<dyn Rendezvous>,
+    /// This agent's node id: the writer of the membership document (a manager's credential).
+    pub node_id: String,
 }
 
 /// Capped exponential backoff with full jitter (never below half the step).
@@ -177,7 +179,10 @@ impl Lb {
         if !leader {
             return Ok(());
         }
-        let listed = docker::membership(&self.engine).await?;
+        // Only what the typed membership document accepts (the rendezvous refuses the whole
+        // document otherwise): unsafe labels dropped, a node without an IP address or with a
+        // host name that is not RFC 1123 left out (logged when the document changes).
+        let (listed, notes) = docker::membership(&self.engine).await?.publishable();
         for _ in 0..5 {
             let doc = match known.take() {
                 Some(d) => d,
@@ -190,7 +195,14 @@ impl Lb {
                 *known = Some(doc);
                 return Ok(());
             }
-            match self.backend.put_doc(DOC_NAME, doc.version, &body).await {
+            for n in &notes {
+                tracing::warn!("load balancer: membership: {n}");
+            }
+            match self
+                .backend
+                .put_doc(&self.node_id, DOC_NAME, doc.version, &body)
+                .await
+            {
                 Ok(d) => {
                     tracing::info!(
                         "load balancer: published membership version {}: {} nodes, {} ready",

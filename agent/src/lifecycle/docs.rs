@@ -188,11 +188,13 @@ fn parse<T: DeserializeOwned + Default>(
     })
 }
 
-/// Compare-and-set update: read, apply `change` (returns false for "nothing to change"),
-/// write with the read version; on a version conflict read again (bounded, with jitter).
-/// Returns the document as written (or as read when unchanged).
+/// Compare-and-set update by node `writer` (this agent's node id: the write carries its
+/// credential): read, apply `change` (returns false for "nothing to change"), write with the
+/// read version; on a version conflict read again (bounded, with jitter). Returns the document
+/// as written (or as read when unchanged).
 pub async fn update<T, F>(
     backend: &dyn Rendezvous,
+    writer: &str,
     name: &str,
     mut change: F,
 ) -> Result<T, RendezvousError>
@@ -207,7 +209,7 @@ where
             return Ok(doc);
         }
         let body = serde_json::to_value(&doc).expect("documents serialize");
-        match backend.put_doc(name, version, &body).await {
+        match backend.put_doc(writer, name, version, &body).await {
             Ok(_) => return Ok(doc),
             Err(RendezvousError::Conflict { .. }) => {
                 let ms = delay.as_millis() as u64;

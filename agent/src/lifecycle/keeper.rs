@@ -66,6 +66,9 @@ pub struct Keeper {
     pub target: u8,
     /// The agent's state file: which cluster and swarm this node belongs to, its node id.
     pub store: StateStore,
+    /// This agent's node id: the writer of the documents the keeper changes (with its
+    /// credential).
+    pub node_id: String,
 }
 
 /// The role change in flight.
@@ -391,7 +394,8 @@ impl Keeper {
                     Kind::Rejoin => {
                         tracing::warn!("quorum keeper: rejoin of {} given up: {why}", f.hostname);
                         if let Some(agent) = &f.agent_node_id {
-                            let _ = forget_rejoin(self.backend.as_ref(), agent).await;
+                            let _ =
+                                forget_rejoin(self.backend.as_ref(), &self.node_id, agent).await;
                         }
                         // The registration's role follows the swarm again at the next sync.
                         mem.last_sync = None;
@@ -436,7 +440,7 @@ impl Keeper {
                     reason: "started by the previous leader's keeper".into(),
                 });
             } else if !live {
-                let _ = forget_rejoin(self.backend.as_ref(), agent).await;
+                let _ = forget_rejoin(self.backend.as_ref(), &self.node_id, agent).await;
             }
         }
     }
@@ -496,7 +500,7 @@ impl Keeper {
             );
         }
         if let Some(agent) = &f.agent_node_id {
-            if let Err(e) = forget_rejoin(self.backend.as_ref(), agent).await {
+            if let Err(e) = forget_rejoin(self.backend.as_ref(), &self.node_id, agent).await {
                 tracing::warn!("quorum keeper: cannot clear the rejoin request: {e}");
             }
         }
@@ -535,11 +539,12 @@ impl Keeper {
             updated_ms: docs::now_ms(),
             message: None,
         };
-        let written = docs::update::<Rejoins, _>(self.backend.as_ref(), REJOINS_DOC, |d| {
-            d.requests.insert(agent.clone(), req.clone());
-            true
-        })
-        .await;
+        let written =
+            docs::update::<Rejoins, _>(self.backend.as_ref(), &self.node_id, REJOINS_DOC, |d| {
+                d.requests.insert(agent.clone(), req.clone());
+                true
+            })
+            .await;
         let action = Action {
             kind: Kind::Rejoin,
             node_id: n.id.clone(),
@@ -901,8 +906,12 @@ impl Keeper {
                 mem.last_sync = Some((req, Instant::now()));
             }
             Err(e) => {
-                if e.code() == Some(Code::SwarmMismatch) {
-                    // The formation changed under us: read the cluster again next pass.
+                if matches!(
+                    e.code(),
+                    Some(Code::SwarmMismatch | Code::NodeNotRegistered)
+                ) {
+                    // The formation changed under us (or the rendezvous forgot this node's
+                    // registration with its formation): read the cluster again next pass.
                     mem.status = None;
                 }
                 mem.warn_once(
@@ -968,7 +977,8 @@ impl Keeper {
                             DrainState::Requested
                         };
                         if state != req.state || req.tasks_left != Some(left) {
-                            set_state(self.backend.as_ref(), id, state, Some(left)).await?;
+                            set_state(self.backend.as_ref(), &self.node_id, id, state, Some(left))
+                                .await?;
                         }
                     }
                     (DrainState::Left, Some(n)) if !n.ready => {
@@ -983,10 +993,14 @@ impl Keeper {
                             reason: "it left with `swarm-agent leave`".into(),
                         };
                         self.record(mem, action, None);
-                        forget(self.backend.as_ref(), id).await?;
+                        forget(self.backend.as_ref(), &self.node_id, id).await?;
                     }
-                    (DrainState::Left, None) => forget(self.backend.as_ref(), id).await?,
-                    (_, None) if stale(req.updated_ms) => forget(self.backend.as_ref(), id).await?,
+                    (DrainState::Left, None) => {
+                        forget(self.backend.as_ref(), &self.node_id, id).await?
+                    }
+                    (_, None) if stale(req.updated_ms) => {
+                        forget(self.backend.as_ref(), &self.node_id, id).await?
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -1040,14 +1054,19 @@ impl Keeper {
             return;
         }
         let body = report.clone();
-        let written = docs::update::<KeeperReport, _>(self.backend.as_ref(), KEEPER_DOC, |r| {
-            if *r == body {
-                false
-            } else {
-                *r = body.clone();
-                true
-            }
-        })
+        let written = docs::update::<KeeperReport, _>(
+            self.backend.as_ref(),
+            &self.node_id,
+            KEEPER_DOC,
+            |r| {
+                if *r == body {
+                    false
+                } else {
+                    *r = body.clone();
+                    true
+                }
+            },
+        )
         .await;
         match written {
             Ok(_) => mem.report = Some(report),
@@ -1111,34 +1130,43 @@ pub fn match_registrations(regs: &[NodeInfo], list: &[NodeView]) -> BTreeMap<Str
     out
 }
 
-async fn forget_rejoin(backend: &dyn Rendezvous, agent: &str) -> Result<(), RendezvousError> {
-    docs::update::<Rejoins, _>(backend, REJOINS_DOC, |d| d.requests.remove(agent).is_some())
-        .await
-        .map(|_| ())
+async fn forget_rejoin(
+    backend: &dyn Rendezvous,
+    writer: &str,
+    agent: &str,
+) -> Result<(), RendezvousError> {
+    docs::update::<Rejoins, _>(backend, writer, REJOINS_DOC, |d| {
+        d.requests.remove(agent).is_some()
+    })
+    .await
+    .map(|_| ())
 }
 
 fn stale(updated_ms: u64) -> bool {
     docs::now_ms().saturating_sub(updated_ms) > STALE_REQUEST.as_millis() as u64
 }
 
-/// Set one request's state (CAS).
+/// Set one request's state (CAS), written by node `writer`.
 pub async fn set_state(
     backend: &dyn Rendezvous,
+    writer: &str,
     id: &str,
     state: DrainState,
     tasks_left: Option<usize>,
 ) -> Result<(), swarmstrap_wire::rendezvous::RendezvousError> {
-    docs::update::<Drains, _>(backend, DRAINS_DOC, |d| match d.requests.get_mut(id) {
-        Some(r) if r.state != state || (tasks_left.is_some() && r.tasks_left != tasks_left) => {
-            r.state = state;
-            if tasks_left.is_some() {
-                r.tasks_left = tasks_left;
+    docs::update::<Drains, _>(backend, writer, DRAINS_DOC, |d| {
+        match d.requests.get_mut(id) {
+            Some(r) if r.state != state || (tasks_left.is_some() && r.tasks_left != tasks_left) => {
+                r.state = state;
+                if tasks_left.is_some() {
+                    r.tasks_left = tasks_left;
+                }
+                r.updated_at = rfc3339_now();
+                r.updated_ms = docs::now_ms();
+                true
             }
-            r.updated_at = rfc3339_now();
-            r.updated_ms = docs::now_ms();
-            true
+            _ => false,
         }
-        _ => false,
     })
     .await
     .map(|_| ())
@@ -1146,11 +1174,14 @@ pub async fn set_state(
 
 async fn forget(
     backend: &dyn Rendezvous,
+    writer: &str,
     id: &str,
 ) -> Result<(), swarmstrap_wire::rendezvous::RendezvousError> {
-    docs::update::<Drains, _>(backend, DRAINS_DOC, |d| d.requests.remove(id).is_some())
-        .await
-        .map(|_| ())
+    docs::update::<Drains, _>(backend, writer, DRAINS_DOC, |d| {
+        d.requests.remove(id).is_some()
+    })
+    .await
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -1183,6 +1214,7 @@ mod tests {
             registered_at_ms: 0,
             joined_through: None,
             seen_at_ms: None,
+            credential_sha256: None,
         }
     }
 

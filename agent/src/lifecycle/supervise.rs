@@ -338,7 +338,7 @@ async fn set_rejoin(
     state: RejoinState,
     message: Option<String>,
 ) -> Result<(), swarmstrap_wire::rendezvous::RendezvousError> {
-    docs::update::<Rejoins, _>(backend, REJOINS_DOC, |d| match d.requests.get_mut(me) {
+    docs::update::<Rejoins, _>(backend, me, REJOINS_DOC, |d| match d.requests.get_mut(me) {
         Some(r) if r.state != state => {
             r.state = state;
             r.updated_ms = docs::now_ms();

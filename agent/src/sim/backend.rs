@@ -26,8 +26,8 @@ use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
-    SyncResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
+    SyncRequest, SyncResponse,
 };
 use tokio::sync::watch;
 
@@ -251,6 +251,14 @@ impl Rendezvous for OutageClient {
         self.inner.describe()
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.inner.set_credential(node_id, credential)
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.inner.credential(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         self.call(self.inner.register(req)).await
     }
@@ -291,8 +299,8 @@ impl Rendezvous for OutageClient {
         self.call(self.inner.status()).await
     }
 
-    async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
-        self.call(self.inner.reset(req)).await
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
+        self.call(self.inner.reset(req, operator)).await
     }
 
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
@@ -310,11 +318,12 @@ impl Rendezvous for OutageClient {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
     ) -> RResult<Document> {
-        self.call(self.inner.put_doc(name, expected_version, body))
+        self.call(self.inner.put_doc(node_id, name, expected_version, body))
             .await
     }
 }

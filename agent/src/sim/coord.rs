@@ -5,7 +5,9 @@
 //! go through the coordinator's `StoreError → ApiError` mapping and then through the agent
 //! client's `map_status` (so a fencing refusal is `Conflict`, a storage failure `Transient`, as
 //! over HTTPS); claim/renew/publish wake the join long-polls like the API's state signal;
-//! `wait_join` waits in whole seconds like the real client.
+//! `wait_join` waits in whole seconds like the real client. Like the client, it keeps the node
+//! credentials `register`/`adopt` issue ([`Credentials`], one per node id: it serves every node
+//! of a race) and presents them; the cluster's operator credential is [`Coordinator::operator`].
 //!
 //! A restart drops the store and reopens it from the same directory. While it is down, calls
 //! fail with `Transient` (connection refused); a call that was in flight across the restart
@@ -19,11 +21,11 @@ use std::time::{Duration, Instant};
 use swarm_coordinator::datadir::DataDir;
 use swarm_coordinator::error::ApiError;
 use swarm_coordinator::store::{OpenError, OpenMode, Store, StoreError};
-use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite, ErrorBody,
     JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
-    ResetRequest, SyncRequest, SyncResponse, MAX_WAIT_SECS,
+    ResetRequest, Secret, SyncRequest, SyncResponse, MAX_WAIT_SECS,
 };
 use tokio::sync::watch;
 
@@ -41,6 +43,9 @@ pub struct Coordinator {
     state: watch::Sender<u64>,
     /// Every fencing token the store granted (also when the answer was lost).
     tokens: Mutex<BTreeSet<u64>>,
+    credentials: Credentials,
+    /// The cluster's operator credential (`reset` needs it).
+    pub operator: Secret,
 }
 
 fn transient(msg: &str) -> RendezvousError {
@@ -52,8 +57,15 @@ impl Coordinator {
     pub async fn start(root: &Path, cluster: &str, target: u8) -> Coordinator {
         let dir = DataDir::new(root.join("coordinator"));
         let store = Store::open(&dir, OpenMode::CreateIfMissing).expect("open the store");
+        let operator = crate::testing::fresh_credential();
         store
-            .create_cluster(cluster.into(), target, [7u8; 32], false)
+            .create_cluster(
+                cluster.into(),
+                target,
+                [7u8; 32],
+                false,
+                swarmstrap_wire::rules::credential_sha256(&operator),
+            )
             .await
             .expect("create the cluster");
         Coordinator {
@@ -63,6 +75,8 @@ impl Coordinator {
             epoch: watch::channel(0).0,
             state: watch::channel(0).0,
             tokens: Mutex::new(BTreeSet::new()),
+            credentials: Credentials::default(),
+            operator,
         }
     }
 
@@ -165,16 +179,42 @@ impl Rendezvous for Coordinator {
         "sim coordinator (in-process store)".into()
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.credentials.set(node_id, credential);
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.credentials.get(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         let (store, epoch) = self.handle()?;
-        let r = store.register(self.cluster.clone(), req.clone()).await;
+        let r = store
+            .register(
+                self.cluster.clone(),
+                req.clone(),
+                self.credentials.get(&req.node_id),
+            )
+            .await;
+        // Kept when the store issued it, even if the answer is then lost: a real client would
+        // not have it, and its agent would continue under a new node id
+        // (`Bootstrap::run_or_rename`); the races keep node ids stable.
+        if let Ok(w) = &r {
+            self.credentials
+                .keep(&req.node_id, w.value.credential.as_ref());
+        }
         self.answer(epoch, "/nodes", r.map(|w| w.value))
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> RResult<ClaimResponse> {
         let (store, epoch) = self.handle()?;
         let r = store
-            .claim(self.cluster.clone(), node_id.into(), ttl.as_millis() as u64)
+            .claim(
+                self.cluster.clone(),
+                node_id.into(),
+                ttl.as_millis() as u64,
+                self.credentials.get(node_id),
+            )
             .await;
         if let Ok(w) = &r {
             if w.value.granted {
@@ -201,7 +241,9 @@ impl Rendezvous for Coordinator {
             fencing_token,
             ttl_ms: ttl.as_millis() as u64,
         };
-        let r = store.renew(self.cluster.clone(), req).await;
+        let r = store
+            .renew(self.cluster.clone(), req, self.credentials.get(node_id))
+            .await;
         if matches!(&r, Ok(w) if w.changed) {
             self.signal();
         }
@@ -210,7 +252,13 @@ impl Rendezvous for Coordinator {
 
     async fn publish(&self, req: &PublishRequest) -> RResult<PublishResponse> {
         let (store, epoch) = self.handle()?;
-        let r = store.publish(self.cluster.clone(), req.clone()).await;
+        let r = store
+            .publish(
+                self.cluster.clone(),
+                req.clone(),
+                self.credentials.get(&req.node_id),
+            )
+            .await;
         if matches!(&r, Ok(w) if w.changed) {
             self.signal();
         }
@@ -227,7 +275,8 @@ impl Rendezvous for Coordinator {
         // Subscribe before the first check so no change between the two is missed.
         let mut changes = self.state.subscribe();
         let mut epochs = self.epoch.subscribe();
-        let check = || store.join(&self.cluster, node_id);
+        let presented = self.credentials.get(node_id);
+        let check = || store.join(&self.cluster, node_id, presented.as_ref());
         let first = check();
         let done = |r: &Result<JoinResponse, StoreError>| match r {
             Ok(j) => j.join.is_some(),
@@ -262,9 +311,11 @@ impl Rendezvous for Coordinator {
         self.answer(epoch, "", r)
     }
 
-    async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
         let (store, epoch) = self.handle()?;
-        let r = store.recover(self.cluster.clone(), req.clone()).await;
+        let r = store
+            .recover(self.cluster.clone(), req.clone(), operator.cloned())
+            .await;
         if r.is_ok() {
             self.signal();
         }
@@ -274,15 +325,31 @@ impl Rendezvous for Coordinator {
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
         // No wakeup, as the API: a sync needs a formed cluster, whose join polls have answered.
         let (store, epoch) = self.handle()?;
-        let r = store.sync(self.cluster.clone(), req.clone()).await;
+        let r = store
+            .sync(
+                self.cluster.clone(),
+                req.clone(),
+                self.credentials.get(&req.node_id),
+            )
+            .await;
         self.answer(epoch, "/sync", r.map(|w| w.value))
     }
 
     async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
         let (store, epoch) = self.handle()?;
-        let r = store.adopt(self.cluster.clone(), req.clone()).await;
-        if matches!(&r, Ok(w) if w.changed) {
-            self.signal();
+        let r = store
+            .adopt(
+                self.cluster.clone(),
+                req.clone(),
+                self.credentials.get(&req.node_id),
+            )
+            .await;
+        if let Ok(w) = &r {
+            self.credentials
+                .keep(&req.node_id, w.value.credential.as_ref());
+            if w.changed {
+                self.signal();
+            }
         }
         self.answer(epoch, "/adopt", r.map(|w| w.value))
     }
@@ -296,6 +363,7 @@ impl Rendezvous for Coordinator {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
@@ -304,10 +372,58 @@ impl Rendezvous for Coordinator {
         let write = DocumentWrite {
             expected_version,
             body: body.clone(),
+            node_id: node_id.to_string(),
         };
         let r = store
-            .put_doc(self.cluster.clone(), name.into(), write)
+            .put_doc(
+                self.cluster.clone(),
+                name.into(),
+                write,
+                self.credentials.get(node_id),
+            )
             .await;
         self.answer(epoch, "/docs", r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarmstrap_wire::rules::Code;
+    use swarmstrap_wire::RequestedRole;
+
+    /// The real store behind this adapter: credentials are issued, kept and checked, and a
+    /// reset needs the operator credential.
+    #[tokio::test]
+    async fn the_real_store_checks_node_and_operator_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Coordinator::start(dir.path(), "sim", 1).await;
+        let reg = RegisterRequest {
+            node_id: "a".into(),
+            hostname: "a".into(),
+            advertise_addr: "198.18.0.1".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+        };
+        let r = c.register(&reg).await.unwrap();
+        assert!(r.credential.is_some());
+        assert_eq!(c.credential("a"), r.credential);
+        let lease = c.claim("a", Duration::from_secs(30)).await.unwrap();
+        assert!(lease.granted);
+        c.set_credential("a", Secret::new("wrong"));
+        let e = c.claim("a", Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::BadNodeCredential), "{e}");
+        let req = ResetRequest {
+            node_id: "a".into(),
+            swarm_id: "s".into(),
+            reason: String::new(),
+        };
+        for op in [None, Some(Secret::new("guess"))] {
+            let e = c.reset(&req, op.as_ref()).await.unwrap_err();
+            assert_eq!(e.code(), Some(Code::OperatorRequired), "{e}");
+        }
+        // With the operator credential the rules decide (not formed: nothing to reset).
+        let e = c.reset(&req, Some(&c.operator)).await.unwrap_err();
+        assert_ne!(e.code(), Some(Code::OperatorRequired), "{e}");
     }
 }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
-    SyncResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
+    SyncRequest, SyncResponse,
 };
 use tokio::sync::Notify;
 
@@ -300,6 +300,14 @@ impl Rendezvous for FaultyRendezvous {
         self.inner.describe()
     }
 
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.inner.set_credential(node_id, credential)
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.inner.credential(node_id)
+    }
+
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         let r = self
             .call(
@@ -421,9 +429,15 @@ impl Rendezvous for FaultyRendezvous {
             .await
     }
 
-    async fn reset(&self, req: &ResetRequest) -> RResult<ClusterStatus> {
-        self.call("reset", true, None, |_| None, || self.inner.reset(req))
-            .await
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
+        self.call(
+            "reset",
+            true,
+            None,
+            |_| None,
+            || self.inner.reset(req, operator),
+        )
+        .await
     }
 
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
@@ -457,6 +471,7 @@ impl Rendezvous for FaultyRendezvous {
 
     async fn put_doc(
         &self,
+        node_id: &str,
         name: &str,
         expected_version: u64,
         body: &serde_json::Value,
@@ -466,7 +481,7 @@ impl Rendezvous for FaultyRendezvous {
             false,
             None,
             |_| None,
-            || self.inner.put_doc(name, expected_version, body),
+            || self.inner.put_doc(node_id, name, expected_version, body),
         )
         .await
     }

@@ -329,7 +329,7 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
     use swarmstrap_wire::rendezvous::Rendezvous;
     use swarmstrap_wire::{Phase, RegisterRequest, RequestedRole};
     let dir = tempfile::tempdir().unwrap();
-    let c = std::sync::Arc::new(coord::Coordinator::start(dir.path(), "sim", 1).await);
+    let c = std::sync::Arc::new(coord::Coordinator::start(dir.path(), "sim", 3).await);
     c.register(&RegisterRequest {
         node_id: "a".into(),
         hostname: "a".into(),
@@ -367,6 +367,15 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
     let again = c.claim("a", Duration::from_secs(30)).await.unwrap();
     assert!(again.granted);
     assert_eq!(again.lease.unwrap().fencing_token, token);
+    c.register(&RegisterRequest {
+        node_id: "b".into(),
+        hostname: "b".into(),
+        advertise_addr: "198.18.0.2".into(),
+        role: RequestedRole::Manager,
+        joined_through: None,
+    })
+    .await
+    .unwrap();
     let other = c.claim("b", Duration::from_secs(30)).await.unwrap();
     assert!(!other.granted);
     assert_eq!(other.phase, Phase::Claimed);
@@ -388,7 +397,7 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
 async fn outage_keeps_the_state_and_fails_calls_in_between() {
     use backend::SimBackend;
     use swarmstrap_wire::{Phase, RegisterRequest, RequestedRole};
-    let sim = Arc::new(backend::FakeSim::new(1));
+    let sim = Arc::new(backend::FakeSim::new(3));
     let c = sim.client(0);
     c.register(&RegisterRequest {
         node_id: "a".into(),
@@ -433,6 +442,15 @@ async fn outage_keeps_the_state_and_fails_calls_in_between() {
     let again = c.claim("a", Duration::from_secs(30)).await.unwrap();
     assert!(again.granted);
     assert_eq!(again.lease.unwrap().fencing_token, token);
+    c.register(&RegisterRequest {
+        node_id: "b".into(),
+        hostname: "b".into(),
+        advertise_addr: "198.18.0.2".into(),
+        role: RequestedRole::Manager,
+        joined_through: None,
+    })
+    .await
+    .unwrap();
     let other = c.claim("b", Duration::from_secs(30)).await.unwrap();
     assert!(!other.granted);
     assert_eq!(other.phase, Phase::Claimed);
