@@ -441,7 +441,7 @@ impl Store {
     }
 
     /// `rules::register` with `presented` (the node's credential, when it registers again)
-    /// and a fresh random credential, issued when this registration creates the node id.
+    /// and the credential issued when this registration creates the node id ([`issue`]).
     pub async fn register(
         &self,
         cluster: String,
@@ -450,7 +450,7 @@ impl Store {
     ) -> Result<Written<RegisterResponse>, StoreError> {
         rules::validate_register(&req)?;
         self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
-        let fresh = crate::auth::generate_secret();
+        let fresh = issue(presented.as_ref());
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let node = get_node(txn, &cluster, &req.node_id)?;
@@ -573,7 +573,7 @@ impl Store {
     ) -> Result<Written<AdoptResponse>, StoreError> {
         rules::validate_adopt(&req)?;
         self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
-        let fresh = crate::auth::generate_secret();
+        let fresh = issue(presented.as_ref());
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
@@ -665,6 +665,31 @@ impl Store {
         .await
     }
 }
+
+/// The credential a registration (or adoption) binds a new node id to: the one the caller
+/// offers in its credential header when it is a strong one ([`OFFERED_CREDENTIAL_MIN`]..256
+/// printable characters, e.g. 32 random bytes hex encoded that the agent made and keeps before
+/// registering), else 32 fresh bytes from the OS RNG. An offered credential makes the first
+/// registration idempotent: when its answer is lost after the write committed, the retry
+/// presents the same credential and is accepted, where a server-made one would be lost with
+/// the answer and lock the node out of its id. For a node id that already holds a credential,
+/// the presented one is only compared (the rule never re-binds it).
+pub fn issue(presented: Option<&Secret>) -> Secret {
+    match presented {
+        Some(p)
+            if (OFFERED_CREDENTIAL_MIN..=crate::auth::MAX_SECRET_LEN)
+                .contains(&p.expose().len())
+                && p.expose().bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            p.clone()
+        }
+        _ => crate::auth::generate_secret(),
+    }
+}
+
+/// Shortest credential a node may offer for itself (32 characters: at least 128 bits when it
+/// is hex of random bytes; the agent offers 64 hex characters).
+pub const OFFERED_CREDENTIAL_MIN: usize = 32;
 
 /// Store a rule's [`Change`] (the backend half of the rulebook's contract) inside the write
 /// transaction, and hand back its answer. `rec` is the cluster record the rule read (`None`

@@ -1307,3 +1307,59 @@ async fn admin_sets_and_lifts_the_adoption_hold() {
     assert_eq!(b["error"], "unauthorized");
     srv.stop().await;
 }
+
+/// A node may offer its own credential on its first registration (header
+/// `x-swarmstrap-node-credential`, 32-256 printable characters): the node id is bound to it, so
+/// a retry after a lost answer presents the same credential and is accepted instead of locking
+/// the node out of its id. A weak offer is ignored (a fresh credential is issued).
+#[tokio::test]
+async fn an_offered_credential_makes_the_first_registration_idempotent() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("offer", 3).await;
+    let offered = "f".repeat(64);
+    let body = json!({"node_id": "n1", "hostname": "h1", "advertise_addr": "198.18.0.1"});
+    let (s, b) = api
+        .call_with(
+            Method::POST,
+            "/nodes",
+            &[(NODE_CREDENTIAL, &offered)],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["credential"], offered.as_str());
+    // The answer was "lost": the retry presents the same credential.
+    let (s, b) = api
+        .call_with(
+            Method::POST,
+            "/nodes",
+            &[(NODE_CREDENTIAL, &offered)],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.get("credential").is_none(), "{b}");
+    // Without it, or with another one: refused.
+    for headers in [vec![], vec![(NODE_CREDENTIAL, "e".repeat(64))]] {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (s, b) = api
+            .call_with(Method::POST, "/nodes", &h, Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+        assert_eq!(b["error"], "bad_node_credential");
+    }
+    // A weak offer is not taken: a fresh credential is issued instead.
+    let (s, b) = api
+        .call_with(
+            Method::POST,
+            "/nodes",
+            &[(NODE_CREDENTIAL, "short")],
+            Some(json!({"node_id": "n2", "hostname": "h2", "advertise_addr": "198.18.0.2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let issued = b["credential"].as_str().unwrap();
+    assert_ne!(issued, "short");
+    assert_eq!(issued.len(), 64);
+    srv.stop().await;
+}
