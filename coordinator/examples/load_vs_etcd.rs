@@ -97,7 +97,7 @@ struct Args {
     /// Default: plain HTTP on loopback.
     #[arg(long)]
     etcd_tls: bool,
-    /// Keep the coordinator's default limits (10,000 connections, 8,192 long-polls) instead
+    /// Keep the coordinator's default limits (16,384 connections, 16,000 long-polls) instead
     /// of raising them to N + 64.
     #[arg(long)]
     coordinator_default_limits: bool,
@@ -422,15 +422,18 @@ async fn start_coordinator(args: &Args, tmp: &Path) -> Result<Running> {
     if args.coordinator_default_limits {
         notes.push("coordinator limits: defaults (16,384 connections, 16,000 long-polls, 12,000 per cluster)".into());
     } else {
-        let conns = (args.agents + 64).max(10_000);
-        let polls = (args.agents + 64).max(8_192);
+        let defaults = swarm_coordinator::api::Limits::default();
+        let conns = (args.agents + 64).max(defaults.max_connections);
+        let polls = ((args.agents + 64) as u64).max(defaults.max_long_polls);
         cmd.arg("--max-connections")
             .arg(conns.to_string())
             .arg("--max-long-polls")
+            .arg(polls.to_string())
+            .arg("--max-long-polls-per-cluster")
             .arg(polls.to_string());
         notes.push(format!(
             "coordinator limits: --max-connections {conns} --max-long-polls {polls} \
-             (defaults 16,384 / 16,000)"
+             --max-long-polls-per-cluster {polls} (defaults 16,384 / 16,000 / 12,000)"
         ));
     }
     // The shipped default log level (one line per request) unless the caller set one.
