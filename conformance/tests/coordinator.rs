@@ -20,7 +20,7 @@ use swarm_agent::config::{CoordinatorConfig, CoordinatorTls};
 use swarm_coordinator::api::Limits;
 use swarm_coordinator::datadir::DataDir;
 use swarm_coordinator::server::{self, ServeOptions, TlsMode};
-use swarmstrap_conformance::{run_all, Backend, Clients, Operated, Operator};
+use swarmstrap_conformance::{run_all, Backend, Clients, Cluster, Operated, Operator};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 use swarmstrap_wire::{CreatedCluster, Secret};
 use tokio::sync::{oneshot, Mutex};
@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 /// One serving incarnation of a coordinator.
 struct Running {
     admin_token: Secret,
+    /// The admin API's own listener (loopback, a port of its own per incarnation).
+    admin_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -92,10 +94,12 @@ impl Coordinator {
                 key: self.key.clone(),
             },
             limits: Limits::default(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
         };
         let cfg = server::prepare(&opts).expect("prepare the coordinator");
         assert_eq!(cfg.fingerprint.as_deref(), Some(self.fingerprint.as_str()));
         let admin_token = cfg.admin_token.clone();
+        let admin_addr = cfg.admin_addr;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server::run(listener, cfg, async {
@@ -106,6 +110,7 @@ impl Coordinator {
         });
         Running {
             admin_token,
+            admin_addr,
             stop,
             task,
         }
@@ -125,11 +130,16 @@ impl Coordinator {
     }
 
     /// Create a cluster through the admin API (with `secret`, or a generated one).
-    async fn create(&self, name: &str, target_managers: u8, secret: Option<&Secret>) -> Secret {
+    async fn create(
+        &self,
+        name: &str,
+        target_managers: u8,
+        secret: Option<&Secret>,
+    ) -> CreatedCluster {
         let token = self.admin_token().await;
         let resp = self
             .http
-            .post(format!("{}/v1/admin/clusters", self.base()))
+            .post(format!("{}/v1/admin/clusters", self.admin_base().await))
             .bearer_auth(token.expose())
             .json(&serde_json::json!({
                 "name": name,
@@ -140,7 +150,16 @@ impl Coordinator {
             .await
             .expect("create the cluster");
         assert_eq!(resp.status(), 201, "create cluster {name}");
-        resp.json::<CreatedCluster>().await.unwrap().secret
+        resp.json::<CreatedCluster>().await.unwrap()
+    }
+
+    /// The admin API (same certificate, its own loopback listener).
+    async fn admin_base(&self) -> String {
+        let g = self.running.lock().await;
+        format!(
+            "https://{}",
+            g.as_ref().expect("the coordinator runs").admin_addr
+        )
     }
 
     async fn admin_token(&self) -> Secret {
@@ -212,7 +231,7 @@ impl Operator for CoordinatorOperator {
         let c = &self.coordinator;
         let url = format!(
             "{}/v1/admin/clusters/{}/adoption-hold",
-            c.base(),
+            c.admin_base().await,
             self.cluster
         );
         let resp = c
@@ -239,17 +258,23 @@ impl Backend for Coordinators {
         "coordinator".into()
     }
 
-    async fn cluster(&self, target_managers: u8) -> Clients {
+    async fn cluster(&self, target_managers: u8) -> Cluster {
         let c = &self.shared;
         let name = format!("c{}", c.clusters.fetch_add(1, Ordering::SeqCst));
-        let secret = c.create(&name, target_managers, None).await;
-        c.clients(name, secret)
+        let created = c.create(&name, target_managers, None).await;
+        Cluster {
+            clients: c.clients(name, created.secret),
+            operator: Some(created.operator_credential),
+        }
     }
 
     async fn operated_cluster(&self, target_managers: u8) -> Operated {
         let coordinator = Coordinator::start().await;
         let name = "operated".to_string();
-        let secret = coordinator.create(&name, target_managers, None).await;
+        let secret = coordinator
+            .create(&name, target_managers, None)
+            .await
+            .secret;
         Operated {
             clients: coordinator.clients(name.clone(), secret.clone()),
             operator: Arc::new(CoordinatorOperator {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use swarm_agent::testing::FakeBackend;
-use swarmstrap_conformance::{run_all, Backend, Clients, Operated, Operator};
+use swarmstrap_conformance::{run_all, Backend, Cluster, Operated, Operator};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
 struct Fake;
@@ -28,9 +28,16 @@ impl Backend for Fake {
         "fake".into()
     }
 
-    async fn cluster(&self, target_managers: u8) -> Clients {
-        let backend: Arc<dyn Rendezvous> = FakeBackend::new(target_managers);
-        Arc::new(move || backend.clone())
+    /// One fake serves every node of the cluster (it keeps every node's credential, as the
+    /// agents' unit tests use it); its operator credential resets it.
+    async fn cluster(&self, target_managers: u8) -> Cluster {
+        let fake = FakeBackend::new(target_managers);
+        let operator = Some(fake.operator_credential());
+        let backend: Arc<dyn Rendezvous> = fake;
+        Cluster {
+            clients: Arc::new(move || backend.clone()),
+            operator,
+        }
     }
 
     async fn operated_cluster(&self, target_managers: u8) -> Operated {

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use swarmstrap_conformance::{run_all, Backend, Clients, Operated, Operator};
+use swarmstrap_conformance::{run_all, Backend, Cluster, Operated, Operator};
 use swarmstrap_secrets_manager::moto::Moto;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 
@@ -53,10 +53,17 @@ impl Backend for SecretsManager {
         "secrets-manager (moto)".into()
     }
 
-    async fn cluster(&self, target_managers: u8) -> Clients {
+    /// No operator credential: on Secrets Manager the operator is whoever IAM lets write the
+    /// secret (moto does not enforce IAM), so the suite skips the operator-credential case.
+    async fn cluster(&self, target_managers: u8) -> Cluster {
         let name = format!("c{}", self.clusters.fetch_add(1, Ordering::SeqCst));
         let moto = self.moto.clone();
-        Arc::new(move || Arc::new(moto.backend(&name, target_managers)) as Arc<dyn Rendezvous>)
+        Cluster {
+            clients: Arc::new(move || {
+                Arc::new(moto.backend(&name, target_managers)) as Arc<dyn Rendezvous>
+            }),
+            operator: None,
+        }
     }
 
     async fn operated_cluster(&self, target_managers: u8) -> Operated {
