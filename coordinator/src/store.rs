@@ -416,6 +416,16 @@ impl Store {
         })
     }
 
+    /// The credential a registration or adoption in `cluster` binds a new node id to
+    /// ([`issue`]).
+    fn issue(&self, cluster: &str, presented: Option<&Secret>) -> Result<Secret, StoreError> {
+        let join = match presented {
+            Some(_) => self.cluster_secret_hash(cluster)?,
+            None => None,
+        };
+        Ok(issue(presented, join))
+    }
+
     /// `swarm-agent recover` (`rules::check_operator`, then `rules::recover`): only with the
     /// cluster's operator credential.
     pub async fn recover(
@@ -450,7 +460,7 @@ impl Store {
     ) -> Result<Written<RegisterResponse>, StoreError> {
         rules::validate_register(&req)?;
         self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
-        let fresh = issue(presented.as_ref());
+        let fresh = self.issue(&cluster, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let node = get_node(txn, &cluster, &req.node_id)?;
@@ -573,7 +583,7 @@ impl Store {
     ) -> Result<Written<AdoptResponse>, StoreError> {
         rules::validate_adopt(&req)?;
         self.precheck_node(&cluster, &req.node_id, presented.as_ref())?;
-        let fresh = issue(presented.as_ref());
+        let fresh = self.issue(&cluster, presented.as_ref())?;
         self.write(move |txn| {
             let rec = read_cluster(txn, &cluster)?;
             let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
@@ -674,12 +684,17 @@ impl Store {
 /// presents the same credential and is accepted, where a server-made one would be lost with
 /// the answer and lock the node out of its id. For a node id that already holds a credential,
 /// the presented one is only compared (the rule never re-binds it).
-pub fn issue(presented: Option<&Secret>) -> Secret {
+///
+/// An offer equal to the cluster's join secret is never taken (every node holds that).
+pub fn issue(presented: Option<&Secret>, join_secret_sha256: Option<[u8; 32]>) -> Secret {
     match presented {
         Some(p)
             if (OFFERED_CREDENTIAL_MIN..=crate::auth::MAX_SECRET_LEN)
                 .contains(&p.expose().len())
-                && p.expose().bytes().all(|b| b.is_ascii_graphic()) =>
+                && p.expose().bytes().all(|b| b.is_ascii_graphic())
+                && !join_secret_sha256.is_some_and(|d| {
+                    crate::auth::digest_eq(&crate::auth::sha256(p.expose().as_bytes()), &d)
+                }) =>
         {
             p.clone()
         }

@@ -1361,5 +1361,16 @@ async fn an_offered_credential_makes_the_first_registration_idempotent() {
     let issued = b["credential"].as_str().unwrap();
     assert_ne!(issued, "short");
     assert_eq!(issued.len(), 64);
+    // Nor is the join secret (every node holds it).
+    let (s, b) = api
+        .call_with(
+            Method::POST,
+            "/nodes",
+            &[(NODE_CREDENTIAL, &api.secret)],
+            Some(json!({"node_id": "n3", "hostname": "h3", "advertise_addr": "198.18.0.3"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_ne!(b["credential"], api.secret.as_str());
     srv.stop().await;
 }
