@@ -693,6 +693,11 @@ pub fn surface_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Su
             "/v1/admin/clusters/{cluster}/adoption-hold",
             post(admin_adoption_hold),
         ),
+        (
+            Method::POST,
+            "/v1/admin/clusters/{cluster}/operator-credential",
+            post(admin_operator_credential),
+        ),
     ];
     public
         .into_iter()
@@ -1130,6 +1135,66 @@ async fn admin_reset(
     tracing::warn!(cluster = %name, resets = status.resets, "cluster reset by the operator: one new init is allowed");
     state.notify(&name, Signal::State);
     Ok(Json(status))
+}
+
+/// `POST /v1/admin/clusters/{cluster}/operator-credential` body: the new credential, or none
+/// (generate one).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorCredentialChange {
+    #[serde(default)]
+    pub operator_credential: Option<Secret>,
+}
+
+/// Its answer: the cluster and its new operator credential (shown once).
+#[derive(serde::Serialize, Deserialize)]
+pub struct OperatorCredentialChanged {
+    pub name: String,
+    pub operator_credential: Secret,
+}
+
+/// Set a new operator credential for a cluster (given or generated; only its sha256 is
+/// stored). Shared by the admin API and the CLI's direct mode.
+pub async fn set_operator_credential(
+    store: &Store,
+    name: String,
+    req: OperatorCredentialChange,
+) -> Result<OperatorCredentialChanged, ApiError> {
+    let operator = match req.operator_credential {
+        Some(s) => {
+            auth::validate_secret(&s).map_err(|m| {
+                ApiError::bad_request("invalid_secret", format!("operator credential: {m}"))
+            })?;
+            let join = store.cluster_secret_hash(&name)?;
+            if join.is_some_and(|d| auth::digest_eq(&auth::sha256(s.expose().as_bytes()), &d)) {
+                return Err(ApiError::bad_request(
+                    "invalid_secret",
+                    "the operator credential must differ from the join secret",
+                ));
+            }
+            s
+        }
+        None => auth::generate_secret(),
+    };
+    let status = store
+        .set_operator_credential(name, swarmstrap_wire::rules::credential_sha256(&operator))
+        .await?;
+    tracing::warn!(cluster = %status.name, "operator credential replaced by the operator: the previous one resets nothing any more");
+    Ok(OperatorCredentialChanged {
+        name: status.name,
+        operator_credential: operator,
+    })
+}
+
+async fn admin_operator_credential(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ClusterName(name): ClusterName,
+    ApiJson(req): ApiJson<OperatorCredentialChange>,
+) -> Result<Json<OperatorCredentialChanged>, ApiError> {
+    Ok(Json(
+        set_operator_credential(&state.store, name, req).await?,
+    ))
 }
 
 /// `POST /v1/admin/clusters/{cluster}/adoption-hold` body.

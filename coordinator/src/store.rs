@@ -600,6 +600,25 @@ impl Store {
         .await
     }
 
+    /// Replace the cluster's operator credential by the one whose `rules::credential_sha256`
+    /// is `operator_sha256` (the operator's `cluster rotate-operator-credential`, on the
+    /// coordinator host: a leaked credential, or a cluster created before operator credentials
+    /// existed). The old one resets nothing from now on.
+    pub async fn set_operator_credential(
+        &self,
+        cluster: String,
+        operator_sha256: String,
+    ) -> Result<ClusterStatus, StoreError> {
+        self.write(move |txn| {
+            let mut rec = read_cluster(txn, &cluster)?;
+            rec.state.operator_sha256 = Some(operator_sha256);
+            put_cluster(txn, &rec)?;
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            Ok(rules::status(&rec.state, nodes, now_ms()))
+        })
+        .await
+    }
+
     /// `rules::set_adoption_hold` (the operator's `cluster await-adoption` / `allow-init`);
     /// answers the cluster's status after it.
     pub async fn set_adoption_hold(

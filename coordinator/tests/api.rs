@@ -1374,3 +1374,49 @@ async fn an_offered_credential_makes_the_first_registration_idempotent() {
     assert_ne!(b["credential"], api.secret.as_str());
     srv.stop().await;
 }
+
+/// `POST /v1/admin/clusters/{c}/operator-credential` (`cluster rotate-operator-credential`):
+/// the new operator credential resets the cluster, the old one no longer does; the join secret
+/// is refused as one.
+#[tokio::test]
+async fn admin_rotates_the_operator_credential() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("rot", 1).await;
+    let (_, c) = api.claim("m", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("m", token).await.0, StatusCode::OK);
+    let path = "/v1/admin/clusters/rot/operator-credential";
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            path,
+            Some(json!({"operator_credential": api.secret})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert_eq!(b["error"], "invalid_secret");
+    let (s, b) = srv.admin(Method::POST, path, Some(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let new = b["operator_credential"].as_str().unwrap().to_string();
+    assert_eq!(new.len(), 64);
+    assert_ne!(new, api.operator);
+    let reset = json!({"node_id": "m", "swarm_id": "swarm-abc"});
+    let (s, b) = api.reset(Some(reset.clone())).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "the old credential: {b}");
+    assert_eq!(b["error"], "operator_required");
+    let rotated = Api {
+        operator: new,
+        ..api.clone()
+    };
+    let (s, b) = rotated.reset(Some(reset)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = srv
+        .admin(
+            Method::POST,
+            "/v1/admin/clusters/nope/operator-credential",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    srv.stop().await;
+}

@@ -729,4 +729,26 @@ async fn item11_cluster_create_hands_out_secrets_and_names_every_file() {
         "{stdout:?}"
     );
     assert!(!stdout.contains("operator-credential-from-a-vault"));
+    // A new operator credential for a cluster (a leaked one, or a cluster from before
+    // operator credentials): shown once.
+    let out = run(os(&[
+        "cluster".as_ref(),
+        "rotate-operator-credential".as_ref(),
+        "c1".as_ref(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let new = stdout
+        .trim()
+        .strip_prefix("SWARMSTRAP_OPERATOR_CREDENTIAL=")
+        .unwrap_or_else(|| panic!("{stdout:?}"));
+    assert_eq!(new.len(), 64);
+    assert_ne!(new, std::fs::read_to_string(&operator).unwrap().trim());
 }

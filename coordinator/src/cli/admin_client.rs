@@ -120,6 +120,25 @@ impl AdminClient {
         .await
     }
 
+    pub async fn set_operator_credential(
+        &self,
+        name: &str,
+        req: &crate::api::OperatorCredentialChange,
+    ) -> anyhow::Result<crate::api::OperatorCredentialChanged> {
+        let body = serde_json::json!({
+            "operator_credential": req.operator_credential.as_ref().map(|s| s.expose()),
+        });
+        self.call(
+            self.http
+                .post(format!(
+                    "{}/v1/admin/clusters/{name}/operator-credential",
+                    self.base
+                ))
+                .json(&body),
+        )
+        .await
+    }
+
     pub async fn list(&self) -> anyhow::Result<Vec<ClusterStatus>> {
         self.call(self.http.get(format!("{}/v1/admin/clusters", self.base)))
             .await

@@ -22,6 +22,10 @@ pub enum ClusterCmd {
     AwaitAdoption(Named),
     /// Lift the adoption hold: no swarm runs for this cluster any more, let a new one form.
     AllowInit(Named),
+    /// Give the cluster a new operator credential (the old one resets nothing any more); for a
+    /// leaked credential, or a cluster created before operator credentials existed. Printed
+    /// once on stdout, or written to --operator-credential-out.
+    RotateOperatorCredential(RotateOperator),
     /// List the clusters.
     List(List),
     /// Show one cluster as JSON (no secrets).
@@ -65,6 +69,20 @@ pub struct Create {
     /// (it would wait for a swarm that does not exist; `cluster allow-init` lifts the hold).
     #[arg(long)]
     pub adopt: bool,
+    #[command(flatten)]
+    pub dir: DataDirArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateOperator {
+    pub name: String,
+    /// Read the new operator credential from this file (`-`: stdin) instead of generating one.
+    #[arg(long, conflicts_with = "operator_credential_out")]
+    pub operator_credential_file: Option<PathBuf>,
+    /// Write the generated credential to this new file (mode 0600) instead of stdout. The file
+    /// stays until you delete it.
+    #[arg(long)]
+    pub operator_credential_out: Option<PathBuf>,
     #[command(flatten)]
     pub dir: DataDirArg,
 }
@@ -132,6 +150,21 @@ impl Backend {
         }
     }
 
+    async fn set_operator_credential(
+        &self,
+        name: &str,
+        req: crate::api::OperatorCredentialChange,
+    ) -> anyhow::Result<crate::api::OperatorCredentialChanged> {
+        match self {
+            Backend::Direct(store) => {
+                crate::api::set_operator_credential(store, name.to_string(), req)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))
+            }
+            Backend::Remote(c) => c.set_operator_credential(name, &req).await,
+        }
+    }
+
     async fn list(&self) -> anyhow::Result<Vec<ClusterStatus>> {
         match self {
             Backend::Direct(store) => Ok(store.list()?),
@@ -190,6 +223,7 @@ impl ClusterCmd {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 Ok(())
             }
+            ClusterCmd::RotateOperatorCredential(r) => r.run().await,
             ClusterCmd::List(l) => {
                 let clusters = Backend::open(&l.dir, OpenMode::MustExist)?.list().await?;
                 if l.json {
@@ -385,6 +419,65 @@ impl Create {
                 failed.join("; ")
             );
         }
+        Ok(())
+    }
+}
+
+impl RotateOperator {
+    async fn run(self) -> anyhow::Result<()> {
+        swarmstrap_wire::validate_name(&self.name).map_err(anyhow::Error::msg)?;
+        let given = match &self.operator_credential_file {
+            Some(path) => Some(read_secret(path, "operator credential")?),
+            None => None,
+        };
+        if let Some(out) = &self.operator_credential_out {
+            check_out(out, "--operator-credential-out")?;
+        }
+        let changed = Backend::open(&self.dir, OpenMode::MustExist)?
+            .set_operator_credential(
+                &self.name,
+                crate::api::OperatorCredentialChange {
+                    operator_credential: given,
+                },
+            )
+            .await?;
+        eprintln!(
+            "cluster {}: new operator credential (the previous one resets nothing any more; \
+             only its sha256 is stored)",
+            changed.name
+        );
+        if self.operator_credential_file.is_some() {
+            return Ok(());
+        }
+        let value = &changed.operator_credential;
+        if let Some(out) = &self.operator_credential_out {
+            let mut bytes = value.expose().as_bytes().to_vec();
+            bytes.push(b'\n');
+            match write_atomic(out, &bytes, 0o600) {
+                Ok(()) => {
+                    eprintln!(
+                        "operator credential: written to {} (mode 0600). The file stays on disk \
+                         until you delete it: store it where it belongs, then delete it (e.g. \
+                         `shred -u {}`)",
+                        out.display(),
+                        out.display()
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    println!("SWARMSTRAP_OPERATOR_CREDENTIAL={}", value.expose());
+                    bail!(
+                        "the credential was changed, but not written to {} ({e}): printed on \
+                         stdout instead",
+                        out.display()
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "shown once on stdout (SWARMSTRAP_OPERATOR_CREDENTIAL=...); nothing else keeps it"
+        );
+        println!("SWARMSTRAP_OPERATOR_CREDENTIAL={}", value.expose());
         Ok(())
     }
 }
