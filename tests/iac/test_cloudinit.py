@@ -247,6 +247,7 @@ class CoordinatorTemplateTest(unittest.TestCase):
 
     CREATE = ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers",
               "5", "--secret-file", "/etc/swarm-coordinator/cluster.secret",
+              "--operator-credential-out", "/root/swarmstrap-operator-credential",
               "--data-dir", "/var/lib/swarm-coordinator"]
 
     def variables(self, **kw):
@@ -268,14 +269,18 @@ class CoordinatorTemplateTest(unittest.TestCase):
         self.assertEqual((secret["content"], secret["permissions"]), ("Zx8kP2qLm9Vt4Rw7", "0600"))
         unit = files["/etc/systemd/system/swarm-coordinator.service"]["content"]
         self.assertEqual(unit, nodecfg.read("swarm-coordinator.service"))
-        self.assertIn("--tls-cert /etc/swarm-coordinator/tls.crt --tls-key /etc/swarm-coordinator/tls.key", unit)
+        # The service runs as its own (dynamic) user: it reads systemd's private copy of the key.
+        self.assertIn("--tls-cert /etc/swarm-coordinator/tls.crt --tls-key %d/tls.key", unit)
+        self.assertIn("LoadCredential=tls.key:/etc/swarm-coordinator/tls.key", unit)
         runcmd = yaml.safe_load(text)["runcmd"]
         self.assertEqual(runcmd[0], "set -e")
         self.assertEqual(runcmd[1][2:5], ["install", "--name", "swarm-coordinator"])
         self.assertEqual(runcmd[1][-2:], ["--docker", "none"])
         # The modules' default (coordinator_adopt_running_swarm = false): a plain create.
         self.assertEqual(runcmd[2], self.CREATE)
-        self.assertEqual(runcmd[3], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
+        # The join secret file goes once the cluster holds it (item 11 of issue 14).
+        self.assertEqual(runcmd[3], ["rm", "-f", "/etc/swarm-coordinator/cluster.secret"])
+        self.assertEqual(runcmd[4], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
         self.assertIn("--data-dir /var/lib/swarm-coordinator", unit)
         # The secret never reaches a command line.
         self.assertNotIn("Zx8kP2qLm9Vt4Rw7", json.dumps(runcmd))
@@ -294,11 +299,11 @@ class CoordinatorTemplateTest(unittest.TestCase):
                 self.assertIn("Valid cloud-config", proc.stdout)
                 doc = yaml.safe_load(text)
                 runcmd = doc["runcmd"]
-                self.assertEqual(len(runcmd), 4)
+                self.assertEqual(len(runcmd), 5)
                 self.assertEqual(runcmd[2], self.CREATE + (["--adopt"] if adopt else []))
                 flags = [arg for item in runcmd if isinstance(item, list) for arg in item]
                 self.assertEqual(flags.count("--adopt"), 1 if adopt else 0)
-                self.assertEqual(runcmd[3], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
+                self.assertEqual(runcmd[4], ["systemctl", "enable", "--now", "swarm-coordinator.service"])
                 rendered[adopt] = doc
         # Nothing but the create command differs: same files, same install and start steps.
         off, on = rendered[False], rendered[True]

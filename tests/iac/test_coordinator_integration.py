@@ -118,6 +118,9 @@ class CoordinatorUserDataTest(unittest.TestCase):
             ("/usr/local/bin/swarm-coordinator", COORD_BIN),
             ("/etc/swarm-coordinator", os.path.join(self.root, "etc")),
             ("/var/lib/swarm-coordinator", os.path.join(self.root, "data")),
+            ("/root/swarmstrap-operator-credential", os.path.join(self.root, "operator-credential")),
+            # systemd's LoadCredential= copy of the key (the unit's %d): here the file itself.
+            ("%d/tls.key", os.path.join(self.root, "etc", "tls.key")),
         ):
             if arg.startswith(src):
                 return dst + arg[len(src):]
@@ -154,10 +157,19 @@ class CoordinatorUserDataTest(unittest.TestCase):
         proc = subprocess.run(create, capture_output=True, text=True, timeout=60)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertNotIn(SECRET, proc.stdout + proc.stderr)
+        # The operator credential went to a 0600 file, not to the (logged) output.
+        op = os.path.join(self.root, "operator-credential")
+        self.assertEqual(os.stat(op).st_mode & 0o777, 0o600)
+        with open(op) as f:
+            operator = f.read().strip()
+        self.assertGreaterEqual(len(operator), 32)
+        self.assertNotIn(operator, proc.stdout + proc.stderr)
 
         port = free_port()
         serve = [self.moved(a) for a in shlex.split(parse_unit(COORDINATOR_UNIT)["Service"]["ExecStart"])]
         serve[serve.index("--listen") + 1] = f"127.0.0.1:{port}"
+        # The admin API's default loopback port may be taken by a parallel run.
+        serve += ["--admin-listen", f"127.0.0.1:{free_port()}"]
         self.server_log = open(os.path.join(self.root, "server.log"), "w")
         self.addCleanup(self.server_log.close)
         self.server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=self.server_log)
@@ -194,7 +206,8 @@ class CoordinatorUserDataTest(unittest.TestCase):
                 secret_path = "/etc/swarm-coordinator/cluster.secret"
                 moved = {"/usr/local/bin/swarm-coordinator": COORD_BIN,
                          secret_path: os.path.join(root, "cluster.secret"),
-                         "/var/lib/swarm-coordinator": os.path.join(root, "data")}
+                         "/var/lib/swarm-coordinator": os.path.join(root, "data"),
+                         "/root/swarmstrap-operator-credential": os.path.join(root, "operator-credential")}
                 with open(moved[secret_path], "w") as f:
                     f.write(nodecfg.write_files(user_data)[secret_path]["content"])
                 os.chmod(moved[secret_path], 0o600)

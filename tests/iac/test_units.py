@@ -64,9 +64,17 @@ class UnitsTest(unittest.TestCase):
             "--listen": "0.0.0.0:8443",
             "--data-dir": "/var/lib/swarm-coordinator",
             "--tls-cert": "/etc/swarm-coordinator/tls.crt",
-            "--tls-key": "/etc/swarm-coordinator/tls.key",
+            "--tls-key": "%d/tls.key",
         })
-        self.assertEqual(u["Service"]["Restart"], "on-failure")
+        svc = u["Service"]
+        self.assertEqual(svc["Restart"], "on-failure")
+        # Least privilege (issue 14): its own user, no capabilities, a file limit above the
+        # server's connection cap, the key read from systemd's private copy.
+        self.assertEqual(svc["DynamicUser"], "yes")
+        self.assertEqual(svc["CapabilityBoundingSet"], "")
+        self.assertEqual(svc["LoadCredential"], "tls.key:/etc/swarm-coordinator/tls.key")
+        self.assertEqual(svc["ProtectSystem"], "strict")
+        self.assertGreater(int(svc["LimitNOFILE"]), 16384 + 64)
 
     @unittest.skipUnless(shutil.which("systemd-analyze"), "systemd-analyze is not installed")
     def test_systemd_accepts_the_units(self):
