@@ -362,6 +362,8 @@ impl Bootstrap {
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or_default();
                 let new_id = crate::state::replace_node_id(&dir)?;
+                self.backend
+                    .set_credential(&new_id, crate::state::offer_credential(&dir, &new_id)?);
                 tracing::warn!(
                     "{e}. Continuing under the NEW node id {new_id} (saved in {}); the old \
                      registration is dropped once the leader's sync no longer sees it",
@@ -637,9 +639,9 @@ impl Bootstrap {
         })
     }
 
-    /// A member that holds no credential for its node id (an agent upgraded from a version
-    /// before node credentials, whose registration has none yet; or one whose registration
-    /// was dropped) registers once, as the role its engine has, so its later calls (sync,
+    /// A member that holds no accepted credential for its node id (an agent upgraded from a
+    /// version before node credentials, whose registration has none yet; or one whose
+    /// registration was dropped) registers once, as the role its engine has, so its later calls (sync,
     /// documents) carry one. A registration whose credential was lost is
     /// [`BootstrapError::LostCredential`].
     async fn ensure_credential(
@@ -647,7 +649,14 @@ impl Bootstrap {
         st: &mut AgentState,
         info: &EngineInfo,
     ) -> Result<(), BootstrapError> {
-        if self.backend.credential(&self.s().node_id).is_some() {
+        let dir = self
+            .store
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."));
+        if self.backend.credential(&self.s().node_id).is_some()
+            && !crate::state::credential_unconfirmed(dir, &self.s().node_id)
+        {
             return Ok(());
         }
         let req = RegisterRequest {

@@ -512,6 +512,11 @@ async fn a_lost_credential_continues_under_a_new_node_id() {
     let new = boot.settings.node_id.clone();
     assert_ne!(new, old);
     assert_eq!(crate::state::read_node_id(n.dir.path()), Some(new.clone()));
+    // The new id was bound to the credential saved before its registration offered it.
     assert!(backend.credential(&new).is_some());
+    assert_eq!(
+        crate::state::load_credential(n.dir.path(), &new).unwrap(),
+        backend.credential(&new)
+    );
     assert_eq!(n.state().node_id, new);
 }

@@ -211,30 +211,27 @@ pub fn replace_node_id(state_dir: &Path) -> Result<String, StateError> {
 /// The file holding this node's rendezvous credential (mode 0600, never logged or shown).
 pub const CREDENTIAL_FILE: &str = "node-credential";
 
-/// What [`CREDENTIAL_FILE`] holds: the credential and the node id it was issued to.
+/// What [`CREDENTIAL_FILE`] holds: the credential and the node id it belongs to; `confirmed`
+/// once the rendezvous accepted it (a registration or adoption answered), before that it is
+/// the one this node offers for its first registration ([`offer_credential`]).
 #[derive(Serialize, Deserialize)]
 struct StoredCredential {
     node_id: String,
     credential: Secret,
+    #[serde(default)]
+    confirmed: bool,
 }
 
-/// The credential the rendezvous issued to `node_id` (its registration), if this node kept one.
-/// A file written for another node id (the node id was replaced) counts as none.
-pub fn load_credential(state_dir: &Path, node_id: &str) -> Result<Option<Secret>, StateError> {
+fn read_stored(state_dir: &Path) -> Result<Option<StoredCredential>, StateError> {
     let path = state_dir.join(CREDENTIAL_FILE);
     match std::fs::read(&path) {
-        Ok(bytes) => {
-            // The parse error names no content (the file holds a secret).
-            let stored: StoredCredential =
-                serde_json::from_slice(&bytes).map_err(|_| StateError::Corrupt {
-                    path: path.clone(),
-                    message: "not a node credential record".into(),
-                })?;
-            Ok(
-                (stored.node_id == node_id && !stored.credential.expose().is_empty())
-                    .then_some(stored.credential),
-            )
-        }
+        // The parse error names no content (the file holds a secret).
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|_| StateError::Corrupt {
+                path: path.clone(),
+                message: "not a node credential record".into(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StateError::Fs(FsError::Io {
             action: "read",
@@ -244,20 +241,76 @@ pub fn load_credential(state_dir: &Path, node_id: &str) -> Result<Option<Secret>
     }
 }
 
-/// Keep the credential issued to `node_id` (atomic write, mode 0600).
+fn write_stored(state_dir: &Path, stored: &StoredCredential) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec(stored).expect("a credential record serializes");
+    bytes.push(b'\n');
+    fsutil::atomic_write(&state_dir.join(CREDENTIAL_FILE), &bytes, 0o600)?;
+    Ok(())
+}
+
+/// The credential this node presents for `node_id`: the kept one, or a new random one (32
+/// bytes from the OS RNG, hex) written to the state dir BEFORE the first registration offers
+/// it. The rendezvous binds a new node id to an offered credential, so a registration whose
+/// answer is lost is retried with the same credential instead of locking the node out.
+pub fn offer_credential(state_dir: &Path, node_id: &str) -> Result<Secret, StateError> {
+    if let Some(c) = load_credential(state_dir, node_id)? {
+        return Ok(c);
+    }
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut b)
+        .expect("the operating system's random number generator failed");
+    let credential = Secret::new(hex::encode(b));
+    write_stored(
+        state_dir,
+        &StoredCredential {
+            node_id: node_id.to_string(),
+            credential: credential.clone(),
+            confirmed: false,
+        },
+    )?;
+    Ok(credential)
+}
+
+/// True while the kept credential of `node_id` was offered but never accepted (no registration
+/// answered since): the agent registers once to bind it (e.g. after an upgrade from a version
+/// without node credentials, whose registration has none).
+pub fn credential_unconfirmed(state_dir: &Path, node_id: &str) -> bool {
+    matches!(
+        read_stored(state_dir),
+        Ok(Some(s)) if s.node_id == node_id && !s.confirmed
+    )
+}
+
+/// The credential the rendezvous issued to `node_id` (its registration), if this node kept one.
+/// A file written for another node id (the node id was replaced) counts as none.
+pub fn load_credential(state_dir: &Path, node_id: &str) -> Result<Option<Secret>, StateError> {
+    Ok(read_stored(state_dir)?
+        .filter(|s| s.node_id == node_id && !s.credential.expose().is_empty())
+        .map(|s| s.credential))
+}
+
+/// Keep the credential the rendezvous accepted or issued for `node_id` (atomic write, mode
+/// 0600), confirmed. Unchanged content is not written again.
 pub fn save_credential(
     state_dir: &Path,
     node_id: &str,
     credential: &Secret,
 ) -> Result<(), StateError> {
-    let stored = StoredCredential {
-        node_id: node_id.to_string(),
-        credential: credential.clone(),
-    };
-    let mut bytes = serde_json::to_vec(&stored).expect("a credential record serializes");
-    bytes.push(b'\n');
-    fsutil::atomic_write(&state_dir.join(CREDENTIAL_FILE), &bytes, 0o600)?;
-    Ok(())
+    if let Ok(Some(s)) = read_stored(state_dir) {
+        if s.confirmed && s.node_id == node_id && s.credential == *credential {
+            return Ok(());
+        }
+    }
+    write_stored(
+        state_dir,
+        &StoredCredential {
+            node_id: node_id.to_string(),
+            credential: credential.clone(),
+            confirmed: true,
+        },
+    )
 }
 
 fn remove_credential(state_dir: &Path) -> Result<(), StateError> {
@@ -352,6 +405,19 @@ mod tests {
         );
         // Another node id's credential is not this one's.
         assert!(load_credential(dir.path(), "other").unwrap().is_none());
+        assert!(!credential_unconfirmed(dir.path(), &id));
+        // Offering: the kept one; for a node id without one, a new one written first.
+        assert_eq!(
+            offer_credential(dir.path(), &id).unwrap().expose(),
+            "cred-1"
+        );
+        let offered = offer_credential(dir.path(), "other").unwrap();
+        assert_eq!(offered.expose().len(), 64);
+        assert!(credential_unconfirmed(dir.path(), "other"));
+        assert_eq!(offer_credential(dir.path(), "other").unwrap(), offered);
+        save_credential(dir.path(), "other", &offered).unwrap();
+        assert!(!credential_unconfirmed(dir.path(), "other"));
+        save_credential(dir.path(), &id, &Secret::new("cred-1")).unwrap();
         let new = replace_node_id(dir.path()).unwrap();
         assert_ne!(new, id);
         assert_eq!(read_node_id(dir.path()), Some(new.clone()));

@@ -338,6 +338,22 @@ pub struct FakeBackend {
     operator: Mutex<Secret>,
 }
 
+/// The credential a registration binds a new node id to, as the coordinator decides it: the
+/// one the node offers when it is a strong one (32..=256 printable characters: the agent
+/// offers the one it saved before registering, so a lost answer is no lockout), else a new
+/// random one.
+pub fn issue(presented: Option<&Secret>) -> Secret {
+    match presented {
+        Some(p)
+            if (32..=256).contains(&p.expose().len())
+                && p.expose().bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            p.clone()
+        }
+        _ => fresh_credential(),
+    }
+}
+
 /// A new random credential (32 bytes from the OS RNG, hex), as a backend issues.
 pub fn fresh_credential() -> Secret {
     use rand::TryRngCore;
@@ -561,7 +577,7 @@ impl Rendezvous for FakeBackend {
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
         self.gate()?;
         let presented = self.presented(&req.node_id);
-        let fresh = fresh_credential();
+        let fresh = issue(presented.as_ref());
         let r = self.step(
             |m, now| m.register(now, req, presented.as_ref(), &fresh),
             |s, _| s.registers += 1,
@@ -651,7 +667,7 @@ impl Rendezvous for FakeBackend {
         self.gate()?;
         let adopted = std::cell::Cell::new(false);
         let presented = self.presented(&req.node_id);
-        let fresh = fresh_credential();
+        let fresh = issue(presented.as_ref());
         let r = self.step(
             |m, now| {
                 let o = m.adopt(now, req, presented.as_ref(), &fresh);

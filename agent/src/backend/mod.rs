@@ -114,8 +114,11 @@ pub struct Persisted {
 }
 
 impl Persisted {
+    /// After an accepted registration or adoption: the credential it issued, else the one
+    /// presented (accepted, so confirmed).
     fn keep(&self, node_id: &str, issued: Option<&Secret>) {
-        if let Some(c) = issued {
+        let held = self.inner.credential(node_id);
+        if let Some(c) = issued.or(held.as_ref()) {
             if let Err(e) = state::save_credential(&self.state_dir, node_id, c) {
                 // The client holds it for this run; after a restart this node id is lost and
                 // the agent registers under a new one.

@@ -50,6 +50,8 @@ impl RunArgs {
         let backend = backend::open(&cfg, BACKEND_TIMEOUT)
             .await
             .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
+        // The node's credential: the kept one, or a new one saved before it is first offered.
+        backend.set_credential(&node_id, state::offer_credential(&cfg.state_dir, &node_id)?);
         // Warm the backend while the engine is awaited: the first TLS handshake of a process
         // pays the crypto library's one-time set-up (~90 ms here, more on a loaded VM), and
         // the pooled connection is then reused by `register`. The answer is not needed.

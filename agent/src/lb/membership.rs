@@ -84,13 +84,15 @@ impl Member {
                 self.id
             ));
         }
-        if !is_hostname(&self.hostname) {
+        // Empty hostname or address: not reported by the engine (a node that never reached
+        // the manager). Allowed, as in the document; such a node takes no traffic.
+        if !self.hostname.is_empty() && !is_hostname(&self.hostname) {
             return Some(format!(
                 "hostname {:?} is not an RFC 1123 host name",
                 self.hostname
             ));
         }
-        if self.addr.parse::<IpAddr>().is_err() {
+        if !self.addr.is_empty() && self.addr.parse::<IpAddr>().is_err() {
             return Some(format!("address {:?} is not an IP address", self.addr));
         }
         for (key, v, allowed) in [
@@ -206,8 +208,8 @@ impl Membership {
     }
 
     /// What the leader publishes: labels the document refuses are dropped, a member the
-    /// document refuses (no address yet, a host name that is not RFC 1123) is left out; each
-    /// returned with its reason.
+    /// document refuses (a host name that is not RFC 1123, say) is left out; each returned
+    /// with its reason.
     pub fn publishable(mut self) -> (Membership, Vec<String>) {
         let mut notes = Vec::new();
         for m in &mut self.nodes {
@@ -284,6 +286,9 @@ mod tests {
         v6.labels
             .insert("io.x/k_1".into(), "a b:c/d=e,f@g+h".into());
         assert_eq!(v6.problem(), None);
+        let mut unreported = member("", "", "unknown");
+        unreported.id = "x1".into();
+        assert_eq!(unreported.problem(), None);
         let bad = |f: &dyn Fn(&mut Member)| {
             let mut m = member("10.0.0.9", "z", "ready");
             f(&mut m);
@@ -291,7 +296,7 @@ mod tests {
         };
         let cases = [
             bad(&|m| m.addr = "10.0.0.7; } server { listen 8081; }".into()),
-            bad(&|m| m.addr = String::new()),
+            bad(&|m| m.addr = "10.0.0.300".into()),
             bad(&|m| m.hostname = "a;b".into()),
             bad(&|m| m.hostname = "under_score".into()),
             bad(&|m| m.id = "x y".into()),
@@ -321,7 +326,7 @@ mod tests {
         let mut labelled = good.clone();
         labelled.labels.insert("zone".into(), "a\"b".into());
         labelled.labels.insert("ok".into(), "yes".into());
-        let (p, notes) = Membership::new(vec![labelled, cases[1].clone()]).publishable();
+        let (p, notes) = Membership::new(vec![labelled, cases[2].clone()]).publishable();
         assert_eq!(p.nodes.len(), 1);
         assert_eq!(p.nodes[0].labels.len(), 1);
         assert_eq!(notes.len(), 2, "{notes:?}");

@@ -180,8 +180,8 @@ impl Lb {
             return Ok(());
         }
         // Only what the typed membership document accepts (the rendezvous refuses the whole
-        // document otherwise): unsafe labels dropped, a node without an IP address or with a
-        // host name that is not RFC 1123 left out (logged when the document changes).
+        // document otherwise): unsafe labels dropped, a node whose host name is not RFC 1123
+        // left out (logged when the document changes).
         let (listed, notes) = docker::membership(&self.engine).await?.publishable();
         for _ in 0..5 {
             let doc = match known.take() {
