@@ -161,10 +161,18 @@ impl Coordinator {
         c
     }
 
-    /// `cluster create NAME` with the secret written to `<dir>/<name>.secret` (0600). Works
-    /// with the server stopped (direct) or running (admin API).
+    /// Where `cluster create NAME` wrote the cluster's operator credential (0600): the one
+    /// credential that resets it (`swarm-agent recover --operator-credential-file`).
+    pub fn operator_credential_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.operator"))
+    }
+
+    /// `cluster create NAME` with the secret written to `<dir>/<name>.secret` and the operator
+    /// credential to [`operator_credential_file`](Self::operator_credential_file) (both 0600).
+    /// Works with the server stopped (direct) or running (admin API).
     pub fn create_cluster(&self, name: &str, target_managers: u8) -> Result<PathBuf> {
         let out = self.dir.join(format!("{name}.secret"));
+        let op = self.operator_credential_file(name);
         let o = self
             .cli()
             .args(["cluster", "create", name, "--target-managers"])
@@ -173,6 +181,8 @@ impl Coordinator {
             .arg(&self.data_dir)
             .arg("--out")
             .arg(&out)
+            .arg("--operator-credential-out")
+            .arg(&op)
             .output()?;
         if !o.status.success() {
             bail!(
@@ -194,11 +204,17 @@ impl Coordinator {
         secret_file: &Path,
         adopt: bool,
     ) -> Result<()> {
+        // The re-created cluster gets a new operator credential (the old one went with the
+        // database): it replaces the file.
+        let op = self.operator_credential_file(name);
+        let _ = fs::remove_file(&op);
         let mut cmd = self.cli();
         cmd.args(["cluster", "create", name, "--target-managers"])
             .arg(target_managers.to_string())
             .arg("--secret-file")
             .arg(secret_file)
+            .arg("--operator-credential-out")
+            .arg(&op)
             .arg("--data-dir")
             .arg(&self.data_dir);
         if adopt {
@@ -890,12 +906,37 @@ impl Cluster {
             .sum()
     }
 
-    /// Every secret this cluster used (the join secret and the swarm's join tokens), for the
-    /// leak check of the logs.
+    /// The cluster's operator credential file (coordinator backend only).
+    pub fn operator_credential_file(&self) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Coordinator { coordinator, .. } => {
+                Some(coordinator.operator_credential_file(&self.name))
+            }
+            Backend::SecretsManager { .. } => None,
+        }
+    }
+
+    /// Every secret this cluster used (the join secret, the operator credential, each agent's
+    /// node credential and the swarm's join tokens), for the leak check of the logs.
     pub fn secrets(&self) -> Result<Vec<String>> {
         let mut v = Vec::new();
         if let Backend::Coordinator { secret_file, .. } = &self.backend {
             v.push(fs::read_to_string(secret_file)?.trim().to_string());
+        }
+        if let Some(op) = self.operator_credential_file() {
+            if let Ok(s) = fs::read_to_string(op) {
+                v.push(s.trim().to_string());
+            }
+        }
+        for h in self.lab.hosts() {
+            // `<state dir>/node-credential`: {"node_id", "credential", "confirmed"}.
+            let f = self.state_dir(h).join("node-credential");
+            if let Ok(text) = fs::read_to_string(f) {
+                let rec: Value = serde_json::from_str(&text)?;
+                if let Some(c) = rec["credential"].as_str() {
+                    v.push(c.to_string());
+                }
+            }
         }
         for h in self.lab.hosts() {
             if let Ok(t) = crate::swarm::join_tokens(&h.api()) {

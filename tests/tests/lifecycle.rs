@@ -325,7 +325,39 @@ fn total_manager_loss_waits_for_the_operator_then_forms_one_new_swarm() -> anyho
     assert_eq!(st["phase"], "formed", "{st}");
     assert_eq!(st["swarm_id"].as_str(), Some(old.as_str()), "{st}");
 
-    // The operator gives the lost swarm up, on one worker.
+    // What a node holds cannot reset the cluster (issue 14): not the join secret, not its own
+    // node credential. The rendezvous refuses, and the cluster stays formed.
+    let join_secret = c.secret_file().expect("coordinator cluster").to_path_buf();
+    let node_cred = c.lab.host(workers[0]).dir().join("node-credential-only");
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(
+        c.state_dir(c.lab.host(workers[0])).join("node-credential"),
+    )?)?;
+    std::fs::write(&node_cred, rec["credential"].as_str().unwrap_or_default())?;
+    for held in [&join_secret, &node_cred] {
+        let held = held.display().to_string();
+        let out = c.agent_cmd(
+            workers[0],
+            &[
+                "recover",
+                "--swarm-id",
+                &old,
+                "--operator-credential-file",
+                &held,
+            ],
+        )?;
+        assert!(!out.status.success(), "{}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains("operator credential"), "{}", out.stderr);
+        let st = c.coordinator().show("total-loss")?;
+        assert_eq!(st["swarm_id"].as_str(), Some(old.as_str()), "{st}");
+    }
+    println!("a worker's join secret and node credential cannot reset the cluster");
+
+    // The operator gives the lost swarm up, on one worker, with the operator credential.
+    let op = c
+        .operator_credential_file()
+        .expect("coordinator cluster")
+        .display()
+        .to_string();
     let out = c.agent_cmd(
         workers[0],
         &[
@@ -334,11 +366,23 @@ fn total_manager_loss_waits_for_the_operator_then_forms_one_new_swarm() -> anyho
             &old,
             "--reason",
             "lab: all managers killed",
+            "--operator-credential-file",
+            &op,
         ],
     )?;
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
     // A second recovery of the same swarm is refused: one new init in total.
-    let again = c.agent_cmd(workers[1], &["recover", "--swarm-id", &old, "--force"])?;
+    let again = c.agent_cmd(
+        workers[1],
+        &[
+            "recover",
+            "--swarm-id",
+            &old,
+            "--force",
+            "--operator-credential-file",
+            &op,
+        ],
+    )?;
     assert!(!again.status.success(), "{}", again.stdout);
     assert!(
         again.stderr.contains("nothing was reset"),
