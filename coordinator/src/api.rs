@@ -695,6 +695,11 @@ pub fn surface_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Su
         ),
         (
             Method::POST,
+            "/v1/admin/clusters/{cluster}/rotate-tokens",
+            post(admin_rotate_tokens),
+        ),
+        (
+            Method::POST,
             "/v1/admin/clusters/{cluster}/operator-credential",
             post(admin_operator_credential),
         ),
@@ -1195,6 +1200,18 @@ async fn admin_operator_credential(
     Ok(Json(
         set_operator_credential(&state.store, name, req).await?,
     ))
+}
+
+async fn admin_rotate_tokens(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    ClusterName(name): ClusterName,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let w = state.store.request_token_rotation(name.clone()).await?;
+    if w.changed {
+        tracing::info!(cluster = %name, rotation = ?w.value.token_rotation_pending, "join-token rotation requested by the operator: the raft leader's agent rotates and publishes the new tokens");
+    }
+    Ok(Json(w.value))
 }
 
 /// `POST /v1/admin/clusters/{cluster}/adoption-hold` body.

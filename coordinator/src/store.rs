@@ -640,6 +640,26 @@ impl Store {
         .await
     }
 
+    /// `rules::request_token_rotation` (the operator's `cluster rotate-tokens`); answers the
+    /// cluster's status after it.
+    pub async fn request_token_rotation(
+        &self,
+        cluster: String,
+    ) -> Result<Written<ClusterStatus>, StoreError> {
+        self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            let outcome = rules::request_token_rotation(&rec.state)?;
+            let after = outcome.change.state.as_ref().unwrap_or(&rec.state).clone();
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            let w = store_outcome(txn, &cluster, Some(rec), outcome)?;
+            Ok(Written {
+                value: rules::status(&after, nodes, now_ms()),
+                changed: w.changed,
+            })
+        })
+        .await
+    }
+
     /// `rules::join`: what `node_id` needs to join (the token of its role only), once formed;
     /// only with the node's credential.
     pub fn join(

@@ -1420,3 +1420,70 @@ async fn admin_rotates_the_operator_credential() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
     srv.stop().await;
 }
+
+/// `POST /v1/admin/clusters/{c}/rotate-tokens` (issue 14 item 9): the operator asks, the status
+/// shows the rotation pending, the raft leader's agent publishes the rotated tokens with an
+/// adoption of the formed swarm, which marks it done; joins hand out the new tokens. A worker
+/// cannot publish tokens, and the route is the operator's (admin listener, admin token).
+#[tokio::test]
+async fn the_operator_asks_for_a_token_rotation_and_the_leader_publishes_it() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("rot", 1).await;
+    // Not formed: nothing to rotate.
+    let (s, b) = srv
+        .admin(Method::POST, "/v1/admin/clusters/rot/rotate-tokens", None)
+        .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("swarm_mismatch")),
+        "{b}"
+    );
+    assert_eq!(api.register("m", "auto").await["role"], "manager");
+    assert_eq!(api.register("w", "auto").await["role"], "worker");
+    let (_, c) = api.claim("m", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    let (s, b) = api.publish("m", token).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+
+    let (s, st) = srv
+        .admin(Method::POST, "/v1/admin/clusters/rot/rotate-tokens", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["token_rotation_pending"], 1, "{st}");
+    assert_eq!(api.status().await["token_rotation_pending"], 1);
+
+    let mut rotated = adopt_body("m", "swarm-abc");
+    rotated["ca_digest"] = json!(format!("sha256:{}", "ab".repeat(32)));
+    rotated["manager_token"] = json!("SWMTKN-1-manager-token-rotated");
+    rotated["worker_token"] = json!("SWMTKN-1-worker-token-rotated");
+    // A worker holding the join secret and its own credential cannot publish tokens.
+    let mut evil = rotated.clone();
+    evil["node_id"] = json!("w");
+    evil["worker_token"] = json!("SWMTKN-1-attacker");
+    let (s, b) = api.call(Method::POST, "/adopt", Some(evil)).await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::CONFLICT, Some("not_a_manager")),
+        "{b}"
+    );
+    // The leader's agent publishes the rotated tokens.
+    let (s, a) = api.call(Method::POST, "/adopt", Some(rotated)).await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!(a["adopted"], false, "{a}");
+    let st = api.status().await;
+    assert!(st["token_rotation_pending"].is_null(), "{st}");
+    assert_eq!(st["token_rotations"], 1, "{st}");
+    let (s, j) = api.call(Method::GET, "/join?node_id=w", None).await;
+    assert_eq!(s, StatusCode::OK, "{j}");
+    assert_eq!(j["join"]["token"], "SWMTKN-1-worker-token-rotated", "{j}");
+    // The public listener does not serve the admin route.
+    let (s, _) = send(
+        &srv.client(),
+        Method::POST,
+        &format!("{}/v1/admin/clusters/rot/rotate-tokens", srv.base),
+        Some(srv.admin_token.expose()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

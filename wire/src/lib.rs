@@ -343,6 +343,13 @@ pub struct ClusterStatus {
     /// Swarm ids an operator reset retired (`swarm-agent recover`): never adopted again.
     #[serde(default)]
     pub retired_swarm_ids: Vec<String>,
+    /// A join-token rotation the operator asked for and the raft leader's agent has not carried
+    /// out yet (its number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_rotation_pending: Option<u64>,
+    /// Join-token rotations carried out.
+    #[serde(default)]
+    pub token_rotations: u64,
 }
 
 /// `GET /v1/clusters/{cluster}/docs/{name}?after=V&wait=SECS` answers the current document;

@@ -357,6 +357,13 @@ pub struct ClusterState {
     /// `sha256:<hex>` of the operator credential ([`check_operator`]); never shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operator_sha256: Option<String>,
+    /// Join-token rotations the operator asked for ([`request_token_rotation`]) and the last one
+    /// the raft leader's agent carried out (it rotates the swarm's tokens and publishes the new
+    /// ones with [`adopt`]). `requested > done`: a rotation is pending.
+    #[serde(default)]
+    pub token_rotation_requested: u64,
+    #[serde(default)]
+    pub token_rotation_done: u64,
 }
 
 /// What a rule decided to store. Empty: nothing changed, no write needed.
@@ -429,6 +436,8 @@ impl ClusterState {
             awaiting_adoption: false,
             adoptions: 0,
             operator_sha256: None,
+            token_rotation_requested: 0,
+            token_rotation_done: 0,
         })
     }
 
@@ -938,6 +947,8 @@ fn reset_change(
     let excess = next.reset_log.len().saturating_sub(RESET_LOG);
     next.reset_log.drain(..excess);
     next.resets += 1;
+    // The next swarm has new tokens anyway.
+    next.token_rotation_done = next.token_rotation_requested;
     next.formed = None;
     next.lease = None;
     next.awaiting_adoption = false;
@@ -1032,6 +1043,9 @@ pub fn status(st: &ClusterState, mut nodes: Vec<NodeInfo>, now_ms: u64) -> Clust
         awaiting_adoption: st.awaiting_adoption && st.formed.is_none(),
         adoptions: st.adoptions,
         retired_swarm_ids: st.retired_swarm_ids(),
+        token_rotation_pending: (st.token_rotation_requested > st.token_rotation_done)
+            .then_some(st.token_rotation_requested),
+        token_rotations: st.token_rotation_done,
     }
 }
 
@@ -1300,6 +1314,12 @@ pub fn adopt(
     let mut next = st.clone();
     let adopted = match &st.formed {
         Some(f) if f.swarm_id == req.swarm_id && f.ca_digest == ca_digest => {
+            // New tokens while a rotation is pending: the leader carried it out.
+            let rotated =
+                f.manager_token != req.manager_token || f.worker_token != req.worker_token;
+            if rotated && st.token_rotation_requested > st.token_rotation_done {
+                next.token_rotation_done = st.token_rotation_requested;
+            }
             if let Some(nf) = next.formed.as_mut() {
                 nf.manager_addrs = req.manager_addrs.clone();
                 nf.manager_token = req.manager_token.clone();
@@ -1372,6 +1392,30 @@ pub fn adopt(
             ..Change::default()
         },
     })
+}
+
+/// The operator asks for new join tokens (`swarm-coordinator cluster rotate-tokens`): the raft
+/// leader's agent sees the pending rotation in the status, rotates the swarm's worker and manager
+/// tokens (`docker swarm join-token --rotate`), and publishes them ([`adopt`] of the formed
+/// swarm, which marks the rotation done). Nodes joining afterwards get the new tokens; the old
+/// ones no longer join. Answers the pending rotation's number. Only for a formed cluster.
+pub fn request_token_rotation(st: &ClusterState) -> Result<Outcome<u64>> {
+    if st.formed.is_none() {
+        return Err(RuleError::new(
+            Code::SwarmMismatch,
+            format!(
+                "cluster {:?} is not formed: it has no join tokens to rotate",
+                st.name
+            ),
+        ));
+    }
+    if st.token_rotation_requested > st.token_rotation_done {
+        return Ok(Outcome::keep(st.token_rotation_requested));
+    }
+    let mut next = st.clone();
+    next.token_rotation_requested = st.token_rotation_done + 1;
+    let n = next.token_rotation_requested;
+    Ok(Outcome::state(n, next))
 }
 
 /// The operator's adoption hold: `hold = true` (the cluster of a running swarm was re-created,

@@ -108,6 +108,19 @@ impl AdminClient {
         .await
     }
 
+    pub async fn request_token_rotation(&self, name: &str) -> anyhow::Result<ClusterStatus> {
+        self.call(
+            self.http
+                .post(format!(
+                    "{}/v1/admin/clusters/{name}/rotate-tokens",
+                    self.base
+                ))
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await
+    }
+
     pub async fn set_adoption_hold(&self, name: &str, hold: bool) -> anyhow::Result<ClusterStatus> {
         self.call(
             self.http

@@ -22,6 +22,10 @@ pub enum ClusterCmd {
     AwaitAdoption(Named),
     /// Lift the adoption hold: no swarm runs for this cluster any more, let a new one form.
     AllowInit(Named),
+    /// Ask for new swarm join tokens: the raft leader's agent rotates the swarm's worker and
+    /// manager tokens and publishes them; nodes joining afterwards use them, the old ones no
+    /// longer join (for a leaked token, or on a schedule).
+    RotateTokens(Named),
     /// Give the cluster a new operator credential (the old one resets nothing any more); for a
     /// leaked credential, or a cluster created before operator credentials existed. Printed
     /// once on stdout, or written to --operator-credential-out.
@@ -137,6 +141,15 @@ impl Backend {
         }
     }
 
+    async fn request_token_rotation(&self, name: &str) -> anyhow::Result<ClusterStatus> {
+        match self {
+            Backend::Direct(store) => {
+                Ok(store.request_token_rotation(name.to_string()).await?.value)
+            }
+            Backend::Remote(c) => c.request_token_rotation(name).await,
+        }
+    }
+
     async fn set_adoption_hold(&self, name: &str, hold: bool) -> anyhow::Result<ClusterStatus> {
         match self {
             Backend::Direct(store) => {
@@ -219,6 +232,21 @@ impl ClusterCmd {
                     } else {
                         ""
                     }
+                );
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                Ok(())
+            }
+            ClusterCmd::RotateTokens(n) => {
+                let status = Backend::open(&n.dir, OpenMode::MustExist)?
+                    .request_token_rotation(&n.name)
+                    .await?;
+                eprintln!(
+                    "cluster {}: join-token rotation {} requested; the raft leader's agent rotates \
+                     the swarm's tokens and publishes them within seconds (`cluster show {}`: \
+                     token_rotation_pending clears, token_rotations counts it)",
+                    status.name,
+                    status.token_rotation_pending.unwrap_or_default(),
+                    status.name
                 );
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 Ok(())

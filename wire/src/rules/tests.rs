@@ -831,3 +831,46 @@ fn an_adopted_token_exceeds_what_a_wiped_rendezvous_forgot() {
 
 // After `ap!` and the fixtures above (textual macro scope).
 mod security;
+
+#[test]
+fn a_token_rotation_is_pending_until_the_leader_publishes_new_tokens() {
+    // Not formed: nothing to rotate.
+    let open = cluster(3);
+    assert_eq!(
+        code(request_token_rotation(&open.state)),
+        Code::SwarmMismatch
+    );
+    let mut m = formed_five();
+    assert_eq!(m.status(NOW).token_rotation_pending, None);
+    assert_eq!(ap!(m, request_token_rotation(&m.state)), 1);
+    // Asking again while it is pending is the same rotation.
+    assert_eq!(ap!(m, request_token_rotation(&m.state)), 1);
+    assert_eq!(m.status(NOW).token_rotation_pending, Some(1));
+    // A refresh with the same tokens is not the rotation.
+    ap!(m, adopt_as(&m, NOW, &adoptreq("a", "swarm1", 3)));
+    assert_eq!(m.status(NOW).token_rotation_pending, Some(1));
+    // The leader rotated: new tokens published, the rotation is done, joins get them.
+    let mut rotated = adoptreq("a", "swarm1", 3);
+    rotated.manager_token = Secret::new("SWMTKN-1-mgr2");
+    rotated.worker_token = Secret::new("SWMTKN-1-wrk2");
+    ap!(m, adopt_as(&m, NOW, &rotated));
+    let st = m.status(NOW);
+    assert_eq!((st.token_rotation_pending, st.token_rotations), (None, 1));
+    let j = m.join(NOW, "e", Some(&cred("e"))).unwrap().join.unwrap();
+    assert_eq!(j.token.expose(), "SWMTKN-1-wrk2");
+    // A worker cannot publish tokens (adopt needs a registered manager).
+    let mut evil = rotated.clone();
+    evil.node_id = "e".into();
+    evil.worker_token = Secret::new("SWMTKN-1-attacker");
+    assert_eq!(code(adopt_as(&m, NOW, &evil)), Code::NotAManager);
+    // The next request is rotation 2; a reset settles a pending one (the next swarm has new
+    // tokens anyway).
+    assert_eq!(ap!(m, request_token_rotation(&m.state)), 2);
+    let reset = ResetRequest {
+        node_id: "op".into(),
+        swarm_id: "swarm1".into(),
+        reason: String::new(),
+    };
+    ap!(m, recover(&m.state, NOW, &reset));
+    assert_eq!(m.status(NOW).token_rotation_pending, None);
+}
