@@ -750,6 +750,20 @@ mod tests {
         assert_eq!(r.agent.phase.as_deref(), Some("joined"));
         assert!(r.swarm.ca_digest.is_some());
         assert!(render_text(&r).contains("manager (leader)"));
+        // The node's credential (kept in the state dir) is in neither form of the report.
+        let node_id = format!("id{leader}");
+        let cred = swarmstrap_wire::rendezvous::Rendezvous::credential(backend.as_ref(), &node_id)
+            .expect("issued");
+        crate::state::save_credential(dirs[leader].path(), &node_id, &cred).unwrap();
+        let r = collect(&cfg, engines[leader].as_ref()).await;
+        let json = serde_json::to_string(&r).unwrap();
+        for shown in [render_text(&r), json] {
+            assert!(
+                !shown.contains(cred.expose()),
+                "status shows the credential"
+            );
+            assert!(!shown.contains("credential_sha256"), "{shown}");
+        }
 
         // A worker-less state: a manager whose swarm CA differs from the recorded one is not
         // healthy.
