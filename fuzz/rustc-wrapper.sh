@@ -9,7 +9,7 @@
 # Called as: rustc-wrapper.sh RUSTC ARGS...
 set -euo pipefail
 
-instrumented=" swarm_coordinator swarm_agent swarmstrap_wire coordinator_request agent_config \
+instrumented=" swarm_coordinator swarm_agent swarmstrap_wire coordinator_request agent_config doc_rules \
 wire_json toml toml_parser serde_json serde_urlencoded form_urlencoded "
 
 crate=""

@@ -13,18 +13,28 @@
 //! ```
 //!
 //! Placeholders: `{{secret}}` is the join secret of cluster `fuzz` (formed, tokens published),
-//! `{{open}}` the secret of cluster `open` (not formed), `{{admin}}` the admin token. Cluster
-//! `vault` is formed too, but its secret is never offered: nothing of it may ever leak.
+//! `{{open}}` the secret of cluster `open` (not formed), `{{admin}}` the admin token,
+//! `{{cred}}` the node credential of `fuzz`'s manager `n1`, `{{wcred}}` that of its worker `w1`,
+//! `{{operator}}` `fuzz`'s operator credential. Cluster `vault` is formed too, but its secret
+//! and credentials are never offered: nothing of it may ever leak. Paths under `/v1/admin` go to
+//! the admin listener's router (and, to check it refuses them, to the public one too).
 //!
 //! Properties checked on every response:
 //! - no 5xx, except 503 `too_many_long_polls` (the server shedding load);
 //! - every 4xx (but to HEAD) has a JSON body of exactly `{"error": code, "message": text}`;
 //! - every 2xx under /v1 is JSON;
-//! - no secret or join token appears in a response (body or headers) unless the request carries
-//!   it, or an earlier request put it into the server's state (anywhere but its Authorization
-//!   header: a hostname, a document, the method that becomes a metrics label); `fuzz`'s join
-//!   tokens only to requests that carry `fuzz`'s secret; `vault`'s never; a node joining as a
-//!   worker never gets the manager token;
+//! - no secret, node or operator credential or join token appears in a response (body or
+//!   headers) unless the request carries it, or an earlier request put it into the server's
+//!   state (anywhere but its Authorization header: a hostname, a document, the method that
+//!   becomes a metrics label, a credential header); `fuzz`'s worker token only to requests
+//!   that carry `fuzz`'s secret, its manager token only once `n1`'s credential or `fuzz`'s
+//!   operator credential was used; `vault`'s never; a node joining as a worker never gets the
+//!   manager token;
+//! - impersonation: in an input that never carries `n1`'s credential, `fuzz`'s operator
+//!   credential or the admin token (so `n1` and `w1` stay registered with their credentials),
+//!   no call for node `n1` or `w1` of `fuzz` (register, claim, renew, publish, join, sync,
+//!   adopt, document write) succeeds without that node's own credential;
+//! - the public listener never serves `/v1/admin`;
 //! - no request hangs (long-polls answer at once: the state is built with shutdown signalled).
 //!
 //! The runtime, the store (in a temp data dir) and the router are built once per process
@@ -59,6 +69,17 @@ const FUZZ_WORKER_TOKEN: &str = "SWMTKN-1-fuzz-worker-0897a6b5c4d3e2f1";
 const VAULT_MANAGER_TOKEN: &str = "SWMTKN-1-vault-manager-a1b2c3d4e5f60718";
 const VAULT_WORKER_TOKEN: &str = "SWMTKN-1-vault-worker-8170f6e5d4c3b2a1";
 const VAULT_SWARM_ID: &str = "vaultswarmid0000000000001";
+const FUZZ_SWARM_ID: &str = "fuzzswarmid";
+/// Node credentials, offered by the set-up's registrations (the coordinator binds a new node
+/// id to a strong offered credential, so they are known here).
+const N1_CRED: &str = "fuzz-n1-credential-0123456789abcdef0123";
+const W1_CRED: &str = "fuzz-w1-credential-fedcba9876543210fedc";
+const O1_CRED: &str = "open-o1-credential-00112233445566778899";
+const VAULT_N1_CRED: &str = "vault-n1-credential-99887766554433221100";
+const FUZZ_OPERATOR: &str = "fuzz-operator-credential-5a6b7c8d9e0f1a2b";
+const OPEN_OPERATOR: &str = "open-operator-credential-0f1e2d3c4b5a6978";
+const VAULT_OPERATOR: &str = "vault-operator-credential-13579bdf02468ace";
+const CRED_HEADER: &str = swarmstrap_wire::NODE_CREDENTIAL_HEADER;
 /// The method labels /metrics may show.
 const METRIC_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE", "other",
@@ -72,6 +93,7 @@ struct World {
     rt: tokio::runtime::Runtime,
     store: Store,
     app: Router,
+    admin_app: Router,
     admin: Secret,
     _shutdown_tx: watch::Sender<bool>,
 }
@@ -105,6 +127,7 @@ impl World {
             data_dir: dir.clone(),
             tls: TlsMode::InsecureHttp,
             limits: limits(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
         })
         .expect("open a store in a temp data dir");
         // The store keeps its open file; nothing below reads the data dir by path again, so
@@ -120,7 +143,8 @@ impl World {
         let w = World {
             rt,
             store: cfg.store,
-            app: api::router(state),
+            app: api::router(state.clone()),
+            admin_app: api::admin_router(state),
             admin: cfg.admin_token,
             _shutdown_tx: tx,
         };
@@ -128,11 +152,22 @@ impl World {
         w
     }
 
-    async fn call(&self, method: Method, path: &str, bearer: &str, body: Option<Value>) -> Value {
+    /// A set-up call (for `node`'s credential `cred`, if given); must succeed.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        bearer: &str,
+        cred: Option<&str>,
+        body: Option<Value>,
+    ) -> Value {
         let mut b = Request::builder()
             .method(method.clone())
             .uri(path)
             .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        if let Some(c) = cred {
+            b = b.header(CRED_HEADER, c);
+        }
         let body = match body {
             Some(v) => {
                 b = b.header(header::CONTENT_TYPE, "application/json");
@@ -140,12 +175,12 @@ impl World {
             }
             None => Body::empty(),
         };
-        let resp = self
-            .app
-            .clone()
-            .oneshot(b.body(body).unwrap())
-            .await
-            .unwrap();
+        let app = if path.starts_with("/v1/admin") {
+            &self.admin_app
+        } else {
+            &self.app
+        };
+        let resp = app.clone().oneshot(b.body(body).unwrap()).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -159,56 +194,119 @@ impl World {
     /// Clusters `fuzz` and `vault` formed with known tokens, `open` with one node.
     async fn setup(&self) {
         let admin = self.admin.expose().to_string();
-        for (name, target, secret) in [
-            ("fuzz", 1, FUZZ_SECRET),
-            ("open", 3, OPEN_SECRET),
-            ("vault", 1, VAULT_SECRET),
+        for (name, target, secret, operator) in [
+            ("fuzz", 1, FUZZ_SECRET, FUZZ_OPERATOR),
+            ("open", 3, OPEN_SECRET, OPEN_OPERATOR),
+            ("vault", 1, VAULT_SECRET, VAULT_OPERATOR),
         ] {
             self.call(
                 Method::POST,
                 "/v1/admin/clusters",
                 &admin,
-                Some(json!({"name": name, "target_managers": target, "secret": secret})),
+                None,
+                Some(json!({
+                    "name": name, "target_managers": target, "secret": secret,
+                    "operator_credential": operator,
+                })),
             )
             .await;
+        }
+        self.form_fuzz().await;
+        self.register("open", OPEN_SECRET, "o1", O1_CRED, "auto")
+            .await;
+        self.form_vault().await;
+    }
+
+    /// `fuzz` formed with its tokens, `n1` (manager) and `w1` (worker) registered with their
+    /// credentials, a membership document written by `n1`. When an earlier input changed any of
+    /// it (reset by the admin or the operator, or `n1`/`w1` dropped by a sync), it is reset
+    /// directly in the store and made again.
+    async fn form_fuzz(&self) {
+        let intact = self
+            .store
+            .status("fuzz")
+            .is_ok_and(|s| s.swarm_id.as_deref() == Some(FUZZ_SWARM_ID))
+            && [("n1", N1_CRED), ("w1", W1_CRED)].iter().all(|(id, c)| {
+                self.store
+                    .join("fuzz", id, Some(&Secret::new(*c)))
+                    .is_ok_and(|j| j.join.is_some())
+            });
+        if intact {
+            return;
+        }
+        if self
+            .store
+            .status("fuzz")
+            .is_ok_and(|s| s.swarm_id.is_some())
+        {
+            self.store.reset("fuzz".into()).await.expect("reset fuzz");
         }
         self.form(
             "fuzz",
             FUZZ_SECRET,
-            "fuzzswarmid",
+            N1_CRED,
+            FUZZ_SWARM_ID,
             FUZZ_MANAGER_TOKEN,
             FUZZ_WORKER_TOKEN,
         )
         .await;
-        self.register("fuzz", FUZZ_SECRET, "w1", "worker").await;
+        self.register("fuzz", FUZZ_SECRET, "w1", W1_CRED, "worker")
+            .await;
+        let current = self
+            .call(
+                Method::GET,
+                "/v1/clusters/fuzz/docs/membership",
+                FUZZ_SECRET,
+                None,
+                None,
+            )
+            .await;
+        let version = current["version"].as_u64().unwrap_or(0);
+        let node = |id: &str, addr: &str, role: &str| {
+            json!({"id": id, "hostname": id, "addr": addr, "role": role, "state": "ready",
+                   "availability": "active", "leader": role == "manager", "labels": {}})
+        };
         self.call(
             Method::PUT,
-            "/v1/clusters/fuzz/docs/members",
+            "/v1/clusters/fuzz/docs/membership",
             FUZZ_SECRET,
-            Some(json!({"expected_version": 0, "body": {"nodes": ["n1", "w1"]}})),
+            Some(N1_CRED),
+            Some(
+                json!({"expected_version": version, "node_id": "n1", "body": {"nodes": [
+                    node("dn1", "198.18.0.1", "manager"), node("dw1", "198.18.0.2", "worker")
+                ]}}),
+            ),
         )
         .await;
-        self.register("open", OPEN_SECRET, "o1", "auto").await;
-        self.form_vault().await;
     }
 
-    async fn register(&self, cluster: &str, secret: &str, node: &str, role: &str) {
+    async fn register(&self, cluster: &str, secret: &str, node: &str, cred: &str, role: &str) {
         self.call(
             Method::POST,
             &format!("/v1/clusters/{cluster}/nodes"),
             secret,
+            Some(cred),
             Some(json!({"node_id": node, "hostname": node, "advertise_addr": "198.18.0.1", "role": role})),
         )
         .await;
     }
 
-    async fn form(&self, cluster: &str, secret: &str, swarm_id: &str, mtok: &str, wtok: &str) {
-        self.register(cluster, secret, "n1", "manager").await;
+    async fn form(
+        &self,
+        cluster: &str,
+        secret: &str,
+        cred: &str,
+        swarm_id: &str,
+        mtok: &str,
+        wtok: &str,
+    ) {
+        self.register(cluster, secret, "n1", cred, "manager").await;
         let c = self
             .call(
                 Method::POST,
                 &format!("/v1/clusters/{cluster}/claim"),
                 secret,
+                Some(cred),
                 Some(json!({"node_id": "n1", "ttl_ms": 30_000})),
             )
             .await;
@@ -218,6 +316,7 @@ impl World {
             Method::POST,
             &format!("/v1/clusters/{cluster}/publish"),
             secret,
+            Some(cred),
             Some(json!({
                 "node_id": "n1", "fencing_token": fencing_token, "swarm_id": swarm_id,
                 "ca_digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
@@ -240,6 +339,7 @@ impl World {
             self.form(
                 "vault",
                 VAULT_SECRET,
+                VAULT_N1_CRED,
                 VAULT_SWARM_ID,
                 VAULT_MANAGER_TOKEN,
                 VAULT_WORKER_TOKEN,
@@ -297,6 +397,9 @@ fn parse_request(chunk: &[u8], admin: &str) -> Option<Parsed> {
     let mut raw = replace_all(chunk, b"{{secret}}", FUZZ_SECRET.as_bytes());
     raw = replace_all(&raw, b"{{open}}", OPEN_SECRET.as_bytes());
     raw = replace_all(&raw, b"{{admin}}", admin.as_bytes());
+    raw = replace_all(&raw, b"{{cred}}", N1_CRED.as_bytes());
+    raw = replace_all(&raw, b"{{wcred}}", W1_CRED.as_bytes());
+    raw = replace_all(&raw, b"{{operator}}", FUZZ_OPERATOR.as_bytes());
 
     // Lines up to the first empty one are the request line and headers; the rest is the body.
     let mut lines = Vec::new();
@@ -378,6 +481,13 @@ fn note_disclosures(p: &Parsed, admin: &str) {
         FUZZ_WORKER_TOKEN,
         VAULT_MANAGER_TOKEN,
         VAULT_WORKER_TOKEN,
+        N1_CRED,
+        W1_CRED,
+        O1_CRED,
+        VAULT_N1_CRED,
+        FUZZ_OPERATOR,
+        OPEN_OPERATOR,
+        VAULT_OPERATOR,
     ];
     for secret in all {
         if contains(&p.stored, secret) {
@@ -477,7 +587,10 @@ fn check_response(
     // or of the server, rightly handed back).
     let carries = |s: &str| contains(&p.raw, s) || disclosed(s);
     let with_fuzz_secret = carries(FUZZ_SECRET);
-    let rules: [(&str, &str, bool); 8] = [
+    // The manager token goes to the manager: only once its credential (or the operator's,
+    // who may reset and re-form the cluster) was used.
+    let as_manager = carries(N1_CRED) || carries(FUZZ_OPERATOR) || carries(admin);
+    let rules: [(&str, &str, bool); 15] = [
         ("the admin token", admin, carries(admin)),
         ("cluster fuzz's secret", FUZZ_SECRET, with_fuzz_secret),
         ("cluster open's secret", OPEN_SECRET, carries(OPEN_SECRET)),
@@ -489,7 +602,7 @@ fn check_response(
         (
             "fuzz's manager token",
             FUZZ_MANAGER_TOKEN,
-            with_fuzz_secret || carries(FUZZ_MANAGER_TOKEN),
+            as_manager || carries(FUZZ_MANAGER_TOKEN),
         ),
         (
             "fuzz's worker token",
@@ -505,6 +618,29 @@ fn check_response(
             "vault's worker token",
             VAULT_WORKER_TOKEN,
             carries(VAULT_WORKER_TOKEN),
+        ),
+        ("n1's credential", N1_CRED, carries(N1_CRED)),
+        ("w1's credential", W1_CRED, carries(W1_CRED)),
+        ("o1's credential", O1_CRED, carries(O1_CRED)),
+        (
+            "vault n1's credential",
+            VAULT_N1_CRED,
+            carries(VAULT_N1_CRED),
+        ),
+        (
+            "fuzz's operator credential",
+            FUZZ_OPERATOR,
+            carries(FUZZ_OPERATOR),
+        ),
+        (
+            "open's operator credential",
+            OPEN_OPERATOR,
+            carries(OPEN_OPERATOR),
+        ),
+        (
+            "vault's operator credential",
+            VAULT_OPERATOR,
+            carries(VAULT_OPERATOR),
         ),
     ];
     for (what, secret, allowed) in rules {
@@ -542,6 +678,44 @@ impl Parsed {
     fn request_path(&self) -> &str {
         self.request.uri().path()
     }
+
+    /// The node a call of cluster `fuzz` is made for (`node_id` of the JSON body or the
+    /// query), if it is one of the set-up's nodes: with that node's credential.
+    fn fuzz_node(&self) -> Option<(&'static str, &'static str)> {
+        let path = self.request_path();
+        let Some(route) = path.strip_prefix("/v1/clusters/fuzz/") else {
+            return None;
+        };
+        let node_route = matches!(
+            route,
+            "nodes" | "claim" | "claim/renew" | "publish" | "join" | "sync" | "adopt"
+        ) || (route.starts_with("docs/") && self.method == Method::PUT);
+        if !node_route {
+            return None;
+        }
+        let body_start = self
+            .raw
+            .windows(2)
+            .position(|w| w == b"\n\n")
+            .map_or(self.raw.len(), |i| i + 2);
+        let from_body = serde_json::from_slice::<Value>(&self.raw[body_start..])
+            .ok()
+            .and_then(|v| v.get("node_id").and_then(Value::as_str).map(str::to_string));
+        let from_query = self.request.uri().query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "node_id")
+                .map(|(_, v)| v.to_string())
+        });
+        [from_body, from_query]
+            .into_iter()
+            .flatten()
+            .find_map(|id| match id.as_str() {
+                "n1" => Some(("n1", N1_CRED)),
+                "w1" => Some(("w1", W1_CRED)),
+                _ => None,
+            })
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -556,13 +730,39 @@ fuzz_target!(|data: &[u8]| {
     }
     // Only the admin can reset `vault`.
     let admin_used = requests.iter().any(|p| contains(&p.raw, admin));
+    // `n1` and `w1` keep their registrations through this input unless it carries n1's
+    // credential (a sync may drop them), the operator's or the admin's (a reset).
+    let fixture_kept = !requests.iter().any(|p| {
+        contains(&p.raw, admin) || contains(&p.raw, N1_CRED) || contains(&p.raw, FUZZ_OPERATOR)
+    });
     w.rt.block_on(async {
+        w.form_fuzz().await;
         for mut p in requests {
             note_disclosures(&p, admin);
             let request = std::mem::replace(&mut p.request, Request::new(Body::empty()));
             // Keep the path for the checks (the request is consumed).
             *p.request.uri_mut() = request.uri().clone();
-            let resp = tokio::time::timeout(REQUEST_DEADLINE, w.app.clone().oneshot(request))
+            let admin_path = p.request_path().starts_with("/v1/admin");
+            if admin_path {
+                // The public listener never serves the admin API.
+                if let Some(again) = parse_request(&p.raw, admin) {
+                    let resp = tokio::time::timeout(
+                        REQUEST_DEADLINE,
+                        w.app.clone().oneshot(again.request),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("{} {} hung", p.method, p.target))
+                    .expect("the router is infallible");
+                    assert!(
+                        !resp.status().is_success(),
+                        "the public listener served {} {}",
+                        p.method,
+                        p.target
+                    );
+                }
+            }
+            let app = if admin_path { &w.admin_app } else { &w.app };
+            let resp = tokio::time::timeout(REQUEST_DEADLINE, app.clone().oneshot(request))
                 .await
                 .unwrap_or_else(|_| panic!("{} {} hung", p.method, p.target))
                 .expect("the router is infallible");
@@ -574,6 +774,17 @@ fuzz_target!(|data: &[u8]| {
                 .expect("response body")
                 .to_bytes();
             check_response(&p, admin, status, &parts.headers, &body);
+            if fixture_kept && status.is_success() {
+                if let Some((id, cred)) = p.fuzz_node() {
+                    assert!(
+                        contains(&p.raw, cred),
+                        "a call for {id} without its credential succeeded: {} {} -> {status} {}",
+                        p.method,
+                        p.target,
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+            }
         }
         if admin_used {
             w.form_vault().await;
