@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use swarmstrap_secrets_manager::SecretsManagerRendezvous;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
+use swarmstrap_wire::rules::Code;
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
-    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
-    SyncRequest, SyncResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RequestedRole,
+    ResetRequest, Role, Secret, SyncRequest, SyncResponse,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,13 +108,52 @@ pub fn unauthorized_hint(cfg: &Config) -> String {
 
 /// A backend whose issued node credentials are kept in the state dir
 /// ([`state::save_credential`], mode 0600) the moment `register` or `adopt` returns one, so a
-/// restarted agent presents it again. Everything else is passed through.
+/// restarted agent presents it again. A document write refused with `node_not_registered`
+/// (the rendezvous lost its registrations: a wiped coordinator, a deleted secret) registers
+/// this node again from its state file, with the same credential, and is tried once more.
+/// Everything else is passed through.
 pub struct Persisted {
     pub inner: Arc<dyn Rendezvous>,
     pub state_dir: PathBuf,
 }
 
 impl Persisted {
+    /// Register `node_id` again as its state file describes it (same role as its engine had).
+    async fn register_again(&self, node_id: &str) -> bool {
+        let Ok(Some(st)) = state::StateStore::new(&self.state_dir).load() else {
+            return false;
+        };
+        let (Some(hostname), Some(addr), Some(role)) =
+            (st.hostname.clone(), st.advertise_addr.clone(), st.role)
+        else {
+            return false;
+        };
+        if st.node_id != node_id {
+            return false;
+        }
+        tracing::warn!(
+            "{} no longer knows node {node_id} (it lost its registrations): registering it again",
+            self.inner.describe()
+        );
+        let req = RegisterRequest {
+            node_id: node_id.to_string(),
+            hostname,
+            advertise_addr: addr,
+            role: match role {
+                Role::Manager => RequestedRole::Manager,
+                Role::Worker => RequestedRole::Worker,
+            },
+            joined_through: st.joined_through.clone(),
+        };
+        match self.register(&req).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!("registering node {node_id} again failed: {e}");
+                false
+            }
+        }
+    }
+
     /// After an accepted registration or adoption: the credential it issued, else the one
     /// presented (accepted, so confirmed).
     fn keep(&self, node_id: &str, issued: Option<&Secret>) {
@@ -206,9 +246,21 @@ impl Rendezvous for Persisted {
         expected_version: u64,
         body: &serde_json::Value,
     ) -> RResult<Document> {
-        self.inner
+        match self
+            .inner
             .put_doc(node_id, name, expected_version, body)
             .await
+        {
+            Err(e)
+                if e.code() == Some(Code::NodeNotRegistered)
+                    && self.register_again(node_id).await =>
+            {
+                self.inner
+                    .put_doc(node_id, name, expected_version, body)
+                    .await
+            }
+            r => r,
+        }
     }
 }
 
@@ -242,5 +294,47 @@ mod tests {
             state::load_credential(dir.path(), "n1").unwrap(),
             fake.credential("n1")
         );
+    }
+
+    #[tokio::test]
+    async fn a_document_write_after_the_rendezvous_forgot_the_node_registers_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeBackend::new(1);
+        let b = Persisted {
+            inner: fake.clone(),
+            state_dir: dir.path().to_path_buf(),
+        };
+        for id in ["m", "w"] {
+            b.register(&RegisterRequest {
+                node_id: id.into(),
+                hostname: id.into(),
+                advertise_addr: "198.18.0.1".into(),
+                role: RequestedRole::Auto,
+                joined_through: None,
+            })
+            .await
+            .unwrap();
+        }
+        let mut st = state::AgentState {
+            cluster: "test".into(),
+            node_id: "w".into(),
+            role: Some(Role::Worker),
+            hostname: Some("w".into()),
+            advertise_addr: Some("198.18.0.1".into()),
+            ..Default::default()
+        };
+        state::StateStore::new(dir.path()).save(&mut st).unwrap();
+        let held = fake.credential("w").unwrap();
+        fake.wipe();
+        let drain = serde_json::json!({"requests": {"dn-w": {"agent_node_id": "w"}}});
+        b.put_doc("w", "drains", 0, &drain).await.unwrap();
+        // Registered again as the worker it is, with the same credential.
+        assert_eq!(fake.credential("w"), Some(held));
+        let s = fake.status().await.unwrap();
+        assert_eq!(s.nodes.len(), 1);
+        assert_eq!(s.nodes[0].role, Role::Worker);
+        // A node the state file does not describe is not registered.
+        let e = b.put_doc("m", "keeper", 0, &serde_json::json!({})).await;
+        assert_eq!(e.unwrap_err().code(), Some(Code::NodeNotRegistered));
     }
 }
