@@ -132,6 +132,9 @@ struct Memory {
     /// last answered (see [`BACKDATE_MAX`]).
     last_healthy: HashMap<String, Instant>,
     last_list_ok: Option<Instant>,
+    /// The operator's token rotation whose new tokens the engine already made (their
+    /// publication is what is left, should it have failed).
+    rotated_for: Option<u64>,
 }
 
 impl Memory {
@@ -730,7 +733,65 @@ impl Keeper {
             return;
         }
         mem.clear_logged("adopt");
+        if let Some(n) = status.token_rotation_pending {
+            self.rotate_tokens(mem, list, &me, n).await;
+        }
         self.sync(mem, list).await;
+    }
+
+    /// The operator asked for new join tokens (`swarm-coordinator cluster rotate-tokens`):
+    /// rotate the swarm's worker and manager tokens on the engine (once per request), then
+    /// publish them (an adoption of the formed swarm, which marks the rotation done). Nodes
+    /// joining afterwards use the new tokens; the old ones no longer join.
+    async fn rotate_tokens(&self, mem: &mut Memory, list: &[NodeView], me: &Me, n: u64) {
+        if mem.rotated_for != Some(n) {
+            if let Err(e) = nodes::rotate_join_tokens(&self.engine).await {
+                mem.warn_once(
+                    "rotate",
+                    format!("quorum keeper: rotating the swarm's join tokens failed: {e}"),
+                );
+                return;
+            }
+            mem.rotated_for = Some(n);
+            tracing::info!("quorum keeper: rotated the swarm's join tokens (rotation #{n})");
+        }
+        let details = match self.engine.inspect_swarm().await {
+            Ok(d) => d,
+            Err(e) => {
+                mem.warn_once(
+                    "rotate",
+                    format!("quorum keeper: cannot read the new join tokens: {e}"),
+                );
+                return;
+            }
+        };
+        let (addrs, managers) = live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        let req = AdoptRequest {
+            node_id: me.node_id.clone(),
+            hostname: me.hostname.clone(),
+            advertise_addr: me.advertise_addr.clone(),
+            swarm_id: details.id.clone(),
+            ca_digest: details.ca_digest.clone(),
+            manager_addrs: addrs,
+            manager_token: details.manager_token.clone(),
+            worker_token: details.worker_token.clone(),
+            managers,
+        };
+        match self.backend.adopt(&req).await {
+            Ok(_) => {
+                tracing::info!(
+                    "quorum keeper: published the new join tokens (rotation #{n}); the old ones \
+                     no longer join"
+                );
+                mem.clear_logged("rotate");
+                // Read the cluster again (the rotation is no longer pending).
+                mem.status = None;
+            }
+            Err(e) => mem.warn_once(
+                "rotate",
+                format!("quorum keeper: publishing the new join tokens failed (retried): {e}"),
+            ),
+        }
     }
 
     async fn adopt(

@@ -6,6 +6,7 @@ use crate::engine::{BollardEngine, Engine, EngineError};
 use bollard::models::{NodeSpecAvailabilityEnum, NodeSpecRoleEnum, NodeState, Reachability};
 use bollard::query_parameters::{
     DeleteNodeOptionsBuilder, ListNodesOptions, ListTasksOptionsBuilder, UpdateNodeOptionsBuilder,
+    UpdateSwarmOptionsBuilder,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -172,6 +173,30 @@ pub async fn set_availability(engine: &BollardEngine, id: &str, a: Availability)
     .await
 }
 
+/// `docker swarm join-token --rotate` for both roles: the swarm's worker and manager join
+/// tokens are replaced (the spec is written back unchanged, with its version).
+pub async fn rotate_join_tokens(engine: &BollardEngine) -> Result<()> {
+    let c = engine.client().await?;
+    let swarm = c.inspect_swarm().await.map_err(|e| engine.map_err(e))?;
+    let version = swarm
+        .version
+        .and_then(|v| v.index)
+        .ok_or_else(|| EngineError::Protocol {
+            host: engine.describe(),
+            message: "the swarm has no version".into(),
+        })?;
+    c.update_swarm(
+        swarm.spec.unwrap_or_default(),
+        UpdateSwarmOptionsBuilder::default()
+            .version(version as i64)
+            .rotate_worker_token(true)
+            .rotate_manager_token(true)
+            .build(),
+    )
+    .await
+    .map_err(|e| engine.map_err(e))
+}
+
 pub async fn remove(engine: &BollardEngine, id: &str, force: bool) -> Result<()> {
     let c = engine.client().await?;
     c.delete_node(
@@ -207,6 +232,55 @@ pub fn majority(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The engine's swarm is updated with its own version and both rotate flags (a mock
+    /// Docker API).
+    #[tokio::test]
+    async fn rotating_join_tokens_updates_the_swarm_at_its_version() {
+        use axum::extract::Request;
+        use axum::response::IntoResponse;
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let s2 = seen.clone();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let seen = s2.clone();
+            async move {
+                let path = req.uri().path().to_string();
+                seen.lock().unwrap().push(format!(
+                    "{} {}",
+                    req.method(),
+                    req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
+                ));
+                let body = if path.ends_with("/version") {
+                    r#"{"ApiVersion":"1.44","MinAPIVersion":"1.24","Version":"25.0.0"}"#
+                } else if path.ends_with("/swarm") {
+                    r#"{"ID":"s1","Version":{"Index":42},"Spec":{"Name":"default"},"JoinTokens":{"Worker":"SWMTKN-1-w","Manager":"SWMTKN-1-m"}}"#
+                } else {
+                    ""
+                };
+                ([("content-type", "application/json")], body).into_response()
+            }
+        });
+        let base = crate::cloud::mock::serve(app).await;
+        let engine = BollardEngine::new(
+            &base.replace("http://", "tcp://"),
+            std::time::Duration::from_secs(5),
+        );
+        rotate_join_tokens(&engine).await.unwrap();
+        let seen = seen.lock().unwrap().clone();
+        let update = seen
+            .iter()
+            .find(|r| r.starts_with("POST") && r.contains("/swarm/update"))
+            .unwrap_or_else(|| panic!("no swarm update: {seen:?}"));
+        for q in [
+            "version=42",
+            "rotateWorkerToken=true",
+            "rotateManagerToken=true",
+        ] {
+            assert!(update.contains(q), "{update}");
+        }
+        assert!(!update.contains("rotateManagerUnlockKey=true"), "{update}");
+    }
 
     #[test]
     fn majority_of_raft_sizes() {
