@@ -30,12 +30,12 @@
 //! call for that node id. The agent also stores it in its state dir and hands it back with
 //! [`Rendezvous::set_credential`] after a restart. `reset` needs the operator credential.
 
+use crate::Secret;
 use crate::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
     PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
     SyncResponse,
 };
-use crate::Secret;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;

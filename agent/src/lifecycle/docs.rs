@@ -188,6 +188,35 @@ fn parse<T: DeserializeOwned + Default>(
     })
 }
 
+/// Longest string a document may hold (the rulebook's limit, `wire/src/rules/docs.rs`).
+const MAX_STRING: usize = 4096;
+
+/// Make every string in `v` one the rulebook accepts: control characters (an engine error
+/// with a newline) become spaces, and over-long strings are cut at a character boundary. A
+/// refused write would stop the keeper report or a rejoin update altogether.
+pub fn printable(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => {
+            if s.chars().any(char::is_control) {
+                *s = s
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+            }
+            if s.len() > MAX_STRING {
+                let mut end = MAX_STRING;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(printable),
+        serde_json::Value::Object(o) => o.values_mut().for_each(printable),
+        _ => {}
+    }
+}
+
 /// Compare-and-set update by node `writer` (this agent's node id: the write carries its
 /// credential): read, apply `change` (returns false for "nothing to change"), write with the
 /// read version; on a version conflict read again (bounded, with jitter). Returns the document
@@ -208,7 +237,8 @@ where
         if !change(&mut doc) {
             return Ok(doc);
         }
-        let body = serde_json::to_value(&doc).expect("documents serialize");
+        let mut body = serde_json::to_value(&doc).expect("documents serialize");
+        printable(&mut body);
         match backend.put_doc(writer, name, version, &body).await {
             Ok(_) => return Ok(doc),
             Err(RendezvousError::Conflict { .. }) => {
@@ -223,4 +253,26 @@ where
     Err(RendezvousError::Transient(format!(
         "the {name:?} document kept changing under 20 compare-and-set attempts"
     )))
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::*;
+
+    #[test]
+    fn document_strings_are_made_printable_and_bounded() {
+        let mut v = serde_json::json!({
+            "a": "rpc error:\n  code = NotFound\tdesc",
+            "b": ["ok", "x".repeat(5000)],
+            "c": {"d": "é".repeat(3000)},
+            "n": 3
+        });
+        printable(&mut v);
+        assert_eq!(v["a"], "rpc error:   code = NotFound desc");
+        assert_eq!(v["b"][0], "ok");
+        assert_eq!(v["b"][1].as_str().unwrap().len(), MAX_STRING);
+        let d = v["c"]["d"].as_str().unwrap();
+        assert!(d.len() <= MAX_STRING && d.chars().all(|c| c == 'é'));
+        assert_eq!(v["n"], 3);
+    }
 }

@@ -1019,6 +1019,19 @@ impl Keeper {
     /// The leader's side of `swarm-agent leave`.
     async fn drains(&self, mem: &mut Memory, list: &[NodeView], drains: &Drains) {
         for (id, req) in &drains.requests {
+            let acts = matches!(req.state, DrainState::Requested | DrainState::Left);
+            if acts && !drain_requester_is_the_node(mem, list, id, &req.agent_node_id) {
+                mem.warn_once(
+                    &format!("drain-owner {id} {}", req.agent_node_id),
+                    format!(
+                        "drain: ignoring the request for Docker node {id} ({}): its requester \
+                         {:?} is not the one registration matched to that node (a node may \
+                         ask only for its own drain)",
+                        req.hostname, req.agent_node_id
+                    ),
+                );
+                continue;
+            }
             let node = list.iter().find(|n| &n.id == id);
             let outcome: anyhow::Result<()> = async {
                 match (req.state, node) {
@@ -1161,6 +1174,20 @@ fn live_managers(
         })
         .count() as u32;
     (addrs, managers)
+}
+
+/// May agent `agent` ask for Docker node `id` to be drained and removed? Only for itself: its
+/// registration must be the one registration matched to that node. Any holder of the join
+/// secret can register another node id claiming a victim's address; then two registrations
+/// match the node and the request is refused (the victim's own `leave` then waits out its
+/// timeout, nothing is drained).
+fn drain_requester_is_the_node(mem: &Memory, list: &[NodeView], id: &str, agent: &str) -> bool {
+    let Some((status, _)) = &mem.status else {
+        return false;
+    };
+    let matched = match_registrations(&status.nodes, list);
+    matched.get(agent).map(String::as_str) == Some(id)
+        && matched.values().filter(|d| d.as_str() == id).count() == 1
 }
 
 /// Which Docker node each registration is (agent node id → Docker node id): the node with the
