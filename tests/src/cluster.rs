@@ -317,6 +317,23 @@ impl Coordinator {
         Ok(serde_json::from_slice(&o.stdout)?)
     }
 
+    /// `cluster rotate-tokens NAME` (through the admin API when the server runs): the cluster's
+    /// status after the request (JSON).
+    pub fn rotate_tokens(&self, name: &str) -> Result<Value> {
+        let o = self
+            .cli()
+            .args(["cluster", "rotate-tokens", name, "--data-dir"])
+            .arg(&self.data_dir)
+            .output()?;
+        if !o.status.success() {
+            bail!(
+                "swarm-coordinator cluster rotate-tokens {name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&o.stdout)?)
+    }
+
     /// `cluster reset NAME`.
     pub fn reset(&self, name: &str) -> Result<()> {
         let o = self

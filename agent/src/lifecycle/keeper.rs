@@ -1020,7 +1020,10 @@ impl Keeper {
     async fn drains(&self, mem: &mut Memory, list: &[NodeView], drains: &Drains) {
         for (id, req) in &drains.requests {
             let acts = matches!(req.state, DrainState::Requested | DrainState::Left);
-            if acts && !drain_requester_is_the_node(mem, list, id, &req.agent_node_id) {
+            let regs = mem.status.as_ref().map(|(s, _)| s.nodes.as_slice());
+            let owner =
+                regs.is_some_and(|r| drain_requester_is_the_node(r, list, id, &req.agent_node_id));
+            if acts && !owner {
                 mem.warn_once(
                     &format!("drain-owner {id} {}", req.agent_node_id),
                     format!(
@@ -1181,11 +1184,13 @@ fn live_managers(
 /// secret can register another node id claiming a victim's address; then two registrations
 /// match the node and the request is refused (the victim's own `leave` then waits out its
 /// timeout, nothing is drained).
-fn drain_requester_is_the_node(mem: &Memory, list: &[NodeView], id: &str, agent: &str) -> bool {
-    let Some((status, _)) = &mem.status else {
-        return false;
-    };
-    let matched = match_registrations(&status.nodes, list);
+fn drain_requester_is_the_node(
+    regs: &[NodeInfo],
+    list: &[NodeView],
+    id: &str,
+    agent: &str,
+) -> bool {
+    let matched = match_registrations(regs, list);
     matched.get(agent).map(String::as_str) == Some(id)
         && matched.values().filter(|d| d.as_str() == id).count() == 1
 }
@@ -1327,6 +1332,30 @@ mod tests {
         assert_eq!(m.get("a2").map(String::as_str), Some("d2"));
         assert_eq!(m.get("a3").map(String::as_str), Some("d3"));
         assert!(!m.contains_key("gone"));
+    }
+
+    #[test]
+    fn a_drain_request_counts_only_from_the_node_itself() {
+        let list = vec![
+            view("d1", "n1", "10.0.0.1", Role::Manager, true),
+            view("d2", "n2", "10.0.0.2", Role::Worker, true),
+            view("d3", "n3", "10.0.0.3", Role::Worker, true),
+        ];
+        let mut regs = vec![
+            reg("a1", "n1", "10.0.0.1"),
+            reg("a2", "n2", "10.0.0.2"),
+            reg("a3", "n3", "10.0.0.3"),
+        ];
+        // Its own node: yes. Another node's (a worker asking for the manager's drain): no.
+        assert!(drain_requester_is_the_node(&regs, &list, "d2", "a2"));
+        assert!(!drain_requester_is_the_node(&regs, &list, "d1", "a2"));
+        // An unregistered requester: no.
+        assert!(!drain_requester_is_the_node(&regs, &list, "d3", "ghost"));
+        // A fake registration claiming n3's address makes n3's drain ambiguous: refused for
+        // both (nothing is drained; n3's own leave waits out its timeout).
+        regs.push(reg("fake", "n3", "10.0.0.3"));
+        assert!(!drain_requester_is_the_node(&regs, &list, "d3", "fake"));
+        assert!(!drain_requester_is_the_node(&regs, &list, "d3", "a3"));
     }
 
     #[test]
