@@ -649,6 +649,23 @@ impl Rendezvous for FakeBackend {
         )
     }
 
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> RResult<ClusterStatus> {
+        self.gate()?;
+        self.step(
+            |m, now| {
+                rules::check_operator(&m.state, operator)?;
+                let o = rules::request_token_rotation(&m.state)?;
+                let mut after = m.clone();
+                after.apply(o.change.clone());
+                Ok(rules::Outcome {
+                    answer: after.status(now),
+                    change: o.change,
+                })
+            },
+            |_, _| (),
+        )
+    }
+
     async fn status(&self) -> RResult<ClusterStatus> {
         self.gate()?;
         Ok(self.read(|m, now| m.status(now)))

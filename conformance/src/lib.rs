@@ -136,6 +136,7 @@ cases!(
     security_unknown_documents_do_not_exist,
     security_reset_needs_the_operator_credential,
     security_status_shows_no_credential,
+    security_token_rotation_is_the_operators_and_new_tokens_settle_it,
 );
 
 /// Run every case (or those whose name contains `filter`), each in its own cluster and task.
@@ -1743,6 +1744,47 @@ async fn security_reset_needs_the_operator_credential(b: Arc<dyn Backend>) {
     assert_eq!((s.phase, s.resets), (Phase::Formed, 0));
     let s = call!(c.reset(&reset_req(SWARM), Some(&operator))).unwrap();
     assert_eq!((s.phase, s.resets), (Phase::Open, 1));
+}
+
+async fn security_token_rotation_is_the_operators_and_new_tokens_settle_it(b: Arc<dyn Backend>) {
+    let k = b.cluster(3).await;
+    let operator = k.operator.clone();
+    let c = k();
+    register(&*c, "a", RequestedRole::Manager).await;
+    register(&*c, "w", RequestedRole::Worker).await;
+    // Not formed: nothing to rotate.
+    let e = call!(c.request_token_rotation(operator.as_ref())).unwrap_err();
+    assert_eq!(code(e), Code::SwarmMismatch);
+    form(&*c, "a").await;
+    if operator.is_some() {
+        // What a node holds cannot ask for it.
+        let node = c.credential("w").expect("issued");
+        for presented in [None, Some(&node), Some(&guess())] {
+            let e = call!(c.request_token_rotation(presented)).unwrap_err();
+            assert_eq!(code(e), Code::OperatorRequired);
+        }
+    }
+    let s = call!(c.request_token_rotation(operator.as_ref())).unwrap();
+    assert_eq!(s.token_rotation_pending, Some(1));
+    // A worker cannot publish tokens; the leader's agent (a registered manager) does, and that
+    // settles the rotation; joins hand out the new token.
+    let mut rotated = adoptreq("a", SWARM, 1);
+    rotated.manager_addrs = vec!["198.18.0.10:2377".into()];
+    rotated.manager_token = Secret::new("SWMTKN-1-conformance-manager-rotated");
+    rotated.worker_token = Secret::new("SWMTKN-1-conformance-worker-rotated");
+    let mut evil = rotated.clone();
+    evil.node_id = "w".into();
+    let e = call!(c.adopt(&evil)).unwrap_err();
+    assert_eq!(code(e), Code::NotAManager);
+    let a = call!(c.adopt(&rotated)).unwrap();
+    assert!(!a.adopted);
+    let s = call!(c.status()).unwrap();
+    assert_eq!((s.token_rotation_pending, s.token_rotations), (None, 1));
+    let j = call!(c.wait_join("w", Duration::ZERO))
+        .unwrap()
+        .join
+        .expect("formed");
+    assert_eq!(j.token.expose(), "SWMTKN-1-conformance-worker-rotated");
 }
 
 async fn security_status_shows_no_credential(b: Arc<dyn Backend>) {

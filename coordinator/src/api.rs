@@ -666,6 +666,11 @@ pub fn surface_routes() -> Vec<(Method, &'static str, MethodRouter<AppState>, Su
         ),
         (Method::GET, "/v1/clusters/{cluster}/join", get(join)),
         (Method::POST, "/v1/clusters/{cluster}/reset", post(recover)),
+        (
+            Method::POST,
+            "/v1/clusters/{cluster}/rotate-tokens",
+            post(rotate_tokens),
+        ),
         (Method::POST, "/v1/clusters/{cluster}/sync", post(sync)),
         (Method::POST, "/v1/clusters/{cluster}/adopt", post(adopt)),
         (
@@ -932,6 +937,29 @@ async fn recover(
         "cluster reset by the operator (`swarm-agent recover`): one new init is allowed");
     state.notify(&auth.cluster, Signal::State);
     Ok(Json(status))
+}
+
+/// `swarm-agent rotate-tokens`: the operator (its credential in the operator header) asks for
+/// new join tokens.
+async fn rotate_tokens(
+    State(state): State<AppState>,
+    auth: ClusterAuth,
+    OperatorCredential(operator): OperatorCredential,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let w = state
+        .store
+        .request_token_rotation_by_operator(auth.cluster.clone(), operator)
+        .await
+        .inspect_err(|e| {
+            if e.code() == Some(Code::OperatorRequired) {
+                state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(cluster = %auth.cluster, "token rotation refused: no or a wrong operator credential");
+            }
+        })?;
+    if w.changed {
+        tracing::info!(cluster = %auth.cluster, rotation = ?w.value.token_rotation_pending, "join-token rotation requested by the operator (`swarm-agent rotate-tokens`)");
+    }
+    Ok(Json(w.value))
 }
 
 async fn sync(

@@ -640,6 +640,33 @@ impl Store {
         .await
     }
 
+    /// `rules::request_token_rotation` by an operator through the node API (`swarm-agent
+    /// rotate-tokens`): only with the cluster's operator credential.
+    pub async fn request_token_rotation_by_operator(
+        &self,
+        cluster: String,
+        operator: Option<Secret>,
+    ) -> Result<Written<ClusterStatus>, StoreError> {
+        self.read(|txn| {
+            let rec = get_cluster_r(txn, &cluster)?
+                .ok_or_else(|| StoreError::unknown_cluster(&cluster))?;
+            Ok(rules::check_operator(&rec.state, operator.as_ref())?)
+        })?;
+        self.write(move |txn| {
+            let rec = read_cluster(txn, &cluster)?;
+            rules::check_operator(&rec.state, operator.as_ref())?;
+            let outcome = rules::request_token_rotation(&rec.state)?;
+            let after = outcome.change.state.as_ref().unwrap_or(&rec.state).clone();
+            let nodes = nodes_in(&txn.open_table(NODES)?, &cluster)?;
+            let w = store_outcome(txn, &cluster, Some(rec), outcome)?;
+            Ok(Written {
+                value: rules::status(&after, nodes, now_ms()),
+                changed: w.changed,
+            })
+        })
+        .await
+    }
+
     /// `rules::request_token_rotation` (the operator's `cluster rotate-tokens`); answers the
     /// cluster's status after it.
     pub async fn request_token_rotation(

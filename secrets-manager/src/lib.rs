@@ -689,6 +689,29 @@ impl Rendezvous for SecretsManagerRendezvous {
         Ok(r.into_inner())
     }
 
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        // As for reset: the operator is whoever may write the secret (IAM); a stored operator
+        // credential is checked when one is given.
+        let r = self
+            .mutate("rotate-tokens", |m, now| {
+                if m.state.operator_sha256.is_some() && operator.is_some() {
+                    rules::check_operator(&m.state, operator)?;
+                }
+                let o = rules::request_token_rotation(&m.state)?;
+                let mut after = m.clone();
+                after.apply(o.change.clone());
+                Ok(rules::Outcome {
+                    answer: after.status(now),
+                    change: o.change,
+                })
+            })
+            .await?;
+        let st = r.into_inner();
+        tracing::info!(rotation = ?st.token_rotation_pending,
+            "join-token rotation requested: the raft leader's agent rotates and publishes the tokens");
+        Ok(st)
+    }
+
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
         rules::validate_sync(req)?;
         let (p, _) = self.presenting(&req.node_id, false)?;

@@ -151,6 +151,17 @@ pub trait Rendezvous: Send + Sync {
     /// On Secrets Manager the operator is whoever may write the secret (IAM).
     async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus>;
 
+    /// The operator asks for new swarm join tokens (`swarm-agent rotate-tokens`; see
+    /// `rules::request_token_rotation`): the raft leader's agent rotates them and publishes the
+    /// new ones. `operator` as for [`reset`](Rendezvous::reset). Backends without it refuse.
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        let _ = operator;
+        Err(RendezvousError::Rejected {
+            code: "unsupported".into(),
+            message: format!("{} cannot ask for a join-token rotation", self.describe()),
+        })
+    }
+
     /// The raft leader's agent reports the live swarm ([`SyncRequest`]).
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse>;
 

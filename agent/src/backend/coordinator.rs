@@ -317,6 +317,19 @@ impl Rendezvous for CoordinatorClient {
         self.call(r, &url).await
     }
 
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        // The operator's call: its credential, never a node's.
+        let url = self.url("/rotate-tokens");
+        let mut r = self
+            .request(Method::POST, &url, self.request_timeout)
+            .header("content-type", "application/json")
+            .body("{}");
+        if let Some(op) = operator {
+            r = r.header(OPERATOR_CREDENTIAL_HEADER, sensitive(op));
+        }
+        self.call(r, &url).await
+    }
+
     async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
         self.post("/sync", &req.node_id, req).await
     }

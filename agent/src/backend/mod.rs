@@ -220,6 +220,10 @@ impl Rendezvous for Persisted {
         self.inner.reset(req, operator).await
     }
 
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> RResult<ClusterStatus> {
+        self.inner.request_token_rotation(operator).await
+    }
+
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
         self.inner.sync(req).await
     }

@@ -3,6 +3,7 @@
 pub mod lb;
 pub mod leave;
 pub mod recover;
+pub mod rotate;
 pub mod run;
 pub mod status;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Leave(leave::LeaveArgs),
     /// After every manager is lost for good: allow exactly one new swarm init (recorded).
     Recover(recover::RecoverArgs),
+    /// Ask for new swarm join tokens (the operator; the leader's agent rotates and publishes).
+    RotateTokens(rotate::RotateArgs),
 }
 
 impl Command {
@@ -43,7 +46,9 @@ impl Command {
         match self {
             Command::Run(_) => 1,
             Command::Status(_) => status::EXIT_ERROR,
-            Command::Lb(_) | Command::Leave(_) | Command::Recover(_) => 1,
+            Command::Lb(_) | Command::Leave(_) | Command::Recover(_) | Command::RotateTokens(_) => {
+                1
+            }
         }
     }
 
@@ -52,7 +57,7 @@ impl Command {
         match self {
             Command::Run(_) => "info",
             Command::Status(_) | Command::Lb(_) => "error",
-            Command::Leave(_) | Command::Recover(_) => "info",
+            Command::Leave(_) | Command::Recover(_) | Command::RotateTokens(_) => "info",
         }
     }
 }
@@ -65,6 +70,7 @@ impl Cli {
             Command::Lb(args) => args.run().await,
             Command::Leave(args) => args.run().await,
             Command::Recover(args) => args.run().await,
+            Command::RotateTokens(args) => args.run().await,
         }
     }
 }

@@ -50,7 +50,9 @@ impl RecoverArgs {
         let operator = match &self.operator_credential_file {
             Some(path) => Some(read_operator_credential(path)?),
             None if cfg.backend == BackendKind::Coordinator => bail!(
-                "resetting cluster {} needs its operator credential: pass                  --operator-credential-file FILE (or `-` to read it from stdin) with the                  credential `swarm-coordinator cluster create` printed. Nothing was reset",
+                "resetting cluster {} needs its operator credential: pass \
+                 --operator-credential-file FILE (or `-` to read it from stdin) with the \
+                 credential `swarm-coordinator cluster create` printed. Nothing was reset",
                 cfg.cluster
             ),
             None => None,
@@ -103,7 +105,10 @@ impl RecoverArgs {
         {
             Ok(after) => after,
             Err(e) if e.code() == Some(Code::OperatorRequired) => bail!(
-                "the rendezvous refused the reset: it needs cluster {}'s operator credential                  (the one `swarm-coordinator cluster create` printed, not the join secret and                  not a node credential), and the one given is missing or wrong. Nothing was                  reset. Detail: {e}",
+                "the rendezvous refused the reset: it needs cluster {}'s operator credential \
+                 (the one `swarm-coordinator cluster create` printed, not the join secret and \
+                 not a node credential), and the one given is missing or wrong. Nothing was \
+                 reset. Detail: {e}",
                 cfg.cluster
             ),
             Err(e) => return Err(e).context("resetting the cluster"),
@@ -120,7 +125,7 @@ impl RecoverArgs {
 
 /// The operator credential from `path`, or stdin for `-`: trimmed, not empty. The error never
 /// holds the content.
-fn read_operator_credential(path: &Path) -> anyhow::Result<Secret> {
+pub(crate) fn read_operator_credential(path: &Path) -> anyhow::Result<Secret> {
     let text = if path == Path::new("-") {
         let mut t = String::new();
         std::io::stdin()
