@@ -18,7 +18,8 @@
 //! Traffic stays inside the lab: 169.254.169.254 exists only in node4's namespace, and only
 //! node2's namespace has a route to it.
 //!
-//! **Token rotation.** `swarm-coordinator cluster rotate-tokens`: the leader's agent (node1)
+//! **Token rotation.** `swarm-agent rotate-tokens` on the worker (with the join secret: refused;
+//! with the operator credential: accepted): the leader's agent (node1)
 //! rotates the swarm's join tokens and publishes them; then the old worker token no longer joins
 //! (node3's engine is refused with it), and node3's agent joins with the new one.
 
@@ -197,7 +198,21 @@ fn metadata(lab: &Lab) -> anyhow::Result<()> {
 fn rotation(c: &Cluster) -> anyhow::Result<()> {
     let manager = c.lab.host(0);
     let old = swarmstrap_lab::swarm::join_tokens(&manager.api())?;
-    let st = c.coordinator().rotate_tokens("security")?;
+    // What the worker node holds (the join secret) cannot ask for it; the operator credential,
+    // through the worker's agent (`swarm-agent rotate-tokens`), can.
+    let secret = c.secret_file().expect("coordinator").display().to_string();
+    let out = c.agent_cmd(1, &["rotate-tokens", "--operator-credential-file", &secret])?;
+    assert!(!out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("operator credential"), "{}", out.stderr);
+    assert!(c.coordinator().show("security")?["token_rotation_pending"].is_null());
+    let op = c
+        .operator_credential_file()
+        .expect("coordinator")
+        .display()
+        .to_string();
+    let out = c.agent_cmd(1, &["rotate-tokens", "--operator-credential-file", &op])?;
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let st = c.coordinator().show("security")?;
     assert_eq!(st["token_rotation_pending"], 1, "{st}");
     let t0 = std::time::Instant::now();
     let st = wait_for(
