@@ -1487,3 +1487,51 @@ async fn the_operator_asks_for_a_token_rotation_and_the_leader_publishes_it() {
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// Registering again after a sync (the agent records the manager it joined through) keeps the
+/// node's role (the lab's day2 run showed re-registered managers turned into workers).
+#[tokio::test]
+async fn registering_again_after_a_sync_keeps_the_role() {
+    let srv = TestServer::start().await;
+    let api = srv.create_cluster("again", 3).await;
+    for n in ["a", "b", "c", "d"] {
+        api.register(n, "auto").await;
+    }
+    let (_, c) = api.claim("a", 30_000).await;
+    let token = c["lease"]["fencing_token"].as_u64().unwrap();
+    assert_eq!(api.publish("a", token).await.0, StatusCode::OK);
+    let (s, b) = api
+        .call(
+            Method::POST,
+            "/sync",
+            Some(sync_body(
+                "swarm-abc",
+                &["198.18.0.10:2377"],
+                1,
+                &[("a", "manager")],
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, r) = api
+        .call(
+            Method::POST,
+            "/nodes",
+            Some(
+                json!({"node_id": "b", "hostname": "host-b", "advertise_addr": "198.18.0.10",
+                        "role": "auto", "joined_through": "198.18.0.10:2377"}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["role"], "manager", "{r}");
+    let st = api.status().await;
+    let b = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b["role"], "manager", "{st}");
+}

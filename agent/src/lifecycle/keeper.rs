@@ -765,7 +765,12 @@ impl Keeper {
                 return;
             }
         };
-        let (addrs, managers) = live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        let regs = mem
+            .status
+            .as_ref()
+            .map_or(&[][..], |(s, _)| s.nodes.as_slice());
+        let (addrs, managers) =
+            live_managers(list, &mem.unhealthy_since, self.cfg.promote_after, regs);
         let req = AdoptRequest {
             node_id: me.node_id.clone(),
             hostname: me.hostname.clone(),
@@ -840,7 +845,12 @@ impl Keeper {
             );
             return;
         }
-        let (addrs, managers) = live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        let regs = mem
+            .status
+            .as_ref()
+            .map_or(&[][..], |(s, _)| s.nodes.as_slice());
+        let (addrs, managers) =
+            live_managers(list, &mem.unhealthy_since, self.cfg.promote_after, regs);
         let req = AdoptRequest {
             node_id: me.node_id.clone(),
             hostname: me.hostname.clone(),
@@ -897,8 +907,12 @@ impl Keeper {
             return;
         };
         let Some(me) = self.me() else { return };
-        let (manager_addrs, managers) =
-            live_managers(list, &mem.unhealthy_since, self.cfg.promote_after);
+        let (manager_addrs, managers) = live_managers(
+            list,
+            &mem.unhealthy_since,
+            self.cfg.promote_after,
+            &status.nodes,
+        );
         if manager_addrs.is_empty() {
             return;
         }
@@ -1153,12 +1167,18 @@ impl Keeper {
 }
 
 /// `ip:2377` of the healthy managers (sorted), and how many managers count for the rendezvous's
-/// role assignment: healthy ones and those unhealthy for less than T (probably restarting).
+/// role assignment: healthy ones, and those unhealthy for less than T (probably restarting)
+/// that are matched to a registration `regs`. An unhealthy manager no registration matches yet
+/// is most likely joining right now (its engine is in the node list before it reports its
+/// address): the rendezvous counts it through its pending registration, so counting it here
+/// too would count it twice and turn the joining managers' registrations into workers.
 fn live_managers(
     list: &[NodeView],
     unhealthy_since: &HashMap<String, (Instant, String)>,
     t: Duration,
+    regs: &[NodeInfo],
 ) -> (Vec<String>, u32) {
+    let matched: HashSet<String> = match_registrations(regs, list).into_values().collect();
     let mut addrs: Vec<String> = list
         .iter()
         .filter(|n| n.role == Role::Manager && n.healthy())
@@ -1171,9 +1191,10 @@ fn live_managers(
         .filter(|n| n.role == Role::Manager)
         .filter(|n| {
             n.healthy()
-                || unhealthy_since
-                    .get(&n.id)
-                    .is_none_or(|(at, _)| at.elapsed() < t)
+                || (matched.contains(&n.id)
+                    && unhealthy_since
+                        .get(&n.id)
+                        .is_none_or(|(at, _)| at.elapsed() < t))
         })
         .count() as u32;
     (addrs, managers)
@@ -1373,9 +1394,16 @@ mod tests {
             "d3".to_string(),
             (Instant::now() - Duration::from_secs(11), String::new()),
         );
-        let (addrs, managers) = live_managers(&list, &since, t);
+        let regs: Vec<NodeInfo> = (1..=4)
+            .map(|i| reg(&format!("a{i}"), &format!("n{i}"), &format!("10.0.0.{i}")))
+            .collect();
+        let (addrs, managers) = live_managers(&list, &since, t, &regs);
         assert_eq!(addrs, vec!["10.0.0.1:2377".to_string()]);
         // d1 healthy, d2 down for less than T (restarting?), d3 dead.
         assert_eq!(managers, 2);
+        // d2 matched to no registration (a manager joining right now, whose registration the
+        // rendezvous counts as joining): not counted twice.
+        let (_, managers) = live_managers(&list, &since, t, &regs[2..]);
+        assert_eq!(managers, 1);
     }
 }
