@@ -411,7 +411,9 @@ class CoordinatorAdoptTest(unittest.TestCase):
         )
         del others["adopt_running_swarm"]
         create = ["/usr/local/bin/swarm-coordinator", "cluster", "create", "prod", "--target-managers", "3",
-                  "--secret-file", "/etc/swarm-coordinator/cluster.secret", "--data-dir", "/var/lib/swarm-coordinator"]
+                  "--secret-file", "/etc/swarm-coordinator/cluster.secret",
+                  "--operator-credential-out", "/root/swarmstrap-operator-credential",
+                  "--data-dir", "/var/lib/swarm-coordinator"]
         for cloud in self.COORDINATOR:
             block = variable_block(read_text(os.path.join(MODULES[cloud], "variables.tf")), self.VAR)
             with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
