@@ -56,12 +56,13 @@ impl NodeView {
         }
     }
 
-    /// A manager that takes part in raft, or a worker that runs tasks. The leader counts even
-    /// while its engine still reports its own reachability as `unknown` (for a few seconds
-    /// after an election): it leads raft, so it is in it.
+    /// A manager that takes part in raft, or a worker that runs tasks. The leader always
+    /// counts: right after an election its engine reports its own status and reachability as
+    /// `unknown` for several seconds (every node is `unknown` until it heartbeats to the new
+    /// leader), yet it leads raft and answers this very call.
     pub fn healthy(&self) -> bool {
         match self.role {
-            Role::Manager => self.ready && self.reachable_manager(),
+            Role::Manager => self.leader || (self.ready && self.reachable == Some(true)),
             Role::Worker => self.ready,
         }
     }

@@ -383,9 +383,12 @@ mod tests {
 
     #[test]
     fn a_leader_whose_own_reachability_is_still_unknown_counts_as_healthy() {
-        // Just after an election the leader reports itself `unknown` for a few seconds.
+        // Just after an election the leader reports itself `unknown` for a few seconds (its
+        // status too, not only its reachability).
         let mut n = five(true);
         n[0].reachable = Some(false);
+        n[0].ready = false;
+        n[0].state = "unknown".into();
         n[3].role = Role::Manager;
         n[3].reachable = Some(true);
         let a = run(&n, &[("c", 12)], 0, &[], &rules()).unwrap();
