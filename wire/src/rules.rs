@@ -1730,6 +1730,8 @@ impl Memory {
 }
 
 mod docs;
+/// The value checks of the typed membership document, for renderers that check again.
+pub use docs::{is_hostname, is_label_key, is_label_value};
 
 #[cfg(test)]
 mod tests;

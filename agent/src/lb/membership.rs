@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+// The rendezvous's own checks of the membership document's values: one definition.
+use swarmstrap_wire::rules::{is_hostname, is_label_key, is_label_value};
 
 /// Name of the rendezvous document the leader's agent publishes.
 pub const DOC_NAME: &str = "membership";
@@ -36,40 +38,6 @@ impl Member {
 /// A node id of the membership document: 1-64 letters and digits (Docker's node ids).
 fn is_node_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// An RFC 1123 host name.
-fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// A label key: `[A-Za-z0-9._/-]{1,128}`.
-fn is_label_key(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
-}
-
-/// A label value: at most 256 of `[A-Za-z0-9 ._:/=,@+-]` (no quote, brace, semicolon, `$`,
-/// backslash, `#` or control character: nothing that is nginx syntax).
-fn is_label_value(s: &str) -> bool {
-    s.len() <= 256
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b' ' | b'.' | b'_' | b':' | b'/' | b'=' | b',' | b'@' | b'+' | b'-'
-                )
-        })
 }
 
 impl Member {

@@ -25,7 +25,8 @@ use std::net::IpAddr;
 
 const MAX_STRING: usize = 4096;
 
-pub(super) fn is_hostname(s: &str) -> bool {
+/// An RFC 1123 host name.
+pub fn is_hostname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
@@ -37,14 +38,16 @@ pub(super) fn is_hostname(s: &str) -> bool {
         })
 }
 
-fn is_label_key(s: &str) -> bool {
+/// A label key: `[A-Za-z0-9._/-]{1,128}`.
+pub fn is_label_key(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
 }
 
-fn is_label_value(s: &str) -> bool {
+/// A label value: at most 256 of `[A-Za-z0-9 ._:/=,@+-]` (nothing that is nginx syntax).
+pub fn is_label_value(s: &str) -> bool {
     s.chars().count() <= 256
         && s.bytes().all(|b| {
             b.is_ascii_alphanumeric()
