@@ -267,6 +267,7 @@ impl Lab {
         }
         let lock = LabLock::acquire(config.lock_timeout)?;
         let stale = cleanup_stale_locked();
+        check_free_space(config.hosts)?;
         for r in &stale.removed {
             eprintln!("swarmstrap-lab: removed a leftover of an earlier run: {r}");
         }
@@ -667,6 +668,30 @@ impl Lab {
             kept,
         }
     }
+}
+
+/// Each host's engine keeps its own image store and, on a manager, raft's write-ahead log
+/// (64 MiB segments, preallocated). A lab on a nearly full disk fails deep inside dockerd
+/// ("failed to create WAL: no space left on device"); refuse up front instead, saying why.
+const LAB_BYTES_PER_HOST: u64 = 256 << 20;
+
+fn check_free_space(hosts: usize) -> Result<()> {
+    let dir = Path::new("/tmp");
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| LabError::io(format!("statvfs {}", dir.display()), e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let need = LAB_BYTES_PER_HOST * hosts as u64 + (512 << 20);
+    if free < need {
+        return Err(LabError::Check(format!(
+            "{} has {} MiB free; a {hosts}-host lab needs about {} MiB (engines' image stores \
+             and raft logs). Free disk space (old target/ directories, leftover \
+             /tmp/swarmstrap-lab-* of runs with SWARMSTRAP_LAB_KEEP=1) and run again",
+            dir.display(),
+            free >> 20,
+            need >> 20
+        )));
+    }
+    Ok(())
 }
 
 fn file_stem(image: &str) -> String {
