@@ -4,6 +4,13 @@
 //! elect the single node that runs `docker swarm init`; it publishes the join tokens and every
 //! other node joins as manager or worker. See `README.md` for the configuration reference.
 
+/// The version this binary reports (`--version`, status, the registration): the release version
+/// `scripts/release.sh` stamps in through `SWARMSTRAP_VERSION` at build time, else the crate's.
+pub const VERSION: &str = match option_env!("SWARMSTRAP_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub mod advertise;
 pub mod backend;
 pub mod bootstrap;

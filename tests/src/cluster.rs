@@ -47,7 +47,7 @@ fn find_bins() -> Result<Bins> {
     let root = workspace_root();
     let dir = match std::env::var_os("SWARMSTRAP_BIN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => root.join("target/x86_64-unknown-linux-gnu/release"),
+        None => root.join("target/x86_64-unknown-linux-musl/release"),
     };
     let bins = Bins {
         agent: dir.join("swarm-agent"),

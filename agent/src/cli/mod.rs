@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(
     name = "swarm-agent",
-    version,
+    version = crate::VERSION,
     about = "Bootstraps a Docker Swarm on every VM: exactly one init, the right managers, every node joined.",
     long_about = None
 )]

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "swarm-coordinator",
-    version,
+    version = crate::VERSION,
     about = "The swarmstrap rendezvous: elects the one node that runs `docker swarm init` and hands out join tokens",
     propagate_version = true
 )]
