@@ -66,6 +66,15 @@ pub struct FileConfig {
     pub secrets_manager: Option<FileSecretsManager>,
     pub lb: Option<FileLb>,
     pub quorum: Option<FileQuorum>,
+    pub release: Option<FileRelease>,
+}
+
+/// `[release]`: where `swarm-agent upgrade` fetches releases and which key signs them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelease {
+    pub base_url: Option<String>,
+    pub public_key: Option<String>,
 }
 
 /// `[quorum]`: the quorum keeper and `swarm-agent leave`.
@@ -782,6 +791,79 @@ pub struct Config {
     pub lb: LbConfig,
     /// The quorum keeper and `leave` (`[quorum]`, `SWARM_AGENT_QUORUM_*`).
     pub quorum: QuorumConfig,
+    /// Releases for `swarm-agent upgrade` (`[release]`).
+    pub release: ReleaseConfig,
+}
+
+/// The project's release location (`release/README.md`): `{base}/v{VERSION}/{file}`.
+pub const DEFAULT_RELEASE_BASE_URL: &str =
+    "https://github.com/swarmstrap/swarmstrap/releases/download";
+
+/// The key line of the project's release public key (`release/minisign.pub`).
+pub fn default_release_public_key() -> &'static str {
+    include_str!("../../release/minisign.pub")
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseConfig {
+    /// `http(s)://` directory holding `v{VERSION}/` (no trailing slash).
+    pub base_url: String,
+    /// The minisign public key (the base64 key line) that must have signed `SHA256SUMS`.
+    pub public_key: String,
+}
+
+impl Default for ReleaseConfig {
+    fn default() -> Self {
+        ReleaseConfig {
+            base_url: DEFAULT_RELEASE_BASE_URL.to_string(),
+            public_key: default_release_public_key().to_string(),
+        }
+    }
+}
+
+fn resolve_release(fr: FileRelease, fp: &Option<PathBuf>) -> Result<ReleaseConfig, ConfigError> {
+    let origin = |key: &str| match fp {
+        Some(p) => format!("[release] {key} in {}", p.display()),
+        None => format!("[release] {key}"),
+    };
+    let mut r = ReleaseConfig::default();
+    if let Some(url) = non_empty(fr.base_url) {
+        let url = url.trim().trim_end_matches('/').to_string();
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"));
+        match rest {
+            Some(host) if !host.is_empty() && !url.chars().any(char::is_whitespace) => {}
+            _ => {
+                return Err(invalid(
+                    &origin("base_url"),
+                    format!(
+                        "{url:?} is not an http(s):// URL: give the directory that holds \
+                         v<VERSION>/SHA256SUMS, e.g. {DEFAULT_RELEASE_BASE_URL}"
+                    ),
+                ))
+            }
+        }
+        r.base_url = url;
+    }
+    if let Some(key) = non_empty(fr.public_key) {
+        let key = key.trim().to_string();
+        minisign_verify::PublicKey::from_base64(&key).map_err(|e| {
+            invalid(
+                &origin("public_key"),
+                format!(
+                    "not a minisign public key ({e}): give the base64 line of the key file \
+                     (the line after `untrusted comment:`), e.g. that of release/minisign.pub"
+                ),
+            )
+        })?;
+        r.public_key = key;
+    }
+    Ok(r)
 }
 
 pub const DEFAULT_PROMOTE_AFTER_SECS: u64 = 30;
@@ -1146,6 +1228,7 @@ impl Config {
         let flb = file.lb.clone().unwrap_or_default();
         let lb = resolve_lb(flb, &env.lb, fp)?;
         let quorum = resolve_quorum(file.quorum.clone().unwrap_or_default(), &env.quorum, fp)?;
+        let release = resolve_release(file.release.clone().unwrap_or_default(), fp)?;
 
         Ok(Config {
             config_file: file_path,
@@ -1162,6 +1245,7 @@ impl Config {
             secrets_manager,
             lb,
             quorum,
+            release,
         })
     }
 

@@ -327,6 +327,38 @@ fn remove_credential(state_dir: &Path) -> Result<(), StateError> {
 }
 
 /// Read the node id without creating it (for `status`).
+/// `agent.run` in the state directory: the running `swarm-agent run` process, written when it
+/// starts (also after `swarm-agent upgrade` re-executes it). `status` reports the version that
+/// really runs from it; `upgrade` finds the process to restart through it.
+pub const RUN_RECORD_FILE: &str = "agent.run";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub pid: u32,
+    pub version: String,
+    /// The binary the process runs (and re-executes on SIGUSR2).
+    pub exe: PathBuf,
+    pub started_at: String,
+}
+
+pub fn write_run_record(state_dir: &Path, rec: &RunRecord) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(rec).unwrap_or_default();
+    bytes.push(b'\n');
+    fsutil::atomic_write(&state_dir.join(RUN_RECORD_FILE), &bytes, 0o644)?;
+    Ok(())
+}
+
+/// The run record, if its process is alive and still runs that binary (`/proc/<pid>/exe`,
+/// also when the file was replaced since: the kernel then appends " (deleted)").
+pub fn running_agent(state_dir: &Path) -> Option<RunRecord> {
+    let text = std::fs::read_to_string(state_dir.join(RUN_RECORD_FILE)).ok()?;
+    let rec: RunRecord = serde_json::from_str(&text).ok()?;
+    let exe = std::fs::read_link(format!("/proc/{}/exe", rec.pid)).ok()?;
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    (Path::new(exe) == rec.exe).then_some(rec)
+}
+
 pub fn read_node_id(state_dir: &Path) -> Option<String> {
     std::fs::read_to_string(state_dir.join("node-id"))
         .ok()

@@ -6,6 +6,7 @@ pub mod recover;
 pub mod rotate;
 pub mod run;
 pub mod status;
+pub mod upgrade;
 
 use crate::config::ENV_LOG;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ pub enum Command {
     Recover(recover::RecoverArgs),
     /// Ask for new swarm join tokens (the operator; the leader's agent rotates and publishes).
     RotateTokens(rotate::RotateArgs),
+    /// Install release VERSION in place (signature and hash checked) and restart the agent on it.
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 impl Command {
@@ -46,9 +49,11 @@ impl Command {
         match self {
             Command::Run(_) => 1,
             Command::Status(_) => status::EXIT_ERROR,
-            Command::Lb(_) | Command::Leave(_) | Command::Recover(_) | Command::RotateTokens(_) => {
-                1
-            }
+            Command::Lb(_)
+            | Command::Leave(_)
+            | Command::Recover(_)
+            | Command::RotateTokens(_)
+            | Command::Upgrade(_) => 1,
         }
     }
 
@@ -57,7 +62,10 @@ impl Command {
         match self {
             Command::Run(_) => "info",
             Command::Status(_) | Command::Lb(_) => "error",
-            Command::Leave(_) | Command::Recover(_) | Command::RotateTokens(_) => "info",
+            Command::Leave(_)
+            | Command::Recover(_)
+            | Command::RotateTokens(_)
+            | Command::Upgrade(_) => "info",
         }
     }
 }
@@ -71,6 +79,7 @@ impl Cli {
             Command::Leave(args) => args.run().await,
             Command::Recover(args) => args.run().await,
             Command::RotateTokens(args) => args.run().await,
+            Command::Upgrade(args) => args.run().await,
         }
     }
 }

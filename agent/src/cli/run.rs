@@ -34,10 +34,15 @@ pub struct RunArgs {
 impl RunArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let mut shutdown = Box::pin(shutdown_signal());
+        // `swarm-agent upgrade` replaces the binary, then asks this process (SIGUSR2) to run
+        // the new one: same pid (systemd keeps tracking it), same arguments and environment.
+        let mut reexec = Box::pin(reexec_signal());
+        let exe = std::env::current_exe().context("finding this program's path")?;
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let cfg = Config::load(&self.config)?;
         tracing::info!(
             "swarm-agent {} for cluster {} (backend {}, config {})",
-            env!("CARGO_PKG_VERSION"),
+            crate::VERSION,
             cfg.cluster,
             cfg.backend.as_str(),
             cfg.config_file
@@ -46,6 +51,15 @@ impl RunArgs {
                 .unwrap_or_else(|| "none".into())
         );
         fsutil::create_private_dir(&cfg.state_dir)?;
+        state::write_run_record(
+            &cfg.state_dir,
+            &state::RunRecord {
+                pid: std::process::id(),
+                version: crate::VERSION.to_string(),
+                exe: exe.clone(),
+                started_at: state::rfc3339_now(),
+            },
+        )?;
         let node_id = state::load_or_create_node_id(&cfg.state_dir)?;
         let backend = backend::open(&cfg, BACKEND_TIMEOUT)
             .await
@@ -65,6 +79,7 @@ impl RunArgs {
                 format!("finding the advertise address (advertise_addr = {})", cfg.advertise_addr)
             })?,
             _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            _ = &mut reexec => return reexec_self(&exe, &args),
         };
         tracing::info!("node id {node_id}, advertise address {advertise}");
 
@@ -92,6 +107,8 @@ impl RunArgs {
                 tracing::info!("stopping on signal before the bootstrap finished");
                 return Ok(ExitCode::SUCCESS);
             }
+            // Every bootstrap step is safe to interrupt (it resumes from the state file).
+            _ = &mut reexec => return reexec_self(&exe, &args),
         }
 
         tracing::info!("bootstrap complete; running until SIGTERM/SIGINT");
@@ -140,10 +157,45 @@ impl RunArgs {
             _ = keeper => {}
             _ = supervisor.run() => {}
             _ = &mut shutdown => {}
+            _ = &mut reexec => return reexec_self(&exe, &args),
         }
         tracing::info!("stopping on signal");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Resolves on SIGUSR2 (handler installed at the call, like [`shutdown_signal`]). Never
+/// resolves if the handler cannot be installed (then `upgrade` finds no restart and says so).
+fn reexec_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let usr2 = signal(SignalKind::user_defined2());
+    async move {
+        match usr2 {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot watch SIGUSR2 (restart after an upgrade): {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    }
+}
+
+/// Replace this process with `exe` (the binary on disk now) and the same arguments. Files the
+/// agent writes are all atomic, so stopping here is as safe as a crash, only tidier. Returns
+/// only if the exec failed; the agent then exits with an error and systemd restarts it.
+fn reexec_self(exe: &std::path::Path, args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(
+        "SIGUSR2: re-executing {} (swarm-agent upgrade)",
+        exe.display()
+    );
+    let err = std::process::Command::new(exe).args(args).exec();
+    Err(anyhow::anyhow!(
+        "cannot re-execute {}: {err}",
+        exe.display()
+    ))
 }
 
 /// Watches SIGTERM and SIGINT from the moment it is called (the handlers are installed here,

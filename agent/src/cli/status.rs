@@ -122,6 +122,12 @@ pub struct AgentStatus {
     pub joined_at: Option<String>,
     pub last_error: Option<LastError>,
     pub state_file: String,
+    /// The version of the running `swarm-agent run` (from `<state>/agent.run`, if that
+    /// process is alive): after `swarm-agent upgrade`, the version that really runs.
+    pub running_version: Option<String>,
+    pub running_pid: Option<u32>,
+    /// This program's version (the binary on disk, which may be newer than the running one).
+    pub installed_version: String,
 }
 
 #[derive(Debug, Serialize, PartialEq, Default)]
@@ -184,9 +190,13 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
     let (engine_part, backend_part) = tokio::join!(probe_engine(engine), probe_backend(cfg));
     let (engine_status, mut swarm) = engine_part;
 
+    let running = state::running_agent(&cfg.state_dir);
     let mut agent = AgentStatus {
         node_id: state::read_node_id(&cfg.state_dir),
         state_file: store.path().display().to_string(),
+        running_version: running.as_ref().map(|r| r.version.clone()),
+        running_pid: running.as_ref().map(|r| r.pid),
+        installed_version: crate::VERSION.to_string(),
         ..Default::default()
     };
     if let Some(st) = &agent_state {
@@ -488,6 +498,22 @@ pub fn render_text(r: &StatusReport) -> String {
         rows.push(("swarm error", e.clone()));
     }
     rows.push(("agent node id", opt(&r.agent.node_id)));
+    rows.push((
+        "agent version",
+        match (&r.agent.running_version, r.agent.running_pid) {
+            (Some(v), Some(pid)) if *v == r.agent.installed_version => {
+                format!("{v} (running, pid {pid})")
+            }
+            (Some(v), Some(pid)) => format!(
+                "{v} running (pid {pid}); {} installed: restart the agent to run it",
+                r.agent.installed_version
+            ),
+            _ => format!(
+                "{} installed; no running agent found",
+                r.agent.installed_version
+            ),
+        },
+    ));
     rows.push((
         "agent phase",
         match (&r.agent.phase, &r.agent.joined_at) {
