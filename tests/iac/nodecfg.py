@@ -24,12 +24,54 @@ CLUSTER_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SECRET_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
-DEFAULT_AGENT_URL = "https://example.invalid/swarm-agent"
+# The release defaults the modules use (release/README.md): the workspace version, the project's
+# release location and its public key (the key line of release/minisign.pub).
+DEFAULT_BASE_URL = "https://github.com/swarmstrap/swarmstrap/releases/download"
+VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$")
+PUBLIC_KEY_RE = re.compile(r"^RW[A-Za-z0-9+/]{54}$")
+
+
+def _workspace_version() -> str:
+    with open(os.path.join(REPO, "Cargo.toml"), encoding="utf-8") as f:
+        m = re.search(r'^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"', f.read(), re.M | re.S)
+    if not m:
+        raise RuntimeError("Cargo.toml: no [workspace.package] version")
+    return m.group(1)
+
+
+def _project_public_key() -> str:
+    with open(os.path.join(REPO, "release", "minisign.pub"), encoding="utf-8") as f:
+        return f.read().splitlines()[1].strip()
+
+
+DEFAULT_VERSION = _workspace_version()
+DEFAULT_PUBLIC_KEY = _project_public_key()
 
 
 def read(name: str) -> str:
     with open(os.path.join(CLOUD_INIT, name), encoding="utf-8") as f:
         return f.read()
+
+
+def check_release(version: str, base_url: str, public_key: str) -> None:
+    """What the modules' validations allow for agent_version, release_base_url and
+    release_public_key."""
+    if not VERSION_RE.match(version):
+        raise ValueError(f"agent version {version!r}: must be a release version such as 0.2.0")
+    if not re.match(r"^https://[A-Za-z0-9._~:/%@+=,-]+$", base_url):
+        raise ValueError(f"release base url {base_url!r}: must be an https:// URL")
+    if not PUBLIC_KEY_RE.match(public_key):
+        raise ValueError(f"release public key {public_key!r}: must be the key line of a minisign.pub")
+
+
+def check_override(what: str, url: str, sha256: str) -> None:
+    """An explicit binary (air-gapped mirror without the signature files): both or neither."""
+    if bool(url) != bool(sha256):
+        raise ValueError(f"{what} url and sha256: give both or neither")
+    if url and not url.startswith("https://"):
+        raise ValueError(f"{what} url {url!r}: must start with https://")
+    if sha256 and not SHA256_RE.match(sha256):
+        raise ValueError(f"{what} sha256 {sha256!r}: must be 64 lowercase hex digits")
 
 
 def node_vars(
@@ -48,8 +90,11 @@ def node_vars(
     sm_endpoint_url: str = "",
     lb_enabled: bool = True,
     lb_path: str = "/loadbalancer/default.conf",
-    agent_url: str = DEFAULT_AGENT_URL,
-    agent_sha256: str = "0" * 64,
+    agent_version: str = DEFAULT_VERSION,
+    release_base_url: str = DEFAULT_BASE_URL,
+    release_public_key: str = DEFAULT_PUBLIC_KEY,
+    agent_url: str = "",
+    agent_sha256: str = "",
     docker_version: str = "distro",
     docker_log_max_size: str = "10m",
     docker_log_max_file: str = "3",
@@ -81,8 +126,8 @@ def node_vars(
     else:
         if not sm_secret_name or not sm_region:
             raise ValueError("the secrets-manager backend needs a secret name and a region")
-    if not SHA256_RE.match(agent_sha256):
-        raise ValueError(f"agent sha256 {agent_sha256!r}: must be 64 lowercase hex digits")
+    check_release(agent_version, release_base_url, release_public_key)
+    check_override("agent", agent_url, agent_sha256)
     return {
         "cluster": cluster,
         "backend": backend,
@@ -98,6 +143,9 @@ def node_vars(
         "sm_endpoint_url": sm_endpoint_url,
         "lb_enabled": lb_enabled,
         "lb_path": lb_path,
+        "agent_version": agent_version,
+        "release_base_url": release_base_url,
+        "release_public_key": release_public_key,
         "agent_url": agent_url,
         "agent_sha256": agent_sha256,
         "docker_version": docker_version,
@@ -117,20 +165,28 @@ def coordinator_vars(
     cluster_secret: str,
     tls_cert_pem: str,
     tls_key_pem: str,
-    coordinator_binary_url: str = "https://example.com/releases/v0.1.0/swarm-coordinator-x86_64-linux",
-    coordinator_binary_sha256: str = "1" * 64,
+    agent_version: str = DEFAULT_VERSION,
+    release_base_url: str = DEFAULT_BASE_URL,
+    release_public_key: str = DEFAULT_PUBLIC_KEY,
+    coordinator_binary_url: str = "",
+    coordinator_binary_sha256: str = "",
     adopt_running_swarm: bool = False,
 ) -> dict:
     """The vars map of coordinator.yaml.tftpl. adopt_running_swarm: the modules'
     coordinator_adopt_running_swarm (a bool: `%{ if }` refuses anything else)."""
     if not isinstance(adopt_running_swarm, bool):
         raise ValueError(f"adopt_running_swarm {adopt_running_swarm!r}: must be true or false")
+    check_release(agent_version, release_base_url, release_public_key)
+    check_override("coordinator binary", coordinator_binary_url, coordinator_binary_sha256)
     return {
         "cluster": cluster,
         "target_managers": target_managers,
         "cluster_secret": cluster_secret,
         "tls_cert_pem": tls_cert_pem,
         "tls_key_pem": tls_key_pem,
+        "agent_version": agent_version,
+        "release_base_url": release_base_url,
+        "release_public_key": release_public_key,
         "coordinator_binary_url": coordinator_binary_url,
         "coordinator_binary_sha256": coordinator_binary_sha256,
         "adopt_running_swarm": adopt_running_swarm,

@@ -68,8 +68,11 @@ def main(argv=None) -> int:
     p.add_argument("--endpoint-url", default="", help="Secrets Manager endpoint override (tests)")
     p.add_argument("--no-lb", action="store_true", help="render [lb] enabled = false")
     p.add_argument("--lb-path", default="/loadbalancer/default.conf")
-    p.add_argument("--agent-url", default=nodecfg.DEFAULT_AGENT_URL)
-    p.add_argument("--agent-sha256", default="0" * 64)
+    p.add_argument("--agent-version", default=nodecfg.DEFAULT_VERSION, help="release to install")
+    p.add_argument("--release-base-url", default=nodecfg.DEFAULT_BASE_URL)
+    p.add_argument("--release-public-key", default=nodecfg.DEFAULT_PUBLIC_KEY)
+    p.add_argument("--agent-url", default="", help="explicit binary instead of the release (with --agent-sha256)")
+    p.add_argument("--agent-sha256", default="")
     p.add_argument("--docker-version", default="distro")
     a = p.parse_args(argv)
 
@@ -97,6 +100,9 @@ def main(argv=None) -> int:
             sm_endpoint_url=a.endpoint_url,
             lb_enabled=not a.no_lb,
             lb_path=a.lb_path,
+            agent_version=a.agent_version,
+            release_base_url=a.release_base_url,
+            release_public_key=a.release_public_key,
             agent_url=a.agent_url,
             agent_sha256=a.agent_sha256,
             docker_version=a.docker_version,

@@ -25,13 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nodecfg  # noqa: E402
 from test_cloudinit import NODE_SCENARIOS  # noqa: E402
 
+# The static (musl) release build first: what scripts/build-static.sh makes and releases ship.
 CANDIDATES = [
-    "target/x86_64-unknown-linux-gnu/release/swarm-agent",
+    "target/x86_64-unknown-linux-musl/release/swarm-agent",
     "target/release/swarm-agent",
     "target/debug/swarm-agent",
-    "target-agent/x86_64-unknown-linux-gnu/release/swarm-agent",
-    "target-agent/release/swarm-agent",
-    "target-agent/debug/swarm-agent",
 ]
 
 

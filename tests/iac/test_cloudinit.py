@@ -4,6 +4,7 @@ cross-checked against Terraform's own templatefile(), and measured against AWS's
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -24,8 +25,11 @@ import tfbin  # noqa: E402
 import tfrender  # noqa: E402
 
 FP = "sha256:" + "3f" * 32
-AGENT_URL = "https://github.com/swarmstrap/swarmstrap/releases/download/v0.1.0/swarm-agent-x86_64-linux"
+# The explicit-binary override (a mirror without the release's signature files).
+AGENT_URL = "https://mirror.internal/swarmstrap/swarm-agent-0.2.0-x86_64"
 AGENT_SHA = "9c" * 32
+MIRROR = "https://mirror.internal/swarmstrap/releases"
+OTHER_KEY = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
 
 
 def make_cert(tmp: str, ip: str = "10.10.0.10") -> tuple[str, str]:
@@ -46,7 +50,6 @@ NODE_SCENARIOS = {
         cluster="prod", backend="coordinator", role="manager", target_managers=3,
         advertise_addr="digitalocean", coordinator_url="https://10.10.0.2:8443",
         coordinator_fingerprint=FP, join_secret="Zx8kP2qLm9Vt4Rw7Yb1Nc6Hd3Fg5Js0A",
-        agent_url=AGENT_URL, agent_sha256=AGENT_SHA,
     ),
     "scaleway_worker": dict(
         cluster="staging-eu", backend="coordinator", role="worker", target_managers=5,
@@ -58,14 +61,13 @@ NODE_SCENARIOS = {
     "aws_manager": dict(
         cluster="prod", backend="secrets-manager", role="manager", target_managers=3,
         advertise_addr="aws", sm_secret_name="swarmstrap/prod-3fa9c2d1", sm_region="eu-west-1",
-        agent_url=AGENT_URL, agent_sha256=AGENT_SHA,
+        agent_version="0.3.0-rc.1", release_base_url=MIRROR, release_public_key=OTHER_KEY,
     ),
     "aws_worker_kms": dict(
         cluster="prod", backend="secrets-manager", role="worker", target_managers=7,
         advertise_addr="aws", sm_secret_name="swarmstrap/prod-3fa9c2d1", sm_region="us-east-1",
         sm_kms_key_id="arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
         sm_endpoint_url="https://secretsmanager.us-east-1.amazonaws.com",
-        agent_url=AGENT_URL, agent_sha256=AGENT_SHA,
     ),
     "lab": dict(
         cluster="lab", backend="coordinator", role="auto", target_managers=1,
@@ -76,7 +78,7 @@ NODE_SCENARIOS = {
 
 COMMON_KEYS = {
     "cluster", "backend", "role", "target_managers", "advertise_addr", "docker_host",
-    "state_dir", "lease_ttl_secs", "lb",
+    "state_dir", "lease_ttl_secs", "lb", "release",
 }
 
 
@@ -160,6 +162,13 @@ class NodeTemplateTest(unittest.TestCase):
                     cfg["lb"],
                     {"enabled": sc.get("lb_enabled", True), "path": "/loadbalancer/default.conf"},
                 )
+                # What `swarm-agent upgrade` (and the installer's upgrade verb) read: the same
+                # mirror and key the node was installed from, also with an explicit binary.
+                self.assertEqual(
+                    cfg["release"],
+                    {"base_url": sc.get("release_base_url", nodecfg.DEFAULT_BASE_URL),
+                     "public_key": sc.get("release_public_key", nodecfg.DEFAULT_PUBLIC_KEY)},
+                )
 
     def test_join_secret_file_is_private_and_exact(self):
         for name, sc in NODE_SCENARIOS.items():
@@ -202,25 +211,45 @@ class NodeTemplateTest(unittest.TestCase):
                 self.assertEqual(cmd[:3], ["sh", "/usr/local/lib/swarmstrap/swarmstrap-install.sh", "install"])
                 opts = dict(zip(cmd[3::2], cmd[4::2]))
                 self.assertEqual(opts["--name"], "swarm-agent")
-                self.assertEqual(opts["--url"], sc.get("agent_url", nodecfg.DEFAULT_AGENT_URL))
-                self.assertEqual(opts["--sha256"], sc.get("agent_sha256", "0" * 64))
+                if sc.get("agent_url"):
+                    # The explicit binary: its sha256, and no release options.
+                    self.assertEqual(opts["--url"], sc["agent_url"])
+                    self.assertEqual(opts["--sha256"], sc["agent_sha256"])
+                    self.assertFalse({"--version", "--base-url", "--public-key"} & set(opts))
+                else:
+                    # The signed release: only a version, a base URL and a key.
+                    self.assertEqual(opts["--version"], sc.get("agent_version", nodecfg.DEFAULT_VERSION))
+                    self.assertEqual(opts["--base-url"], sc.get("release_base_url", nodecfg.DEFAULT_BASE_URL))
+                    self.assertEqual(opts["--public-key"], sc.get("release_public_key", nodecfg.DEFAULT_PUBLIC_KEY))
+                    self.assertFalse({"--url", "--sha256"} & set(opts))
                 self.assertEqual(opts["--docker"], sc.get("docker_version", "distro"))
                 starts = [v for k, v in zip(cmd[3::2], cmd[4::2]) if k == "--start"]
                 # The metadata block first: no container may run before it.
                 self.assertEqual(starts, ["swarmstrap-metadata-block.service", "swarm-agent.service"])
 
-    def test_user_data_fits_aws_limit_uncompressed(self):
-        # Worst case: longest values the module validations allow.
+    def test_user_data_fits_the_clouds_limits(self):
+        # AWS takes 16 KB of user-data: the module sends it gzipped (base64gzip), as cloud-init
+        # reads it. DigitalOcean takes 64 KiB uncompressed. Worst case: the longest values the
+        # module validations allow.
         worst = dict(NODE_SCENARIOS["aws_worker_kms"])
         worst.update(
             cluster="c" * 32,
             sm_secret_name="swarmstrap/" + "c" * 32 + "-0123456789abcdef",
-            agent_url="https://" + "u" * 400,
+            agent_url="https://" + "u" * 1016, agent_sha256="f" * 64,
+            release_base_url="https://" + "b" * 504,
         )
         for name, variables in list(NODE_SCENARIOS.items()) + [("worst", worst)]:
             with self.subTest(name):
-                size = len(nodecfg.render_node(nodecfg.node_vars(**variables)).encode())
-                self.assertLess(size, nodecfg.AWS_USER_DATA_LIMIT, f"{name}: {size} bytes")
+                text = nodecfg.render_node(nodecfg.node_vars(**variables)).encode()
+                self.assertLess(len(gzip.compress(text)), nodecfg.AWS_USER_DATA_LIMIT, name)
+                self.assertLess(len(text), 64 * 1024, name)
+                self.assertEqual(yaml.safe_load(gzip.decompress(gzip.compress(text))), yaml.safe_load(text))
+
+    def test_aws_sends_the_user_data_gzipped(self):
+        with open(os.path.join(nodecfg.REPO, "terraform", "modules", "aws", "main.tf")) as f:
+            text = f.read()
+        self.assertEqual(len(re.findall(r"user_data_base64\s*=\s*base64gzip\(templatefile\(", text)), 2)
+        self.assertNotRegex(text, r"\n\s*user_data\s*=")
 
     def test_template_uses_exactly_the_passed_variables(self):
         with open(nodecfg.NODE_TEMPLATE) as f:
@@ -310,6 +339,22 @@ class CoordinatorTemplateTest(unittest.TestCase):
         self.assertEqual(off["write_files"], on["write_files"])
         self.assertEqual([c for i, c in enumerate(off["runcmd"]) if i != 2],
                          [c for i, c in enumerate(on["runcmd"]) if i != 2])
+
+    def test_installs_the_signed_release_or_the_explicit_binary(self):
+        runcmd = yaml.safe_load(nodecfg.render_coordinator(self.variables()))["runcmd"]
+        self.assertEqual(runcmd[1], [
+            "sh", "/usr/local/lib/swarmstrap/swarmstrap-install.sh", "install", "--name", "swarm-coordinator",
+            "--version", nodecfg.DEFAULT_VERSION, "--base-url", nodecfg.DEFAULT_BASE_URL,
+            "--public-key", nodecfg.DEFAULT_PUBLIC_KEY, "--docker", "none"])
+        variables = self.variables(coordinator_binary_url="https://mirror.internal/swarm-coordinator",
+                                   coordinator_binary_sha256="ab" * 32)
+        text = nodecfg.render_coordinator(variables)
+        self.assertEqual(cloud_init_schema(text).returncode, 0)
+        self.assertEqual(yaml.safe_load(text)["runcmd"][1][3:], [
+            "--name", "swarm-coordinator", "--url", "https://mirror.internal/swarm-coordinator",
+            "--sha256", "ab" * 32, "--docker", "none"])
+        with self.assertRaises(ValueError):  # both or neither
+            self.variables(coordinator_binary_url="https://mirror.internal/swarm-coordinator")
 
     def test_adopt_running_swarm_must_be_a_bool(self):
         # The modules declare it `type = bool`; the tests' vars builder refuses anything else,

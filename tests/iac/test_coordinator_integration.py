@@ -42,12 +42,9 @@ def coordinator_binary() -> str | None:
     if env:
         return env
     for rel in (
-        "target/x86_64-unknown-linux-gnu/release/swarm-coordinator",
+        "target/x86_64-unknown-linux-musl/release/swarm-coordinator",
         "target/release/swarm-coordinator",
         "target/debug/swarm-coordinator",
-        "target-coord/x86_64-unknown-linux-gnu/release/swarm-coordinator",
-        "target-coord/release/swarm-coordinator",
-        "target-coord/debug/swarm-coordinator",
     ):
         path = os.path.join(nodecfg.REPO, rel)
         if os.access(path, os.X_OK):

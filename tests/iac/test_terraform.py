@@ -440,6 +440,148 @@ class CoordinatorAdoptTest(unittest.TestCase):
                     self.assertIn("bool", proc.stderr)
 
 
+class ReleaseVariablesTest(unittest.TestCase):
+    """A release version alone installs a cluster: agent_version defaults to the workspace
+    version, release_base_url and release_public_key to the project's (release/README.md), and
+    the explicit binaries (agent_url/agent_sha256, coordinator_binary_url/_sha256) are optional
+    overrides. Checked on the module's own variable blocks and expressions with a real
+    Terraform: its validations and its templatefile() of the node template."""
+
+    RELEASE_VARS = ("agent_version", "release_base_url", "release_public_key", "agent_url", "agent_sha256")
+    COORD_OVERRIDES = ("coordinator_binary_url", "coordinator_binary_sha256")
+
+    def test_defaults(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                declared = declared_variables(d)
+                self.assertEqual(scalar(declared["agent_version"]["default"]), nodecfg.DEFAULT_VERSION)
+                self.assertEqual(scalar(declared["release_base_url"]["default"]), nodecfg.DEFAULT_BASE_URL)
+                self.assertEqual(scalar(declared["release_public_key"]["default"]), nodecfg.DEFAULT_PUBLIC_KEY)
+                overrides = ("agent_url", "agent_sha256") + (self.COORD_OVERRIDES if cloud != "aws" else ())
+                for name in overrides:
+                    self.assertIn("default", declared[name], name)
+                    self.assertIn(scalar(declared[name]["default"]), (None, "null", "${null}"), name)
+                self.assertEqual({n for n, b in declared.items() if "default" not in b}, set(), "required variables")
+
+    def test_examples_need_nothing_but_a_release_version(self):
+        for cloud, d in EXAMPLES.items():
+            with self.subTest(cloud):
+                declared = declared_variables(d)
+                self.assertEqual({n for n, b in declared.items() if "default" not in b}, set())
+                self.assertEqual(scalar(declared["agent_version"]["default"]), nodecfg.DEFAULT_VERSION)
+                (_, args), = [m for doc in module_docs(d).values() for m in blocks(doc, "module")]
+                self.assertEqual(scalar(args["agent_version"]).strip("${}"), "var.agent_version")
+                for name in ("agent_url", "agent_sha256") + self.COORD_OVERRIDES:
+                    self.assertNotIn(name, args)
+        for path in glob.glob(os.path.join(TF, "**", "*.md"), recursive=True):
+            with self.subTest(os.path.relpath(path, REPO)):
+                text = read_text(path)
+                self.assertNotIn("example.com", text)
+                self.assertNotRegex(text, r"\b0{64}\b")
+
+    def test_templates_get_the_release(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                node_vars = local_value(raw(d), "node_vars")
+                for name in ("agent_version", "release_base_url", "release_public_key"):
+                    self.assertRegex(node_vars, rf"\n\s*{name}\s*=\s*var\.{name}\n")
+                if cloud != "aws":
+                    coordinator = resource_body(raw(d), CoordinatorAdoptTest.COORDINATOR[cloud], "coordinator")
+                    for name in ("agent_version", "release_base_url", "release_public_key"):
+                        self.assertRegex(coordinator, rf"\n\s*{name}\s*=\s*var\.{name}\n")
+
+    def terraform_node_runcmd(self, cloud, args):
+        """Terraform evaluates the module's variable blocks and its agent_url/agent_sha256
+        expressions, renders node.yaml.tftpl, and returns (runcmd, [release] table) or the
+        failed process."""
+        text = read_text(os.path.join(MODULES[cloud], "variables.tf"))
+        main = raw(MODULES[cloud])
+        others = nodecfg.node_vars(cluster="prod", coordinator_url="https://10.0.0.2:8443",
+                                   coordinator_fingerprint="sha256:" + "a" * 64, join_secret="s" * 20)
+        for name in self.RELEASE_VARS:
+            del others[name]
+        agent_url = local_value(main, "agent_url")
+        agent_sha = re.search(r"\n\s*agent_sha256\s*=\s*(.*)\n", local_value(main, "node_vars")).group(1)
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "others.json"), "w") as f:
+                json.dump(others, f)
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write("\n\n".join(variable_block(text, n) for n in self.RELEASE_VARS) + "\n\n" + (
+                    'output "user_data" {\n'
+                    f'  value = templatefile({json.dumps(nodecfg.NODE_TEMPLATE)}, merge(\n'
+                    '    jsondecode(file("${path.module}/others.json")),\n'
+                    '    { agent_version = var.agent_version, release_base_url = var.release_base_url,\n'
+                    '      release_public_key = var.release_public_key,\n'
+                    f'      agent_url = {agent_url}, agent_sha256 = {agent_sha} }},\n'
+                    '  ))\n}\n'))
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", *args], d, check=False)
+            if proc.returncode != 0:
+                return proc
+            out = json.loads(tfbin.run(["output", "-json", "-no-color"], d).stdout)
+            doc = yaml.safe_load(out["user_data"]["value"])
+            files = {e["path"]: e for e in doc["write_files"]}
+            import tomllib
+            return doc["runcmd"][0], tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])["release"]
+
+    def test_terraform_renders_the_release_or_the_override(self):
+        key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
+        for cloud in MODULES:
+            with self.subTest(cloud=cloud, case="defaults"):
+                cmd, release = self.terraform_node_runcmd(cloud, [])
+                self.assertEqual(cmd[3:11], ["--name", "swarm-agent", "--version", nodecfg.DEFAULT_VERSION,
+                                             "--base-url", nodecfg.DEFAULT_BASE_URL,
+                                             "--public-key", nodecfg.DEFAULT_PUBLIC_KEY])
+                self.assertEqual(release, {"base_url": nodecfg.DEFAULT_BASE_URL, "public_key": nodecfg.DEFAULT_PUBLIC_KEY})
+            with self.subTest(cloud=cloud, case="mirror"):
+                cmd, release = self.terraform_node_runcmd(cloud, [
+                    "-var=agent_version=0.3.1", "-var=release_base_url=https://mirror.internal/rel",
+                    f"-var=release_public_key={key}"])
+                self.assertEqual(cmd[5:11], ["--version", "0.3.1", "--base-url", "https://mirror.internal/rel",
+                                             "--public-key", key])
+                self.assertEqual(release, {"base_url": "https://mirror.internal/rel", "public_key": key})
+            with self.subTest(cloud=cloud, case="explicit binary"):
+                cmd, _ = self.terraform_node_runcmd(cloud, [
+                    "-var=agent_url=https://mirror.internal/v{version}/swarm-agent", f"-var=agent_sha256={'ab' * 32}"])
+                self.assertEqual(cmd[5:9], ["--url", f"https://mirror.internal/v{nodecfg.DEFAULT_VERSION}/swarm-agent",
+                                            "--sha256", "ab" * 32])
+                self.assertNotIn("--version", cmd)
+            bad = [("agent_version", "v0.2.0"), ("agent_version", "latest"),
+                   ("release_base_url", "http://mirror.internal/rel"), ("release_base_url", "https://m/r?x=1&y"),
+                   ("release_public_key", "RWQnotakey"), ("agent_url", "ftp://mirror/x"), ("agent_sha256", "xyz")]
+            for name, value in bad:
+                with self.subTest(cloud=cloud, refused=f"{name}={value}"):
+                    proc = self.terraform_node_runcmd(cloud, [f"-var={name}={value}"])
+                    self.assertIsInstance(proc, subprocess.CompletedProcess)
+                    self.assertIn(f"The {name} must be", proc.stderr.replace("\n", " "))
+
+    def test_explicit_binaries_come_in_pairs(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text = raw(d)
+                self.assertIn("(var.agent_url == null) == (var.agent_sha256 == null)", text)
+                if cloud != "aws":
+                    self.assertIn("(var.coordinator_binary_url == null) == (var.coordinator_binary_sha256 == null)", text)
+
+    def test_arm_instance_types_are_accepted(self):
+        # No x86-only validation on the instance types; on AWS the default AMI follows each
+        # role's architecture (the instance type's supported_architectures).
+        aws = raw(MODULES["aws"])
+        for role in ("manager", "worker"):
+            block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), f"{role}_instance_type")
+            self.assertNotIn("validation", block)
+            self.assertIn("t4g", block)
+            self.assertRegex(aws, rf'data\s+"aws_ec2_instance_type"\s+"{role}"')
+            self.assertIn(f'ami                    = local.ami["{role}"]', resource_body(aws, "aws_instance", role))
+        self.assertIn("al2023-ami-kernel-default-${each.key}", aws)
+        self.assertIn('["x86_64", "arm64"]', aws)
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                for name, body in declared_variables(d).items():
+                    if "type" in name or "size" in name or name == "image":
+                        self.assertNotRegex(json.dumps(body), r"x86_64 only|not Graviton")
+
+
 class ScalingTest(unittest.TestCase):
     """Changing worker_count adds or removes workers and touches no other node."""
 

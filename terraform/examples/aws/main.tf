@@ -22,8 +22,8 @@ module "swarm" {
   manager_count = 3
   worker_count  = var.worker_count
 
-  agent_url    = var.agent_url
-  agent_sha256 = var.agent_sha256
+  # The release to install; its binaries are checked against the signed SHA256SUMS.
+  agent_version = var.agent_version
 
   lb_ports = [80]
 }

@@ -10,12 +10,8 @@ variable "worker_count" {
   default     = 2
 }
 
-variable "agent_url" {
-  description = "HTTPS URL of the swarm-agent release binary ({version} is replaced by the module's agent_version)."
+variable "agent_version" {
+  description = "swarmstrap release to install, e.g. 0.2.0: every VM downloads it and checks its signature (the project's key). Upgrade a running cluster with `swarm-agent upgrade` (see README.md, \"Install\")."
   type        = string
-}
-
-variable "agent_sha256" {
-  description = "sha256 of the swarm-agent binary."
-  type        = string
+  default     = "0.2.0"
 }

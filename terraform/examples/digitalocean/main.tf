@@ -39,10 +39,8 @@ module "swarm" {
   manager_count = 3
   worker_count  = var.worker_count
 
-  agent_url                 = var.agent_url
-  agent_sha256              = var.agent_sha256
-  coordinator_binary_url    = var.coordinator_binary_url
-  coordinator_binary_sha256 = var.coordinator_binary_sha256
+  # The release to install; its binaries are checked against the signed SHA256SUMS.
+  agent_version = var.agent_version
 
   # Only with -replace of the coordinator while the swarm runs (see the module README).
   coordinator_adopt_running_swarm = var.coordinator_adopt_running_swarm

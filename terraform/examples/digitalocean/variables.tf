@@ -10,34 +10,22 @@ variable "worker_count" {
   default     = 2
 }
 
-variable "agent_url" {
-  description = "HTTPS URL of the swarm-agent release binary ({version} is replaced by the module's agent_version)."
+variable "agent_version" {
+  description = "swarmstrap release to install, e.g. 0.2.0: every VM downloads it and checks its signature (the project's key). Upgrade a running cluster with `swarm-agent upgrade` (see README.md, \"Install\")."
   type        = string
-}
-
-variable "agent_sha256" {
-  description = "sha256 of the swarm-agent binary."
-  type        = string
-}
-
-variable "coordinator_binary_url" {
-  description = "HTTPS URL of the swarm-coordinator release binary."
-  type        = string
-}
-
-variable "coordinator_binary_sha256" {
-  description = "sha256 of the swarm-coordinator binary."
-  type        = string
+  default     = "0.2.0"
 }
 
 variable "ssh_keys" {
-  description = "IDs or fingerprints of SSH keys in your DigitalOcean account (deploy.sh deploys over SSH)."
+  description = "IDs or fingerprints of SSH keys in your DigitalOcean account. Needed by deploy.sh (it deploys over SSH), not by the swarm."
   type        = list(string)
+  default     = []
 }
 
 variable "ssh_allowed_cidrs" {
-  description = "Where you run deploy.sh from, e.g. [\"203.0.113.7/32\"]."
+  description = "Where you run deploy.sh from, e.g. [\"203.0.113.7/32\"]. Empty: no SSH from outside (the swarm forms without it)."
   type        = list(string)
+  default     = []
 }
 
 variable "coordinator_adopt_running_swarm" {

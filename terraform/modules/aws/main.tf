@@ -13,9 +13,19 @@ data "aws_availability_zones" "available" {
   state = "available"
 }
 
+# x86_64 or arm64 (Graviton): the default AMI follows each role's instance type, and the
+# installer picks the swarm-agent build of the machine it runs on.
+data "aws_ec2_instance_type" "manager" {
+  instance_type = var.manager_instance_type
+}
+
+data "aws_ec2_instance_type" "worker" {
+  instance_type = var.worker_instance_type
+}
+
 data "aws_ssm_parameter" "al2023" {
-  count = var.ami_id == "" ? 1 : 0
-  name  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+  for_each = toset(var.ami_id == "" ? ["x86_64", "arm64"] : [])
+  name     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${each.key}"
 }
 
 # The agents create the secret themselves (the module does not), and a deleted secret's name
@@ -28,8 +38,12 @@ locals {
   prefix  = terraform.workspace
   cluster = var.cluster_name != "" ? var.cluster_name : substr(trim(lower(replace(terraform.workspace, "/[^A-Za-z0-9-]/", "-")), "-"), 0, 32)
   azs     = slice(data.aws_availability_zones.available.names, 0, var.az_count)
-  ami     = var.ami_id != "" ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[0].value)
-  tags    = merge({ "swarmstrap:cluster" = local.cluster }, var.tags)
+  arch = {
+    manager = contains(data.aws_ec2_instance_type.manager.supported_architectures, "arm64") ? "arm64" : "x86_64"
+    worker  = contains(data.aws_ec2_instance_type.worker.supported_architectures, "arm64") ? "arm64" : "x86_64"
+  }
+  ami  = { for role, arch in local.arch : role => var.ami_id != "" ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[arch].value) }
+  tags = merge({ "swarmstrap:cluster" = local.cluster }, var.tags)
 
   region      = data.aws_region.current.name
   secret_name = "${var.secret_name_prefix}${local.cluster}-${random_id.secret_suffix.hex}"
@@ -39,7 +53,9 @@ locals {
   # authorized against the ARN without the suffix.
   secret_arn_bare = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}"
 
-  agent_url      = replace(var.agent_url, "{version}", var.agent_version)
+  # An explicit binary (agent_url + agent_sha256) only for a mirror without signature files;
+  # else the installer fetches and checks the signed release agent_version.
+  agent_url      = var.agent_url == null ? "" : replace(var.agent_url, "{version}", var.agent_version)
   cloud_init_dir = "${path.module}/../../../cloud-init"
 
   # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
@@ -58,8 +74,11 @@ locals {
     sm_endpoint_url         = ""
     lb_enabled              = var.lb_config_enabled
     lb_path                 = "/loadbalancer/default.conf"
+    agent_version           = var.agent_version
+    release_base_url        = var.release_base_url
+    release_public_key      = var.release_public_key
     agent_url               = local.agent_url
-    agent_sha256            = var.agent_sha256
+    agent_sha256            = var.agent_sha256 == null ? "" : var.agent_sha256
     docker_version          = var.docker_version
     docker_log_max_size     = var.docker_log_max_size
     docker_log_max_file     = tostring(var.docker_log_max_file)
@@ -314,7 +333,7 @@ resource "aws_iam_instance_profile" "node" {
 resource "aws_instance" "manager" {
   count = var.manager_count
 
-  ami                    = local.ami
+  ami                    = local.ami["manager"]
   instance_type          = var.manager_instance_type
   subnet_id              = aws_subnet.private[count.index % var.az_count].id
   vpc_security_group_ids = [aws_security_group.nodes.id]
@@ -322,7 +341,9 @@ resource "aws_instance" "manager" {
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
-  user_data              = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+  # gzip: the embedded installer makes the cloud-config larger than AWS's 16 KB user-data limit;
+  # cloud-init reads gzipped user-data as it is.
+  user_data_base64 = base64gzip(templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" })))
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -343,16 +364,20 @@ resource "aws_instance" "manager" {
   depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
 
   lifecycle {
+    precondition {
+      condition     = (var.agent_url == null) == (var.agent_sha256 == null)
+      error_message = "Set agent_url and agent_sha256 together (an explicit binary for a mirror without signature files), or neither (the signed release agent_version)."
+    }
     # Replacing (or stop/starting) every manager at once would lose the raft quorum: roll them
     # one at a time with `terraform apply -replace=...` when the AMI or the template changes.
-    ignore_changes = [ami, user_data]
+    ignore_changes = [ami, user_data, user_data_base64]
   }
 }
 
 resource "aws_instance" "worker" {
   count = var.worker_count
 
-  ami                    = local.ami
+  ami                    = local.ami["worker"]
   instance_type          = var.worker_instance_type
   subnet_id              = aws_subnet.private[count.index % var.az_count].id
   vpc_security_group_ids = [aws_security_group.nodes.id]
@@ -360,7 +385,9 @@ resource "aws_instance" "worker" {
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
-  user_data              = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+  # gzip: the embedded installer makes the cloud-config larger than AWS's 16 KB user-data limit;
+  # cloud-init reads gzipped user-data as it is.
+  user_data_base64 = base64gzip(templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" })))
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -380,7 +407,7 @@ resource "aws_instance" "worker" {
   depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
 
   lifecycle {
-    ignore_changes = [ami, user_data]
+    ignore_changes = [ami, user_data, user_data_base64]
   }
 }
 

@@ -43,33 +43,57 @@ variable "docker_version" {
 }
 
 variable "agent_version" {
-  description = "swarmstrap release to install; replaces {version} in agent_url and coordinator_binary_url."
+  description = "swarmstrap release to install (see release/README.md): each VM's installer downloads its SHA256SUMS from release_base_url, checks the minisign signature against release_public_key and installs the binary for the VM's architecture (x86_64 or arm64). Nothing else is needed."
   type        = string
-  default     = "0.1.0"
+  default     = "0.2.0"
 
   validation {
-    condition     = can(regex("^[0-9A-Za-z.+-]+$", var.agent_version))
-    error_message = "The agent_version must be a release version such as 0.1.0."
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+([-+][0-9A-Za-z.+-]+)?$", var.agent_version))
+    error_message = "The agent_version must be a release version such as 0.2.0 (without a leading v)."
+  }
+}
+
+variable "release_base_url" {
+  description = "Where releases are published: release_base_url/vVERSION/ holds the binaries, SHA256SUMS and SHA256SUMS.minisig. Default: the project's GitHub releases. For an air-gapped mirror, copy those files to any HTTPS directory with the same layout: the signature is still checked. Also written to each agent's config ([release] base_url) for `swarm-agent upgrade`."
+  type        = string
+  default     = "https://github.com/swarmstrap/swarmstrap/releases/download"
+
+  validation {
+    condition     = can(regex("^https://[A-Za-z0-9._~:/%@+=,-]+$", var.release_base_url)) && length(var.release_base_url) <= 512
+    error_message = "The release_base_url must be an https:// URL of at most 512 characters (letters, digits and ._~:/%@+=,- only), e.g. https://github.com/swarmstrap/swarmstrap/releases/download."
+  }
+}
+
+variable "release_public_key" {
+  description = "The minisign public key (the second line of a minisign.pub file) that must have signed the release's SHA256SUMS. Default: the project's release key, release/minisign.pub. Also written to each agent's config ([release] public_key) for `swarm-agent upgrade`."
+  type        = string
+  default     = "RWR4vlipMu05hIPtqkMIxHLPXRyTYNBdA6Bn7gfr86Emuv6kwwF887N7"
+
+  validation {
+    condition     = can(regex("^RW[A-Za-z0-9+/]{54}$", var.release_public_key))
+    error_message = "The release_public_key must be the key line of a minisign public key (56 base64 characters starting with RW), e.g. the second line of release/minisign.pub."
   }
 }
 
 variable "agent_url" {
-  description = "HTTPS URL of the static x86_64 swarm-agent binary; {version} is replaced by agent_version."
+  description = "Only for a mirror without the release's signature files: HTTPS URL of a static swarm-agent binary for the nodes' architecture ({version} is replaced by agent_version), installed after checking agent_sha256 and nothing else (no signature). Set agent_sha256 with it. Default null: the signed release agent_version from release_base_url."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024
-    error_message = "The agent_url must be an https:// URL (at most 1024 characters); the binary's sha256 is checked on every node."
+    condition     = var.agent_url == null ? true : (can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024)
+    error_message = "The agent_url must be null or an https:// URL (at most 1024 characters)."
   }
 }
 
 variable "agent_sha256" {
-  description = "sha256 (64 lowercase hex digits) of the swarm-agent binary at agent_url. A node whose download does not match installs nothing and fails its boot."
+  description = "With agent_url only: sha256 (64 lowercase hex digits) of the binary at agent_url. A node whose download does not match installs nothing and fails its boot. Default null."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.agent_sha256))
-    error_message = "The agent_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+    condition     = var.agent_sha256 == null ? true : can(regex("^[0-9a-f]{64}$", var.agent_sha256))
+    error_message = "The agent_sha256 must be null or 64 lowercase hex digits (sha256sum of the binary at agent_url)."
   }
 }
 
@@ -124,29 +148,19 @@ variable "az_count" {
 }
 
 variable "manager_instance_type" {
-  description = "EC2 instance type of the managers (x86_64)."
+  description = "EC2 instance type of the managers: x86_64 (e.g. t3.small) or arm64/Graviton (e.g. t4g.small, m7g.large, c7g.large). The default AMI follows its architecture, and the installer picks the matching swarm-agent build."
   type        = string
   default     = "t3.small"
-
-  validation {
-    condition     = !can(regex("^[a-z0-9]+g[a-z]*\\.", var.manager_instance_type))
-    error_message = "The manager_instance_type must be an x86_64 type: swarm-agent is built for x86_64, not Graviton (the *g* families)."
-  }
 }
 
 variable "worker_instance_type" {
-  description = "EC2 instance type of the workers (x86_64)."
+  description = "EC2 instance type of the workers: x86_64 (e.g. t3.small) or arm64/Graviton (e.g. t4g.small, m7g.large, c7g.large). The default AMI follows its architecture, and the installer picks the matching swarm-agent build."
   type        = string
   default     = "t3.small"
-
-  validation {
-    condition     = !can(regex("^[a-z0-9]+g[a-z]*\\.", var.worker_instance_type))
-    error_message = "The worker_instance_type must be an x86_64 type: swarm-agent is built for x86_64, not Graviton (the *g* families)."
-  }
 }
 
 variable "ami_id" {
-  description = "AMI for every instance. Empty: the latest Amazon Linux 2023 x86_64 AMI (from its public SSM parameter). Ubuntu 22.04/24.04 and Debian 12 AMIs work too; they must run the SSM agent for status_commands."
+  description = "AMI for every instance. Empty: the latest Amazon Linux 2023 AMI for each instance type's architecture (x86_64 or arm64, from its public SSM parameter). Ubuntu 22.04/24.04 and Debian 12 AMIs work too; they must run the SSM agent for status_commands and match the architecture of both instance types."
   type        = string
   default     = ""
 

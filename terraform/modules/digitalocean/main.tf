@@ -7,8 +7,10 @@ locals {
   prefix  = terraform.workspace
   cluster = var.cluster_name != "" ? var.cluster_name : substr(trim(lower(replace(terraform.workspace, "/[^A-Za-z0-9-]/", "-")), "-"), 0, 32)
 
-  agent_url              = replace(var.agent_url, "{version}", var.agent_version)
-  coordinator_binary_url = replace(var.coordinator_binary_url, "{version}", var.agent_version)
+  # Explicit binaries (URL + sha256) only for a mirror without signature files; else the
+  # installer fetches and checks the signed release agent_version.
+  agent_url              = var.agent_url == null ? "" : replace(var.agent_url, "{version}", var.agent_version)
+  coordinator_binary_url = var.coordinator_binary_url == null ? "" : replace(var.coordinator_binary_url, "{version}", var.agent_version)
   cloud_init_dir         = "${path.module}/../../../cloud-init"
   coordinator_port       = 8443
 
@@ -36,8 +38,11 @@ locals {
     sm_endpoint_url         = ""
     lb_enabled              = var.lb_config_enabled
     lb_path                 = "/loadbalancer/default.conf"
+    agent_version           = var.agent_version
+    release_base_url        = var.release_base_url
+    release_public_key      = var.release_public_key
     agent_url               = local.agent_url
-    agent_sha256            = var.agent_sha256
+    agent_sha256            = var.agent_sha256 == null ? "" : var.agent_sha256
     docker_version          = var.docker_version
     docker_log_max_size     = var.docker_log_max_size
     docker_log_max_file     = tostring(var.docker_log_max_file)
@@ -127,14 +132,21 @@ resource "digitalocean_droplet" "coordinator" {
     cluster_secret            = random_password.cluster_secret.result
     tls_cert_pem              = tls_self_signed_cert.coordinator.cert_pem
     tls_key_pem               = tls_private_key.coordinator.private_key_pem
+    agent_version             = var.agent_version
+    release_base_url          = var.release_base_url
+    release_public_key        = var.release_public_key
     coordinator_binary_url    = local.coordinator_binary_url
-    coordinator_binary_sha256 = var.coordinator_binary_sha256
+    coordinator_binary_sha256 = var.coordinator_binary_sha256 == null ? "" : var.coordinator_binary_sha256
     adopt_running_swarm       = var.coordinator_adopt_running_swarm
     coordinator_unit          = file("${local.cloud_init_dir}/swarm-coordinator.service")
     install_script            = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   })
 
   lifecycle {
+    precondition {
+      condition     = (var.agent_url == null) == (var.agent_sha256 == null) && (var.coordinator_binary_url == null) == (var.coordinator_binary_sha256 == null)
+      error_message = "Set agent_url with agent_sha256 and coordinator_binary_url with coordinator_binary_sha256 (explicit binaries for a mirror without signature files), or neither (the signed release agent_version)."
+    }
     # A new image release or template edit must not replace the rendezvous of a running cluster.
     # So setting coordinator_adopt_running_swarm changes nothing on a running coordinator: it
     # takes effect only when the coordinator is replaced (terraform apply -replace=...).

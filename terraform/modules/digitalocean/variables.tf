@@ -72,13 +72,13 @@ variable "coordinator_size" {
 }
 
 variable "image" {
-  description = "Droplet image slug for all droplets. Tested: ubuntu-24-04-x64, ubuntu-22-04-x64, debian-12-x64 (x86_64 only)."
+  description = "Droplet image slug for all droplets. Tested: ubuntu-24-04-x64, ubuntu-22-04-x64, debian-12-x64 (DigitalOcean droplets are x86_64; the installer picks the build for the machine's architecture)."
   type        = string
   default     = "ubuntu-24-04-x64"
 
   validation {
     condition     = can(regex("^(ubuntu-2[24]-04-x64|debian-12-x64)$", var.image))
-    error_message = "The image must be ubuntu-24-04-x64, ubuntu-22-04-x64 or debian-12-x64: the installer supports these distributions on x86_64."
+    error_message = "The image must be ubuntu-24-04-x64, ubuntu-22-04-x64 or debian-12-x64: the distributions the installer supports."
   }
 }
 
@@ -111,53 +111,79 @@ variable "docker_version" {
 }
 
 variable "agent_version" {
-  description = "swarmstrap release to install; replaces {version} in agent_url and coordinator_binary_url."
+  description = "swarmstrap release to install (see release/README.md): each VM's installer downloads its SHA256SUMS from release_base_url, checks the minisign signature against release_public_key and installs the binary for the VM's architecture (x86_64 or arm64). Nothing else is needed."
   type        = string
-  default     = "0.1.0"
+  default     = "0.2.0"
 
   validation {
-    condition     = can(regex("^[0-9A-Za-z.+-]+$", var.agent_version))
-    error_message = "The agent_version must be a release version such as 0.1.0."
+    condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+([-+][0-9A-Za-z.+-]+)?$", var.agent_version))
+    error_message = "The agent_version must be a release version such as 0.2.0 (without a leading v)."
+  }
+}
+
+variable "release_base_url" {
+  description = "Where releases are published: release_base_url/vVERSION/ holds the binaries, SHA256SUMS and SHA256SUMS.minisig. Default: the project's GitHub releases. For an air-gapped mirror, copy those files to any HTTPS directory with the same layout: the signature is still checked. Also written to each agent's config ([release] base_url) for `swarm-agent upgrade`."
+  type        = string
+  default     = "https://github.com/swarmstrap/swarmstrap/releases/download"
+
+  validation {
+    condition     = can(regex("^https://[A-Za-z0-9._~:/%@+=,-]+$", var.release_base_url)) && length(var.release_base_url) <= 512
+    error_message = "The release_base_url must be an https:// URL of at most 512 characters (letters, digits and ._~:/%@+=,- only), e.g. https://github.com/swarmstrap/swarmstrap/releases/download."
+  }
+}
+
+variable "release_public_key" {
+  description = "The minisign public key (the second line of a minisign.pub file) that must have signed the release's SHA256SUMS. Default: the project's release key, release/minisign.pub. Also written to each agent's config ([release] public_key) for `swarm-agent upgrade`."
+  type        = string
+  default     = "RWR4vlipMu05hIPtqkMIxHLPXRyTYNBdA6Bn7gfr86Emuv6kwwF887N7"
+
+  validation {
+    condition     = can(regex("^RW[A-Za-z0-9+/]{54}$", var.release_public_key))
+    error_message = "The release_public_key must be the key line of a minisign public key (56 base64 characters starting with RW), e.g. the second line of release/minisign.pub."
   }
 }
 
 variable "agent_url" {
-  description = "HTTPS URL of the static x86_64 swarm-agent binary; {version} is replaced by agent_version."
+  description = "Only for a mirror without the release's signature files: HTTPS URL of a static swarm-agent binary for the nodes' architecture ({version} is replaced by agent_version), installed after checking agent_sha256 and nothing else (no signature). Set agent_sha256 with it. Default null: the signed release agent_version from release_base_url."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024
-    error_message = "The agent_url must be an https:// URL (at most 1024 characters); the binary's sha256 is checked on every node."
+    condition     = var.agent_url == null ? true : (can(regex("^https://[^ ]+$", var.agent_url)) && length(var.agent_url) <= 1024)
+    error_message = "The agent_url must be null or an https:// URL (at most 1024 characters)."
   }
 }
 
 variable "agent_sha256" {
-  description = "sha256 (64 lowercase hex digits) of the swarm-agent binary at agent_url. A node whose download does not match installs nothing and fails its boot."
+  description = "With agent_url only: sha256 (64 lowercase hex digits) of the binary at agent_url. A node whose download does not match installs nothing and fails its boot. Default null."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.agent_sha256))
-    error_message = "The agent_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+    condition     = var.agent_sha256 == null ? true : can(regex("^[0-9a-f]{64}$", var.agent_sha256))
+    error_message = "The agent_sha256 must be null or 64 lowercase hex digits (sha256sum of the binary at agent_url)."
   }
 }
 
 variable "coordinator_binary_url" {
-  description = "HTTPS URL of the static x86_64 swarm-coordinator binary; {version} is replaced by agent_version."
+  description = "Only for a mirror without the release's signature files: HTTPS URL of a static swarm-coordinator binary for the coordinator's architecture ({version} is replaced by agent_version), installed after checking coordinator_binary_sha256 only. Default null: the signed release agent_version from release_base_url."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^https://[^ ]+$", var.coordinator_binary_url)) && length(var.coordinator_binary_url) <= 1024
-    error_message = "The coordinator_binary_url must be an https:// URL (at most 1024 characters)."
+    condition     = var.coordinator_binary_url == null ? true : (can(regex("^https://[^ ]+$", var.coordinator_binary_url)) && length(var.coordinator_binary_url) <= 1024)
+    error_message = "The coordinator_binary_url must be null or an https:// URL (at most 1024 characters)."
   }
 }
 
 variable "coordinator_binary_sha256" {
-  description = "sha256 (64 lowercase hex digits) of the swarm-coordinator binary at coordinator_binary_url."
+  description = "With coordinator_binary_url only: sha256 (64 lowercase hex digits) of the binary at coordinator_binary_url. Default null."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^[0-9a-f]{64}$", var.coordinator_binary_sha256))
-    error_message = "The coordinator_binary_sha256 must be 64 lowercase hex digits (sha256sum of the binary)."
+    condition     = var.coordinator_binary_sha256 == null ? true : can(regex("^[0-9a-f]{64}$", var.coordinator_binary_sha256))
+    error_message = "The coordinator_binary_sha256 must be null or 64 lowercase hex digits (sha256sum of the binary)."
   }
 }
 
