@@ -479,6 +479,19 @@ pub struct AgentOptions {
     pub lease_ttl_secs: u32,
     /// Extra environment for every agent.
     pub env: Vec<(String, String)>,
+    /// Give every host its own copy of the agent binary (`<host>/agent/bin/swarm-agent`), as
+    /// on a VM, so `swarm-agent upgrade` on one host replaces only that host's.
+    pub own_binary: bool,
+    /// Run every agent command in a chroot (`<host>/root`) that holds only the agent binary,
+    /// `/etc/resolv.conf` with this content, the config, the join secret, the state directory
+    /// and the engine's socket (bind-mounted): no NSS modules, no /etc/hosts, no libc.
+    pub chroot_resolv_conf: Option<String>,
+    /// Render the config with this coordinator URL instead of the coordinator's IP URL;
+    /// `{port}` is replaced with the coordinator's port.
+    pub coordinator_url: Option<String>,
+    /// Render the config with this Secrets Manager endpoint instead of moto's IP URL; `{port}`
+    /// is replaced with moto's port.
+    pub endpoint_url: Option<String>,
 }
 
 impl Default for AgentOptions {
@@ -488,6 +501,10 @@ impl Default for AgentOptions {
             target_managers: 3,
             lease_ttl_secs: 30,
             env: Vec::new(),
+            own_binary: false,
+            chroot_resolv_conf: None,
+            coordinator_url: None,
+            endpoint_url: None,
         }
     }
 }
@@ -642,8 +659,93 @@ impl Cluster {
         };
         for h in c.lab.hosts() {
             c.render_config(h)?;
+            c.install_binary(h)?;
         }
         Ok(c)
+    }
+
+    /// The chroot of host `h` (see [`AgentOptions::chroot_resolv_conf`]).
+    pub fn chroot_dir(&self, h: &Host) -> PathBuf {
+        h.dir().join("root")
+    }
+
+    /// The agent binary host `h` runs (outside any chroot).
+    pub fn agent_binary(&self, h: &Host) -> Result<PathBuf> {
+        Ok(if self.options.chroot_resolv_conf.is_some() {
+            self.chroot_dir(h).join("swarm-agent")
+        } else if self.options.own_binary {
+            h.dir().join("agent/bin/swarm-agent")
+        } else {
+            bins()?.agent.clone()
+        })
+    }
+
+    fn install_binary(&self, h: &Host) -> Result<()> {
+        if let Some(resolv) = &self.options.chroot_resolv_conf {
+            let root = self.chroot_dir(h);
+            fs::create_dir_all(root.join("etc"))?;
+            fs::write(root.join("etc/resolv.conf"), resolv)?;
+            fs::copy(&bins()?.agent, root.join("swarm-agent"))?;
+            fs::copy(self.config_path(h), root.join("config.toml"))?;
+            let secret = h.dir().join("agent/join-secret");
+            if secret.exists() {
+                fs::copy(&secret, root.join("join-secret"))?;
+            }
+            let sock = h.docker_host().trim_start_matches("unix://").to_string();
+            fs::write(root.join("docker.sock"), b"")?;
+            crate::cmd::run(
+                Command::new("mount")
+                    .arg("--bind")
+                    .arg(&sock)
+                    .arg(root.join("docker.sock")),
+            )?;
+        } else if self.options.own_binary {
+            let bin = h.dir().join("agent/bin");
+            fs::create_dir_all(&bin)?;
+            fs::copy(&bins()?.agent, bin.join("swarm-agent"))?;
+        }
+        Ok(())
+    }
+
+    /// `swarm-agent ARGS` for host `h`: the program, its arguments and the agent's environment
+    /// (paths as the agent sees them, inside the chroot if there is one).
+    fn agent_command(&self, h: &Host, args: &[&str]) -> Result<Command> {
+        let mut cmd = if self.options.chroot_resolv_conf.is_some() {
+            let mut c = Command::new("chroot");
+            c.arg(self.chroot_dir(h))
+                .arg("/swarm-agent")
+                .args(args)
+                .args(["--config", "/config.toml"]);
+            c.env_clear();
+            c
+        } else {
+            let mut c = Command::new(self.agent_binary(h)?);
+            c.args(args).arg("--config").arg(self.config_path(h));
+            c
+        };
+        for (k, v) in self.agent_env(h) {
+            cmd.env(k, v);
+        }
+        Ok(cmd)
+    }
+
+    /// [`Self::agent_command`] in host `h`'s network namespace, run to completion.
+    fn agent_command_in_netns(&self, h: &Host, args: &[&str]) -> Result<Command> {
+        let inner = self.agent_command(h, args)?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", h.netns_path().display()))
+            .arg("--")
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        if self.options.chroot_resolv_conf.is_some() {
+            cmd.env_clear();
+        }
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        Ok(cmd)
     }
 
     pub fn backend(&self) -> &Backend {
@@ -695,7 +797,11 @@ impl Cluster {
                 coordinator,
                 secret_file,
             } => {
-                cmd.args(["--coordinator-url", &coordinator.url()])
+                let url = match &self.options.coordinator_url {
+                    Some(u) => u.replace("{port}", &coordinator.listen.port().to_string()),
+                    None => coordinator.url(),
+                };
+                cmd.args(["--coordinator-url", &url])
                     .args(["--fingerprint", coordinator.fingerprint()])
                     .arg("--join-secret-file")
                     .arg(secret_file);
@@ -704,7 +810,13 @@ impl Cluster {
                 cmd.args(["--backend", "secrets-manager"])
                     .args(["--secret-name", secret_name])
                     .args(["--region", MOTO_REGION])
-                    .args(["--endpoint-url", &moto.url()]);
+                    .args([
+                        "--endpoint-url",
+                        &match &self.options.endpoint_url {
+                            Some(u) => u.replace("{port}", &moto.listen.port().to_string()),
+                            None => moto.url(),
+                        },
+                    ]);
             }
         }
         let o = cmd
@@ -728,6 +840,26 @@ impl Cluster {
 
     /// Environment that maps the VM paths of the rendered config onto the lab host.
     fn agent_env(&self, h: &Host) -> Vec<(String, String)> {
+        if self.options.chroot_resolv_conf.is_some() {
+            let mut env: Vec<(String, String)> = vec![
+                (
+                    "SWARM_AGENT_DOCKER_HOST".into(),
+                    "unix:///docker.sock".into(),
+                ),
+                ("SWARM_AGENT_STATE_DIR".into(), "/state".into()),
+                ("SWARM_AGENT_JOIN_SECRET_FILE".into(), "/join-secret".into()),
+                (
+                    "SWARM_AGENT_LEASE_TTL_SECS".into(),
+                    self.options.lease_ttl_secs.to_string(),
+                ),
+                ("SWARM_AGENT_LOG".into(), "info".into()),
+            ];
+            if let Backend::SecretsManager { .. } = self.backend {
+                env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+            env.extend(self.options.env.iter().cloned());
+            return env;
+        }
         let mut env = vec![
             ("SWARM_AGENT_DOCKER_HOST".into(), h.docker_host()),
             (
@@ -754,11 +886,7 @@ impl Cluster {
     /// Start `swarm-agent run` inside host `i`'s network namespace.
     pub fn start_agent(&self, i: usize) -> Result<ProcHandle> {
         let h = self.lab.host(i);
-        let mut cmd = Command::new(&bins()?.agent);
-        cmd.arg("run").arg("--config").arg(self.config_path(h));
-        for (k, v) in self.agent_env(h) {
-            cmd.env(k, v);
-        }
+        let cmd = self.agent_command(h, &["run"])?;
         let p = h.spawn_in_netns("agent", cmd)?;
         self.agents.lock().unwrap()[i] = Some(p.clone());
         Ok(p)
@@ -779,15 +907,7 @@ impl Cluster {
     /// the parsed report.
     pub fn status(&self, i: usize) -> Result<(i32, Value)> {
         let h = self.lab.host(i);
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", h.netns_path().display()))
-            .arg("--")
-            .arg(&bins()?.agent)
-            .args(["status", "--json", "--config"])
-            .arg(self.config_path(h));
-        for (k, v) in self.agent_env(h) {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.agent_command_in_netns(h, &["status", "--json"])?;
         let o = crate::cmd::run_unchecked(&mut cmd)?;
         let code = o.status.code().unwrap_or(-1);
         let v: Value = serde_json::from_str(&o.stdout).with_context(|| {
@@ -805,31 +925,14 @@ impl Cluster {
     /// agent's environment), to completion: an operator's command (`leave`, `recover`).
     pub fn agent_cmd(&self, i: usize, args: &[&str]) -> Result<crate::cmd::CmdOutput> {
         let h = self.lab.host(i);
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", h.netns_path().display()))
-            .arg("--")
-            .arg(&bins()?.agent)
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path(h));
-        for (k, v) in self.agent_env(h) {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.agent_command_in_netns(h, args)?;
         Ok(crate::cmd::run_unchecked(&mut cmd)?)
     }
 
     /// The human `swarm-agent status` of host `i` (for the demo and failure messages).
     pub fn status_text(&self, i: usize) -> Result<String> {
         let h = self.lab.host(i);
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", h.netns_path().display()))
-            .arg("--")
-            .arg(&bins()?.agent)
-            .args(["status", "--config"])
-            .arg(self.config_path(h));
-        for (k, v) in self.agent_env(h) {
-            cmd.env(k, v);
-        }
+        let mut cmd = self.agent_command_in_netns(h, &["status"])?;
         let o = crate::cmd::run_unchecked(&mut cmd)?;
         Ok(format!("{}{}", o.stdout, o.stderr))
     }

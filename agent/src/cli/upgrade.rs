@@ -76,6 +76,7 @@ impl UpgradeArgs {
             (None, None) => std::env::current_exe().context("finding this program's path")?,
         };
 
+        swarmstrap_wire::pin::crypto_provider(); // reqwest has no provider of its own
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
