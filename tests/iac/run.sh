@@ -18,6 +18,8 @@ command -v dash >/dev/null 2>&1 || missing_apt+=(dash)
 if [ ${#missing_apt[@]} -gt 0 ]; then
   fail "missing Debian packages: ${missing_apt[*]} (apt-get install -y ${missing_apt[*]})"
 fi
+command -v minisign >/dev/null 2>&1 \
+  || echo "tests/iac: warning: minisign is not installed: the signed-release installer tests are skipped (apt-get install -y minisign)" >&2
 
 pip_install() {
   python3 -m pip install --quiet "$@" 2>/dev/null || python3 -m pip install --quiet --break-system-packages "$@"
