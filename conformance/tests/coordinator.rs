@@ -51,7 +51,7 @@ struct Coordinator {
 
 impl Coordinator {
     async fn start() -> Arc<Coordinator> {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        swarmstrap_wire::pin::crypto_provider();
         let root = tempfile::tempdir().expect("temp dir");
         // The certificate lives outside the data dir (as the operator's PEM files would), so a
         // lost data dir keeps it: a self-signed one, generated once.

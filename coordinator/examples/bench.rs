@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1000);
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    swarmstrap_wire::pin::crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

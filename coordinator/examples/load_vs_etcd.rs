@@ -130,7 +130,7 @@ fn main() -> Result<()> {
     ensure!(args.agents >= 2, "at least 2 agents");
     ensure!(args.inflight >= 1, "--inflight must be at least 1");
     ensure!(args.writes >= 1, "--writes must be at least 1");
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    swarmstrap_wire::pin::crypto_provider();
     raise_nofile(args.agents)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -15,8 +15,8 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    // One process-wide crypto provider: aws-lc-rs, rustls' default.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // One process-wide crypto provider: ring (see the workspace Cargo.toml).
+    swarmstrap_wire::pin::crypto_provider();
     let cli = Cli::parse();
     match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -582,6 +582,7 @@ async fn insecure_http_needs_the_flag_and_warns() {
     assert_eq!(info.scheme, "http");
     assert_eq!(info.fingerprint, None);
     let url = format!("http://{}/healthz", info.listen);
+    install_crypto();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     wait_for("/healthz over plain HTTP", Duration::from_secs(30), || {
         let (c, u) = (client.clone(), url.clone());

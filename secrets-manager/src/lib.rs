@@ -249,12 +249,25 @@ impl Presenting {
     }
 }
 
+/// The SDK's HTTP(S) client: hyper + rustls on ring, the workspace's one crypto provider (the
+/// SDK's default client is built without, see the workspace Cargo.toml). Every SDK config this
+/// crate builds carries it; the credential providers (IMDS, STS, web identity) use it too.
+pub fn https_client() -> aws_sdk_secretsmanager::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 impl SecretsManagerRendezvous {
     /// Build from the default AWS credential chain (env, profile, instance role via IMDSv2)
     /// and the default region chain unless `cfg.region` is set.
     pub async fn new(cfg: SecretsManagerConfig) -> Result<Self> {
         cfg.validate()?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(https_client());
         if let Some(region) = &cfg.region {
             loader = loader.region(Region::new(region.clone()));
         }

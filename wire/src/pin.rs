@@ -76,11 +76,20 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// The process-wide crypto provider if one is installed, else rustls' default (aws-lc-rs).
+/// The process-wide crypto provider, ring, installed as the process default on first use.
+///
+/// ring is the workspace's one provider (see the workspace Cargo.toml). reqwest is built
+/// without a provider of its own and panics on `Client::builder().build()` when no process
+/// default is installed, so every place that builds an HTTP client calls this first.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
+    if let Some(p) = CryptoProvider::get_default() {
+        return p.clone();
+    }
+    // Losing a race to another thread's install is fine: either way one is installed now.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     CryptoProvider::get_default()
         .cloned()
-        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 /// A client config that trusts only the certificate whose sha256 is `pin`.

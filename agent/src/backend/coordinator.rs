@@ -58,6 +58,7 @@ impl CoordinatorClient {
         secret: Secret,
         request_timeout: Duration,
     ) -> std::result::Result<CoordinatorClient, ClientError> {
+        swarmstrap_wire::pin::crypto_provider(); // reqwest has no provider of its own
         let builder = reqwest::Client::builder()
             // The coordinator sits on the private network; never send the secret to a proxy.
             .no_proxy()
@@ -751,7 +752,7 @@ mod tests {
     /// Serve one canned HTTP response per connection over TLS.
     async fn tls_server(chain: Vec<Der>, key: Key) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()

@@ -64,6 +64,7 @@ pub fn provider(kind: CloudKind) -> Box<dyn MetadataProvider> {
 }
 
 pub(crate) fn http_client() -> reqwest::Client {
+    swarmstrap_wire::pin::crypto_provider(); // reqwest has no provider of its own
     reqwest::Client::builder()
         .no_proxy()
         .timeout(REQUEST_TIMEOUT)

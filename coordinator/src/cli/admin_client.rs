@@ -32,6 +32,7 @@ impl AdminClient {
             );
         };
         let addr = connect_addr(admin);
+        swarmstrap_wire::pin::crypto_provider(); // reqwest has no provider of its own
         let builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))

@@ -18,7 +18,7 @@ use swarmstrap_wire::Secret;
 use tokio::sync::oneshot;
 
 pub fn install_crypto() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    swarmstrap_wire::pin::crypto_provider();
 }
 
 pub struct TestServer {
