@@ -15,6 +15,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The version --version reports: the workspace's unless a release stamps its own. Set even
+# then, so this lab build and scripts/test-artifacts.sh's release of the same version share
+# one build instead of relinking both binaries for a changed environment.
+if [ -z "${SWARMSTRAP_VERSION:-}" ]; then
+  SWARMSTRAP_VERSION=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "swarm-agent"))')
+fi
+export SWARMSTRAP_VERSION
+
 arches=("$@")
 [ ${#arches[@]} -gt 0 ] || arches=(x86_64)
 

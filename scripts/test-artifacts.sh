@@ -29,9 +29,13 @@ else
   minisign -G -W -p "$tmp/test.pub" -s "$tmp/test.key" >/dev/null
   pubkey=$tmp/test.pub
   dist=$tmp/dist
-  echo "test-artifacts: building a release with a throwaway key into $dist" >&2
+  # The workspace's own version: release.sh builds into the same target/ as the lab build,
+  # and the x86_64 binaries the later tests run (tests/iac) must keep reporting it.
+  version=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "swarm-agent"))')
+  echo "test-artifacts: building release $version with a throwaway key into $dist" >&2
   SWARMSTRAP_SIGNING_KEY_FILE=$tmp/test.key SWARMSTRAP_SIGNING_PUBKEY_FILE=$pubkey \
-    SWARMSTRAP_DIST_DIR=$dist bash scripts/release.sh 0.0.0-artifacts.1 >&2
+    SWARMSTRAP_DIST_DIR=$dist bash scripts/release.sh "$version" >&2
   echo "test-artifacts: release.sh took $(elapsed)" >&2
 fi
 [ -f "$dist/SHA256SUMS" ] || fail "$dist/SHA256SUMS is missing"
@@ -72,7 +76,7 @@ fi
 cp "$dist/swarmstrap-install.sh" "$tmp/tampered/"
 grep " swarmstrap-install.sh\$" "$dist/SHA256SUMS" >"$tmp/tampered/one.sum"
 echo "# tampered" >>"$tmp/tampered/swarmstrap-install.sh"
-if (cd "$tmp/tampered" && sha256sum --quiet -c one.sum 2>/dev/null); then
+if (cd "$tmp/tampered" && sha256sum --quiet -c one.sum >/dev/null 2>&1); then
   fail "a tampered swarmstrap-install.sh passed sha256sum -c"
 fi
 ok "a tampered SHA256SUMS fails minisign -V; a tampered file fails sha256sum -c"

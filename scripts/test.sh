@@ -14,6 +14,7 @@ echo "== static release binaries (used by the lab tests)" >&2
 bash scripts/build-static.sh
 echo "== cargo test" >&2
 cargo test --workspace -- --test-threads=4
+echo "== release artifacts" >&2; bash scripts/test-artifacts.sh
 echo "== fuzz (short)" >&2; bash scripts/fuzz.sh 20
 echo "== cloud-init + terraform checks" >&2
 SWARMSTRAP_REQUIRE_BINARIES=1 bash tests/iac/run.sh
