@@ -17,6 +17,7 @@ apt_pkgs=(
   libc6-dev-arm64-cross  # the C headers ring includes (stdint.h, string.h) for that build
   qemu-user-static # runs the aarch64 release binaries in the artifact tests
   minisign         # signs and verifies SHA256SUMS (scripts/release.sh, test-artifacts.sh)
+  dnsmasq-base     # the lab's DNS server (tests/tests/release.rs: names without NSS); no service
   openssl dash     # the cloud-init installer tests (certificates, a POSIX sh)
   python3-pip
 )

@@ -10,11 +10,16 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== a second, signed agent build (the rolling-upgrade lab test upgrades to it)" >&2
+bash scripts/upgrade-test-release.sh target/upgrade-release
+export SWARMSTRAP_UPGRADE_RELEASE_DIR="$PWD/target/upgrade-release"
+export SWARMSTRAP_UPGRADE_PUBLIC_KEY_FILE="$PWD/target/upgrade-release/test.pub"
 echo "== static release binaries (used by the lab tests)" >&2
 bash scripts/build-static.sh
+echo "== release artifacts (x86_64 + aarch64, signed with a throwaway key)" >&2
+bash scripts/test-artifacts.sh
 echo "== cargo test" >&2
 cargo test --workspace -- --test-threads=4
-echo "== release artifacts" >&2; bash scripts/test-artifacts.sh
 echo "== fuzz (short)" >&2; bash scripts/fuzz.sh 20
 echo "== cloud-init + terraform checks" >&2
 SWARMSTRAP_REQUIRE_BINARIES=1 bash tests/iac/run.sh

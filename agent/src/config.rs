@@ -1296,13 +1296,8 @@ fn resolve_coordinator(
         Some(h) if !h.is_empty() => h.to_string(),
         _ => return Err(invalid(origin, format!("{url:?} has no host"))),
     };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<IpAddr>().is_err() {
-        tracing::warn!(
-            "the coordinator URL uses the host name {host:?}: it is resolved with the system \
-             resolver (getaddrinfo), which a static build may not be able to use; prefer an IP"
-        );
-    }
+    // A host name is fine: the release build is musl-static, whose resolver reads
+    // /etc/resolv.conf and /etc/hosts itself (no NSS modules needed).
     if parsed.path() != "/" || parsed.query().is_some() {
         return Err(invalid(
             origin,

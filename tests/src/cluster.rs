@@ -711,13 +711,18 @@ impl Cluster {
     /// (paths as the agent sees them, inside the chroot if there is one).
     fn agent_command(&self, h: &Host, args: &[&str]) -> Result<Command> {
         let mut cmd = if self.options.chroot_resolv_conf.is_some() {
-            let mut c = Command::new("chroot");
-            c.arg(self.chroot_dir(h))
+            // `env -i`: the agent gets only its own environment, nothing of the test's.
+            let mut c = Command::new("env");
+            c.arg("-i");
+            for (k, v) in self.agent_env(h) {
+                c.arg(format!("{k}={v}"));
+            }
+            c.arg("/usr/sbin/chroot") // coreutils; `env -i` leaves no PATH to search
+                .arg(self.chroot_dir(h))
                 .arg("/swarm-agent")
                 .args(args)
                 .args(["--config", "/config.toml"]);
-            c.env_clear();
-            c
+            return Ok(c);
         } else {
             let mut c = Command::new(self.agent_binary(h)?);
             c.args(args).arg("--config").arg(self.config_path(h));
@@ -737,9 +742,6 @@ impl Cluster {
             .arg("--")
             .arg(inner.get_program())
             .args(inner.get_args());
-        if self.options.chroot_resolv_conf.is_some() {
-            cmd.env_clear();
-        }
         for (k, v) in inner.get_envs() {
             if let Some(v) = v {
                 cmd.env(k, v);

@@ -52,7 +52,10 @@ fn start_dns(lab: &Lab, i: usize, name: &str) -> anyhow::Result<(String, PathBuf
         "--group=root",
     ])
     .arg(format!("--listen-address={ip}"))
-    .arg(format!("--address=/{name}/{}", lab.bridge_addr()));
+    // A host record: the A query gets the address and the AAAA query an empty answer (musl
+    // asks both at once and fails on a refused one), other names in the zone NXDOMAIN.
+    .arg(format!("--host-record={name},{}", lab.bridge_addr()))
+    .arg("--local=/lab.internal/");
     let p = h.spawn_in_netns("dnsmasq", cmd)?;
     // Ready once it answers: wait for its "started" line (it logs to stderr = the log file).
     let log = p.log_path().to_path_buf();

@@ -37,7 +37,11 @@ impl RunArgs {
         // `swarm-agent upgrade` replaces the binary, then asks this process (SIGUSR2) to run
         // the new one: same pid (systemd keeps tracking it), same arguments and environment.
         let mut reexec = Box::pin(reexec_signal());
-        let exe = std::env::current_exe().context("finding this program's path")?;
+        let mut argv = std::env::args_os();
+        // /proc/self/exe; without /proc (a bare chroot) the absolute path it was started as.
+        let exe = std::env::current_exe()
+            .ok()
+            .or_else(|| argv.next().map(PathBuf::from).filter(|p| p.is_absolute()));
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let cfg = Config::load(&self.config)?;
         tracing::info!(
@@ -51,15 +55,21 @@ impl RunArgs {
                 .unwrap_or_else(|| "none".into())
         );
         fsutil::create_private_dir(&cfg.state_dir)?;
-        state::write_run_record(
-            &cfg.state_dir,
-            &state::RunRecord {
-                pid: std::process::id(),
-                version: crate::VERSION.to_string(),
-                exe: exe.clone(),
-                started_at: state::rfc3339_now(),
-            },
-        )?;
+        match &exe {
+            Some(exe) => state::write_run_record(
+                &cfg.state_dir,
+                &state::RunRecord {
+                    pid: std::process::id(),
+                    version: crate::VERSION.to_string(),
+                    exe: exe.clone(),
+                    started_at: state::rfc3339_now(),
+                },
+            )?,
+            None => tracing::warn!(
+                "cannot tell this program's path (no /proc/self/exe, started by a relative \
+                 name): `swarm-agent upgrade` will not be able to restart it in place"
+            ),
+        }
         let node_id = state::load_or_create_node_id(&cfg.state_dir)?;
         let backend = backend::open(&cfg, BACKEND_TIMEOUT)
             .await
@@ -185,8 +195,11 @@ fn reexec_signal() -> impl std::future::Future<Output = ()> {
 /// Replace this process with `exe` (the binary on disk now) and the same arguments. Files the
 /// agent writes are all atomic, so stopping here is as safe as a crash, only tidier. Returns
 /// only if the exec failed; the agent then exits with an error and systemd restarts it.
-fn reexec_self(exe: &std::path::Path, args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+fn reexec_self(exe: &Option<PathBuf>, args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
+    let Some(exe) = exe else {
+        anyhow::bail!("SIGUSR2: cannot re-execute: this program's path is unknown; restart it");
+    };
     tracing::info!(
         "SIGUSR2: re-executing {} (swarm-agent upgrade)",
         exe.display()
