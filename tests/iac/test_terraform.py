@@ -1,8 +1,10 @@
 """Static checks of terraform/: every .tf parses (python-hcl2), references resolve, variables
 and outputs are documented, templatefile() calls pass exactly the variables their templates
 use, README usage blocks work as written, scaling workers cannot touch other nodes, the
-coordinator pin is computed correctly (checked with a real Terraform and openssl), and
-`terraform fmt` is clean. checkov itself runs from run.sh."""
+coordinator pin is computed correctly (checked with a real Terraform and openssl), the AWS
+module's managers and workers get separate least-privilege roles for its two secrets (policies
+rendered by a real Terraform, resources checked under IAM's glob rules), and `terraform fmt` is
+clean. checkov itself runs from run.sh."""
 
 from __future__ import annotations
 
@@ -656,6 +658,319 @@ class CoordinatorPinTest(unittest.TestCase):
                         self.assertEqual(decoded, der, variant)
                         # What local_file.content_sha256 computes from content_base64:
                         self.assertEqual("sha256:" + hashlib.sha256(decoded).hexdigest(), fingerprint)
+
+
+def data_body(text: str, dtype: str, name: str) -> str:
+    m = re.search(rf'data\s+"{dtype}"\s+"{name}"\s*\{{', text)
+    assert m, f"data {dtype}.{name} not found"
+    return text[m.end() - 1 : balanced(text, m.end() - 1)]
+
+
+def iam_glob_match(pattern: str, value: str) -> bool:
+    """IAM's matching of a Resource pattern against an ARN: `*` matches any sequence of
+    characters (also empty, also `/` and `:`), `?` exactly one character (also `/`), everything
+    else itself."""
+    import functools
+
+    @functools.lru_cache(maxsize=None)
+    def m(i, j):
+        if i == len(pattern):
+            return j == len(value)
+        if pattern[i] == "*":
+            return m(i + 1, j) or (j < len(value) and m(i, j + 1))
+        return j < len(value) and pattern[i] in ("?", value[j]) and m(i + 1, j + 1)
+
+    return m(0, 0)
+
+
+def iam_globs_overlap(p: str, q: str) -> bool:
+    """Whether some string matches both IAM patterns: with q = "NAME-??????", whether p matches
+    the ARN of NAME for *any* six-character suffix."""
+    import functools
+
+    @functools.lru_cache(maxsize=None)
+    def m(i, j):
+        if i == len(p) and j == len(q):
+            return True
+        if i < len(p) and p[i] == "*" and m(i + 1, j):  # p's * matches nothing more
+            return True
+        if j < len(q) and q[j] == "*" and m(i, j + 1):
+            return True
+        if i < len(p) and j < len(q):
+            a, b = p[i], q[j]
+            if a == "*":  # p's * takes the character q[j] stands for
+                return m(i, j + 1)
+            if b == "*":
+                return m(i + 1, j)
+            if "?" in (a, b) or a == b:
+                return m(i + 1, j + 1)
+        return False
+
+    return m(0, 0)
+
+
+class AwsLeastPrivilegeTest(unittest.TestCase):
+    """Two secrets, two roles. S (the rendezvous: registrations, lease, worker join data) is read
+    and written by every node; S/managers (manager join token, init election) by the managers
+    only. The workers' policy grants nothing on S/managers and denies it; the IAM resources of
+    each secret are NAME-?????? (Secrets Manager's 6-character ARN suffix) and NAME (calls made
+    before the secret exists), and under IAM's glob rules (`*` and `?` match `/` too) no pattern
+    the workers are allowed matches an ARN of S/managers. The policy documents are rendered by a
+    real Terraform from the module's own statements and locals, with the data sources, the
+    random suffix and the variables replaced by fixed values."""
+
+    SUBST = {
+        "data.aws_partition.current.partition": '"aws"',
+        "data.aws_region.current.name": '"eu-west-1"',
+        "data.aws_caller_identity.current.account_id": '"123456789012"',
+        "random_id.secret_suffix.hex": '"0a1b2c3d"',
+        "var.secret_name_prefix": '"swarmstrap/"',
+    }
+    OVERRIDE = {"cluster": '"prod"'}
+    S = "swarmstrap/prod-0a1b2c3d"
+    M = S + "/managers"
+    ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:"
+    ACTIONS = ["secretsmanager:CreateSecret", "secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue",
+               "secretsmanager:ListSecretVersionIds", "secretsmanager:PutSecretValue",
+               "secretsmanager:TagResource", "secretsmanager:UpdateSecretVersionStage"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.text = raw(MODULES["aws"])
+        cls.policies = cls.render_policies(("worker_secrets", "manager_secrets"))
+
+    @classmethod
+    def local_exprs(cls, exprs) -> dict:
+        """The locals the expressions use (transitively), with SUBST/OVERRIDE applied."""
+        out, todo = {}, list(exprs)
+        while todo:
+            for name in re.findall(r"\blocal\.([A-Za-z_][A-Za-z0-9_]*)", todo.pop()):
+                if name in out:
+                    continue
+                expr = cls.OVERRIDE.get(name) or local_value(cls.text, name)
+                for ref, value in cls.SUBST.items():
+                    expr = expr.replace(ref, value)
+                out[name] = expr
+                todo.append(expr)
+        return out
+
+    @classmethod
+    def statements(cls, doc: str) -> list[dict]:
+        """The static statement blocks of a policy document: attribute -> HCL expression."""
+        body = data_body(cls.text, "aws_iam_policy_document", doc)
+        out = []
+        for m in re.finditer(r'(?<![\w"])statement\s*\{', body):
+            block = body[m.end() - 1 : balanced(body, m.end() - 1)]
+            attrs = {}
+            for a in re.finditer(r"(?m)^\s*(sid|effect|actions|resources)\s*=\s*", block):
+                start = a.end()
+                end = balanced(block, start) if block[start] in "[{(" else block.index("\n", start)
+                attrs[a.group(1)] = block[start:end].strip()
+            out.append(attrs)
+        return out
+
+    @classmethod
+    def render_policies(cls, docs) -> dict:
+        """doc name -> {"Version", "Statement": [{Sid, Effect, Action, Resource}]} (the static
+        statements; the KMS statement is dynamic and checked on the text)."""
+        outputs, exprs = {}, []
+        for doc in docs:
+            items = []
+            for st in cls.statements(doc):
+                exprs += [st["actions"], st["resources"]]
+                items.append(f'{{ Sid = {st.get("sid", "null")}, Effect = {st.get("effect", chr(34) + "Allow" + chr(34))}, '
+                             f'Action = {st["actions"]}, Resource = {st["resources"]} }}')
+            outputs[doc] = "[\n    " + ",\n    ".join(items) + "\n  ]"
+        locals_ = cls.local_exprs(exprs)
+        files = {"locals.tf": "locals {\n" + "".join(f"  {k} = {v}\n" for k, v in locals_.items()) + "}\n"}
+        got = tfbin.evaluate(outputs, files)
+        return {doc: {"Version": "2012-10-17", "Statement": got[doc]} for doc in docs}
+
+    def evaluate_locals(self, *names) -> dict:
+        locals_ = self.local_exprs([f"local.{n}" for n in names])
+        files = {"locals.tf": "locals {\n" + "".join(f"  {k} = {v}\n" for k, v in locals_.items()) + "}\n"}
+        return tfbin.evaluate({n: f"local.{n}" for n in names}, files)
+
+    def allowed(self, doc) -> list[str]:
+        return [r for st in self.policies[doc]["Statement"] if st["Effect"] == "Allow" for r in st["Resource"]]
+
+    def denied(self, doc) -> list[str]:
+        return [r for st in self.policies[doc]["Statement"] if st["Effect"] == "Deny" for r in st["Resource"]]
+
+    def arns(self, name, n=300) -> list[str]:
+        """ARNs Secrets Manager could give the secret NAME: NAME-<6 characters>, with random
+        suffixes (also '/', '-' and '?' in them) and a few chosen ones."""
+        import random
+        import string
+        rnd = random.Random(16)
+        alphabet = string.ascii_letters + string.digits + "/-_+=.@?*"
+        suffixes = ["AbC123", "------", "//////", "??????", "a/b-c*"] + [
+            "".join(rnd.choice(alphabet) for _ in range(6)) for _ in range(n)]
+        return [f"{self.ARN}{name}-{x}" for x in suffixes]
+
+    def test_two_roles_each_with_its_profile(self):
+        text = self.text
+        self.assertNotRegex(text, r'resource\s+"aws_iam_(role|instance_profile)"\s+"node"')
+        for role, doc in (("manager", "manager_secrets"), ("worker", "worker_secrets")):
+            with self.subTest(role):
+                self.assertIn("data.aws_iam_policy_document.assume_ec2.json", resource_body(text, "aws_iam_role", role))
+                self.assertIn(f"role        = aws_iam_role.{role}.name", resource_body(text, "aws_iam_instance_profile", role))
+                policy = resource_body(text, "aws_iam_role_policy", role)
+                self.assertIn(f"role   = aws_iam_role.{role}.id", policy)
+                self.assertIn(f"policy = data.aws_iam_policy_document.{doc}.json", policy)
+                ssm = resource_body(text, "aws_iam_role_policy_attachment", role)
+                self.assertIn(f"role       = aws_iam_role.{role}.name", ssm)
+                self.assertIn("policy/AmazonSSMManagedInstanceCore", ssm)
+                instance = resource_body(text, "aws_instance", role)
+                self.assertIn(f"iam_instance_profile   = aws_iam_instance_profile.{role}.name", instance)
+                self.assertEqual(re.findall(r"aws_iam_instance_profile\.(\w+)", instance), [role])
+                depends = re.search(r"depends_on\s*=\s*\[([^\]]*)\]", instance).group(1)
+                for dep in ("aws_secretsmanager_secret.rendezvous", "aws_secretsmanager_secret.managers",
+                            f"aws_iam_role_policy.{role}", f"aws_iam_role_policy_attachment.{role}"):
+                    self.assertIn(dep, depends)
+        # Each role and profile is used by its own kind of instance only.
+        self.assertEqual(len(re.findall(r"aws_iam_instance_profile\.worker\.name", text)), 1)
+        self.assertEqual(len(re.findall(r"aws_iam_instance_profile\.manager\.name", text)), 1)
+
+    def test_exact_actions(self):
+        self.assertEqual(self.evaluate_locals("secret_actions")["secret_actions"], self.ACTIONS)
+        for doc, policy in self.policies.items():
+            for st in policy["Statement"]:
+                with self.subTest(doc=doc, sid=st["Sid"]):
+                    if st["Effect"] == "Allow":
+                        self.assertEqual(st["Action"], self.ACTIONS)
+                    else:
+                        self.assertEqual(st["Action"], ["secretsmanager:*"])
+
+    def test_each_secret_is_its_suffixed_and_bare_arn(self):
+        got = self.evaluate_locals("secret_name", "manager_secret_name", "secret_arns", "manager_secret_arns")
+        self.assertEqual(got["secret_name"], self.S)
+        self.assertEqual(got["manager_secret_name"], self.M)
+        self.assertEqual(got["secret_arns"], [f"{self.ARN}{self.S}-??????", f"{self.ARN}{self.S}"])
+        self.assertEqual(got["manager_secret_arns"], [f"{self.ARN}{self.M}-??????", f"{self.ARN}{self.M}"])
+        for doc, policy in self.policies.items():
+            for r in (r for st in policy["Statement"] for r in st["Resource"]):
+                with self.subTest(doc=doc, resource=r):
+                    self.assertNotIn("*", r)
+
+    def test_worker_policy_grants_nothing_on_the_managers_secret_and_denies_it(self):
+        worker = self.policies["worker_secrets"]
+        self.assertEqual(self.allowed("worker_secrets"), [f"{self.ARN}{self.S}-??????", f"{self.ARN}{self.S}"])
+        deny, = [st for st in worker["Statement"] if st["Effect"] == "Deny"]
+        self.assertEqual(deny["Action"], ["secretsmanager:*"])
+        self.assertEqual(deny["Resource"], [f"{self.ARN}{self.M}-??????", f"{self.ARN}{self.M}"])
+        for arn in self.arns(self.M) + [self.ARN + self.M]:
+            self.assertTrue(any(iam_glob_match(p, arn) for p in self.denied("worker_secrets")), arn)
+        # ... and the deny does not take S from the workers.
+        for arn in self.arns(self.S) + [self.ARN + self.S]:
+            self.assertFalse(any(iam_glob_match(p, arn) for p in self.denied("worker_secrets")), arn)
+
+    def test_manager_policy_grants_both_secrets(self):
+        manager = self.policies["manager_secrets"]
+        self.assertFalse(self.denied("manager_secrets"))
+        self.assertEqual(sorted(self.allowed("manager_secrets")), sorted(
+            [f"{self.ARN}{self.S}-??????", f"{self.ARN}{self.S}", f"{self.ARN}{self.M}-??????", f"{self.ARN}{self.M}"]))
+        self.assertEqual(len(manager["Statement"]), 2)
+        for name in (self.S, self.M):
+            for arn in self.arns(name, 50) + [self.ARN + name]:
+                self.assertTrue(any(iam_glob_match(p, arn) for p in self.allowed("manager_secrets")), arn)
+
+    def test_iam_glob_rules_keep_the_workers_off_the_managers_secret(self):
+        # The matcher follows IAM: `*` and `?` match `/` too.
+        self.assertTrue(iam_glob_match("a*", "a/b/c"))
+        self.assertTrue(iam_glob_match("a-??????", "a-b/c/d/"))
+        self.assertFalse(iam_glob_match("a-??????", "a-b/c/d"))
+        self.assertFalse(iam_glob_match("a", "a-abcdef"))
+        self.assertTrue(iam_globs_overlap("a*", "a/managers-??????"))
+        self.assertFalse(iam_globs_overlap("a-??????", "a/managers-??????"))
+        # A looser grant would reach the managers' secret: why the patterns are exact.
+        self.assertTrue(iam_globs_overlap(f"{self.ARN}{self.S}*", f"{self.ARN}{self.M}-??????"))
+        self.assertTrue(iam_globs_overlap(f"{self.ARN}{self.S}?*", f"{self.ARN}{self.M}"))
+        for p in self.allowed("worker_secrets"):
+            with self.subTest(pattern=p):
+                # No ARN of S/managers, whatever its 6-character suffix, and not its bare name.
+                self.assertFalse(iam_globs_overlap(p, f"{self.ARN}{self.M}-??????"))
+                self.assertFalse(iam_globs_overlap(p, f"{self.ARN}{self.M}"))
+                for arn in self.arns(self.M) + [self.ARN + self.M]:
+                    self.assertFalse(iam_glob_match(p, arn), arn)
+        # ... while the workers do reach S, by its suffixed ARN and by its bare name.
+        for arn in self.arns(self.S) + [self.ARN + self.S]:
+            self.assertTrue(any(iam_glob_match(p, arn) for p in self.allowed("worker_secrets")), arn)
+
+    def test_kms_statement_for_both_roles(self):
+        dynamic = []
+        for doc in ("worker_secrets", "manager_secrets"):
+            body = data_body(self.text, "aws_iam_policy_document", doc)
+            m = re.search(r'dynamic\s+"statement"\s*\{', body)
+            self.assertIsNotNone(m, doc)
+            block = body[m.end() - 1 : balanced(body, m.end() - 1)]
+            self.assertIn('for_each = var.kms_key_id != "" ? [var.kms_key_id] : []', block)
+            self.assertIn('actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]', block)
+            self.assertIn('variable = "kms:ViaService"', block)
+            self.assertIn('values   = ["secretsmanager.${local.region}.amazonaws.com"]', block)
+            dynamic.append(block)
+        self.assertEqual(dynamic[0], dynamic[1])
+
+    def test_module_creates_both_secrets_without_a_value(self):
+        text = self.text
+        self.assertNotIn("aws_secretsmanager_secret_version", text)
+        self.assertEqual(len(re.findall(r'resource\s+"aws_secretsmanager_secret"', text)), 2)
+        self.assertIn('resource "random_id" "secret_suffix"', text)
+        for name, local_name, kind in (("rendezvous", "secret_name", "rendezvous"),
+                                       ("managers", "manager_secret_name", "managers")):
+            with self.subTest(name):
+                body = resource_body(text, "aws_secretsmanager_secret", name)
+                self.assertRegex(body, rf"\n\s*name\s*=\s*local\.{local_name}\n")
+                self.assertRegex(body, r'\n\s*kms_key_id\s*=\s*var\.kms_key_id != "" \? var\.kms_key_id : null\n')
+                self.assertRegex(body, r"\n\s*recovery_window_in_days\s*=\s*var\.secret_recovery_window_days\n")
+                tags = re.search(r"\n\s*tags\s*=\s*(.*)\n", body).group(1)
+                self.assertTrue(tags.startswith("merge(local.tags, "), tags)
+                self.assertIn('"swarmstrap:cluster" = local.cluster', tags)
+                self.assertIn(f'"swarmstrap:secret" = "{kind}"', tags)
+        # The agents get S and derive S/managers themselves.
+        node_vars = local_value(text, "node_vars")
+        self.assertRegex(node_vars, r"\n\s*sm_secret_name\s*=\s*local\.secret_name\n")
+        self.assertNotIn("manager_secret", node_vars)
+        outputs = declared_outputs(MODULES["aws"])
+        self.assertIn("aws_secretsmanager_secret.rendezvous.name", scalar(outputs["secret_name"]["value"]))
+        self.assertIn("aws_secretsmanager_secret.managers.name", scalar(outputs["manager_secret_name"]["value"]))
+        for name in ("secret_name", "manager_secret_name"):
+            desc = scalar(outputs[name]["description"])
+            self.assertIn("terraform destroy", desc)
+            self.assertNotIn("agents create", desc)
+            self.assertNotIn("Delete it", desc)
+        readme = read_text(os.path.join(MODULES["aws"], "README.md"))
+        for phrase in ("$0.40 per secret per month", "S/managers", "secret_recovery_window_days",
+                       "NAME-??????", "not billed"):
+            self.assertIn(phrase, readme)
+
+    def test_recovery_window_variable(self):
+        declared = declared_variables(MODULES["aws"])["secret_recovery_window_days"]
+        self.assertEqual(scalar(declared["default"]), 7)
+        block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), "secret_recovery_window_days")
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write(block + '\n\noutput "days" {\n  value = var.secret_recovery_window_days\n}\n')
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            for value, ok in ((None, True), (0, True), (7, True), (30, True), (15, True),
+                              (1, False), (6, False), (31, False), (-7, False), (7.5, False)):
+                with self.subTest(value=value):
+                    # A var file, not -var: Terraform 1.0.3 (the offline binary) validates a -var
+                    # number as the unconverted string ("7" == 7 is false); later releases
+                    # convert first, and the module needs >= 1.3.
+                    args = []
+                    if value is not None:
+                        with open(os.path.join(d, "v.tfvars"), "w") as f:
+                            f.write(f"secret_recovery_window_days = {value}\n")
+                        args = ["-var-file=v.tfvars"]
+                    proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", *args], d, check=False)
+                    if ok:
+                        self.assertEqual(proc.returncode, 0, proc.stderr)
+                        out = json.loads(tfbin.run(["output", "-json", "-no-color"], d).stdout)
+                        self.assertEqual(out["days"]["value"], 7 if value is None else value)
+                    else:
+                        self.assertNotEqual(proc.returncode, 0)
+                        self.assertIn("The secret_recovery_window_days must be", proc.stderr.replace("\n", " "))
 
 
 class ReadmeTest(unittest.TestCase):

@@ -1,5 +1,6 @@
 # A Docker Swarm on AWS: `terraform apply` ends in a running swarm. The agents rendezvous through
-# one Secrets Manager secret they create themselves; reach the nodes with SSM Session Manager.
+# two Secrets Manager secrets the module creates (a shared one, and one only the managers' role
+# can reach); reach the nodes with SSM Session Manager.
 
 terraform {
   required_version = ">= 1.3.0"

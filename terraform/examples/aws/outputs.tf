@@ -14,6 +14,11 @@ output "status_commands" {
 }
 
 output "secret_name" {
-  description = "The Secrets Manager secret the agents share (delete it after `terraform destroy`)."
+  description = "The Secrets Manager secret every node shares (`terraform destroy` schedules it for deletion)."
   value       = module.swarm.secret_name
+}
+
+output "manager_secret_name" {
+  description = "The managers-only Secrets Manager secret (`terraform destroy` schedules it for deletion)."
+  value       = module.swarm.manager_secret_name
 }

@@ -1,8 +1,10 @@
 # A Docker Swarm on AWS, bootstrapped by swarmstrap: manager and worker instances in private
 # subnets of a new VPC, a network load balancer in the public subnets. Every node runs
 # swarm-agent (installed by cloud-init), which elects the single node that runs
-# `docker swarm init` through a compare-and-swap on one Secrets Manager secret and joins all
-# the others. No coordinator to run, no SSH, no token fetching, no sleeps.
+# `docker swarm init` through compare-and-swaps on Secrets Manager secrets and joins all the
+# others. Two secrets, two roles: every node reads and writes the shared rendezvous secret;
+# only managers reach the managers' secret (manager join token, init election). No coordinator
+# to run, no SSH, no token fetching, no sleeps.
 
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
@@ -28,8 +30,8 @@ data "aws_ssm_parameter" "al2023" {
   name     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-${each.key}"
 }
 
-# The agents create the secret themselves (the module does not), and a deleted secret's name
-# stays blocked for 7-30 days: a random suffix makes every cluster's name new.
+# A deleted secret's name stays blocked during its recovery window (7-30 days): a random suffix
+# makes every cluster's secret names new.
 resource "random_id" "secret_suffix" {
   byte_length = 4
 }
@@ -45,13 +47,33 @@ locals {
   ami  = { for role, arch in local.arch : role => var.ami_id != "" ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[arch].value) }
   tags = merge({ "swarmstrap:cluster" = local.cluster }, var.tags)
 
-  region      = data.aws_region.current.name
+  region = data.aws_region.current.name
+  # S, the shared rendezvous secret (registrations, lease, worker join data): every node.
   secret_name = "${var.secret_name_prefix}${local.cluster}-${random_id.secret_suffix.hex}"
-  # Secrets Manager appends "-" and 6 random characters to every secret's ARN.
-  secret_arn_pattern = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}-*"
-  # Calls made before the secret exists (the first GetSecretValue / CreateSecret) are
-  # authorized against the ARN without the suffix.
-  secret_arn_bare = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:${local.secret_name}"
+  # S/managers (manager join token, init election records): managers only. The agents derive
+  # this name from S.
+  manager_secret_name = "${local.secret_name}/managers"
+
+  # Each secret as IAM resources: Secrets Manager appends "-" and 6 random characters to a
+  # secret's ARN, and a call made before the secret exists is authorized against the bare name
+  # ARN. "??????" (exactly six characters), not "*": in IAM, "*" and "?" also match "/", and a
+  # grant must never reach beyond its own secret (tests/iac/test_terraform.py checks that the
+  # workers' resources match no ARN of S/managers).
+  secret_arn_prefix   = "arn:${data.aws_partition.current.partition}:secretsmanager:${local.region}:${data.aws_caller_identity.current.account_id}:secret:"
+  secret_arns         = ["${local.secret_arn_prefix}${local.secret_name}-??????", "${local.secret_arn_prefix}${local.secret_name}"]
+  manager_secret_arns = ["${local.secret_arn_prefix}${local.manager_secret_name}-??????", "${local.secret_arn_prefix}${local.manager_secret_name}"]
+
+  # What the agents call (CreateSecret with tags needs TagResource: an agent re-creates a secret
+  # deleted for good, tagged swarmstrap:cluster and swarmstrap:secret).
+  secret_actions = [
+    "secretsmanager:CreateSecret",
+    "secretsmanager:DescribeSecret",
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:ListSecretVersionIds",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:TagResource",
+    "secretsmanager:UpdateSecretVersionStage",
+  ]
 
   # An explicit binary (agent_url + agent_sha256) only for a mirror without signature files;
   # else the installer fetches and checks the signed release agent_version.
@@ -264,7 +286,30 @@ resource "aws_vpc_security_group_egress_rule" "lb_to_nodes" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# IAM: SSM Session Manager access, and the one secret of this cluster (nothing else).
+# Secrets: the module creates both (without a value: the agents write them). `terraform destroy`
+# schedules them for deletion (secret_recovery_window_days; 0 deletes them at once).
+
+resource "aws_secretsmanager_secret" "rendezvous" {
+  #checkov:skip=CKV2_AWS_57:Rotation does not apply: the values are swarm join tokens and election state the swarm rotates itself; a rotation Lambda would overwrite the rendezvous document.
+  name                    = local.secret_name
+  description             = "swarmstrap rendezvous of cluster ${local.cluster}: registrations, lease, the join data every node may see"
+  kms_key_id              = var.kms_key_id != "" ? var.kms_key_id : null
+  recovery_window_in_days = var.secret_recovery_window_days
+  tags                    = merge(local.tags, { "swarmstrap:cluster" = local.cluster, "swarmstrap:secret" = "rendezvous" })
+}
+
+resource "aws_secretsmanager_secret" "managers" {
+  #checkov:skip=CKV2_AWS_57:Rotation does not apply: the values are swarm join tokens and election state the swarm rotates itself; a rotation Lambda would overwrite the rendezvous document.
+  name                    = local.manager_secret_name
+  description             = "swarmstrap managers-only secret of cluster ${local.cluster}: manager join token, init election (managers only)"
+  kms_key_id              = var.kms_key_id != "" ? var.kms_key_id : null
+  recovery_window_in_days = var.secret_recovery_window_days
+  tags                    = merge(local.tags, { "swarmstrap:cluster" = local.cluster, "swarmstrap:secret" = "managers" })
+}
+
+# ---------------------------------------------------------------------------------------------
+# IAM: one role per node kind, each with SSM Session Manager access and its secrets (nothing
+# else). Workers: S only, and an explicit deny on S/managers. Managers: S and S/managers.
 
 data "aws_iam_policy_document" "assume_ec2" {
   statement {
@@ -276,23 +321,26 @@ data "aws_iam_policy_document" "assume_ec2" {
   }
 }
 
-data "aws_iam_policy_document" "rendezvous_secret" {
+data "aws_iam_policy_document" "worker_secrets" {
   statement {
-    sid = "SwarmRendezvousSecret"
-    actions = [
-      "secretsmanager:CreateSecret",
-      "secretsmanager:DescribeSecret",
-      "secretsmanager:GetSecretValue",
-      "secretsmanager:PutSecretValue",
-      "secretsmanager:UpdateSecretVersionStage",
-    ]
-    resources = [local.secret_arn_pattern, local.secret_arn_bare]
+    sid       = "SwarmRendezvousSecret"
+    effect    = "Allow"
+    actions   = local.secret_actions
+    resources = local.secret_arns
+  }
+
+  # Defence in depth: whatever else the role is ever given, never the managers' secret.
+  statement {
+    sid       = "NoManagersSecret"
+    effect    = "Deny"
+    actions   = ["secretsmanager:*"]
+    resources = local.manager_secret_arns
   }
 
   dynamic "statement" {
     for_each = var.kms_key_id != "" ? [var.kms_key_id] : []
     content {
-      sid       = "SwarmRendezvousSecretKey"
+      sid       = "SwarmSecretsKey"
       actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
       resources = [statement.value]
       condition {
@@ -304,26 +352,79 @@ data "aws_iam_policy_document" "rendezvous_secret" {
   }
 }
 
-resource "aws_iam_role" "node" {
-  name_prefix        = "${substr(local.prefix, 0, 20)}-swarm-node-"
-  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
-  tags               = local.tags
+data "aws_iam_policy_document" "manager_secrets" {
+  statement {
+    sid       = "SwarmRendezvousSecret"
+    effect    = "Allow"
+    actions   = local.secret_actions
+    resources = local.secret_arns
+  }
+
+  statement {
+    sid       = "SwarmManagersSecret"
+    effect    = "Allow"
+    actions   = local.secret_actions
+    resources = local.manager_secret_arns
+  }
+
+  dynamic "statement" {
+    for_each = var.kms_key_id != "" ? [var.kms_key_id] : []
+    content {
+      sid       = "SwarmSecretsKey"
+      actions   = ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"]
+      resources = [statement.value]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.amazonaws.com"]
+      }
+    }
+  }
 }
 
-resource "aws_iam_role_policy_attachment" "ssm" {
-  role       = aws_iam_role.node.name
+resource "aws_iam_role" "manager" {
+  name_prefix        = "${substr(local.prefix, 0, 20)}-swarm-manager-"
+  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+  tags               = merge(local.tags, { "swarmstrap:role" = "manager" })
+}
+
+resource "aws_iam_role" "worker" {
+  name_prefix        = "${substr(local.prefix, 0, 20)}-swarm-worker-"
+  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+  tags               = merge(local.tags, { "swarmstrap:role" = "worker" })
+}
+
+resource "aws_iam_role_policy_attachment" "manager" {
+  role       = aws_iam_role.manager.name
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
-resource "aws_iam_role_policy" "rendezvous_secret" {
-  name   = "swarmstrap-rendezvous-secret"
-  role   = aws_iam_role.node.id
-  policy = data.aws_iam_policy_document.rendezvous_secret.json
+resource "aws_iam_role_policy_attachment" "worker" {
+  role       = aws_iam_role.worker.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
-resource "aws_iam_instance_profile" "node" {
-  name_prefix = "${substr(local.prefix, 0, 20)}-swarm-node-"
-  role        = aws_iam_role.node.name
+resource "aws_iam_role_policy" "manager" {
+  name   = "swarmstrap-secrets"
+  role   = aws_iam_role.manager.id
+  policy = data.aws_iam_policy_document.manager_secrets.json
+}
+
+resource "aws_iam_role_policy" "worker" {
+  name   = "swarmstrap-secrets"
+  role   = aws_iam_role.worker.id
+  policy = data.aws_iam_policy_document.worker_secrets.json
+}
+
+resource "aws_iam_instance_profile" "manager" {
+  name_prefix = "${substr(local.prefix, 0, 20)}-swarm-manager-"
+  role        = aws_iam_role.manager.name
+  tags        = local.tags
+}
+
+resource "aws_iam_instance_profile" "worker" {
+  name_prefix = "${substr(local.prefix, 0, 20)}-swarm-worker-"
+  role        = aws_iam_role.worker.name
   tags        = local.tags
 }
 
@@ -337,7 +438,7 @@ resource "aws_instance" "manager" {
   instance_type          = var.manager_instance_type
   subnet_id              = aws_subnet.private[count.index % var.az_count].id
   vpc_security_group_ids = [aws_security_group.nodes.id]
-  iam_instance_profile   = aws_iam_instance_profile.node.name
+  iam_instance_profile   = aws_iam_instance_profile.manager.name
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
@@ -360,8 +461,8 @@ resource "aws_instance" "manager" {
 
   tags = merge(local.tags, { Name = "${local.prefix}-manager-${count.index + 1}", "swarmstrap:role" = "manager" })
 
-  # The agents need their permissions before they first call Secrets Manager.
-  depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
+  # The agents need their secrets and permissions before they first call Secrets Manager.
+  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.manager, aws_iam_role_policy_attachment.manager, aws_route_table_association.private]
 
   lifecycle {
     precondition {
@@ -381,7 +482,7 @@ resource "aws_instance" "worker" {
   instance_type          = var.worker_instance_type
   subnet_id              = aws_subnet.private[count.index % var.az_count].id
   vpc_security_group_ids = [aws_security_group.nodes.id]
-  iam_instance_profile   = aws_iam_instance_profile.node.name
+  iam_instance_profile   = aws_iam_instance_profile.worker.name
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
@@ -404,7 +505,7 @@ resource "aws_instance" "worker" {
 
   tags = merge(local.tags, { Name = "${local.prefix}-worker-${count.index + 1}", "swarmstrap:role" = "worker" })
 
-  depends_on = [aws_iam_role_policy.rendezvous_secret, aws_iam_role_policy_attachment.ssm, aws_route_table_association.private]
+  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.worker, aws_iam_role_policy_attachment.worker, aws_route_table_association.private]
 
   lifecycle {
     ignore_changes = [ami, user_data, user_data_base64]

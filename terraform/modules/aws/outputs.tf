@@ -29,13 +29,18 @@ output "lb_url" {
 }
 
 output "coordinator_url" {
-  description = "Always null on AWS: the agents rendezvous through Secrets Manager (see secret_name), not a coordinator."
+  description = "Always null on AWS: the agents rendezvous through Secrets Manager (see secret_name and manager_secret_name), not a coordinator."
   value       = null
 }
 
 output "secret_name" {
-  description = "Name of the Secrets Manager secret the agents create and share. Delete it (with --force-delete-without-recovery) after destroying the cluster."
-  value       = local.secret_name
+  description = "Name of the shared rendezvous secret S (every node reads and writes it). Created by the module and scheduled for deletion by `terraform destroy`."
+  value       = aws_secretsmanager_secret.rendezvous.name
+}
+
+output "manager_secret_name" {
+  description = "Name of the managers-only secret (secret_name followed by /managers: manager join token, init election). Created by the module and scheduled for deletion by `terraform destroy`."
+  value       = aws_secretsmanager_secret.managers.name
 }
 
 output "vpc_id" {

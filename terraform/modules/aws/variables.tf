@@ -1,5 +1,5 @@
 variable "cluster_name" {
-  description = "Name of the swarm cluster (part of the Secrets Manager secret name). Empty: the Terraform workspace name, lower-cased."
+  description = "Name of the swarm cluster (part of the Secrets Manager secret names). Empty: the Terraform workspace name, lower-cased."
   type        = string
   default     = ""
 
@@ -188,7 +188,7 @@ variable "ssh_key_name" {
 }
 
 variable "secret_name_prefix" {
-  description = "Prefix of the Secrets Manager secret the agents create and share; the module appends the cluster name and a random suffix (a deleted secret name stays blocked for 7-30 days)."
+  description = "Prefix of the cluster's Secrets Manager secrets: the module creates one named PREFIX, the cluster name, '-' and a random hex suffix (every node), and one with the same name followed by /managers (managers only). The random suffix makes every cluster's names new (a deleted secret's name stays blocked during its recovery window)."
   type        = string
   default     = "swarmstrap/"
 
@@ -199,13 +199,24 @@ variable "secret_name_prefix" {
 }
 
 variable "kms_key_id" {
-  description = "ARN of a customer-managed KMS key for the secret. Empty: Secrets Manager's AWS-managed key (aws/secretsmanager)."
+  description = "ARN of a customer-managed KMS key for both secrets (the nodes may use it through Secrets Manager only). Empty: Secrets Manager's AWS-managed key (aws/secretsmanager)."
   type        = string
   default     = ""
 
   validation {
     condition     = var.kms_key_id == "" || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[0-9a-f-]+$", var.kms_key_id))
     error_message = "The kms_key_id must be empty or a KMS key ARN such as arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab."
+  }
+}
+
+variable "secret_recovery_window_days" {
+  description = "Days the cluster's two secrets stay restorable after `terraform destroy` (scheduled for deletion, not billed meanwhile): 7-30, or 0 to delete them at once. Their names stay blocked during the window."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.secret_recovery_window_days == 0 || (var.secret_recovery_window_days >= 7 && var.secret_recovery_window_days <= 30 && floor(var.secret_recovery_window_days) == var.secret_recovery_window_days)
+    error_message = "The secret_recovery_window_days must be 0 (delete at once) or a whole number from 7 to 30."
   }
 }
 
