@@ -34,17 +34,43 @@ pub struct Snapshot {
 pub enum WriteOutcome {
     /// The new version is AWSCURRENT.
     Committed,
-    /// Someone else wrote first (secret created, or AWSCURRENT moved): re-read and retry.
+    /// Unknown or lost (a stage move that failed, a timeout): re-read; the document's
+    /// `recent_writes` tells whether this attempt committed after all.
     Lost,
+    /// The successor of the version this attempt read already exists (someone else's write,
+    /// or an earlier attempt of this call): nothing was created. Carries that successor's id,
+    /// so the caller can promote it if AWSCURRENT still lags on the version it read.
+    Taken(String),
+    /// The name is blocked by a recent deletion (CreateSecret: "scheduled for deletion"):
+    /// retry with backoff for a while — a force-deleted name frees within seconds or minutes.
+    NameBlocked,
 }
 
-/// A fresh random version id / idempotency token (UUID v4 text, 36 characters; AWS requires
-/// 32–64). Fresh per attempt, so a version id names exactly one write by exactly one node.
-pub fn request_token() -> String {
-    let mut b = [0u8; 16];
-    rand::rng().fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
+/// The version id of the one version that may follow `prev` (`None`: the secret's first
+/// value), used as the write's ClientRequestToken. AWS refuses a second, different version
+/// under an existing token (ResourceExistsException) and creates nothing, so every version
+/// has at most one successor: the stored versions form a single chain however many writers
+/// race, whatever a stale read showed them, and however the stage moves interleave. A UUID
+/// layout (36 characters) built from sha256 of the predecessor's id.
+pub fn successor_token(secret_name: &str, prev: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"swarmstrap successor 1\0");
+    match prev {
+        Some(p) => {
+            h.update(b"after\0");
+            h.update(p.as_bytes());
+        }
+        None => {
+            h.update(b"first\0");
+            h.update(secret_name.as_bytes());
+        }
+    }
+    let d = h.finalize();
+    uuid_text(&d[..16])
+}
+
+fn uuid_text(b: &[u8]) -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -54,6 +80,16 @@ pub fn request_token() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// A fresh random version id / idempotency token (UUID v4 text, 36 characters; AWS requires
+/// 32–64). Fresh per attempt, so a version id names exactly one write by exactly one node.
+pub fn request_token() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    uuid_text(&b)
 }
 
 /// One failed AWS call, reduced to what may be logged: operation, error code, AWS's message
@@ -224,10 +260,13 @@ pub fn classify(
         | "ServiceUnavailableException"
         | "RequestTimeout"
         | "RequestTimeoutException" => RendezvousError::Transient(detail),
-        "LimitExceededException" => rejected(
-            "aws_limit_exceeded",
-            format!("{detail} (a Secrets Manager quota was hit, e.g. too many versions of the secret; wait or raise the quota)"),
-        ),
+        // The versions quota (or another account quota): it clears as old versions age out
+        // (unlabeled versions past 100 and older than 24 h are removed), so retry later; the
+        // backend itself creates a version per committed write only.
+        "LimitExceededException" => RendezvousError::Transient(format!(
+            "{detail} (a Secrets Manager quota, e.g. too many versions of the secret created \
+             within 24 h: something else writes this secret often; retrying with backoff)"
+        )),
         "ResourceNotFoundException" => rejected(
             "secret_not_found",
             format!("{detail} (the secret disappeared; was it deleted?)"),
@@ -328,6 +367,16 @@ impl Store {
     /// VersionStage is always given: moto answers a bare GetSecretValue with a stale version
     /// after AWSCURRENT moved (and on AWS it is the same request).
     pub async fn read(&self) -> Result<Option<Snapshot>> {
+        let Some((version_id, text)) = self.read_text().await? else {
+            return Ok(None);
+        };
+        let doc = self.parse(&text)?;
+        Ok(Some(Snapshot { version_id, doc }))
+    }
+
+    /// The AWSCURRENT version's id and text; `None` when the secret (or its value) does not
+    /// exist.
+    pub(crate) async fn read_text(&self) -> Result<Option<(String, String)>> {
         let out = match self
             .client
             .get_secret_value()
@@ -355,8 +404,7 @@ impl Store {
                 ),
             ));
         };
-        let doc = self.parse(text)?;
-        Ok(Some(Snapshot { version_id, doc }))
+        Ok(Some((version_id, text.to_string())))
     }
 
     /// Parse and check the document. serde's messages can quote input values, so only the
@@ -414,19 +462,30 @@ impl Store {
         Ok(text)
     }
 
-    /// CreateSecret with the first document; `version_id` becomes its ClientRequestToken (so
-    /// an SDK retry of the same attempt is idempotent) and the initial AWSCURRENT version id.
-    pub async fn create(&self, doc: &ClusterDoc, version_id: &str) -> Result<WriteOutcome> {
+    /// CreateSecret with the first document under the first version's id
+    /// ([`successor_token`] of `None`): an SDK retry of the same attempt is idempotent, and
+    /// of all contenders exactly one creates the secret (the others get
+    /// ResourceExistsException: `Lost`, re-read). The secret is tagged with the cluster and
+    /// its role, so an operator (and `terraform destroy` policies) can find what the agents
+    /// created.
+    pub async fn create(&self, doc: &ClusterDoc) -> Result<WriteOutcome> {
         let text = self.encode(doc)?;
+        self.create_text(text, "rendezvous").await
+    }
+
+    pub(crate) async fn create_text(&self, text: String, role: &str) -> Result<WriteOutcome> {
+        use aws_sdk_secretsmanager::types::Tag;
         let mut req = self
             .client
             .create_secret()
             .name(&self.secret_name)
-            .client_request_token(version_id)
+            .client_request_token(successor_token(&self.secret_name, None))
             .description(format!(
-                "swarmstrap rendezvous of cluster {} (written by swarm-agent; holds join tokens)",
+                "swarmstrap {role} secret of cluster {} (written by swarm-agent; holds join tokens)",
                 self.cluster
             ))
+            .tags(Tag::builder().key("swarmstrap:cluster").value(&self.cluster).build())
+            .tags(Tag::builder().key("swarmstrap:secret").value(role).build())
             .secret_string(text);
         if let Some(key) = &self.kms_key_id {
             req = req.kms_key_id(key);
@@ -437,6 +496,16 @@ impl Store {
                 let e = AwsError::from_sdk("CreateSecret", e);
                 if e.is_code("ResourceExistsException") {
                     Ok(WriteOutcome::Lost)
+                } else if e.is_code("InvalidRequestException") && mentions_deletion(&e.message) {
+                    Ok(WriteOutcome::NameBlocked)
+                } else if e.kind != FailureKind::Service || is_transient_code(&e) {
+                    // Maybe created: the re-read tells.
+                    tracing::warn!(
+                        operation = e.op,
+                        code = e.code.as_deref().unwrap_or("-"),
+                        "outcome of CreateSecret unknown; re-reading"
+                    );
+                    Ok(WriteOutcome::Lost)
                 } else {
                     Err(e.into_rendezvous(&self.secret_name))
                 }
@@ -444,47 +513,104 @@ impl Store {
         }
     }
 
-    /// Compare-and-swap: write `doc` as a new version under a non-current label, then move
-    /// AWSCURRENT to it *from `prev_version`*. UpdateSecretVersionStage refuses the move
-    /// (InvalidParameterException) unless AWSCURRENT is still on `prev_version`, so the new
-    /// version becomes current only if nobody else committed since our read.
+    /// Whether version `version_id` exists (GetSecretValue by VersionId). A stale read may
+    /// say no for a version just created; only used to skip a write that would fail.
+    pub async fn exists(&self, version_id: &str) -> Result<bool> {
+        match self
+            .client
+            .get_secret_value()
+            .secret_id(&self.secret_name)
+            .version_id(version_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let e = AwsError::from_sdk("GetSecretValue", e);
+                if e.is_code("ResourceNotFoundException") {
+                    Ok(false)
+                } else {
+                    Err(e.into_rendezvous(&self.secret_name))
+                }
+            }
+        }
+    }
+
+    /// Compare-and-swap on the chain of versions: write `doc` as *the* successor of
+    /// `prev_version` ([`successor_token`]), under a non-current label, then move AWSCURRENT
+    /// to it from `prev_version`.
     ///
-    /// Any failure of the stage move is reported as `Lost`, including a transient one after
-    /// which the move may in fact have happened (or an SDK retry whose first attempt did
-    /// move it, answered InvalidParameterException): the caller re-reads and recognises its
-    /// own commit by the version id (fresh per attempt), either as AWSCURRENT or in the
-    /// document's `recent_writes`, so nothing is applied twice or lost.
+    /// What makes it a CAS does not depend on fresh reads or on the stage move being atomic:
+    /// the successor's id is fixed by its predecessor, and AWS creates at most one version per
+    /// ClientRequestToken per secret (a different value under an existing token fails with
+    /// ResourceExistsException and creates nothing). So whoever read an older version (a
+    /// stale read) or lost the race gets `Taken` and writes nothing; the stored versions form
+    /// one chain in which each document was computed from the one before. A loser creates no
+    /// version, which bounds the versions of a busy secret by its commits.
     ///
-    /// `prev_version` is `None` for a secret that exists without any value (created empty,
-    /// e.g. by hand or by Terraform): then the move is made without RemoveFromVersionId, which
-    /// AWS refuses as soon as AWSCURRENT is attached to any version — again exactly one
-    /// writer wins. (PutSecretValue attaches AWSCURRENT by itself to a secret's first
-    /// version; the re-read then shows that version as ours.)
-    pub async fn cas(
+    /// The stage move only makes the chain's newest version the one readers see. Any failure
+    /// of it is `Lost` (the re-read tells whether this write is current or built upon, by its
+    /// write id in `recent_writes`); a writer that died between the two calls leaves
+    /// AWSCURRENT one version behind, which the next writer repairs ([`Store::promote`]) when
+    /// its own write comes back `Taken`.
+    ///
+    /// `prev_version` is `None` for a secret that exists without any value (created empty by
+    /// Terraform or by hand): the first value is the successor of nothing, also unique.
+    pub async fn cas(&self, prev_version: Option<&str>, doc: &ClusterDoc) -> Result<WriteOutcome> {
+        let text = self.encode(doc)?;
+        self.cas_text(prev_version, text).await
+    }
+
+    pub(crate) async fn cas_text(
         &self,
         prev_version: Option<&str>,
-        doc: &ClusterDoc,
-        version_id: &str,
+        text: String,
     ) -> Result<WriteOutcome> {
-        let text = self.encode(doc)?;
+        let next = successor_token(&self.secret_name, prev_version);
+        // A successor that is already visible is someone else's (or an earlier attempt of
+        // this call): skip the write call (reads are cheap, writes share ~50 TPS per account).
+        if self.exists(&next).await? {
+            return Ok(WriteOutcome::Taken(next));
+        }
         if let Err(e) = self
             .client
             .put_secret_value()
             .secret_id(&self.secret_name)
-            .client_request_token(version_id)
+            .client_request_token(&next)
             .secret_string(text)
             .version_stages(PENDING_STAGE)
             .send()
             .await
         {
-            return Err(AwsError::from_sdk("PutSecretValue", e).into_rendezvous(&self.secret_name));
+            let e = AwsError::from_sdk("PutSecretValue", e);
+            if e.is_code("ResourceExistsException") {
+                return Ok(WriteOutcome::Taken(next));
+            }
+            if e.kind != FailureKind::Service || is_transient_code(&e) {
+                tracing::warn!(
+                    operation = e.op,
+                    code = e.code.as_deref().unwrap_or("-"),
+                    "outcome of PutSecretValue unknown; re-reading"
+                );
+                return Ok(WriteOutcome::Lost);
+            }
+            return Err(e.into_rendezvous(&self.secret_name));
         }
+        self.promote(prev_version, &next).await
+    }
+
+    /// Move AWSCURRENT from `prev_version` to `next` (its successor). `Committed` when AWS
+    /// says so; every failure is `Lost` except a permanent one (access denied, ...): the
+    /// re-read decides. AWS documents that the move fails unless AWSCURRENT is on
+    /// `RemoveFromVersionId`; the code it answers with is not documented (moto:
+    /// InvalidParameterException), so no code is trusted to mean anything but "re-read".
+    pub async fn promote(&self, prev_version: Option<&str>, next: &str) -> Result<WriteOutcome> {
         match self
             .client
             .update_secret_version_stage()
             .secret_id(&self.secret_name)
             .version_stage(CURRENT_STAGE)
-            .move_to_version_id(version_id)
+            .move_to_version_id(next)
             .set_remove_from_version_id(prev_version.map(str::to_string))
             .send()
             .await
@@ -492,19 +618,27 @@ impl Store {
             Ok(_) => Ok(WriteOutcome::Committed),
             Err(e) => {
                 let e = AwsError::from_sdk("UpdateSecretVersionStage", e);
-                if e.is_code("InvalidParameterException") {
-                    // AWSCURRENT is no longer on prev_version: someone else committed.
-                    Ok(WriteOutcome::Lost)
-                } else if e.kind == FailureKind::Service && !is_transient_code(&e) {
-                    Err(e.into_rendezvous(&self.secret_name))
-                } else {
-                    tracing::warn!(
-                        operation = e.op,
-                        code = e.code.as_deref().unwrap_or("-"),
-                        "outcome of the AWSCURRENT move unknown; re-reading"
-                    );
-                    Ok(WriteOutcome::Lost)
+                if e.kind == FailureKind::Service
+                    && !is_transient_code(&e)
+                    && matches!(
+                        classify(
+                            e.op,
+                            e.code.as_deref().unwrap_or(""),
+                            &e.message,
+                            e.status,
+                            ""
+                        ),
+                        RendezvousError::Unauthorized(_)
+                    )
+                {
+                    return Err(e.into_rendezvous(&self.secret_name));
                 }
+                tracing::debug!(
+                    operation = e.op,
+                    code = e.code.as_deref().unwrap_or("-"),
+                    "AWSCURRENT move refused or unknown; re-reading"
+                );
+                Ok(WriteOutcome::Lost)
             }
         }
     }

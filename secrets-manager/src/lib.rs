@@ -56,10 +56,11 @@
 pub mod aws;
 pub mod backoff;
 pub mod doc;
+pub mod managers;
 #[cfg(feature = "moto")]
 pub mod moto;
 
-use aws::{CallCounter, CountingInterceptor, Snapshot, Store, WriteOutcome};
+use aws::{CallCounter, CountingInterceptor, Store, WriteOutcome};
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::Region;
 use doc::{ClusterDoc, Step};
@@ -81,6 +82,10 @@ pub const DEFAULT_NAME_PREFIX: &str = "swarmstrap/";
 /// How long one mutation may keep losing compare-and-swap races before it gives up with a
 /// `Transient` error (the agent then retries the whole call).
 const CAS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a call waits for a secret name that a recent deletion blocks before it reports
+/// `secret_scheduled_for_deletion` (what to do).
+const NAME_BLOCKED_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Where the cluster's secret lives and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,11 +175,14 @@ impl ApiCallCounts {
 #[derive(Debug)]
 pub struct SecretsManagerRendezvous {
     store: Store,
+    /// `<secret>/managers`: the manager join token, readable by managers only.
+    managers: managers::ManagersSecret,
     target_managers: u8,
     region: String,
     calls: Arc<CallCounter>,
     credentials: Credentials,
     offered: Offered,
+    polls: Polls,
 }
 
 /// The fresh credential this instance offers for each node id it holds no credential for
@@ -308,18 +316,27 @@ impl SecretsManagerRendezvous {
         };
         let client = aws_sdk_secretsmanager::Client::from_conf(conf);
         let secret_name = cfg.resolved_secret_name();
-        Ok(SecretsManagerRendezvous {
+        let store = Store {
+            client,
+            secret_name,
+            cluster: cfg.cluster.clone(),
+            kms_key_id: cfg.kms_key_id.clone(),
+        };
+        let managers = managers::ManagersSecret {
             store: Store {
-                client,
-                secret_name,
-                cluster: cfg.cluster.clone(),
-                kms_key_id: cfg.kms_key_id.clone(),
+                secret_name: managers::ManagersSecret::name_for(&store.secret_name),
+                ..store.clone()
             },
+        };
+        Ok(SecretsManagerRendezvous {
+            store,
+            managers,
             target_managers: cfg.target_managers,
             region,
             calls,
             credentials: Credentials::default(),
             offered: Offered::default(),
+            polls: Polls::default(),
         })
     }
 
@@ -406,23 +423,42 @@ impl SecretsManagerRendezvous {
         op: &'static str,
         mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
-        let deadline = Instant::now() + CAS_DEADLINE;
+        let started = Instant::now();
+        let deadline = started + CAS_DEADLINE;
         let mut backoff = backoff::cas_backoff();
-        // A write reported as lost may still have committed (the SDK retried a stage move
-        // whose first attempt succeeded; a timeout): if the next read is that version, or
-        // descends from it (its id is in `recent_writes`), it did.
-        let mut pending: Option<(String, T)> = None;
+        // Every attempt whose outcome is unknown (a failed or timed-out stage move, a lost
+        // answer), remembered until the call ends: a later read that is that write, or
+        // descends from it (its write id is in `recent_writes`), means it committed. Not just
+        // the last one: an earlier attempt can be the one that committed (its version was
+        // created and promoted by the next writer).
+        let mut pending: Vec<(String, T)> = Vec::new();
         let mut conflicts = 0u32;
         // CreateSecret said the secret exists, yet reading AWSCURRENT finds nothing: it exists
         // without a value, so the first value goes in through PutSecretValue.
         let mut create_refused = false;
+        // The successor of the version last read already existed: if AWSCURRENT still lags
+        // on that version at the next read (its writer died between its two calls), move it.
+        let mut lagging: Option<(Option<String>, String)> = None;
+        let mut blocked_since: Option<Instant> = None;
         loop {
+            // A read that finds the secret "marked deleted" is final: the secret is in its
+            // recovery window and the name will not free by itself.
             let snap = self.store.read().await?;
-            if let (Some(s), Some((id, _))) = (&snap, &pending) {
-                if s.version_id == *id || s.doc.includes_write(id) {
+            if let Some(s) = &snap {
+                if let Some(i) = pending.iter().position(|(id, _)| s.doc.includes_write(id)) {
                     tracing::debug!(operation = op, "an ambiguous write turned out committed");
-                    let (_, t) = pending.take().expect("checked");
-                    return Ok(Mutated::Written(t));
+                    return Ok(Mutated::Written(pending.swap_remove(i).1));
+                }
+            }
+            let current = snap.as_ref().map(|s| s.version_id.clone());
+            if let Some((prev, next)) = lagging.take() {
+                if prev == current {
+                    tracing::debug!(
+                        operation = op,
+                        "AWSCURRENT lags behind its successor; moving it"
+                    );
+                    self.store.promote(prev.as_deref(), &next).await?;
+                    continue;
                 }
             }
             let empty;
@@ -439,20 +475,24 @@ impl SecretsManagerRendezvous {
                 Step::Write(mut doc, t) => {
                     let id = aws::request_token();
                     doc.note_write(&id);
-                    let outcome = match &snap {
+                    let outcome = match &current {
                         None if !create_refused => {
-                            let outcome = self.store.create(&doc, &id).await?;
+                            let outcome = self.store.create(&doc).await?;
                             create_refused = outcome == WriteOutcome::Lost;
                             outcome
                         }
-                        None => self.store.cas(None, &doc, &id).await?,
-                        Some(Snapshot { version_id, .. }) => {
-                            self.store.cas(Some(version_id), &doc, &id).await?
-                        }
+                        prev => self.store.cas(prev.as_deref(), &doc).await?,
                     };
                     match outcome {
                         WriteOutcome::Committed => return Ok(Mutated::Written(t)),
-                        WriteOutcome::Lost => pending = Some((id, t)),
+                        WriteOutcome::Lost => pending.push((id, t)),
+                        WriteOutcome::Taken(next) => lagging = Some((current, next)),
+                        WriteOutcome::NameBlocked => {
+                            let e = aws::scheduled_for_deletion(&self.store.secret_name);
+                            self.wait_name_unblocked(op, &mut blocked_since, &mut backoff, e)
+                                .await?;
+                            continue;
+                        }
                     }
                 }
             }
@@ -475,18 +515,106 @@ impl SecretsManagerRendezvous {
         }
     }
 
+    /// CreateSecret found the name blocked by a deletion ("scheduled for deletion") although
+    /// reading found no secret: it was force-deleted moments ago, and AWS frees such a name
+    /// within seconds to minutes. Wait with backoff (saying so once) until
+    /// [`NAME_BLOCKED_DEADLINE`], then answer `err` (what to do). (A secret in its 7–30 day
+    /// recovery window reads as "marked deleted", which is answered at once: that name does
+    /// not free by itself.)
+    async fn wait_name_unblocked(
+        &self,
+        op: &'static str,
+        since: &mut Option<Instant>,
+        backoff: &mut backoff::Backoff,
+        err: RendezvousError,
+    ) -> Result<()> {
+        let first_time = since.is_none();
+        let waited = since.get_or_insert_with(Instant::now).elapsed();
+        if waited >= NAME_BLOCKED_DEADLINE {
+            return Err(err);
+        }
+        if first_time {
+            tracing::warn!(
+                operation = op,
+                secret = %self.store.secret_name,
+                "the secret's name is blocked by a recent deletion; retrying for up to {}s \
+                 (a force-deleted name frees within minutes; one scheduled for deletion needs \
+                 `aws secretsmanager restore-secret` or another name)",
+                NAME_BLOCKED_DEADLINE.as_secs()
+            );
+        }
+        let left = NAME_BLOCKED_DEADLINE - waited;
+        tokio::time::sleep(
+            backoff
+                .next_delay()
+                .max(Duration::from_millis(500))
+                .min(left),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Run `rule` on the document as read now, for its verdict only (no write): a refusal is
+    /// returned. For calls that must not touch the managers' secret when they will be refused.
+    async fn precheck(&self, rule: impl FnOnce(&Memory, u64) -> rules::Result<()>) -> Result<()> {
+        let doc = match self.store.read().await? {
+            Some(s) => s.doc,
+            None => self.empty_doc()?,
+        };
+        rule(&doc.cluster, now_ms())?;
+        Ok(())
+    }
+
+    /// A manager's join answer carries a reference to the manager token (see `managers`):
+    /// swap in the token from the managers' secret, polling it until `deadline` (a stale read
+    /// may not show a token just added). Not found by then: `Transient` (the caller retries).
+    /// Workers' answers carry the worker token and pass unchanged.
+    async fn with_manager_token(
+        &self,
+        mut j: JoinResponse,
+        deadline: Instant,
+    ) -> Result<JoinResponse> {
+        let Some(info) = j.join.as_mut() else {
+            return Ok(j);
+        };
+        if !managers::is_reference(&info.token) {
+            return Ok(j);
+        }
+        let mut backoff = backoff::poll_backoff();
+        loop {
+            if let Some(t) = self.managers.resolve(&info.token).await? {
+                info.token = t;
+                return Ok(j);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RendezvousError::Transient(format!(
+                    "the cluster is formed, but its manager token is not (yet) in {}",
+                    self.managers.store.secret_name
+                )));
+            }
+            tokio::time::sleep(backoff.next_delay().min(left)).await;
+        }
+    }
+
     /// Poll the document until `view` says it is done or `wait` (at most MAX_WAIT_SECS) has
-    /// passed. Transient read failures are retried inside the wait; the last one is returned
-    /// if the wait ends without a successful read.
+    /// passed. Transient read failures (and a name blocked by a recent deletion) are retried
+    /// inside the wait; the last one is returned if the wait ends without a successful read.
+    ///
+    /// The backoff does not restart at every call: a caller that long-polls in a loop (the
+    /// agent waits for documents 25 s at a time) continues where its last wait, which saw no
+    /// change, left off — `key` names the thing waited for. A wait that sees the change starts
+    /// the next one fast again.
     async fn poll<T>(
         &self,
+        key: &str,
         wait: Duration,
         mut view: impl FnMut(&Memory, u64) -> Result<(bool, T)>,
     ) -> Result<T> {
         let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
         let deadline = Instant::now() + wait;
-        let mut backoff = backoff::poll_backoff();
-        loop {
+        let mut backoff = self.polls.take(key);
+        let r = loop {
             match self.store.read().await {
                 Ok(snap) => {
                     let doc = match snap {
@@ -494,18 +622,46 @@ impl SecretsManagerRendezvous {
                         None => self.empty_doc()?,
                     };
                     let (done, t) = view(&doc.cluster, now_ms())?;
-                    if done || Instant::now() >= deadline {
+                    if done {
                         return Ok(t);
+                    }
+                    if Instant::now() >= deadline {
+                        break Ok(t);
                     }
                 }
                 Err(e) if e.is_transient() && Instant::now() < deadline => {
                     tracing::debug!(error = %e, "read failed while waiting; retrying");
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.next_delay().min(left)).await;
+        };
+        self.polls.keep(key, backoff);
+        r
+    }
+}
+
+/// The poll backoff of each thing waited for, kept between calls (see `poll`).
+#[derive(Debug, Default)]
+struct Polls(Mutex<HashMap<String, (backoff::Backoff, Instant)>>);
+
+impl Polls {
+    /// A backoff kept within this long after the last wait ended continues; older ones restart
+    /// (the caller stopped waiting for a while).
+    const KEEP_FOR: Duration = Duration::from_secs(60);
+
+    fn take(&self, key: &str) -> backoff::Backoff {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match m.remove(key) {
+            Some((b, at)) if at.elapsed() < Self::KEEP_FOR => b,
+            _ => backoff::poll_backoff(),
         }
+    }
+
+    fn keep(&self, key: &str, b: backoff::Backoff) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key.to_string(), (b, Instant::now()));
     }
 }
 
@@ -597,28 +753,10 @@ impl Rendezvous for SecretsManagerRendezvous {
         self.settle(node_id, &p, None);
         match r {
             Mutated::Unchanged(r) => Ok(r),
-            Mutated::Written(_) => {
-                // Read back before reporting the grant: the agent runs `swarm init` only when
-                // the stored document really names it as the holder. The claim rule on the
-                // stored document answers without a change exactly when it holds a decision
-                // (our live lease, someone else's, or formed).
-                let snap = self.store.read().await?;
-                let Some(snap) = snap else {
-                    return Err(RendezvousError::Transient(format!(
-                        "secret {} vanished right after the claim was written",
-                        self.store.secret_name
-                    )));
-                };
-                let Outcome { answer, change } =
-                    p.judge(|c| snap.doc.cluster.claim(now_ms(), node_id, ttl_ms, c))?;
-                if !change.is_empty() {
-                    return Err(RendezvousError::Transient(format!(
-                        "the init lease written for node {node_id} on secret {} had already \
-                         expired when read back (a ttl shorter than the AWS round trips?); \
-                         claim again",
-                        self.store.secret_name
-                    )));
-                }
+            Mutated::Written(answer) => {
+                // Committed means this grant is in the secret's one chain of versions (see
+                // `aws::Store::cas`): computed from the document it follows, and everything
+                // written later descends from it. No read-back is needed (a read could be stale).
                 if answer.granted {
                     tracing::info!(
                         node = node_id,
@@ -654,6 +792,22 @@ impl Rendezvous for SecretsManagerRendezvous {
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
         rules::validate_publish(req)?;
         let (p, _) = self.presenting(&req.node_id, false)?;
+        // The manager token goes into the managers' secret first; the shared secret refers to
+        // it by digest (see `managers`). Only once the rule, on the document as read now,
+        // would accept the publish: a refused publisher adds nothing there.
+        let checked = PublishRequest {
+            manager_token: managers::reference(&req.manager_token),
+            ..req.clone()
+        };
+        self.precheck(|m, now| p.judge(|c| m.publish(now, &checked, c)).map(|_| ()))
+            .await?;
+        self.managers
+            .ensure(&req.swarm_id, &req.manager_token)
+            .await?;
+        let req = &PublishRequest {
+            manager_token: managers::reference(&req.manager_token),
+            ..req.clone()
+        };
         let r = self
             .mutate("publish", |m, now| p.judge(|c| m.publish(now, req, c)))
             .await?;
@@ -665,15 +819,17 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
+        let started = Instant::now();
+        let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
         let (p, _) = self.presenting(node_id, false)?;
         let j = self
-            .poll(wait, |m, now| {
+            .poll("join", wait, |m, now| {
                 let j = p.judge(|c| m.join(now, node_id, c))?;
                 Ok((j.join.is_some(), j))
             })
             .await?;
         self.settle(node_id, &p, None);
-        Ok(j)
+        self.with_manager_token(j, started + wait).await
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
@@ -743,6 +899,13 @@ impl Rendezvous for SecretsManagerRendezvous {
 
     async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
         rules::validate_adopt(req)?;
+        self.managers
+            .ensure(&req.swarm_id, &req.manager_token)
+            .await?;
+        let req = &AdoptRequest {
+            manager_token: managers::reference(&req.manager_token),
+            ..req.clone()
+        };
         let (p, fresh) = self.presenting(&req.node_id, true)?;
         let fresh = fresh.expect("offered");
         let r = self
@@ -772,7 +935,7 @@ impl Rendezvous for SecretsManagerRendezvous {
             Duration::ZERO
         };
         // Long-poll: done once the stored document is newer than the caller's `after`.
-        self.poll(wait, |m, _| {
+        self.poll(&format!("doc:{name}"), wait, |m, _| {
             let d = m.doc(name);
             Ok((rules::doc_answers(&d, after), d))
         })

@@ -125,6 +125,55 @@ async fn twenty_contenders_elect_exactly_one_and_all_join() {
     assert_eq!(status.phase, Phase::Formed);
     assert_eq!(status.nodes.len(), 20);
     assert_eq!(status.lease, None, "publishing clears the lease");
+    // Bounded versions: losers create none (the chain CAS), so 20 registrations + claim +
+    // publish + the managers' secret stay within N + 5 however many races were lost.
+    let shared = versions(&moto, "swarmstrap/race").await;
+    let mgr = versions(&moto, "swarmstrap/race/managers").await;
+    eprintln!("versions: shared secret {shared}, managers' secret {mgr}");
+    assert!(shared + mgr <= 20 + 5, "{shared} + {mgr} versions");
+    // Workers read the shared secret only: it holds no manager token.
+    let raw = raw_value(&moto, "swarmstrap/race").await;
+    assert!(!raw.contains(MGR), "manager token in the shared secret");
+    assert!(raw.contains(WRK));
+    assert!(raw_value(&moto, "swarmstrap/race/managers")
+        .await
+        .contains(MGR));
+}
+
+/// How many versions a secret has (moto keeps them all).
+async fn versions(moto: &Moto, name: &str) -> usize {
+    let mut n = 0;
+    let mut next: Option<String> = None;
+    loop {
+        let out = moto
+            .client()
+            .list_secret_version_ids()
+            .secret_id(name)
+            .include_deprecated(true)
+            .max_results(100)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .unwrap();
+        n += out.versions().len();
+        match out.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => return n,
+        }
+    }
+}
+
+async fn raw_value(moto: &Moto, name: &str) -> String {
+    moto.client()
+        .get_secret_value()
+        .secret_id(name)
+        .version_stage("AWSCURRENT")
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,24 +601,27 @@ async fn normal_bootstrap_call_budget() {
         total.reads(),
         total.writes()
     );
-    // n0 (first, winner): register = 1 read + CreateSecret; claim = read + put + stage +
-    // read-back; renew = 1 read; publish = read + put + stage; wait_join = 1 read.
-    assert_eq!(counts[0].get_secret_value, 6);
+    // n0 (first, winner): register = 1 read + CreateSecret; claim = read + probe of the
+    // successor + put + stage; renew = 1 read; publish = read (the rule's verdict before the
+    // managers' secret is touched) + read of the managers' secret + CreateSecret of it + read
+    // + probe + put + stage; wait_join = 1 read + 1 read of the managers' secret.
+    assert_eq!(counts[0].get_secret_value, 10);
     assert_eq!(
         (
             counts[0].create_secret,
             counts[0].put_secret_value,
             counts[0].update_secret_version_stage
         ),
-        (1, 2, 2)
+        (2, 2, 2)
     );
-    // other managers: register = read + put + stage; claim = 1 read; wait_join = 1 read.
+    // other managers: register = read + probe + put + stage; claim = 1 read; wait_join =
+    // 1 read + 1 of the managers' secret.
     for c in &counts[1..3] {
-        assert_eq!((c.reads(), c.writes()), (3, 2), "{c:?}");
+        assert_eq!((c.reads(), c.writes()), (5, 2), "{c:?}");
     }
-    // workers: register = read + put + stage; wait_join = 1 read.
+    // workers: register = read + probe + put + stage; wait_join = 1 read.
     for c in &counts[3..5] {
-        assert_eq!((c.reads(), c.writes()), (2, 2), "{c:?}");
+        assert_eq!((c.reads(), c.writes()), (3, 2), "{c:?}");
     }
     assert_eq!(total.other, 0);
 }
