@@ -127,6 +127,8 @@ class Proxy:
         self.calls = {}
         self.writes = 0
         self.max_writes_in_1s = 0
+        self.peak_window_ops = {}
+        self.recent_write_ops = []
         self.versions_created = {}
         self.fault_counts = {f: 0 for f in FAULTS}
         self.fault_counts["stage_nonatomic"] = 0
@@ -138,6 +140,7 @@ class Proxy:
                 "calls": dict(self.calls),
                 "writes": self.writes,
                 "max_writes_in_1s": self.max_writes_in_1s,
+                "peak_window_ops": dict(self.peak_window_ops),
                 "versions_created": dict(self.versions_created),
                 "faults": dict(self.fault_counts),
             }
@@ -304,7 +307,15 @@ class Proxy:
                 rw.append(now)
                 while rw and rw[0] <= now - 1.0:
                     rw.pop(0)
-                self.max_writes_in_1s = max(self.max_writes_in_1s, len(rw))
+                self.recent_write_ops.append((now, op))
+                while self.recent_write_ops and self.recent_write_ops[0][0] <= now - 1.0:
+                    self.recent_write_ops.pop(0)
+                if len(rw) > self.max_writes_in_1s:
+                    self.max_writes_in_1s = len(rw)
+                    peak = {}
+                    for _, o in self.recent_write_ops:
+                        peak[o] = peak.get(o, 0) + 1
+                    self.peak_window_ops = peak
                 if "throttle" in faults:
                     aw = self.admitted_writes
                     while aw and aw[0] <= now - 1.0:

@@ -377,14 +377,26 @@ impl Store {
     /// The AWSCURRENT version's id and text; `None` when the secret (or its value) does not
     /// exist.
     pub(crate) async fn read_text(&self) -> Result<Option<(String, String)>> {
-        let out = match self
-            .client
-            .get_secret_value()
-            .secret_id(&self.secret_name)
-            .version_stage(CURRENT_STAGE)
-            .send()
-            .await
-        {
+        self.read_text_of(None).await
+    }
+
+    /// The document of version `version_id` (versions are immutable: a read by id is never
+    /// stale in content, only maybe not yet visible); `None` when it does not exist (yet).
+    pub async fn read_version(&self, version_id: &str) -> Result<Option<Snapshot>> {
+        let Some((version_id, text)) = self.read_text_of(Some(version_id)).await? else {
+            return Ok(None);
+        };
+        let doc = self.parse(&text)?;
+        Ok(Some(Snapshot { version_id, doc }))
+    }
+
+    async fn read_text_of(&self, version_id: Option<&str>) -> Result<Option<(String, String)>> {
+        let req = self.client.get_secret_value().secret_id(&self.secret_name);
+        let req = match version_id {
+            Some(v) => req.version_id(v),
+            None => req.version_stage(CURRENT_STAGE),
+        };
+        let out = match req.send().await {
             Ok(out) => out,
             Err(e) => {
                 let e = AwsError::from_sdk("GetSecretValue", e);
@@ -470,6 +482,12 @@ impl Store {
     /// created.
     pub async fn create(&self, doc: &ClusterDoc) -> Result<WriteOutcome> {
         let text = self.encode(doc)?;
+        // The read that found no secret may have been stale: a first version that is already
+        // visible by its id saves a CreateSecret that would be refused.
+        let first = successor_token(&self.secret_name, None);
+        if self.exists(&first).await? {
+            return Ok(WriteOutcome::Taken(first));
+        }
         self.create_text(text, "rendezvous").await
     }
 
@@ -572,6 +590,15 @@ impl Store {
         if self.exists(&next).await? {
             return Ok(WriteOutcome::Taken(next));
         }
+        self.put_and_promote(prev_version, text).await
+    }
+
+    async fn put_and_promote(
+        &self,
+        prev_version: Option<&str>,
+        text: String,
+    ) -> Result<WriteOutcome> {
+        let next = successor_token(&self.secret_name, prev_version);
         if let Err(e) = self
             .client
             .put_secret_value()

@@ -48,12 +48,17 @@ impl Backoff {
 }
 
 /// Delays between compare-and-swap attempts after a lost race: full jitter over a window that
-/// doubles from 50 ms to 2 s. Each lost attempt costs two write calls (PutSecretValue +
-/// UpdateSecretVersionStage) from the ~50 TPS write budget of the whole account, so losers
-/// spread out widely rather than retry fast; one CAS round takes ~3 round trips.
+/// doubles from 100 ms to 4 s. A lost attempt costs at most one write call (a PutSecretValue
+/// refused because the successor exists) from the ~50 TPS write budget of the whole account,
+/// so losers spread out widely rather than retry fast; one CAS round takes ~4 round trips.
 pub fn cas_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).full_jitter()
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(8)).full_jitter()
 }
+
+/// The window over which the first write of a registration is spread: nodes that boot in the
+/// same instant (one `terraform apply`) would otherwise all write at once, and every write
+/// call counts against the account's ~50 TPS write budget (losers' calls included).
+pub const FIRST_WRITE_SPREAD: Duration = Duration::from_secs(6);
 
 /// Delays between polls of GetSecretValue while waiting for a change (join tokens, a newer
 /// document): 100 ms at first so a fast bootstrap is not slowed down, capped at 2 s so a long

@@ -78,6 +78,10 @@ pub struct ClusterDoc {
     /// stage move had an unknown outcome (timeout, retried request) finds out whether it
     /// committed by looking for its id here, even when others have written on top since.
     pub recent_writes: Vec<String>,
+    /// Position in the secret's chain of versions: every write stores its predecessor's plus
+    /// one. A reader that has seen (or written) a higher one knows a read is stale (AWS reads
+    /// are eventually consistent). 0: written by a version that did not count.
+    pub seq: u64,
 }
 
 /// What one CAS round does: answer from the current document (nothing to write), or write
@@ -112,6 +116,7 @@ impl ClusterDoc {
             schema: SCHEMA,
             cluster: Memory::new(state),
             recent_writes: Vec::new(),
+            seq: 0,
         })
     }
 
@@ -122,6 +127,7 @@ impl ClusterDoc {
 
     /// Record the id of the version about to be written (the CAS layer calls this).
     pub fn note_write(&mut self, version_id: &str) {
+        self.seq = self.seq.saturating_add(1);
         self.recent_writes.push(version_id.to_string());
         let excess = self.recent_writes.len().saturating_sub(RECENT_WRITES);
         self.recent_writes.drain(..excess);
@@ -155,6 +161,7 @@ impl ClusterDoc {
             schema: stored.schema,
             cluster,
             recent_writes: stored.recent_writes,
+            seq: stored.seq,
         }
     }
 }
@@ -170,6 +177,7 @@ struct StoredOut<'a> {
     /// For readers of the previous version: the token the next grant gets.
     next_fencing_token: u64,
     recent_writes: &'a [String],
+    seq: u64,
 }
 
 /// The stored layout as read (after `cluster` was folded into `name`).
@@ -182,6 +190,8 @@ struct StoredIn {
     next_fencing_token: Option<u64>,
     #[serde(default)]
     recent_writes: Vec<String>,
+    #[serde(default)]
+    seq: u64,
 }
 
 impl Serialize for ClusterDoc {
@@ -192,6 +202,7 @@ impl Serialize for ClusterDoc {
             memory: &self.cluster,
             next_fencing_token: self.cluster.state.last_fencing_token.saturating_add(1),
             recent_writes: &self.recent_writes,
+            seq: self.seq,
         }
         .serialize(s)
     }

@@ -65,7 +65,7 @@ use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::Region;
 use doc::{ClusterDoc, Step};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result};
@@ -82,6 +82,22 @@ pub const DEFAULT_NAME_PREFIX: &str = "swarmstrap/";
 /// How long one mutation may keep losing compare-and-swap races before it gives up with a
 /// `Transient` error (the agent then retries the whole call).
 const CAS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long a read that is older than what this instance has already seen is retried before
+/// it is taken as it is (AWS: eventually consistent reads; a cached value times out within
+/// seconds). Taking it is safe for writes (the chain refuses a write on a stale version) and
+/// covers a secret that really was deleted or rolled back.
+const FRESH_WAIT: Duration = Duration::from_secs(8);
+
+/// At most this many versions past AWSCURRENT are followed by one read.
+const MAX_WALK: usize = 16;
+
+/// What [`SecretsManagerRendezvous::read_fresh`] found: the chain's newest document, and the
+/// version AWSCURRENT was on.
+struct Fresh {
+    snap: Option<aws::Snapshot>,
+    current: Option<String>,
+}
 
 /// How long a call waits for a secret name that a recent deletion blocks before it reports
 /// `secret_scheduled_for_deletion` (what to do).
@@ -183,6 +199,8 @@ pub struct SecretsManagerRendezvous {
     credentials: Credentials,
     offered: Offered,
     polls: Polls,
+    /// The highest chain position (`ClusterDoc::seq`) this instance has read or written.
+    seen: AtomicU64,
 }
 
 /// The fresh credential this instance offers for each node id it holds no credential for
@@ -337,6 +355,7 @@ impl SecretsManagerRendezvous {
             credentials: Credentials::default(),
             offered: Offered::default(),
             polls: Polls::default(),
+            seen: AtomicU64::new(0),
         })
     }
 
@@ -436,31 +455,30 @@ impl SecretsManagerRendezvous {
         // CreateSecret said the secret exists, yet reading AWSCURRENT finds nothing: it exists
         // without a value, so the first value goes in through PutSecretValue.
         let mut create_refused = false;
-        // The successor of the version last read already existed: if AWSCURRENT still lags
-        // on that version at the next read (its writer died between its two calls), move it.
-        let mut lagging: Option<(Option<String>, String)> = None;
         let mut blocked_since: Option<Instant> = None;
+        let mut spread = false;
+        let mut decorrelated = false;
+        // Versions this call knows to have a successor (its write came back `Taken`): a read
+        // that still ends there is stale, and writing on it again would only waste a write
+        // call, so the call waits and reads again instead.
+        let mut taken: Vec<String> = Vec::new();
         loop {
             // A read that finds the secret "marked deleted" is final: the secret is in its
             // recovery window and the name will not free by itself.
-            let snap = self.store.read().await?;
+            let Fresh { snap, current } = self.read_fresh().await?;
             if let Some(s) = &snap {
                 if let Some(i) = pending.iter().position(|(id, _)| s.doc.includes_write(id)) {
                     tracing::debug!(operation = op, "an ambiguous write turned out committed");
+                    if current.as_deref() != Some(s.version_id.as_str()) {
+                        // AWSCURRENT lags behind the chain (this write's own move failed):
+                        // move it, so that readers need not walk. Best effort.
+                        let _ = self.store.promote(current.as_deref(), &s.version_id).await;
+                    }
                     return Ok(Mutated::Written(pending.swap_remove(i).1));
                 }
             }
-            let current = snap.as_ref().map(|s| s.version_id.clone());
-            if let Some((prev, next)) = lagging.take() {
-                if prev == current {
-                    tracing::debug!(
-                        operation = op,
-                        "AWSCURRENT lags behind its successor; moving it"
-                    );
-                    self.store.promote(prev.as_deref(), &next).await?;
-                    continue;
-                }
-            }
+            let head = snap.as_ref().map(|s| s.version_id.clone());
+            let stale_head = head.as_ref().is_some_and(|h| taken.contains(h));
             let empty;
             let cur = match &snap {
                 Some(s) => &s.doc,
@@ -472,10 +490,31 @@ impl SecretsManagerRendezvous {
             let now = now_ms();
             match doc::decide(cur, |m| rule(m, now))? {
                 Step::Keep(t) => return Ok(Mutated::Unchanged(t)),
+                Step::Write(_, _) if stale_head => {}
+                Step::Write(_, _) if conflicts > 0 && !decorrelated => {
+                    // After a lost race, every contender sees the new head at about the same
+                    // moment (when its write becomes visible): a random pause before writing,
+                    // then a fresh read, keeps them from writing as one herd.
+                    decorrelated = true;
+                    let ms = 1000 * u64::from(conflicts.min(8));
+                    tokio::time::sleep(Duration::from_millis(rand::random_range(0..ms))).await;
+                    continue;
+                }
+                Step::Write(_, _) if op == "register" && !spread => {
+                    // A registration's first write waits a random part of a short window
+                    // and decides again on a fresh read: nodes booted together spread out.
+                    spread = true;
+                    let ms = backoff::FIRST_WRITE_SPREAD.as_millis() as u64;
+                    let wait = Duration::from_millis(rand::random_range(0..ms.max(1)));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
                 Step::Write(mut doc, t) => {
+                    decorrelated = false;
                     let id = aws::request_token();
                     doc.note_write(&id);
-                    let outcome = match &current {
+                    let seq = doc.seq;
+                    let outcome = match &head {
                         None if !create_refused => {
                             let outcome = self.store.create(&doc).await?;
                             create_refused = outcome == WriteOutcome::Lost;
@@ -484,9 +523,13 @@ impl SecretsManagerRendezvous {
                         prev => self.store.cas(prev.as_deref(), &doc).await?,
                     };
                     match outcome {
-                        WriteOutcome::Committed => return Ok(Mutated::Written(t)),
+                        WriteOutcome::Committed => {
+                            self.seen.fetch_max(seq, Ordering::Relaxed);
+                            return Ok(Mutated::Written(t));
+                        }
                         WriteOutcome::Lost => pending.push((id, t)),
-                        WriteOutcome::Taken(next) => lagging = Some((current, next)),
+                        // Someone wrote on top of the version read: the next read walks to it.
+                        WriteOutcome::Taken(_) => taken.extend(head),
                         WriteOutcome::NameBlocked => {
                             let e = aws::scheduled_for_deletion(&self.store.secret_name);
                             self.wait_name_unblocked(op, &mut blocked_since, &mut backoff, e)
@@ -554,10 +597,57 @@ impl SecretsManagerRendezvous {
         Ok(())
     }
 
+    /// Read the newest document of the chain, with read-your-writes and monotonic reads for
+    /// this instance. AWSCURRENT is read first; then the chain is walked by version id
+    /// (`successor(V)`, immutable versions) while a successor exists, so a lagging AWSCURRENT
+    /// (a writer that died between its two calls, a move that failed) is no obstacle. While the
+    /// result is older in the chain than one this instance has already read or written (a
+    /// stale read: the cache of an eventually consistent service), read again with backoff, up
+    /// to [`FRESH_WAIT`]; after that the read is taken as it is (a deleted or restored secret
+    /// is older for good) and becomes the new reference.
+    async fn read_fresh(&self) -> Result<Fresh> {
+        let deadline = Instant::now() + FRESH_WAIT;
+        let mut backoff = backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            let mut snap = self.store.read().await?;
+            let current = snap.as_ref().map(|s| s.version_id.clone());
+            if let Some(s) = snap.as_mut() {
+                for _ in 0..MAX_WALK {
+                    let next = aws::successor_token(&self.store.secret_name, Some(&s.version_id));
+                    match self.store.read_version(&next).await? {
+                        Some(n) => *s = n,
+                        None => break,
+                    }
+                }
+            }
+            let seen = self.seen.load(Ordering::Relaxed);
+            let seq = snap.as_ref().map_or(0, |s| s.doc.seq);
+            // seq 0 on a stored document: written by a version that did not count (judge
+            // nothing). No document while this instance saw one: stale or deleted.
+            let fresh = seq >= seen || (seq == 0 && snap.is_some());
+            let now = Instant::now();
+            if fresh || now >= deadline {
+                if fresh {
+                    self.seen.fetch_max(seq, Ordering::Relaxed);
+                } else {
+                    tracing::debug!(
+                        seq,
+                        seen,
+                        "the secret still reads older than seen before; taking it as it is"
+                    );
+                    self.seen.store(seq, Ordering::Relaxed);
+                }
+                return Ok(Fresh { snap, current });
+            }
+            tracing::trace!(seq, seen, "stale read; reading again");
+            tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+        }
+    }
+
     /// Run `rule` on the document as read now, for its verdict only (no write): a refusal is
     /// returned. For calls that must not touch the managers' secret when they will be refused.
     async fn precheck(&self, rule: impl FnOnce(&Memory, u64) -> rules::Result<()>) -> Result<()> {
-        let doc = match self.store.read().await? {
+        let doc = match self.read_fresh().await?.snap {
             Some(s) => s.doc,
             None => self.empty_doc()?,
         };
@@ -615,7 +705,7 @@ impl SecretsManagerRendezvous {
         let deadline = Instant::now() + wait;
         let mut backoff = self.polls.take(key);
         let r = loop {
-            match self.store.read().await {
+            match self.read_fresh().await.map(|f| f.snap) {
                 Ok(snap) => {
                     let doc = match snap {
                         Some(s) => s.doc,
@@ -833,7 +923,7 @@ impl Rendezvous for SecretsManagerRendezvous {
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
-        let doc = match self.store.read().await? {
+        let doc = match self.read_fresh().await?.snap {
             Some(snap) => snap.doc,
             None => self.empty_doc()?,
         };

@@ -181,6 +181,9 @@ pub struct ProxyStats {
     pub writes: u64,
     /// The most write attempts received in any sliding 1 s window.
     pub max_writes_in_1s: u64,
+    /// The write attempts of that busiest second, by operation.
+    #[serde(default)]
+    pub peak_window_ops: BTreeMap<String, u64>,
     /// Versions created, per secret as the client named it (`SecretId` / `Name`).
     pub versions_created: BTreeMap<String, u64>,
     /// Faults injected.
@@ -304,9 +307,13 @@ impl Moto {
             .build()
     }
 
-    /// A plain SDK client (for test-side setup and raw reads).
+    /// A plain SDK client for test-side setup and raw reads: straight to moto, past the
+    /// AWS-behaviour proxy (a test's own checks see the truth, not a stale or lost answer).
     pub fn client(&self) -> aws_sdk_secretsmanager::Client {
-        aws_sdk_secretsmanager::Client::new(&self.sdk_config())
+        let conf = aws_sdk_secretsmanager::config::Builder::from(&self.sdk_config())
+            .endpoint_url(&self.moto_endpoint)
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(conf)
     }
 
     /// A backend of `cluster` with its own SDK client, as a separate node would have.
