@@ -507,7 +507,8 @@ class Server(http.server.ThreadingHTTPServer):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--upstream", required=True, help="moto_server URL, http://127.0.0.1:PORT")
-    ap.add_argument("--listen-port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
+    ap.add_argument("--listen-host", default="127.0.0.1", help="address to listen on (the lab: its bridge)")
+    ap.add_argument("--listen-port", type=int, default=0, help="port (0: any free)")
     ap.add_argument("--seed", type=int, default=None, help="seed of every random choice")
     ap.add_argument("--faults", default="all", help="comma list of %s, or all, or none" % ",".join(FAULTS))
     ap.add_argument("--stale-ms", type=float, default=2000)
@@ -541,7 +542,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     proxy = Proxy(args)
     Handler.proxy = proxy
-    server = Server(("127.0.0.1", args.listen_port), Handler)
+    server = Server((args.listen_host, args.listen_port), Handler)
     port = server.server_address[1]
     banner = "aws-behaviour proxy: seed %d, faults %s, upstream %s" % (
         args.seed,
@@ -550,7 +551,7 @@ def main(argv=None):
     )
     print(banner, file=sys.stderr, flush=True)
     proxy.log(banner)
-    print("listening on 127.0.0.1:%d" % port, flush=True)
+    print("listening on %s:%d" % (args.listen_host, port), flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -120,6 +120,11 @@ pub struct SecretsManagerConfig {
     pub endpoint_url: Option<String>,
     /// Manager target written into the document by whoever creates it (1, 3, 5 or 7).
     pub target_managers: u8,
+    /// The window over which a registration's first write is spread (random part of it):
+    /// nodes booted together by one `terraform apply` write one after the other instead of as
+    /// one herd (every write call counts against the account's ~50 TPS write budget). Default
+    /// [`backoff::FIRST_WRITE_SPREAD`]; tests of semantics rather than budgets set zero.
+    pub first_write_spread: Duration,
 }
 
 impl SecretsManagerConfig {
@@ -132,6 +137,7 @@ impl SecretsManagerConfig {
             kms_key_id: None,
             endpoint_url: None,
             target_managers,
+            first_write_spread: backoff::FIRST_WRITE_SPREAD,
         }
     }
 
@@ -194,6 +200,7 @@ pub struct SecretsManagerRendezvous {
     /// `<secret>/managers`: the manager join token, readable by managers only.
     managers: managers::ManagersSecret,
     target_managers: u8,
+    first_write_spread: Duration,
     region: String,
     calls: Arc<CallCounter>,
     credentials: Credentials,
@@ -350,6 +357,7 @@ impl SecretsManagerRendezvous {
             store,
             managers,
             target_managers: cfg.target_managers,
+            first_write_spread: cfg.first_write_spread,
             region,
             calls,
             credentials: Credentials::default(),
@@ -500,11 +508,13 @@ impl SecretsManagerRendezvous {
                     tokio::time::sleep(Duration::from_millis(rand::random_range(0..ms))).await;
                     continue;
                 }
-                Step::Write(_, _) if op == "register" && !spread => {
+                Step::Write(_, _)
+                    if op == "register" && !spread && !self.first_write_spread.is_zero() =>
+                {
                     // A registration's first write waits a random part of a short window
                     // and decides again on a fresh read: nodes booted together spread out.
                     spread = true;
-                    let ms = backoff::FIRST_WRITE_SPREAD.as_millis() as u64;
+                    let ms = self.first_write_spread.as_millis() as u64;
                     let wait = Duration::from_millis(rand::random_range(0..ms.max(1)));
                     tokio::time::sleep(wait).await;
                     continue;
@@ -528,8 +538,13 @@ impl SecretsManagerRendezvous {
                             return Ok(Mutated::Written(t));
                         }
                         WriteOutcome::Lost => pending.push((id, t)),
-                        // Someone wrote on top of the version read: the next read walks to it.
-                        WriteOutcome::Taken(_) => taken.extend(head),
+                        // Someone wrote on top of the version read: the chain is at least one
+                        // longer than what was read, so the next read walks to it.
+                        WriteOutcome::Taken(_) => {
+                            let seq = snap.as_ref().map_or(0, |s| s.doc.seq);
+                            self.seen.fetch_max(seq + 1, Ordering::Relaxed);
+                            taken.extend(head);
+                        }
                         WriteOutcome::NameBlocked => {
                             let e = aws::scheduled_for_deletion(&self.store.secret_name);
                             self.wait_name_unblocked(op, &mut blocked_since, &mut backoff, e)
@@ -598,9 +613,10 @@ impl SecretsManagerRendezvous {
     }
 
     /// Read the newest document of the chain, with read-your-writes and monotonic reads for
-    /// this instance. AWSCURRENT is read first; then the chain is walked by version id
-    /// (`successor(V)`, immutable versions) while a successor exists, so a lagging AWSCURRENT
-    /// (a writer that died between its two calls, a move that failed) is no obstacle. While the
+    /// this instance. AWSCURRENT is read first; when it is older than what this instance has
+    /// seen, the chain is walked by version id (`successor(V)`, immutable versions) while a
+    /// successor exists, so a lagging AWSCURRENT (a writer that died between its two calls, a
+    /// move that failed) or a stale read of it is no obstacle. While the
     /// result is older in the chain than one this instance has already read or written (a
     /// stale read: the cache of an eventually consistent service), read again with backoff, up
     /// to [`FRESH_WAIT`]; after that the read is taken as it is (a deleted or restored secret
@@ -611,8 +627,11 @@ impl SecretsManagerRendezvous {
         loop {
             let mut snap = self.store.read().await?;
             let current = snap.as_ref().map(|s| s.version_id.clone());
+            // Walk only when the read is older than seen: a steady-state poll costs one call.
             if let Some(s) = snap.as_mut() {
-                for _ in 0..MAX_WALK {
+                let mut steps = 0;
+                while s.doc.seq < self.seen.load(Ordering::Relaxed) && steps < MAX_WALK {
+                    steps += 1;
                     let next = aws::successor_token(&self.store.secret_name, Some(&s.version_id));
                     match self.store.read_version(&next).await? {
                         Some(n) => *s = n,

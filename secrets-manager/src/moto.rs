@@ -316,9 +316,18 @@ impl Moto {
         aws_sdk_secretsmanager::Client::from_conf(conf)
     }
 
-    /// A backend of `cluster` with its own SDK client, as a separate node would have.
+    /// A backend of `cluster` with its own SDK client, as a separate node would have. Its
+    /// registrations do not spread their first write (tests of semantics; see
+    /// [`Moto::backend_with`] for the production setting).
     pub fn backend(&self, cluster: &str, target_managers: u8) -> SecretsManagerRendezvous {
-        let cfg = SecretsManagerConfig::new(cluster, target_managers);
+        self.backend_with(SecretsManagerConfig {
+            first_write_spread: std::time::Duration::ZERO,
+            ..SecretsManagerConfig::new(cluster, target_managers)
+        })
+    }
+
+    /// A backend with this configuration (endpoint and credentials: this moto).
+    pub fn backend_with(&self, cfg: SecretsManagerConfig) -> SecretsManagerRendezvous {
         SecretsManagerRendezvous::with_sdk_config(cfg, &self.sdk_config())
             .expect("a Secrets Manager backend for moto")
     }

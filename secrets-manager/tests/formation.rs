@@ -12,7 +12,7 @@ use common::{publish_req, reg, Moto};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarmstrap_secrets_manager::moto::AwsBehaviour;
-use swarmstrap_secrets_manager::ApiCallCounts;
+use swarmstrap_secrets_manager::{ApiCallCounts, SecretsManagerConfig};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
 use swarmstrap_wire::{Phase, RequestedRole, Role};
 
@@ -94,7 +94,8 @@ async fn form(n: usize) {
         let moto = moto.clone();
         let cluster = cluster.clone();
         tasks.push(tokio::spawn(async move {
-            let backend = moto.backend(&cluster, 3);
+            // The production setting: registrations spread their first write.
+            let backend = moto.backend_with(SecretsManagerConfig::new(&cluster, 3));
             let rv: &dyn Rendezvous = &backend;
             let id = format!("node-{i:02}");
             let req = reg(&id, RequestedRole::Auto);

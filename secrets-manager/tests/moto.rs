@@ -601,11 +601,12 @@ async fn normal_bootstrap_call_budget() {
         total.reads(),
         total.writes()
     );
-    // n0 (first, winner): register = 1 read + CreateSecret; claim = read + probe of the
-    // successor + put + stage; renew = 1 read; publish = read (the rule's verdict before the
-    // managers' secret is touched) + read of the managers' secret + CreateSecret of it + read
-    // + probe + put + stage; wait_join = 1 read + 1 read of the managers' secret.
-    assert_eq!(counts[0].get_secret_value, 10);
+    // Writes are exact: n0 (first, winner) creates the shared secret (register), writes the
+    // claim and the publish (PutSecretValue + stage move each) and creates the managers'
+    // secret; everyone else writes its registration only. Reads (cheap: ~10k TPS, no
+    // versions) are bounded: every read is AWSCURRENT plus a probe of its successor (the
+    // chain walk), every write a probe first, a registration reads again after its spread
+    // pause, a manager's join reads the managers' secret.
     assert_eq!(
         (
             counts[0].create_secret,
@@ -614,14 +615,14 @@ async fn normal_bootstrap_call_budget() {
         ),
         (2, 2, 2)
     );
-    // other managers: register = read + probe + put + stage; claim = 1 read; wait_join =
-    // 1 read + 1 of the managers' secret.
+    assert!(counts[0].reads() <= 20, "{:?}", counts[0]);
     for c in &counts[1..3] {
-        assert_eq!((c.reads(), c.writes()), (5, 2), "{c:?}");
+        assert_eq!(c.writes(), 2, "{c:?}");
+        assert!(c.reads() <= 12, "{c:?}");
     }
-    // workers: register = read + probe + put + stage; wait_join = 1 read.
     for c in &counts[3..5] {
-        assert_eq!((c.reads(), c.writes()), (3, 2), "{c:?}");
+        assert_eq!(c.writes(), 2, "{c:?}");
+        assert!(c.reads() <= 8, "{c:?}");
     }
     assert_eq!(total.other, 0);
 }

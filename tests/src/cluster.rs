@@ -547,10 +547,20 @@ pub struct Moto {
     dir: PathBuf,
     listen: SocketAddr,
     child: Mutex<Option<Child>>,
+    /// The AWS-behaviour proxy in front of moto (`secrets-manager/aws-behaviour/proxy.py`),
+    /// when started with faults: then `listen` is the proxy's.
+    proxy: Mutex<Option<Child>>,
 }
 
 impl Moto {
     pub fn start(lab: &Lab) -> Result<Moto> {
+        Moto::start_with(lab, None)
+    }
+
+    /// moto, and with `faults` (`all`, or a comma list: see the proxy's README) the
+    /// AWS-behaviour proxy in front of it on the bridge, moto itself then on loopback only.
+    /// The proxy's seed is `$SWARMSTRAP_AWS_SEED` or random, printed for a rerun.
+    pub fn start_with(lab: &Lab, faults: Option<&str>) -> Result<Moto> {
         let bin = crate::cmd::which("moto_server").ok_or_else(|| {
             anyhow!(
                 "moto_server is missing: `pip install \"moto[server]\"` (scripts/setup.sh does)"
@@ -558,31 +568,79 @@ impl Moto {
         })?;
         let dir = lab.root().join("moto");
         fs::create_dir_all(dir.join("procs"))?;
-        let port = TcpListener::bind((lab.bridge_addr(), 0))?
-            .local_addr()?
-            .port();
-        let listen = SocketAddr::from((lab.bridge_addr(), port));
+        let moto_ip = if faults.is_some() {
+            Ipv4Addr::LOCALHOST
+        } else {
+            lab.bridge_addr()
+        };
+        let port = TcpListener::bind((moto_ip, 0))?.local_addr()?.port();
+        let moto_addr = SocketAddr::from((moto_ip, port));
         let log = fs::File::create(dir.join("moto.log"))?;
         let child = Command::new(bin)
-            .args(["-H", &listen.ip().to_string(), "-p", &port.to_string()])
+            .args(["-H", &moto_ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("spawning moto_server")?;
         write_pidfile(&dir.join("procs/moto.pid"), child.id() as i32)?;
-        let m = Moto {
+        let mut m = Moto {
             dir,
-            listen,
+            listen: moto_addr,
             child: Mutex::new(Some(child)),
+            proxy: Mutex::new(None),
         };
         wait_until(Duration::from_secs(30), "moto_server accepting", || {
             Ok(
-                TcpStream::connect_timeout(&listen, Duration::from_millis(200))
+                TcpStream::connect_timeout(&moto_addr, Duration::from_millis(200))
                     .ok()
                     .map(|_| ()),
             )
         })?;
+        if let Some(faults) = faults {
+            let seed: u64 = match std::env::var("SWARMSTRAP_AWS_SEED") {
+                Ok(s) => s.trim().parse().context("SWARMSTRAP_AWS_SEED")?,
+                Err(_) => {
+                    use std::hash::{BuildHasher, Hasher};
+                    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                    h.write_u64(u64::from(std::process::id()));
+                    h.finish() % 1_000_000
+                }
+            };
+            eprintln!("lab AWS-behaviour proxy: faults {faults}, seed {seed} (rerun with SWARMSTRAP_AWS_SEED={seed})");
+            let pport = TcpListener::bind((lab.bridge_addr(), 0))?
+                .local_addr()?
+                .port();
+            let listen = SocketAddr::from((lab.bridge_addr(), pport));
+            let plog = fs::File::create(m.dir.join("proxy.log"))?;
+            let script = workspace_root().join("secrets-manager/aws-behaviour/proxy.py");
+            let proxy = Command::new("python3")
+                .arg(script)
+                .args(["--upstream", &format!("http://{moto_addr}")])
+                .args(["--listen-host", &lab.bridge_addr().to_string()])
+                .args(["--listen-port", &pport.to_string()])
+                .args(["--seed", &seed.to_string()])
+                .args(["--faults", faults])
+                .stdin(Stdio::null())
+                .stdout(plog.try_clone()?)
+                .stderr(plog)
+                .spawn()
+                .context("spawning the AWS-behaviour proxy (python3)")?;
+            write_pidfile(&m.dir.join("procs/proxy.pid"), proxy.id() as i32)?;
+            *m.proxy.get_mut().unwrap() = Some(proxy);
+            m.listen = listen;
+            wait_until(
+                Duration::from_secs(20),
+                "AWS-behaviour proxy accepting",
+                || {
+                    Ok(
+                        TcpStream::connect_timeout(&listen, Duration::from_millis(200))
+                            .ok()
+                            .map(|_| ()),
+                    )
+                },
+            )?;
+        }
         Ok(m)
     }
 
@@ -593,23 +651,47 @@ impl Moto {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("moto.log")).unwrap_or_default()
     }
+
+    /// The proxy's counters (`GET /__proxy/stats`: calls per operation, write calls, the
+    /// busiest second, versions created per secret, faults injected); `None` without a proxy.
+    pub fn proxy_stats(&self) -> Option<Value> {
+        use std::io::{Read, Write};
+        self.proxy.lock().unwrap().as_ref()?;
+        let mut s = TcpStream::connect_timeout(&self.listen, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET /__proxy/stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.listen
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    }
 }
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.lock().unwrap().take() {
-            let _ = signal_pid(c.id() as i32, Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut backoff = crate::Backoff::default();
-            while matches!(c.try_wait(), Ok(None)) {
-                if !backoff.sleep_until_next(deadline) {
-                    let _ = signal_pid(c.id() as i32, Signal::KILL);
-                    let _ = c.wait();
-                    break;
+        for (slot, pidfile) in [
+            (&self.proxy, "procs/proxy.pid"),
+            (&self.child, "procs/moto.pid"),
+        ] {
+            if let Some(mut c) = slot.lock().unwrap().take() {
+                let _ = signal_pid(c.id() as i32, Signal::TERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut backoff = crate::Backoff::default();
+                while matches!(c.try_wait(), Ok(None)) {
+                    if !backoff.sleep_until_next(deadline) {
+                        let _ = signal_pid(c.id() as i32, Signal::KILL);
+                        let _ = c.wait();
+                        break;
+                    }
                 }
             }
+            let _ = fs::remove_file(self.dir.join(pidfile));
         }
-        let _ = fs::remove_file(self.dir.join("procs/moto.pid"));
     }
 }
 
@@ -633,7 +715,18 @@ impl Cluster {
 
     /// The same, with the Secrets Manager backend (no coordinator) against moto.
     pub fn new_secrets_manager(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
-        let moto = Moto::start(&lab)?;
+        Cluster::new_secrets_manager_with(lab, name, options, None)
+    }
+
+    /// The same, with moto behind the AWS-behaviour proxy injecting `faults` (see
+    /// [`Moto::start_with`]).
+    pub fn new_secrets_manager_with(
+        lab: Lab,
+        name: &str,
+        options: AgentOptions,
+        faults: Option<&str>,
+    ) -> Result<Cluster> {
+        let moto = Moto::start_with(&lab, faults)?;
         let secret_name = format!("swarmstrap/{name}-{}", lab.id());
         Cluster::with_backend(
             lab,

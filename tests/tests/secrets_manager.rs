@@ -1,15 +1,20 @@
 //! The Secrets Manager backend, end to end: the 5-host lab forms one swarm through it (no
-//! coordinator), moto's server standing in for AWS. Agent configs come from the cloud-init
-//! node template rendered for the secrets-manager backend.
+//! coordinator), moto's server standing in for AWS behind the AWS-behaviour proxy (stale
+//! reads, lost answers, throttling, the versions quota, another code for a refused stage move,
+//! blocked deleted names: `secrets-manager/aws-behaviour`). Agent configs come from the
+//! cloud-init node template rendered for the secrets-manager backend.
 
 use std::time::Duration;
-use swarmstrap_lab::cluster::{AgentOptions, Cluster};
+use swarmstrap_lab::cluster::{AgentOptions, Backend, Cluster};
 use swarmstrap_lab::{Lab, LabConfig};
 
 #[test]
 fn five_hosts_form_one_swarm_through_secrets_manager() -> anyhow::Result<()> {
     let lab = Lab::start(LabConfig::new(5))?;
-    let c = Cluster::new_secrets_manager(lab, "sm", AgentOptions::default())?;
+    // `SWARMSTRAP_AWS_BEHAVIOUR=none` runs it on plain moto.
+    let faults = std::env::var("SWARMSTRAP_AWS_BEHAVIOUR").unwrap_or_else(|_| "all".into());
+    let faults = (faults != "none").then_some(faults.as_str());
+    let c = Cluster::new_secrets_manager_with(lab, "sm", AgentOptions::default(), faults)?;
     c.start_agents()?;
     let all: Vec<usize> = (0..5).collect();
     let swarm_id = c.wait_formed(&all, 3, 2, Duration::from_secs(120))?;
@@ -32,5 +37,33 @@ fn five_hosts_form_one_swarm_through_secrets_manager() -> anyhow::Result<()> {
         );
     }
     c.assert_no_secret_in_logs()?;
+    // The budgets: versions created and write calls for this formation (as the proxy saw
+    // them: every HTTP attempt).
+    if let Backend::SecretsManager { moto, .. } = c.backend() {
+        if let Some(stats) = moto.proxy_stats() {
+            let versions: u64 = stats["versions_created"]
+                .as_object()
+                .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+                .unwrap_or(0);
+            eprintln!(
+                "LAB FORMATION N=5 through the proxy: versions {versions} {}, write calls {}, \
+                 busiest second {} {}, calls {}, faults {}",
+                stats["versions_created"],
+                stats["writes"],
+                stats["max_writes_in_1s"],
+                stats["peak_window_ops"],
+                stats["calls"],
+                stats["faults"]
+            );
+            assert!(
+                versions <= 5 + 5,
+                "{versions} versions for 5 nodes: {stats}"
+            );
+            assert!(
+                stats["max_writes_in_1s"].as_u64().unwrap_or(0) < 30,
+                "{stats}"
+            );
+        }
+    }
     Ok(())
 }
