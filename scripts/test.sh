@@ -20,6 +20,16 @@ echo "== release artifacts (x86_64 + aarch64, signed with a throwaway key)" >&2
 bash scripts/test-artifacts.sh
 echo "== cargo test" >&2
 cargo test --workspace -- --test-threads=4
+echo "== Secrets Manager under AWS's documented behaviour (secrets-manager/aws-behaviour proxy)" >&2
+python3 -m unittest discover -s secrets-manager/aws-behaviour
+# Every fault but stale reads (the suite expects one client's write visible to another client at
+# once, which AWS does not promise; secrets-manager/README.md).
+SWARMSTRAP_AWS_BEHAVIOUR=quota,throttle,lost,stage,deleted \
+  cargo test -p swarmstrap-conformance --test secrets_manager
+# 50 races with every fault but stale reads (with stale reads, scaled to the races' 1 s leases:
+# 47 of 50 pass, see the issue 16 note).
+SWARMSTRAP_AWS_BEHAVIOUR=quota,throttle,lost,stage,deleted SWARMSTRAP_RACE_BACKEND=secrets-manager \
+  SWARMSTRAP_RACES=50 cargo test -p swarm-agent --lib sim::secrets_manager_races
 echo "== fuzz (short)" >&2; bash scripts/fuzz.sh 20
 echo "== cloud-init + terraform checks" >&2
 SWARMSTRAP_REQUIRE_BINARIES=1 bash tests/iac/run.sh

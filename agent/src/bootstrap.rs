@@ -743,7 +743,7 @@ impl Bootstrap {
                 if Instant::now() >= at {
                     self.set_phase(st, AgentPhase::Claiming)?;
                     let Some((resp, sent)) = self.claim(st).await? else {
-                        // Awaiting adoption: wait for the running swarm's join info.
+                        // Awaiting adoption, or no longer a manager: wait for the join info.
                         claim_at = Some(Instant::now() + self.s().long_poll);
                         self.set_phase(st, AgentPhase::WaitingForTokens)?;
                         let resp = self
@@ -807,7 +807,8 @@ impl Bootstrap {
 
     /// Claim the lease. Also returns when the answered attempt was sent: a lease's remaining
     /// time counts from then, not from a (possibly late) answer. `None`: the cluster awaits
-    /// adoption by its running swarm (no node may init; wait for its join info).
+    /// adoption by its running swarm (no node may init; wait for its join info), or the
+    /// rendezvous has made this node a worker since it registered (wait for the join info).
     async fn claim(
         &self,
         st: &mut AgentState,
@@ -835,6 +836,17 @@ impl Bootstrap {
                     tracing::warn!("{msg}");
                 }
                 self.note_error(st, msg);
+                return Ok(None);
+            }
+            // Registered as a manager, but the rendezvous has made this node a worker since
+            // (the swarm already has its managers: the leader's sync reassigns a registration
+            // that has not joined yet). Not an error: wait for the join info, which carries
+            // the role to join with.
+            Err(Failure::Permanent(e)) if e.code() == Some(Code::NotAManager) => {
+                tracing::info!(
+                    "not claiming: the rendezvous now has this node as a worker ({e}); waiting \
+                     for the join info"
+                );
                 return Ok(None);
             }
             r => r.map_err(|f| self.backend_err("claim the init lease", f))?,

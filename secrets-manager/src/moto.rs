@@ -103,6 +103,14 @@ impl AwsBehaviour {
             faults: parse_faults(&spec),
             ..AwsBehaviour::default()
         };
+        // The stale window scaled to a suite's time scale (the race suite's leases last 1 s,
+        // production's a minute): `SWARMSTRAP_AWS_STALE_MS`.
+        if let Ok(ms) = std::env::var("SWARMSTRAP_AWS_STALE_MS") {
+            b.stale_ms = ms
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("SWARMSTRAP_AWS_STALE_MS={ms:?} is not a number"));
+        }
         if let Ok(seed) = std::env::var("SWARMSTRAP_AWS_SEED") {
             b.seed = seed
                 .trim()

@@ -652,23 +652,31 @@ impl Moto {
         fs::read_to_string(self.dir.join("moto.log")).unwrap_or_default()
     }
 
+    /// Zero the proxy's counters (`POST /__proxy/reset`); false without a proxy.
+    pub fn reset_proxy_stats(&self) -> bool {
+        self.proxy_request("POST", "/__proxy/reset").is_some()
+    }
+
     /// The proxy's counters (`GET /__proxy/stats`: calls per operation, write calls, the
     /// busiest second, versions created per secret, faults injected); `None` without a proxy.
     pub fn proxy_stats(&self) -> Option<Value> {
+        serde_json::from_str(&self.proxy_request("GET", "/__proxy/stats")?).ok()
+    }
+
+    fn proxy_request(&self, method: &str, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         self.proxy.lock().unwrap().as_ref()?;
         let mut s = TcpStream::connect_timeout(&self.listen, Duration::from_secs(2)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         write!(
             s,
-            "GET /__proxy/stats HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.listen
         )
         .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).ok()?;
-        let body = text.split_once("\r\n\r\n")?.1;
-        serde_json::from_str(body).ok()
+        Some(text.split_once("\r\n\r\n")?.1.to_string())
     }
 }
 
