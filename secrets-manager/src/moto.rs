@@ -334,6 +334,17 @@ impl Moto {
         })
     }
 
+    /// A backend that talks to moto directly, past the AWS-behaviour proxy: for a test's own
+    /// observations (the truth, not a stale or lost answer).
+    pub fn direct_backend(&self, cluster: &str, target_managers: u8) -> SecretsManagerRendezvous {
+        let cfg = SecretsManagerConfig {
+            first_write_spread: std::time::Duration::ZERO,
+            endpoint_url: Some(self.moto_endpoint.clone()),
+            ..SecretsManagerConfig::new(cluster, target_managers)
+        };
+        self.backend_with(cfg)
+    }
+
     /// A backend with this configuration (endpoint and credentials: this moto).
     pub fn backend_with(&self, cfg: SecretsManagerConfig) -> SecretsManagerRendezvous {
         SecretsManagerRendezvous::with_sdk_config(cfg, &self.sdk_config())

@@ -57,7 +57,8 @@ impl SecretsManagerSim {
                 })
             })
             .collect();
-        let observer = moto.backend(cluster, target);
+        // Past the AWS-behaviour proxy when one runs: the checks need the truth.
+        let observer = moto.direct_backend(cluster, target);
         SecretsManagerSim {
             cluster: cluster.into(),
             secret_name: observer.secret_name().to_string(),
@@ -84,8 +85,31 @@ impl SecretsManagerSim {
                 .await;
             let err = match r {
                 Ok(out) => {
-                    let text = out.secret_string().unwrap_or("{}");
-                    return parse_raw(text).map(Some);
+                    // The chain's head: AWSCURRENT may lag behind it (a writer's stage move
+                    // failed or is still to come; the backend's readers walk the same way).
+                    let mut text = out.secret_string().unwrap_or("{}").to_string();
+                    let mut version = out.version_id().unwrap_or_default().to_string();
+                    for _ in 0..16 {
+                        let next = swarmstrap_secrets_manager::aws::successor_token(
+                            &self.secret_name,
+                            Some(&version),
+                        );
+                        match self
+                            .raw
+                            .get_secret_value()
+                            .secret_id(&self.secret_name)
+                            .version_id(&next)
+                            .send()
+                            .await
+                        {
+                            Ok(o) => {
+                                text = o.secret_string().unwrap_or("{}").to_string();
+                                version = next;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    return parse_raw(&text).map(Some);
                 }
                 Err(e) => {
                     let e = e.into_service_error();
