@@ -913,10 +913,7 @@ impl Rendezvous for SecretsManagerRendezvous {
         self.managers
             .ensure(&req.swarm_id, &req.manager_token)
             .await?;
-        let req = &PublishRequest {
-            manager_token: managers::reference(&req.manager_token),
-            ..req.clone()
-        };
+        let req = &checked;
         let r = self
             .mutate("publish", |m, now| p.judge(|c| m.publish(now, req, c)))
             .await?;
