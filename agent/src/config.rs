@@ -106,6 +106,7 @@ pub struct FileSecretsManager {
     pub region: Option<String>,
     pub kms_key_id: Option<String>,
     pub endpoint_url: Option<String>,
+    pub relay_port: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -787,6 +788,11 @@ pub struct Config {
     /// The Secrets Manager backend's own config (`[secrets_manager]`; used when
     /// `backend = "secrets-manager"`).
     pub secrets_manager: SecretsManagerConfig,
+    /// The relay's TCP port (`[secrets_manager] relay_port`, default
+    /// [`crate::relay::DEFAULT_PORT`]): on Secrets Manager, managers' agents serve the day-2
+    /// documents to the swarm's nodes on it. `None`: off (`relay_port = 0`, or the coordinator
+    /// backend, whose long-polls are cheap already).
+    pub relay_port: Option<u16>,
     /// The live nginx load-balancer config (`[lb]`, `SWARM_AGENT_LB_*`).
     pub lb: LbConfig,
     /// The quorum keeper and `leave` (`[quorum]`, `SWARM_AGENT_QUORUM_*`).
@@ -1224,6 +1230,17 @@ impl Config {
         secrets_manager.region = non_empty(fs.region);
         secrets_manager.kms_key_id = non_empty(fs.kms_key_id);
         secrets_manager.endpoint_url = non_empty(fs.endpoint_url);
+        let relay_port = match fs.relay_port {
+            None => Some(crate::relay::DEFAULT_PORT),
+            Some(0) => None,
+            Some(p) => Some(u16::try_from(p).map_err(|_| {
+                invalid(
+                    "[secrets_manager] relay_port",
+                    format!("{p} is not a TCP port (1-65535, or 0 to turn the relay off)"),
+                )
+            })?),
+        }
+        .filter(|_| backend == BackendKind::SecretsManager);
 
         let flb = file.lb.clone().unwrap_or_default();
         let lb = resolve_lb(flb, &env.lb, fp)?;
@@ -1243,6 +1260,7 @@ impl Config {
             lease_ttl: Duration::from_secs(lease_ttl_secs),
             coordinator,
             secrets_manager,
+            relay_port,
             lb,
             quorum,
             release,

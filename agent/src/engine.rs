@@ -81,6 +81,8 @@ pub struct EngineInfo {
     pub hostname: String,
     pub server_version: String,
     pub swarm: LocalSwarm,
+    /// `docker info` DockerRootDir (the swarm's node certificates are under `swarm/`).
+    pub docker_root_dir: Option<String>,
 }
 
 /// `docker swarm inspect` (managers only), reduced to what the bootstrap needs.
@@ -326,6 +328,7 @@ impl Engine for BollardEngine {
             hostname: info.name.unwrap_or_default(),
             server_version: info.server_version.unwrap_or_default(),
             swarm,
+            docker_root_dir: info.docker_root_dir.filter(|v| !v.is_empty()),
         })
     }
 

@@ -161,6 +161,7 @@ impl Engine for FakeEngine {
             hostname: self.name.clone(),
             server_version: "20.10.24-fake".into(),
             swarm,
+            docker_root_dir: None,
         })
     }
 
@@ -669,6 +670,16 @@ impl Rendezvous for FakeBackend {
     async fn status(&self) -> RResult<ClusterStatus> {
         self.gate()?;
         Ok(self.read(|m, now| m.status(now)))
+    }
+
+    async fn snapshot(&self) -> RResult<Option<swarmstrap_wire::rendezvous::Snapshot>> {
+        self.gate()?;
+        Ok(Some(self.read(|m, now| {
+            swarmstrap_wire::rendezvous::Snapshot {
+                status: m.status(now),
+                docs: m.docs.clone(),
+            }
+        })))
     }
 
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {

@@ -68,7 +68,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result, Snapshot};
 use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
@@ -944,6 +944,19 @@ impl Rendezvous for SecretsManagerRendezvous {
             None => self.empty_doc()?,
         };
         Ok(doc.cluster.status(now_ms()))
+    }
+
+    /// One `GetSecretValue` (plus a chain walk only when it is older than what this client
+    /// has seen): the status and every document.
+    async fn snapshot(&self) -> Result<Option<Snapshot>> {
+        let doc = match self.read_fresh().await?.snap {
+            Some(snap) => snap.doc,
+            None => self.empty_doc()?,
+        };
+        Ok(Some(Snapshot {
+            status: doc.cluster.status(now_ms()),
+            docs: doc.cluster.docs.clone(),
+        }))
     }
 
     /// On Secrets Manager the operator is whoever may write the secret (IAM): `operator` is not

@@ -36,9 +36,17 @@ use crate::{
     PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, SyncRequest,
     SyncResponse,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// Everything the day-2 loops follow, as of one read ([`Rendezvous::snapshot`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub status: ClusterStatus,
+    /// Every document the cluster holds, by name (a name not here is at version 0).
+    pub docs: BTreeMap<String, Document>,
+}
 
 /// The node credentials a client holds, by node id (a client usually acts for one node; the
 /// test fake for many).
@@ -170,6 +178,13 @@ pub trait Rendezvous: Send + Sync {
     async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse>;
 
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document>;
+
+    /// The cluster's status and every document in one read, for backends where each read is
+    /// billed (Secrets Manager: one `GetSecretValue`). `None`: the backend has no such read
+    /// (ask for each document with [`get_doc`](Rendezvous::get_doc)).
+    async fn snapshot(&self) -> Result<Option<Snapshot>> {
+        Ok(None)
+    }
 
     /// Compare-and-set a document, written by node `node_id` (with its credential).
     async fn put_doc(

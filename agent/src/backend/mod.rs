@@ -243,6 +243,10 @@ impl Rendezvous for Persisted {
         self.inner.get_doc(name, after, wait).await
     }
 
+    async fn snapshot(&self) -> RResult<Option<swarmstrap_wire::rendezvous::Snapshot>> {
+        self.inner.snapshot().await
+    }
+
     async fn put_doc(
         &self,
         node_id: &str,

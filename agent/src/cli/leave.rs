@@ -159,6 +159,7 @@ impl LeaveArgs {
             })
             .await
             .context("asking for the drain in the backend")?;
+            crate::relay::announce_write(cfg).await;
             println!("drain requested for {hostname} ({id})");
         }
 

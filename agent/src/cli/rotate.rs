@@ -61,6 +61,7 @@ impl RotateArgs {
             ),
             Err(e) => return Err(e).context("asking for a join-token rotation"),
         };
+        crate::relay::announce_write(&cfg).await;
         let n = st.token_rotation_pending.unwrap_or(st.token_rotations);
         println!(
             "cluster {}: join-token rotation #{n} requested; the raft leader's agent rotates the \

@@ -123,6 +123,24 @@ impl RunArgs {
 
         tracing::info!("bootstrap complete; running until SIGTERM/SIGINT");
         let lb_engine = Arc::new(BollardEngine::new(&cfg.docker_host, LB_ENGINE_TIMEOUT));
+        // On Secrets Manager the day-2 loops read through the relay (the managers' agents),
+        // not a poll of AWS each (`relay` module docs).
+        let relay = cfg.relay_port.map(|port| {
+            let r = crate::relay::Relay::new(boot.backend.clone(), lb_engine.clone(), port);
+            boot.backend = r.clone();
+            tracing::info!(
+                "relay on TCP port {port}: managers serve the cluster's documents to the                  swarm's nodes (mutual TLS with the swarm's node certificates)"
+            );
+            // This node registered: the managers read the cluster again.
+            r.announce(None);
+            r
+        });
+        let relay_server = async {
+            match &relay {
+                Some(r) => crate::relay::server::serve(r.clone(), r.port).await,
+                None => std::future::pending().await,
+            }
+        };
         // The live load-balancer config (dropping it is safe: every file write is atomic).
         let lb = async {
             if cfg.lb.enabled {
@@ -165,6 +183,7 @@ impl RunArgs {
         tokio::select! {
             _ = lb => {}
             _ = keeper => {}
+            _ = relay_server => {}
             _ = supervisor.run() => {}
             _ = &mut shutdown => {}
             _ = &mut reexec => return reexec_self(&exe, &args),

@@ -1,0 +1,518 @@
+//! The relay: on Secrets Manager, the day-2 documents come from the swarm's managers, not from
+//! a poll of AWS on every node.
+//!
+//! Secrets Manager has no push and bills every read, so a long-poll there is a poll (~2,400
+//! reads an hour for each loop that waits). The relay keeps Secrets Manager the durable store
+//! and the only place anything is written, and moves the *waiting* into the swarm:
+//!
+//! - **Managers** keep one cached [`Snapshot`] (status and every document: one
+//!   `GetSecretValue`). It is read again when a write is announced (a *poke*), after this
+//!   agent's own non-document writes, and every [`SLOW_REFRESH`] in case a poke was lost. The
+//!   manager's own loops (keeper, load balancer, rejoin watch) read the cache; their long-polls
+//!   wait on it.
+//! - **Every manager's agent serves** the documents to the swarm's nodes over mutual TLS with
+//!   the swarm's own node certificates ([`tls`]; port [`DEFAULT_PORT`], `[secrets_manager]
+//!   relay_port`), as long-polls ([`server`]).
+//! - **Workers** ask the managers their engine knows (`docker info` RemoteManagers) instead of
+//!   Secrets Manager ([`peer`]). If no manager's agent answers, a worker reads Secrets Manager
+//!   directly with a backoff that grows to [`FALLBACK_MAX`] between reads.
+//! - **Every write** still goes to Secrets Manager (the compare-and-swap chain decides); the
+//!   writer then pokes the managers with the document and version it wrote, and each manager
+//!   reads again until it sees that version (stale reads are retried with backoff for up to
+//!   [`POKE_DEADLINE`]).
+//!
+//! What a node can read through the relay is what its own IAM role lets it read in Secrets
+//! Manager anyway (the shared secret's documents); the join tokens are never relayed.
+
+pub mod peer;
+pub mod server;
+pub mod tls;
+
+use crate::engine::{Engine, EngineInfo};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result, Snapshot};
+use swarmstrap_wire::rules::{doc_answers, empty_doc};
+use swarmstrap_wire::{
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
+    PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
+    SyncRequest, SyncResponse,
+};
+use tokio::sync::{watch, Notify};
+
+/// The relay's TCP port on every node (managers serve on it; workers connect to it).
+pub const DEFAULT_PORT: u16 = 2378;
+/// A manager reads the whole cluster again at least this often (a lost poke, a change made
+/// from outside the swarm such as a deleted secret).
+pub const SLOW_REFRESH: Duration = Duration::from_secs(600);
+/// After a poke, a manager reads again (backoff) until it sees the announced version, for at
+/// most this long (AWS's reads are eventually consistent).
+pub const POKE_DEADLINE: Duration = Duration::from_secs(30);
+/// At most one cluster read per this interval per manager, however many pokes arrive.
+const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
+/// A worker that no manager answers reads Secrets Manager directly, at most this rarely.
+pub const FALLBACK_MAX: Duration = Duration::from_secs(300);
+/// Longest long-poll a manager holds for a peer.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// A command that wrote (`leave`, `rotate-tokens`, `recover`) tells the managers' agents to
+/// read again, so they act now rather than at their next slow read. Best effort, awaited.
+pub async fn announce_write(cfg: &crate::config::Config) {
+    let Some(port) = cfg.relay_port else { return };
+    let engine = crate::engine::BollardEngine::new(&cfg.docker_host, Duration::from_secs(5));
+    if let Ok(info) = engine.info().await {
+        peer::poke_all(&info, port, None).await;
+    }
+}
+
+/// Where the engine keeps this node's swarm certificates.
+pub fn cert_dir(info: &EngineInfo) -> PathBuf {
+    PathBuf::from(info.docker_root_dir.as_deref().unwrap_or("/var/lib/docker"))
+        .join("swarm")
+        .join("certificates")
+}
+
+#[derive(Clone, Debug)]
+pub struct Cached {
+    pub snap: Snapshot,
+    pub at: Instant,
+}
+
+/// What pokes announced and the cache has not seen yet.
+#[derive(Default)]
+struct Pending {
+    /// Document name → the version a writer committed.
+    docs: BTreeMap<String, u64>,
+    /// A write that is not a document (a registration, a sync, a reset): read again, and once
+    /// more after a pause if the first read shows no change (it may be stale).
+    generic: bool,
+}
+
+/// A manager's copy of the cluster (see the module docs).
+pub struct Cache {
+    inner: Arc<dyn Rendezvous>,
+    tx: watch::Sender<Option<Arc<Cached>>>,
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    dirty: AtomicBool,
+    poked: Notify,
+    pending: Mutex<Pending>,
+    started: AtomicBool,
+    /// Cluster reads made (for tests and `status`).
+    pub reads: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    pub fn new(inner: Arc<dyn Rendezvous>) -> Arc<Cache> {
+        Arc::new(Cache {
+            inner,
+            tx: watch::channel(None).0,
+            refresh: tokio::sync::Mutex::new(None),
+            dirty: AtomicBool::new(false),
+            poked: Notify::new(),
+            pending: Mutex::new(Pending::default()),
+            started: AtomicBool::new(false),
+            reads: Default::default(),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<Cached>> {
+        self.tx.borrow().clone()
+    }
+
+    /// The cached cluster, read first if there is none, it is older than [`SLOW_REFRESH`], or
+    /// a write made it dirty.
+    pub async fn ensure(self: &Arc<Self>) -> Result<Arc<Cached>> {
+        self.start();
+        match self.current() {
+            Some(c) if !self.dirty.load(Ordering::SeqCst) && c.at.elapsed() < SLOW_REFRESH => Ok(c),
+            _ => self.refresh(false).await,
+        }
+    }
+
+    /// Read the cluster now (one at a time; a caller that waited for another's read takes it).
+    /// `gap`: keep [`MIN_REFRESH_GAP`] since the last read (pokes).
+    async fn refresh(&self, gap: bool) -> Result<Arc<Cached>> {
+        let asked = Instant::now();
+        let mut last = self.refresh.lock().await;
+        if let (Some(l), Some(c)) = (*last, self.current()) {
+            if l >= asked && !self.dirty.load(Ordering::SeqCst) {
+                return Ok(c);
+            }
+            if gap && l.elapsed() < MIN_REFRESH_GAP {
+                // A rate limit, not a wait for a condition.
+                tokio::time::sleep(MIN_REFRESH_GAP - l.elapsed()).await;
+            }
+        }
+        self.dirty.store(false, Ordering::SeqCst);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let snap = match self.inner.snapshot().await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(RendezvousError::Rejected {
+                    code: "unsupported".into(),
+                    message: format!(
+                        "{} has no whole-cluster read: the relay cannot cache it",
+                        self.inner.describe()
+                    ),
+                })
+            }
+            Err(e) => {
+                self.dirty.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        *last = Some(Instant::now());
+        let c = Arc::new(Cached {
+            snap,
+            at: Instant::now(),
+        });
+        self.tx.send_replace(Some(c.clone()));
+        Ok(c)
+    }
+
+    /// Take a document this agent just wrote (no read needed).
+    pub fn merge(&self, name: &str, doc: &Document) {
+        self.tx.send_if_modified(|cur| {
+            let Some(c) = cur else { return false };
+            let newer = c
+                .snap
+                .docs
+                .get(name)
+                .is_none_or(|d| d.version < doc.version);
+            if newer {
+                let mut snap = c.snap.clone();
+                snap.docs.insert(name.to_string(), doc.clone());
+                *cur = Some(Arc::new(Cached { snap, at: c.at }));
+            }
+            newer
+        });
+    }
+
+    /// The next read must go to the backend (a write changed what the cache holds).
+    pub fn invalidate(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
+    /// Someone wrote: `doc` = the document and the version they committed, `None` for any
+    /// other write. The refresher reads again until it sees it.
+    pub fn poke(&self, doc: Option<(String, u64)>) {
+        {
+            let mut p = self.pending.lock().unwrap();
+            match doc {
+                Some((name, v)) => {
+                    let e = p.docs.entry(name).or_insert(v);
+                    *e = (*e).max(v);
+                }
+                None => p.generic = true,
+            }
+        }
+        self.poked.notify_one();
+    }
+
+    /// A long-poll of a cached document: at once when it is newer than `after` (or `after` is
+    /// `None`), else when the cache gets a newer one, else after `wait` with the current one.
+    pub async fn get_doc(
+        self: &Arc<Self>,
+        name: &str,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Document> {
+        swarmstrap_wire::validate_name(name).map_err(|m| RendezvousError::Rejected {
+            code: "invalid_name".into(),
+            message: m,
+        })?;
+        self.ensure().await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.tx.subscribe();
+        loop {
+            let doc = rx
+                .borrow_and_update()
+                .as_ref()
+                .and_then(|c| c.snap.docs.get(name).cloned())
+                .unwrap_or_else(empty_doc);
+            if doc_answers(&doc, after) || wait.is_zero() {
+                return Ok(doc);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(doc),
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>) {
+        if !self.started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().refresher());
+        }
+    }
+
+    fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.pending.lock().unwrap())
+    }
+
+    async fn refresher(self: Arc<Self>) {
+        let mut failing = false;
+        loop {
+            let slow = SLOW_REFRESH.mul_f64(rand::rng().random_range(0.9..1.0));
+            tokio::select! {
+                _ = self.poked.notified() => {}
+                _ = tokio::time::sleep(slow) => {}
+            }
+            let pending = self.take_pending();
+            let deadline = Instant::now() + POKE_DEADLINE;
+            let before = self.current();
+            let mut delay = Duration::from_millis(500);
+            let mut generic_reads = 0;
+            loop {
+                match self.refresh(true).await {
+                    Ok(c) => {
+                        if failing {
+                            tracing::info!("relay: reading {} again", self.inner.describe());
+                            failing = false;
+                        }
+                        let docs_seen = pending
+                            .docs
+                            .iter()
+                            .all(|(n, v)| c.snap.docs.get(n).is_some_and(|d| d.version >= *v));
+                        generic_reads += 1;
+                        let generic_done = !pending.generic
+                            || generic_reads >= 2
+                            || before.as_ref().is_some_and(|b| b.snap != c.snap);
+                        if docs_seen && generic_done {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(
+                                "relay: cannot read {}: {e} (retrying)",
+                                self.inner.describe()
+                            );
+                            failing = true;
+                        }
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let jitter = rand::rng().random_range(0..=delay.as_millis() as u64 / 2);
+                tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
+            }
+        }
+    }
+}
+
+/// The backend every day-2 loop of the agent uses on Secrets Manager (see the module docs).
+/// Bootstrap calls (register, claim, renew, publish, join) go straight to the backend.
+pub struct Relay {
+    pub inner: Arc<dyn Rendezvous>,
+    pub engine: Arc<dyn Engine>,
+    pub port: u16,
+    pub cache: Arc<Cache>,
+    peers: peer::Peers,
+    fallback_failures: AtomicU32,
+    /// Pokes in flight ([`Relay::flush`]).
+    pokes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Relay {
+    pub fn new(inner: Arc<dyn Rendezvous>, engine: Arc<dyn Engine>, port: u16) -> Arc<Relay> {
+        Arc::new(Relay {
+            cache: Cache::new(inner.clone()),
+            inner,
+            engine,
+            port,
+            peers: peer::Peers::default(),
+            fallback_failures: AtomicU32::new(0),
+            pokes: Mutex::new(Vec::new()),
+        })
+    }
+
+    async fn is_manager(&self) -> Option<EngineInfo> {
+        match self.engine.info().await {
+            Ok(i) if i.swarm.control_available => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Tell the managers that this node wrote (best effort, in the background).
+    pub fn announce(&self, doc: Option<(String, u64)>) {
+        let engine = self.engine.clone();
+        let port = self.port;
+        let task = tokio::spawn(async move {
+            let Ok(info) = engine.info().await else {
+                return;
+            };
+            peer::poke_all(&info, port, doc).await;
+        });
+        let mut pokes = self.pokes.lock().unwrap();
+        pokes.retain(|t| !t.is_finished());
+        pokes.push(task);
+    }
+
+    /// Wait for the pokes in flight (a command that wrote, before it exits).
+    pub async fn flush(&self) {
+        let pokes = std::mem::take(&mut *self.pokes.lock().unwrap());
+        for t in pokes {
+            let _ = t.await;
+        }
+    }
+
+    /// A worker's read: from a manager's agent, else straight from the backend (rarely).
+    async fn worker_get_doc(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        wait: Duration,
+    ) -> Result<Document> {
+        let info = self.engine.info().await.ok();
+        let tried = match &info {
+            Some(info) => {
+                self.peers
+                    .get_doc(info, self.port, name, after, wait.min(MAX_WAIT))
+                    .await
+            }
+            None => Err("the local engine does not answer".to_string()),
+        };
+        match tried {
+            Ok(doc) => {
+                if self.fallback_failures.swap(0, Ordering::SeqCst) > 0 {
+                    tracing::info!(
+                        "relay: reading the cluster's documents from its managers again"
+                    );
+                }
+                Ok(doc)
+            }
+            Err(why) => {
+                let n = self.fallback_failures.fetch_add(1, Ordering::SeqCst);
+                if n == 0 {
+                    tracing::warn!(
+                        "relay: no manager's agent answers ({why}); reading {} directly, \
+                         backing off to one read per {}s (open TCP port {} between the nodes)",
+                        self.inner.describe(),
+                        FALLBACK_MAX.as_secs(),
+                        self.port
+                    );
+                }
+                let doc = self.inner.get_doc(name, after, Duration::ZERO).await?;
+                if !doc_answers(&doc, after) {
+                    let base = Duration::from_secs(5)
+                        .saturating_mul(1 << n.min(8))
+                        .min(FALLBACK_MAX);
+                    let pause = base.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tokio::time::sleep(pause.min(wait.max(Duration::from_secs(1)))).await;
+                }
+                Ok(doc)
+            }
+        }
+    }
+
+    fn after_write<T>(&self, r: &Result<T>) {
+        self.cache.invalidate();
+        if r.is_ok() {
+            self.announce(None);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Rendezvous for Relay {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.inner.set_credential(node_id, credential)
+    }
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.inner.credential(node_id)
+    }
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
+        self.inner.register(req).await
+    }
+    async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
+        self.inner.claim(node_id, ttl).await
+    }
+    async fn renew(
+        &self,
+        node_id: &str,
+        fencing_token: u64,
+        ttl: Duration,
+    ) -> Result<ClaimResponse> {
+        self.inner.renew(node_id, fencing_token, ttl).await
+    }
+    async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
+        let r = self.inner.publish(req).await;
+        self.after_write(&r);
+        r
+    }
+    async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
+        self.inner.wait_join(node_id, wait).await
+    }
+    async fn status(&self) -> Result<ClusterStatus> {
+        if self.is_manager().await.is_some() {
+            return Ok(self.cache.ensure().await?.snap.status.clone());
+        }
+        self.inner.status().await
+    }
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        let r = self.inner.reset(req, operator).await;
+        self.after_write(&r);
+        r
+    }
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        let r = self.inner.request_token_rotation(operator).await;
+        self.after_write(&r);
+        r
+    }
+    async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        let r = self.inner.sync(req).await;
+        match &r {
+            Ok(s) if !s.changed => {}
+            _ => self.after_write(&r),
+        }
+        r
+    }
+    async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
+        let r = self.inner.adopt(req).await;
+        self.after_write(&r);
+        r
+    }
+    async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
+        if self.is_manager().await.is_some() {
+            return self.cache.get_doc(name, after, wait).await;
+        }
+        self.worker_get_doc(name, after, wait).await
+    }
+    async fn snapshot(&self) -> Result<Option<Snapshot>> {
+        self.inner.snapshot().await
+    }
+    async fn put_doc(
+        &self,
+        node_id: &str,
+        name: &str,
+        expected_version: u64,
+        body: &serde_json::Value,
+    ) -> Result<Document> {
+        let r = self
+            .inner
+            .put_doc(node_id, name, expected_version, body)
+            .await;
+        match &r {
+            Ok(doc) => {
+                self.cache.merge(name, doc);
+                self.announce(Some((name.to_string(), doc.version)));
+            }
+            // The cache was behind (a conflict) or the write's fate is unknown: read again.
+            Err(_) => self.cache.invalidate(),
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests;

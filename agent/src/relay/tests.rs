@@ -1,0 +1,327 @@
+//! The relay with the in-memory rulebook backend, real TLS on loopback and certificates made
+//! the way swarmkit makes them (`tls::tests::FakeSwarmCa`).
+
+use super::tls::tests::FakeSwarmCa;
+use super::*;
+use crate::engine::{
+    EngineError, JoinRequest, LocalSwarm, LocalSwarmState, SwarmDetails, SwarmNode,
+};
+use crate::testing::FakeBackend;
+use std::path::Path;
+use swarmstrap_wire::{RegisterRequest, RequestedRole};
+
+/// An engine that only answers `docker info` (what the relay asks).
+struct InfoEngine(Mutex<EngineInfo>);
+
+fn err() -> EngineError {
+    EngineError::Unreachable {
+        host: "info-only".into(),
+        message: "not in this test".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Engine for InfoEngine {
+    fn describe(&self) -> String {
+        "info-only".into()
+    }
+    async fn info(&self) -> crate::engine::Result<EngineInfo> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    async fn inspect_swarm(&self) -> crate::engine::Result<SwarmDetails> {
+        Err(err())
+    }
+    async fn init(&self, _: &str) -> crate::engine::Result<String> {
+        Err(err())
+    }
+    async fn join(&self, _: &JoinRequest) -> crate::engine::Result<()> {
+        Err(err())
+    }
+    async fn leave(&self, _: bool) -> crate::engine::Result<()> {
+        Err(err())
+    }
+    async fn nodes(&self) -> crate::engine::Result<Vec<SwarmNode>> {
+        Err(err())
+    }
+}
+
+fn engine(manager: bool, addr: &str, root: &Path) -> Arc<InfoEngine> {
+    // The relay looks under <root>/swarm/certificates.
+    Arc::new(InfoEngine(Mutex::new(EngineInfo {
+        hostname: addr.into(),
+        server_version: "test".into(),
+        swarm: LocalSwarm {
+            state: LocalSwarmState::Active,
+            node_id: Some(format!("node-{addr}")),
+            node_addr: Some(addr.into()),
+            control_available: manager,
+            cluster_id: None,
+            remote_managers: vec!["127.0.0.1:2377".into()],
+            managers: None,
+            nodes: None,
+            error: None,
+        },
+        docker_root_dir: Some(root.display().to_string()),
+    })))
+}
+
+async fn registered(backend: &Arc<FakeBackend>, id: &str) {
+    backend
+        .register(&RegisterRequest {
+            node_id: id.into(),
+            hostname: id.into(),
+            advertise_addr: "10.0.0.9".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+        })
+        .await
+        .unwrap();
+}
+
+fn drains(n: u64) -> serde_json::Value {
+    serde_json::json!({"requests": {}, "n": n})
+}
+
+#[tokio::test]
+async fn a_manager_serves_status_and_documents_from_one_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FakeBackend::new(3);
+    registered(&backend, "m1").await;
+    let relay = Relay::new(backend.clone(), engine(true, "127.0.0.1", tmp.path()), 0);
+    for _ in 0..10 {
+        relay.status().await.unwrap();
+    }
+    let d = relay.get_doc("drains", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        relay.cache.reads.load(Ordering::SeqCst),
+        1,
+        "one read serves them all"
+    );
+    // Its own write lands in the cache without a read.
+    let d1 = relay
+        .put_doc("m1", "drains", d.version, &drains(1))
+        .await
+        .unwrap();
+    let got = relay
+        .get_doc("drains", Some(d.version), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got, d1);
+    assert_eq!(relay.cache.reads.load(Ordering::SeqCst), 1);
+    // Another node's write (straight to the backend), announced by a poke, wakes a long-poll.
+    let waiter = {
+        let relay = relay.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let d = relay
+                .get_doc("drains", Some(d1.version), Duration::from_secs(20))
+                .await
+                .unwrap();
+            (d, started.elapsed())
+        })
+    };
+    let d2 = backend
+        .put_doc("m1", "drains", d1.version, &drains(2))
+        .await
+        .unwrap();
+    relay.cache.poke(Some(("drains".into(), d2.version)));
+    let (got, took) = waiter.await.unwrap();
+    assert_eq!(got, d2);
+    assert!(
+        took < Duration::from_secs(10),
+        "woken by the poke, not the timeout: {took:?}"
+    );
+    // A write that is not a document (a sync, a reset) makes the next status read again.
+    relay.cache.invalidate();
+    relay.status().await.unwrap();
+    assert!(relay.cache.reads.load(Ordering::SeqCst) >= 3);
+}
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    backend: Arc<FakeBackend>,
+    manager: Arc<Relay>,
+    worker: Arc<Relay>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A manager's relay serving on loopback and a worker's relay pointed at it; the worker's
+/// certificates come from `worker_ca` (the swarm's own CA unless a test says otherwise).
+async fn pair(worker_ca: Option<&FakeSwarmCa>) -> Pair {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = FakeSwarmCa::new("swarm");
+    let (mroot, wroot) = (tmp.path().join("m"), tmp.path().join("w"));
+    ca.node_dir(
+        &mroot.join("swarm/certificates"),
+        "managernode",
+        "swarm-manager",
+    );
+    worker_ca.unwrap_or(&ca).node_dir(
+        &wroot.join("swarm/certificates"),
+        "workernode",
+        "swarm-worker",
+    );
+    let backend = FakeBackend::new(3);
+    registered(&backend, "m1").await;
+    registered(&backend, "w1").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let manager = Relay::new(backend.clone(), engine(true, "127.0.0.1", &mroot), port);
+    let worker = Relay::new(backend.clone(), engine(false, "127.0.0.2", &wroot), port);
+    let server = tokio::spawn(server::serve_on(manager.clone(), listener));
+    Pair {
+        _tmp: tmp,
+        backend,
+        manager,
+        worker,
+        server,
+    }
+}
+
+#[tokio::test]
+async fn a_worker_reads_through_a_manager_and_its_writes_reach_the_manager() {
+    let p = pair(None).await;
+    let d = p
+        .worker
+        .get_doc("drains", None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(p.worker.fallback_failures.load(Ordering::SeqCst), 0);
+    // The manager writes; the worker's long-poll through the relay sees it.
+    let waiter = {
+        let w = p.worker.clone();
+        tokio::spawn(async move {
+            w.get_doc("drains", Some(d.version), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    // Let the long-poll reach the manager first; either order must work.
+    tokio::task::yield_now().await;
+    let d1 = p
+        .manager
+        .put_doc("m1", "drains", d.version, &drains(1))
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap(), d1);
+    // The worker writes (a drain request in real life); its poke makes the manager read again
+    // and wakes the manager's own long-poll.
+    let waiter = {
+        let m = p.manager.clone();
+        tokio::spawn(async move {
+            m.get_doc("drains", Some(d1.version), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let d2 = p
+        .worker
+        .put_doc("w1", "drains", d1.version, &drains(2))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .expect("the poke woke the manager")
+        .unwrap();
+    assert_eq!(got, d2);
+    assert_eq!(p.worker.fallback_failures.load(Ordering::SeqCst), 0);
+    let _ = &p.backend;
+}
+
+#[tokio::test]
+async fn another_swarms_node_gets_nothing_from_the_relay_and_falls_back() {
+    let stranger = FakeSwarmCa::new("another swarm");
+    let p = pair(Some(&stranger)).await;
+    let d = p
+        .worker
+        .get_doc("drains", None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(d.version, 0);
+    assert_eq!(
+        p.worker.fallback_failures.load(Ordering::SeqCst),
+        1,
+        "the relay refused it; the answer came from the backend itself"
+    );
+    assert_eq!(
+        p.manager.cache.reads.load(Ordering::SeqCst),
+        0,
+        "nothing was served"
+    );
+}
+
+#[tokio::test]
+async fn the_server_answers_json_errors() {
+    let p = pair(None).await;
+    let info = p.worker.engine.info().await.unwrap();
+    let cfg = tls::client_config(&cert_dir(&info)).unwrap();
+    let addr = peer::manager_addrs(&info, p.manager.port, false)[0];
+    let call = |method: hyper::Method, path: &'static str, body: Option<&'static str>| {
+        let cfg = cfg.clone();
+        async move {
+            let (s, b) = peer::request(
+                cfg,
+                addr,
+                method,
+                path,
+                body.map(|b| b.as_bytes().to_vec()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+            (s.as_u16(), v)
+        }
+    };
+    let (s, v) = call(hyper::Method::GET, "/v1/nope", None).await;
+    assert_eq!((s, v["error"].as_str()), (404, Some("not_found")), "{v}");
+    let (s, v) = call(hyper::Method::GET, "/v1/docs/drains?after=x", None).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("invalid_query")),
+        "{v}"
+    );
+    let (s, v) = call(hyper::Method::GET, "/v1/docs/Bad..Name", None).await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(hyper::Method::POST, "/v1/poke", Some("{not json")).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_json")), "{v}");
+    let (s, v) = call(hyper::Method::POST, "/v1/poke", Some(r#"{"doc":"drains"}"#)).await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_poke")), "{v}");
+    let big: &'static str =
+        Box::leak(format!("{{\"doc\":\"{}\"}}", "a".repeat(5000)).into_boxed_str());
+    let (s, v) = call(hyper::Method::POST, "/v1/poke", Some(big)).await;
+    assert_eq!((s, v["error"].as_str()), (413, Some("too_large")), "{v}");
+    // A node that is no longer a manager sends its callers elsewhere.
+    p.manager.engine.info().await.unwrap();
+    let demoted = Relay::new(
+        p.backend.clone(),
+        {
+            let e = p.manager.engine.info().await.unwrap();
+            let mut e2 = e.clone();
+            e2.swarm.control_available = false;
+            Arc::new(InfoEngine(Mutex::new(e2)))
+        },
+        0,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr2 = listener.local_addr().unwrap();
+    let srv = tokio::spawn(server::serve_on(demoted, listener));
+    let (s, b) = peer::request(
+        cfg.clone(),
+        addr2,
+        hyper::Method::GET,
+        "/v1/docs/drains",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    srv.abort();
+    assert_eq!(s.as_u16(), 421, "{}", String::from_utf8_lossy(&b));
+}
