@@ -1534,6 +1534,17 @@ pub fn put_doc(
     })
 }
 
+/// The content checks of [`put_doc`] alone (who may write is not judged here): for documents
+/// a trusted writer keeps outside the store (the agent's relay keeps the membership and keeper
+/// documents in the raft leader's agent).
+pub fn check_doc_body(name: &str, body: &serde_json::Value) -> Result<()> {
+    docs::check_strings(name, body)?;
+    if name == DOC_MEMBERSHIP {
+        docs::check_membership(body)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // A whole cluster in memory
 

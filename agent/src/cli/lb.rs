@@ -32,6 +32,7 @@ impl LbArgs {
                 let backend = backend::open(&cfg, Duration::from_secs(10))
                     .await
                     .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
+                let backend = crate::relay::for_command(&cfg, backend);
                 let doc = backend
                     .get_doc(DOC_NAME, None, Duration::ZERO)
                     .await

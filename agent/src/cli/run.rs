@@ -127,6 +127,7 @@ impl RunArgs {
         // not a poll of AWS each (`relay` module docs).
         let relay = cfg.relay_port.map(|port| {
             let r = crate::relay::Relay::new(boot.backend.clone(), lb_engine.clone(), port);
+            r.mark_serving();
             boot.backend = r.clone();
             tracing::info!(
                 "relay on TCP port {port}: managers serve the cluster's documents to the                  swarm's nodes (mutual TLS with the swarm's node certificates)"

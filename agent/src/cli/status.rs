@@ -414,7 +414,7 @@ async fn probe_backend(cfg: &Config) -> BackendStatus {
         ..Default::default()
     };
     let backend = match with_timeout("open the backend", backend::open(cfg, PROBE_TIMEOUT)).await {
-        Ok(b) => b,
+        Ok(b) => crate::relay::for_command(cfg, b),
         Err(e) => {
             bs.error = Some(e);
             return bs;

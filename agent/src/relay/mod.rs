@@ -31,12 +31,13 @@ pub mod tls;
 use crate::engine::{Engine, EngineInfo};
 use rand::Rng;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result, Snapshot};
-use swarmstrap_wire::rules::{doc_answers, empty_doc};
+use swarmstrap_wire::rules::{self, doc_answers, empty_doc, Code, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, JoinResponse,
     PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, ResetRequest, Secret,
@@ -66,6 +67,31 @@ pub async fn announce_write(cfg: &crate::config::Config) {
     let engine = crate::engine::BollardEngine::new(&cfg.docker_host, Duration::from_secs(5));
     if let Ok(info) = engine.info().await {
         peer::poke_all(&info, port, None).await;
+    }
+}
+
+/// Documents that live only in the raft leader's agent while the relay is on, never in
+/// Secrets Manager: the load balancer's membership (derived from the swarm at any time; a node
+/// flapping would otherwise burn the secret's versions) and the keeper's report (for
+/// `status`). Managers forward reads to the leader's agent; a new leader's agent publishes
+/// them afresh (the report's history of actions starts over).
+pub const LEADER_DOCS: [&str; 2] = [rules::DOC_MEMBERSHIP, rules::DOC_KEEPER];
+/// A forwarded read reached an agent that is not the leader's.
+pub const NOT_LEADER: &str = "not_leader";
+
+/// For a command that reads (`status`, `lb render`): `backend` behind a relay that does not
+/// serve, when the relay is on, so the [`LEADER_DOCS`] come from the leader's agent.
+pub fn for_command(
+    cfg: &crate::config::Config,
+    backend: Arc<dyn Rendezvous>,
+) -> Arc<dyn Rendezvous> {
+    match cfg.relay_port {
+        Some(port) => {
+            let engine =
+                crate::engine::BollardEngine::new(&cfg.docker_host, Duration::from_secs(5));
+            Relay::new(backend, Arc::new(engine), port)
+        }
+        None => backend,
     }
 }
 
@@ -318,6 +344,24 @@ pub struct Relay {
     fallback_failures: AtomicU32,
     /// Pokes in flight ([`Relay::flush`]).
     pokes: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The [`LEADER_DOCS`] this agent holds (while it is the raft leader's).
+    local: watch::Sender<BTreeMap<String, Document>>,
+    /// This instance serves the relay (the agent's `run`, not a command).
+    serving: AtomicBool,
+}
+
+/// Where a [`LEADER_DOCS`] document is read.
+enum Route {
+    /// This agent is the raft leader's and serves: its own copy.
+    Here,
+    /// A manager: ask the leader's agent.
+    Leader(EngineInfo, SocketAddr),
+    /// Not a manager: ask any manager's agent (it asks the leader's).
+    AnyManager(EngineInfo),
+}
+
+fn transient(what: &str, e: impl std::fmt::Display) -> RendezvousError {
+    RendezvousError::Transient(format!("{what}: {e}"))
 }
 
 impl Relay {
@@ -330,7 +374,15 @@ impl Relay {
             peers: peer::Peers::default(),
             fallback_failures: AtomicU32::new(0),
             pokes: Mutex::new(Vec::new()),
+            local: watch::channel(BTreeMap::new()).0,
+            serving: AtomicBool::new(false),
         })
+    }
+
+    /// This instance serves the relay (the agent's `run`): it may hold the [`LEADER_DOCS`].
+    /// Set before the day-2 loops start ([`server::serve_on`] sets it too).
+    pub fn mark_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
     }
 
     async fn is_manager(&self) -> Option<EngineInfo> {
@@ -373,8 +425,9 @@ impl Relay {
         let info = self.engine.info().await.ok();
         let tried = match &info {
             Some(info) => {
+                let addrs = peer::manager_addrs(info, self.port, false);
                 self.peers
-                    .get_doc(info, self.port, name, after, wait.min(MAX_WAIT))
+                    .get_doc(info, addrs, name, after, wait.min(MAX_WAIT), false)
                     .await
             }
             None => Err("the local engine does not answer".to_string()),
@@ -410,6 +463,131 @@ impl Relay {
                 Ok(doc)
             }
         }
+    }
+
+    async fn route(&self) -> Result<Route> {
+        let info = self
+            .engine
+            .info()
+            .await
+            .map_err(|e| transient("the local engine", e))?;
+        if !info.swarm.control_available {
+            return Ok(Route::AnyManager(info));
+        }
+        let nodes = self
+            .engine
+            .nodes()
+            .await
+            .map_err(|e| transient("listing the swarm's nodes", e))?;
+        let Some(leader) = nodes.iter().find(|n| n.leader) else {
+            return Err(RendezvousError::Transient(
+                "the swarm has no raft leader right now".into(),
+            ));
+        };
+        if info.swarm.node_id.as_deref() == Some(leader.id.as_str())
+            && self.serving.load(Ordering::SeqCst)
+        {
+            return Ok(Route::Here);
+        }
+        let ip: IpAddr = leader
+            .addr
+            .as_deref()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| {
+                RendezvousError::Transient(format!(
+                    "the raft leader {} has no address in the node list",
+                    leader.hostname
+                ))
+            })?;
+        Ok(Route::Leader(info, SocketAddr::new(ip, self.port)))
+    }
+
+    /// A read of a [`LEADER_DOCS`] document. `hop`: a manager forwarded it already.
+    pub(crate) async fn leader_get_doc(
+        &self,
+        name: &str,
+        after: Option<u64>,
+        wait: Duration,
+        hop: bool,
+    ) -> Result<Document> {
+        let wait = wait.min(MAX_WAIT);
+        match self.route().await? {
+            Route::Here => Ok(self.local_get(name, after, wait).await),
+            Route::Leader(..) if hop => Err(RendezvousError::Conflict {
+                code: NOT_LEADER.into(),
+                message: "this agent is not the raft leader's (any more): ask again".into(),
+            }),
+            Route::Leader(info, addr) => self
+                .peers
+                .get_doc(&info, vec![addr], name, after, wait, true)
+                .await
+                .map_err(|e| transient("the raft leader's agent", e)),
+            Route::AnyManager(info) => {
+                let addrs = peer::manager_addrs(&info, self.port, false);
+                self.peers
+                    .get_doc(&info, addrs, name, after, wait, false)
+                    .await
+                    .map_err(|e| {
+                        transient(
+                            &format!(
+                                "no manager's agent answers on TCP port {} (open it between \
+                                 the nodes)",
+                                self.port
+                            ),
+                            e,
+                        )
+                    })
+            }
+        }
+    }
+
+    async fn local_get(&self, name: &str, after: Option<u64>, wait: Duration) -> Document {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.local.subscribe();
+        loop {
+            let doc = rx
+                .borrow_and_update()
+                .get(name)
+                .cloned()
+                .unwrap_or_else(empty_doc);
+            if doc_answers(&doc, after) || wait.is_zero() {
+                return doc;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return doc,
+            }
+        }
+    }
+
+    /// Compare-and-set of a [`LEADER_DOCS`] document in this agent. Versions are
+    /// `max(previous + 1, now in ms)`, so a new leader's versions follow the old one's (clocks
+    /// in sync); a reader that waits on an older leader's version gets the new document at its
+    /// long-poll's end at the latest.
+    fn local_put(&self, name: &str, expected: u64, body: &serde_json::Value) -> Result<Document> {
+        rules::check_doc_body(name, body).map_err(RendezvousError::from)?;
+        let mut out = None;
+        self.local.send_if_modified(|docs| {
+            let cur = docs.get(name).map(|d| d.version).unwrap_or(0);
+            if cur != expected {
+                out = Some(Err(RendezvousError::from(RuleError::new(
+                    Code::VersionConflict,
+                    format!(
+                        "version conflict: document {name:?} is at version {cur}, the write \
+                         expected {expected}; re-read and retry"
+                    ),
+                ))));
+                return false;
+            }
+            let doc = Document {
+                version: (cur + 1).max(crate::lifecycle::docs::now_ms()),
+                body: body.clone(),
+            };
+            docs.insert(name.to_string(), doc.clone());
+            out = Some(Ok(doc));
+            true
+        });
+        out.expect("set above")
     }
 
     fn after_write<T>(&self, r: &Result<T>) {
@@ -483,6 +661,9 @@ impl Rendezvous for Relay {
         r
     }
     async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
+        if LEADER_DOCS.contains(&name) {
+            return self.leader_get_doc(name, after, wait, false).await;
+        }
         if self.is_manager().await.is_some() {
             return self.cache.get_doc(name, after, wait).await;
         }
@@ -498,6 +679,15 @@ impl Rendezvous for Relay {
         expected_version: u64,
         body: &serde_json::Value,
     ) -> Result<Document> {
+        if LEADER_DOCS.contains(&name) {
+            return match self.route().await? {
+                Route::Here => self.local_put(name, expected_version, body),
+                _ => Err(RendezvousError::Transient(format!(
+                    "document {name:?} lives in the raft leader's agent, and this is not it \
+                     (any more)"
+                ))),
+            };
+        }
         let r = self
             .inner
             .put_doc(node_id, name, expected_version, body)

@@ -106,17 +106,19 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// A long-poll of document `name` from one of the managers' agents. `Err`: why none
-    /// answered.
+    /// A long-poll of document `name` from the first of `addrs` that answers (the one that
+    /// answered last time first). `hop`: the request was forwarded once already (a manager
+    /// does not forward it again). `Err`: why none answered.
+    #[allow(clippy::too_many_arguments)]
     pub async fn get_doc(
         &self,
         info: &EngineInfo,
-        port: u16,
+        mut addrs: Vec<SocketAddr>,
         name: &str,
         after: Option<u64>,
         wait: Duration,
+        hop: bool,
     ) -> Result<Document, String> {
-        let mut addrs = manager_addrs(info, port, false);
         if addrs.is_empty() {
             return Err("the engine knows no manager (not in a swarm?)".into());
         }
@@ -132,6 +134,9 @@ impl Peers {
         let mut path = format!("/v1/docs/{name}?wait_ms={}", wait.as_millis());
         if let Some(a) = after {
             path.push_str(&format!("&after={a}"));
+        }
+        if hop {
+            path.push_str("&hop=1");
         }
         let mut errors = Vec::new();
         for addr in addrs {

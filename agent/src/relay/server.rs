@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use swarmstrap_wire::rendezvous::RendezvousError;
 use tokio::sync::Semaphore;
 
 /// Connections served at once (a long-poll per node and loop; beyond this, new ones wait).
@@ -50,8 +51,8 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     )
 }
 
-fn query(q: Option<&str>) -> Result<(Option<u64>, Duration), String> {
-    let (mut after, mut wait) = (None, Duration::ZERO);
+fn query(q: Option<&str>) -> Result<(Option<u64>, Duration, bool), String> {
+    let (mut after, mut wait, mut hop) = (None, Duration::ZERO, false);
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let n: u64 = v
@@ -60,10 +61,15 @@ fn query(q: Option<&str>) -> Result<(Option<u64>, Duration), String> {
         match k {
             "after" => after = Some(n),
             "wait_ms" => wait = Duration::from_millis(n).min(MAX_WAIT),
-            _ => return Err(format!("unknown query parameter {k:?} (after, wait_ms)")),
+            "hop" => hop = n > 0,
+            _ => {
+                return Err(format!(
+                    "unknown query parameter {k:?} (after, wait_ms, hop)"
+                ))
+            }
         }
     }
-    Ok((after, wait))
+    Ok((after, wait, hop))
 }
 
 pub async fn route(relay: Arc<Relay>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -91,11 +97,19 @@ pub async fn route(relay: Arc<Relay>, req: Request<Incoming>) -> Response<Full<B
         );
     }
     if let Some(name) = doc_name {
-        let (after, wait) = match query(req.uri().query()) {
+        let (after, wait, hop) = match query(req.uri().query()) {
             Ok(q) => q,
             Err(m) => return error(StatusCode::BAD_REQUEST, "invalid_query", m),
         };
-        return match relay.cache.get_doc(&name, after, wait).await {
+        let read = if super::LEADER_DOCS.contains(&name.as_str()) {
+            relay.leader_get_doc(&name, after, wait, hop).await
+        } else {
+            relay.cache.get_doc(&name, after, wait).await
+        };
+        return match read {
+            Err(RendezvousError::Conflict { code, message }) if code == super::NOT_LEADER => {
+                error(StatusCode::MISDIRECTED_REQUEST, &code, message)
+            }
             Ok(doc) => json(StatusCode::OK, serde_json::to_value(doc).expect("json")),
             Err(e)
                 if e.code().is_some()
@@ -167,6 +181,7 @@ pub async fn serve(relay: Arc<Relay>, port: u16) {
 }
 
 pub async fn serve_on(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
+    relay.mark_serving();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tls_warned = false;
     loop {

@@ -10,8 +10,8 @@ use crate::testing::FakeBackend;
 use std::path::Path;
 use swarmstrap_wire::{RegisterRequest, RequestedRole};
 
-/// An engine that only answers `docker info` (what the relay asks).
-struct InfoEngine(Mutex<EngineInfo>);
+/// An engine that only answers `docker info` and `docker node ls` (what the relay asks).
+struct InfoEngine(Mutex<EngineInfo>, Vec<SwarmNode>);
 
 fn err() -> EngineError {
     EngineError::Unreachable {
@@ -41,28 +41,34 @@ impl Engine for InfoEngine {
         Err(err())
     }
     async fn nodes(&self) -> crate::engine::Result<Vec<SwarmNode>> {
-        Err(err())
+        if self.1.is_empty() {
+            return Err(err());
+        }
+        Ok(self.1.clone())
     }
 }
 
 fn engine(manager: bool, addr: &str, root: &Path) -> Arc<InfoEngine> {
     // The relay looks under <root>/swarm/certificates.
-    Arc::new(InfoEngine(Mutex::new(EngineInfo {
-        hostname: addr.into(),
-        server_version: "test".into(),
-        swarm: LocalSwarm {
-            state: LocalSwarmState::Active,
-            node_id: Some(format!("node-{addr}")),
-            node_addr: Some(addr.into()),
-            control_available: manager,
-            cluster_id: None,
-            remote_managers: vec!["127.0.0.1:2377".into()],
-            managers: None,
-            nodes: None,
-            error: None,
-        },
-        docker_root_dir: Some(root.display().to_string()),
-    })))
+    Arc::new(InfoEngine(
+        Mutex::new(EngineInfo {
+            hostname: addr.into(),
+            server_version: "test".into(),
+            swarm: LocalSwarm {
+                state: LocalSwarmState::Active,
+                node_id: Some(format!("node-{addr}")),
+                node_addr: Some(addr.into()),
+                control_available: manager,
+                cluster_id: None,
+                remote_managers: vec!["127.0.0.1:2377".into()],
+                managers: None,
+                nodes: None,
+                error: None,
+            },
+            docker_root_dir: Some(root.display().to_string()),
+        }),
+        vec![],
+    ))
 }
 
 async fn registered(backend: &Arc<FakeBackend>, id: &str) {
@@ -305,7 +311,7 @@ async fn the_server_answers_json_errors() {
             let e = p.manager.engine.info().await.unwrap();
             let mut e2 = e.clone();
             e2.swarm.control_available = false;
-            Arc::new(InfoEngine(Mutex::new(e2)))
+            Arc::new(InfoEngine(Mutex::new(e2), vec![]))
         },
         0,
     );
@@ -324,4 +330,130 @@ async fn the_server_answers_json_errors() {
     .unwrap();
     srv.abort();
     assert_eq!(s.as_u16(), 421, "{}", String::from_utf8_lossy(&b));
+}
+
+fn swarm_node(addr: &str, leader: bool) -> SwarmNode {
+    SwarmNode {
+        id: format!("node-{addr}"),
+        hostname: addr.into(),
+        role: swarmstrap_wire::Role::Manager,
+        leader,
+        reachable: Some(true),
+        state: "ready".into(),
+        addr: Some(addr.into()),
+    }
+}
+
+#[tokio::test]
+async fn leader_documents_live_in_the_leaders_agent_and_reach_every_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = FakeSwarmCa::new("swarm");
+    let backend = FakeBackend::new(3);
+    registered(&backend, "m1").await;
+    // One port for every agent, as on VMs: each listens on its own loopback address.
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let nodes = vec![
+        swarm_node("127.0.0.1", true),
+        swarm_node("127.0.0.2", false),
+    ];
+    let mut relays = Vec::new();
+    let mut servers = Vec::new();
+    for (addr, manager, role) in [
+        ("127.0.0.1", true, "swarm-manager"),
+        ("127.0.0.2", true, "swarm-manager"),
+        ("127.0.0.3", false, "swarm-worker"),
+    ] {
+        let root = tmp.path().join(addr);
+        ca.node_dir(&root.join("swarm/certificates"), &format!("n{addr}"), role);
+        let mut info = engine(manager, addr, &root).0.lock().unwrap().clone();
+        info.swarm.remote_managers = vec!["127.0.0.1:2377".into(), "127.0.0.2:2377".into()];
+        let e = Arc::new(InfoEngine(Mutex::new(info), nodes.clone()));
+        let r = Relay::new(backend.clone(), e, port);
+        if manager {
+            r.mark_serving();
+            let l = tokio::net::TcpListener::bind((addr, port)).await.unwrap();
+            servers.push(tokio::spawn(server::serve_on(r.clone(), l)));
+        }
+        relays.push(r);
+    }
+    let (leader, manager, worker) = (&relays[0], &relays[1], &relays[2]);
+    let body = serde_json::json!({"nodes": []});
+    let d1 = leader.put_doc("m1", "membership", 0, &body).await.unwrap();
+    assert!(d1.version > 1_000_000, "versions are times in ms: {d1:?}");
+    // Not in the backend: the rendezvous never stores it.
+    let stored = backend
+        .get_doc("membership", None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(stored.version, 0);
+    // Another manager forwards to the leader's agent; a worker asks any manager.
+    assert_eq!(
+        manager
+            .get_doc("membership", None, Duration::ZERO)
+            .await
+            .unwrap(),
+        d1
+    );
+    let waiter = {
+        let w = worker.clone();
+        tokio::spawn(async move {
+            w.get_doc("membership", Some(d1.version), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let d2 = leader
+        .put_doc(
+            "m1",
+            "membership",
+            d1.version,
+            &serde_json::json!({"nodes": [], "x": 1}),
+        )
+        .await;
+    // The body is checked as the rulebook checks it: an unknown field is refused.
+    let d2 = match d2 {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(e.code().is_some(), "{e}");
+            leader
+                .put_doc("m1", "membership", d1.version, &body)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(d2.version > d1.version);
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter)
+        .await
+        .expect("the long-poll was woken")
+        .unwrap();
+    assert_eq!(got, d2);
+    // Only the leader's agent writes them; a stale expectation is a conflict.
+    assert!(manager
+        .put_doc("m1", "membership", d2.version, &body)
+        .await
+        .unwrap_err()
+        .is_transient());
+    assert!(leader
+        .put_doc("m1", "membership", d1.version, &body)
+        .await
+        .is_err());
+    // A forwarded read that reaches a non-leader is not forwarded again.
+    let info = worker.engine.info().await.unwrap();
+    let cfg = tls::client_config(&cert_dir(&info)).unwrap();
+    let (s, b) = peer::request(
+        cfg,
+        SocketAddr::from(([127, 0, 0, 2], port)),
+        hyper::Method::GET,
+        "/v1/docs/membership?hop=1",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.as_u16(), 421, "{}", String::from_utf8_lossy(&b));
+    for s in servers {
+        s.abort();
+    }
 }
