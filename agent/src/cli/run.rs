@@ -172,6 +172,16 @@ impl RunArgs {
                 target: cfg.target_managers,
                 store: StateStore::new(&cfg.state_dir),
                 node_id: boot.settings.node_id.clone(),
+                sync_settle: if relay.is_some() {
+                    crate::lifecycle::keeper::SYNC_SETTLE
+                } else {
+                    Duration::ZERO
+                },
+                sync_refresh: if relay.is_some() {
+                    crate::lifecycle::keeper::SYNC_REFRESH_SLOW
+                } else {
+                    crate::lifecycle::keeper::SYNC_REFRESH
+                },
             }
             .run()
             .await

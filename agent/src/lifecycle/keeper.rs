@@ -51,7 +51,7 @@ const AVOID_FOR: Duration = Duration::from_secs(600);
 /// a lost formation is adopted again within seconds of the rendezvous answering.
 const STATUS_EVERY: Duration = Duration::from_secs(4);
 /// Send an unchanged sync again this often (registrations that never joined expire).
-const SYNC_REFRESH: Duration = Duration::from_secs(60);
+pub const SYNC_REFRESH: Duration = Duration::from_secs(60);
 /// A new leader counts a manager's unhealthy time from when it last saw it healthy as a
 /// follower (a raft election takes ~10 s), if that was at most this long ago.
 const BACKDATE_MAX: Duration = Duration::from_secs(30);
@@ -69,7 +69,20 @@ pub struct Keeper {
     /// This agent's node id: the writer of the documents the keeper changes (with its
     /// credential).
     pub node_id: String,
+    /// How long a changed sync must stay the same before it is sent, unless a manager address
+    /// went away (then at once). Zero: at once. On Secrets Manager every sync that changes
+    /// something is a version of the secret: the joins of a formation make one sync, not one
+    /// each ([`SYNC_SETTLE`]).
+    pub sync_settle: Duration,
+    /// Send an unchanged sync again this often ([`SYNC_REFRESH`]; on Secrets Manager each
+    /// costs a read).
+    pub sync_refresh: Duration,
 }
+
+/// [`Keeper::sync_settle`] on Secrets Manager.
+pub const SYNC_SETTLE: Duration = Duration::from_secs(15);
+/// [`Keeper::sync_refresh`] on Secrets Manager.
+pub const SYNC_REFRESH_SLOW: Duration = Duration::from_secs(600);
 
 /// The role change in flight.
 #[derive(Clone, Debug)]
@@ -125,6 +138,9 @@ struct Memory {
     /// The last cluster status read, and when; `None` after a failed read.
     status: Option<(ClusterStatus, Instant)>,
     last_sync: Option<(SyncRequest, Instant)>,
+    /// A changed sync waiting to settle ([`Keeper::sync_settle`]): the request, since when it
+    /// is this one, and since when any change waits.
+    sync_pending: Option<(SyncRequest, Instant, Instant)>,
     logged: HashSet<String>,
     /// The rejoin requests were checked since this node became the leader.
     rejoins_checked: bool,
@@ -945,10 +961,34 @@ impl Keeper {
             members,
         };
         if let Some((last, at)) = &mem.last_sync {
-            if *last == req && at.elapsed() < SYNC_REFRESH {
+            if *last == req && at.elapsed() < self.sync_refresh {
                 return;
             }
         }
+        if !self.sync_settle.is_zero() && mem.last_sync.as_ref().is_none_or(|(l, _)| *l != req) {
+            // A manager address that went away (or another swarm) is sent at once: joining
+            // nodes must not be sent to a dead manager.
+            let urgent = mem.last_sync.as_ref().is_some_and(|(l, _)| {
+                l.swarm_id != req.swarm_id
+                    || l.manager_addrs
+                        .iter()
+                        .any(|a| !req.manager_addrs.contains(a))
+            });
+            if !urgent {
+                match &mem.sync_pending {
+                    // Settled, or changing for too long: send it.
+                    Some((p, since, _)) if *p == req && since.elapsed() >= self.sync_settle => {}
+                    Some((_, _, first)) if first.elapsed() >= self.sync_settle * 4 => {}
+                    Some((p, _, _)) if *p == req => return,
+                    other => {
+                        let first = other.as_ref().map_or_else(Instant::now, |(_, _, f)| *f);
+                        mem.sync_pending = Some((req, Instant::now(), first));
+                        return;
+                    }
+                }
+            }
+        }
+        mem.sync_pending = None;
         match self.backend.sync(&req).await {
             Ok(r) => {
                 mem.clear_logged("sync");
