@@ -68,6 +68,10 @@ pub struct Settings {
     /// Test-only fault injection, see README: hold forever after a granted claim when this
     /// file can be removed.
     pub debug_hold_file: Option<PathBuf>,
+    /// Tell the rendezvous which manager the engine joined through (a registration write).
+    /// Off with the relay (Secrets Manager: every write is a version of the secret): the hint
+    /// goes to the managers' agents instead ([`crate::relay::Relay::announce_joined`]).
+    pub record_joined_through: bool,
 }
 
 pub struct Bootstrap {
@@ -1314,7 +1318,7 @@ impl Bootstrap {
         self.set_phase(st, AgentPhase::Joined)?;
         // Tell the rendezvous which manager the engine joined through (a hint for the quorum
         // keeper). Best effort: one attempt, the join is done either way.
-        if st.joined_through.is_some() {
+        if st.joined_through.is_some() && self.s().record_joined_through {
             let req = RegisterRequest {
                 node_id: self.s().node_id.clone(),
                 hostname: info.hostname.clone(),

@@ -39,6 +39,7 @@ impl Node {
                     "the join secret was rejected for cluster test: check /etc/swarm-agent/join-secret"
                         .into(),
                 debug_hold_file: None,
+                record_joined_through: true,
             },
         }
     }

@@ -109,6 +109,7 @@ impl RunArgs {
                 debug_hold_file: std::env::var_os(ENV_DEBUG_HOLD_AFTER_CLAIM_FILE)
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from),
+                record_joined_through: cfg.relay_port.is_none(),
             },
         };
         tokio::select! {
@@ -130,10 +131,17 @@ impl RunArgs {
             r.mark_serving();
             boot.backend = r.clone();
             tracing::info!(
-                "relay on TCP port {port}: managers serve the cluster's documents to the                  swarm's nodes (mutual TLS with the swarm's node certificates)"
+                "relay on TCP port {port}: managers serve the cluster's documents to the \
+                 swarm's nodes (mutual TLS with the swarm's node certificates)"
             );
-            // This node registered: the managers read the cluster again.
+            // This node registered: the managers read the cluster again, and learn which
+            // manager its engine joined through.
             r.announce(None);
+            if let Ok(Some(st)) = boot.store.load() {
+                if let (Some(id), Some(through)) = (st.swarm_node_id, st.joined_through) {
+                    r.announce_joined(id, through);
+                }
+            }
             r
         });
         let relay_server = async {
@@ -182,6 +190,7 @@ impl RunArgs {
                 } else {
                     crate::lifecycle::keeper::SYNC_REFRESH
                 },
+                relay: relay.clone(),
             }
             .run()
             .await

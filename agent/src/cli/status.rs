@@ -755,6 +755,7 @@ mod tests {
                     policy: Policy::FAST,
                     unauthorized_hint: "check /s".into(),
                     debug_hold_file: None,
+                    record_joined_through: true,
                 },
             };
             tasks.push(tokio::spawn(async move { b.run().await.unwrap() }));

@@ -77,6 +77,9 @@ pub struct Keeper {
     /// Send an unchanged sync again this often ([`SYNC_REFRESH`]; on Secrets Manager each
     /// costs a read).
     pub sync_refresh: Duration,
+    /// The relay (Secrets Manager): which manager each node joined through, as the nodes told
+    /// the managers' agents (they do not write it into the secret).
+    pub relay: Option<Arc<crate::relay::Relay>>,
 }
 
 /// [`Keeper::sync_settle`] on Secrets Manager.
@@ -594,6 +597,11 @@ impl Keeper {
             .map(|(id, (at, _))| (id.clone(), now - *at))
             .collect();
         let regs = self.registrations(mem, list);
+        let joined_through = |id: &str| {
+            regs.get(id)
+                .and_then(|r| r.joined_through.clone())
+                .or_else(|| self.relay.as_ref().and_then(|r| r.joined_through(id)))
+        };
         let live: HashSet<String> = list
             .iter()
             .filter(|n| n.role == Role::Manager && n.healthy())
@@ -604,12 +612,10 @@ impl Keeper {
         let prefer: HashSet<String> = list
             .iter()
             .filter(|n| n.role == Role::Worker)
-            .filter(
-                |n| match regs.get(&n.id).and_then(|r| r.joined_through.as_ref()) {
-                    Some(a) => live.contains(a),
-                    None => true,
-                },
-            )
+            .filter(|n| match joined_through(&n.id) {
+                Some(a) => live.contains(&a),
+                None => true,
+            })
             .map(|n| n.id.clone())
             .collect();
         let avoid: HashSet<String> = mem.avoid.keys().cloned().collect();
@@ -633,10 +639,7 @@ impl Keeper {
         let agent = regs.get(&action.node_id).map(|r| r.node_id.clone());
         if action.kind == Kind::Promote && !prefer.contains(&action.node_id) {
             if let (Some(n), Some(agent)) = (node, agent.clone()) {
-                let joined = regs
-                    .get(&action.node_id)
-                    .and_then(|r| r.joined_through.clone())
-                    .unwrap_or_default();
+                let joined = joined_through(&action.node_id).unwrap_or_default();
                 let reason = format!(
                     "{}; it joined the swarm through {joined}, which is not a live manager, so \
                      its engine cannot be promoted in place: its agent joins again as a manager",

@@ -348,6 +348,9 @@ pub struct Relay {
     local: watch::Sender<BTreeMap<String, Document>>,
     /// This instance serves the relay (the agent's `run`, not a command).
     serving: AtomicBool,
+    /// Which manager each node's engine joined through, by Docker node id, as the nodes told
+    /// this agent (proven by their swarm certificates): the keeper's hint.
+    joined: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Where a [`LEADER_DOCS`] document is read.
@@ -376,6 +379,7 @@ impl Relay {
             pokes: Mutex::new(Vec::new()),
             local: watch::channel(BTreeMap::new()).0,
             serving: AtomicBool::new(false),
+            joined: Mutex::new(Default::default()),
         })
     }
 
@@ -405,6 +409,28 @@ impl Relay {
         let mut pokes = self.pokes.lock().unwrap();
         pokes.retain(|t| !t.is_finished());
         pokes.push(task);
+    }
+
+    /// Tell every manager's agent which manager this node's engine (`swarm_node_id`) joined
+    /// through (instead of a registration write; see `server` for how it is checked).
+    pub fn announce_joined(&self, swarm_node_id: String, through: String) {
+        let engine = self.engine.clone();
+        let port = self.port;
+        let task = tokio::spawn(async move {
+            let Ok(info) = engine.info().await else {
+                return;
+            };
+            let body =
+                serde_json::json!({"swarm_node_id": swarm_node_id, "joined_through": through});
+            peer::poke_all_with(&info, port, body).await;
+        });
+        self.pokes.lock().unwrap().push(task);
+    }
+
+    /// The manager address Docker node `swarm_node_id`'s engine joined through, if its agent
+    /// said so.
+    pub fn joined_through(&self, swarm_node_id: &str) -> Option<String> {
+        self.joined.lock().unwrap().get(swarm_node_id).cloned()
     }
 
     /// Wait for the pokes in flight (a command that wrote, before it exits).

@@ -172,6 +172,15 @@ impl Peers {
 /// Tell every other manager's agent that this node wrote (`doc`: the document and version).
 /// Best effort: a manager that misses it reads again within [`super::SLOW_REFRESH`].
 pub async fn poke_all(info: &EngineInfo, port: u16, doc: Option<(String, u64)>) {
+    let body = match &doc {
+        Some((name, version)) => serde_json::json!({"doc": name, "version": version}),
+        None => serde_json::json!({}),
+    };
+    poke_all_with(info, port, body).await
+}
+
+/// [`poke_all`] with a given body (see `server`).
+pub async fn poke_all_with(info: &EngineInfo, port: u16, body: serde_json::Value) {
     let addrs = manager_addrs(info, port, true);
     if addrs.is_empty() {
         return;
@@ -182,10 +191,6 @@ pub async fn poke_all(info: &EngineInfo, port: u16, doc: Option<(String, u64)>) 
             tracing::debug!("relay: no poke sent: {e}");
             return;
         }
-    };
-    let body = match &doc {
-        Some((name, version)) => serde_json::json!({"doc": name, "version": version}),
-        None => serde_json::json!({}),
     };
     let body = serde_json::to_vec(&body).expect("json");
     let pokes = addrs.into_iter().map(|addr| {

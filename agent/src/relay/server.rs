@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,11 +28,29 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_POKE: usize = 4096;
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Poke {
     #[serde(default)]
     doc: Option<String>,
     #[serde(default)]
     version: Option<u64>,
+    /// With `joined_through`: the sender's Docker node id, which its client certificate
+    /// must carry (swarm certificates name the node id), so no node speaks for another.
+    #[serde(default)]
+    swarm_node_id: Option<String>,
+    #[serde(default)]
+    joined_through: Option<String>,
+}
+
+/// Whether the client certificate `cert` was issued to Docker node `id`.
+fn cert_names(cert: Option<&CertificateDer<'static>>, id: &str) -> bool {
+    let (Some(cert), Ok(name)) = (cert, ServerName::try_from(id.to_string())) else {
+        return false;
+    };
+    match rustls::server::ParsedCertificate::try_from(cert) {
+        Ok(parsed) => rustls::client::verify_server_name(&parsed, &name).is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
@@ -72,7 +91,11 @@ fn query(q: Option<&str>) -> Result<(Option<u64>, Duration, bool), String> {
     Ok((after, wait, hop))
 }
 
-pub async fn route(relay: Arc<Relay>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn route(
+    relay: Arc<Relay>,
+    req: Request<Incoming>,
+    client_cert: Option<CertificateDer<'static>>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let doc_name = path.strip_prefix("/v1/docs/").map(str::to_string);
     let known = matches!(
@@ -147,6 +170,25 @@ pub async fn route(relay: Arc<Relay>, req: Request<Incoming>) -> Response<Full<B
             )
         }
     };
+    if let Some(through) = poke.joined_through {
+        let id = poke.swarm_node_id.unwrap_or_default();
+        if through.parse::<SocketAddr>().is_err() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_poke",
+                "joined_through is a manager's ip:port",
+            );
+        }
+        if !cert_names(client_cert.as_ref(), &id) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "not_your_node",
+                format!("the client certificate was not issued to node {id:?}"),
+            );
+        }
+        relay.joined.lock().unwrap().insert(id, through);
+        return json(StatusCode::ACCEPTED, serde_json::json!({"ok": true}));
+    }
     match (poke.doc, poke.version) {
         (Some(d), Some(v)) if swarmstrap_wire::validate_name(&d).is_ok() => {
             relay.cache.poke(Some((d, v)))
@@ -224,9 +266,16 @@ pub async fn serve_on(relay: Arc<Relay>, listener: tokio::net::TcpListener) {
                 }
                 Err(_) => return,
             };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned());
             let svc = hyper::service::service_fn(move |req| {
                 let relay = relay.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(relay, req).await) }
+                let cert = cert.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(relay, req, cert).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

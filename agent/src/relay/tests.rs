@@ -457,3 +457,46 @@ async fn leader_documents_live_in_the_leaders_agent_and_reach_every_node() {
         s.abort();
     }
 }
+
+#[tokio::test]
+async fn a_node_tells_the_managers_which_manager_it_joined_through_for_itself_only() {
+    let p = pair(None).await;
+    let info = p.worker.engine.info().await.unwrap();
+    let cfg = tls::client_config(&cert_dir(&info)).unwrap();
+    let addr = peer::manager_addrs(&info, p.manager.port, false)[0];
+    let poke = |body: serde_json::Value| {
+        let cfg = cfg.clone();
+        async move {
+            let (s, b) = peer::request(
+                cfg,
+                addr,
+                hyper::Method::POST,
+                "/v1/poke",
+                Some(serde_json::to_vec(&body).unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            (s.as_u16(), String::from_utf8_lossy(&b).to_string())
+        }
+    };
+    // Another node's id: the worker's certificate does not name it.
+    let (s, b) = poke(
+        serde_json::json!({"swarm_node_id": "managernode", "joined_through": "10.0.0.1:2377"}),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(p.manager.joined_through("managernode"), None);
+    // Its own (the id its certificate carries), through the agent's own call.
+    p.worker
+        .announce_joined("workernode".into(), "10.0.0.1:2377".into());
+    p.worker.flush().await;
+    assert_eq!(
+        p.manager.joined_through("workernode").as_deref(),
+        Some("10.0.0.1:2377")
+    );
+    let (s, b) =
+        poke(serde_json::json!({"swarm_node_id": "workernode", "joined_through": "nonsense"}))
+            .await;
+    assert_eq!(s, 400, "{b}");
+}

@@ -459,6 +459,7 @@ fn bootstrap(
             policy: POLICY,
             unauthorized_hint: "sim".into(),
             debug_hold_file: None,
+            record_joined_through: true,
         },
     }
 }
