@@ -808,6 +808,15 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
             "".join(rnd.choice(alphabet) for _ in range(6)) for _ in range(n)]
         return [f"{self.ARN}{name}-{x}" for x in suffixes]
 
+    def test_the_relay_port_is_open_between_the_nodes_only(self):
+        ports = self.evaluate_locals("swarm_ports")["swarm_ports"]
+        relay = [v for v in ports.values() if v["port"] == 2378]
+        self.assertEqual(len(relay), 1, ports)
+        self.assertEqual(relay[0]["protocol"], "tcp")
+        rule = resource_body(self.text, "aws_vpc_security_group_ingress_rule", "swarm")
+        self.assertIn("for_each = local.swarm_ports", rule)
+        self.assertIn("cidr_ipv4         = var.vpc_cidr", rule)
+
     def test_two_roles_each_with_its_profile(self):
         text = self.text
         self.assertNotRegex(text, r'resource\s+"aws_iam_(role|instance_profile)"\s+"node"')

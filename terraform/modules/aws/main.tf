@@ -115,6 +115,9 @@ locals {
     "swarm-gossip-tcp"  = { protocol = "tcp", port = 7946, description = "Swarm node gossip (tcp)" }
     "swarm-gossip-udp"  = { protocol = "udp", port = 7946, description = "Swarm node gossip (udp)" }
     "swarm-overlay-udp" = { protocol = "udp", port = 4789, description = "Swarm overlay network data (VXLAN)" }
+    # The agents' relay: managers serve the cluster's documents to the nodes (mutual TLS with
+    # the swarm's node certificates), so they do not poll Secrets Manager.
+    "swarmstrap-relay-tcp" = { protocol = "tcp", port = 2378, description = "swarmstrap relay between the agents (mutual TLS)" }
   }
 
   # One load-balancer attachment per (port, node); adding a worker only adds its own.

@@ -237,8 +237,8 @@ variable "lb_ports" {
   default     = [80]
 
   validation {
-    condition     = alltrue([for p in var.lb_ports : p >= 1 && p <= 65535 && !contains([2377, 7946, 4789, 22], p)])
-    error_message = "Each lb_ports entry must be a TCP port 1-65535 other than 22 and the swarm ports 2377, 7946 and 4789."
+    condition     = alltrue([for p in var.lb_ports : p >= 1 && p <= 65535 && !contains([2377, 2378, 7946, 4789, 22], p)])
+    error_message = "Each lb_ports entry must be a TCP port 1-65535 other than 22, the swarm ports 2377, 7946 and 4789, and the agents' relay port 2378."
   }
 }
 
