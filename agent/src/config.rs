@@ -1700,6 +1700,34 @@ path = "/loadbalancer/default.conf"
         .unwrap();
         assert_eq!(c.backend, BackendKind::SecretsManager);
         assert_eq!(c.secrets_manager.resolved_secret_name(), "x/c");
+        assert_eq!(c.relay_port, Some(crate::relay::DEFAULT_PORT));
+    }
+
+    #[test]
+    fn the_relay_port_is_for_secrets_manager_and_zero_turns_it_off() {
+        let sm = |extra: &str| {
+            resolve(
+                &format!(
+                    "cluster = \"c\"\nbackend = \"secrets-manager\"\n[secrets_manager]\n{extra}"
+                ),
+                &[],
+                Overrides::default(),
+            )
+        };
+        assert_eq!(sm("relay_port = 9000\n").unwrap().relay_port, Some(9000));
+        assert_eq!(sm("relay_port = 0\n").unwrap().relay_port, None);
+        let err = sm("relay_port = 70000\n").unwrap_err().to_string();
+        assert!(err.contains("relay_port") && err.contains("70000"), "{err}");
+        let c = resolve(
+            "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.2:8443\"\ntls_fingerprint = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.relay_port, None,
+            "the coordinator's long-polls need no relay"
+        );
     }
 
     #[test]
