@@ -197,6 +197,74 @@ fn five_hosts_form_one_swarm_through_secrets_manager() -> anyhow::Result<()> {
             );
         }
     }
+    // Scale-in on Secrets Manager: `swarm-agent leave` on a worker writes its drain request
+    // into the secret and pokes the managers; the leader's agent drains and removes it (its
+    // updates poke the others); the keeper's report, held by the leader's agent only, shows
+    // the removal in any node's `status`.
+    let mgr = (0..5)
+        .find(|&i| {
+            c.lab
+                .host(i)
+                .swarm_info()
+                .map(|s| s.control_available)
+                .unwrap_or(false)
+        })
+        .expect("a manager");
+    let w = (0..5)
+        .find(|&i| {
+            !c.lab
+                .host(i)
+                .swarm_info()
+                .map(|s| s.control_available)
+                .unwrap_or(true)
+        })
+        .expect("a worker");
+    let name = c.lab.host(w).name().to_string();
+    let t0 = Instant::now();
+    let out = c.agent_cmd(w, &["leave", "--timeout-secs", "90"])?;
+    assert!(
+        out.status.success(),
+        "leave failed: {}{}\n{}",
+        out.stdout,
+        out.stderr,
+        c.diagnostics()
+    );
+    assert!(out.stdout.contains("left the swarm"), "{}", out.stdout);
+    wait_for(
+        Duration::from_secs(60),
+        "the node gone from `docker node ls`",
+        || {
+            let nodes = c.lab.host(mgr).node_ls()?;
+            Ok(if nodes.iter().any(|n| n.hostname == name) {
+                Err(format!("{name} still listed"))
+            } else {
+                Ok(())
+            })
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    eprintln!(
+        "LAB LEAVE on Secrets Manager: {name} drained, left and removed in {:?}",
+        t0.elapsed()
+    );
+    let other = (0..5).find(|&i| i != w && i != mgr).expect("another node");
+    wait_for(
+        Duration::from_secs(30),
+        "status to show the keeper's removal",
+        || {
+            let (_, st) = c
+                .status(other)
+                .map_err(|e| swarmstrap_lab::LabError::Check(e.to_string()))?;
+            let action = &st["lifecycle"]["keeper_last_action"];
+            Ok(
+                if action["kind"] == "remove" && action["hostname"] == name.as_str() {
+                    Ok(())
+                } else {
+                    Err(format!("{}", st["lifecycle"]))
+                },
+            )
+        },
+    )?;
     // No worker fell back to reading AWS itself: every one was served by a manager's agent.
     for i in 0..5 {
         let log = c.agent(i).map(|p| p.log()).unwrap_or_default();

@@ -658,7 +658,10 @@ impl Rendezvous for Relay {
         self.inner.wait_join(node_id, wait).await
     }
     async fn status(&self) -> Result<ClusterStatus> {
-        if self.is_manager().await.is_some() {
+        // A manager whose swarm has quorum: the cache (pokes keep it current). Without quorum
+        // (every other manager lost) nobody pokes it: read the backend, so an operator's
+        // reset is seen at the supervisor's next pass.
+        if self.is_manager().await.is_some() && self.engine.nodes().await.is_ok() {
             return Ok(self.cache.ensure().await?.snap.status.clone());
         }
         self.inner.status().await

@@ -93,7 +93,16 @@ async fn a_manager_serves_status_and_documents_from_one_read() {
     let tmp = tempfile::tempdir().unwrap();
     let backend = FakeBackend::new(3);
     registered(&backend, "m1").await;
-    let relay = Relay::new(backend.clone(), engine(true, "127.0.0.1", tmp.path()), 0);
+    let info = engine(true, "127.0.0.1", tmp.path())
+        .0
+        .lock()
+        .unwrap()
+        .clone();
+    let with_quorum = Arc::new(InfoEngine(
+        Mutex::new(info),
+        vec![swarm_node("127.0.0.1", true)],
+    ));
+    let relay = Relay::new(backend.clone(), with_quorum, 0);
     for _ in 0..10 {
         relay.status().await.unwrap();
     }
@@ -499,4 +508,20 @@ async fn a_node_tells_the_managers_which_manager_it_joined_through_for_itself_on
         poke(serde_json::json!({"swarm_node_id": "workernode", "joined_through": "nonsense"}))
             .await;
     assert_eq!(s, 400, "{b}");
+}
+
+#[tokio::test]
+async fn a_manager_without_quorum_reads_the_backend_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = FakeBackend::new(3);
+    // `docker node ls` fails: no raft leader, nobody will poke this manager.
+    let relay = Relay::new(backend.clone(), engine(true, "127.0.0.1", tmp.path()), 0);
+    for _ in 0..3 {
+        relay.status().await.unwrap();
+    }
+    assert_eq!(
+        relay.cache.reads.load(Ordering::SeqCst),
+        0,
+        "not from the cache"
+    );
 }
