@@ -283,6 +283,11 @@ async fn until_lease_expired(c: &dyn Rendezvous) {
 /// spawned waiter a moment to send its request first. This is the shape of the scenario, not a
 /// wait for a condition: were the waiter slower, it would find the new state at once and the
 /// test would still check the right answer (only the wake-up path would go unexercised).
+/// How long a read by one client may lag another client's write (Secrets Manager's reads are
+/// eventually consistent across clients; the AWS-behaviour proxy serves reads up to 2 s old).
+/// A write that was lost never shows up, so waiting this long still catches it.
+const EVENTUALLY: Duration = Duration::from_secs(15);
+
 async fn park_delay() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
@@ -998,7 +1003,14 @@ async fn race_registrations_never_exceed_the_target(b: Arc<dyn Backend>) {
         managers, 3,
         "concurrent registrations assigned {managers} managers"
     );
-    let s = call!(clients().status()).unwrap();
+    // Another client reads: on Secrets Manager that read is eventually consistent (a lost
+    // registration never shows up; a late one does within seconds).
+    let c = clients();
+    until("9 registrations", EVENTUALLY, || async {
+        call!(c.status()).is_ok_and(|s| s.nodes.len() == 9)
+    })
+    .await;
+    let s = call!(c.status()).unwrap();
     assert_eq!(s.nodes.len(), 9, "a registration was lost");
     assert_eq!(
         s.nodes.iter().filter(|n| n.role == Role::Manager).count(),
@@ -1037,7 +1049,13 @@ async fn race_cas_writers_lose_no_update(b: Arc<dyn Backend>) {
     for t in tasks {
         t.await.unwrap();
     }
-    let d = call!(clients().get_doc("keeper", None, Duration::ZERO)).unwrap();
+    let c = clients();
+    until("every update visible", EVENTUALLY, || async {
+        call!(c.get_doc("keeper", None, Duration::ZERO))
+            .is_ok_and(|d| d.body.as_u64() == Some(writers * each))
+    })
+    .await;
+    let d = call!(c.get_doc("keeper", None, Duration::ZERO)).unwrap();
     assert_eq!(d.body.as_u64(), Some(writers * each), "an update was lost");
     assert_eq!(d.version, writers * each);
 }
@@ -1388,7 +1406,10 @@ async fn claims_are_refused_while_the_cluster_awaits_adoption(b: Arc<dyn Backend
         .set_adoption_hold(true)
         .await
         .expect("hold an unformed cluster");
-    assert!(call!(c.status()).unwrap().awaiting_adoption);
+    until("the hold visible", EVENTUALLY, || async {
+        call!(c.status()).is_ok_and(|s| s.awaiting_adoption)
+    })
+    .await;
     assert_eq!(register(&*c, "n", RequestedRole::Auto).await, Role::Manager);
     assert_eq!(
         code(call!(c.claim("n", TTL)).unwrap_err()),
@@ -1399,7 +1420,10 @@ async fn claims_are_refused_while_the_cluster_awaits_adoption(b: Arc<dyn Backend
     // Lifted (no swarm runs any more): claims are granted; held again: even the holder's
     // re-claim is refused, and nobody else is granted either.
     operator.set_adoption_hold(false).await.expect("lift");
-    assert!(!call!(c.status()).unwrap().awaiting_adoption);
+    until("the hold lifted", EVENTUALLY, || async {
+        call!(c.status()).is_ok_and(|s| !s.awaiting_adoption)
+    })
+    .await;
     let token = call!(c.claim("n", TTL))
         .unwrap()
         .lease

@@ -99,6 +99,32 @@ struct Fresh {
     current: Option<String>,
 }
 
+/// A refusal that another node's write could lift (the caller's registration, a lease it
+/// claimed through another process, the formation) may come from a stale read: it is read
+/// again for this long before it is answered. Never an acceptance without a fresh read that
+/// allows it: the chain decides every write.
+const REFUSAL_RECHECK: Duration = Duration::from_secs(4);
+
+fn refusal_may_be_stale(e: &RendezvousError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            Code::NodeNotRegistered
+                | Code::NotLeaseHolder
+                | Code::NotAManager
+                | Code::SwarmMismatch
+                | Code::BadNodeCredential
+                | Code::AwaitingAdoption
+        )
+    )
+}
+
+async fn recheck_pause(attempt: &mut u32) {
+    let ms = (250u64 << (*attempt).min(2)).min(1000);
+    *attempt += 1;
+    tokio::time::sleep(Duration::from_millis(rand::random_range(ms / 2..=ms))).await;
+}
+
 /// How long a call waits for a secret name that a recent deletion blocks before it reports
 /// `secret_scheduled_for_deletion` (what to do).
 const NAME_BLOCKED_DEADLINE: Duration = Duration::from_secs(120);
@@ -470,6 +496,8 @@ impl SecretsManagerRendezvous {
         // that still ends there is stale, and writing on it again would only waste a write
         // call, so the call waits and reads again instead.
         let mut taken: Vec<String> = Vec::new();
+        let started = Instant::now();
+        let mut rechecks = 0u32;
         loop {
             // A read that finds the secret "marked deleted" is final: the secret is in its
             // recovery window and the name will not free by itself.
@@ -496,7 +524,14 @@ impl SecretsManagerRendezvous {
                 }
             };
             let now = now_ms();
-            match doc::decide(cur, |m| rule(m, now))? {
+            let step = match doc::decide(cur, |m| rule(m, now)) {
+                Err(e) if refusal_may_be_stale(&e) && started.elapsed() < REFUSAL_RECHECK => {
+                    recheck_pause(&mut rechecks).await;
+                    continue;
+                }
+                other => other?,
+            };
+            match step {
                 Step::Keep(t) => return Ok(Mutated::Unchanged(t)),
                 Step::Write(_, _) if stale_head => {}
                 Step::Write(_, _) if conflicts > 0 && !decorrelated => {
@@ -665,13 +700,21 @@ impl SecretsManagerRendezvous {
 
     /// Run `rule` on the document as read now, for its verdict only (no write): a refusal is
     /// returned. For calls that must not touch the managers' secret when they will be refused.
-    async fn precheck(&self, rule: impl FnOnce(&Memory, u64) -> rules::Result<()>) -> Result<()> {
-        let doc = match self.read_fresh().await?.snap {
-            Some(s) => s.doc,
-            None => self.empty_doc()?,
-        };
-        rule(&doc.cluster, now_ms())?;
-        Ok(())
+    async fn precheck(&self, rule: impl Fn(&Memory, u64) -> rules::Result<()>) -> Result<()> {
+        let started = Instant::now();
+        let mut rechecks = 0u32;
+        loop {
+            let doc = match self.read_fresh().await?.snap {
+                Some(s) => s.doc,
+                None => self.empty_doc()?,
+            };
+            match rule(&doc.cluster, now_ms()).map_err(RendezvousError::from) {
+                Err(e) if refusal_may_be_stale(&e) && started.elapsed() < REFUSAL_RECHECK => {
+                    recheck_pause(&mut rechecks).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A manager's join answer carries a reference to the manager token (see `managers`):
@@ -723,6 +766,8 @@ impl SecretsManagerRendezvous {
         let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
         let deadline = Instant::now() + wait;
         let mut backoff = self.polls.take(key);
+        let started = Instant::now();
+        let mut rechecks = 0u32;
         let r = loop {
             match self.read_fresh().await.map(|f| f.snap) {
                 Ok(snap) => {
@@ -730,7 +775,15 @@ impl SecretsManagerRendezvous {
                         Some(s) => s.doc,
                         None => self.empty_doc()?,
                     };
-                    let (done, t) = view(&doc.cluster, now_ms())?;
+                    let (done, t) = match view(&doc.cluster, now_ms()) {
+                        Err(e)
+                            if refusal_may_be_stale(&e) && started.elapsed() < REFUSAL_RECHECK =>
+                        {
+                            recheck_pause(&mut rechecks).await;
+                            continue;
+                        }
+                        other => other?,
+                    };
                     if done {
                         return Ok(t);
                     }
