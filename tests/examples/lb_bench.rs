@@ -56,13 +56,7 @@ fn main() -> Result<()> {
         &all,
         Duration::from_secs(60),
         "all 5 hosts listed",
-        |t| match addrs
-            .iter()
-            .find(|a| !t.contains(&nginx::server_line(**a, PORT)))
-        {
-            Some(a) => Err(format!("{a} missing")),
-            None => Ok(()),
-        },
+        nginx::lists_every(&addrs, PORT),
     )?;
     // The worker to stop, and the leader whose node list is the reference.
     let w = (0..5)

@@ -64,6 +64,17 @@ pub fn server_line(addr: Ipv4Addr, port: u16) -> String {
     format!("    server {addr}:{port};")
 }
 
+/// A check for [`wait_identical`]: every one of `addrs` has its upstream line on `port`.
+pub fn lists_every(
+    addrs: &[Ipv4Addr],
+    port: u16,
+) -> impl Fn(&str) -> std::result::Result<(), String> + '_ {
+    move |t| match addrs.iter().find(|a| !t.contains(&server_line(**a, port))) {
+        Some(a) => Err(format!("{a} missing")),
+        None => Ok(()),
+    }
+}
+
 /// Wait until every host in `hosts` has the identical config, and `check` accepts it. Returns
 /// the content.
 pub fn wait_identical(

@@ -104,13 +104,7 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         &hosts,
         Duration::from_secs(60),
         "all 5 hosts in every config",
-        |t| match addrs
-            .iter()
-            .find(|a| !t.contains(&nginx::server_line(**a, PORT)))
-        {
-            Some(a) => Err(format!("{a} missing")),
-            None => Ok(()),
-        },
+        nginx::lists_every(&addrs, PORT),
     )?;
     eprintln!(
         "identical config on all hosts {:?} after formation:\n{conf}",
@@ -303,13 +297,7 @@ fn a_new_leaders_agent_takes_over_and_nginx_containers_are_reloaded() -> anyhow:
         &hosts,
         Duration::from_secs(60),
         "all 5 hosts in every config",
-        |t| match addrs
-            .iter()
-            .find(|a| !t.contains(&nginx::server_line(**a, PORT)))
-        {
-            Some(a) => Err(format!("{a} missing")),
-            None => Ok(()),
-        },
+        nginx::lists_every(&addrs, PORT),
     )?;
     let hups = |i: usize| {
         std::fs::read_to_string(c.lab.host(i).dir().join("hup/hups"))
