@@ -192,6 +192,9 @@ impl LeaveArgs {
                 force_leave = true; // --force was checked above
             }
         }
+        // The managers are told of the `left` mark below; after the leave this node no longer
+        // knows them, nor has its swarm certificate.
+        let poker = crate::relay::poker_for(cfg).await;
         engine
             .leave(force_leave)
             .await
@@ -201,6 +204,8 @@ impl LeaveArgs {
             if let Err(e) = set_state(b.as_ref(), &agent_node_id, id, DrainState::Left, None).await
             {
                 tracing::warn!("cannot mark the drain request as left ({e}); the leader's agent removes the node once it is down anyway");
+            } else if let Some(p) = &poker {
+                p.send_generic().await;
             }
         }
         if let Some(mut st) = store.load().ok().flatten() {

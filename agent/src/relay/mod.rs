@@ -63,11 +63,18 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// A command that wrote (`leave`, `rotate-tokens`, `recover`) tells the managers' agents to
 /// read again, so they act now rather than at their next slow read. Best effort, awaited.
 pub async fn announce_write(cfg: &crate::config::Config) {
-    let Some(port) = cfg.relay_port else { return };
-    let engine = crate::engine::BollardEngine::new(&cfg.docker_host, Duration::from_secs(5));
-    if let Ok(info) = engine.info().await {
-        peer::poke_all(&info, port, None).await;
+    if let Some(p) = poker_for(cfg).await {
+        p.send_generic().await
     }
+}
+
+/// What [`announce_write`] needs, taken now (before `docker swarm leave` removes the node's
+/// certificates and manager list).
+pub async fn poker_for(cfg: &crate::config::Config) -> Option<peer::Poker> {
+    let port = cfg.relay_port?;
+    let engine = crate::engine::BollardEngine::new(&cfg.docker_host, Duration::from_secs(5));
+    let info = engine.info().await.ok()?;
+    peer::Poker::new(&info, port)
 }
 
 /// Documents that live only in the raft leader's agent while the relay is on, never in

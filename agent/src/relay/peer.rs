@@ -181,17 +181,44 @@ pub async fn poke_all(info: &EngineInfo, port: u16, doc: Option<(String, u64)>) 
 
 /// [`poke_all`] with a given body (see `server`).
 pub async fn poke_all_with(info: &EngineInfo, port: u16, body: serde_json::Value) {
-    let addrs = manager_addrs(info, port, true);
-    if addrs.is_empty() {
-        return;
+    if let Some(p) = Poker::new(info, port) {
+        p.send(body).await
     }
-    let cfg = match tls::client_config(&super::cert_dir(info)) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!("relay: no poke sent: {e}");
-            return;
+}
+
+/// The other managers' relay addresses and this node's TLS set-up, taken while the node is in
+/// the swarm (`leave` pokes after the engine left, when both are gone).
+pub struct Poker {
+    addrs: Vec<SocketAddr>,
+    cfg: Arc<rustls::ClientConfig>,
+}
+
+impl Poker {
+    pub fn new(info: &EngineInfo, port: u16) -> Option<Poker> {
+        let addrs = manager_addrs(info, port, true);
+        if addrs.is_empty() {
+            return None;
         }
-    };
+        match tls::client_config(&super::cert_dir(info)) {
+            Ok(cfg) => Some(Poker { addrs, cfg }),
+            Err(e) => {
+                tracing::debug!("relay: no poke can be sent: {e}");
+                None
+            }
+        }
+    }
+
+    /// A generic poke (`{}`): read the cluster again.
+    pub async fn send_generic(&self) {
+        self.send(serde_json::json!({})).await
+    }
+
+    pub async fn send(&self, body: serde_json::Value) {
+        send(self.addrs.clone(), self.cfg.clone(), body).await
+    }
+}
+
+async fn send(addrs: Vec<SocketAddr>, cfg: Arc<rustls::ClientConfig>, body: serde_json::Value) {
     let body = serde_json::to_vec(&body).expect("json");
     let pokes = addrs.into_iter().map(|addr| {
         let cfg = cfg.clone();
