@@ -247,8 +247,9 @@ fn five_hosts_form_one_swarm_through_secrets_manager() -> anyhow::Result<()> {
             )
         },
     )?;
-    // No worker fell back to reading AWS itself: every one was served by a manager's agent.
-    for i in 0..5 {
+    // No worker fell back to reading AWS itself while in the swarm: every one was served by a
+    // manager's agent (the node that left reads it now, rarely: it is in no swarm).
+    for i in (0..5).filter(|&i| i != w) {
         let log = c.agent(i).map(|p| p.log()).unwrap_or_default();
         assert!(
             !log.contains("no manager's agent answers"),

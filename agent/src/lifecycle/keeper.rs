@@ -69,8 +69,8 @@ pub struct Keeper {
     /// This agent's node id: the writer of the documents the keeper changes (with its
     /// credential).
     pub node_id: String,
-    /// How long a changed sync must stay the same before it is sent, unless a manager address
-    /// went away (then at once). Zero: at once. On Secrets Manager every sync that changes
+    /// How long a changed sync must stay the same before it is sent (a third of it when a
+    /// manager address went away). Zero: at once. On Secrets Manager every sync that changes
     /// something is a version of the secret: the joins of a formation make one sync, not one
     /// each ([`SYNC_SETTLE`]).
     pub sync_settle: Duration,
@@ -969,7 +969,7 @@ impl Keeper {
             }
         }
         if !self.sync_settle.is_zero() && mem.last_sync.as_ref().is_none_or(|(l, _)| *l != req) {
-            // A manager address that went away (or another swarm) is sent at once: joining
+            // A manager address that went away (or another swarm) is sent after 5 s: joining
             // nodes must not be sent to a dead manager.
             let urgent = mem.last_sync.as_ref().is_some_and(|(l, _)| {
                 l.swarm_id != req.swarm_id
@@ -977,10 +977,17 @@ impl Keeper {
                         .iter()
                         .any(|a| !req.manager_addrs.contains(a))
             });
-            if !urgent {
+            // Urgent ones settle too, for a third of the time: a manager whose reachability
+            // flickers while it joins does not make a version each way.
+            let settle = if urgent {
+                self.sync_settle / 3
+            } else {
+                self.sync_settle
+            };
+            {
                 match &mem.sync_pending {
                     // Settled, or changing for too long: send it.
-                    Some((p, since, _)) if *p == req && since.elapsed() >= self.sync_settle => {}
+                    Some((p, since, _)) if *p == req && since.elapsed() >= settle => {}
                     Some((_, _, first)) if first.elapsed() >= self.sync_settle * 4 => {}
                     Some((p, _, _)) if *p == req => return,
                     other => {
