@@ -678,6 +678,7 @@ impl Rendezvous for FakeBackend {
             swarmstrap_wire::rendezvous::Snapshot {
                 status: m.status(now),
                 docs: m.docs.clone(),
+                revision: None,
             }
         })))
     }

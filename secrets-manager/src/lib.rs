@@ -1009,6 +1009,7 @@ impl Rendezvous for SecretsManagerRendezvous {
         Ok(Some(Snapshot {
             status: doc.cluster.status(now_ms()),
             docs: doc.cluster.docs.clone(),
+            revision: Some(doc.seq),
         }))
     }
 

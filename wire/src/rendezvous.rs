@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub status: ClusterStatus,
     /// Every document the cluster holds, by name (a name not here is at version 0).
     pub docs: BTreeMap<String, Document>,
+    /// Where the stored cluster stands (Secrets Manager: its chain position): a later write
+    /// makes it larger. `None`: the backend cannot tell.
+    pub revision: Option<u64>,
 }
 
 /// The node credentials a client holds, by node id (a client usually acts for one node; the

@@ -120,8 +120,8 @@ pub struct Cached {
 struct Pending {
     /// Document name → the version a writer committed.
     docs: BTreeMap<String, u64>,
-    /// A write that is not a document (a registration, a sync, a reset): read again, and once
-    /// more after a pause if the first read shows no change (it may be stale).
+    /// A write that is not a document (a registration, a sync, a reset): read again until the
+    /// read has moved on (a stale one has not), for at most [`POKE_DEADLINE`].
     generic: bool,
 }
 
@@ -299,7 +299,6 @@ impl Cache {
             let deadline = Instant::now() + POKE_DEADLINE;
             let before = self.current();
             let mut delay = Duration::from_millis(500);
-            let mut generic_reads = 0;
             loop {
                 match self.refresh(true).await {
                     Ok(c) => {
@@ -311,10 +310,15 @@ impl Cache {
                             .docs
                             .iter()
                             .all(|(n, v)| c.snap.docs.get(n).is_some_and(|d| d.version >= *v));
-                        generic_reads += 1;
+                        // A write that is not a document: done once the cluster read moved on
+                        // (a stale read has not; the deadline bounds a write already seen).
                         let generic_done = !pending.generic
-                            || generic_reads >= 2
-                            || before.as_ref().is_some_and(|b| b.snap != c.snap);
+                            || before.as_ref().is_some_and(|b| {
+                                match (b.snap.revision, c.snap.revision) {
+                                    (Some(old), Some(new)) => new > old,
+                                    _ => b.snap != c.snap,
+                                }
+                            });
                         if docs_seen && generic_done {
                             break;
                         }
