@@ -145,6 +145,35 @@ fn metadata(lab: &Lab) -> anyhow::Result<()> {
         &node2.addr().to_string(),
     ]))?;
 
+    // The worker's engine sets up its swarm networking (docker_gwbridge and its FORWARD rules,
+    // with the jump to DOCKER-USER put first again) after the join is reported: wait for it,
+    // so that the block is judged on the engine's settled firewall, not in the middle of its
+    // rearrangement.
+    wait_for(
+        Duration::from_secs(60),
+        "node1's docker_gwbridge set up, DOCKER-USER first in FORWARD",
+        || {
+            let gwbridge = node1
+                .docker_output(&["network", "inspect", "docker_gwbridge"])
+                .map(|o| o.success())
+                .unwrap_or(false);
+            let forward = run(in_netns(node1, "iptables").args(["-w", "-S", "FORWARD"]))
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            let first = forward.lines().find(|l| l.starts_with("-A FORWARD"));
+            Ok(
+                if gwbridge
+                    && forward.contains("-i docker_gwbridge ! -o docker_gwbridge -j ACCEPT")
+                    && first == Some("-A FORWARD -j DOCKER-USER")
+                {
+                    Ok(())
+                } else {
+                    Err(format!("FORWARD:\n{forward}"))
+                },
+            )
+        },
+    )?;
+
     // 1. Before the block: the host and a container both read it (the control).
     wait_for(
         Duration::from_secs(20),
@@ -184,7 +213,10 @@ fn metadata(lab: &Lab) -> anyhow::Result<()> {
     let (ok, out) = container_get(node1)?;
     assert!(
         !ok && !out.contains(MARKER),
-        "after the block a container must not read the user-data; got ok={ok} {out:?}"
+        "after the block a container must not read the user-data; got ok={ok} {out:?}\nFORWARD:\n{}\nDOCKER-USER:\n{r}",
+        run(in_netns(node1, "iptables").args(["-w", "-S", "FORWARD"]))
+            .map(|o| o.stdout)
+            .unwrap_or_default()
     );
     println!(
         "after the block: the container's request failed: {}",
