@@ -205,7 +205,15 @@ impl LeaveArgs {
             {
                 tracing::warn!("cannot mark the drain request as left ({e}); the leader's agent removes the node once it is down anyway");
             } else if let Some(p) = &poker {
-                p.send_generic().await;
+                // The version written (this instance reads its own writes): the managers read
+                // until they see it, whatever else is written meanwhile.
+                match b.get_doc(DRAINS_DOC, None, Duration::ZERO).await {
+                    Ok(d) => {
+                        p.send(serde_json::json!({"doc": DRAINS_DOC, "version": d.version}))
+                            .await
+                    }
+                    Err(_) => p.send_generic().await,
+                }
             }
         }
         if let Some(mut st) = store.load().ok().flatten() {
