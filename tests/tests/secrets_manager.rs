@@ -212,8 +212,10 @@ fn five_hosts_form_one_swarm_through_secrets_manager() -> anyhow::Result<()> {
         c.diagnostics()
     );
     assert!(out.stdout.contains("left the swarm"), "{}", out.stdout);
+    // The poke of the `left` mark makes it ~20 s; the bound is the managers' slow read (a poke
+    // lost: <= 10 min), which is what the design promises. The time is printed.
     wait_for(
-        Duration::from_secs(60),
+        Duration::from_secs(660),
         "the node gone from `docker node ls`",
         || {
             let nodes = c.lab.host(mgr).node_ls()?;
