@@ -102,6 +102,28 @@ pub fn for_command(
     }
 }
 
+/// A long-poll on a watched value: the document `pick` finds (or the empty one) at once when it
+/// answers `after` (or `wait` is zero), else when the value changes so that it does, else after
+/// `wait` as it is then.
+async fn long_poll<T>(
+    mut rx: watch::Receiver<T>,
+    after: Option<u64>,
+    wait: Duration,
+    pick: impl Fn(&T) -> Option<Document>,
+) -> Document {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let doc = pick(&rx.borrow_and_update()).unwrap_or_else(empty_doc);
+        if doc_answers(&doc, after) || wait.is_zero() {
+            return doc;
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return doc,
+        }
+    }
+}
+
 /// Where the engine keeps this node's swarm certificates.
 pub fn cert_dir(info: &EngineInfo) -> PathBuf {
     PathBuf::from(info.docker_root_dir.as_deref().unwrap_or("/var/lib/docker"))
@@ -259,22 +281,10 @@ impl Cache {
             message: m,
         })?;
         self.ensure().await?;
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = self.tx.subscribe();
-        loop {
-            let doc = rx
-                .borrow_and_update()
-                .as_ref()
-                .and_then(|c| c.snap.docs.get(name).cloned())
-                .unwrap_or_else(empty_doc);
-            if doc_answers(&doc, after) || wait.is_zero() {
-                return Ok(doc);
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return Ok(doc),
-            }
-        }
+        Ok(long_poll(self.tx.subscribe(), after, wait, |c| {
+            c.as_ref().and_then(|c| c.snap.docs.get(name).cloned())
+        })
+        .await)
     }
 
     fn start(self: &Arc<Self>) {
@@ -579,22 +589,10 @@ impl Relay {
     }
 
     async fn local_get(&self, name: &str, after: Option<u64>, wait: Duration) -> Document {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut rx = self.local.subscribe();
-        loop {
-            let doc = rx
-                .borrow_and_update()
-                .get(name)
-                .cloned()
-                .unwrap_or_else(empty_doc);
-            if doc_answers(&doc, after) || wait.is_zero() {
-                return doc;
-            }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => return doc,
-            }
-        }
+        long_poll(self.local.subscribe(), after, wait, |docs| {
+            docs.get(name).cloned()
+        })
+        .await
     }
 
     /// Compare-and-set of a [`LEADER_DOCS`] document in this agent. Versions are
