@@ -407,10 +407,19 @@ impl SecretsManagerRendezvous {
     /// cluster. For an operator (or a test) whose secret was deleted and re-created while its
     /// swarm runs; a formed cluster refuses the hold (`already_formed`). Creates the secret when
     /// it is missing.
+    ///
+    /// An operator's one-shot call has no earlier read to compare with, so a read that already
+    /// shows the wanted hold may be stale (the hold was lifted since). "Nothing to do" is
+    /// therefore confirmed by a write on the chain: the same state written as the head's
+    /// successor lands only when the read was the head, else the call reads again and decides
+    /// again. One version per call; an operator sets the hold rarely.
     pub async fn set_adoption_hold(&self, hold: bool) -> Result<ClusterStatus> {
         let r = self
             .mutate("set_adoption_hold", |m, now| {
-                let outcome = rules::set_adoption_hold(&m.state, hold)?;
+                let mut outcome = rules::set_adoption_hold(&m.state, hold)?;
+                if outcome.change.is_empty() {
+                    outcome.change.state = Some(m.state.clone());
+                }
                 let mut after = m.clone();
                 after.apply(outcome.change.clone());
                 Ok(Outcome {
