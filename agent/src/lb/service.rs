@@ -21,6 +21,7 @@ use crate::state::rfc3339_now;
 use futures_util::StreamExt;
 use rand::Rng;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
@@ -86,7 +87,44 @@ impl Once {
     }
 }
 
+/// Whether "nothing to reload" was already said (once per process: it repeats on every change).
+static NO_RELOAD_TARGET_WARNED: AtomicBool = AtomicBool::new(false);
+
 impl Lb {
+    /// A config was written but no running container matched the reload selectors: nginx keeps
+    /// serving the old config. Said at warn once, with what to do; later ones at debug. Nothing
+    /// is said when the operator chose no reload at all (both selectors empty).
+    fn no_reload_target(&self) {
+        let (label, service) = (
+            self.cfg.reload_label.as_deref(),
+            self.cfg.reload_service.as_deref(),
+        );
+        if label.is_none() && service.is_none() {
+            return;
+        }
+        if NO_RELOAD_TARGET_WARNED.swap(true, Ordering::Relaxed) {
+            tracing::debug!("no nginx container to reload");
+            return;
+        }
+        let mut looked_for = Vec::new();
+        if let Some(l) = label {
+            looked_for.push(format!("label {l}"));
+        }
+        if let Some(s) = service {
+            looked_for.push(format!("swarm service {s}"));
+        }
+        tracing::warn!(
+            "load balancer: wrote {1} but no running container on this node has {2}, so nginx \
+             was not reloaded and serves its old config. Give the nginx containers the label \
+             (`labels: [\"{0}\"]` on the service in the stack file: container labels, not \
+             `deploy.labels`; or `docker service update --container-label-add {0} <service>`) \
+             or set [lb] reload_service to the nginx service's name; said once",
+            label.unwrap_or("swarmstrap.lb=nginx"),
+            self.cfg.path.display(),
+            looked_for.join(" or "),
+        );
+    }
+
     /// Both loops, forever (until dropped).
     pub async fn run(&self) {
         tracing::info!(
@@ -342,7 +380,7 @@ impl Lb {
                 )
                 .await
                 {
-                    Ok(0) => tracing::debug!("no nginx container to reload"),
+                    Ok(0) => self.no_reload_target(),
                     Ok(n) => {
                         tracing::info!("load balancer: reloaded {n} nginx container(s) (SIGHUP)")
                     }
