@@ -50,6 +50,7 @@ NODE_SCENARIOS = {
         cluster="prod", backend="coordinator", role="manager", target_managers=3,
         advertise_addr="digitalocean", coordinator_url="https://10.10.0.2:8443",
         coordinator_fingerprint=FP, join_secret="Zx8kP2qLm9Vt4Rw7Yb1Nc6Hd3Fg5Js0A",
+        lb_reload_service="minitwit_loadbalancer",
     ),
     "scaleway_worker": dict(
         cluster="staging-eu", backend="coordinator", role="worker", target_managers=5,
@@ -158,10 +159,13 @@ class NodeTemplateTest(unittest.TestCase):
                 self.assertEqual(cfg["docker_host"], "unix:///var/run/docker.sock")
                 self.assertEqual(cfg["state_dir"], "/var/lib/swarm-agent")
                 self.assertEqual(cfg["lease_ttl_secs"], 30)
-                self.assertEqual(
-                    cfg["lb"],
-                    {"enabled": sc.get("lb_enabled", True), "path": "/loadbalancer/default.conf"},
-                )
+                # The nginx containers labelled swarmstrap.lb=nginx (the example stack's) are
+                # reloaded; reload_service only when the module's lb_reload_service is set.
+                want_lb = {"enabled": sc.get("lb_enabled", True), "path": "/loadbalancer/default.conf",
+                           "reload_label": "swarmstrap.lb=nginx"}
+                if sc.get("lb_reload_service"):
+                    want_lb["reload_service"] = sc["lb_reload_service"]
+                self.assertEqual(cfg["lb"], want_lb)
                 # What `swarm-agent upgrade` (and the installer's upgrade verb) read: the same
                 # mirror and key the node was installed from, also with an explicit binary.
                 self.assertEqual(
@@ -206,8 +210,13 @@ class NodeTemplateTest(unittest.TestCase):
         for name, sc in NODE_SCENARIOS.items():
             with self.subTest(name):
                 doc = yaml.safe_load(self.render(name))
-                self.assertEqual(len(doc["runcmd"]), 1)
-                cmd = doc["runcmd"][0]
+                # set -e first: a failed install or check starts nothing. The agent's unit is
+                # Type=notify (active once the node is in the swarm): started without waiting.
+                self.assertEqual(len(doc["runcmd"]), 4)
+                self.assertEqual(doc["runcmd"][0], "set -e")
+                self.assertEqual(doc["runcmd"][2], ["systemctl", "enable", "swarm-agent.service"])
+                self.assertEqual(doc["runcmd"][3], ["systemctl", "--no-block", "start", "swarm-agent.service"])
+                cmd = doc["runcmd"][1]
                 self.assertEqual(cmd[:3], ["sh", "/usr/local/lib/swarmstrap/swarmstrap-install.sh", "install"])
                 opts = dict(zip(cmd[3::2], cmd[4::2]))
                 self.assertEqual(opts["--name"], "swarm-agent")
@@ -224,8 +233,9 @@ class NodeTemplateTest(unittest.TestCase):
                     self.assertFalse({"--url", "--sha256"} & set(opts))
                 self.assertEqual(opts["--docker"], sc.get("docker_version", "distro"))
                 starts = [v for k, v in zip(cmd[3::2], cmd[4::2]) if k == "--start"]
-                # The metadata block first: no container may run before it.
-                self.assertEqual(starts, ["swarmstrap-metadata-block.service", "swarm-agent.service"])
+                # The installer starts only the metadata block (no container may run before
+                # it); swarm-agent.service never blocks cloud-init.
+                self.assertEqual(starts, ["swarmstrap-metadata-block.service"])
 
     def test_user_data_fits_the_clouds_limits(self):
         # AWS takes 16 KB of user-data: the module sends it gzipped (base64gzip), as cloud-init
