@@ -364,19 +364,19 @@ class CoordinatorAdoptTest(unittest.TestCase):
     `terraform apply -replace=... -var coordinator_adopt_running_swarm=true` works from them."""
 
     VAR = "coordinator_adopt_running_swarm"
-    COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+    # Every module runs a coordinator (AWS only with backend = "coordinator": a counted resource).
+    COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server", "aws": "aws_instance"}
+    ADDRESS = {"digitalocean": "digitalocean_droplet.coordinator", "scaleway": "scaleway_instance_server.coordinator",
+               "aws": "aws_instance.coordinator[0]"}
 
     def test_only_the_coordinator_modules_declare_it(self):
-        self.assertNotIn(self.VAR, declared_variables(MODULES["aws"]))
-        self.assertNotIn("coordinator.yaml.tftpl", raw(MODULES["aws"]))
-        self.assertNotIn(self.VAR, declared_variables(EXAMPLES["aws"]))
         for cloud in self.COORDINATOR:
             with self.subTest(cloud):
                 body = declared_variables(MODULES[cloud])[self.VAR]
                 self.assertEqual(scalar(body["type"]).strip("${}"), "bool")
                 self.assertIs(scalar(body["default"]), False)
                 desc = scalar(body["description"])
-                for phrase in (f"-replace='module.NAME.{self.COORDINATOR[cloud]}.coordinator'",
+                for phrase in (f"-replace='module.NAME.{self.ADDRESS[cloud]}'",
                                f"-var {self.VAR}=true", "cluster create --adopt", "second `swarm init`",
                                "Never for a brand-new cluster", "cluster allow-init",
                                "ignores user_data changes"):
@@ -524,7 +524,7 @@ class ReleaseVariablesTest(unittest.TestCase):
             doc = yaml.safe_load(out["user_data"]["value"])
             files = {e["path"]: e for e in doc["write_files"]}
             import tomllib
-            return doc["runcmd"][0], tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])["release"]
+            return doc["runcmd"][1], tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])["release"]
 
     def test_terraform_renders_the_release_or_the_override(self):
         key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
@@ -571,8 +571,15 @@ class ReleaseVariablesTest(unittest.TestCase):
         aws = raw(MODULES["aws"])
         for role in ("manager", "worker"):
             block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), f"{role}_instance_type")
-            self.assertNotIn("validation", block)
+            # The validation checks the form only; the architecture (x86_64 or arm64, nothing
+            # else) is a precondition on the instance type's supported_architectures.
+            pattern = json.loads(re.search(r'regex\(("[^"]+")', block).group(1))
+            for ok in ("t3.small", "t4g.small", "m7g.large", "c6gn.16xlarge", "u-6tb1.metal"):
+                self.assertRegex(ok, pattern)
+            for bad in ("t3", "T3.small", "t3 .small", ""):
+                self.assertNotRegex(bad, pattern)
             self.assertIn("t4g", block)
+            self.assertIn(f'condition     = local.arch_supported["{role}"]', resource_body(aws, "aws_instance", role))
             self.assertRegex(aws, rf'data\s+"aws_ec2_instance_type"\s+"{role}"')
             self.assertIn(f'ami                    = local.ami["{role}"]', resource_body(aws, "aws_instance", role))
         self.assertIn("al2023-ami-kernel-default-${each.key}", aws)
@@ -815,7 +822,10 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
         self.assertEqual(relay[0]["protocol"], "tcp")
         rule = resource_body(self.text, "aws_vpc_security_group_ingress_rule", "swarm")
         self.assertIn("for_each = local.swarm_ports", rule)
-        self.assertIn("cidr_ipv4         = var.vpc_cidr", rule)
+        self.assertIn("cidr_ipv4         = local.vpc_cidr", rule)
+        # The module's VPC, or the one given (its own range, from the aws_vpc data source).
+        self.assertEqual(local_value(self.text, "vpc_cidr"),
+                         "local.own_network ? var.vpc_cidr : data.aws_vpc.given[0].cidr_block")
 
     def test_two_roles_each_with_its_profile(self):
         text = self.text
@@ -923,6 +933,11 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
     def test_module_creates_both_secrets_without_a_value(self):
         text = self.text
         self.assertNotIn("aws_secretsmanager_secret_version", text)
+        # Only with the secrets-manager backend (the default); the Secrets Manager grants too.
+        self.assertEqual(local_value(text, "secrets_manager"), 'var.backend == "secrets-manager"')
+        for rtype, name in (("aws_secretsmanager_secret", "rendezvous"), ("aws_secretsmanager_secret", "managers"),
+                            ("aws_iam_role_policy", "manager"), ("aws_iam_role_policy", "worker")):
+            self.assertRegex(resource_body(text, rtype, name), r"\n\s*count\s*=\s*local\.secrets_manager \? 1 : 0\n")
         self.assertEqual(len(re.findall(r'resource\s+"aws_secretsmanager_secret"', text)), 2)
         self.assertIn('resource "random_id" "secret_suffix"', text)
         for name, local_name, kind in (("rendezvous", "secret_name", "rendezvous"),
@@ -938,11 +953,11 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
                 self.assertIn(f'"swarmstrap:secret" = "{kind}"', tags)
         # The agents get S and derive S/managers themselves.
         node_vars = local_value(text, "node_vars")
-        self.assertRegex(node_vars, r"\n\s*sm_secret_name\s*=\s*local\.secret_name\n")
+        self.assertRegex(node_vars, r'\n\s*sm_secret_name\s*=\s*local\.secrets_manager \? local\.secret_name : ""\n')
         self.assertNotIn("manager_secret", node_vars)
         outputs = declared_outputs(MODULES["aws"])
-        self.assertIn("aws_secretsmanager_secret.rendezvous.name", scalar(outputs["secret_name"]["value"]))
-        self.assertIn("aws_secretsmanager_secret.managers.name", scalar(outputs["manager_secret_name"]["value"]))
+        self.assertIn("aws_secretsmanager_secret.rendezvous[0].name", scalar(outputs["secret_name"]["value"]))
+        self.assertIn("aws_secretsmanager_secret.managers[0].name", scalar(outputs["manager_secret_name"]["value"]))
         for name in ("secret_name", "manager_secret_name"):
             desc = scalar(outputs[name]["description"])
             self.assertIn("terraform destroy", desc)
