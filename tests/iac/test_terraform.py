@@ -1077,6 +1077,25 @@ class ExampleTest(unittest.TestCase):
         vol = dbs[0]["volumes"][0].split(":")[0]
         self.assertIn(vol, stack["volumes"])
 
+    def test_the_agents_reload_the_stacks_nginx(self):
+        # The container label the agent reloads by default (agent/src/config.rs) is on the
+        # nginx service's containers (service `labels`, not `deploy.labels`), and the example
+        # names the same service as lb_reload_service: <stack name from deploy.sh>_loadbalancer.
+        config = read_text(os.path.join(REPO, "agent", "src", "config.rs"))
+        label = re.search(r'DEFAULT_LB_RELOAD_LABEL: &str = "([^"]+)"', config).group(1)
+        key, value = label.split("=", 1)
+        with open(os.path.join(EXAMPLES["digitalocean"], "stack.yml")) as f:
+            lb = yaml.safe_load(f)["services"]["loadbalancer"]
+        self.assertEqual(lb["labels"], {key: value})
+        self.assertNotIn("labels", lb.get("deploy", {}))
+        stack = re.search(r"docker stack deploy .* -c stack\.yml (\w+)", read_text(os.path.join(EXAMPLES["digitalocean"], "deploy.sh"))).group(1)
+        (_, args), = [m for doc in module_docs(EXAMPLES["digitalocean"]).values() for m in blocks(doc, "module")]
+        self.assertEqual(scalar(args["lb_reload_service"]), f"{stack}_loadbalancer")
+        # The node template writes both into [lb] (test_cloudinit checks the rendered keys).
+        template = read_text(nodecfg.NODE_TEMPLATE)
+        self.assertIn(f'reload_label = "{label}"', template)
+        self.assertIn("reload_service = ${jsonencode(lb_reload_service)}", template)
+
 
 def docker_stack_config_works() -> bool:
     try:
