@@ -479,6 +479,14 @@ class CoordinatorTemplateTest(unittest.TestCase):
             tls_cert_pem=self.cert, tls_key_pem=self.key, **kw,
         )
 
+    def test_fits_the_aws_user_data_limit_gzipped(self):
+        # The AWS module (backend "coordinator") sends base64gzip() of it: Terraform's gzip.
+        text = nodecfg.render_coordinator(self.variables(
+            coordinator_binary_url="https://" + "u" * 1016, coordinator_binary_sha256="f" * 64))
+        blob = terraform_gzip_sizes({"coordinator": (text, "")})["coordinator"]
+        self.assertLess(len(blob), nodecfg.AWS_USER_DATA_LIMIT)
+        self.assertEqual(gzip.decompress(blob).decode(), text)
+
     def test_valid_and_complete(self):
         text = nodecfg.render_coordinator(self.variables())
         assert_fully_rendered(self, "coordinator", nodecfg.COORDINATOR_TEMPLATE, self.variables())

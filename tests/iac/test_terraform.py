@@ -641,24 +641,26 @@ class CoordinatorPinTest(unittest.TestCase):
                 check=True, capture_output=True, text=True,
             ).stdout.split("=", 1)[1].strip().replace(":", "").lower()
             self.assertEqual(fingerprint, "sha256:" + openssl_fp)
-            for cloud in ("digitalocean", "scaleway"):
+            for cloud in ("digitalocean", "scaleway", "aws"):
                 with self.subTest(cloud):
                     text = raw(MODULES[cloud])
                     expr = local_value(text, "coordinator_cert_der_b64")
-                    self.assertIn("tls_self_signed_cert.coordinator.cert_pem", expr)
-                    self.assertEqual(
-                        local_value(text, "coordinator_fingerprint"),
-                        '"sha256:${local_file.coordinator_cert_der.content_sha256}"',
-                    )
+                    # AWS: the coordinator resources exist only with backend = "coordinator".
+                    idx, cond = ("[0]", "local.coordinator ? ") if cloud == "aws" else ("", "")
+                    pem_ref = f"tls_self_signed_cert.coordinator{idx}.cert_pem"
+                    self.assertIn(pem_ref, expr)
+                    fp = f'"sha256:${{local_file.coordinator_cert_der{idx}.content_sha256}}"'
+                    self.assertEqual(local_value(text, "coordinator_fingerprint"), f'{cond}{fp}{" : " + chr(34) * 2 if cond else ""}')
                     self.assertIn("content_base64       = local.coordinator_cert_der_b64",
                                   resource_body(text, "local_file", "coordinator_cert_der"))
+                    if cond:
+                        self.assertTrue(expr.startswith(cond) and expr.endswith(' : ""'), expr)
+                        expr = expr[len(cond):-len(' : ""')]
                     outputs = {}
                     files = {}
                     for variant, body in (("lf", pem), ("noeol", pem.rstrip("\n")), ("crlf", pem.replace("\n", "\r\n"))):
                         files[f"{variant}.pem"] = body
-                        outputs[variant] = expr.replace(
-                            "tls_self_signed_cert.coordinator.cert_pem", f'file("${{path.module}}/{variant}.pem")'
-                        )
+                        outputs[variant] = expr.replace(pem_ref, f'file("${{path.module}}/{variant}.pem")')
                     got = tfbin.evaluate(outputs, files)
                     for variant, b64 in got.items():
                         decoded = base64.b64decode(b64, validate=True)
@@ -1455,3 +1457,96 @@ class QuickStartTest(unittest.TestCase):
                     with self.subTest(readme=os.path.relpath(readme, REPO), tfvars=name):
                         self.assertIn(name, declared_variables(EXAMPLES["digitalocean"]))
         self.assertGreaterEqual(seen, 10)
+
+
+class AwsBackendAndNetworkTest(unittest.TestCase):
+    """The AWS module's backend and network choices: the coordinator's resources exist only with
+    backend = "coordinator", the Secrets Manager ones only with "secrets-manager"; the
+    coordinator sits on a fixed address inside the first node subnet (evaluated by a real
+    Terraform), named by its certificate; the module's own network exists only without vpc_id."""
+
+    COORDINATOR = [("random_password", "cluster_secret"), ("tls_private_key", "coordinator"),
+                   ("tls_self_signed_cert", "coordinator"), ("local_file", "coordinator_cert_der"),
+                   ("aws_security_group", "coordinator"), ("aws_vpc_security_group_ingress_rule", "coordinator_from_nodes"),
+                   ("aws_vpc_security_group_egress_rule", "coordinator_all"), ("aws_iam_role", "coordinator"),
+                   ("aws_iam_role_policy_attachment", "coordinator"), ("aws_iam_instance_profile", "coordinator"),
+                   ("aws_instance", "coordinator")]
+    NETWORK = [("aws_vpc", "this"), ("aws_default_security_group", "this"), ("aws_internet_gateway", "this"),
+               ("aws_eip", "nat"), ("aws_nat_gateway", "this"), ("aws_route_table", "public"), ("aws_route_table", "private")]
+    PER_AZ = [("aws_subnet", "public"), ("aws_subnet", "private"), ("aws_route_table_association", "public"),
+              ("aws_route_table_association", "private")]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.text = raw(MODULES["aws"])
+
+    def test_each_backend_has_only_its_resources(self):
+        for rtype, name in self.COORDINATOR:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.coordinator \? 1 : 0\n")
+        self.assertEqual(local_value(self.text, "coordinator"), 'var.backend == "coordinator"')
+        coordinator = resource_body(self.text, "aws_instance", "coordinator")
+        self.assertIn("coordinator.yaml.tftpl", coordinator)
+        self.assertIn("private_ip             = local.coordinator_ip", coordinator)
+        self.assertIn("subnet_id              = local.node_subnet_ids[0]", coordinator)
+        self.assertRegex(coordinator, r"ignore_changes\s*=\s*\[[^\]]*user_data")
+        # Its role: SSM only, nothing on Secrets Manager.
+        self.assertNotRegex(self.text, r'resource\s+"aws_iam_role_policy"\s+"coordinator"')
+        self.assertIn("ip_addresses          = [local.coordinator_ip]",
+                      resource_body(self.text, "tls_self_signed_cert", "coordinator"))
+        # The coordinator's port: from the nodes' security group only.
+        rule = resource_body(self.text, "aws_vpc_security_group_ingress_rule", "coordinator_from_nodes")
+        self.assertIn("referenced_security_group_id = aws_security_group.nodes.id", rule)
+        self.assertNotIn("cidr_ipv4", rule)
+        node_vars = local_value(self.text, "node_vars")
+        self.assertIn("backend                 = var.backend", node_vars)
+        self.assertIn("coordinator_url         = local.coordinator ? local.coordinator_url : \"\"", node_vars)
+        self.assertIn("join_secret             = local.coordinator ? random_password.cluster_secret[0].result : \"\"", node_vars)
+
+    def test_backend_variable_refuses_anything_else(self):
+        block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), "backend")
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write(block + '\n\noutput "b" {\n  value = var.backend\n}\n')
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            for value, ok in (("secrets-manager", True), ("coordinator", True), ("consul", False)):
+                with self.subTest(value):
+                    proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", f"-var=backend={value}"], d, check=False)
+                    self.assertEqual(proc.returncode == 0, ok, proc.stderr)
+                    if not ok:
+                        self.assertIn("The backend must be", proc.stderr.replace("\n", " "))
+
+    def test_coordinator_address_is_inside_the_first_node_subnet(self):
+        import ipaddress
+        subnet = re.search(r"cidr_block\s*=\s*(.*)\n", resource_body(self.text, "aws_subnet", "private")).group(1)
+        for vpc_cidr, override in (("10.20.0.0/16", ""), ("10.0.0.0/22", ""), ("10.20.0.0/16", "10.20.128.77")):
+            with self.subTest(vpc_cidr=vpc_cidr, override=override):
+                subst = {"var.vpc_cidr": json.dumps(vpc_cidr), "var.coordinator_private_ip": json.dumps(override),
+                         "local.own_network": "true", "count.index": "0"}
+                exprs = {"ip": local_value(self.text, "coordinator_ip"), "subnet": subnet}
+                exprs["ip"] = exprs["ip"].replace("local.node_subnet_cidr", f"({local_value(self.text, 'node_subnet_cidr')})")
+                for name in exprs:
+                    for ref, value in subst.items():
+                        exprs[name] = exprs[name].replace(ref, value)
+                    exprs[name] = re.sub(r"data\.aws_subnet\.given\[0\]\.cidr_block", '"unused"', exprs[name])
+                got = tfbin.evaluate(exprs)
+                self.assertIn(ipaddress.ip_address(got["ip"]), ipaddress.ip_network(got["subnet"]))
+                self.assertEqual(got["ip"], override or str(ipaddress.ip_network(got["subnet"])[10]))
+
+    def test_own_network_only_without_vpc_id(self):
+        self.assertEqual(local_value(self.text, "own_network"), 'var.vpc_id == ""')
+        for rtype, name in self.NETWORK:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.own_network \? 1 : 0\n")
+        for rtype, name in self.PER_AZ:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.own_network \? var\.az_count : 0\n")
+        self.assertEqual(local_value(self.text, "node_subnet_ids"), "local.own_network ? aws_subnet.private[*].id : var.subnet_ids")
+        for kind in ("manager", "worker"):
+            self.assertIn("subnet_id              = local.node_subnet_ids[count.index % length(local.node_subnet_ids)]",
+                          resource_body(self.text, "aws_instance", kind))
+        nodes_sg = resource_body(self.text, "aws_security_group", "nodes")
+        self.assertIn("vpc_id      = local.vpc_id", nodes_sg)
+        self.assertIn("Set vpc_id with subnet_ids", nodes_sg)
+        self.assertIn("Every subnet in subnet_ids must belong to vpc_id.", nodes_sg)
+        self.assertNotRegex(self.text, r"aws_vpc\.this\.id|aws_subnet\.(public|private)\[\*\]\.id(?!\s*:)")
