@@ -130,6 +130,8 @@ def node_vars(
     else:
         if not sm_secret_name or not sm_region:
             raise ValueError("the secrets-manager backend needs a secret name and a region")
+    if not re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", lb_reload_service):
+        raise ValueError(f"lb reload service {lb_reload_service!r}: must be empty or a swarm service name")
     check_release(agent_version, release_base_url, release_public_key)
     check_override("agent", agent_url, agent_sha256)
     return {
