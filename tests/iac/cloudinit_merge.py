@@ -19,8 +19,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = helpers.Paths({"cloud_dir": tmp, "run_dir": tmp})
         msg = user_data.UserDataProcessor(paths).process(util.decomp_gzip(blob, quiet=True))
-        handler = CloudConfigPartHandler(paths, cloud_config_path=tmp + "/merged.yaml")
-        handler.cloud_fn = tmp + "/merged.yaml"
+        handler = CloudConfigPartHandler(paths)
+        handler.cloud_fn = tmp + "/merged.yaml"  # where it writes the merged cloud-config
         parts = []
         handler.handle_part(None, handlers.CONTENT_START, None, None, None, None)
         for part in msg.walk():
