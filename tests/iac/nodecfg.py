@@ -15,6 +15,9 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CLOUD_INIT = os.path.join(REPO, "cloud-init")
 NODE_TEMPLATE = os.path.join(CLOUD_INIT, "node.yaml.tftpl")
 COORDINATOR_TEMPLATE = os.path.join(CLOUD_INIT, "coordinator.yaml.tftpl")
+MULTIPART_TEMPLATE = os.path.join(CLOUD_INIT, "multipart.tftpl")
+# The MIME boundary multipart.tftpl uses; the modules refuse a cloud_config_extra containing it.
+MULTIPART_BOUNDARY = "swarmstrap-cloud-config-part"
 CONFIG_PATH = "/etc/swarm-agent/config.toml"
 JOIN_SECRET_PATH = "/etc/swarm-agent/join-secret"
 # AWS refuses user-data above 16 KB (before base64); the modules send it uncompressed.
@@ -90,6 +93,7 @@ def node_vars(
     sm_endpoint_url: str = "",
     lb_enabled: bool = True,
     lb_path: str = "/loadbalancer/default.conf",
+    lb_reload_service: str = "",
     agent_version: str = DEFAULT_VERSION,
     release_base_url: str = DEFAULT_BASE_URL,
     release_public_key: str = DEFAULT_PUBLIC_KEY,
@@ -126,6 +130,8 @@ def node_vars(
     else:
         if not sm_secret_name or not sm_region:
             raise ValueError("the secrets-manager backend needs a secret name and a region")
+    if not re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", lb_reload_service):
+        raise ValueError(f"lb reload service {lb_reload_service!r}: must be empty or a swarm service name")
     check_release(agent_version, release_base_url, release_public_key)
     check_override("agent", agent_url, agent_sha256)
     return {
@@ -143,6 +149,7 @@ def node_vars(
         "sm_endpoint_url": sm_endpoint_url,
         "lb_enabled": lb_enabled,
         "lb_path": lb_path,
+        "lb_reload_service": lb_reload_service,
         "agent_version": agent_version,
         "release_base_url": release_base_url,
         "release_public_key": release_public_key,
@@ -197,6 +204,23 @@ def coordinator_vars(
 
 def render_node(variables: dict) -> str:
     return tfrender.render_file(NODE_TEMPLATE, variables)
+
+
+def check_cloud_config_extra(extra: str) -> None:
+    """What the modules' cloud_config_extra validation allows (besides "": no extra part)."""
+    if not re.match(r"^#cloud-config[ \t]*\r?\n", extra):
+        raise ValueError("cloud_config_extra: must be a cloud-config document starting with a '#cloud-config' line")
+    if MULTIPART_BOUNDARY in extra:
+        raise ValueError(f"cloud_config_extra: must not contain {MULTIPART_BOUNDARY!r} (the MIME boundary)")
+
+
+def render_user_data(swarmstrap: str, extra: str) -> str:
+    """What the modules send: our cloud-config alone, or with the operator's cloud_config_extra
+    a MIME multipart whose second part is merged into ours (lists appended)."""
+    if extra == "":
+        return swarmstrap
+    check_cloud_config_extra(extra)
+    return tfrender.render_file(MULTIPART_TEMPLATE, {"swarmstrap": swarmstrap, "extra": extra})
 
 
 def render_coordinator(variables: dict) -> str:

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--endpoint-url", default="", help="Secrets Manager endpoint override (tests)")
     p.add_argument("--no-lb", action="store_true", help="render [lb] enabled = false")
     p.add_argument("--lb-path", default="/loadbalancer/default.conf")
+    p.add_argument("--lb-reload-service", default="", help="[lb] reload_service: also reload this swarm service's tasks")
     p.add_argument("--agent-version", default=nodecfg.DEFAULT_VERSION, help="release to install")
     p.add_argument("--release-base-url", default=nodecfg.DEFAULT_BASE_URL)
     p.add_argument("--release-public-key", default=nodecfg.DEFAULT_PUBLIC_KEY)
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
             sm_endpoint_url=a.endpoint_url,
             lb_enabled=not a.no_lb,
             lb_path=a.lb_path,
+            lb_reload_service=a.lb_reload_service,
             agent_version=a.agent_version,
             release_base_url=a.release_base_url,
             release_public_key=a.release_public_key,

@@ -4,6 +4,7 @@ cross-checked against Terraform's own templatefile(), and measured against AWS's
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -50,6 +51,7 @@ NODE_SCENARIOS = {
         cluster="prod", backend="coordinator", role="manager", target_managers=3,
         advertise_addr="digitalocean", coordinator_url="https://10.10.0.2:8443",
         coordinator_fingerprint=FP, join_secret="Zx8kP2qLm9Vt4Rw7Yb1Nc6Hd3Fg5Js0A",
+        lb_reload_service="minitwit_loadbalancer",
     ),
     "scaleway_worker": dict(
         cluster="staging-eu", backend="coordinator", role="worker", target_managers=5,
@@ -158,10 +160,13 @@ class NodeTemplateTest(unittest.TestCase):
                 self.assertEqual(cfg["docker_host"], "unix:///var/run/docker.sock")
                 self.assertEqual(cfg["state_dir"], "/var/lib/swarm-agent")
                 self.assertEqual(cfg["lease_ttl_secs"], 30)
-                self.assertEqual(
-                    cfg["lb"],
-                    {"enabled": sc.get("lb_enabled", True), "path": "/loadbalancer/default.conf"},
-                )
+                # The nginx containers labelled swarmstrap.lb=nginx (the example stack's) are
+                # reloaded; reload_service only when the module's lb_reload_service is set.
+                want_lb = {"enabled": sc.get("lb_enabled", True), "path": "/loadbalancer/default.conf",
+                           "reload_label": "swarmstrap.lb=nginx"}
+                if sc.get("lb_reload_service"):
+                    want_lb["reload_service"] = sc["lb_reload_service"]
+                self.assertEqual(cfg["lb"], want_lb)
                 # What `swarm-agent upgrade` (and the installer's upgrade verb) read: the same
                 # mirror and key the node was installed from, also with an explicit binary.
                 self.assertEqual(
@@ -206,8 +211,13 @@ class NodeTemplateTest(unittest.TestCase):
         for name, sc in NODE_SCENARIOS.items():
             with self.subTest(name):
                 doc = yaml.safe_load(self.render(name))
-                self.assertEqual(len(doc["runcmd"]), 1)
-                cmd = doc["runcmd"][0]
+                # set -e first: a failed install or check starts nothing. The agent's unit is
+                # Type=notify (active once the node is in the swarm): started without waiting.
+                self.assertEqual(len(doc["runcmd"]), 4)
+                self.assertEqual(doc["runcmd"][0], "set -e")
+                self.assertEqual(doc["runcmd"][2], ["systemctl", "enable", "swarm-agent.service"])
+                self.assertEqual(doc["runcmd"][3], ["systemctl", "--no-block", "start", "swarm-agent.service"])
+                cmd = doc["runcmd"][1]
                 self.assertEqual(cmd[:3], ["sh", "/usr/local/lib/swarmstrap/swarmstrap-install.sh", "install"])
                 opts = dict(zip(cmd[3::2], cmd[4::2]))
                 self.assertEqual(opts["--name"], "swarm-agent")
@@ -224,8 +234,9 @@ class NodeTemplateTest(unittest.TestCase):
                     self.assertFalse({"--url", "--sha256"} & set(opts))
                 self.assertEqual(opts["--docker"], sc.get("docker_version", "distro"))
                 starts = [v for k, v in zip(cmd[3::2], cmd[4::2]) if k == "--start"]
-                # The metadata block first: no container may run before it.
-                self.assertEqual(starts, ["swarmstrap-metadata-block.service", "swarm-agent.service"])
+                # The installer starts only the metadata block (no container may run before
+                # it); swarm-agent.service never blocks cloud-init.
+                self.assertEqual(starts, ["swarmstrap-metadata-block.service"])
 
     def test_user_data_fits_the_clouds_limits(self):
         # AWS takes 16 KB of user-data: the module sends it gzipped (base64gzip), as cloud-init
@@ -248,7 +259,11 @@ class NodeTemplateTest(unittest.TestCase):
     def test_aws_sends_the_user_data_gzipped(self):
         with open(os.path.join(nodecfg.REPO, "terraform", "modules", "aws", "main.tf")) as f:
             text = f.read()
-        self.assertEqual(len(re.findall(r"user_data_base64\s*=\s*base64gzip\(templatefile\(", text)), 2)
+        # Managers and workers: their user-data (with or without cloud_config_extra); the
+        # coordinator (backend "coordinator"): its template.
+        self.assertEqual(re.findall(r'user_data_base64\s*=\s*base64gzip\(local\.node_user_data\["(\w+)"\]\)', text),
+                         ["manager", "worker"])
+        self.assertEqual(len(re.findall(r'user_data_base64\s*=\s*base64gzip\(templatefile\("\$\{local\.cloud_init_dir\}/coordinator\.yaml\.tftpl"', text)), 1)
         self.assertNotRegex(text, r"\n\s*user_data\s*=")
 
     def test_template_uses_exactly_the_passed_variables(self):
@@ -262,6 +277,185 @@ class NodeTemplateTest(unittest.TestCase):
         del variables["sm_kms_key_id"]  # referenced only in a branch not taken here
         with self.assertRaisesRegex(tfrender.TemplateError, "sm_kms_key_id"):
             nodecfg.render_node(variables)
+
+
+# An operator's cloud_config_extra: packages, files and commands of their own.
+EXTRA = """#cloud-config
+packages: [htop, jq]
+write_files:
+  - path: /etc/motd
+    content: |
+      a swarmstrap node
+runcmd:
+  - [sh, -c, "echo extra >> /var/log/extra.log"]
+  - echo done
+"""
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the interpreter whose site-packages hold cloud-init's own code
+MERGE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cloudinit_merge.py")
+
+
+def cloud_init_python_works() -> bool:
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", "import cloudinit.user_data"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def cloud_init_merge(user_data: bytes) -> dict:
+    """cloud-init's own UserDataProcessor and CloudConfigPartHandler on the user-data, as on a
+    VM: {"parts": [...], "merged": the combined cloud-config}."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".user-data", delete=False) as f:
+        f.write(user_data)
+        path = f.name
+    try:
+        proc = subprocess.run([SYSTEM_PYTHON, MERGE_SCRIPT, path], capture_output=True, text=True)
+    finally:
+        os.unlink(path)
+    if proc.returncode != 0:
+        raise AssertionError(f"cloudinit_merge.py failed: {proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+def terraform_gzip_sizes(cases: dict) -> dict:
+    """name -> (cloud-config, extra): the byte size of base64gzip(user-data) as Terraform makes it
+    (what the AWS module sends), the user-data rendered by Terraform's templatefile()."""
+    files, outputs = {}, {}
+    for name, (cc, extra) in cases.items():
+        files[f"{name}.json"] = json.dumps({"swarmstrap": cc, "extra": extra})
+        ud = (f'templatefile({json.dumps(nodecfg.MULTIPART_TEMPLATE)}, jsondecode(file("${{path.module}}/{name}.json")))'
+              if extra else f'jsondecode(file("${{path.module}}/{name}.json")).swarmstrap')
+        outputs[name] = f"base64gzip({ud})"
+    got = tfbin.evaluate(outputs, files)
+    return {name: base64.b64decode(v) for name, v in got.items()}
+
+
+class CloudConfigExtraTest(unittest.TestCase):
+    """cloud_config_extra: the modules send a MIME multipart whose second part (the operator's)
+    carries Merge-Type list(append)+dict(no_replace,recurse_list)+str(). Played through
+    cloud-init's own user-data processor and merger: both parts are valid cloud-config, and the
+    operator's packages, write_files and runcmd are added to ours, which stay intact."""
+
+    def user_data(self, name, extra=EXTRA):
+        return nodecfg.render_user_data(nodecfg.render_node(nodecfg.node_vars(**NODE_SCENARIOS[name])), extra)
+
+    def test_without_extra_the_user_data_is_the_cloud_config_alone(self):
+        cc = nodecfg.render_node(nodecfg.node_vars(**NODE_SCENARIOS["lab"]))
+        self.assertEqual(nodecfg.render_user_data(cc, ""), cc)
+
+    @unittest.skipUnless(cloud_init_python_works(), "cloud-init's Python package is not importable by /usr/bin/python3")
+    def test_cloud_init_merges_the_extra_into_ours(self):
+        extra = yaml.safe_load(EXTRA)
+        for name in NODE_SCENARIOS:
+            with self.subTest(name):
+                ours = yaml.safe_load(nodecfg.render_node(nodecfg.node_vars(**NODE_SCENARIOS[name])))
+                got = cloud_init_merge(self.user_data(name).encode())
+                self.assertEqual([(p["filename"], p["content_type"]) for p in got["parts"]],
+                                 [("swarmstrap.yaml", "text/cloud-config"), ("cloud-config-extra.yaml", "text/cloud-config")])
+                self.assertEqual(got["parts"][1]["merge_type"], "list(append)+dict(no_replace,recurse_list)+str()")
+                # Each part, and the combined result, is valid cloud-config.
+                for text in [p["payload"] for p in got["parts"]] + ["#cloud-config\n" + yaml.safe_dump(got["merged"])]:
+                    proc = cloud_init_schema(text)
+                    self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+                merged = got["merged"]
+                self.assertEqual(merged["runcmd"], ours["runcmd"] + extra["runcmd"])
+                self.assertEqual(merged["write_files"], ours["write_files"] + extra["write_files"])
+                self.assertEqual(merged["packages"], extra["packages"])
+                self.assertEqual(set(merged), set(ours) | set(extra))
+
+    @unittest.skipUnless(cloud_init_python_works(), "cloud-init's Python package is not importable by /usr/bin/python3")
+    def test_without_the_merge_type_the_extra_would_replace_ours(self):
+        # The control: cloud-init's default merge replaces lists, so the header is what keeps
+        # our runcmd (the agent's install and start) when the operator has a runcmd too.
+        ud = self.user_data("lab").replace("Merge-Type: list(append)+dict(no_replace,recurse_list)+str()\n", "")
+        merged = cloud_init_merge(ud.encode())["merged"]
+        self.assertEqual(merged["runcmd"], yaml.safe_load(EXTRA)["runcmd"])
+
+    def test_gzipped_user_data_is_what_cloud_init_reads(self):
+        if not cloud_init_python_works():
+            self.skipTest("cloud-init's Python package is not importable by /usr/bin/python3")
+        ud = self.user_data("aws_manager").encode()
+        self.assertEqual(cloud_init_merge(gzip.compress(ud))["merged"], cloud_init_merge(ud)["merged"])
+
+    def test_aws_user_data_budget(self):
+        # AWS takes 16384 bytes of user-data; the module sends base64gzip() of it. Measured with
+        # Terraform's own gzip: every AWS scenario, the longest values the validations allow,
+        # with and without the extra, and the room left for the operator's part.
+        worst = dict(NODE_SCENARIOS["aws_worker_kms"])
+        worst.update(cluster="c" * 32, sm_secret_name="swarmstrap/" + "c" * 32 + "-0123456789abcdef",
+                     agent_url="https://" + "u" * 1016, agent_sha256="f" * 64,
+                     release_base_url="https://" + "b" * 504, lb_reload_service="s" * 63)
+        cases = {}
+        for name, variables in (("aws_manager", NODE_SCENARIOS["aws_manager"]),
+                                ("aws_worker_kms", NODE_SCENARIOS["aws_worker_kms"]), ("worst", worst)):
+            cc = nodecfg.render_node(nodecfg.node_vars(**variables))
+            cases[name] = (cc, "")
+            cases[name + "_extra"] = (cc, EXTRA)
+        sizes = terraform_gzip_sizes(cases)
+        for name, blob in sizes.items():
+            with self.subTest(name):
+                self.assertLess(len(blob), nodecfg.AWS_USER_DATA_LIMIT)
+                # What the instance gets back is the user-data, byte for byte.
+                cc, extra = cases[name]
+                self.assertEqual(gzip.decompress(blob).decode(), nodecfg.render_user_data(cc, extra))
+        # Room for the operator: at least 4 KiB of gzipped extra on top of the worst case.
+        self.assertGreater(nodecfg.AWS_USER_DATA_LIMIT - len(sizes["worst_extra"]), 4096)
+
+    def test_the_modules_refuse_user_data_over_the_limit(self):
+        # The AWS precondition compares length(base64gzip(user-data)) with 21844, the base64
+        # length of 16383 bytes: a real Terraform on a normal and an incompressible extra.
+        import random
+        self.assertEqual(4 * -(-16383 // 3), 21844)
+        with open(os.path.join(nodecfg.REPO, "terraform", "modules", "aws", "main.tf")) as f:
+            self.assertRegex(f.read(), r"\n\s*user_data_b64_limit\s*=\s*21844\n")
+        rnd = random.Random(17)
+        noise = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(8000))
+        big = EXTRA + "bootcmd:\n  - echo " + noise + "\n"
+        cc = nodecfg.render_node(nodecfg.node_vars(**NODE_SCENARIOS["aws_manager"]))
+        files = {"small.json": json.dumps({"swarmstrap": cc, "extra": EXTRA}),
+                 "big.json": json.dumps({"swarmstrap": cc, "extra": big})}
+        outputs = {n: f'length(base64gzip(templatefile({json.dumps(nodecfg.MULTIPART_TEMPLATE)}, jsondecode(file("${{path.module}}/{n}.json"))))) <= 21844'
+                   for n in ("small", "big")}
+        self.assertEqual(tfbin.evaluate(outputs, files), {"small": True, "big": False})
+
+    def test_extra_validation(self):
+        with self.assertRaisesRegex(ValueError, "#cloud-config"):
+            nodecfg.check_cloud_config_extra("runcmd: [ls]\n")
+        with self.assertRaisesRegex(ValueError, "MIME boundary"):
+            nodecfg.check_cloud_config_extra("#cloud-config\nruncmd: [echo --swarmstrap-cloud-config-part]\n")
+        nodecfg.check_cloud_config_extra(EXTRA)
+
+    def test_module_variable_refuses_what_would_break_the_multipart(self):
+        # Each module's own cloud_config_extra variable block, through a real Terraform.
+        cases = [("", True), (EXTRA, True), ("#cloud-config\r\nruncmd: [ls]\n", True),
+                 ("runcmd: [ls]\n", False), ("#!/bin/sh\necho hi\n", False),
+                 ("#cloud-config\nruncmd: [echo swarmstrap-cloud-config-part]\n", False)]
+        for cloud in ("aws", "digitalocean", "scaleway"):
+            with open(os.path.join(nodecfg.REPO, "terraform", "modules", cloud, "variables.tf")) as f:
+                text = f.read()
+            m = re.search(r'(?ms)^variable "cloud_config_extra" \{.*?^\}', text)
+            self.assertIsNotNone(m, cloud)
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+                with open(os.path.join(d, "main.tf"), "w") as f:
+                    f.write(m.group(0) + '\n\noutput "extra" {\n  value = var.cloud_config_extra\n}\n')
+                tfbin.run(["init", "-input=false", "-no-color"], d)
+                for value, ok in cases:
+                    with self.subTest(cloud=cloud, value=value[:30]):
+                        with open(os.path.join(d, "v.tfvars.json"), "w") as f:
+                            json.dump({"cloud_config_extra": value}, f)
+                        proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", "-var-file=v.tfvars.json"], d, check=False)
+                        self.assertEqual(proc.returncode == 0, ok, proc.stderr)
+                        if not ok:
+                            self.assertIn("The cloud_config_extra must be", proc.stderr.replace("\n", " "))
+
+    def test_modules_send_the_multipart_only_with_an_extra(self):
+        tmpl = 'templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra })'
+        for cloud in ("aws", "digitalocean", "scaleway"):
+            with self.subTest(cloud):
+                with open(os.path.join(nodecfg.REPO, "terraform", "modules", cloud, "main.tf")) as f:
+                    text = f.read()
+                uses = re.findall(r'var\.cloud_config_extra == "" \? cc : (templatefile\([^\n]*\}\))', text)
+                self.assertEqual(uses, [tmpl] * (2 if cloud == "scaleway" else 1))
 
 
 class CoordinatorTemplateTest(unittest.TestCase):
@@ -284,6 +478,14 @@ class CoordinatorTemplateTest(unittest.TestCase):
             cluster="prod", target_managers=5, cluster_secret="Zx8kP2qLm9Vt4Rw7",
             tls_cert_pem=self.cert, tls_key_pem=self.key, **kw,
         )
+
+    def test_fits_the_aws_user_data_limit_gzipped(self):
+        # The AWS module (backend "coordinator") sends base64gzip() of it: Terraform's gzip.
+        text = nodecfg.render_coordinator(self.variables(
+            coordinator_binary_url="https://" + "u" * 1016, coordinator_binary_sha256="f" * 64))
+        blob = terraform_gzip_sizes({"coordinator": (text, "")})["coordinator"]
+        self.assertLess(len(blob), nodecfg.AWS_USER_DATA_LIMIT)
+        self.assertEqual(gzip.decompress(blob).decode(), text)
 
     def test_valid_and_complete(self):
         text = nodecfg.render_coordinator(self.variables())
@@ -393,6 +595,7 @@ class RendererMatchesTerraformTest(unittest.TestCase):
                 nodecfg.coordinator_vars(cluster="prod", cluster_secret='a"b<c>', tls_cert_pem=cert, tls_key_pem=key,
                                          adopt_running_swarm=True),
             )
+            cases["multipart"] = (nodecfg.MULTIPART_TEMPLATE, {"swarmstrap": "#cloud-config\nruncmd: [ls]\n\n\n", "extra": EXTRA})
             got = tfbin.templatefile_many(cases)
             for name, (path, variables) in cases.items():
                 with self.subTest(name):

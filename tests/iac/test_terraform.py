@@ -364,19 +364,19 @@ class CoordinatorAdoptTest(unittest.TestCase):
     `terraform apply -replace=... -var coordinator_adopt_running_swarm=true` works from them."""
 
     VAR = "coordinator_adopt_running_swarm"
-    COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+    # Every module runs a coordinator (AWS only with backend = "coordinator": a counted resource).
+    COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server", "aws": "aws_instance"}
+    ADDRESS = {"digitalocean": "digitalocean_droplet.coordinator", "scaleway": "scaleway_instance_server.coordinator",
+               "aws": "aws_instance.coordinator[0]"}
 
     def test_only_the_coordinator_modules_declare_it(self):
-        self.assertNotIn(self.VAR, declared_variables(MODULES["aws"]))
-        self.assertNotIn("coordinator.yaml.tftpl", raw(MODULES["aws"]))
-        self.assertNotIn(self.VAR, declared_variables(EXAMPLES["aws"]))
         for cloud in self.COORDINATOR:
             with self.subTest(cloud):
                 body = declared_variables(MODULES[cloud])[self.VAR]
                 self.assertEqual(scalar(body["type"]).strip("${}"), "bool")
                 self.assertIs(scalar(body["default"]), False)
                 desc = scalar(body["description"])
-                for phrase in (f"-replace='module.NAME.{self.COORDINATOR[cloud]}.coordinator'",
+                for phrase in (f"-replace='module.NAME.{self.ADDRESS[cloud]}'",
                                f"-var {self.VAR}=true", "cluster create --adopt", "second `swarm init`",
                                "Never for a brand-new cluster", "cluster allow-init",
                                "ignores user_data changes"):
@@ -524,7 +524,7 @@ class ReleaseVariablesTest(unittest.TestCase):
             doc = yaml.safe_load(out["user_data"]["value"])
             files = {e["path"]: e for e in doc["write_files"]}
             import tomllib
-            return doc["runcmd"][0], tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])["release"]
+            return doc["runcmd"][1], tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])["release"]
 
     def test_terraform_renders_the_release_or_the_override(self):
         key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3"
@@ -571,8 +571,15 @@ class ReleaseVariablesTest(unittest.TestCase):
         aws = raw(MODULES["aws"])
         for role in ("manager", "worker"):
             block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), f"{role}_instance_type")
-            self.assertNotIn("validation", block)
+            # The validation checks the form only; the architecture (x86_64 or arm64, nothing
+            # else) is a precondition on the instance type's supported_architectures.
+            pattern = json.loads(re.search(r'regex\(("[^"]+")', block).group(1))
+            for ok in ("t3.small", "t4g.small", "m7g.large", "c6gn.16xlarge", "u-6tb1.metal"):
+                self.assertRegex(ok, pattern)
+            for bad in ("t3", "T3.small", "t3 .small", ""):
+                self.assertNotRegex(bad, pattern)
             self.assertIn("t4g", block)
+            self.assertIn(f'condition     = local.arch_supported["{role}"]', resource_body(aws, "aws_instance", role))
             self.assertRegex(aws, rf'data\s+"aws_ec2_instance_type"\s+"{role}"')
             self.assertIn(f'ami                    = local.ami["{role}"]', resource_body(aws, "aws_instance", role))
         self.assertIn("al2023-ami-kernel-default-${each.key}", aws)
@@ -634,24 +641,26 @@ class CoordinatorPinTest(unittest.TestCase):
                 check=True, capture_output=True, text=True,
             ).stdout.split("=", 1)[1].strip().replace(":", "").lower()
             self.assertEqual(fingerprint, "sha256:" + openssl_fp)
-            for cloud in ("digitalocean", "scaleway"):
+            for cloud in ("digitalocean", "scaleway", "aws"):
                 with self.subTest(cloud):
                     text = raw(MODULES[cloud])
                     expr = local_value(text, "coordinator_cert_der_b64")
-                    self.assertIn("tls_self_signed_cert.coordinator.cert_pem", expr)
-                    self.assertEqual(
-                        local_value(text, "coordinator_fingerprint"),
-                        '"sha256:${local_file.coordinator_cert_der.content_sha256}"',
-                    )
+                    # AWS: the coordinator resources exist only with backend = "coordinator".
+                    idx, cond = ("[0]", "local.coordinator ? ") if cloud == "aws" else ("", "")
+                    pem_ref = f"tls_self_signed_cert.coordinator{idx}.cert_pem"
+                    self.assertIn(pem_ref, expr)
+                    fp = f'"sha256:${{local_file.coordinator_cert_der{idx}.content_sha256}}"'
+                    self.assertEqual(local_value(text, "coordinator_fingerprint"), f'{cond}{fp}{" : " + chr(34) * 2 if cond else ""}')
                     self.assertIn("content_base64       = local.coordinator_cert_der_b64",
                                   resource_body(text, "local_file", "coordinator_cert_der"))
+                    if cond:
+                        self.assertTrue(expr.startswith(cond) and expr.endswith(' : ""'), expr)
+                        expr = expr[len(cond):-len(' : ""')]
                     outputs = {}
                     files = {}
                     for variant, body in (("lf", pem), ("noeol", pem.rstrip("\n")), ("crlf", pem.replace("\n", "\r\n"))):
                         files[f"{variant}.pem"] = body
-                        outputs[variant] = expr.replace(
-                            "tls_self_signed_cert.coordinator.cert_pem", f'file("${{path.module}}/{variant}.pem")'
-                        )
+                        outputs[variant] = expr.replace(pem_ref, f'file("${{path.module}}/{variant}.pem")')
                     got = tfbin.evaluate(outputs, files)
                     for variant, b64 in got.items():
                         decoded = base64.b64decode(b64, validate=True)
@@ -815,7 +824,10 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
         self.assertEqual(relay[0]["protocol"], "tcp")
         rule = resource_body(self.text, "aws_vpc_security_group_ingress_rule", "swarm")
         self.assertIn("for_each = local.swarm_ports", rule)
-        self.assertIn("cidr_ipv4         = var.vpc_cidr", rule)
+        self.assertIn("cidr_ipv4         = local.vpc_cidr", rule)
+        # The module's VPC, or the one given (its own range, from the aws_vpc data source).
+        self.assertEqual(local_value(self.text, "vpc_cidr"),
+                         "local.own_network ? var.vpc_cidr : data.aws_vpc.given[0].cidr_block")
 
     def test_two_roles_each_with_its_profile(self):
         text = self.text
@@ -923,6 +935,11 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
     def test_module_creates_both_secrets_without_a_value(self):
         text = self.text
         self.assertNotIn("aws_secretsmanager_secret_version", text)
+        # Only with the secrets-manager backend (the default); the Secrets Manager grants too.
+        self.assertEqual(local_value(text, "secrets_manager"), 'var.backend == "secrets-manager"')
+        for rtype, name in (("aws_secretsmanager_secret", "rendezvous"), ("aws_secretsmanager_secret", "managers"),
+                            ("aws_iam_role_policy", "manager"), ("aws_iam_role_policy", "worker")):
+            self.assertRegex(resource_body(text, rtype, name), r"\n\s*count\s*=\s*local\.secrets_manager \? 1 : 0\n")
         self.assertEqual(len(re.findall(r'resource\s+"aws_secretsmanager_secret"', text)), 2)
         self.assertIn('resource "random_id" "secret_suffix"', text)
         for name, local_name, kind in (("rendezvous", "secret_name", "rendezvous"),
@@ -938,11 +955,11 @@ class AwsLeastPrivilegeTest(unittest.TestCase):
                 self.assertIn(f'"swarmstrap:secret" = "{kind}"', tags)
         # The agents get S and derive S/managers themselves.
         node_vars = local_value(text, "node_vars")
-        self.assertRegex(node_vars, r"\n\s*sm_secret_name\s*=\s*local\.secret_name\n")
+        self.assertRegex(node_vars, r'\n\s*sm_secret_name\s*=\s*local\.secrets_manager \? local\.secret_name : ""\n')
         self.assertNotIn("manager_secret", node_vars)
         outputs = declared_outputs(MODULES["aws"])
-        self.assertIn("aws_secretsmanager_secret.rendezvous.name", scalar(outputs["secret_name"]["value"]))
-        self.assertIn("aws_secretsmanager_secret.managers.name", scalar(outputs["manager_secret_name"]["value"]))
+        self.assertIn("aws_secretsmanager_secret.rendezvous[0].name", scalar(outputs["secret_name"]["value"]))
+        self.assertIn("aws_secretsmanager_secret.managers[0].name", scalar(outputs["manager_secret_name"]["value"]))
         for name in ("secret_name", "manager_secret_name"):
             desc = scalar(outputs[name]["description"])
             self.assertIn("terraform destroy", desc)
@@ -1062,6 +1079,25 @@ class ExampleTest(unittest.TestCase):
         vol = dbs[0]["volumes"][0].split(":")[0]
         self.assertIn(vol, stack["volumes"])
 
+    def test_the_agents_reload_the_stacks_nginx(self):
+        # The container label the agent reloads by default (agent/src/config.rs) is on the
+        # nginx service's containers (service `labels`, not `deploy.labels`), and the example
+        # names the same service as lb_reload_service: <stack name from deploy.sh>_loadbalancer.
+        config = read_text(os.path.join(REPO, "agent", "src", "config.rs"))
+        label = re.search(r'DEFAULT_LB_RELOAD_LABEL: &str = "([^"]+)"', config).group(1)
+        key, value = label.split("=", 1)
+        with open(os.path.join(EXAMPLES["digitalocean"], "stack.yml")) as f:
+            lb = yaml.safe_load(f)["services"]["loadbalancer"]
+        self.assertEqual(lb["labels"], {key: value})
+        self.assertNotIn("labels", lb.get("deploy", {}))
+        stack = re.search(r"docker stack deploy .* -c stack\.yml (\w+)", read_text(os.path.join(EXAMPLES["digitalocean"], "deploy.sh"))).group(1)
+        (_, args), = [m for doc in module_docs(EXAMPLES["digitalocean"]).values() for m in blocks(doc, "module")]
+        self.assertEqual(scalar(args["lb_reload_service"]), f"{stack}_loadbalancer")
+        # The node template writes both into [lb] (test_cloudinit checks the rendered keys).
+        template = read_text(nodecfg.NODE_TEMPLATE)
+        self.assertIn(f'reload_label = "{label}"', template)
+        self.assertIn("reload_service = ${jsonencode(lb_reload_service)}", template)
+
 
 def docker_stack_config_works() -> bool:
     try:
@@ -1108,3 +1144,409 @@ class HygieneTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale-in, node labels, the wait-ready helper, and the READMEs' quick starts.
+
+
+def unit_exec_stop_leave() -> list[str]:
+    """The `swarm-agent leave ...` argv the agent unit's ExecStop runs at poweroff."""
+    unit = read_text(os.path.join(REPO, "cloud-init", "swarm-agent.service"))
+    m = re.search(r"exec /usr/local/bin/(swarm-agent leave [^']*)'", unit)
+    assert m, "the unit's ExecStop has no swarm-agent leave"
+    return m.group(1).split()
+
+
+def unit_timeout_stop_secs() -> int:
+    unit = read_text(os.path.join(REPO, "cloud-init", "swarm-agent.service"))
+    return int(re.search(r"(?m)^TimeoutStopSec=(\d+)s$", unit).group(1))
+
+
+def duration_secs(text: str) -> int:
+    m = re.fullmatch(r"(\d+)([smh])", text)
+    assert m, text
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+class ScaleInLeaveTest(unittest.TestCase):
+    """A node a scale-in removes leaves the swarm first: DigitalOcean shuts droplets down before
+    deleting them (graceful_shutdown) and waits long enough for the unit's ExecStop leave;
+    Scaleway's delete is not a documented clean shutdown, so the module gives the leave command
+    per node and the README says what is and is not guaranteed."""
+
+    def test_digitalocean_droplets_shut_down_before_they_are_deleted(self):
+        text = raw(MODULES["digitalocean"])
+        for role in ("manager", "worker"):
+            with self.subTest(role):
+                body = resource_body(text, "digitalocean_droplet", role)
+                self.assertRegex(body, r"\n\s*graceful_shutdown\s*=\s*true\n")
+                timeouts = re.search(r"timeouts\s*\{([^}]*)\}", body)
+                self.assertIsNotNone(timeouts, "no timeouts block: the provider's 60 s delete timeout is shorter than the leave")
+                delete = re.search(r'delete\s*=\s*"([^"]+)"', timeouts.group(1)).group(1)
+                # The provider waits for "off" within the delete timeout: the unit's whole stop
+                # (leave included) and the rest of the shutdown must fit.
+                self.assertGreaterEqual(duration_secs(delete), unit_timeout_stop_secs() + 60)
+        readme = read_text(os.path.join(MODULES["digitalocean"], "README.md"))
+        self.assertIn("graceful_shutdown = true", readme)
+        self.assertIn("What is guaranteed and what is not", readme)
+
+    def test_the_unit_leaves_only_within_its_stop_timeout(self):
+        leave = unit_exec_stop_leave()
+        self.assertEqual(leave[:2], ["swarm-agent", "leave"])
+        timeout = int(leave[leave.index("--timeout-secs") + 1])
+        self.assertLess(timeout, unit_timeout_stop_secs())
+
+    def test_scaleway_gives_the_leave_command_per_node(self):
+        text = raw(MODULES["scaleway"])
+        self.assertEqual(json.loads(local_value(text, "leave_command")).split(), unit_exec_stop_leave())
+        outputs = declared_outputs(MODULES["scaleway"])
+        value = scalar(outputs["leave_commands"]["value"])
+        for kind in ("manager", "worker"):
+            self.assertIn(f"scaleway_instance_server.{kind} :", value)
+        self.assertIn("${local.leave_command}", value)
+        readme = read_text(os.path.join(MODULES["scaleway"], "README.md"))
+        section = readme[readme.index("## Scale-in"):]
+        section = section[: section.index("\n## ", 1)]
+        for phrase in ("`terminate`", "leave_commands", "What is guaranteed and what is not", "graceful_shutdown"):
+            self.assertIn(phrase, section)
+        self.assertNotIn("graceful_shutdown", text)
+
+
+class NodeLabelTagsTest(unittest.TestCase):
+    """manager_labels/worker_labels become cloud tags in the one encoding per cloud the agent
+    reads: evaluated by a real Terraform from the module's own variable blocks and locals."""
+
+    LABELS = {"zone": "eu-1a", "disk": "ssd"}
+    WANT = {
+        "aws": {"swarm.label.disk": "ssd", "swarm.label.zone": "eu-1a"},
+        "digitalocean": ["swarm-label:disk:ssd", "swarm-label:zone:eu-1a"],
+        "scaleway": ["swarm.label.disk=ssd", "swarm.label.zone=eu-1a"],
+    }
+    BAD_KEYS = {"aws": ["a/b", "a b", ""], "digitalocean": ["a.b", "a:b", "a/b"], "scaleway": ["a b", "a=b", ""]}
+
+    def run_labels(self, cloud, labels):
+        variables = read_text(os.path.join(MODULES[cloud], "variables.tf"))
+        expr = local_value(raw(MODULES[cloud]), "label_tags")
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write(variable_block(variables, "manager_labels") + "\n\n" + variable_block(variables, "worker_labels")
+                        + f"\n\nlocals {{\n  label_tags = {expr}\n}}\n\noutput \"tags\" {{\n  value = local.label_tags\n}}\n")
+            with open(os.path.join(d, "v.tfvars.json"), "w") as f:
+                json.dump({"manager_labels": labels, "worker_labels": {}}, f)
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", "-var-file=v.tfvars.json"], d, check=False)
+            if proc.returncode != 0:
+                return proc
+            return json.loads(tfbin.run(["output", "-json", "-no-color"], d).stdout)["tags"]["value"]
+
+    def test_labels_become_the_clouds_tags(self):
+        for cloud in MODULES:
+            with self.subTest(cloud):
+                got = self.run_labels(cloud, self.LABELS)
+                self.assertNotIsInstance(got, subprocess.CompletedProcess, getattr(got, "stderr", ""))
+                manager = got["manager"] if cloud == "aws" else sorted(got["manager"])
+                self.assertEqual(manager, self.WANT[cloud])
+                self.assertFalse(got["worker"])
+
+    def test_bad_keys_are_refused_with_a_clear_message(self):
+        for cloud, keys in self.BAD_KEYS.items():
+            for key in keys:
+                with self.subTest(cloud=cloud, key=key):
+                    proc = self.run_labels(cloud, {key: "x"})
+                    self.assertIsInstance(proc, subprocess.CompletedProcess)
+                    self.assertIn("Every key of manager_labels must be", proc.stderr.replace("\n", " "))
+
+    def test_nodes_carry_their_roles_tags(self):
+        rtype = {"aws": "aws_instance", "digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+        for cloud in MODULES:
+            text = raw(MODULES[cloud])
+            for role in ("manager", "worker"):
+                with self.subTest(cloud=cloud, role=role):
+                    body = resource_body(text, rtype[cloud], role)
+                    self.assertIn(f'local.label_tags["{role}"]', re.search(r"\n\s*tags\s*=\s*(.*)\n", body).group(1))
+                    if cloud == "aws":
+                        # The agent reads the tags through the instance metadata.
+                        self.assertRegex(body, r'\n\s*instance_metadata_tags\s*=\s*"enabled"\n')
+
+    def test_aws_tag_keys_fit_the_instance_metadata(self):
+        # With instance_metadata_tags, AWS refuses instance tag keys with '/' or spaces.
+        block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), "tags")
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write(block + '\n\noutput "t" {\n  value = var.tags\n}\n')
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            for tags, ok in (({"team": "a", "cost:center": "1"}, True), ({"aws/x": "a"}, False),
+                             ({"my tag": "a"}, False), ({"_index": "a"}, False)):
+                with self.subTest(tags=tags):
+                    with open(os.path.join(d, "v.tfvars.json"), "w") as f:
+                        json.dump({"tags": tags}, f)
+                    proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", "-var-file=v.tfvars.json"], d, check=False)
+                    self.assertEqual(proc.returncode == 0, ok, proc.stderr)
+
+
+def write_exe(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+
+
+class WaitReadyCommandTest(unittest.TestCase):
+    """Every module outputs wait_ready_command: `swarm-agent status --wait --timeout 600
+    --expect-nodes N` (N = managers + workers) on the first manager, over SSH (DigitalOcean,
+    Scaleway) or SSM Run Command (AWS). The AWS command, evaluated by a real Terraform from the
+    module's own expressions, is run under dash against a stand-in `aws` that plays the SSM
+    statuses: it exits 0 only when the command succeeded."""
+
+    STATUS = "swarm-agent status --wait --timeout 600 --expect-nodes ${local.expected_nodes}"
+
+    def test_every_module_has_it(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text = raw(d)
+                self.assertEqual(local_value(text, "expected_nodes"), "var.manager_count + var.worker_count")
+                value = scalar(declared_outputs(d)["wait_ready_command"]["value"])
+                self.assertIn(self.STATUS, value)
+                self.assertIn("manager[0]", value)
+                if cloud != "aws":
+                    self.assertRegex(value, r"^ssh root@\$\{[a-z_.]+\.manager\[0\]\.(ipv4_)?address\} swarm-agent status")
+
+    def aws_command(self, region="eu-west-1", instance="i-0123456789abcdef0", nodes=5) -> str:
+        text = raw(MODULES["aws"])
+        body = read_text(os.path.join(MODULES["aws"], "outputs.tf"))
+        m = re.search(r'output "wait_ready_command" \{.*?\n  value = (join\(.*?\n  \]\))\n\}', body, re.S)
+        expr = m.group(1)
+        invocation = local_value(text, "ssm_invocation")
+        subst = {"local.region": json.dumps(region), "aws_instance.manager[0].id": json.dumps(instance),
+                 "local.expected_nodes": str(nodes)}
+        for ref, value in subst.items():
+            invocation = invocation.replace(ref, value)
+            expr = expr.replace(ref, value)
+        expr = expr.replace("local.ssm_invocation", invocation)
+        self.assertNotIn("local.", expr)
+        return tfbin.evaluate({"cmd": expr})["cmd"]
+
+    def run_with_fake_aws(self, cmd: str, statuses: list[str]):
+        with tempfile.TemporaryDirectory() as tmp:
+            state, log = os.path.join(tmp, "statuses"), os.path.join(tmp, "calls")
+            with open(state, "w") as f:
+                f.write("\n".join(statuses) + "\n")
+            # Stand-in for the AWS CLI: send-command prints an id; the waiter succeeds only
+            # for Success (as the real waiter does) and otherwise gives up; get-command-invocation
+            # prints the next status (the last one repeats).
+            write_exe(os.path.join(tmp, "aws"), f"""#!/bin/sh
+printf '%s\\n' "$*" >> {log}
+next() {{ s=$(head -n1 {state}); [ "$(wc -l < {state})" -gt 1 ] && sed -i 1d {state}; echo "$s"; }}
+case "$2" in
+  send-command) echo cmd-42 ;;
+  wait) [ "$(next)" = Success ] ;;
+  get-command-invocation)
+    case "$*" in *StandardOutputContent*) echo "swarm ready: 5 nodes" ;; *) next ;; esac ;;
+esac
+""")
+            env = dict(os.environ, PATH=f"{tmp}:{os.environ['PATH']}")
+            proc = subprocess.run(["dash", "-c", cmd], env=env, capture_output=True, text=True, timeout=60)
+            with open(log) as f:
+                calls = f.read().splitlines()
+            return proc, calls
+
+    def test_aws_command_waits_and_reports_the_outcome(self):
+        cmd = self.aws_command()
+        self.assertEqual(subprocess.run(["dash", "-n", "-c", cmd], capture_output=True).returncode, 0)
+        proc, calls = self.run_with_fake_aws(cmd, ["InProgress", "InProgress", "InProgress", "Success"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("swarm ready: 5 nodes", proc.stdout)
+        send = calls[0]
+        self.assertIn("ssm send-command --region eu-west-1 --instance-ids i-0123456789abcdef0 --document-name AWS-RunShellScript", send)
+        params = json.loads(re.search(r"--parameters (\{.*\}) --query", send).group(1))
+        self.assertEqual(params["commands"], ["/usr/local/bin/swarm-agent status --wait --timeout 600 --expect-nodes 5"])
+        self.assertGreater(int(params["executionTimeout"][0]), 600)
+        self.assertTrue(all("--command-id cmd-42 --instance-id i-0123456789abcdef0" in c for c in calls[1:]))
+        for statuses in (["InProgress", "Failed"], ["TimedOut"], ["Cancelled"]):
+            with self.subTest(statuses=statuses):
+                proc, _ = self.run_with_fake_aws(cmd, statuses)
+                self.assertNotEqual(proc.returncode, 0)
+
+    def test_aws_secrets_cleanup_command(self):
+        body = read_text(os.path.join(MODULES["aws"], "outputs.tf"))
+        expr = re.search(r'output "secrets_cleanup_command" \{.*?\n  value\s*=\s*(.*?)\n\}', body, re.S).group(1)
+        for ref, value in {"local.secrets_manager": "true", "local.region": '"eu-west-1"',
+                           "local.secret_name": '"swarmstrap/prod-0a1b2c3d"',
+                           "local.manager_secret_name": '"swarmstrap/prod-0a1b2c3d/managers"'}.items():
+            expr = expr.replace(ref, value)
+        cmd = tfbin.evaluate({"cmd": expr})["cmd"]
+        arns = ["arn:aws:secretsmanager:eu-west-1:1:secret:swarmstrap/prod-0a1b2c3d-AbC123",
+                "arn:aws:secretsmanager:eu-west-1:1:secret:swarmstrap/prod-0a1b2c3d/managers-XyZ789"]
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "calls")
+            write_exe(os.path.join(tmp, "aws"), f"""#!/bin/sh
+printf '%s\\n' "$*" >> {log}
+[ "$2" = list-secrets ] && printf '{arns[0]}\\t{arns[1]}\\n'
+exit 0
+""")
+            proc = subprocess.run(["dash", "-c", cmd], env=dict(os.environ, PATH=f"{tmp}:{os.environ['PATH']}"),
+                                  capture_output=True, text=True, timeout=60)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            with open(log) as f:
+                calls = f.read().splitlines()
+        self.assertIn("--include-planned-deletion", calls[0])
+        self.assertIn("Name==`swarmstrap/prod-0a1b2c3d/managers`", calls[0])
+        self.assertEqual(calls[1:], [f"secretsmanager delete-secret --region eu-west-1 --force-delete-without-recovery --secret-id {a}" for a in arns])
+
+
+class QuickStartTest(unittest.TestCase):
+    """terraform/README.md and the module READMEs, read top to bottom, use only inputs and
+    outputs that exist: every module block in an ```hcl block sets only variables of the module
+    it sources (and all required ones); every `-var NAME=`, `terraform.tfvars` line and
+    `terraform output NAME` in a shell block names a variable / output of the example it is run
+    from (terraform/README.md: every example, the module READMEs: their cloud's)."""
+
+    READMES = {os.path.join(TF, "README.md"): list(EXAMPLES)} | {
+        os.path.join(MODULES[c], "README.md"): [c] for c in MODULES}
+
+    def examples_for(self, readme):
+        return [EXAMPLES[c] for c in self.READMES[readme]]
+
+    def test_module_blocks_use_only_existing_inputs(self):
+        seen = 0
+        for readme in self.READMES:
+            text = read_text(readme)
+            for block in re.findall(r"```hcl\n(.*?)```", text, re.S):
+                doc = hcl2.loads(block)
+                for _, args in blocks(doc, "module"):
+                    seen += 1
+                    with self.subTest(readme=os.path.relpath(readme, REPO), block=block[:40]):
+                        # Written for a root module in terraform/examples/<name>/.
+                        module = os.path.normpath(os.path.join(EXAMPLES["aws"], scalar(args["source"])))
+                        self.assertIn(module, MODULES.values())
+                        declared = declared_variables(module)
+                        given = {k for k in args if not k.startswith("__")} - META_ARGS
+                        self.assertFalse(given - set(declared), f"not module variables: {sorted(given - set(declared))}")
+                        required = {n for n, b in declared.items() if "default" not in b}
+                        self.assertFalse(required - given)
+                for _, args in blocks(doc, "output"):
+                    ref = re.search(r"module\.swarm\.([a-z_]+)", scalar(args["value"]))
+                    if ref:
+                        # The module of the block's README (or of the module block above it).
+                        mods = [m for m in MODULES.values() if readme.startswith(m)] or list(MODULES.values())
+                        for m in mods:
+                            self.assertIn(ref.group(1), declared_outputs(m), readme)
+        self.assertGreaterEqual(seen, 4)
+
+    def test_shell_steps_use_only_existing_variables_and_outputs(self):
+        seen = 0
+        for readme in self.READMES:
+            text = read_text(readme)
+            shell = "\n".join(re.findall(r"```sh\n(.*?)```", text, re.S))
+            inline = "\n".join(re.findall(r"`([^`\n]*terraform [^`\n]*)`", text))
+            for example in self.examples_for(readme):
+                variables, outputs = declared_variables(example), declared_outputs(example)
+                for name in re.findall(r"-var[ =]([a-z_]+)=", shell + "\n" + inline):
+                    seen += 1
+                    with self.subTest(readme=os.path.relpath(readme, REPO), example=example, var=name):
+                        self.assertIn(name, variables)
+                for name in re.findall(r"terraform output (?:-raw |-json )?([a-z_]+)", shell + "\n" + inline):
+                    seen += 1
+                    with self.subTest(readme=os.path.relpath(readme, REPO), example=example, output=name):
+                        # The examples pass every output the READMEs run through.
+                        self.assertTrue(name in outputs or all(name in declared_outputs(m) for m in MODULES.values()
+                                                             if readme.startswith(m)), name)
+            for heredoc in re.findall(r"cat > terraform\.tfvars <<'VARS'\n(.*?)\nVARS", shell, re.S):
+                for name in re.findall(r"(?m)^([a-z_]+)\s*=", heredoc):
+                    seen += 1
+                    with self.subTest(readme=os.path.relpath(readme, REPO), tfvars=name):
+                        self.assertIn(name, declared_variables(EXAMPLES["digitalocean"]))
+        self.assertGreaterEqual(seen, 10)
+
+
+class AwsBackendAndNetworkTest(unittest.TestCase):
+    """The AWS module's backend and network choices: the coordinator's resources exist only with
+    backend = "coordinator", the Secrets Manager ones only with "secrets-manager"; the
+    coordinator sits on a fixed address inside the first node subnet (evaluated by a real
+    Terraform), named by its certificate; the module's own network exists only without vpc_id."""
+
+    COORDINATOR = [("random_password", "cluster_secret"), ("tls_private_key", "coordinator"),
+                   ("tls_self_signed_cert", "coordinator"), ("local_file", "coordinator_cert_der"),
+                   ("aws_security_group", "coordinator"), ("aws_vpc_security_group_ingress_rule", "coordinator_from_nodes"),
+                   ("aws_vpc_security_group_egress_rule", "coordinator_all"), ("aws_iam_role", "coordinator"),
+                   ("aws_iam_role_policy_attachment", "coordinator"), ("aws_iam_instance_profile", "coordinator"),
+                   ("aws_instance", "coordinator")]
+    NETWORK = [("aws_vpc", "this"), ("aws_default_security_group", "this"), ("aws_internet_gateway", "this"),
+               ("aws_eip", "nat"), ("aws_nat_gateway", "this"), ("aws_route_table", "public"), ("aws_route_table", "private")]
+    PER_AZ = [("aws_subnet", "public"), ("aws_subnet", "private"), ("aws_route_table_association", "public"),
+              ("aws_route_table_association", "private")]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.text = raw(MODULES["aws"])
+
+    def test_each_backend_has_only_its_resources(self):
+        for rtype, name in self.COORDINATOR:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.coordinator \? 1 : 0\n")
+        self.assertEqual(local_value(self.text, "coordinator"), 'var.backend == "coordinator"')
+        coordinator = resource_body(self.text, "aws_instance", "coordinator")
+        self.assertIn("coordinator.yaml.tftpl", coordinator)
+        self.assertIn("private_ip             = local.coordinator_ip", coordinator)
+        self.assertIn("subnet_id              = local.node_subnet_ids[0]", coordinator)
+        self.assertRegex(coordinator, r"ignore_changes\s*=\s*\[[^\]]*user_data")
+        # Its role: SSM only, nothing on Secrets Manager.
+        self.assertNotRegex(self.text, r'resource\s+"aws_iam_role_policy"\s+"coordinator"')
+        self.assertIn("ip_addresses          = [local.coordinator_ip]",
+                      resource_body(self.text, "tls_self_signed_cert", "coordinator"))
+        # The coordinator's port: from the nodes' security group only.
+        rule = resource_body(self.text, "aws_vpc_security_group_ingress_rule", "coordinator_from_nodes")
+        self.assertIn("referenced_security_group_id = aws_security_group.nodes.id", rule)
+        self.assertNotIn("cidr_ipv4", rule)
+        node_vars = local_value(self.text, "node_vars")
+        self.assertIn("backend                 = var.backend", node_vars)
+        self.assertIn("coordinator_url         = local.coordinator ? local.coordinator_url : \"\"", node_vars)
+        self.assertIn("join_secret             = local.coordinator ? random_password.cluster_secret[0].result : \"\"", node_vars)
+
+    def test_backend_variable_refuses_anything_else(self):
+        block = variable_block(read_text(os.path.join(MODULES["aws"], "variables.tf")), "backend")
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+            with open(os.path.join(d, "main.tf"), "w") as f:
+                f.write(block + '\n\noutput "b" {\n  value = var.backend\n}\n')
+            tfbin.run(["init", "-input=false", "-no-color"], d)
+            for value, ok in (("secrets-manager", True), ("coordinator", True), ("consul", False)):
+                with self.subTest(value):
+                    proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", f"-var=backend={value}"], d, check=False)
+                    self.assertEqual(proc.returncode == 0, ok, proc.stderr)
+                    if not ok:
+                        self.assertIn("The backend must be", proc.stderr.replace("\n", " "))
+
+    def test_coordinator_address_is_inside_the_first_node_subnet(self):
+        import ipaddress
+        subnet = re.search(r"cidr_block\s*=\s*(.*)\n", resource_body(self.text, "aws_subnet", "private")).group(1)
+        for vpc_cidr, override in (("10.20.0.0/16", ""), ("10.0.0.0/22", ""), ("10.20.0.0/16", "10.20.128.77")):
+            with self.subTest(vpc_cidr=vpc_cidr, override=override):
+                subst = {"var.vpc_cidr": json.dumps(vpc_cidr), "var.coordinator_private_ip": json.dumps(override),
+                         "local.own_network": "true", "count.index": "0"}
+                exprs = {"ip": local_value(self.text, "coordinator_ip"), "subnet": subnet}
+                exprs["ip"] = exprs["ip"].replace("local.node_subnet_cidr", f"({local_value(self.text, 'node_subnet_cidr')})")
+                for name in exprs:
+                    for ref, value in subst.items():
+                        exprs[name] = exprs[name].replace(ref, value)
+                    exprs[name] = re.sub(r"data\.aws_subnet\.given\[0\]\.cidr_block", '"unused"', exprs[name])
+                got = tfbin.evaluate(exprs)
+                self.assertIn(ipaddress.ip_address(got["ip"]), ipaddress.ip_network(got["subnet"]))
+                self.assertEqual(got["ip"], override or str(ipaddress.ip_network(got["subnet"])[10]))
+
+    def test_own_network_only_without_vpc_id(self):
+        self.assertEqual(local_value(self.text, "own_network"), 'var.vpc_id == ""')
+        for rtype, name in self.NETWORK:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.own_network \? 1 : 0\n")
+        for rtype, name in self.PER_AZ:
+            with self.subTest(f"{rtype}.{name}"):
+                self.assertRegex(resource_body(self.text, rtype, name), r"\n\s*count\s*=\s*local\.own_network \? var\.az_count : 0\n")
+        self.assertEqual(local_value(self.text, "node_subnet_ids"), "local.own_network ? aws_subnet.private[*].id : var.subnet_ids")
+        for kind in ("manager", "worker"):
+            self.assertIn("subnet_id              = local.node_subnet_ids[count.index % length(local.node_subnet_ids)]",
+                          resource_body(self.text, "aws_instance", kind))
+        nodes_sg = resource_body(self.text, "aws_security_group", "nodes")
+        self.assertIn("vpc_id      = local.vpc_id", nodes_sg)
+        self.assertIn("Set vpc_id with subnet_ids", nodes_sg)
+        self.assertIn("Every subnet in subnet_ids must belong to vpc_id.", nodes_sg)
+        self.assertNotRegex(self.text, r"aws_vpc\.this\.id|aws_subnet\.(public|private)\[\*\]\.id(?!\s*:)")

@@ -41,6 +41,12 @@ class UnitsTest(unittest.TestCase):
         self.assertEqual(u["Unit"]["Requires"], "swarmstrap-metadata-block.service")
         s = u["Service"]
         self.assertEqual(s["ExecStart"], "/usr/local/bin/swarm-agent run --config /etc/swarm-agent/config.toml")
+        # The agent tells systemd when the node is in the swarm (READY=1) and its phase
+        # (STATUS=...); joining takes as long as the cluster needs, so no start timeout (and
+        # cloud-init starts the unit with --no-block).
+        self.assertEqual(s["Type"], "notify")
+        self.assertEqual(s["NotifyAccess"], "main")
+        self.assertEqual(s["TimeoutStartSec"], "infinity")
         self.assertEqual(s["Restart"], "on-failure")
         self.assertRegex(s["RestartSec"], r"^\d+s$")
         self.assertTrue(s["ExecStop"].startswith("-"), "a failing leave must not fail the stop")

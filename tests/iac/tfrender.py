@@ -198,6 +198,8 @@ _FUNCS = {
     "upper": lambda s: s.upper(),
     "lower": lambda s: s.lower(),
     "trimspace": lambda s: s.strip(),
+    # Terraform's chomp: every trailing \n, \r\n or \r.
+    "chomp": lambda s: re.sub(r"(?:\r\n|\r|\n)+\Z", "", s),
     "base64encode": lambda s: base64.b64encode(s.encode()).decode(),
 }
 

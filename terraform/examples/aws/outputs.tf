@@ -22,3 +22,8 @@ output "manager_secret_name" {
   description = "The managers-only Secrets Manager secret (`terraform destroy` schedules it for deletion)."
   value       = module.swarm.manager_secret_name
 }
+
+output "wait_ready_command" {
+  description = "Returns once every node is in the swarm: sh -c \"$(terraform output -raw wait_ready_command)\" (SSM Run Command on the first manager)."
+  value       = module.swarm.wait_ready_command
+}

@@ -15,3 +15,15 @@ variable "agent_version" {
   type        = string
   default     = "0.2.0"
 }
+
+variable "backend" {
+  description = "The agents' rendezvous: secrets-manager (default) or coordinator (a coordinator instance in the VPC)."
+  type        = string
+  default     = "secrets-manager"
+}
+
+variable "coordinator_adopt_running_swarm" {
+  description = "backend coordinator only: true only while replacing the coordinator of a running swarm (see the module README, \"Replacing the coordinator\")."
+  type        = bool
+  default     = false
+}

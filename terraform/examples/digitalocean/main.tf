@@ -48,4 +48,9 @@ module "swarm" {
   ssh_keys          = var.ssh_keys
   ssh_allowed_cidrs = var.ssh_allowed_cidrs
   lb_ports          = [80]
+
+  # stack.yml's nginx (stack minitwit, service loadbalancer): the agents reload it (SIGHUP) after
+  # rewriting /loadbalancer/default.conf. Its containers also carry the swarmstrap.lb=nginx
+  # label, which the agents reload by default; naming the service covers a stack file without it.
+  lb_reload_service = "minitwit_loadbalancer"
 }

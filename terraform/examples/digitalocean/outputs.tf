@@ -27,3 +27,8 @@ output "coordinator_url" {
   description = "The coordinator the agents use (VPC address)."
   value       = module.swarm.coordinator_url
 }
+
+output "wait_ready_command" {
+  description = "Returns once every node is in the swarm: sh -c \"$(terraform output -raw wait_ready_command)\" (SSH to the first manager)."
+  value       = module.swarm.wait_ready_command
+}

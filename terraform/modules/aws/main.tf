@@ -1,10 +1,14 @@
 # A Docker Swarm on AWS, bootstrapped by swarmstrap: manager and worker instances in private
-# subnets of a new VPC, a network load balancer in the public subnets. Every node runs
-# swarm-agent (installed by cloud-init), which elects the single node that runs
-# `docker swarm init` through compare-and-swaps on Secrets Manager secrets and joins all the
-# others. Two secrets, two roles: every node reads and writes the shared rendezvous secret;
-# only managers reach the managers' secret (manager join token, init election). No coordinator
-# to run, no SSH, no token fetching, no sleeps.
+# subnets (of a new VPC, or of yours: vpc_id + subnet_ids), a network load balancer in front.
+# Every node runs swarm-agent (installed by cloud-init), which elects the single node that runs
+# `docker swarm init` and joins all the others through the rendezvous backend:
+# - "secrets-manager" (default): compare-and-swaps on two Secrets Manager secrets. Two secrets,
+#   two roles: every node reads and writes the shared rendezvous secret; only managers reach
+#   the managers' secret (manager join token, init election). No coordinator to run.
+# - "coordinator": a swarm-coordinator instance on a fixed private address, as the DigitalOcean
+#   and Scaleway modules run it (its certificate pinned by the agents); no secrets, no Secrets
+#   Manager permissions on the nodes.
+# No SSH, no token fetching, no sleeps.
 
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
@@ -23,6 +27,22 @@ data "aws_ec2_instance_type" "manager" {
 
 data "aws_ec2_instance_type" "worker" {
   instance_type = var.worker_instance_type
+}
+
+data "aws_ec2_instance_type" "coordinator" {
+  instance_type = var.coordinator_instance_type
+}
+
+# Your network (vpc_id + subnet_ids): its address range (the swarm ports are open inside it)
+# and the subnets' ranges (the coordinator's fixed address).
+data "aws_vpc" "given" {
+  count = local.own_network ? 0 : 1
+  id    = var.vpc_id
+}
+
+data "aws_subnet" "given" {
+  count = local.own_network ? 0 : length(var.subnet_ids)
+  id    = var.subnet_ids[count.index]
 }
 
 data "aws_ssm_parameter" "al2023" {
@@ -44,8 +64,44 @@ locals {
     manager = contains(data.aws_ec2_instance_type.manager.supported_architectures, "arm64") ? "arm64" : "x86_64"
     worker  = contains(data.aws_ec2_instance_type.worker.supported_architectures, "arm64") ? "arm64" : "x86_64"
   }
+  # swarmstrap releases x86_64 and aarch64 builds: nothing else (i386, the Mac instances).
+  arch_supported = {
+    manager = length(setintersection(data.aws_ec2_instance_type.manager.supported_architectures, ["x86_64", "arm64"])) > 0
+    worker  = length(setintersection(data.aws_ec2_instance_type.worker.supported_architectures, ["x86_64", "arm64"])) > 0
+  }
   ami  = { for role, arch in local.arch : role => var.ami_id != "" ? var.ami_id : nonsensitive(data.aws_ssm_parameter.al2023[arch].value) }
   tags = merge({ "swarmstrap:cluster" = local.cluster }, var.tags)
+
+  secrets_manager = var.backend == "secrets-manager"
+  coordinator     = var.backend == "coordinator"
+
+  # The network: the module's own VPC (public subnets for the NAT gateway and the load
+  # balancer, private ones for the nodes), or your VPC and subnets.
+  own_network      = var.vpc_id == ""
+  vpc_id           = local.own_network ? aws_vpc.this[0].id : var.vpc_id
+  vpc_cidr         = local.own_network ? var.vpc_cidr : data.aws_vpc.given[0].cidr_block
+  node_subnet_ids  = local.own_network ? aws_subnet.private[*].id : var.subnet_ids
+  node_subnet_cidr = local.own_network ? cidrsubnet(var.vpc_cidr, 4, 8) : data.aws_subnet.given[0].cidr_block
+  # Your network: the load balancer goes into lb_subnet_ids (public subnets: internet-facing),
+  # or, without them, into subnet_ids as an internal load balancer.
+  lb_subnet_ids = local.own_network ? aws_subnet.public[*].id : (length(var.lb_subnet_ids) > 0 ? var.lb_subnet_ids : var.subnet_ids)
+  lb_internal   = !local.own_network && length(var.lb_subnet_ids) == 0
+
+  # Coordinator backend: a fixed private address in the first node subnet, known before the
+  # instance exists, so the certificate can name it and the nodes can be told where it is.
+  coordinator_port         = 8443
+  coordinator_ip           = var.coordinator_private_ip != "" ? var.coordinator_private_ip : cidrhost(local.node_subnet_cidr, 10)
+  coordinator_url          = "https://${local.coordinator_ip}:${local.coordinator_port}"
+  coordinator_binary_url   = var.coordinator_binary_url == null ? "" : replace(var.coordinator_binary_url, "{version}", var.agent_version)
+  coordinator_cert_der_b64 = local.coordinator ? join("", [for line in split("\n", tls_self_signed_cert.coordinator[0].cert_pem) : trimspace(line) if length(regexall("^-----|^\\s*$", line)) == 0]) : ""
+  coordinator_fingerprint  = local.coordinator ? "sha256:${local_file.coordinator_cert_der[0].content_sha256}" : ""
+
+  # Node labels from instance tags (the agent reads them through the instance metadata, so
+  # the instances set instance_metadata_tags): swarm.label.KEY = VALUE.
+  label_tags = {
+    manager = { for k, v in var.manager_labels : "swarm.label.${k}" => v }
+    worker  = { for k, v in var.worker_labels : "swarm.label.${k}" => v }
+  }
 
   region = data.aws_region.current.name
   # S, the shared rendezvous secret (registrations, lease, worker join data): every node.
@@ -84,18 +140,19 @@ locals {
   # workers never changes an existing instance.
   node_vars = {
     cluster                 = local.cluster
-    backend                 = "secrets-manager"
+    backend                 = var.backend
     target_managers         = var.manager_count
     advertise_addr          = var.advertise_addr
-    coordinator_url         = ""
-    coordinator_fingerprint = ""
-    join_secret             = ""
-    sm_secret_name          = local.secret_name
-    sm_region               = local.region
-    sm_kms_key_id           = var.kms_key_id
+    coordinator_url         = local.coordinator ? local.coordinator_url : ""
+    coordinator_fingerprint = local.coordinator_fingerprint
+    join_secret             = local.coordinator ? random_password.cluster_secret[0].result : ""
+    sm_secret_name          = local.secrets_manager ? local.secret_name : ""
+    sm_region               = local.secrets_manager ? local.region : ""
+    sm_kms_key_id           = local.secrets_manager ? var.kms_key_id : ""
     sm_endpoint_url         = ""
     lb_enabled              = var.lb_config_enabled
     lb_path                 = "/loadbalancer/default.conf"
+    lb_reload_service       = var.lb_reload_service
     agent_version           = var.agent_version
     release_base_url        = var.release_base_url
     release_public_key      = var.release_public_key
@@ -109,6 +166,21 @@ locals {
     metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
     install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
+
+  # Each role's user-data, sent gzipped (AWS takes 16384 bytes of user-data; cloud-init reads
+  # gzip as it is): swarmstrap's cloud-config, or with cloud_config_extra a MIME multipart
+  # whose second part cloud-init merges into the first (lists appended;
+  # cloud-init/multipart.tftpl).
+  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role })) }
+  node_user_data    = { for role, cc in local.node_cloud_config : role => var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra }) }
+  # base64 of at most 16383 bytes is at most 21844 characters.
+  user_data_b64_limit = 21844
+
+  # Waits on the first manager until the swarm has every node Ready (swarm-agent status --wait),
+  # through SSM Run Command (AWS-RunShellScript): send the command, wait while it runs, print
+  # its output, and exit 0 only if it succeeded.
+  expected_nodes = var.manager_count + var.worker_count
+  ssm_invocation = "--region ${local.region} --command-id \"$id\" --instance-id ${aws_instance.manager[0].id}"
 
   swarm_ports = {
     "swarm-manage-tcp"  = { protocol = "tcp", port = 2377, description = "Swarm cluster management (raft, joins)" }
@@ -136,6 +208,8 @@ locals {
 
 resource "aws_vpc" "this" {
   #checkov:skip=CKV2_AWS_11:VPC flow logs need a log destination and cost money; enable them in your own account baseline, not per swarm.
+  count = local.own_network ? 1 : 0
+
   cidr_block           = var.vpc_cidr
   enable_dns_support   = true
   enable_dns_hostnames = true
@@ -144,19 +218,21 @@ resource "aws_vpc" "this" {
 
 # No rules: nothing may use the default security group.
 resource "aws_default_security_group" "this" {
-  vpc_id = aws_vpc.this.id
+  count  = local.own_network ? 1 : 0
+  vpc_id = aws_vpc.this[0].id
   tags   = merge(local.tags, { Name = "${local.prefix}-swarm-default-unused" })
 }
 
 resource "aws_internet_gateway" "this" {
-  vpc_id = aws_vpc.this.id
+  count  = local.own_network ? 1 : 0
+  vpc_id = aws_vpc.this[0].id
   tags   = merge(local.tags, { Name = "${local.prefix}-swarm" })
 }
 
 resource "aws_subnet" "public" {
-  count = var.az_count
+  count = local.own_network ? var.az_count : 0
 
-  vpc_id                  = aws_vpc.this.id
+  vpc_id                  = aws_vpc.this[0].id
   availability_zone       = local.azs[count.index]
   cidr_block              = cidrsubnet(var.vpc_cidr, 4, count.index)
   map_public_ip_on_launch = false
@@ -164,22 +240,24 @@ resource "aws_subnet" "public" {
 }
 
 resource "aws_subnet" "private" {
-  count = var.az_count
+  count = local.own_network ? var.az_count : 0
 
-  vpc_id            = aws_vpc.this.id
+  vpc_id            = aws_vpc.this[0].id
   availability_zone = local.azs[count.index]
   cidr_block        = cidrsubnet(var.vpc_cidr, 4, 8 + count.index)
   tags              = merge(local.tags, { Name = "${local.prefix}-swarm-private-${local.azs[count.index]}" })
 }
 
 resource "aws_eip" "nat" {
+  count  = local.own_network ? 1 : 0
   domain = "vpc"
   tags   = merge(local.tags, { Name = "${local.prefix}-swarm-nat" })
 }
 
 # One NAT gateway: the nodes' way out (packages, the agent download, image pulls, the AWS APIs).
 resource "aws_nat_gateway" "this" {
-  allocation_id = aws_eip.nat.id
+  count         = local.own_network ? 1 : 0
+  allocation_id = aws_eip.nat[0].id
   subnet_id     = aws_subnet.public[0].id
   tags          = merge(local.tags, { Name = "${local.prefix}-swarm" })
 
@@ -187,35 +265,37 @@ resource "aws_nat_gateway" "this" {
 }
 
 resource "aws_route_table" "public" {
-  vpc_id = aws_vpc.this.id
+  count  = local.own_network ? 1 : 0
+  vpc_id = aws_vpc.this[0].id
   tags   = merge(local.tags, { Name = "${local.prefix}-swarm-public" })
 
   route {
     cidr_block = "0.0.0.0/0"
-    gateway_id = aws_internet_gateway.this.id
+    gateway_id = aws_internet_gateway.this[0].id
   }
 }
 
 resource "aws_route_table" "private" {
-  vpc_id = aws_vpc.this.id
+  count  = local.own_network ? 1 : 0
+  vpc_id = aws_vpc.this[0].id
   tags   = merge(local.tags, { Name = "${local.prefix}-swarm-private" })
 
   route {
     cidr_block     = "0.0.0.0/0"
-    nat_gateway_id = aws_nat_gateway.this.id
+    nat_gateway_id = aws_nat_gateway.this[0].id
   }
 }
 
 resource "aws_route_table_association" "public" {
-  count          = var.az_count
+  count          = local.own_network ? var.az_count : 0
   subnet_id      = aws_subnet.public[count.index].id
-  route_table_id = aws_route_table.public.id
+  route_table_id = aws_route_table.public[0].id
 }
 
 resource "aws_route_table_association" "private" {
-  count          = var.az_count
+  count          = local.own_network ? var.az_count : 0
   subnet_id      = aws_subnet.private[count.index].id
-  route_table_id = aws_route_table.private.id
+  route_table_id = aws_route_table.private[0].id
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +304,19 @@ resource "aws_route_table_association" "private" {
 resource "aws_security_group" "nodes" {
   name        = "${local.prefix}-swarm-nodes"
   description = "swarmstrap swarm nodes: swarm ports inside the VPC, service ports from the load balancer"
-  vpc_id      = aws_vpc.this.id
+  vpc_id      = local.vpc_id
   tags        = merge(local.tags, { Name = "${local.prefix}-swarm-nodes" })
+
+  lifecycle {
+    precondition {
+      condition     = (var.vpc_id == "") == (length(var.subnet_ids) == 0) && (var.vpc_id != "" || length(var.lb_subnet_ids) == 0)
+      error_message = "Set vpc_id with subnet_ids (your network: the nodes' private subnets, with a route out through a NAT gateway; lb_subnet_ids optional), or none of vpc_id, subnet_ids and lb_subnet_ids (the module's own VPC)."
+    }
+    precondition {
+      condition     = alltrue([for s in data.aws_subnet.given : s.vpc_id == var.vpc_id])
+      error_message = "Every subnet in subnet_ids must belong to vpc_id."
+    }
+  }
 }
 
 resource "aws_vpc_security_group_ingress_rule" "swarm" {
@@ -236,7 +327,7 @@ resource "aws_vpc_security_group_ingress_rule" "swarm" {
   ip_protocol       = each.value.protocol
   from_port         = each.value.port
   to_port           = each.value.port
-  cidr_ipv4         = var.vpc_cidr
+  cidr_ipv4         = local.vpc_cidr
 }
 
 resource "aws_vpc_security_group_ingress_rule" "lb_to_nodes" {
@@ -261,7 +352,7 @@ resource "aws_vpc_security_group_egress_rule" "nodes_all" {
 resource "aws_security_group" "lb" {
   name        = "${local.prefix}-swarm-lb"
   description = "swarmstrap swarm load balancer: service ports from lb_allowed_cidrs"
-  vpc_id      = aws_vpc.this.id
+  vpc_id      = local.vpc_id
   tags        = merge(local.tags, { Name = "${local.prefix}-swarm-lb" })
 }
 
@@ -289,11 +380,15 @@ resource "aws_vpc_security_group_egress_rule" "lb_to_nodes" {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Secrets: the module creates both (without a value: the agents write them). `terraform destroy`
-# schedules them for deletion (secret_recovery_window_days; 0 deletes them at once).
+# Secrets (backend "secrets-manager"): the module creates both (without a value: the agents
+# write them). `terraform destroy` schedules them for deletion (secret_recovery_window_days; 0
+# deletes them at once). An agent re-creates a secret only if it was deleted for good while the
+# cluster ran; such a secret is not in the state: output secrets_cleanup_command deletes it.
 
 resource "aws_secretsmanager_secret" "rendezvous" {
   #checkov:skip=CKV2_AWS_57:Rotation does not apply: the values are swarm join tokens and election state the swarm rotates itself; a rotation Lambda would overwrite the rendezvous document.
+  count = local.secrets_manager ? 1 : 0
+
   name                    = local.secret_name
   description             = "swarmstrap rendezvous of cluster ${local.cluster}: registrations, lease, the join data every node may see"
   kms_key_id              = var.kms_key_id != "" ? var.kms_key_id : null
@@ -303,11 +398,164 @@ resource "aws_secretsmanager_secret" "rendezvous" {
 
 resource "aws_secretsmanager_secret" "managers" {
   #checkov:skip=CKV2_AWS_57:Rotation does not apply: the values are swarm join tokens and election state the swarm rotates itself; a rotation Lambda would overwrite the rendezvous document.
+  count = local.secrets_manager ? 1 : 0
+
   name                    = local.manager_secret_name
   description             = "swarmstrap managers-only secret of cluster ${local.cluster}: manager join token, init election (managers only)"
   kms_key_id              = var.kms_key_id != "" ? var.kms_key_id : null
   recovery_window_in_days = var.secret_recovery_window_days
   tags                    = merge(local.tags, { "swarmstrap:cluster" = local.cluster, "swarmstrap:secret" = "managers" })
+}
+
+# ---------------------------------------------------------------------------------------------
+# Coordinator (backend "coordinator"): as in the DigitalOcean and Scaleway modules, one
+# swarm-coordinator instance whose TLS identity and cluster secret Terraform makes, so the pin
+# and the URL are in every node's user-data before any node boots.
+
+# The cluster's join secret: the coordinator registers the cluster with it and every agent
+# authenticates with it. It sits in the Terraform state and in the instances' user-data: keep
+# the state private.
+resource "random_password" "cluster_secret" {
+  count   = local.coordinator ? 1 : 0
+  length  = 48
+  special = false
+}
+
+resource "tls_private_key" "coordinator" {
+  count       = local.coordinator ? 1 : 0
+  algorithm   = "ECDSA"
+  ecdsa_curve = "P256"
+}
+
+resource "tls_self_signed_cert" "coordinator" {
+  count           = local.coordinator ? 1 : 0
+  private_key_pem = tls_private_key.coordinator[0].private_key_pem
+
+  subject {
+    common_name  = "swarm-coordinator"
+    organization = "swarmstrap"
+  }
+
+  ip_addresses          = [local.coordinator_ip]
+  dns_names             = ["swarm-coordinator.${local.cluster}.internal"]
+  validity_period_hours = 87600
+  allowed_uses          = ["digital_signature", "key_encipherment", "server_auth"]
+}
+
+# The DER of the certificate (public, not a secret), written only so its sha256 can be taken
+# (Terraform's sha256() cannot hash bytes that are not UTF-8; see the DigitalOcean module).
+resource "local_file" "coordinator_cert_der" {
+  count                = local.coordinator ? 1 : 0
+  content_base64       = local.coordinator_cert_der_b64
+  filename             = "${path.root}/.terraform/swarmstrap/${local.prefix}-coordinator.der"
+  file_permission      = "0644"
+  directory_permission = "0755"
+}
+
+resource "aws_security_group" "coordinator" {
+  count       = local.coordinator ? 1 : 0
+  name        = "${local.prefix}-swarm-coordinator"
+  description = "swarmstrap coordinator: its HTTPS port from the swarm nodes only"
+  vpc_id      = local.vpc_id
+  tags        = merge(local.tags, { Name = "${local.prefix}-swarm-coordinator" })
+}
+
+resource "aws_vpc_security_group_ingress_rule" "coordinator_from_nodes" {
+  count                        = local.coordinator ? 1 : 0
+  security_group_id            = aws_security_group.coordinator[0].id
+  description                  = "swarm-coordinator (HTTPS, pinned certificate) from the swarm nodes"
+  ip_protocol                  = "tcp"
+  from_port                    = local.coordinator_port
+  to_port                      = local.coordinator_port
+  referenced_security_group_id = aws_security_group.nodes.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "coordinator_all" {
+  #checkov:skip=CKV_AWS_382:The coordinator downloads its release and packages (through the NAT gateway); these have no fixed addresses.
+  count             = local.coordinator ? 1 : 0
+  security_group_id = aws_security_group.coordinator[0].id
+  description       = "Outbound: packages, the release download, the AWS APIs (SSM)"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+}
+
+# The coordinator's role: SSM Session Manager only (no Secrets Manager, no other AWS API).
+resource "aws_iam_role" "coordinator" {
+  count              = local.coordinator ? 1 : 0
+  name_prefix        = "${substr(local.prefix, 0, 20)}-swarm-coord-"
+  assume_role_policy = data.aws_iam_policy_document.assume_ec2.json
+  tags               = merge(local.tags, { "swarmstrap:role" = "coordinator" })
+}
+
+resource "aws_iam_role_policy_attachment" "coordinator" {
+  count      = local.coordinator ? 1 : 0
+  role       = aws_iam_role.coordinator[0].name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_instance_profile" "coordinator" {
+  count       = local.coordinator ? 1 : 0
+  name_prefix = "${substr(local.prefix, 0, 20)}-swarm-coord-"
+  role        = aws_iam_role.coordinator[0].name
+  tags        = local.tags
+}
+
+resource "aws_instance" "coordinator" {
+  count = local.coordinator ? 1 : 0
+
+  ami                    = local.ami["manager"]
+  instance_type          = var.coordinator_instance_type
+  subnet_id              = local.node_subnet_ids[0]
+  private_ip             = local.coordinator_ip
+  vpc_security_group_ids = [aws_security_group.coordinator[0].id]
+  iam_instance_profile   = aws_iam_instance_profile.coordinator[0].name
+  key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
+  monitoring             = true
+  ebs_optimized          = true
+  # gzip: the embedded installer makes the cloud-config larger than AWS's 16 KB user-data limit.
+  user_data_base64 = base64gzip(templatefile("${local.cloud_init_dir}/coordinator.yaml.tftpl", {
+    cluster                   = local.cluster
+    target_managers           = var.manager_count
+    cluster_secret            = random_password.cluster_secret[0].result
+    tls_cert_pem              = tls_self_signed_cert.coordinator[0].cert_pem
+    tls_key_pem               = tls_private_key.coordinator[0].private_key_pem
+    agent_version             = var.agent_version
+    release_base_url          = var.release_base_url
+    release_public_key        = var.release_public_key
+    coordinator_binary_url    = local.coordinator_binary_url
+    coordinator_binary_sha256 = var.coordinator_binary_sha256 == null ? "" : var.coordinator_binary_sha256
+    adopt_running_swarm       = var.coordinator_adopt_running_swarm
+    coordinator_unit          = file("${local.cloud_init_dir}/swarm-coordinator.service")
+    install_script            = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+  }))
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "disabled"
+  }
+
+  root_block_device {
+    volume_type = "gp3"
+    volume_size = 8
+    encrypted   = true
+  }
+
+  tags = merge(local.tags, { Name = "${local.prefix}-coordinator-1", "swarmstrap:role" = "coordinator" })
+
+  depends_on = [aws_iam_role_policy_attachment.coordinator, aws_route_table_association.private]
+
+  lifecycle {
+    precondition {
+      condition     = local.arch["manager"] == (contains(data.aws_ec2_instance_type.coordinator.supported_architectures, "arm64") ? "arm64" : "x86_64")
+      error_message = "The coordinator runs the managers' AMI: give coordinator_instance_type the managers' architecture (${local.arch["manager"]})."
+    }
+    # A new AMI or template edit must not replace the rendezvous of a running cluster.
+    # So setting coordinator_adopt_running_swarm changes nothing on a running coordinator: it
+    # takes effect only when the coordinator is replaced (terraform apply -replace=...).
+    ignore_changes = [ami, user_data, user_data_base64]
+  }
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -408,12 +656,14 @@ resource "aws_iam_role_policy_attachment" "worker" {
 }
 
 resource "aws_iam_role_policy" "manager" {
+  count  = local.secrets_manager ? 1 : 0
   name   = "swarmstrap-secrets"
   role   = aws_iam_role.manager.id
   policy = data.aws_iam_policy_document.manager_secrets.json
 }
 
 resource "aws_iam_role_policy" "worker" {
+  count  = local.secrets_manager ? 1 : 0
   name   = "swarmstrap-secrets"
   role   = aws_iam_role.worker.id
   policy = data.aws_iam_policy_document.worker_secrets.json
@@ -439,21 +689,22 @@ resource "aws_instance" "manager" {
 
   ami                    = local.ami["manager"]
   instance_type          = var.manager_instance_type
-  subnet_id              = aws_subnet.private[count.index % var.az_count].id
+  subnet_id              = local.node_subnet_ids[count.index % length(local.node_subnet_ids)]
   vpc_security_group_ids = [aws_security_group.nodes.id]
   iam_instance_profile   = aws_iam_instance_profile.manager.name
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
   # gzip: the embedded installer makes the cloud-config larger than AWS's 16 KB user-data limit;
-  # cloud-init reads gzipped user-data as it is.
-  user_data_base64 = base64gzip(templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" })))
+  # cloud-init reads gzipped user-data as it is (see local.node_user_data).
+  user_data_base64 = base64gzip(local.node_user_data["manager"])
 
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
+    # The agent reads this instance's swarm.label.* tags (node labels) from the metadata.
+    instance_metadata_tags = "enabled"
   }
 
   root_block_device {
@@ -462,15 +713,23 @@ resource "aws_instance" "manager" {
     encrypted   = true
   }
 
-  tags = merge(local.tags, { Name = "${local.prefix}-manager-${count.index + 1}", "swarmstrap:role" = "manager" })
+  tags = merge(local.tags, local.label_tags["manager"], { Name = "${local.prefix}-manager-${count.index + 1}", "swarmstrap:role" = "manager" })
 
   # The agents need their secrets and permissions before they first call Secrets Manager.
-  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.manager, aws_iam_role_policy_attachment.manager, aws_route_table_association.private]
+  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.manager, aws_iam_role_policy_attachment.manager, aws_route_table_association.private, aws_instance.coordinator]
 
   lifecycle {
     precondition {
-      condition     = (var.agent_url == null) == (var.agent_sha256 == null)
-      error_message = "Set agent_url and agent_sha256 together (an explicit binary for a mirror without signature files), or neither (the signed release agent_version)."
+      condition     = (var.agent_url == null) == (var.agent_sha256 == null) && (var.coordinator_binary_url == null) == (var.coordinator_binary_sha256 == null)
+      error_message = "Set agent_url with agent_sha256 and coordinator_binary_url with coordinator_binary_sha256 (explicit binaries for a mirror without signature files), or neither (the signed release agent_version)."
+    }
+    precondition {
+      condition     = local.arch_supported["manager"]
+      error_message = "The manager_instance_type ${var.manager_instance_type} supports only ${join(", ", data.aws_ec2_instance_type.manager.supported_architectures)}: swarmstrap releases x86_64 and arm64 (aarch64) builds; pick an x86_64 type such as t3.small or an arm64 (Graviton) type such as t4g.small."
+    }
+    precondition {
+      condition     = length(base64gzip(local.node_user_data["manager"])) <= local.user_data_b64_limit
+      error_message = "The managers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
     }
     # Replacing (or stop/starting) every manager at once would lose the raft quorum: roll them
     # one at a time with `terraform apply -replace=...` when the AMI or the template changes.
@@ -483,21 +742,22 @@ resource "aws_instance" "worker" {
 
   ami                    = local.ami["worker"]
   instance_type          = var.worker_instance_type
-  subnet_id              = aws_subnet.private[count.index % var.az_count].id
+  subnet_id              = local.node_subnet_ids[count.index % length(local.node_subnet_ids)]
   vpc_security_group_ids = [aws_security_group.nodes.id]
   iam_instance_profile   = aws_iam_instance_profile.worker.name
   key_name               = var.ssh_key_name != "" ? var.ssh_key_name : null
   monitoring             = true
   ebs_optimized          = true
   # gzip: the embedded installer makes the cloud-config larger than AWS's 16 KB user-data limit;
-  # cloud-init reads gzipped user-data as it is.
-  user_data_base64 = base64gzip(templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" })))
+  # cloud-init reads gzipped user-data as it is (see local.node_user_data).
+  user_data_base64 = base64gzip(local.node_user_data["worker"])
 
   metadata_options {
     http_endpoint               = "enabled"
     http_tokens                 = "required"
     http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
+    # The agent reads this instance's swarm.label.* tags (node labels) from the metadata.
+    instance_metadata_tags = "enabled"
   }
 
   root_block_device {
@@ -506,11 +766,23 @@ resource "aws_instance" "worker" {
     encrypted   = true
   }
 
-  tags = merge(local.tags, { Name = "${local.prefix}-worker-${count.index + 1}", "swarmstrap:role" = "worker" })
+  tags = merge(local.tags, local.label_tags["worker"], { Name = "${local.prefix}-worker-${count.index + 1}", "swarmstrap:role" = "worker" })
 
-  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.worker, aws_iam_role_policy_attachment.worker, aws_route_table_association.private]
+  depends_on = [aws_secretsmanager_secret.rendezvous, aws_secretsmanager_secret.managers, aws_iam_role_policy.worker, aws_iam_role_policy_attachment.worker, aws_route_table_association.private, aws_instance.coordinator]
 
   lifecycle {
+    precondition {
+      condition     = local.arch_supported["worker"]
+      error_message = "The worker_instance_type ${var.worker_instance_type} supports only ${join(", ", data.aws_ec2_instance_type.worker.supported_architectures)}: swarmstrap releases x86_64 and arm64 (aarch64) builds; pick an x86_64 type such as t3.small or an arm64 (Graviton) type such as t4g.small."
+    }
+    precondition {
+      condition     = (var.ami_id == "" && var.agent_url == null) || local.arch["manager"] == local.arch["worker"]
+      error_message = "The managers are ${local.arch["manager"]} and the workers ${local.arch["worker"]}: ami_id and agent_url are one architecture each, so use them only with instance types of one architecture (or leave them unset: the AMI and the release binary then follow each instance type)."
+    }
+    precondition {
+      condition     = length(base64gzip(local.node_user_data["worker"])) <= local.user_data_b64_limit
+      error_message = "The workers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
+    }
     ignore_changes = [ami, user_data, user_data_base64]
   }
 }
@@ -525,8 +797,8 @@ resource "aws_lb" "this" {
 
   name_prefix                      = "swarm-"
   load_balancer_type               = "network"
-  internal                         = false
-  subnets                          = aws_subnet.public[*].id
+  internal                         = local.lb_internal
+  subnets                          = local.lb_subnet_ids
   security_groups                  = [aws_security_group.lb.id]
   enable_cross_zone_load_balancing = true
   tags                             = local.tags
@@ -541,7 +813,7 @@ resource "aws_lb_target_group" "this" {
   port        = tonumber(each.key)
   protocol    = "TCP"
   target_type = "instance"
-  vpc_id      = aws_vpc.this.id
+  vpc_id      = local.vpc_id
   tags        = local.tags
 
   health_check {

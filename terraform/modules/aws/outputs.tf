@@ -29,23 +29,28 @@ output "lb_url" {
 }
 
 output "coordinator_url" {
-  description = "Always null on AWS: the agents rendezvous through Secrets Manager (see secret_name and manager_secret_name), not a coordinator."
-  value       = null
+  description = "backend \"coordinator\": URL the agents use to reach the coordinator (its fixed private address). null with the secrets-manager backend (see secret_name and manager_secret_name)."
+  value       = local.coordinator ? local.coordinator_url : null
+}
+
+output "coordinator_fingerprint" {
+  description = "backend \"coordinator\": sha256 pin of the coordinator's certificate, as written into every agent's config. null with the secrets-manager backend."
+  value       = local.coordinator ? local.coordinator_fingerprint : null
 }
 
 output "secret_name" {
-  description = "Name of the shared rendezvous secret S (every node reads and writes it). Created by the module and scheduled for deletion by `terraform destroy`."
-  value       = aws_secretsmanager_secret.rendezvous.name
+  description = "backend \"secrets-manager\": name of the shared rendezvous secret S (every node reads and writes it). Created by the module and scheduled for deletion by `terraform destroy`. null with the coordinator backend."
+  value       = local.secrets_manager ? aws_secretsmanager_secret.rendezvous[0].name : null
 }
 
 output "manager_secret_name" {
-  description = "Name of the managers-only secret (secret_name followed by /managers: manager join token, init election). Created by the module and scheduled for deletion by `terraform destroy`."
-  value       = aws_secretsmanager_secret.managers.name
+  description = "backend \"secrets-manager\": name of the managers-only secret (secret_name followed by /managers: manager join token, init election). Created by the module and scheduled for deletion by `terraform destroy`. null with the coordinator backend."
+  value       = local.secrets_manager ? aws_secretsmanager_secret.managers[0].name : null
 }
 
 output "vpc_id" {
-  description = "Id of the cluster's VPC."
-  value       = aws_vpc.this.id
+  description = "Id of the cluster's VPC (the module's own, or vpc_id)."
+  value       = local.vpc_id
 }
 
 output "status_commands" {
@@ -59,4 +64,23 @@ output "status_commands" {
 output "shell_first_manager" {
   description = "AWS CLI command for a shell on the first manager (SSM Session Manager), e.g. to run `docker node ls`."
   value       = "aws ssm start-session --region ${local.region} --target ${aws_instance.manager[0].id}"
+}
+
+output "wait_ready_command" {
+  description = "Shell command (run it with `sh -c \"$(terraform output -raw wait_ready_command)\"`; needs the AWS CLI and ssm:SendCommand/GetCommandInvocation) that returns once the swarm is up: SSM Run Command (AWS-RunShellScript) runs `swarm-agent status --wait --timeout 600 --expect-nodes N` on the first manager (N = manager_count + worker_count), waits while it runs, prints its output and exits 0 only if it succeeded (the node joined and healthy, N nodes Ready)."
+  value = join(" ", [
+    "id=$(aws ssm send-command --region ${local.region} --instance-ids ${aws_instance.manager[0].id} --document-name AWS-RunShellScript --comment 'swarmstrap: wait until the swarm is ready'",
+    "--parameters '{\"commands\":[\"/usr/local/bin/swarm-agent status --wait --timeout 600 --expect-nodes ${local.expected_nodes}\"],\"executionTimeout\":[\"660\"]}'",
+    "--query Command.CommandId --output text) || exit 1;",
+    "until aws ssm wait command-executed ${local.ssm_invocation} 2>/dev/null; do",
+    "case $(aws ssm get-command-invocation ${local.ssm_invocation} --query Status --output text) in Pending|InProgress|Delayed) ;; *) break ;; esac;",
+    "done;",
+    "aws ssm get-command-invocation ${local.ssm_invocation} --query '[StandardOutputContent,StandardErrorContent]' --output text;",
+    "[ \"$(aws ssm get-command-invocation ${local.ssm_invocation} --query Status --output text)\" = Success ]",
+  ])
+}
+
+output "secrets_cleanup_command" {
+  description = "backend \"secrets-manager\": the command that deletes, for good, every secret of this cluster that is still there after `terraform destroy`: the module's two secrets are only scheduled for deletion (secret_recovery_window_days), and a secret an agent re-created while the cluster ran (after it had been deleted for good) is not in the Terraform state. It lists the secrets named secret_name or secret_name/managers and force-deletes them. null with the coordinator backend."
+  value       = local.secrets_manager ? "aws secretsmanager list-secrets --region ${local.region} --include-planned-deletion --filters Key=name,Values=${local.secret_name} --query 'SecretList[?Name==`${local.secret_name}` || Name==`${local.manager_secret_name}`].ARN' --output text | tr '\\t' '\\n' | while read -r arn; do [ -z \"$arn\" ] || aws secretsmanager delete-secret --region ${local.region} --force-delete-without-recovery --secret-id \"$arn\"; done" : null
 }

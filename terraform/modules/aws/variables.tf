@@ -151,12 +151,22 @@ variable "manager_instance_type" {
   description = "EC2 instance type of the managers: x86_64 (e.g. t3.small) or arm64/Graviton (e.g. t4g.small, m7g.large, c7g.large). The default AMI follows its architecture, and the installer picks the matching swarm-agent build."
   type        = string
   default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.manager_instance_type))
+    error_message = "The manager_instance_type must be an EC2 instance type such as t3.small (x86_64) or t4g.small (arm64/Graviton); the module checks its architecture (x86_64 or arm64) when it plans."
+  }
 }
 
 variable "worker_instance_type" {
   description = "EC2 instance type of the workers: x86_64 (e.g. t3.small) or arm64/Graviton (e.g. t4g.small, m7g.large, c7g.large). The default AMI follows its architecture, and the installer picks the matching swarm-agent build."
   type        = string
   default     = "t3.small"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.worker_instance_type))
+    error_message = "The worker_instance_type must be an EC2 instance type such as t3.small (x86_64) or t4g.small (arm64/Graviton); the module checks its architecture (x86_64 or arm64) when it plans."
+  }
 }
 
 variable "ami_id" {
@@ -254,7 +264,150 @@ variable "lb_allowed_cidrs" {
 }
 
 variable "tags" {
-  description = "Extra tags for every AWS resource."
+  description = "Extra tags for every AWS resource. The instances publish their tags in the instance metadata (the agents read node labels there), which allows tag keys of letters, digits and + - = . , _ : @ only."
   type        = map(string)
   default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.tags : can(regex("^[A-Za-z0-9+=.,_:@-]{1,128}$", k)) && !contains([".", "..", "_index"], k)])
+    error_message = "Every key of tags must be 1-128 letters, digits or + - = . , _ : @ (no spaces or '/'), and not '.', '..' or '_index': the instances expose their tags in the instance metadata (instance_metadata_tags), where AWS allows no other keys."
+  }
+}
+
+variable "cloud_config_extra" {
+  description = "Your own cloud-config (a YAML document starting with #cloud-config), added to every manager and worker: it becomes a second part of a MIME multipart user-data with Merge-Type list(append)+dict(no_replace,recurse_list)+str(), so its packages, runcmd and write_files are appended to swarmstrap's (its runcmd runs after the agent is installed and started, in the same `set -e` script) and it cannot replace a key swarmstrap sets. Empty: swarmstrap's cloud-config alone. Nodes ignore user_data changes: it applies to nodes created after the change."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cloud_config_extra == "" || (can(regex("^#cloud-config[ \t]*\r?\n", var.cloud_config_extra)) && length(regexall("swarmstrap-cloud-config-part", var.cloud_config_extra)) == 0)
+    error_message = "The cloud_config_extra must be empty or a cloud-config document whose first line is #cloud-config, and must not contain the text swarmstrap-cloud-config-part (the MIME boundary of the user-data)."
+  }
+}
+
+variable "lb_reload_service" {
+  description = "Swarm service whose nginx containers the agents also reload (SIGHUP) after rewriting /loadbalancer/default.conf, e.g. minitwit_loadbalancer (stack name, underscore, service name). Empty: only the containers labelled swarmstrap.lb=nginx are reloaded (the agent's reload_label)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", var.lb_reload_service))
+    error_message = "The lb_reload_service must be empty or a swarm service name (letters, digits, '_', '.', '-'; at most 63 characters), e.g. minitwit_loadbalancer."
+  }
+}
+
+variable "manager_labels" {
+  description = "Docker node labels for every manager, as the instance tag swarm.label.KEY = VALUE (read through the instance metadata tags); the agent reads its node's tags and sets the labels (placement constraints such as node.labels.KEY == VALUE). Default: none."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, val in var.manager_labels : can(regex("^[A-Za-z0-9_.-]{1,64}$", k)) && can(regex("^[A-Za-z0-9_.:/=@+ -]{0,128}$", val))])
+    error_message = "Every key of manager_labels must be 1-64 letters, digits, '_', '.' or '-' (the instance tag key is swarm.label.KEY; instance metadata tags allow no '/' or spaces in keys), and every value 0-128 letters, digits, spaces or _ . : / = @ + -."
+  }
+}
+
+variable "worker_labels" {
+  description = "Docker node labels for every worker, as the instance tag swarm.label.KEY = VALUE (read through the instance metadata tags); the agent reads its node's tags and sets the labels (placement constraints such as node.labels.KEY == VALUE). Default: none."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, val in var.worker_labels : can(regex("^[A-Za-z0-9_.-]{1,64}$", k)) && can(regex("^[A-Za-z0-9_.:/=@+ -]{0,128}$", val))])
+    error_message = "Every key of worker_labels must be 1-64 letters, digits, '_', '.' or '-' (the instance tag key is swarm.label.KEY; instance metadata tags allow no '/' or spaces in keys), and every value 0-128 letters, digits, spaces or _ . : / = @ + -."
+  }
+}
+
+variable "backend" {
+  description = "The agents' rendezvous: \"secrets-manager\" (two Secrets Manager secrets the module creates; nothing to run) or \"coordinator\" (a swarm-coordinator instance on a fixed private address, coordinator_private_ip, as the DigitalOcean and Scaleway modules run it; no Secrets Manager permissions on the nodes). Changing it on a running cluster replaces nothing (nodes ignore user_data changes) but leaves the nodes on the old backend: set it when creating the cluster."
+  type        = string
+  default     = "secrets-manager"
+
+  validation {
+    condition     = contains(["secrets-manager", "coordinator"], var.backend)
+    error_message = "The backend must be \"secrets-manager\" or \"coordinator\"."
+  }
+}
+
+variable "coordinator_instance_type" {
+  description = "backend \"coordinator\" only: EC2 instance type of the coordinator (it is tiny), of the managers' architecture (it runs their AMI)."
+  type        = string
+  default     = "t3.micro"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.coordinator_instance_type))
+    error_message = "The coordinator_instance_type must be an EC2 instance type such as t3.micro (x86_64) or t4g.micro (arm64/Graviton)."
+  }
+}
+
+variable "coordinator_private_ip" {
+  description = "backend \"coordinator\" only: the coordinator's fixed private address (in the first node subnet; its certificate names it and every node is told it). Empty: host 10 of the first node subnet."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.coordinator_private_ip == "" || can(regex("^([0-9]{1,3}\\.){3}[0-9]{1,3}$", var.coordinator_private_ip))
+    error_message = "The coordinator_private_ip must be empty or an IPv4 address inside the first node subnet, e.g. 10.20.128.10."
+  }
+}
+
+variable "coordinator_binary_url" {
+  description = "Only for a mirror without the release's signature files: HTTPS URL of a static swarm-coordinator binary for the coordinator's architecture ({version} is replaced by agent_version), installed after checking coordinator_binary_sha256 only. Default null: the signed release agent_version from release_base_url."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coordinator_binary_url == null ? true : (can(regex("^https://[^ ]+$", var.coordinator_binary_url)) && length(var.coordinator_binary_url) <= 1024)
+    error_message = "The coordinator_binary_url must be null or an https:// URL (at most 1024 characters)."
+  }
+}
+
+variable "coordinator_binary_sha256" {
+  description = "With coordinator_binary_url only: sha256 (64 lowercase hex digits) of the binary at coordinator_binary_url. Default null."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.coordinator_binary_sha256 == null ? true : can(regex("^[0-9a-f]{64}$", var.coordinator_binary_sha256))
+    error_message = "The coordinator_binary_sha256 must be null or 64 lowercase hex digits (sha256sum of the binary)."
+  }
+}
+
+variable "coordinator_adopt_running_swarm" {
+  description = "backend \"coordinator\" only: true only for the apply that replaces the coordinator of a running swarm (its VM or database lost; the certificate and cluster secret stay in the state), e.g. `terraform apply -replace='module.NAME.aws_instance.coordinator[0]' -var coordinator_adopt_running_swarm=true`: the new coordinator creates the cluster awaiting adoption (`swarm-coordinator cluster create --adopt`) and refuses every init claim until the running swarm's leader agent adopts it again (seconds after it is up), so no node starting before that can run a second `swarm init`. Never for a brand-new cluster: it would not form until someone runs `swarm-coordinator cluster allow-init NAME` on the coordinator. The coordinator ignores user_data changes, so setting or unsetting it never touches a running coordinator."
+  type        = bool
+  default     = false
+}
+
+variable "vpc_id" {
+  description = "Your VPC to run in (with subnet_ids). Empty: the module creates its own VPC (vpc_cidr, az_count) with public and private subnets and a NAT gateway."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.vpc_id == "" || can(regex("^vpc-[0-9a-f]{8,17}$", var.vpc_id))
+    error_message = "The vpc_id must be empty or a VPC id such as vpc-0123456789abcdef0."
+  }
+}
+
+variable "subnet_ids" {
+  description = "With vpc_id: the subnets of vpc_id the nodes (and the coordinator) go into, spread round-robin; private subnets with a route out (a NAT gateway) for packages, the release download and the AWS APIs. Empty without vpc_id."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))])
+    error_message = "Every entry of subnet_ids must be a subnet id such as subnet-0123456789abcdef0."
+  }
+}
+
+variable "lb_subnet_ids" {
+  description = "With vpc_id: public subnets of vpc_id for an internet-facing network load balancer. Empty: the load balancer is internal, in subnet_ids."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.lb_subnet_ids : can(regex("^subnet-[0-9a-f]{8,17}$", s))])
+    error_message = "Every entry of lb_subnet_ids must be a subnet id such as subnet-0123456789abcdef0."
+  }
 }

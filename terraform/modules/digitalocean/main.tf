@@ -38,6 +38,7 @@ locals {
     sm_endpoint_url         = ""
     lb_enabled              = var.lb_config_enabled
     lb_path                 = "/loadbalancer/default.conf"
+    lb_reload_service       = var.lb_reload_service
     agent_version           = var.agent_version
     release_base_url        = var.release_base_url
     release_public_key      = var.release_public_key
@@ -51,6 +52,20 @@ locals {
     metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
     install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
+
+  # Each role's user-data: swarmstrap's cloud-config, or with cloud_config_extra a MIME multipart
+  # whose second part cloud-init merges into the first (lists appended; cloud-init/multipart.tftpl).
+  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role })) }
+  node_user_data    = { for role, cc in local.node_cloud_config : role => var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra }) }
+
+  # Node labels from tags (the agent reads its droplet's tags): swarm-label:KEY:VALUE.
+  label_tags = {
+    manager = [for k, v in var.manager_labels : "swarm-label:${k}:${v}"]
+    worker  = [for k, v in var.worker_labels : "swarm-label:${k}:${v}"]
+  }
+
+  # Waits on the first manager until the swarm has every node Ready (swarm-agent status --wait).
+  expected_nodes = var.manager_count + var.worker_count
 
   swarm_ports = [
     { protocol = "tcp", port = "2377" },
@@ -166,8 +181,17 @@ resource "digitalocean_droplet" "manager" {
   ssh_keys   = var.ssh_keys
   monitoring = true
   ipv6       = false
-  tags       = concat([digitalocean_tag.node.id], var.tags)
-  user_data  = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager" }))
+  tags       = concat([digitalocean_tag.node.id], var.tags, local.label_tags["manager"])
+  user_data  = local.node_user_data["manager"]
+  # Scale-in and destroy shut the droplet down (ACPI) before deleting it, so the agent's unit
+  # stops with a poweroff job queued and runs `swarm-agent leave` (ExecStop). The provider
+  # waits for the droplet to be off for the delete timeout (its default, 60 s, is shorter than
+  # the leave: up to TimeoutStopSec=150s).
+  graceful_shutdown = true
+
+  timeouts {
+    delete = "5m"
+  }
 
   lifecycle {
     # Replacing managers all at once would lose the raft quorum: roll them one at a time with
@@ -188,8 +212,17 @@ resource "digitalocean_droplet" "worker" {
   ssh_keys   = var.ssh_keys
   monitoring = true
   ipv6       = false
-  tags       = concat([digitalocean_tag.node.id], var.tags)
-  user_data  = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker" }))
+  tags       = concat([digitalocean_tag.node.id], var.tags, local.label_tags["worker"])
+  user_data  = local.node_user_data["worker"]
+  # Scale-in and destroy shut the droplet down (ACPI) before deleting it, so the agent's unit
+  # stops with a poweroff job queued and runs `swarm-agent leave` (ExecStop). The provider
+  # waits for the droplet to be off for the delete timeout (its default, 60 s, is shorter than
+  # the leave: up to TimeoutStopSec=150s).
+  graceful_shutdown = true
+
+  timeouts {
+    delete = "5m"
+  }
 
   lifecycle {
     ignore_changes = [user_data, image]

@@ -50,3 +50,8 @@ output "ssh_first_manager" {
   description = "SSH command for the first manager, e.g. to run `docker node ls` or `docker stack deploy`."
   value       = "ssh root@${digitalocean_droplet.manager[0].ipv4_address}"
 }
+
+output "wait_ready_command" {
+  description = "Command that returns once the swarm is up: on the first manager (SSH; needs ssh_keys and ssh_allowed_cidrs) `swarm-agent status --wait` waits until that node is joined and healthy and the swarm has manager_count + worker_count nodes Ready; exit 0 then, exit 1 with the reason after 600 s."
+  value       = "ssh root@${digitalocean_droplet.manager[0].ipv4_address} swarm-agent status --wait --timeout 600 --expect-nodes ${local.expected_nodes}"
+}

@@ -248,3 +248,47 @@ variable "tags" {
   type        = list(string)
   default     = []
 }
+
+variable "cloud_config_extra" {
+  description = "Your own cloud-config (a YAML document starting with #cloud-config), added to every manager and worker: it becomes a second part of a MIME multipart user-data with Merge-Type list(append)+dict(no_replace,recurse_list)+str(), so its packages, runcmd and write_files are appended to swarmstrap's (its runcmd runs after the agent is installed and started, in the same `set -e` script) and it cannot replace a key swarmstrap sets. Empty: swarmstrap's cloud-config alone. Nodes ignore user_data changes: it applies to nodes created after the change."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cloud_config_extra == "" || (can(regex("^#cloud-config[ \t]*\r?\n", var.cloud_config_extra)) && length(regexall("swarmstrap-cloud-config-part", var.cloud_config_extra)) == 0)
+    error_message = "The cloud_config_extra must be empty or a cloud-config document whose first line is #cloud-config, and must not contain the text swarmstrap-cloud-config-part (the MIME boundary of the user-data)."
+  }
+}
+
+variable "lb_reload_service" {
+  description = "Swarm service whose nginx containers the agents also reload (SIGHUP) after rewriting /loadbalancer/default.conf, e.g. minitwit_loadbalancer (stack name, underscore, service name). Empty: only the containers labelled swarmstrap.lb=nginx are reloaded (the agent's reload_label)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", var.lb_reload_service))
+    error_message = "The lb_reload_service must be empty or a swarm service name (letters, digits, '_', '.', '-'; at most 63 characters), e.g. minitwit_loadbalancer."
+  }
+}
+
+variable "manager_labels" {
+  description = "Docker node labels for every manager, as the droplet tag swarm-label:KEY:VALUE; the agent reads its node's tags and sets the labels (placement constraints such as node.labels.KEY == VALUE). Default: none."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, val in var.manager_labels : can(regex("^[A-Za-z0-9_-]{1,64}$", k)) && can(regex("^[A-Za-z0-9:_-]{0,128}$", val))])
+    error_message = "Every key of manager_labels must be 1-64 letters, digits, '_' or '-' (no ':' or '.': DigitalOcean tag names allow only letters, digits, ':', '-' and '_', and the tag is swarm-label:KEY:VALUE), and every value 0-128 letters, digits, ':', '_' or '-'."
+  }
+}
+
+variable "worker_labels" {
+  description = "Docker node labels for every worker, as the droplet tag swarm-label:KEY:VALUE; the agent reads its node's tags and sets the labels (placement constraints such as node.labels.KEY == VALUE). Default: none."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, val in var.worker_labels : can(regex("^[A-Za-z0-9_-]{1,64}$", k)) && can(regex("^[A-Za-z0-9:_-]{0,128}$", val))])
+    error_message = "Every key of worker_labels must be 1-64 letters, digits, '_' or '-' (no ':' or '.': DigitalOcean tag names allow only letters, digits, ':', '-' and '_', and the tag is swarm-label:KEY:VALUE), and every value 0-128 letters, digits, ':', '_' or '-'."
+  }
+}

@@ -43,6 +43,7 @@ locals {
     sm_endpoint_url         = ""
     lb_enabled              = var.lb_config_enabled
     lb_path                 = "/loadbalancer/default.conf"
+    lb_reload_service       = var.lb_reload_service
     agent_version           = var.agent_version
     release_base_url        = var.release_base_url
     release_public_key      = var.release_public_key
@@ -61,6 +62,27 @@ locals {
   # instance metadata's private_ip is not the private-network address on current instances.)
   manager_advertise = [for ip in scaleway_ipam_ip.manager : var.advertise_addr != "" ? var.advertise_addr : split("/", ip.address)[0]]
   worker_advertise  = [for ip in scaleway_ipam_ip.worker : var.advertise_addr != "" ? var.advertise_addr : split("/", ip.address)[0]]
+
+  # Each node's user-data: swarmstrap's cloud-config, or with cloud_config_extra a MIME multipart
+  # whose second part cloud-init merges into the first (lists appended; cloud-init/multipart.tftpl).
+  manager_cloud_config = [for addr in local.manager_advertise : templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager", advertise_addr = addr }))]
+  worker_cloud_config  = [for addr in local.worker_advertise : templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker", advertise_addr = addr }))]
+  manager_user_data    = [for cc in local.manager_cloud_config : var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra })]
+  worker_user_data     = [for cc in local.worker_cloud_config : var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra })]
+
+  # Node labels from tags (the agent reads its server's tags): swarm.label.KEY=VALUE.
+  label_tags = {
+    manager = [for k, v in var.manager_labels : "swarm.label.${k}=${v}"]
+    worker  = [for k, v in var.worker_labels : "swarm.label.${k}=${v}"]
+  }
+
+  # Waits on the first manager until the swarm has every node Ready (swarm-agent status --wait).
+  expected_nodes = var.manager_count + var.worker_count
+
+  # What runs `swarm-agent leave` before a node is deleted (see the README, "Scale-in"): the
+  # provider deletes a running server with the `terminate` action, which Scaleway does not
+  # document as a clean guest shutdown.
+  leave_command = "swarm-agent leave --config /etc/swarm-agent/config.toml --timeout-secs 90"
 
   node_private_ips = concat(
     [for ip in scaleway_ipam_ip.manager : split("/", ip.address)[0]],
@@ -263,7 +285,7 @@ resource "scaleway_instance_server" "manager" {
   image             = var.image
   ip_id             = scaleway_instance_ip.manager[count.index].id
   security_group_id = scaleway_instance_security_group.nodes.id
-  tags              = concat(local.tags, ["manager"])
+  tags              = concat(local.tags, ["manager"], local.label_tags["manager"])
 
   private_network {
     pn_id       = scaleway_vpc_private_network.this.id
@@ -271,7 +293,7 @@ resource "scaleway_instance_server" "manager" {
   }
 
   user_data = {
-    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "manager", advertise_addr = local.manager_advertise[count.index] }))
+    cloud-init = local.manager_user_data[count.index]
   }
 
   # The coordinator must be up to answer the agents (they retry, but why make them wait).
@@ -293,7 +315,7 @@ resource "scaleway_instance_server" "worker" {
   image             = var.image
   ip_id             = scaleway_instance_ip.worker[count.index].id
   security_group_id = scaleway_instance_security_group.nodes.id
-  tags              = concat(local.tags, ["worker"])
+  tags              = concat(local.tags, ["worker"], local.label_tags["worker"])
 
   private_network {
     pn_id       = scaleway_vpc_private_network.this.id
@@ -301,7 +323,7 @@ resource "scaleway_instance_server" "worker" {
   }
 
   user_data = {
-    cloud-init = templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = "worker", advertise_addr = local.worker_advertise[count.index] }))
+    cloud-init = local.worker_user_data[count.index]
   }
 
   depends_on = [scaleway_instance_server.coordinator]

@@ -50,3 +50,16 @@ output "ssh_first_manager" {
   description = "SSH command for the first manager, e.g. to run `docker node ls` or `docker stack deploy`."
   value       = "ssh root@${scaleway_instance_ip.manager[0].address}"
 }
+
+output "wait_ready_command" {
+  description = "Command that returns once the swarm is up: on the first manager (SSH; needs ssh_allowed_cidrs and an SSH key in your Scaleway project) `swarm-agent status --wait` waits until that node is joined and healthy and the swarm has manager_count + worker_count nodes Ready; exit 0 then, exit 1 with the reason after 600 s."
+  value       = "ssh root@${scaleway_instance_ip.manager[0].address} swarm-agent status --wait --timeout 600 --expect-nodes ${local.expected_nodes}"
+}
+
+output "leave_commands" {
+  description = "Per node: the command that makes it leave the swarm cleanly (tasks moved, demoted if a manager, `docker swarm leave`) and leaves it running, out of the swarm, until Terraform deletes it (not powered off: the provider powers a stopped server on again to terminate it, and a restarted agent joins again). Run it for the nodes a scale-in removes (the highest-numbered workers) before lowering worker_count or destroying: Scaleway deletes a running server with the terminate action, which is not documented to shut the guest down cleanly, so the unit's own leave at poweroff is not guaranteed to run."
+  value = merge(
+    { for i, s in scaleway_instance_server.manager : s.name => "ssh root@${scaleway_instance_ip.manager[i].address} '${local.leave_command}'" },
+    { for i, s in scaleway_instance_server.worker : s.name => "ssh root@${scaleway_instance_ip.worker[i].address} '${local.leave_command}'" },
+  )
+}
