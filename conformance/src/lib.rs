@@ -188,6 +188,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         advertise_addr: "198.18.0.10".into(),
         role,
         joined_through: None,
+        labels: None,
     }
 }
 

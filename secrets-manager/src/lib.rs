@@ -1148,6 +1148,7 @@ mod tests {
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         }
     }
 

@@ -1379,6 +1379,7 @@ mod tests {
             joined_through: None,
             seen_at_ms: None,
             credential_sha256: None,
+            labels: Default::default(),
         }
     }
 
