@@ -542,6 +542,95 @@ mod tests {
         assert_eq!(p2.labels, map(&[("zone", "hand-set")]));
     }
 
+    /// A fake Scaleway metadata service whose tags the test changes.
+    async fn fake_metadata(tags: Arc<std::sync::Mutex<Vec<String>>>) -> String {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/conf",
+            get(move || {
+                let tags = tags.lock().unwrap().clone();
+                async move { axum::Json(serde_json::json!({ "tags": tags })) }
+            }),
+        );
+        crate::cloud::mock::serve(app).await
+    }
+
+    #[tokio::test]
+    async fn the_publisher_registers_its_tags_only_when_they_change() {
+        use crate::testing::FakeBackend;
+        let tags = Arc::new(std::sync::Mutex::new(vec![
+            "swarm.label.zone=a".to_string(),
+            "other".to_string(),
+        ]));
+        let base = fake_metadata(tags.clone()).await;
+        let fake = FakeBackend::new(1);
+        let backend: Arc<dyn Rendezvous> = fake.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path());
+        let mut p = Publisher {
+            provider: cloud::provider_at(crate::config::CloudKind::Scaleway, Some(&base)),
+            backend: backend.clone(),
+            store: &store,
+            node_id: "n1",
+            relay: None,
+            published: None,
+            reads_since: 0,
+            warned: HashSet::new(),
+            last_error: None,
+        };
+        // Not bootstrapped yet: nothing to register, try again soon.
+        assert!(!p.step().await);
+        backend
+            .register(&RegisterRequest {
+                node_id: "n1".into(),
+                hostname: "h1".into(),
+                advertise_addr: "198.18.0.1".into(),
+                role: RequestedRole::Auto,
+                joined_through: None,
+                labels: None,
+            })
+            .await
+            .unwrap();
+        store
+            .save(&mut crate::state::AgentState {
+                cluster: "test".into(),
+                node_id: "n1".into(),
+                role: Some(Role::Manager),
+                hostname: Some("h1".into()),
+                advertise_addr: Some("198.18.0.1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let labels = |fake: &FakeBackend| fake.memory().nodes["n1"].labels.clone();
+        assert!(p.step().await);
+        assert_eq!(labels(&fake), want(&[("zone", "a")]));
+        let registers = fake.registers();
+        // Unchanged tags: no registration.
+        assert!(p.step().await);
+        assert_eq!(fake.registers(), registers);
+        // Changed tags (one refused): registered again, the refused one left out.
+        *tags.lock().unwrap() = vec![
+            "swarm.label.zone=b".into(),
+            "swarm.label.swarmstrap.x=1".into(),
+        ];
+        assert!(p.step().await);
+        assert_eq!(labels(&fake), want(&[("zone", "b")]));
+        assert!(p
+            .warned
+            .iter()
+            .any(|w| w.contains("swarm.label.swarmstrap.x=1")));
+        // Every tag gone: the labels are cleared.
+        tags.lock().unwrap().clear();
+        assert!(p.step().await);
+        assert!(labels(&fake).is_empty());
+        // After REASSERT_EVERY unchanged reads it registers once more (a no-op write).
+        let registers = fake.registers();
+        for _ in 0..REASSERT_EVERY {
+            assert!(p.step().await);
+        }
+        assert_eq!(fake.registers(), registers + 1);
+    }
+
     fn target(id: &str, addr: &str, ready: bool) -> LabelTarget {
         LabelTarget {
             id: id.into(),
