@@ -673,6 +673,7 @@ impl Bootstrap {
                 RequestedRole::Worker
             },
             joined_through: st.joined_through.clone(),
+            labels: None,
         };
         retry::retry_notify(
             self.s().policy,
@@ -702,6 +703,7 @@ impl Bootstrap {
             advertise_addr: self.s().advertise_addr.clone(),
             role: self.s().requested_role,
             joined_through: st.joined_through.clone(),
+            labels: None,
         };
         let resp = retry::retry_notify(
             self.s().policy,
@@ -1325,6 +1327,7 @@ impl Bootstrap {
                 advertise_addr: self.s().advertise_addr.clone(),
                 role: self.s().requested_role,
                 joined_through: st.joined_through.clone(),
+                labels: None,
             };
             if let Err(e) = self.backend.register(&req).await {
                 tracing::debug!("could not record the join address with the rendezvous: {e}");

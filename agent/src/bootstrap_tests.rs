@@ -246,6 +246,7 @@ async fn crashed_after_init(
             advertise_addr: n.engine.addr.clone(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         })
         .await
         .unwrap();
@@ -490,6 +491,7 @@ async fn a_lost_credential_continues_under_a_new_node_id() {
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         })
         .await
         .unwrap();

@@ -67,6 +67,17 @@ pub struct FileConfig {
     pub lb: Option<FileLb>,
     pub quorum: Option<FileQuorum>,
     pub release: Option<FileRelease>,
+    pub cloud: Option<FileCloud>,
+}
+
+/// `[cloud]`: the cloud's metadata service, for node labels from the instance's tags.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCloud {
+    pub provider: Option<String>,
+    pub metadata_url: Option<String>,
+    pub node_labels: Option<bool>,
+    pub tags_refresh_secs: Option<i64>,
 }
 
 /// `[release]`: where `swarm-agent upgrade` fetches releases and which key signs them.
@@ -191,6 +202,11 @@ pub const ENV_QUORUM_PROMOTE_AFTER_SECS: &str = "SWARM_AGENT_QUORUM_PROMOTE_AFTE
 pub const ENV_QUORUM_REMOVE_DOWN_AFTER_SECS: &str = "SWARM_AGENT_QUORUM_REMOVE_DOWN_AFTER_SECS";
 pub const ENV_QUORUM_LEAVE_TIMEOUT_SECS: &str = "SWARM_AGENT_QUORUM_LEAVE_TIMEOUT_SECS";
 
+pub const ENV_CLOUD_PROVIDER: &str = "SWARM_AGENT_CLOUD_PROVIDER";
+pub const ENV_CLOUD_METADATA_URL: &str = "SWARM_AGENT_CLOUD_METADATA_URL";
+pub const ENV_CLOUD_NODE_LABELS: &str = "SWARM_AGENT_CLOUD_NODE_LABELS";
+pub const ENV_CLOUD_TAGS_REFRESH_SECS: &str = "SWARM_AGENT_CLOUD_TAGS_REFRESH_SECS";
+
 /// The log filter (`tracing` syntax, e.g. `debug`); `RUST_LOG` is the fallback.
 pub const ENV_LOG: &str = "SWARM_AGENT_LOG";
 /// Test-only fault injection (see README): after a granted claim, if this file can be removed,
@@ -236,12 +252,21 @@ pub const QUORUM_ENV_VARS: &[(&str, &str)] = &[
     ("leave_timeout_secs", ENV_QUORUM_LEAVE_TIMEOUT_SECS),
 ];
 
+/// `(key in [cloud], environment variable)`.
+pub const CLOUD_ENV_VARS: &[(&str, &str)] = &[
+    ("provider", ENV_CLOUD_PROVIDER),
+    ("metadata_url", ENV_CLOUD_METADATA_URL),
+    ("node_labels", ENV_CLOUD_NODE_LABELS),
+    ("tags_refresh_secs", ENV_CLOUD_TAGS_REFRESH_SECS),
+];
+
 /// Every environment variable the agent reads, for documentation checks.
 pub fn all_env_vars() -> impl Iterator<Item = &'static str> {
     ENV_VARS
         .iter()
         .chain(LB_ENV_VARS)
         .chain(QUORUM_ENV_VARS)
+        .chain(CLOUD_ENV_VARS)
         .map(|(_, var)| *var)
         .chain([ENV_LOG, ENV_DEBUG_HOLD_AFTER_CLAIM_FILE])
 }
@@ -348,6 +373,18 @@ pub struct Overrides {
     /// `SWARM_AGENT_QUORUM_*` (environment only).
     #[arg(skip)]
     pub quorum: QuorumEnv,
+    /// `SWARM_AGENT_CLOUD_*` (environment only).
+    #[arg(skip)]
+    pub cloud: CloudEnv,
+}
+
+/// `SWARM_AGENT_CLOUD_*` overrides of the `[cloud]` table, raw.
+#[derive(Debug, Default, Clone)]
+pub struct CloudEnv {
+    pub provider: Option<String>,
+    pub metadata_url: Option<String>,
+    pub node_labels: Option<String>,
+    pub tags_refresh_secs: Option<String>,
 }
 
 /// `SWARM_AGENT_QUORUM_*` overrides of the `[quorum]` table, raw.
@@ -424,6 +461,12 @@ impl Overrides {
                 promote_after_secs: s(ENV_QUORUM_PROMOTE_AFTER_SECS),
                 remove_down_after_secs: s(ENV_QUORUM_REMOVE_DOWN_AFTER_SECS),
                 leave_timeout_secs: s(ENV_QUORUM_LEAVE_TIMEOUT_SECS),
+            },
+            cloud: CloudEnv {
+                provider: s(ENV_CLOUD_PROVIDER),
+                metadata_url: s(ENV_CLOUD_METADATA_URL),
+                node_labels: s(ENV_CLOUD_NODE_LABELS),
+                tags_refresh_secs: s(ENV_CLOUD_TAGS_REFRESH_SECS),
             },
         })
     }
@@ -799,6 +842,150 @@ pub struct Config {
     pub quorum: QuorumConfig,
     /// Releases for `swarm-agent upgrade` (`[release]`).
     pub release: ReleaseConfig,
+    /// The cloud's metadata service for node labels from tags (`[cloud]`,
+    /// `SWARM_AGENT_CLOUD_*`).
+    pub cloud: CloudConfig,
+}
+
+/// Default of `[cloud] tags_refresh_secs`: tags change rarely, and on Secrets Manager every
+/// change of the labels is a version of the secret (an unchanged set writes nothing).
+pub const DEFAULT_TAGS_REFRESH_SECS: u64 = 300;
+/// `[cloud] tags_refresh_secs` bounds (1 s is for labs; a day is the longest a tag change may
+/// wait).
+pub const TAGS_REFRESH_RANGE_SECS: (u64, u64) = (1, 86_400);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloudConfig {
+    /// Whose metadata service (and tag encoding); `None`: no cloud (no node labels from tags).
+    pub provider: Option<CloudKind>,
+    /// The metadata service's base URL instead of the cloud's link-local address (tests,
+    /// private clouds). Used for the tags only; `advertise_addr = aws|…` asks the real one.
+    pub metadata_url: Option<String>,
+    /// Publish the instance's label tags as this node's Docker node labels.
+    pub node_labels: bool,
+    /// Re-read the tags about this often (±10 % jitter).
+    pub tags_refresh: Duration,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            provider: None,
+            metadata_url: None,
+            node_labels: true,
+            tags_refresh: Duration::from_secs(DEFAULT_TAGS_REFRESH_SECS),
+        }
+    }
+}
+
+impl CloudConfig {
+    /// The cloud whose tags give this node's labels, if labels from tags are on.
+    pub fn label_source(&self) -> Option<CloudKind> {
+        self.provider.filter(|_| self.node_labels)
+    }
+}
+
+fn resolve_cloud(
+    fc: FileCloud,
+    env: &CloudEnv,
+    fp: &Option<PathBuf>,
+    advertise: &AdvertiseSpec,
+) -> Result<CloudConfig, ConfigError> {
+    let file_origin = |key: &str| match fp {
+        Some(p) => format!("[cloud] {key} in {}", p.display()),
+        None => format!("[cloud] {key}"),
+    };
+    let d = CloudConfig::default();
+    let provider = match (&env.provider, non_empty(fc.provider)) {
+        (Some(v), _) => Some((v.clone(), ENV_CLOUD_PROVIDER.to_string())),
+        (None, Some(v)) => Some((v, file_origin("provider"))),
+        (None, None) => None,
+    };
+    let provider = match provider {
+        None => match advertise {
+            AdvertiseSpec::Cloud(kind) => Some(*kind),
+            _ => None,
+        },
+        Some((v, origin)) => match v.trim() {
+            "aws" => Some(CloudKind::Aws),
+            "digitalocean" => Some(CloudKind::DigitalOcean),
+            "scaleway" => Some(CloudKind::Scaleway),
+            "none" => None,
+            other => {
+                return Err(invalid(
+                    &origin,
+                    format!(
+                        "unknown cloud provider {other:?}: use \"aws\", \"digitalocean\", \
+                         \"scaleway\" or \"none\""
+                    ),
+                ))
+            }
+        },
+    };
+    let metadata_url = match (&env.metadata_url, non_empty(fc.metadata_url)) {
+        (Some(v), _) => Some((v.clone(), ENV_CLOUD_METADATA_URL.to_string())),
+        (None, Some(v)) => Some((v, file_origin("metadata_url"))),
+        (None, None) => None,
+    };
+    let metadata_url = match metadata_url {
+        None => None,
+        Some((url, origin)) => {
+            let url = url.trim().trim_end_matches('/').to_string();
+            let ok = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .is_some_and(|rest| !rest.is_empty() && !url.chars().any(char::is_whitespace));
+            if !ok {
+                return Err(invalid(
+                    &origin,
+                    format!(
+                        "{url:?} is not an http(s):// URL: give the metadata service's base \
+                         URL, e.g. http://169.254.169.254 (leave it unset on a public cloud)"
+                    ),
+                ));
+            }
+            Some(url)
+        }
+    };
+    let node_labels = match (&env.node_labels, fc.node_labels) {
+        (Some(v), _) => parse_bool(v, ENV_CLOUD_NODE_LABELS)?,
+        (None, Some(b)) => b,
+        (None, None) => d.node_labels,
+    };
+    let refresh = match (&env.tags_refresh_secs, fc.tags_refresh_secs) {
+        (Some(v), _) => Some((
+            v.trim().parse::<i64>().map_err(|_| {
+                invalid(
+                    ENV_CLOUD_TAGS_REFRESH_SECS,
+                    format!("{v:?} is not a number of seconds"),
+                )
+            })?,
+            ENV_CLOUD_TAGS_REFRESH_SECS.to_string(),
+        )),
+        (None, Some(n)) => Some((n, file_origin("tags_refresh_secs"))),
+        (None, None) => None,
+    };
+    let tags_refresh = match refresh {
+        None => d.tags_refresh,
+        Some((n, origin)) => {
+            let (lo, hi) = TAGS_REFRESH_RANGE_SECS;
+            match u64::try_from(n) {
+                Ok(n) if (lo..=hi).contains(&n) => Duration::from_secs(n),
+                _ => {
+                    return Err(invalid(
+                        &origin,
+                        format!("{n} is out of range: use {lo}..={hi} seconds"),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(CloudConfig {
+        provider,
+        metadata_url,
+        node_labels,
+        tags_refresh,
+    })
 }
 
 /// The project's release location (`release/README.md`): `{base}/v{VERSION}/{file}`.
@@ -1246,6 +1433,12 @@ impl Config {
         let lb = resolve_lb(flb, &env.lb, fp)?;
         let quorum = resolve_quorum(file.quorum.clone().unwrap_or_default(), &env.quorum, fp)?;
         let release = resolve_release(file.release.clone().unwrap_or_default(), fp)?;
+        let cloud = resolve_cloud(
+            file.cloud.clone().unwrap_or_default(),
+            &env.cloud,
+            fp,
+            &advertise_addr,
+        )?;
 
         Ok(Config {
             config_file: file_path,
@@ -1264,6 +1457,7 @@ impl Config {
             lb,
             quorum,
             release,
+            cloud,
         })
     }
 
@@ -1436,6 +1630,65 @@ path = "/loadbalancer/default.conf"
         assert_eq!(c.secrets_manager.endpoint_url, None);
         assert!(!c.lb.enabled);
         assert_eq!(c.lb.path, PathBuf::from("/loadbalancer/default.conf"));
+    }
+
+    #[test]
+    fn cloud_follows_advertise_addr_and_takes_overrides() {
+        const BASE: &str = "cluster = \"c\"\n[coordinator]\nurl = \"https://10.0.0.1:1\"\n";
+        let c = resolve(BASE, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cloud, CloudConfig::default());
+        assert_eq!(c.cloud.label_source(), None);
+        let text = format!("advertise_addr = \"aws\"\n{BASE}");
+        let c = resolve(&text, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cloud.label_source(), Some(CloudKind::Aws));
+        let text = format!(
+            "{BASE}[cloud]\nprovider = \"scaleway\"\nmetadata_url = \"http://198.18.0.254:9/\"\n\
+             tags_refresh_secs = 60\n"
+        );
+        let c = resolve(&text, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cloud.provider, Some(CloudKind::Scaleway));
+        assert_eq!(
+            c.cloud.metadata_url.as_deref(),
+            Some("http://198.18.0.254:9")
+        );
+        assert_eq!(c.cloud.tags_refresh, Duration::from_secs(60));
+        let c = resolve(
+            &text,
+            &[
+                (ENV_CLOUD_PROVIDER, "digitalocean"),
+                (ENV_CLOUD_NODE_LABELS, "false"),
+                (ENV_CLOUD_TAGS_REFRESH_SECS, "2"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.cloud.provider, Some(CloudKind::DigitalOcean));
+        assert_eq!(c.cloud.label_source(), None);
+        assert_eq!(c.cloud.tags_refresh, Duration::from_secs(2));
+        let text = format!("advertise_addr = \"aws\"\n{BASE}[cloud]\nprovider = \"none\"\n");
+        let c = resolve(&text, &[], Overrides::default()).unwrap();
+        assert_eq!(c.cloud.provider, None);
+        for (bad, what) in [
+            ("provider = \"gcp\"", "unknown cloud provider"),
+            (
+                "metadata_url = \"169.254.169.254\"",
+                "not an http(s):// URL",
+            ),
+            ("tags_refresh_secs = 0", "out of range"),
+            ("tags_refresh_secs = 86401", "out of range"),
+        ] {
+            let err = resolve(
+                &format!("{BASE}[cloud]\n{bad}\n"),
+                &[],
+                Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(what) && err.contains("[cloud]"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

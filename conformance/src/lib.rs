@@ -137,6 +137,8 @@ cases!(
     security_reset_needs_the_operator_credential,
     security_status_shows_no_credential,
     security_token_rotation_is_the_operators_and_new_tokens_settle_it,
+    registration_carries_node_labels,
+    security_only_a_node_sets_its_own_labels,
 );
 
 /// Run every case (or those whose name contains `filter`), each in its own cluster and task.
@@ -188,6 +190,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         advertise_addr: "198.18.0.10".into(),
         role,
         joined_through: None,
+        labels: None,
     }
 }
 
@@ -1840,4 +1843,79 @@ async fn security_status_shows_no_credential(b: Arc<dyn Backend>) {
             "status shows {id}'s credential"
         );
     }
+}
+
+fn labeled(id: &str, pairs: &[(&str, &str)]) -> RegisterRequest {
+    RegisterRequest {
+        labels: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..reg(id, RequestedRole::Auto)
+    }
+}
+
+async fn labels_of(c: &dyn Rendezvous, id: &str) -> std::collections::BTreeMap<String, String> {
+    let s = call!(c.status()).unwrap();
+    s.nodes
+        .into_iter()
+        .find(|n| n.node_id == id)
+        .unwrap_or_else(|| panic!("{id} is not registered"))
+        .labels
+}
+
+/// The node labels a registration asks for are stored and shown by status; a registration
+/// without them keeps them; a new set replaces them; an empty set clears them; out-of-bounds
+/// sets are `invalid_request` and change nothing.
+async fn registration_carries_node_labels(b: Arc<dyn Backend>) {
+    let c = (b.cluster(3).await)();
+    call!(c.register(&labeled("a", &[("zone", "eu-1"), ("gpu", "a100 x2")]))).unwrap();
+    let l = labels_of(&*c, "a").await;
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l["zone"], "eu-1");
+    assert_eq!(l["gpu"], "a100 x2");
+    // An agent's bootstrap registration (no labels) keeps them.
+    register(&*c, "a", RequestedRole::Auto).await;
+    assert_eq!(labels_of(&*c, "a").await.len(), 2);
+    call!(c.register(&labeled("a", &[("zone", "eu-2")]))).unwrap();
+    let l = labels_of(&*c, "a").await;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l["zone"], "eu-2");
+    // Refused, with the reason; the stored set stays.
+    let many: Vec<(String, String)> = (0..33).map(|i| (format!("k{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let long = "v".repeat(257);
+    for bad in [
+        labeled("a", &many),
+        labeled("a", &[("com.docker.evil", "1")]),
+        labeled("a", &[("swarmstrap.managed-labels", "zone")]),
+        labeled("a", &[("zone", "a;b")]),
+        labeled("a", &[("zone", &long)]),
+        labeled("a", &[("bad key", "v")]),
+    ] {
+        let e = call!(c.register(&bad)).unwrap_err();
+        assert_eq!(code(e), Code::InvalidRequest, "{:?}", bad.labels);
+    }
+    assert_eq!(labels_of(&*c, "a").await["zone"], "eu-2");
+    call!(c.register(&labeled("a", &[]))).unwrap();
+    assert!(labels_of(&*c, "a").await.is_empty());
+}
+
+/// Only the node that registered an id can change that registration's labels: another
+/// client (the join secret, no credential, or a guessed one) is `bad_node_credential`.
+async fn security_only_a_node_sets_its_own_labels(b: Arc<dyn Backend>) {
+    let clients = b.cluster(3).await;
+    let c = clients();
+    call!(c.register(&labeled("victim", &[("zone", "a")]))).unwrap();
+    let other = clients();
+    if other.credential("victim").is_none() {
+        let e = call!(other.register(&labeled("victim", &[("zone", "evil")]))).unwrap_err();
+        assert_eq!(code(e), Code::BadNodeCredential);
+    }
+    other.set_credential("victim", guess());
+    let e = call!(other.register(&labeled("victim", &[("zone", "evil")]))).unwrap_err();
+    assert_eq!(code(e), Code::BadNodeCredential);
+    assert_eq!(labels_of(&*c, "victim").await["zone"], "a");
 }

@@ -45,6 +45,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         advertise_addr: "198.18.0.9".into(),
         role,
         joined_through: None,
+        labels: None,
     }
 }
 

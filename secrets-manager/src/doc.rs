@@ -253,6 +253,7 @@ mod tests {
             advertise_addr: "198.18.0.1".into(),
             role,
             joined_through: None,
+            labels: None,
         }
     }
 
@@ -352,6 +353,7 @@ mod tests {
                 advertise_addr: n.advertise_addr.clone(),
                 role: n.requested,
                 joined_through: n.joined_through.clone(),
+                labels: None,
             };
             let (r, wrote) = run(doc, |m| m.register(NOW, &req, None, &cred(id))).unwrap();
             assert!(wrote);

@@ -1,10 +1,16 @@
 //! The cluster lifecycle, end to end on real engines: scale-in with `swarm-agent leave`, a
-//! dead manager replaced by the quorum keeper, an engine restart, and total manager loss with
-//! the operator's `swarm-agent recover`.
+//! dead manager replaced by the quorum keeper, an engine restart (with node labels from cloud
+//! tags, read from a fake metadata service), and total manager loss with the operator's
+//! `swarm-agent recover`.
 //!
 //! Every wait has a deadline; failures print the agents' and coordinator's log tails.
 
 use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_lab::cluster::{count_inits, AgentOptions, Cluster};
 use swarmstrap_lab::swarm::ManagerStatus;
@@ -22,19 +28,32 @@ fn all(c: &Cluster) -> Vec<usize> {
 }
 
 fn form_five(name: &str, promote_after_secs: u64) -> anyhow::Result<(Cluster, String)> {
+    form_five_with(name, promote_after_secs, |_| Ok((Vec::new(), ()))).map(|(c, id, ())| (c, id))
+}
+
+/// [`form_five`], with more agent environment from `setup` (run once the lab is up, before the
+/// agents start; what else it returns is handed back).
+fn form_five_with<T>(
+    name: &str,
+    promote_after_secs: u64,
+    setup: impl FnOnce(&Lab) -> anyhow::Result<(Vec<(String, String)>, T)>,
+) -> anyhow::Result<(Cluster, String, T)> {
     let lab = Lab::start(LabConfig::new(5))?;
+    let (extra, kept) = setup(&lab)?;
+    let mut env = vec![(
+        "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS".into(),
+        promote_after_secs.to_string(),
+    )];
+    env.extend(extra);
     let options = AgentOptions {
-        env: vec![(
-            "SWARM_AGENT_QUORUM_PROMOTE_AFTER_SECS".into(),
-            promote_after_secs.to_string(),
-        )],
+        env,
         ..AgentOptions::default()
     };
     let c = Cluster::new(lab, name, options)?;
     c.start_agents()?;
     let id = c.wait_formed(&all(&c), 3, 2, FORM)?;
     assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
-    Ok((c, id))
+    Ok((c, id, kept))
 }
 
 fn is_manager(c: &Cluster, i: usize) -> bool {
@@ -247,9 +266,286 @@ fn a_dead_manager_is_replaced_by_a_worker_within_t_plus_10_s() -> anyhow::Result
     Ok(())
 }
 
+/// A fake Scaleway metadata service on the lab bridge (the root namespace's address, which
+/// every lab host reaches): `GET /conf?format=json` answers each host, told apart by the
+/// request's source address, with its own `tags`. A thread the test runs; stopped on drop.
+struct FakeMetadata {
+    addr: SocketAddr,
+    tags: Arc<Mutex<HashMap<IpAddr, Vec<String>>>>,
+    reads: Arc<Mutex<HashMap<IpAddr, u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeMetadata {
+    fn start(ip: Ipv4Addr) -> anyhow::Result<FakeMetadata> {
+        let listener = TcpListener::bind((ip, 0))?;
+        let addr = listener.local_addr()?;
+        let tags: Arc<Mutex<HashMap<IpAddr, Vec<String>>>> = Arc::default();
+        let reads: Arc<Mutex<HashMap<IpAddr, u64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (t, r, st) = (tags.clone(), reads.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    let _ = Self::answer(conn, &t, &r);
+                }
+            }
+        });
+        Ok(FakeMetadata {
+            addr,
+            tags,
+            reads,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn answer(
+        mut conn: TcpStream,
+        tags: &Mutex<HashMap<IpAddr, Vec<String>>>,
+        reads: &Mutex<HashMap<IpAddr, u64>>,
+    ) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let peer = conn.peer_addr()?.ip();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 * 1024 {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&req);
+        let line = line.lines().next().unwrap_or_default();
+        let (status, body) = if line.starts_with("GET /conf?format=json ") {
+            *reads.lock().unwrap().entry(peer).or_default() += 1;
+            let t = tags.lock().unwrap().get(&peer).cloned().unwrap_or_default();
+            let body = serde_json::json!({ "private_ip": peer.to_string(), "tags": t });
+            ("200 OK", body.to_string())
+        } else {
+            ("404 Not Found", String::new())
+        };
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        conn.flush()
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, host: Ipv4Addr, tags: &[&str]) {
+        self.tags.lock().unwrap().insert(
+            IpAddr::V4(host),
+            tags.iter().map(|t| t.to_string()).collect(),
+        );
+    }
+
+    fn reads(&self, host: Ipv4Addr) -> u64 {
+        self.reads
+            .lock()
+            .unwrap()
+            .get(&IpAddr::V4(host))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FakeMetadata {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The labels of the swarm node with hostname `host`, as manager `mgr` sees them.
+fn node_labels(c: &Cluster, mgr: usize, host: &str) -> anyhow::Result<HashMap<String, String>> {
+    let out =
+        c.lab
+            .host(mgr)
+            .docker(&["node", "inspect", host, "--format", "{{json .Spec.Labels}}"])?;
+    Ok(serde_json::from_str::<Option<HashMap<String, String>>>(out.trim())?.unwrap_or_default())
+}
+
+/// Wait until every host's node carries exactly the labels `want(i)` says (`None`: any).
+fn wait_labels(
+    c: &Cluster,
+    what: &str,
+    want: impl Fn(usize) -> Option<HashMap<String, String>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    wait_for(Duration::from_secs(60), what, || {
+        let mgr = lab(leader(c))?;
+        for i in all(c) {
+            let name = c.lab.host(i).name().to_string();
+            let Some(w) = want(i) else { continue };
+            let got = lab(node_labels(c, mgr, &name))?;
+            if got != w {
+                return Ok(Err(format!("{name}: {got:?}, want {w:?}")));
+            }
+        }
+        Ok(Ok(()))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.diagnostics()))?;
+    eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+const MANAGED: &str = "swarmstrap.managed-labels";
+
+/// Engine restarts rejoin the same swarm; on the same lab, node labels from cloud tags: every
+/// agent reads its own tags from a fake Scaleway metadata service (`[cloud] metadata_url`) and
+/// the leader's agent puts them on the right nodes, applies a change without touching a label
+/// an operator set by hand, removes a label whose tag went away, and labels a node that joined
+/// again under a new Docker node id.
 #[test]
 fn hosts_whose_engine_restarts_rejoin_the_same_swarm() -> anyhow::Result<()> {
-    let (c, id) = form_five("restart", 30)?;
+    let (c, id, meta) = form_five_with("restart", 30, |lab| {
+        let meta = FakeMetadata::start(lab.bridge_addr())?;
+        for i in 0..lab.hosts().len() {
+            let zone = format!("swarm.label.zone=z{i}");
+            let mut tags = vec!["unrelated", zone.as_str()];
+            if i == 4 {
+                // Refused (reserved prefix), with a warning; the other tags still apply.
+                tags.push("swarm.label.com.docker.evil=1");
+            }
+            meta.set(lab.host(i).addr(), &tags);
+        }
+        let env = vec![
+            ("SWARM_AGENT_CLOUD_PROVIDER".into(), "scaleway".into()),
+            ("SWARM_AGENT_CLOUD_METADATA_URL".into(), meta.url()),
+            ("SWARM_AGENT_CLOUD_TAGS_REFRESH_SECS".into(), "1".into()),
+        ];
+        Ok((env, meta))
+    })?;
+
+    // Each node gets its own host's tags, and nothing else.
+    let zone = |i: usize| {
+        let z = format!("z{i}");
+        labels(&[("zone", z.as_str()), (MANAGED, "zone")])
+    };
+    wait_labels(&c, "every node labelled from its own tags", |i| {
+        Some(zone(i))
+    })?;
+    for i in all(&c) {
+        assert!(
+            meta.reads(c.lab.host(i).addr()) > 0,
+            "host {i} read its tags"
+        );
+    }
+    let refused = c.agent(4).unwrap().log();
+    assert!(
+        refused.contains("refused tag \"swarm.label.com.docker.evil=1\"")
+            && refused.contains("reserved"),
+        "host 4's agent names the refused tag:\n{refused}"
+    );
+
+    // An operator labels node 1 by hand (one key of its own, one a tag will ask for later).
+    let mgr = leader(&c)?;
+    let n1 = c.lab.host(1).name().to_string();
+    c.lab.host(mgr).docker(&[
+        "node",
+        "update",
+        "--label-add",
+        "team=ops",
+        "--label-add",
+        "rack=by-hand",
+        &n1,
+    ])?;
+    // Node 1's tags change: a new zone, and a rack the operator owns.
+    meta.set(
+        c.lab.host(1).addr(),
+        &["swarm.label.zone=moved", "swarm.label.rack=from-tag"],
+    );
+    wait_labels(
+        &c,
+        "a tag change applied, the operator's labels kept",
+        |i| {
+            Some(if i == 1 {
+                labels(&[
+                    ("zone", "moved"),
+                    ("team", "ops"),
+                    ("rack", "by-hand"),
+                    (MANAGED, "zone"),
+                ])
+            } else {
+                zone(i)
+            })
+        },
+    )?;
+    // Node 1's zone tag goes away: the label goes, the operator's stay.
+    meta.set(c.lab.host(1).addr(), &["swarm.label.rack=from-tag"]);
+    wait_labels(&c, "a removed tag removes its label", |i| {
+        Some(if i == 1 {
+            labels(&[("team", "ops"), ("rack", "by-hand")])
+        } else {
+            zone(i)
+        })
+    })?;
+    // Idempotent: with nothing changing, the leader writes no node (versions stay).
+    let versions = |c: &Cluster| -> anyhow::Result<Vec<String>> {
+        let mgr = leader(c)?;
+        all(c)
+            .into_iter()
+            .map(|i| {
+                let name = c.lab.host(i).name().to_string();
+                Ok(c.lab
+                    .host(mgr)
+                    .docker(&["node", "inspect", &name, "--format", "{{.Version.Index}}"])?
+                    .trim()
+                    .to_string())
+            })
+            .collect()
+    };
+    let before = versions(&c)?;
+    // Several keeper passes (2 s each) and tag reads (1 s) go by: the label state is settled,
+    // so no pass may write a node. Measured against the agents' own progress, not a sleep:
+    // wait until every host read its tags 5 more times.
+    let reads: Vec<u64> = all(&c)
+        .iter()
+        .map(|&i| meta.reads(c.lab.host(i).addr()))
+        .collect();
+    wait_for(
+        Duration::from_secs(60),
+        "5 more tag reads on every host",
+        || {
+            Ok(
+                if all(&c)
+                    .iter()
+                    .all(|&i| meta.reads(c.lab.host(i).addr()) >= reads[i] + 5)
+                {
+                    Ok(())
+                } else {
+                    Err("reading".to_string())
+                },
+            )
+        },
+    )?;
+    assert_eq!(
+        versions(&c)?,
+        before,
+        "no node was written while nothing changed"
+    );
+
     let lead = leader(&c)?;
     let manager = all(&c)
         .into_iter()
@@ -275,6 +571,17 @@ fn hosts_whose_engine_restarts_rejoin_the_same_swarm() -> anyhow::Result<()> {
     for i in all(&c) {
         assert!(c.agent(i).unwrap().is_running(), "agent {i} survived");
     }
+    // The worker that left and joined again is a new Docker node (same address): the leader
+    // labels it from its registration too.
+    // (If that worker is host 1, its new node has no hand-set labels: the rack tag now sets
+    // its label.)
+    wait_labels(&c, "labels after the restarts and the rejoin", |i| {
+        Some(match i {
+            1 if worker == 1 => labels(&[("rack", "from-tag"), (MANAGED, "rack")]),
+            1 => labels(&[("team", "ops"), ("rack", "by-hand")]),
+            _ => zone(i),
+        })
+    })?;
     c.assert_no_secret_in_logs()?;
     Ok(())
 }

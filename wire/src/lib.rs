@@ -6,11 +6,13 @@
 
 #[cfg(feature = "fs")]
 pub mod fsutil;
+pub mod labels;
 pub mod rendezvous;
 #[cfg(feature = "rules")]
 pub mod rules;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Every route lives under this prefix.
@@ -121,6 +123,12 @@ pub struct RegisterRequest {
     /// rejoining instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_through: Option<String>,
+    /// The Docker node labels this node asks for (from its cloud tags, [`labels`] rules):
+    /// `Some` replaces the stored set (`Some(empty)` clears it), `None` keeps what is stored,
+    /// so a registration that does not know about labels never clears them. The raft leader's
+    /// agent sets them on this node only; they are the node's claims, not a security boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,6 +239,10 @@ pub struct NodeInfo {
     /// shown: status answers leave it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_sha256: Option<String>,
+    /// The node labels the node asked for ([`RegisterRequest::labels`]); empty in records
+    /// written before labels existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `POST /v1/clusters/{cluster}/sync`: the raft leader's agent reports the live swarm, so the

@@ -33,7 +33,9 @@
 //! - **Register** is idempotent per node id. A new node is a manager when it asked for
 //!   `manager` or `auto` and fewer than `target_managers` managers are registered, else a
 //!   worker: the manager count never exceeds the target. A known node keeps its role; a changed
-//!   hostname, address or requested role is stored.
+//!   hostname, address or requested role is stored, and so are the node labels it asks for
+//!   (only when the request carries them: `labels: None` keeps the stored ones; at most
+//!   [`crate::labels::MAX_NODE_LABELS`], each by [`crate::labels::validate_node_label`]).
 //! - **Claim**: a formed cluster never grants a claim. A live lease is granted again to its
 //!   holder with the same fencing token and the *same expiry* (a re-claim does not extend it:
 //!   only renew does, so a holder cannot keep a lease alive by retrying claims). Otherwise (no
@@ -513,7 +515,12 @@ fn validate_word(field: &str, value: &str, max: usize) -> Result<()> {
 pub fn validate_register(req: &RegisterRequest) -> Result<()> {
     validate_node_id(&req.node_id)?;
     validate_word("hostname", &req.hostname, 253)?;
-    validate_word("advertise_addr", &req.advertise_addr, 255)
+    validate_word("advertise_addr", &req.advertise_addr, 255)?;
+    if let Some(labels) = &req.labels {
+        crate::labels::validate_node_labels(labels)
+            .map_err(|e| invalid(format!("invalid labels: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Validates a publish and returns its CA digest in canonical form.
@@ -715,7 +722,8 @@ pub fn register(
         let same = node.hostname == req.hostname
             && node.advertise_addr == req.advertise_addr
             && node.requested == req.role
-            && node.joined_through == req.joined_through;
+            && node.joined_through == req.joined_through
+            && req.labels.as_ref().is_none_or(|l| *l == node.labels);
         if same && !bind {
             return Ok(Outcome::keep(answer(node.role, None)));
         }
@@ -727,6 +735,9 @@ pub fn register(
         node.advertise_addr = req.advertise_addr.clone();
         node.requested = req.role;
         node.joined_through = req.joined_through.clone();
+        if let Some(labels) = &req.labels {
+            node.labels = labels.clone();
+        }
         return Ok(Outcome {
             answer: answer(node.role, bind.then_some(fresh)),
             change: Change {
@@ -770,6 +781,7 @@ pub fn register(
                 joined_through: req.joined_through.clone(),
                 seen_at_ms: None,
                 credential_sha256: Some(credential_sha256(fresh)),
+                labels: req.labels.clone().unwrap_or_default(),
             }],
             ..Change::default()
         },
@@ -1309,6 +1321,7 @@ pub fn adopt(
             } else {
                 old.and_then(|n| n.credential_sha256.clone())
             },
+            labels: old.map(|n| n.labels.clone()).unwrap_or_default(),
         }
     };
     let mut next = st.clone();

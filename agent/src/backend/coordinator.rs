@@ -454,6 +454,7 @@ mod tests {
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         }
     }
 

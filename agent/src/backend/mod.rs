@@ -144,6 +144,7 @@ impl Persisted {
                 Role::Worker => RequestedRole::Worker,
             },
             joined_through: st.joined_through.clone(),
+            labels: None,
         };
         match self.register(&req).await {
             Ok(_) => true,
@@ -292,6 +293,7 @@ mod tests {
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         };
         b.register(&req).await.unwrap();
         let kept = state::load_credential(dir.path(), "n1").unwrap().unwrap();
@@ -319,6 +321,7 @@ mod tests {
                 advertise_addr: "198.18.0.1".into(),
                 role: RequestedRole::Auto,
                 joined_through: None,
+                labels: None,
             })
             .await
             .unwrap();

@@ -191,6 +191,7 @@ impl RunArgs {
                     crate::lifecycle::keeper::SYNC_REFRESH
                 },
                 relay: relay.clone(),
+                cloud: cfg.cloud.clone(),
             }
             .run()
             .await

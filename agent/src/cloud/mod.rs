@@ -1,5 +1,11 @@
-//! Cloud metadata: the private IPv4 a node advertises to the swarm. One trait whose methods
-//! default to "not supported", one file per cloud, one `match` that picks the provider by name.
+//! Cloud metadata: the private IPv4 a node advertises to the swarm, and the node labels its
+//! tags ask for. One trait whose methods default to "not supported", one file per cloud, one
+//! `match` that picks the provider by name.
+//!
+//! Tag encodings (the Terraform modules write them from `manager_labels` / `worker_labels`):
+//! AWS instance tag `swarm.label.<KEY>` = `<VALUE>` (read through IMDS instance tags);
+//! Scaleway server tag `swarm.label.<KEY>=<VALUE>`; DigitalOcean tag `swarm-label:<KEY>:<VALUE>`
+//! (DigitalOcean tag names allow only letters, digits, `:`, `-`, `_`).
 //! Every provider takes its base URL as a parameter so tests run it against an in-process mock
 //! server; only [`provider`] knows the real link-local addresses.
 
@@ -13,6 +19,7 @@ pub use scaleway::Scaleway;
 
 use crate::config::CloudKind;
 use async_trait::async_trait;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -33,6 +40,14 @@ pub enum CloudError {
     /// The service answered, but not what we expect: retrying will not help.
     #[error("{url}: unexpected answer: {message}")]
     BadResponse { url: String, message: String },
+    /// AWS answers 404 for the instance tags when tags are not allowed in the metadata.
+    #[error(
+        "{url}: HTTP 404: instance tags are not available in the instance metadata, so no node \
+         labels are read from tags. Allow them: the launch template's `metadata_options {{ \
+         instance_metadata_tags = \"enabled\" }}` (the swarmstrap AWS module sets it), or `aws ec2 \
+         modify-instance-metadata-options --instance-id ID --instance-metadata-tags enabled`"
+    )]
+    TagsNotInMetadata { url: String },
 }
 
 impl CloudError {
@@ -52,14 +67,83 @@ pub trait MetadataProvider: Send + Sync {
             what: "a private IPv4 address",
         })
     }
+
+    /// The node labels the instance's tags ask for, decoded from this cloud's encoding.
+    async fn tag_labels(&self) -> Result<TagLabels, CloudError> {
+        Err(CloudError::NotSupported {
+            provider: self.name(),
+            what: "instance tags",
+        })
+    }
+}
+
+/// Node labels decoded from an instance's tags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TagLabels {
+    pub labels: BTreeMap<String, String>,
+    /// Tags in the label encoding that were refused, each with the tag and the reason (the
+    /// agent logs each at warn).
+    pub refused: Vec<String>,
+}
+
+impl TagLabels {
+    /// Build from `(tag as the cloud shows it, key, value)`: each checked by the rendezvous's
+    /// label rules ([`swarmstrap_wire::labels`]); a key given twice with different values is
+    /// refused (ambiguous); beyond [`swarmstrap_wire::labels::MAX_NODE_LABELS`] the rest
+    /// (in key order) is refused.
+    pub fn collect(tags: impl IntoIterator<Item = (String, String, String)>) -> TagLabels {
+        use swarmstrap_wire::labels::{validate_node_label, MAX_NODE_LABELS};
+        let mut out = TagLabels::default();
+        let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let mut ambiguous = std::collections::BTreeSet::new();
+        for (tag, key, value) in tags {
+            if let Err(e) = validate_node_label(&key, &value) {
+                out.refused.push(format!("tag {tag:?}: {e}"));
+                continue;
+            }
+            match seen.get(&key) {
+                Some((_, v)) if *v != value => {
+                    ambiguous.insert(key.clone());
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(key, (tag, value));
+                }
+            }
+        }
+        for key in &ambiguous {
+            seen.remove(key);
+            out.refused.push(format!(
+                "label {key:?}: several tags give it different values; keep one"
+            ));
+        }
+        for (i, (key, (tag, value))) in seen.into_iter().enumerate() {
+            if i >= MAX_NODE_LABELS {
+                out.refused.push(format!(
+                    "tag {tag:?}: more than {MAX_NODE_LABELS} label tags; this one is left out"
+                ));
+            } else {
+                out.labels.insert(key, value);
+            }
+        }
+        out
+    }
 }
 
 /// The provider for `kind` at its real metadata address.
 pub fn provider(kind: CloudKind) -> Box<dyn MetadataProvider> {
+    provider_at(kind, None)
+}
+
+/// The provider for `kind` at `base_url` (`[cloud] metadata_url`: tests, private clouds), else
+/// at its real metadata address. The kind picks the parser either way.
+pub fn provider_at(kind: CloudKind, base_url: Option<&str>) -> Box<dyn MetadataProvider> {
     match kind {
-        CloudKind::Aws => Box::new(Aws::new(aws::BASE_URL)),
-        CloudKind::DigitalOcean => Box::new(DigitalOcean::new(digitalocean::BASE_URL)),
-        CloudKind::Scaleway => Box::new(Scaleway::new(scaleway::BASE_URL)),
+        CloudKind::Aws => Box::new(Aws::new(base_url.unwrap_or(aws::BASE_URL))),
+        CloudKind::DigitalOcean => Box::new(DigitalOcean::new(
+            base_url.unwrap_or(digitalocean::BASE_URL),
+        )),
+        CloudKind::Scaleway => Box::new(Scaleway::new(base_url.unwrap_or(scaleway::BASE_URL))),
     }
 }
 
@@ -83,6 +167,15 @@ pub(crate) async fn fetch_text(
         message,
     };
     let resp = req.send().await.map_err(|e| unavailable(e.to_string()))?;
+    body_text(resp, url).await
+}
+
+/// A response's body text; 5xx and network errors are transient.
+pub(crate) async fn body_text(resp: reqwest::Response, url: &str) -> Result<String, CloudError> {
+    let unavailable = |message: String| CloudError::Unavailable {
+        url: url.to_string(),
+        message,
+    };
     let status = resp.status();
     let body = resp.text().await.map_err(|e| unavailable(e.to_string()))?;
     if status.is_success() {
@@ -102,6 +195,45 @@ pub(crate) fn parse_ipv4(text: &str, url: &str) -> Result<Ipv4Addr, CloudError> 
         url: url.to_string(),
         message: format!("{:?} is not an IPv4 address", text.trim()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(key: &str, value: &str) -> (String, String, String) {
+        (
+            format!("swarm.label.{key}"),
+            key.to_string(),
+            value.to_string(),
+        )
+    }
+
+    #[test]
+    fn collect_refuses_bad_reserved_ambiguous_and_surplus_tags_by_name() {
+        let got = TagLabels::collect([
+            t("zone", "a"),
+            t("com.docker.x", "v"),
+            t("bad key", "v"),
+            t("dup", "1"),
+            t("dup", "2"),
+            t("same", "1"),
+            t("same", "1"),
+        ]);
+        assert_eq!(got.labels.len(), 2, "{got:?}");
+        assert_eq!(got.labels["zone"], "a");
+        assert_eq!(got.labels["same"], "1");
+        let refused = got.refused.join("\n");
+        assert!(refused.contains("swarm.label.com.docker.x") && refused.contains("reserved"));
+        assert!(refused.contains("swarm.label.bad key"), "{refused}");
+        assert!(refused.contains("\"dup\"") && refused.contains("different values"));
+        let many = TagLabels::collect((0..40).map(|i| t(&format!("k{i:02}"), "v")));
+        assert_eq!(many.labels.len(), swarmstrap_wire::labels::MAX_NODE_LABELS);
+        assert_eq!(
+            many.refused.len(),
+            40 - swarmstrap_wire::labels::MAX_NODE_LABELS
+        );
+    }
 }
 
 #[cfg(test)]

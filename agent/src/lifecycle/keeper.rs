@@ -80,6 +80,8 @@ pub struct Keeper {
     /// The relay (Secrets Manager): which manager each node joined through, as the nodes told
     /// the managers' agents (they do not write it into the secret).
     pub relay: Option<Arc<crate::relay::Relay>>,
+    /// `[cloud]`: this node's labels from its cloud tags ([`super::labels`]).
+    pub cloud: crate::config::CloudConfig,
 }
 
 /// [`Keeper::sync_settle`] on Secrets Manager.
@@ -154,6 +156,8 @@ struct Memory {
     /// The operator's token rotation whose new tokens the engine already made (their
     /// publication is what is left, should it have failed).
     rotated_for: Option<u64>,
+    /// Node labels from tags: warnings given.
+    labels: super::labels::LabelsMemory,
 }
 
 impl Memory {
@@ -180,6 +184,18 @@ enum StepEnd {
 
 impl Keeper {
     pub async fn run(&self) {
+        // This node's own tags, published in its registration (every agent).
+        let publish = super::labels::publish(
+            &self.cloud,
+            self.backend.clone(),
+            &self.store,
+            &self.node_id,
+            self.relay.clone(),
+        );
+        tokio::join!(publish, self.keep());
+    }
+
+    async fn keep(&self) {
         let mut mem = Memory::default();
         loop {
             if let Err(e) = self.pass(&mut mem).await {
@@ -307,6 +323,15 @@ impl Keeper {
         // 1. The rendezvous follows the swarm (and adopts it when it forgot it).
         self.follow(mem, &list).await;
         let target = self.target(mem);
+
+        // Node labels from the registrations (the nodes' cloud tags).
+        if let Some((status, _)) = &mem.status {
+            let regs = status.nodes.clone();
+            match super::labels::reconcile(&self.engine, &regs, &mut mem.labels).await {
+                Ok(()) => mem.clear_logged("labels"),
+                Err(e) => mem.warn_once("labels", format!("node labels: {e}")),
+            }
+        }
 
         // 2. Drains.
         let (_, drains) = docs::read::<Drains>(self.backend.as_ref(), DRAINS_DOC).await?;
@@ -1379,6 +1404,7 @@ mod tests {
             joined_through: None,
             seen_at_ms: None,
             credential_sha256: None,
+            labels: Default::default(),
         }
     }
 

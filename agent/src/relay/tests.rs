@@ -79,6 +79,7 @@ async fn registered(backend: &Arc<FakeBackend>, id: &str) {
             advertise_addr: "10.0.0.9".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         })
         .await
         .unwrap();

@@ -404,6 +404,7 @@ mod tests {
             advertise_addr: "198.18.0.1".into(),
             role: RequestedRole::Auto,
             joined_through: None,
+            labels: None,
         };
         let r = c.register(&reg).await.unwrap();
         assert!(r.credential.is_some());

@@ -336,6 +336,7 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
         advertise_addr: "198.18.0.1".into(),
         role: RequestedRole::Auto,
         joined_through: None,
+        labels: None,
     })
     .await
     .unwrap();
@@ -373,6 +374,7 @@ async fn coordinator_restart_keeps_the_lease_and_fails_calls_in_between() {
         advertise_addr: "198.18.0.2".into(),
         role: RequestedRole::Manager,
         joined_through: None,
+        labels: None,
     })
     .await
     .unwrap();
@@ -405,6 +407,7 @@ async fn outage_keeps_the_state_and_fails_calls_in_between() {
         advertise_addr: "198.18.0.1".into(),
         role: RequestedRole::Auto,
         joined_through: None,
+        labels: None,
     })
     .await
     .unwrap();
@@ -448,6 +451,7 @@ async fn outage_keeps_the_state_and_fails_calls_in_between() {
         advertise_addr: "198.18.0.2".into(),
         role: RequestedRole::Manager,
         joined_through: None,
+        labels: None,
     })
     .await
     .unwrap();

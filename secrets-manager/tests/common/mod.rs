@@ -34,6 +34,7 @@ pub fn reg(
         advertise_addr: "198.18.0.10".to_string(),
         role,
         joined_through: None,
+        labels: None,
     }
 }
 

@@ -15,6 +15,7 @@ fn reg(id: &str, role: RequestedRole) -> RegisterRequest {
         advertise_addr: "198.18.0.1".into(),
         role,
         joined_through: None,
+        labels: None,
     }
 }
 
@@ -873,4 +874,75 @@ fn a_token_rotation_is_pending_until_the_leader_publishes_new_tokens() {
     };
     ap!(m, recover(&m.state, NOW, &reset));
     assert_eq!(m.status(NOW).token_rotation_pending, None);
+}
+
+#[test]
+fn a_registration_carries_the_labels_its_node_asks_for() {
+    let mut m = registered(3, &["a"]);
+    let labels = |pairs: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    let stored = |m: &Memory| m.nodes.get("a").unwrap().labels.clone();
+    let mut r = reg("a", RequestedRole::Auto);
+    r.labels = labels(&[("zone", "eu-1"), ("gpu", "yes")]);
+    let o = register_as(&m, NOW, &r).unwrap();
+    assert!(!o.change.is_empty());
+    m.apply(o.change);
+    assert_eq!(stored(&m).get("zone").map(String::as_str), Some("eu-1"));
+    // The same set again writes nothing.
+    assert!(register_as(&m, NOW, &r).unwrap().change.is_empty());
+    // A registration without labels (an older agent, the bootstrap) keeps them.
+    let o = register_as(&m, NOW, &reg("a", RequestedRole::Auto)).unwrap();
+    assert!(o.change.is_empty());
+    assert_eq!(stored(&m).len(), 2);
+    // A changed set replaces the stored one; an empty set clears it.
+    r.labels = labels(&[("zone", "eu-2")]);
+    let o = register_as(&m, NOW, &r).unwrap();
+    m.apply(o.change);
+    assert_eq!(stored(&m), labels(&[("zone", "eu-2")]).unwrap());
+    r.labels = Some(BTreeMap::new());
+    let o = register_as(&m, NOW, &r).unwrap();
+    m.apply(o.change);
+    assert!(stored(&m).is_empty());
+    // A new node's first registration stores them too.
+    let mut b = reg("b", RequestedRole::Auto);
+    b.labels = labels(&[("rack", "r1")]);
+    let o = register_as(&m, NOW, &b).unwrap();
+    m.apply(o.change);
+    assert_eq!(m.nodes.get("b").unwrap().labels.len(), 1);
+}
+
+#[test]
+fn labels_out_of_bounds_are_refused_with_the_reason() {
+    let m = registered(3, &["a"]);
+    let mut r = reg("a", RequestedRole::Auto);
+    let mut too_many = BTreeMap::new();
+    for i in 0..=crate::labels::MAX_NODE_LABELS {
+        too_many.insert(format!("k{i}"), "v".to_string());
+    }
+    r.labels = Some(too_many);
+    let e = register_as(&m, NOW, &r).unwrap_err();
+    assert_eq!(e.code, Code::InvalidRequest);
+    assert!(e.message.contains("at most"), "{}", e.message);
+    for (k, v) in [
+        ("com.docker.x", "v"),
+        ("swarmstrap.managed-labels", "v"),
+        ("k", "a;b"),
+        ("a b", "v"),
+    ] {
+        r.labels = Some([(k.to_string(), v.to_string())].into());
+        let e = register_as(&m, NOW, &r).unwrap_err();
+        assert_eq!(e.code, Code::InvalidRequest, "{k}={v}");
+        assert!(e.message.contains("invalid labels"), "{}", e.message);
+    }
+    r.labels = Some([("k".to_string(), "v".repeat(257))].into());
+    assert_eq!(
+        register_as(&m, NOW, &r).unwrap_err().code,
+        Code::InvalidRequest
+    );
 }
