@@ -1,6 +1,8 @@
-//! `swarm-agent status [--json]`: what the engine, the swarm, the agent and the backend say.
-//! Works (and says so) when the engine or the backend is down: every probe has a ~2 s timeout
-//! and they run concurrently.
+//! `swarm-agent status [--json] [--wait [--timeout SECS] [--expect-nodes N]]`: what the engine,
+//! the swarm, the agent and the backend say. Works (and says so) when the engine or the backend
+//! is down: every probe has a ~2 s timeout and they run concurrently. `--wait` repeats the probe
+//! (capped backoff with jitter, [`crate::retry`]) until this node is joined and healthy (and,
+//! with `--expect-nodes`, the swarm has that many Ready nodes) or the timeout passes.
 
 use crate::backend;
 use crate::config::{Config, Overrides};
@@ -18,11 +20,34 @@ pub const EXIT_ERROR: u8 = 2;
 /// Probe timeout for the engine and the backend.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Version of the `--json` document's shape: raised when a field is removed or changes
+/// meaning (new fields do not raise it).
+pub const SCHEMA: u32 = 1;
+
+/// `--wait`: the first re-probe after ~0.25–0.5 s, then at most every ~2–4 s (each probe is a
+/// few engine and backend calls; a joining node needs seconds, a forming cluster minutes).
+const WAIT_POLICY: crate::retry::Policy = crate::retry::Policy {
+    base_initial: Duration::from_millis(250),
+    base_cap: Duration::from_secs(2),
+    deadline: None,
+};
+
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print one JSON object (stable field names, see README) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Wait until this node is joined and healthy (exit 0), or exit 1 with the reason once
+    /// --timeout passes. Prints the final report.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+    pub timeout: u64,
+    /// With --wait, on a manager: also wait until the swarm has at least N nodes with status
+    /// Ready.
+    #[arg(long, value_name = "N", requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect_nodes: Option<u64>,
     #[command(flatten)]
     pub config: Overrides,
 }
@@ -30,6 +55,8 @@ pub struct StatusArgs {
 /// The `--json` document. Field names are part of the interface (README).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct StatusReport {
+    /// [`SCHEMA`].
+    pub schema: u32,
     pub cluster: String,
     /// Joined and healthy (exit code 0).
     pub healthy: bool,
@@ -107,6 +134,8 @@ pub struct SwarmStatus {
     pub managers_total: Option<u64>,
     pub managers_reachable: Option<u64>,
     pub nodes_total: Option<u64>,
+    /// Managers only: nodes whose status is Ready.
+    pub nodes_ready: Option<u64>,
     pub swarm_id: Option<String>,
     pub ca_digest: Option<String>,
     pub error: Option<String>,
@@ -155,18 +184,157 @@ impl StatusArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let cfg = Config::load(&self.config)?;
         let engine = BollardEngine::new(&cfg.docker_host, PROBE_TIMEOUT);
-        let report = collect(&cfg, &engine).await;
+        let (report, verdict) = if self.wait {
+            let timeout = Duration::from_secs(self.timeout);
+            let (report, verdict) = wait_ready(&cfg, &engine, timeout, self.expect_nodes).await;
+            (report, Some(verdict))
+        } else {
+            (collect(&cfg, &engine).await, None)
+        };
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", render_text(&report));
         }
-        Ok(ExitCode::from(if report.healthy {
-            EXIT_HEALTHY
-        } else {
-            EXIT_NOT_READY
-        }))
+        match verdict {
+            None => Ok(ExitCode::from(if report.healthy {
+                EXIT_HEALTHY
+            } else {
+                EXIT_NOT_READY
+            })),
+            Some(Ok(())) => Ok(ExitCode::from(EXIT_HEALTHY)),
+            Some(Err(WaitError::Timeout(reason))) => {
+                eprintln!(
+                    "swarm-agent: status --wait: not ready after {} s: {reason}",
+                    self.timeout
+                );
+                Ok(ExitCode::from(EXIT_NOT_READY))
+            }
+            Some(Err(WaitError::Usage(reason))) => Err(anyhow::anyhow!(reason)),
+        }
     }
+}
+
+/// Why `--wait` stopped without success.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum WaitError {
+    /// The timeout passed; the last reason the node was not ready.
+    #[error("{0}")]
+    Timeout(String),
+    /// Waiting cannot succeed (e.g. `--expect-nodes` on a worker).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Why the report is not what `--wait` waits for, or `None` when it is. `Err`: waiting cannot
+/// help.
+pub fn not_ready_reason(
+    r: &StatusReport,
+    expect_nodes: Option<u64>,
+) -> Result<Option<String>, String> {
+    if !r.engine.reachable {
+        return Ok(Some(format!(
+            "the Docker engine ({}) is not reachable: {}",
+            r.engine.host,
+            opt(&r.engine.error)
+        )));
+    }
+    if !r.joined {
+        let mut why = format!(
+            "not joined yet (swarm {}, agent phase {})",
+            r.swarm.state,
+            opt(&r.agent.phase)
+        );
+        if let Some(e) = &r.agent.last_error {
+            why.push_str(&format!("; agent's last error: {}", e.message));
+        }
+        return Ok(Some(why));
+    }
+    if !r.healthy {
+        let why = if let Some(advice) = &r.lifecycle.advice {
+            advice.clone()
+        } else if let Some(e) = &r.swarm.error {
+            format!("swarm error: {e}")
+        } else if r.swarm.role == Some(Role::Manager)
+            && !matches!((r.swarm.managers_total, r.swarm.managers_reachable), (Some(t), Some(re)) if re * 2 > t)
+        {
+            format!(
+                "no reachable majority of managers ({} of {} reachable)",
+                opt(&r.swarm.managers_reachable),
+                opt(&r.swarm.managers_total)
+            )
+        } else {
+            "the swarm's CA digest differs from the one recorded at join time or published by \
+             the backend"
+                .to_string()
+        };
+        return Ok(Some(format!("joined but not healthy: {why}")));
+    }
+    if let Some(n) = expect_nodes {
+        if r.swarm.role != Some(Role::Manager) {
+            return Err(format!(
+                "--expect-nodes {n}: this node is a {}, and only a manager sees the swarm's \
+                 node list; run it on a manager, or drop --expect-nodes",
+                opt(&r.swarm.role)
+            ));
+        }
+        let ready = r.swarm.nodes_ready.unwrap_or(0);
+        if ready < n {
+            return Ok(Some(format!(
+                "{ready} of the {n} expected nodes are Ready ({} in the swarm)",
+                opt(&r.swarm.nodes_total)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Probe until [`not_ready_reason`] is `None` (capped backoff with jitter between probes) or
+/// `timeout` passes. Returns the last report and the verdict.
+pub async fn wait_ready(
+    cfg: &Config,
+    engine: &dyn Engine,
+    timeout: Duration,
+    expect_nodes: Option<u64>,
+) -> (StatusReport, Result<(), WaitError>) {
+    let last: std::sync::Mutex<Option<StatusReport>> = std::sync::Mutex::new(None);
+    let probe = crate::retry::retry(
+        WAIT_POLICY.with_deadline(timeout),
+        "waiting for this node to be ready",
+        |e: &WaitError| matches!(e, WaitError::Timeout(_)),
+        || async {
+            let r = collect(cfg, engine).await;
+            let verdict = not_ready_reason(&r, expect_nodes);
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            match verdict {
+                Ok(None) => Ok(()),
+                Ok(Some(why)) => Err(WaitError::Timeout(why)),
+                Err(usage) => Err(WaitError::Usage(usage)),
+            }
+        },
+    );
+    // The deadline also bounds a probe in progress (each probe is bounded too, ~2.5 s a step).
+    let verdict = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(f)) => Err(f.into_inner()),
+        Err(_) => Err(WaitError::Timeout(String::new())),
+    };
+    let report = last.into_inner().unwrap_or_else(|p| p.into_inner());
+    let report = match report {
+        Some(r) => r,
+        None => collect(cfg, engine).await,
+    };
+    let verdict = match verdict {
+        // Timed out inside a probe: the reason is the last finished probe's.
+        Err(WaitError::Timeout(why)) if why.is_empty() => Err(WaitError::Timeout(
+            not_ready_reason(&report, expect_nodes)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "no probe finished within the timeout".into()),
+        )),
+        v => v,
+    };
+    (report, verdict)
 }
 
 async fn with_timeout<T, E: std::fmt::Display>(
@@ -226,6 +394,7 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
         && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
     let lb = lb_status(cfg);
     StatusReport {
+        schema: SCHEMA,
         cluster: cfg.cluster.clone(),
         healthy,
         joined,
@@ -397,6 +566,7 @@ async fn probe_engine(engine: &dyn Engine) -> (EngineStatus, SwarmStatus) {
                     .count() as u64,
             );
             ss.nodes_total = Some(nodes.len() as u64);
+            ss.nodes_ready = Some(nodes.iter().filter(|n| n.state == "ready").count() as u64);
             ss.leader = Some(
                 nodes
                     .iter()
@@ -490,7 +660,13 @@ pub fn render_text(r: &StatusReport) -> String {
                 _ => "-".into(),
             },
         ),
-        ("nodes", opt(&r.swarm.nodes_total)),
+        (
+            "nodes",
+            match (r.swarm.nodes_total, r.swarm.nodes_ready) {
+                (Some(t), Some(ready)) => format!("{t} ({ready} Ready)"),
+                (t, _) => opt(&t),
+            },
+        ),
         ("swarm id", opt(&r.swarm.swarm_id)),
         ("ca digest", opt(&r.swarm.ca_digest)),
     ];
