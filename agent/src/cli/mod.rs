@@ -219,4 +219,74 @@ mod tests {
         // The secret never goes through argv: there is no flag for it.
         assert!(Cli::try_parse_from(["swarm-agent", "run", "--join-secret", "x"]).is_err());
     }
+
+    #[test]
+    fn log_format_is_a_global_flag_with_two_values() {
+        let c = Cli::try_parse_from(["swarm-agent", "status", "--log-format", "json"]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = Cli::try_parse_from(["swarm-agent", "--log-format", "text", "run"]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        let e = Cli::try_parse_from(["swarm-agent", "run", "--log-format", "xml"]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("'xml'") && text.contains("text") && text.contains("json"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_wait_flags() {
+        let c = Cli::try_parse_from([
+            "swarm-agent",
+            "status",
+            "--wait",
+            "--timeout",
+            "30",
+            "--expect-nodes",
+            "5",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Status(a) => {
+                assert!(a.wait);
+                assert_eq!(a.timeout, 30);
+                assert_eq!(a.expect_nodes, Some(5));
+            }
+            _ => panic!("not status"),
+        }
+        match Cli::try_parse_from(["swarm-agent", "status", "--wait"])
+            .unwrap()
+            .command
+        {
+            Command::Status(a) => assert_eq!((a.timeout, a.expect_nodes), (600, None)),
+            _ => panic!("not status"),
+        }
+        // --timeout / --expect-nodes mean nothing without --wait; 0 nodes is a mistake.
+        assert!(Cli::try_parse_from(["swarm-agent", "status", "--timeout", "5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["swarm-agent", "status", "--wait", "--expect-nodes", "0"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut out = Vec::new();
+        write_manpage(&mut out).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.contains(".TH swarm-agent"), "{page}");
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(
+                script.contains("log-format") && script.contains("status"),
+                "{shell}"
+            );
+        }
+    }
 }

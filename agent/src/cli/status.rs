@@ -979,4 +979,289 @@ mod tests {
         let r = collect(&cfg, engines[leader].as_ref()).await;
         assert!(r.joined && !r.healthy);
     }
+
+    /// The keys of the README's `--json` table: backticked names in the first column; names in
+    /// parentheses are the keys of the object the preceding field holds.
+    fn documented_fields(readme: &str) -> std::collections::BTreeSet<String> {
+        let section = readme
+            .split("`--json` fields")
+            .nth(1)
+            .expect("agent/README.md has the `--json` fields table");
+        let mut out = std::collections::BTreeSet::new();
+        let rows = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| field |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        for row in rows {
+            let cell = row.split('|').nth(1).unwrap();
+            let (mut depth, mut last) = (0, String::new());
+            let mut parts = cell.split('`');
+            let mut outside = parts.next().unwrap_or("");
+            loop {
+                depth += outside.matches('(').count() as i32;
+                depth -= outside.matches(')').count() as i32;
+                let Some(name) = parts.next() else { break };
+                if depth > 0 {
+                    out.insert(format!("{last}.{name}"));
+                } else {
+                    last = name.to_string();
+                    out.insert(last.clone());
+                }
+                outside = parts.next().unwrap_or("");
+            }
+        }
+        out
+    }
+
+    /// Every key path of a JSON document (objects are recursed into; their own path counts too
+    /// when they sit inside another object, as the table names `agent.last_error` itself).
+    fn json_fields(
+        v: &serde_json::Value,
+        prefix: &str,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // `engine`, `swarm`, ... are sections: the table names only their keys.
+                let section = prefix.is_empty() && v.is_object();
+                if !section {
+                    out.insert(path.clone());
+                }
+                json_fields(v, &path, out);
+            }
+        }
+    }
+
+    /// A report with every optional part present, so every key the document can have shows.
+    fn representative_report() -> StatusReport {
+        use crate::lifecycle::docs::{InflightStep, RecordedAction};
+        use crate::lifecycle::plan::{Action, Kind};
+        let err = || {
+            Some(LastError {
+                message: "m".into(),
+                at: "2026-01-01T00:00:00Z".into(),
+            })
+        };
+        let s = || Some("x".to_string());
+        StatusReport {
+            schema: SCHEMA,
+            cluster: "c".into(),
+            healthy: true,
+            joined: true,
+            engine: EngineStatus {
+                host: "unix:///var/run/docker.sock".into(),
+                reachable: true,
+                version: s(),
+                error: s(),
+            },
+            swarm: SwarmStatus {
+                state: "active".into(),
+                node_id: s(),
+                hostname: s(),
+                role: Some(Role::Manager),
+                leader: Some(true),
+                managers_total: Some(3),
+                managers_reachable: Some(3),
+                nodes_total: Some(5),
+                nodes_ready: Some(5),
+                swarm_id: s(),
+                ca_digest: s(),
+                error: s(),
+                manager_reachable: Some(true),
+            },
+            agent: AgentStatus {
+                node_id: s(),
+                phase: s(),
+                role: Some(Role::Manager),
+                joined_at: s(),
+                last_error: err(),
+                state_file: "/var/lib/swarm-agent/state.json".into(),
+                running_version: s(),
+                running_pid: Some(1),
+                installed_version: "0.1.0".into(),
+            },
+            backend: BackendStatus {
+                kind: "coordinator".into(),
+                description: s(),
+                reachable: true,
+                phase: s(),
+                lease_holder: s(),
+                swarm_id: s(),
+                ca_digest: s(),
+                awaiting_adoption: false,
+                adoptions: 0,
+                error: s(),
+                keeper: None,
+                drains: None,
+            },
+            lb: LbStatus {
+                enabled: true,
+                path: "/etc/nginx/conf.d/swarm.conf".into(),
+                version: Some(1),
+                seen_version: Some(1),
+                sha256: s(),
+                applied_at: s(),
+                ready_nodes: Some(5),
+                drift: Some(false),
+                last_error: err(),
+            },
+            lifecycle: LifecycleStatus {
+                quorum_margin: Some(1),
+                target_managers: Some(3),
+                keeper_leader: s(),
+                keeper_last_action: Some(RecordedAction {
+                    action: Action {
+                        kind: Kind::Promote,
+                        node_id: "n".into(),
+                        hostname: "h".into(),
+                        reason: "r".into(),
+                    },
+                    at: "t".into(),
+                    error: s(),
+                }),
+                keeper_inflight: Some(InflightStep {
+                    kind: Kind::Promote,
+                    hostname: "h".into(),
+                    since: "t".into(),
+                    bound_secs: 60,
+                    reason: "r".into(),
+                }),
+                awaiting_adoption: false,
+                adoptions: 0,
+                pending_drains: vec!["h: draining (1 tasks left)".into()],
+                no_manager_reachable: false,
+                no_manager_since: s(),
+                advice: s(),
+            },
+        }
+    }
+
+    #[test]
+    fn readme_table_lists_exactly_the_json_fields() {
+        let documented = documented_fields(include_str!("../../README.md"));
+        let json = serde_json::to_value(representative_report()).unwrap();
+        assert_eq!(json["schema"], 1);
+        let mut emitted = std::collections::BTreeSet::new();
+        json_fields(&json, "", &mut emitted);
+        let missing: Vec<_> = emitted.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&emitted).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "agent/README.md `--json` table: not documented {missing:?}; documented but not \
+             emitted {stale:?}"
+        );
+        // The parser itself: a nested key is read as a child of the field before it.
+        assert!(documented.contains("agent.last_error.message"));
+        assert!(documented.contains("lifecycle.keeper_inflight.bound_secs"));
+    }
+
+    #[test]
+    fn not_ready_reasons() {
+        let mut r = representative_report();
+        r.lifecycle.advice = None;
+        r.swarm.error = None;
+        assert_eq!(not_ready_reason(&r, Some(5)), Ok(None));
+        let why = not_ready_reason(&r, Some(6)).unwrap().unwrap();
+        assert!(why.contains("5 of the 6 expected nodes are Ready"), "{why}");
+        r.swarm.role = Some(Role::Worker);
+        let e = not_ready_reason(&r, Some(6)).unwrap_err();
+        assert!(e.contains("run it on a manager"), "{e}");
+        assert_eq!(not_ready_reason(&r, None), Ok(None));
+        r.healthy = false;
+        r.swarm.role = Some(Role::Manager);
+        r.swarm.managers_reachable = Some(1);
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(
+            why.contains("no reachable majority of managers (1 of 3"),
+            "{why}"
+        );
+        r.joined = false;
+        r.swarm.state = "inactive".into();
+        r.agent.phase = Some("waiting_for_tokens".into());
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(
+            why.contains("not joined yet (swarm inactive, agent phase waiting_for_tokens)"),
+            "{why}"
+        );
+        r.engine.reachable = false;
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(why.contains("is not reachable"), "{why}");
+    }
+
+    /// `--wait` against an engine that stays down gives up at the timeout with the reason,
+    /// after several probes (backoff, not one try).
+    #[tokio::test]
+    async fn wait_times_out_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &closed_port_url());
+        let w = world();
+        let e = FakeEngine::new(&w, "node1", "198.18.0.1");
+        e.down_for_calls
+            .store(1000, std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let (r, verdict) = wait_ready(&cfg, e.as_ref(), Duration::from_secs(3), None).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert!(!r.engine.reachable);
+        match verdict {
+            Err(WaitError::Timeout(why)) => assert!(why.contains("not reachable"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        let calls = 1000 - e.down_for_calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(calls >= 2, "probed {calls} times");
+    }
+
+    /// `--wait` returns as soon as the node is joined and the swarm has the expected nodes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wait_returns_once_joined_with_the_expected_nodes() {
+        let w = world();
+        let backend = FakeBackend::new(3);
+        let dir = tempfile::tempdir().unwrap();
+        let e = FakeEngine::new(&w, "node1", "198.18.0.1");
+        let b = Bootstrap {
+            engine: e.clone(),
+            backend: backend.clone(),
+            store: StateStore::new(dir.path()),
+            settings: Settings {
+                cluster: "test".into(),
+                node_id: "id0".into(),
+                advertise_addr: e.addr.clone(),
+                requested_role: RequestedRole::Auto,
+                lease_ttl: Duration::from_secs(5),
+                long_poll: Duration::from_secs(25),
+                policy: Policy::FAST,
+                unauthorized_hint: "check /s".into(),
+                debug_hold_file: None,
+                record_joined_through: true,
+            },
+        };
+        let cfg = config(dir.path(), &closed_port_url());
+        // Waiting starts before the node has joined; the bootstrap runs meanwhile.
+        let waiter = {
+            let e = e.clone();
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                wait_ready(&cfg, e.as_ref(), Duration::from_secs(30), Some(1)).await
+            })
+        };
+        b.run().await.unwrap();
+        let (r, verdict) = waiter.await.unwrap();
+        assert_eq!(verdict, Ok(()));
+        assert!(r.joined && r.healthy);
+        assert_eq!(r.swarm.nodes_ready, Some(1));
+        // Two nodes never come: the wait ends at its timeout, saying how many are Ready.
+        let (_, verdict) = wait_ready(&cfg, e.as_ref(), Duration::from_secs(2), Some(2)).await;
+        match verdict {
+            Err(WaitError::Timeout(why)) => {
+                assert!(why.contains("1 of the 2 expected nodes are Ready"), "{why}")
+            }
+            v => panic!("{v:?}"),
+        }
+    }
 }
