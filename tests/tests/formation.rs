@@ -247,24 +247,24 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
     let formed_at = c.coordinator().show("restart")?["formed_at_ms"].clone();
     // The restarted agent appends to the same log file: look only at what it wrote.
     let mut log_before = Vec::new();
-    for i in 0..5 {
+    for (i, socket) in sockets.iter().enumerate() {
         let p = c.agent(i).unwrap();
         log_before.push(p.log().len());
-        let before_stop = sockets[i].messages().len();
+        let before_stop = socket.messages().len();
         p.kill(Signal::TERM)?;
         let st = p.wait_timeout(Duration::from_secs(20))?;
         assert!(
             st.success(),
             "SIGTERM stops the agent cleanly (exit 0), got {st}"
         );
-        sockets[i].wait_line(before_stop, "STOPPING=1", Duration::from_secs(5))?;
+        socket.wait_line(before_stop, "STOPPING=1", Duration::from_secs(5))?;
         // Restarted on a joined node: READY=1 right after start, no join again.
-        let before_start = sockets[i].messages().len();
+        let before_start = socket.messages().len();
         let started = Instant::now();
         c.start_agent(i)?;
-        sockets[i].wait_line(before_start, "READY=1", Duration::from_secs(30))?;
+        socket.wait_line(before_start, "READY=1", Duration::from_secs(30))?;
         println!("agent {i} restarted: READY=1 after {:?}", started.elapsed());
-        let statuses = sockets[i].statuses(before_start);
+        let statuses = socket.statuses(before_start);
         assert!(
             !statuses
                 .iter()
