@@ -78,9 +78,21 @@ async fn main() -> std::process::ExitCode {
     let command = match main.command {
         Top::Coordinator(c) => c,
         Top::Completions { shell } => {
-            let mut cmd = Main::command();
-            clap_complete::generate(shell, &mut cmd, "swarm-coordinator", &mut std::io::stdout());
-            return std::process::ExitCode::SUCCESS;
+            // Into memory first: clap_complete panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut Main::command(),
+                "swarm-coordinator",
+                &mut script,
+            );
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: writing the completion script: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
         }
         Top::Manpage => {
             return match clap_mangen::Man::new(Main::command()).render(&mut std::io::stdout()) {

@@ -77,10 +77,16 @@ pub struct Completions {
     pub shell: clap_complete::Shell,
 }
 
-/// Write `swarm-agent`'s completion script for `shell` to `out`.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+/// Write `swarm-agent`'s completion script for `shell` to `out`. (Generated into memory first:
+/// clap_complete panics on a write error, e.g. a closed pipe.)
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let mut cmd = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut cmd, "swarm-agent", out);
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "swarm-agent", &mut script);
+    out.write_all(&script)
 }
 
 /// Write `swarm-agent`'s man page (roff, section 1) to `out`.
@@ -130,7 +136,7 @@ impl Cli {
             Command::RotateTokens(args) => args.run().await,
             Command::Upgrade(args) => args.run().await,
             Command::Completions(c) => {
-                write_completions(c.shell, &mut std::io::stdout());
+                write_completions(c.shell, &mut std::io::stdout())?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Manpage => {
@@ -281,7 +287,7 @@ mod tests {
             clap_complete::Shell::Fish,
         ] {
             let mut out = Vec::new();
-            write_completions(shell, &mut out);
+            write_completions(shell, &mut out).unwrap();
             let script = String::from_utf8(out).unwrap();
             assert!(
                 script.contains("log-format") && script.contains("status"),
