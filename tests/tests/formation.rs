@@ -227,6 +227,45 @@ fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()>
         .filter(|s| s.statuses(0).iter().any(|p| p == "initialising the swarm"))
         .count();
     assert_eq!(initialisers, 1, "one agent reported initialising the swarm");
+    // `status --wait` (what the Terraform wait-ready output runs) on the real swarm: a manager
+    // sees the five Ready nodes; six never come (exit 1, the reason); a worker cannot count.
+    let manager = roles.iter().position(|r| r.contains("manager")).unwrap();
+    let worker = roles.iter().position(|r| r.contains("worker")).unwrap();
+    let o = c.agent_cmd(
+        manager,
+        &[
+            "status",
+            "--wait",
+            "--expect-nodes",
+            "5",
+            "--timeout",
+            "60",
+            "--json",
+        ],
+    )?;
+    assert_eq!(o.status.code(), Some(0), "{}{}", o.stdout, o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&o.stdout)?;
+    assert_eq!(report["schema"], 1, "{report}");
+    assert_eq!(report["swarm"]["nodes_ready"], 5, "{report}");
+    let started = Instant::now();
+    let o = c.agent_cmd(
+        manager,
+        &["status", "--wait", "--expect-nodes", "6", "--timeout", "3"],
+    )?;
+    assert_eq!(o.status.code(), Some(1), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .contains("not ready after 3 s: 5 of the 6 expected nodes are Ready"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout holds"
+    );
+    let o = c.agent_cmd(worker, &["status", "--wait", "--expect-nodes", "5"])?;
+    assert_eq!(o.status.code(), Some(2), "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("run it on a manager"), "{}", o.stderr);
     // JSON logs: every line parses, and the formation's events are there.
     for i in [0, 1] {
         let messages = json_log_messages(&c.agent(i).unwrap().log());
