@@ -4,7 +4,7 @@ use swarm_agent::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    swarm_agent::cli::init_logging(cli.command.default_log_level());
+    swarm_agent::cli::init_logging(cli.command.default_log_level(), cli.log_format);
     let error_code = cli.command.error_exit_code();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

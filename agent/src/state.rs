@@ -159,6 +159,8 @@ impl StateStore {
         let mut bytes = serde_json::to_vec_pretty(state).expect("state serializes");
         bytes.push(b'\n');
         fsutil::atomic_write(&self.path, &bytes, 0o600)?;
+        // systemd's `STATUS=` follows the saved phase (only in `swarm-agent run`).
+        crate::notify::phase_saved(state.phase);
         Ok(())
     }
 }

@@ -243,6 +243,21 @@ def write_release(d: str, version: str, files: dict[str, bytes], secret_key: str
     )
 
 
+# The real binaries (for the completions and man page they generate): the static release build
+# first, as releases ship it. scripts/test.sh (CI) builds them and sets
+# SWARMSTRAP_REQUIRE_BINARIES=1, so there the test below cannot be skipped.
+def real_binary(name: str) -> str | None:
+    for rel in (f"target/x86_64-unknown-linux-musl/release/{name}", f"target/release/{name}",
+                f"target/debug/{name}"):
+        path = os.path.join(REPO, rel)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+REAL_BINARIES = {n: real_binary(n) for n in NAMES}
+
+
 def release_files(version: str) -> dict[str, bytes]:
     return {f"{n}-{version}-{a}": binary(n, version, a) for n in NAMES for a in ARCHES}
 
@@ -305,6 +320,14 @@ class SignedReleaseTest(unittest.TestCase):
         d = os.path.join(top, "unsigned", f"v{VERSION}")
         write_release(d, VERSION, good, cls.sec)
         os.unlink(os.path.join(d, "SHA256SUMS.minisig"))
+
+        # The real binaries as this release's x86_64 files.
+        real = {}
+        for name, path in REAL_BINARIES.items():
+            if path:
+                with open(path, "rb") as f:
+                    real[f"{name}-{VERSION}-x86_64"] = f.read()
+        write_release(os.path.join(top, "real", f"v{VERSION}"), VERSION, real, cls.sec)
 
         cls.good = good
         handler = functools.partial(_Quiet, directory=top)
@@ -386,6 +409,75 @@ class SignedReleaseTest(unittest.TestCase):
                         self.assertEqual(os.listdir(self.bindir), [name])
                         self.assertEqual(os.listdir(self.scratch), [])
                         os.unlink(os.path.join(self.bindir, name))
+
+    def doc_paths(self, name: str) -> dict[str, str]:
+        share = os.path.join(self.root, "usr/share")
+        return {
+            "man": os.path.join(share, "man/man1", f"{name}.1"),
+            "bash": os.path.join(share, "bash-completion/completions", name),
+            "zsh": os.path.join(share, "zsh/site-functions", f"_{name}"),
+            "fish": os.path.join(share, "fish/vendor_completions.d", f"{name}.fish"),
+        }
+
+    def render_man(self, path: str) -> str:
+        """The man page as a reader sees it: `man -l` (else groff), plain ASCII."""
+        env = dict(os.environ, LC_ALL="C", MANPAGER="cat", PAGER="cat", MANWIDTH="100")
+        if shutil.which("man"):
+            argv = ["man", "-l", path]
+        elif shutil.which("groff"):
+            argv = ["groff", "-man", "-Tascii", path]
+        else:
+            with open(path) as f:
+                text = f.read()
+            self.assertRegex(text, r"(?m)^\.TH ")
+            return text
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        return proc.stdout
+
+    def test_install_writes_completions_and_man_page(self):
+        if not all(REAL_BINARIES.values()):
+            if os.environ.get("SWARMSTRAP_REQUIRE_BINARIES") == "1":
+                self.fail(f"the binaries are missing ({REAL_BINARIES}): run `bash scripts/build-static.sh`")
+            self.skipTest("no swarm-agent / swarm-coordinator binary built")
+        for shell in SHELLS:
+            for name in NAMES:
+                with self.subTest(shell=shell, name=name):
+                    shutil.rmtree(self.root)
+                    os.makedirs(self.root)
+                    proc = self.install("real", name=name, shell=shell)
+                    self.assertEqual(proc.returncode, 0, proc.stderr)
+                    self.assertIn(f"installed the man page and shell completions of {name}", proc.stderr)
+                    paths = self.doc_paths(name)
+                    for kind, path in paths.items():
+                        self.assertTrue(os.path.isfile(path), f"{kind}: {path} missing")
+                        self.assertEqual(os.stat(path).st_mode & 0o777, 0o644, path)
+                    page = self.render_man(paths["man"])
+                    self.assertIn(name, page)
+                    self.assertIn("--log-format", page)
+                    self.assertIn("serve" if name == "swarm-coordinator" else "status", page)
+                    # bash loads the completion and registers it for the command.
+                    proc = subprocess.run(
+                        ["bash", "-c", f'source "{paths["bash"]}" && complete -p {name}'],
+                        capture_output=True, text=True, timeout=30,
+                    )
+                    self.assertEqual(proc.returncode, 0, proc.stderr)
+                    self.assertIn(name, proc.stdout)
+                    with open(paths["zsh"]) as f:
+                        self.assertTrue(f.readline().startswith(f"#compdef {name}"))
+                    with open(paths["fish"]) as f:
+                        self.assertIn(f"complete -c {name}", f.read())
+                    self.assertEqual(os.listdir(self.scratch), [])
+                    self.assertEqual(os.listdir(self.bindir), [name])
+
+    def test_a_build_without_docs_installs_none(self):
+        # The fake binaries print no man page: installed all the same, without docs.
+        proc = self.install()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("prints no man page", proc.stderr)
+        for path in self.doc_paths("swarm-agent").values():
+            self.assertFalse(os.path.exists(path), path)
+        self.assertEqual(os.listdir(os.path.join(self.root, "usr/share/man/man1")), [])
 
     def test_second_install_keeps_the_verified_binary(self):
         self.assertEqual(self.install().returncode, 0)

@@ -492,6 +492,11 @@ pub struct AgentOptions {
     /// Render the config with this Secrets Manager endpoint instead of moto's IP URL; `{port}`
     /// is replaced with moto's port.
     pub endpoint_url: Option<String>,
+    /// Extra environment for one agent: `(host index, name, value)` (e.g. its own
+    /// `NOTIFY_SOCKET`).
+    pub host_env: Vec<(usize, String, String)>,
+    /// Extra arguments of one agent's `swarm-agent run`: `(host index, argument)`, in order.
+    pub run_args: Vec<(usize, String)>,
 }
 
 impl Default for AgentOptions {
@@ -505,6 +510,8 @@ impl Default for AgentOptions {
             chroot_resolv_conf: None,
             coordinator_url: None,
             endpoint_url: None,
+            host_env: Vec::new(),
+            run_args: Vec::new(),
         }
     }
 }
@@ -961,6 +968,7 @@ impl Cluster {
                 env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             }
             env.extend(self.options.env.iter().cloned());
+            env.extend(self.host_env(h));
             return env;
         }
         let mut env = vec![
@@ -983,13 +991,32 @@ impl Cluster {
             env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
         env.extend(self.options.env.iter().cloned());
+        env.extend(self.host_env(h));
         env
+    }
+
+    /// [`AgentOptions::host_env`] of host `h`.
+    fn host_env(&self, h: &Host) -> Vec<(String, String)> {
+        self.options
+            .host_env
+            .iter()
+            .filter(|(i, _, _)| *i == h.index())
+            .map(|(_, k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Start `swarm-agent run` inside host `i`'s network namespace.
     pub fn start_agent(&self, i: usize) -> Result<ProcHandle> {
         let h = self.lab.host(i);
-        let cmd = self.agent_command(h, &["run"])?;
+        let mut args = vec!["run"];
+        args.extend(
+            self.options
+                .run_args
+                .iter()
+                .filter(|(host, _)| *host == i)
+                .map(|(_, a)| a.as_str()),
+        );
+        let cmd = self.agent_command(h, &args)?;
         let p = h.spawn_in_netns("agent", cmd)?;
         self.agents.lock().unwrap()[i] = Some(p.clone());
         Ok(p)

@@ -6,7 +6,10 @@
 //! Every wait has a deadline; failures print the agents' and coordinator's log tails.
 
 use std::fs;
-use std::time::Duration;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use swarmstrap_lab::cluster::{AgentOptions, Cluster};
 use swarmstrap_lab::{wait_until, Lab, LabConfig, Signal};
 
@@ -26,8 +29,15 @@ fn node_ids(c: &Cluster) -> Vec<String> {
 }
 
 fn form_five(name: &str) -> anyhow::Result<Cluster> {
-    let lab = Lab::start(LabConfig::new(5))?;
-    let c = Cluster::new(lab, name, AgentOptions::default())?;
+    form_five_on(
+        Lab::start(LabConfig::new(5))?,
+        name,
+        AgentOptions::default(),
+    )
+}
+
+fn form_five_on(lab: Lab, name: &str, options: AgentOptions) -> anyhow::Result<Cluster> {
+    let c = Cluster::new(lab, name, options)?;
     c.start_agents()?;
     let swarm_id = c.wait_formed(&all(&c), 3, 2, FORM)?;
     assert!(!swarm_id.is_empty());
@@ -82,26 +92,229 @@ fn agents_started_before_their_engines_form_the_same_swarm() -> anyhow::Result<(
     Ok(())
 }
 
+/// The systemd side of `Type=notify`: a real datagram socket that an agent's `NOTIFY_SOCKET`
+/// names, and every message received on it, in order.
+struct NotifySocket {
+    sock: UnixDatagram,
+    got: Mutex<Vec<String>>,
+}
+
+impl NotifySocket {
+    fn bind(path: &Path) -> anyhow::Result<NotifySocket> {
+        let _ = fs::remove_file(path);
+        let sock = UnixDatagram::bind(path)?;
+        sock.set_nonblocking(true)?;
+        Ok(NotifySocket {
+            sock,
+            got: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Every message so far (reads what is waiting on the socket first).
+    fn messages(&self) -> Vec<String> {
+        let mut got = self.got.lock().unwrap();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got.clone()
+    }
+
+    /// Waits until a message from index `from` on has the line `line`; returns that index.
+    fn wait_line(&self, from: usize, line: &str, timeout: Duration) -> anyhow::Result<usize> {
+        Ok(wait_until(
+            timeout,
+            &format!("`{line}` on NOTIFY_SOCKET"),
+            || {
+                Ok(self
+                    .messages()
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, m)| m.lines().any(|l| l == line))
+                    .map(|(i, _)| i))
+            },
+        )?)
+    }
+
+    /// The `STATUS=` texts of messages from index `from` on.
+    fn statuses(&self, from: usize) -> Vec<String> {
+        self.messages()[from..]
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_string))
+            .collect()
+    }
+}
+
+/// Every line of a `--log-format json` log is one JSON object with the documented fields;
+/// returns the messages.
+fn json_log_messages(log: &str) -> Vec<String> {
+    assert!(!log.trim().is_empty(), "empty log");
+    log.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+            for key in ["timestamp", "level", "target"] {
+                assert!(v[key].is_string(), "no {key}: {line}");
+            }
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no fields.message: {line}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Also the systemd side (`Type=notify`) and `--log-format json`: every agent reports to its
+/// own real `NOTIFY_SOCKET`; agent 0 logs JSON by flag, agent 1 by environment.
 #[test]
 fn restarting_the_agent_on_a_joined_host_changes_nothing() -> anyhow::Result<()> {
-    let c = form_five("restart")?;
+    let lab = Lab::start(LabConfig::new(5))?;
+    let mut host_env = vec![(1, "SWARM_AGENT_LOG_FORMAT".into(), "json".into())];
+    let mut sockets = Vec::new();
+    for i in 0..5 {
+        let path = lab.host(i).dir().join("notify.sock");
+        sockets.push(NotifySocket::bind(&path)?);
+        host_env.push((i, "NOTIFY_SOCKET".into(), path.display().to_string()));
+    }
+    let options = AgentOptions {
+        host_env,
+        run_args: vec![(0, "--log-format".into()), (0, "json".into())],
+        ..AgentOptions::default()
+    };
+    let c = form_five_on(lab, "restart", options)?;
+
+    // READY=1 from every agent once it is in the swarm, after the phases that led there.
+    let mut roles = Vec::new();
+    for (i, s) in sockets.iter().enumerate() {
+        let ready = s.wait_line(0, "READY=1", Duration::from_secs(30))?;
+        let statuses = s.statuses(0);
+        println!("agent {i} NOTIFY_SOCKET: {:?}", s.messages());
+        let before_ready = s.statuses(0).len() - s.statuses(ready).len();
+        let joined = &s.statuses(ready)[0];
+        assert!(
+            joined == "joined as manager (cluster restart)"
+                || joined == "joined as worker (cluster restart)",
+            "agent {i}: READY=1 comes with the role: {statuses:?}"
+        );
+        roles.push(joined.clone());
+        let phases = &statuses[..before_ready];
+        for want in [
+            "starting",
+            "waiting for the Docker engine",
+            "registering with the rendezvous",
+        ] {
+            assert!(
+                phases.iter().any(|p| p == want),
+                "agent {i}: STATUS={want} before READY: {statuses:?}"
+            );
+        }
+        assert!(
+            phases
+                .iter()
+                .any(|p| p == "joining the swarm" || p == "initialising the swarm"),
+            "agent {i}: joined or initialised before READY: {statuses:?}"
+        );
+    }
+    assert_eq!(
+        roles.iter().filter(|r| r.contains("manager")).count(),
+        3,
+        "{roles:?}"
+    );
+    let initialisers = sockets
+        .iter()
+        .filter(|s| s.statuses(0).iter().any(|p| p == "initialising the swarm"))
+        .count();
+    assert_eq!(initialisers, 1, "one agent reported initialising the swarm");
+    // `status --wait` (what the Terraform wait-ready output runs) on the real swarm: a manager
+    // sees the five Ready nodes; six never come (exit 1, the reason); a worker cannot count.
+    let manager = roles.iter().position(|r| r.contains("manager")).unwrap();
+    let worker = roles.iter().position(|r| r.contains("worker")).unwrap();
+    let o = c.agent_cmd(
+        manager,
+        &[
+            "status",
+            "--wait",
+            "--expect-nodes",
+            "5",
+            "--timeout",
+            "60",
+            "--json",
+        ],
+    )?;
+    assert_eq!(o.status.code(), Some(0), "{}{}", o.stdout, o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&o.stdout)?;
+    assert_eq!(report["schema"], 1, "{report}");
+    assert_eq!(report["swarm"]["nodes_ready"], 5, "{report}");
+    let started = Instant::now();
+    let o = c.agent_cmd(
+        manager,
+        &["status", "--wait", "--expect-nodes", "6", "--timeout", "3"],
+    )?;
+    assert_eq!(o.status.code(), Some(1), "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr
+            .contains("not ready after 3 s: 5 of the 6 expected nodes are Ready"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the timeout holds"
+    );
+    let o = c.agent_cmd(worker, &["status", "--wait", "--expect-nodes", "5"])?;
+    assert_eq!(o.status.code(), Some(2), "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("run it on a manager"), "{}", o.stderr);
+    // JSON logs: every line parses, and the formation's events are there.
+    for i in [0, 1] {
+        let messages = json_log_messages(&c.agent(i).unwrap().log());
+        for want in [
+            "swarm-agent ",
+            "phase: registering",
+            "node is part of cluster restart",
+        ] {
+            assert!(
+                messages.iter().any(|m| m.contains(want)),
+                "agent {i}: JSON log has `{want}`: {messages:#?}"
+            );
+        }
+    }
+
     let ids_before = node_ids(&c);
     let swarm_before = c.status(0)?.1["swarm"]["swarm_id"].clone();
     let formed_at = c.coordinator().show("restart")?["formed_at_ms"].clone();
     // The restarted agent appends to the same log file: look only at what it wrote.
     let mut log_before = Vec::new();
-    for i in 0..5 {
+    for (i, socket) in sockets.iter().enumerate() {
         let p = c.agent(i).unwrap();
         log_before.push(p.log().len());
+        let before_stop = socket.messages().len();
         p.kill(Signal::TERM)?;
         let st = p.wait_timeout(Duration::from_secs(20))?;
         assert!(
             st.success(),
             "SIGTERM stops the agent cleanly (exit 0), got {st}"
         );
+        socket.wait_line(before_stop, "STOPPING=1", Duration::from_secs(5))?;
+        // Restarted on a joined node: READY=1 right after start, no join again.
+        let before_start = socket.messages().len();
+        let started = Instant::now();
         c.start_agent(i)?;
+        socket.wait_line(before_start, "READY=1", Duration::from_secs(30))?;
+        println!("agent {i} restarted: READY=1 after {:?}", started.elapsed());
+        let statuses = socket.statuses(before_start);
+        assert!(
+            !statuses
+                .iter()
+                .any(|p| p == "joining the swarm" || p == "initialising the swarm"),
+            "agent {i} restarted joined: {statuses:?}"
+        );
     }
     c.wait_formed(&all(&c), 3, 2, FORM)?;
+    for i in [0, 1] {
+        json_log_messages(&c.agent(i).unwrap().log());
+    }
     // Each restarted agent saw its node in this cluster's swarm and stayed.
     for (i, before) in log_before.iter().enumerate() {
         let log = c.agent(i).unwrap().log();

@@ -9,9 +9,12 @@ pub mod status;
 pub mod upgrade;
 
 use crate::config::ENV_LOG;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
+
+/// Environment variable for `--log-format`.
+pub const ENV_LOG_FORMAT: &str = "SWARM_AGENT_LOG_FORMAT";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,8 +24,26 @@ use tracing_subscriber::EnvFilter;
     long_about = None
 )]
 pub struct Cli {
+    /// Log line format on stderr: `text` (human) or `json` (one JSON object per line: timestamp,
+    /// level, target, fields.message and the event's other fields; see README).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = ENV_LOG_FORMAT,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`: both binaries take the same two values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +62,36 @@ pub enum Command {
     RotateTokens(rotate::RotateArgs),
     /// Install release VERSION in place (signature and hash checked) and restart the agent on it.
     Upgrade(upgrade::UpgradeArgs),
+    /// Print a shell completion script (bash, zsh, fish) on stdout (the installer writes them).
+    #[command(hide = true)]
+    Completions(Completions),
+    /// Print the man page (roff) on stdout (the installer writes it to man1).
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Completions {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Write `swarm-agent`'s completion script for `shell` to `out`. (Generated into memory first:
+/// clap_complete panics on a write error, e.g. a closed pipe.)
+pub fn write_completions(
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "swarm-agent", &mut script);
+    out.write_all(&script)
+}
+
+/// Write `swarm-agent`'s man page (roff, section 1) to `out`.
+pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
 impl Command {
@@ -53,7 +104,9 @@ impl Command {
             | Command::Leave(_)
             | Command::Recover(_)
             | Command::RotateTokens(_)
-            | Command::Upgrade(_) => 1,
+            | Command::Upgrade(_)
+            | Command::Completions(_)
+            | Command::Manpage => 1,
         }
     }
 
@@ -61,7 +114,9 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Run(_) => "info",
-            Command::Status(_) | Command::Lb(_) => "error",
+            Command::Status(_) | Command::Lb(_) | Command::Completions(_) | Command::Manpage => {
+                "error"
+            }
             Command::Leave(_)
             | Command::Recover(_)
             | Command::RotateTokens(_)
@@ -80,23 +135,45 @@ impl Cli {
             Command::Recover(args) => args.run().await,
             Command::RotateTokens(args) => args.run().await,
             Command::Upgrade(args) => args.run().await,
+            Command::Completions(c) => {
+                write_completions(c.shell, &mut std::io::stdout())?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Manpage => {
+                write_manpage(&mut std::io::stdout())?;
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }
 
 /// Logs go to stderr. Level from [`ENV_LOG`] (or `RUST_LOG`), e.g. `debug`.
-pub fn init_logging(default_level: &str) {
+///
+/// `json`: one object per line, `{"timestamp":"<RFC 3339>","level":"INFO","fields":{"message":
+/// "..."},"target":"swarm_agent::bootstrap"}` (tracing-subscriber's JSON format; no span
+/// fields). No log call of the agent carries a secret in a field or in its message.
+pub fn init_logging(default_level: &str, format: LogFormat) {
     let filter = std::env::var(ENV_LOG)
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_ansi(false)
+            .with_target(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 #[cfg(test)]
@@ -147,5 +224,75 @@ mod tests {
         }
         // The secret never goes through argv: there is no flag for it.
         assert!(Cli::try_parse_from(["swarm-agent", "run", "--join-secret", "x"]).is_err());
+    }
+
+    #[test]
+    fn log_format_is_a_global_flag_with_two_values() {
+        let c = Cli::try_parse_from(["swarm-agent", "status", "--log-format", "json"]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = Cli::try_parse_from(["swarm-agent", "--log-format", "text", "run"]).unwrap();
+        assert_eq!(c.log_format, LogFormat::Text);
+        let e = Cli::try_parse_from(["swarm-agent", "run", "--log-format", "xml"]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("'xml'") && text.contains("text") && text.contains("json"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_wait_flags() {
+        let c = Cli::try_parse_from([
+            "swarm-agent",
+            "status",
+            "--wait",
+            "--timeout",
+            "30",
+            "--expect-nodes",
+            "5",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Status(a) => {
+                assert!(a.wait);
+                assert_eq!(a.timeout, 30);
+                assert_eq!(a.expect_nodes, Some(5));
+            }
+            _ => panic!("not status"),
+        }
+        match Cli::try_parse_from(["swarm-agent", "status", "--wait"])
+            .unwrap()
+            .command
+        {
+            Command::Status(a) => assert_eq!((a.timeout, a.expect_nodes), (600, None)),
+            _ => panic!("not status"),
+        }
+        // --timeout / --expect-nodes mean nothing without --wait; 0 nodes is a mistake.
+        assert!(Cli::try_parse_from(["swarm-agent", "status", "--timeout", "5"]).is_err());
+        assert!(
+            Cli::try_parse_from(["swarm-agent", "status", "--wait", "--expect-nodes", "0"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut out = Vec::new();
+        write_manpage(&mut out).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.contains(".TH swarm-agent"), "{page}");
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out).unwrap();
+            let script = String::from_utf8(out).unwrap();
+            assert!(
+                script.contains("log-format") && script.contains("status"),
+                "{shell}"
+            );
+        }
     }
 }

@@ -44,6 +44,9 @@ impl RunArgs {
             .or_else(|| argv.next().map(PathBuf::from).filter(|p| p.is_absolute()));
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let cfg = Config::load(&self.config)?;
+        // systemd (Type=notify): STATUS= lines follow the phase, READY=1 once joined.
+        crate::notify::enable();
+        crate::notify::status("starting");
         tracing::info!(
             "swarm-agent {} for cluster {} (backend {}, config {})",
             crate::VERSION,
@@ -88,7 +91,10 @@ impl RunArgs {
             r = advertise::resolve(&cfg.advertise_addr) => r.with_context(|| {
                 format!("finding the advertise address (advertise_addr = {})", cfg.advertise_addr)
             })?,
-            _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            _ = &mut shutdown => {
+                crate::notify::stopping();
+                return Ok(ExitCode::SUCCESS);
+            }
             _ = &mut reexec => return reexec_self(&exe, &args),
         };
         tracing::info!("node id {node_id}, advertise address {advertise}");
@@ -113,9 +119,19 @@ impl RunArgs {
             },
         };
         tokio::select! {
-            r = boot.run_or_rename() => { r?; }
+            r = boot.run_or_rename() => {
+                let outcome = r?;
+                // Part of the cluster's swarm: systemd may start what waits for this unit. A
+                // restart of a joined node (or the re-exec after `upgrade`) gets here within
+                // one engine check.
+                crate::notify::ready(&format!(
+                    "joined as {} (cluster {})",
+                    outcome.role, cfg.cluster
+                ));
+            }
             _ = &mut shutdown => {
                 tracing::info!("stopping on signal before the bootstrap finished");
+                crate::notify::stopping();
                 return Ok(ExitCode::SUCCESS);
             }
             // Every bootstrap step is safe to interrupt (it resumes from the state file).
@@ -210,6 +226,7 @@ impl RunArgs {
             _ = &mut reexec => return reexec_self(&exe, &args),
         }
         tracing::info!("stopping on signal");
+        crate::notify::stopping();
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -1,6 +1,8 @@
-//! `swarm-agent status [--json]`: what the engine, the swarm, the agent and the backend say.
-//! Works (and says so) when the engine or the backend is down: every probe has a ~2 s timeout
-//! and they run concurrently.
+//! `swarm-agent status [--json] [--wait [--timeout SECS] [--expect-nodes N]]`: what the engine,
+//! the swarm, the agent and the backend say. Works (and says so) when the engine or the backend
+//! is down: every probe has a ~2 s timeout and they run concurrently. `--wait` repeats the probe
+//! (capped backoff with jitter, [`crate::retry`]) until this node is joined and healthy (and,
+//! with `--expect-nodes`, the swarm has that many Ready nodes) or the timeout passes.
 
 use crate::backend;
 use crate::config::{Config, Overrides};
@@ -18,11 +20,34 @@ pub const EXIT_ERROR: u8 = 2;
 /// Probe timeout for the engine and the backend.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Version of the `--json` document's shape: raised when a field is removed or changes
+/// meaning (new fields do not raise it).
+pub const SCHEMA: u32 = 1;
+
+/// `--wait`: the first re-probe after ~0.25–0.5 s, then at most every ~2–4 s (each probe is a
+/// few engine and backend calls; a joining node needs seconds, a forming cluster minutes).
+const WAIT_POLICY: crate::retry::Policy = crate::retry::Policy {
+    base_initial: Duration::from_millis(250),
+    base_cap: Duration::from_secs(2),
+    deadline: None,
+};
+
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print one JSON object (stable field names, see README) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Wait until this node is joined and healthy (exit 0), or exit 1 with the reason once
+    /// --timeout passes. Prints the final report.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+    pub timeout: u64,
+    /// With --wait, on a manager: also wait until the swarm has at least N nodes with status
+    /// Ready.
+    #[arg(long, value_name = "N", requires = "wait", value_parser = clap::value_parser!(u64).range(1..))]
+    pub expect_nodes: Option<u64>,
     #[command(flatten)]
     pub config: Overrides,
 }
@@ -30,6 +55,8 @@ pub struct StatusArgs {
 /// The `--json` document. Field names are part of the interface (README).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct StatusReport {
+    /// [`SCHEMA`].
+    pub schema: u32,
     pub cluster: String,
     /// Joined and healthy (exit code 0).
     pub healthy: bool,
@@ -107,6 +134,8 @@ pub struct SwarmStatus {
     pub managers_total: Option<u64>,
     pub managers_reachable: Option<u64>,
     pub nodes_total: Option<u64>,
+    /// Managers only: nodes whose status is Ready.
+    pub nodes_ready: Option<u64>,
     pub swarm_id: Option<String>,
     pub ca_digest: Option<String>,
     pub error: Option<String>,
@@ -155,18 +184,157 @@ impl StatusArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let cfg = Config::load(&self.config)?;
         let engine = BollardEngine::new(&cfg.docker_host, PROBE_TIMEOUT);
-        let report = collect(&cfg, &engine).await;
+        let (report, verdict) = if self.wait {
+            let timeout = Duration::from_secs(self.timeout);
+            let (report, verdict) = wait_ready(&cfg, &engine, timeout, self.expect_nodes).await;
+            (report, Some(verdict))
+        } else {
+            (collect(&cfg, &engine).await, None)
+        };
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", render_text(&report));
         }
-        Ok(ExitCode::from(if report.healthy {
-            EXIT_HEALTHY
-        } else {
-            EXIT_NOT_READY
-        }))
+        match verdict {
+            None => Ok(ExitCode::from(if report.healthy {
+                EXIT_HEALTHY
+            } else {
+                EXIT_NOT_READY
+            })),
+            Some(Ok(())) => Ok(ExitCode::from(EXIT_HEALTHY)),
+            Some(Err(WaitError::Timeout(reason))) => {
+                eprintln!(
+                    "swarm-agent: status --wait: not ready after {} s: {reason}",
+                    self.timeout
+                );
+                Ok(ExitCode::from(EXIT_NOT_READY))
+            }
+            Some(Err(WaitError::Usage(reason))) => Err(anyhow::anyhow!(reason)),
+        }
     }
+}
+
+/// Why `--wait` stopped without success.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum WaitError {
+    /// The timeout passed; the last reason the node was not ready.
+    #[error("{0}")]
+    Timeout(String),
+    /// Waiting cannot succeed (e.g. `--expect-nodes` on a worker).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Why the report is not what `--wait` waits for, or `None` when it is. `Err`: waiting cannot
+/// help.
+pub fn not_ready_reason(
+    r: &StatusReport,
+    expect_nodes: Option<u64>,
+) -> Result<Option<String>, String> {
+    if !r.engine.reachable {
+        return Ok(Some(format!(
+            "the Docker engine ({}) is not reachable: {}",
+            r.engine.host,
+            opt(&r.engine.error)
+        )));
+    }
+    if !r.joined {
+        let mut why = format!(
+            "not joined yet (swarm {}, agent phase {})",
+            r.swarm.state,
+            opt(&r.agent.phase)
+        );
+        if let Some(e) = &r.agent.last_error {
+            why.push_str(&format!("; agent's last error: {}", e.message));
+        }
+        return Ok(Some(why));
+    }
+    if !r.healthy {
+        let why = if let Some(advice) = &r.lifecycle.advice {
+            advice.clone()
+        } else if let Some(e) = &r.swarm.error {
+            format!("swarm error: {e}")
+        } else if r.swarm.role == Some(Role::Manager)
+            && !matches!((r.swarm.managers_total, r.swarm.managers_reachable), (Some(t), Some(re)) if re * 2 > t)
+        {
+            format!(
+                "no reachable majority of managers ({} of {} reachable)",
+                opt(&r.swarm.managers_reachable),
+                opt(&r.swarm.managers_total)
+            )
+        } else {
+            "the swarm's CA digest differs from the one recorded at join time or published by \
+             the backend"
+                .to_string()
+        };
+        return Ok(Some(format!("joined but not healthy: {why}")));
+    }
+    if let Some(n) = expect_nodes {
+        if r.swarm.role != Some(Role::Manager) {
+            return Err(format!(
+                "--expect-nodes {n}: this node is a {}, and only a manager sees the swarm's \
+                 node list; run it on a manager, or drop --expect-nodes",
+                opt(&r.swarm.role)
+            ));
+        }
+        let ready = r.swarm.nodes_ready.unwrap_or(0);
+        if ready < n {
+            return Ok(Some(format!(
+                "{ready} of the {n} expected nodes are Ready ({} in the swarm)",
+                opt(&r.swarm.nodes_total)
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Probe until [`not_ready_reason`] is `None` (capped backoff with jitter between probes) or
+/// `timeout` passes. Returns the last report and the verdict.
+pub async fn wait_ready(
+    cfg: &Config,
+    engine: &dyn Engine,
+    timeout: Duration,
+    expect_nodes: Option<u64>,
+) -> (StatusReport, Result<(), WaitError>) {
+    let last: std::sync::Mutex<Option<StatusReport>> = std::sync::Mutex::new(None);
+    let probe = crate::retry::retry(
+        WAIT_POLICY.with_deadline(timeout),
+        "waiting for this node to be ready",
+        |e: &WaitError| matches!(e, WaitError::Timeout(_)),
+        || async {
+            let r = collect(cfg, engine).await;
+            let verdict = not_ready_reason(&r, expect_nodes);
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            match verdict {
+                Ok(None) => Ok(()),
+                Ok(Some(why)) => Err(WaitError::Timeout(why)),
+                Err(usage) => Err(WaitError::Usage(usage)),
+            }
+        },
+    );
+    // The deadline also bounds a probe in progress (each probe is bounded too, ~2.5 s a step).
+    let verdict = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(f)) => Err(f.into_inner()),
+        Err(_) => Err(WaitError::Timeout(String::new())),
+    };
+    let report = last.into_inner().unwrap_or_else(|p| p.into_inner());
+    let report = match report {
+        Some(r) => r,
+        None => collect(cfg, engine).await,
+    };
+    let verdict = match verdict {
+        // Timed out inside a probe: the reason is the last finished probe's.
+        Err(WaitError::Timeout(why)) if why.is_empty() => Err(WaitError::Timeout(
+            not_ready_reason(&report, expect_nodes)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "no probe finished within the timeout".into()),
+        )),
+        v => v,
+    };
+    (report, verdict)
 }
 
 async fn with_timeout<T, E: std::fmt::Display>(
@@ -226,6 +394,7 @@ pub async fn collect(cfg: &Config, engine: &dyn Engine) -> StatusReport {
         && swarm_healthy(&swarm, agent_state.as_ref(), &backend_part);
     let lb = lb_status(cfg);
     StatusReport {
+        schema: SCHEMA,
         cluster: cfg.cluster.clone(),
         healthy,
         joined,
@@ -397,6 +566,7 @@ async fn probe_engine(engine: &dyn Engine) -> (EngineStatus, SwarmStatus) {
                     .count() as u64,
             );
             ss.nodes_total = Some(nodes.len() as u64);
+            ss.nodes_ready = Some(nodes.iter().filter(|n| n.state == "ready").count() as u64);
             ss.leader = Some(
                 nodes
                     .iter()
@@ -490,7 +660,13 @@ pub fn render_text(r: &StatusReport) -> String {
                 _ => "-".into(),
             },
         ),
-        ("nodes", opt(&r.swarm.nodes_total)),
+        (
+            "nodes",
+            match (r.swarm.nodes_total, r.swarm.nodes_ready) {
+                (Some(t), Some(ready)) => format!("{t} ({ready} Ready)"),
+                (t, _) => opt(&t),
+            },
+        ),
         ("swarm id", opt(&r.swarm.swarm_id)),
         ("ca digest", opt(&r.swarm.ca_digest)),
     ];
@@ -802,5 +978,290 @@ mod tests {
         StateStore::new(dirs[leader].path()).save(&mut st).unwrap();
         let r = collect(&cfg, engines[leader].as_ref()).await;
         assert!(r.joined && !r.healthy);
+    }
+
+    /// The keys of the README's `--json` table: backticked names in the first column; names in
+    /// parentheses are the keys of the object the preceding field holds.
+    fn documented_fields(readme: &str) -> std::collections::BTreeSet<String> {
+        let section = readme
+            .split("`--json` fields")
+            .nth(1)
+            .expect("agent/README.md has the `--json` fields table");
+        let mut out = std::collections::BTreeSet::new();
+        let rows = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| field |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'));
+        for row in rows {
+            let cell = row.split('|').nth(1).unwrap();
+            let (mut depth, mut last) = (0, String::new());
+            let mut parts = cell.split('`');
+            let mut outside = parts.next().unwrap_or("");
+            loop {
+                depth += outside.matches('(').count() as i32;
+                depth -= outside.matches(')').count() as i32;
+                let Some(name) = parts.next() else { break };
+                if depth > 0 {
+                    out.insert(format!("{last}.{name}"));
+                } else {
+                    last = name.to_string();
+                    out.insert(last.clone());
+                }
+                outside = parts.next().unwrap_or("");
+            }
+        }
+        out
+    }
+
+    /// Every key path of a JSON document (objects are recursed into; their own path counts too
+    /// when they sit inside another object, as the table names `agent.last_error` itself).
+    fn json_fields(
+        v: &serde_json::Value,
+        prefix: &str,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                // `engine`, `swarm`, ... are sections: the table names only their keys.
+                let section = prefix.is_empty() && v.is_object();
+                if !section {
+                    out.insert(path.clone());
+                }
+                json_fields(v, &path, out);
+            }
+        }
+    }
+
+    /// A report with every optional part present, so every key the document can have shows.
+    fn representative_report() -> StatusReport {
+        use crate::lifecycle::docs::{InflightStep, RecordedAction};
+        use crate::lifecycle::plan::{Action, Kind};
+        let err = || {
+            Some(LastError {
+                message: "m".into(),
+                at: "2026-01-01T00:00:00Z".into(),
+            })
+        };
+        let s = || Some("x".to_string());
+        StatusReport {
+            schema: SCHEMA,
+            cluster: "c".into(),
+            healthy: true,
+            joined: true,
+            engine: EngineStatus {
+                host: "unix:///var/run/docker.sock".into(),
+                reachable: true,
+                version: s(),
+                error: s(),
+            },
+            swarm: SwarmStatus {
+                state: "active".into(),
+                node_id: s(),
+                hostname: s(),
+                role: Some(Role::Manager),
+                leader: Some(true),
+                managers_total: Some(3),
+                managers_reachable: Some(3),
+                nodes_total: Some(5),
+                nodes_ready: Some(5),
+                swarm_id: s(),
+                ca_digest: s(),
+                error: s(),
+                manager_reachable: Some(true),
+            },
+            agent: AgentStatus {
+                node_id: s(),
+                phase: s(),
+                role: Some(Role::Manager),
+                joined_at: s(),
+                last_error: err(),
+                state_file: "/var/lib/swarm-agent/state.json".into(),
+                running_version: s(),
+                running_pid: Some(1),
+                installed_version: "0.1.0".into(),
+            },
+            backend: BackendStatus {
+                kind: "coordinator".into(),
+                description: s(),
+                reachable: true,
+                phase: s(),
+                lease_holder: s(),
+                swarm_id: s(),
+                ca_digest: s(),
+                awaiting_adoption: false,
+                adoptions: 0,
+                error: s(),
+                keeper: None,
+                drains: None,
+            },
+            lb: LbStatus {
+                enabled: true,
+                path: "/etc/nginx/conf.d/swarm.conf".into(),
+                version: Some(1),
+                seen_version: Some(1),
+                sha256: s(),
+                applied_at: s(),
+                ready_nodes: Some(5),
+                drift: Some(false),
+                last_error: err(),
+            },
+            lifecycle: LifecycleStatus {
+                quorum_margin: Some(1),
+                target_managers: Some(3),
+                keeper_leader: s(),
+                keeper_last_action: Some(RecordedAction {
+                    action: Action {
+                        kind: Kind::Promote,
+                        node_id: "n".into(),
+                        hostname: "h".into(),
+                        reason: "r".into(),
+                    },
+                    at: "t".into(),
+                    error: s(),
+                }),
+                keeper_inflight: Some(InflightStep {
+                    kind: Kind::Promote,
+                    hostname: "h".into(),
+                    since: "t".into(),
+                    bound_secs: 60,
+                    reason: "r".into(),
+                }),
+                awaiting_adoption: false,
+                adoptions: 0,
+                pending_drains: vec!["h: draining (1 tasks left)".into()],
+                no_manager_reachable: false,
+                no_manager_since: s(),
+                advice: s(),
+            },
+        }
+    }
+
+    #[test]
+    fn readme_table_lists_exactly_the_json_fields() {
+        let documented = documented_fields(include_str!("../../README.md"));
+        let json = serde_json::to_value(representative_report()).unwrap();
+        assert_eq!(json["schema"], 1);
+        let mut emitted = std::collections::BTreeSet::new();
+        json_fields(&json, "", &mut emitted);
+        let missing: Vec<_> = emitted.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&emitted).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "agent/README.md `--json` table: not documented {missing:?}; documented but not \
+             emitted {stale:?}"
+        );
+        // The parser itself: a nested key is read as a child of the field before it.
+        assert!(documented.contains("agent.last_error.message"));
+        assert!(documented.contains("lifecycle.keeper_inflight.bound_secs"));
+    }
+
+    #[test]
+    fn not_ready_reasons() {
+        let mut r = representative_report();
+        r.lifecycle.advice = None;
+        r.swarm.error = None;
+        assert_eq!(not_ready_reason(&r, Some(5)), Ok(None));
+        let why = not_ready_reason(&r, Some(6)).unwrap().unwrap();
+        assert!(why.contains("5 of the 6 expected nodes are Ready"), "{why}");
+        r.swarm.role = Some(Role::Worker);
+        let e = not_ready_reason(&r, Some(6)).unwrap_err();
+        assert!(e.contains("run it on a manager"), "{e}");
+        assert_eq!(not_ready_reason(&r, None), Ok(None));
+        r.healthy = false;
+        r.swarm.role = Some(Role::Manager);
+        r.swarm.managers_reachable = Some(1);
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(
+            why.contains("no reachable majority of managers (1 of 3"),
+            "{why}"
+        );
+        r.joined = false;
+        r.swarm.state = "inactive".into();
+        r.agent.phase = Some("waiting_for_tokens".into());
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(
+            why.contains("not joined yet (swarm inactive, agent phase waiting_for_tokens)"),
+            "{why}"
+        );
+        r.engine.reachable = false;
+        let why = not_ready_reason(&r, None).unwrap().unwrap();
+        assert!(why.contains("is not reachable"), "{why}");
+    }
+
+    /// `--wait` against an engine that stays down gives up at the timeout with the reason,
+    /// after several probes (backoff, not one try).
+    #[tokio::test]
+    async fn wait_times_out_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &closed_port_url());
+        let w = world();
+        let e = FakeEngine::new(&w, "node1", "198.18.0.1");
+        e.down_for_calls
+            .store(1000, std::sync::atomic::Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let (r, verdict) = wait_ready(&cfg, e.as_ref(), Duration::from_secs(3), None).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert!(!r.engine.reachable);
+        match verdict {
+            Err(WaitError::Timeout(why)) => assert!(why.contains("not reachable"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        let calls = 1000 - e.down_for_calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(calls >= 2, "probed {calls} times");
+    }
+
+    /// `--wait` returns as soon as the node is joined and the swarm has the expected nodes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wait_returns_once_joined_with_the_expected_nodes() {
+        let w = world();
+        let backend = FakeBackend::new(3);
+        let dir = tempfile::tempdir().unwrap();
+        let e = FakeEngine::new(&w, "node1", "198.18.0.1");
+        let b = Bootstrap {
+            engine: e.clone(),
+            backend: backend.clone(),
+            store: StateStore::new(dir.path()),
+            settings: Settings {
+                cluster: "test".into(),
+                node_id: "id0".into(),
+                advertise_addr: e.addr.clone(),
+                requested_role: RequestedRole::Auto,
+                lease_ttl: Duration::from_secs(5),
+                long_poll: Duration::from_secs(25),
+                policy: Policy::FAST,
+                unauthorized_hint: "check /s".into(),
+                debug_hold_file: None,
+                record_joined_through: true,
+            },
+        };
+        let cfg = config(dir.path(), &closed_port_url());
+        // Waiting starts before the node has joined; the bootstrap runs meanwhile.
+        let waiter = {
+            let e = e.clone();
+            let cfg = cfg.clone();
+            tokio::spawn(async move {
+                wait_ready(&cfg, e.as_ref(), Duration::from_secs(30), Some(1)).await
+            })
+        };
+        b.run().await.unwrap();
+        let (r, verdict) = waiter.await.unwrap();
+        assert_eq!(verdict, Ok(()));
+        assert!(r.joined && r.healthy);
+        assert_eq!(r.swarm.nodes_ready, Some(1));
+        // Two nodes never come: the wait ends at its timeout, saying how many are Ready.
+        let (_, verdict) = wait_ready(&cfg, e.as_ref(), Duration::from_secs(2), Some(2)).await;
+        match verdict {
+            Err(WaitError::Timeout(why)) => {
+                assert!(why.contains("1 of the 2 expected nodes are Ready"), "{why}")
+            }
+            v => panic!("{v:?}"),
+        }
     }
 }
