@@ -1650,8 +1650,12 @@ path = "/loadbalancer/default.conf"
         )
         .unwrap();
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
-        let c = resolve(base, &[(ENV_METRICS_LISTEN, "[::1]:9100")], Overrides::default())
-            .unwrap();
+        let c = resolve(
+            base,
+            &[(ENV_METRICS_LISTEN, "[::1]:9100")],
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(c.metrics.listen, Some("[::1]:9100".parse().unwrap()));
         // An empty listen is off.
         let c = resolve(
@@ -1668,7 +1672,10 @@ path = "/loadbalancer/default.conf"
                 format!("{base}[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
                 vec![],
             ),
-            (base.to_string(), vec![(ENV_METRICS_LISTEN, "10.0.0.5:9464")]),
+            (
+                base.to_string(),
+                vec![(ENV_METRICS_LISTEN, "10.0.0.5:9464")],
+            ),
         ] {
             let e = resolve(&text, &env, Overrides::default())
                 .unwrap_err()
@@ -1677,7 +1684,10 @@ path = "/loadbalancer/default.conf"
             assert!(e.contains("allow_non_loopback = true"), "{e}");
             assert!(e.contains(ENV_METRICS_ALLOW_NON_LOOPBACK), "{e}");
             if env.is_empty() {
-                assert!(e.contains("[metrics] listen in /etc/swarm-agent/config.toml"), "{e}");
+                assert!(
+                    e.contains("[metrics] listen in /etc/swarm-agent/config.toml"),
+                    "{e}"
+                );
             } else {
                 assert!(e.contains(ENV_METRICS_LISTEN), "{e}");
             }

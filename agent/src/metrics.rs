@@ -496,13 +496,11 @@ mod tests {
             ),
             ("swarm_agent_lb_membership_publishes_total".into(), "1"),
             (
-                r#"swarm_agent_backend_errors_total{operation="get_doc",kind="transient"}"#
-                    .into(),
+                r#"swarm_agent_backend_errors_total{operation="get_doc",kind="transient"}"#.into(),
                 "1",
             ),
             (
-                r#"swarm_agent_backend_errors_total{operation="put_doc",kind="conflict"}"#
-                    .into(),
+                r#"swarm_agent_backend_errors_total{operation="put_doc",kind="conflict"}"#.into(),
                 "1",
             ),
         ];
@@ -524,7 +522,10 @@ mod tests {
         let text = AgentMetrics::new().render();
         for p in PHASES {
             assert_eq!(
-                value(&text, &format!(r#"swarm_agent_phase{{phase="{}"}}"#, p.as_str())),
+                value(
+                    &text,
+                    &format!(r#"swarm_agent_phase{{phase="{}"}}"#, p.as_str())
+                ),
                 Some("0"),
                 "{text}"
             );
@@ -580,6 +581,7 @@ mod tests {
         static M: LazyLock<AgentMetrics> = LazyLock::new(AgentMetrics::new);
         M.set_phase(AgentPhase::Joined);
         let server = tokio::spawn(serve(listener, &M));
+        swarmstrap_wire::pin::crypto_provider(); // reqwest has no provider of its own
         let client = reqwest::Client::new();
         let r = client
             .get(format!("http://{addr}/metrics"))
@@ -587,21 +589,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(
-            r.headers()["content-type"].to_str().unwrap(),
-            CONTENT_TYPE
-        );
+        assert_eq!(r.headers()["content-type"].to_str().unwrap(), CONTENT_TYPE);
         let body = r.text().await.unwrap();
         assert_eq!(
             value(&body, r#"swarm_agent_phase{phase="joined"}"#),
             Some("1"),
             "{body}"
         );
-        let r = client
-            .get(format!("http://{addr}/"))
-            .send()
-            .await
-            .unwrap();
+        let r = client.get(format!("http://{addr}/")).send().await.unwrap();
         assert_eq!(r.status(), 404);
         let r = client
             .post(format!("http://{addr}/metrics"))

@@ -841,10 +841,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Err(_) => (None, None),
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(clusters, nodes),
     )
         .into_response()

@@ -207,10 +207,7 @@ mod tests {
             Some("1"),
             "{text}"
         );
-        assert_eq!(
-            line(&text, "swarm_coordinator_open_long_polls "),
-            Some("1")
-        );
+        assert_eq!(line(&text, "swarm_coordinator_open_long_polls "), Some("1"));
         assert_eq!(
             line(&text, "swarm_coordinator_auth_failures_total "),
             Some("1")

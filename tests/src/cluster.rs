@@ -1006,6 +1006,27 @@ impl Cluster {
         self.agents.lock().unwrap()[i].clone()
     }
 
+    /// `GET http://127.0.0.1:{port}/metrics` from inside host `i`'s network namespace (the
+    /// agent's `[metrics] listen` is loopback-only): the body, or an error with what failed.
+    pub fn scrape_metrics(&self, i: usize, port: u16) -> Result<String> {
+        let h = self.lab.host(i);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", h.netns_path().display()))
+            .arg("--")
+            .arg(crate::image::BUSYBOX)
+            .args(["wget", "-q", "-T", "5", "-O", "-"])
+            .arg(format!("http://127.0.0.1:{port}/metrics"));
+        let o = crate::cmd::run_unchecked(&mut cmd)?;
+        if !o.status.success() {
+            bail!(
+                "GET 127.0.0.1:{port}/metrics in {}'s namespace: {}",
+                h.name(),
+                o.stderr.trim()
+            );
+        }
+        Ok(o.stdout)
+    }
+
     /// `swarm-agent status --json` on host `i` (run in its network namespace): exit code and
     /// the parsed report.
     pub fn status(&self, i: usize) -> Result<(i32, Value)> {
