@@ -195,7 +195,12 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
                     Ok(Err(format!("want joined and {role}:\n{text}")))
                 }
             },
-        )?;
+        )
+        .map_err(|e| {
+            let log = c.agent(i).map(|p| p.log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("metrics")).collect();
+            anyhow::anyhow!("{e}; the agent's log on metrics: {lines:?}")
+        })?;
         assert!(text.contains("# TYPE swarm_agent_phase gauge"), "{text}");
         assert_eq!(
             family_sum(&text, "swarm_agent_phase"),
