@@ -282,6 +282,7 @@ impl Bootstrap {
         if st.phase != phase {
             tracing::info!("phase: {}", phase.as_str());
             st.phase = phase;
+            crate::metrics::agent().set_phase(phase);
         }
         self.save(st)
     }
@@ -330,6 +331,7 @@ impl Bootstrap {
         let result = self.run_inner(&mut st).await;
         match &result {
             Ok(o) => {
+                crate::metrics::agent().set_role(o.role);
                 tracing::info!(
                     "node is part of cluster {} as {} ({:?}), swarm {}",
                     self.s().cluster,
@@ -340,6 +342,7 @@ impl Bootstrap {
             }
             Err(e) => {
                 st.phase = AgentPhase::Failed;
+                crate::metrics::agent().set_phase(AgentPhase::Failed);
                 st.last_error = Some(LastError {
                     message: e.to_string(),
                     at: rfc3339_now(),
@@ -402,6 +405,7 @@ impl Bootstrap {
         if st.phase != AgentPhase::Joined {
             st.phase = AgentPhase::Starting;
         }
+        crate::metrics::agent().set_phase(st.phase);
         Ok(st)
     }
 

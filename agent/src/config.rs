@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -68,6 +68,7 @@ pub struct FileConfig {
     pub quorum: Option<FileQuorum>,
     pub release: Option<FileRelease>,
     pub cloud: Option<FileCloud>,
+    pub metrics: Option<FileMetrics>,
 }
 
 /// `[cloud]`: the cloud's metadata service, for node labels from the instance's tags.
@@ -78,6 +79,14 @@ pub struct FileCloud {
     pub metadata_url: Option<String>,
     pub node_labels: Option<bool>,
     pub tags_refresh_secs: Option<i64>,
+}
+
+/// `[metrics]`: the agent's own Prometheus metrics listener (off unless `listen` is set).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    pub listen: Option<String>,
+    pub allow_non_loopback: Option<bool>,
 }
 
 /// `[release]`: where `swarm-agent upgrade` fetches releases and which key signs them.
@@ -206,6 +215,8 @@ pub const ENV_CLOUD_PROVIDER: &str = "SWARM_AGENT_CLOUD_PROVIDER";
 pub const ENV_CLOUD_METADATA_URL: &str = "SWARM_AGENT_CLOUD_METADATA_URL";
 pub const ENV_CLOUD_NODE_LABELS: &str = "SWARM_AGENT_CLOUD_NODE_LABELS";
 pub const ENV_CLOUD_TAGS_REFRESH_SECS: &str = "SWARM_AGENT_CLOUD_TAGS_REFRESH_SECS";
+pub const ENV_METRICS_LISTEN: &str = "SWARM_AGENT_METRICS_LISTEN";
+pub const ENV_METRICS_ALLOW_NON_LOOPBACK: &str = "SWARM_AGENT_METRICS_ALLOW_NON_LOOPBACK";
 
 /// The log filter (`tracing` syntax, e.g. `debug`); `RUST_LOG` is the fallback.
 pub const ENV_LOG: &str = "SWARM_AGENT_LOG";
@@ -260,6 +271,12 @@ pub const CLOUD_ENV_VARS: &[(&str, &str)] = &[
     ("tags_refresh_secs", ENV_CLOUD_TAGS_REFRESH_SECS),
 ];
 
+/// `(key in [metrics], environment variable)`.
+pub const METRICS_ENV_VARS: &[(&str, &str)] = &[
+    ("listen", ENV_METRICS_LISTEN),
+    ("allow_non_loopback", ENV_METRICS_ALLOW_NON_LOOPBACK),
+];
+
 /// Every environment variable the agent reads, for documentation checks.
 pub fn all_env_vars() -> impl Iterator<Item = &'static str> {
     ENV_VARS
@@ -267,6 +284,7 @@ pub fn all_env_vars() -> impl Iterator<Item = &'static str> {
         .chain(LB_ENV_VARS)
         .chain(QUORUM_ENV_VARS)
         .chain(CLOUD_ENV_VARS)
+        .chain(METRICS_ENV_VARS)
         .map(|(_, var)| *var)
         .chain([ENV_LOG, ENV_DEBUG_HOLD_AFTER_CLAIM_FILE])
 }
@@ -376,6 +394,9 @@ pub struct Overrides {
     /// `SWARM_AGENT_CLOUD_*` (environment only).
     #[arg(skip)]
     pub cloud: CloudEnv,
+    /// `SWARM_AGENT_METRICS_*` (environment only).
+    #[arg(skip)]
+    pub metrics: MetricsEnv,
 }
 
 /// `SWARM_AGENT_CLOUD_*` overrides of the `[cloud]` table, raw.
@@ -385,6 +406,13 @@ pub struct CloudEnv {
     pub metadata_url: Option<String>,
     pub node_labels: Option<String>,
     pub tags_refresh_secs: Option<String>,
+}
+
+/// `SWARM_AGENT_METRICS_*` overrides of the `[metrics]` table, raw.
+#[derive(Debug, Default, Clone)]
+pub struct MetricsEnv {
+    pub listen: Option<String>,
+    pub allow_non_loopback: Option<String>,
 }
 
 /// `SWARM_AGENT_QUORUM_*` overrides of the `[quorum]` table, raw.
@@ -467,6 +495,10 @@ impl Overrides {
                 metadata_url: s(ENV_CLOUD_METADATA_URL),
                 node_labels: s(ENV_CLOUD_NODE_LABELS),
                 tags_refresh_secs: s(ENV_CLOUD_TAGS_REFRESH_SECS),
+            },
+            metrics: MetricsEnv {
+                listen: s(ENV_METRICS_LISTEN),
+                allow_non_loopback: s(ENV_METRICS_ALLOW_NON_LOOPBACK),
             },
         })
     }
@@ -845,6 +877,8 @@ pub struct Config {
     /// The cloud's metadata service for node labels from tags (`[cloud]`,
     /// `SWARM_AGENT_CLOUD_*`).
     pub cloud: CloudConfig,
+    /// The agent's Prometheus metrics listener (`[metrics]`, `SWARM_AGENT_METRICS_*`).
+    pub metrics: MetricsConfig,
 }
 
 /// Default of `[cloud] tags_refresh_secs`: tags change rarely, and on Secrets Manager every
@@ -1057,6 +1091,68 @@ fn resolve_release(fr: FileRelease, fp: &Option<PathBuf>) -> Result<ReleaseConfi
         r.public_key = key;
     }
     Ok(r)
+}
+
+/// The agent's metrics listener (`[metrics]`). Off unless `listen` is set; loopback only
+/// unless `allow_non_loopback`: the metrics tell the cluster's state (phase, role, keeper
+/// actions, backend errors) to whoever can connect, without authentication.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// `GET /metrics` is served on this address (`None`: off, the default).
+    pub listen: Option<SocketAddr>,
+    pub allow_non_loopback: bool,
+}
+
+/// The example address of messages and docs.
+pub const EXAMPLE_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+fn resolve_metrics(
+    fm: FileMetrics,
+    env: &MetricsEnv,
+    fp: &Option<PathBuf>,
+) -> Result<MetricsConfig, ConfigError> {
+    let file_origin = |key: &str| match fp {
+        Some(p) => format!("[metrics] {key} in {}", p.display()),
+        None => format!("[metrics] {key}"),
+    };
+    let allow_non_loopback = match (&env.allow_non_loopback, fm.allow_non_loopback) {
+        (Some(v), _) => parse_bool(v, ENV_METRICS_ALLOW_NON_LOOPBACK)?,
+        (None, Some(b)) => b,
+        (None, None) => false,
+    };
+    let (listen, origin) = match (&env.listen, non_empty(fm.listen)) {
+        (Some(v), _) => (v.trim().to_string(), ENV_METRICS_LISTEN.to_string()),
+        (None, Some(v)) => (v.trim().to_string(), file_origin("listen")),
+        (None, None) => return Ok(MetricsConfig::default()),
+    };
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        invalid(
+            &origin,
+            format!(
+                "{listen:?} is not an IP:PORT address (host names are not resolved): e.g.                  listen = \"{EXAMPLE_METRICS_LISTEN}\", or leave it unset to serve no metrics"
+            ),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(invalid(
+            &origin,
+            format!(
+                "{listen:?}: give a fixed port for Prometheus to scrape, e.g.                  {EXAMPLE_METRICS_LISTEN}"
+            ),
+        ));
+    }
+    if !addr.ip().is_loopback() && !allow_non_loopback {
+        return Err(invalid(
+            &origin,
+            format!(
+                "{listen:?} is not a loopback address: the metrics tell the cluster's state                  (phase, role, keeper actions, backend errors) to anyone who can connect,                  without authentication. Listen on 127.0.0.1:PORT (or [::1]:PORT) and scrape                  from the host, or set allow_non_loopback = true in [metrics]                  ({ENV_METRICS_ALLOW_NON_LOOPBACK}=true) and firewall the port to your                  Prometheus"
+            ),
+        ));
+    }
+    Ok(MetricsConfig {
+        listen: Some(addr),
+        allow_non_loopback,
+    })
 }
 
 pub const DEFAULT_PROMOTE_AFTER_SECS: u64 = 30;
@@ -1439,6 +1535,7 @@ impl Config {
             fp,
             &advertise_addr,
         )?;
+        let metrics = resolve_metrics(file.metrics.clone().unwrap_or_default(), &env.metrics, fp)?;
 
         Ok(Config {
             config_file: file_path,
@@ -1458,6 +1555,7 @@ impl Config {
             quorum,
             release,
             cloud,
+            metrics,
         })
     }
 
@@ -1788,6 +1886,114 @@ path = "/loadbalancer/default.conf"
         );
         assert_eq!(c.lease_ttl, Duration::from_secs(50));
         assert_eq!(c.coordinator.unwrap().url, "http://198.18.0.3:3");
+    }
+
+    #[test]
+    fn metrics_listener_is_off_by_default_and_loopback_only_unless_allowed() {
+        let base =
+            "cluster = \"c\"\n[coordinator]\nurl = \"http://198.18.0.1:1\"\ninsecure_http = true\n";
+        let c = resolve(base, &[], Overrides::default()).unwrap();
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.listen, None);
+
+        let c = resolve(
+            &format!("{base}[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let c = resolve(
+            base,
+            &[(ENV_METRICS_LISTEN, "[::1]:9100")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("[::1]:9100".parse().unwrap()));
+        // An empty listen is off.
+        let c = resolve(
+            &format!("{base}[metrics]\nlisten = \"\"\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, None);
+
+        // Not loopback: refused, with the way out named.
+        for (text, env) in [
+            (
+                format!("{base}[metrics]\nlisten = \"0.0.0.0:9464\"\n"),
+                vec![],
+            ),
+            (
+                base.to_string(),
+                vec![(ENV_METRICS_LISTEN, "10.0.0.5:9464")],
+            ),
+        ] {
+            let e = resolve(&text, &env, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not a loopback address"), "{e}");
+            assert!(e.contains("allow_non_loopback = true"), "{e}");
+            assert!(e.contains(ENV_METRICS_ALLOW_NON_LOOPBACK), "{e}");
+            if env.is_empty() {
+                assert!(
+                    e.contains("[metrics] listen in /etc/swarm-agent/config.toml"),
+                    "{e}"
+                );
+            } else {
+                assert!(e.contains(ENV_METRICS_LISTEN), "{e}");
+            }
+        }
+        // ... unless explicitly allowed (file or environment).
+        let c = resolve(
+            &format!("{base}[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
+        assert!(c.metrics.allow_non_loopback);
+        let c = resolve(
+            base,
+            &[
+                (ENV_METRICS_LISTEN, "10.0.0.5:9464"),
+                (ENV_METRICS_ALLOW_NON_LOOPBACK, "true"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("10.0.0.5:9464".parse().unwrap()));
+
+        // Bad values name what was wrong.
+        for (listen, want) in [
+            ("localhost:9464", "not an IP:PORT address"),
+            ("127.0.0.1", "not an IP:PORT address"),
+            ("127.0.0.1:0", "give a fixed port"),
+        ] {
+            let e = resolve(base, &[(ENV_METRICS_LISTEN, listen)], Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{listen}: {e}");
+        }
+        let e = resolve(
+            base,
+            &[
+                (ENV_METRICS_LISTEN, "127.0.0.1:9464"),
+                (ENV_METRICS_ALLOW_NON_LOOPBACK, "maybe"),
+            ],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(ENV_METRICS_ALLOW_NON_LOOPBACK), "{e}");
+        let e = FileConfig::parse(
+            "[metrics]\nport = 1\n",
+            Path::new("/etc/swarm-agent/config.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("port"), "{e}");
     }
 
     #[test]

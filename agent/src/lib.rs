@@ -21,6 +21,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod lb;
 pub mod lifecycle;
+pub mod metrics;
 pub mod notify;
 pub mod relay;
 pub mod release;

@@ -19,7 +19,6 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use swarmstrap_wire::rules::Code;
@@ -196,7 +195,7 @@ impl AppState {
                 return r.clone();
             }
         }
-        self.metrics.ready_probes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.ready_probes.inc();
         let r = match tokio::time::timeout(Duration::from_secs(5), self.store.probe_write()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("the store does not accept writes: {e}")),
@@ -276,7 +275,7 @@ impl<'a> LongPollSlot<'a> {
     fn acquire(state: &'a Inner, cluster: &str, peer: IpAddr) -> Result<Self, ApiError> {
         let limits = &state.limits;
         let mut polls = state.polls.lock().expect("polls lock");
-        let open = state.metrics.open_long_polls.load(Ordering::SeqCst);
+        let open = state.metrics.open_long_polls.get();
         let by_addr = polls.by_addr.get(&peer).copied().unwrap_or(0);
         let by_cluster = polls.by_cluster.get(cluster).copied().unwrap_or(0);
         let refuse = |status, msg: String| {
@@ -313,7 +312,7 @@ impl<'a> LongPollSlot<'a> {
         }
         *polls.by_addr.entry(peer).or_default() += 1;
         *polls.by_cluster.entry(cluster.to_string()).or_default() += 1;
-        state.metrics.open_long_polls.fetch_add(1, Ordering::SeqCst);
+        state.metrics.open_long_polls.inc();
         Ok(LongPollSlot {
             state,
             cluster: cluster.to_string(),
@@ -337,10 +336,7 @@ impl Drop for LongPollSlot<'_> {
                 polls.by_cluster.remove(&self.cluster);
             }
         }
-        self.state
-            .metrics
-            .open_long_polls
-            .fetch_sub(1, Ordering::SeqCst);
+        self.state.metrics.open_long_polls.dec();
     }
 }
 
@@ -385,7 +381,7 @@ fn check_bearer(
     if ok {
         return Ok(());
     }
-    state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+    state.metrics.auth_failures.inc();
     if let Some(left) = state.backoff.blocked(ip, scope) {
         let secs = left.as_secs_f64().ceil() as u64;
         return Err(ApiError::new(
@@ -845,10 +841,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         Err(_) => (None, None),
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(clusters, nodes),
     )
         .into_response()
@@ -929,7 +922,7 @@ async fn recover(
         .await
         .inspect_err(|e| {
             if e.code() == Some(Code::OperatorRequired) {
-                state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                state.metrics.auth_failures.inc();
                 tracing::warn!(cluster = %auth.cluster, "reset refused: no or a wrong operator credential");
             }
         })?;
@@ -952,7 +945,7 @@ async fn rotate_tokens(
         .await
         .inspect_err(|e| {
             if e.code() == Some(Code::OperatorRequired) {
-                state.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                state.metrics.auth_failures.inc();
                 tracing::warn!(cluster = %auth.cluster, "token rotation refused: no or a wrong operator credential");
             }
         })?;

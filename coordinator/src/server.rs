@@ -324,10 +324,7 @@ async fn accept_loop(
         };
         let Some(slot) = per_address.acquire(peer.ip(), caps.per_address) else {
             // Over its address's cap: closed at once, before any TLS work.
-            state
-                .metrics
-                .refused_connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.refused_connections.inc();
             drop(tcp);
             continue;
         };

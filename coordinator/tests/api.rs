@@ -764,6 +764,21 @@ async fn admin_api_and_metrics() {
         text.contains(r#"route="/v1/clusters/{cluster}/nodes",status="200""#),
         "{text}"
     );
+    // The request duration is a histogram with buckets per method and route template.
+    assert!(
+        text.contains("# TYPE swarm_coordinator_request_duration_seconds histogram\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"swarm_coordinator_request_duration_seconds_bucket{le="+Inf",method="POST",route="/v1/clusters/{cluster}/nodes"} "#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics ends with # EOF: {text}"
+    );
     assert!(text.contains("swarm_coordinator_clusters 2"), "{text}");
     assert!(text.contains("swarm_coordinator_nodes 1"), "{text}");
     assert!(

@@ -1033,6 +1033,43 @@ impl Cluster {
         self.agents.lock().unwrap()[i].clone()
     }
 
+    /// `GET http://127.0.0.1:{port}/metrics` from inside host `i`'s network namespace (the
+    /// agent's `[metrics] listen` is loopback-only): the body of a 200, else an error saying
+    /// what failed. A thread of this process joins the namespace (`setns`) for the request and
+    /// ends with it, so no other thread leaves the lab's root namespace.
+    pub fn scrape_metrics(&self, i: usize, port: u16) -> Result<String> {
+        use std::io::{Read, Write};
+        let h = self.lab.host(i);
+        let netns = h.netns_path();
+        let name = h.name().to_string();
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<String> {
+                let ns = fs::File::open(&netns)
+                    .with_context(|| format!("opening {}", netns.display()))?;
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&ns),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .with_context(|| format!("setns into {}", netns.display()))?;
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+                let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+                    .with_context(|| format!("connecting to {addr} in {name}'s namespace"))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+                let mut resp = String::new();
+                s.read_to_string(&mut resp)
+                    .with_context(|| format!("reading {addr}/metrics in {name}'s namespace"))?;
+                let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+                if head.split_whitespace().nth(1) != Some("200") {
+                    bail!("GET {addr}/metrics in {name}'s namespace: {head}");
+                }
+                Ok(body.to_string())
+            })
+            .join()
+            .map_err(|_| anyhow!("the metrics scrape thread panicked"))?
+        })
+    }
+
     /// `swarm-agent status --json` on host `i` (run in its network namespace): exit code and
     /// the parsed report.
     pub fn status(&self, i: usize) -> Result<(i32, Value)> {

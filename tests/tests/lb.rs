@@ -13,6 +13,28 @@ use swarmstrap_lab::{wait_for, Lab, LabConfig, Signal};
 
 const FORM: Duration = Duration::from_secs(90);
 const PORT: u16 = 8080;
+/// The agents' metrics listener (`SWARM_AGENT_METRICS_LISTEN`), loopback of each host's netns.
+const METRICS_PORT: u16 = 9464;
+
+/// The value of one series (`name{labels}` exactly as exposed) in an OpenMetrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// Sum of every sample of a metric family (`name{…} v` and `name v` lines).
+fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
 fn all(c: &Cluster) -> Vec<usize> {
     (0..c.lab.hosts().len()).collect()
@@ -72,7 +94,14 @@ fn wait_all_names_through(c: &Cluster, via: usize, timeout: Duration) -> anyhow:
 /// Start a 5-host cluster with the load balancer on, formed, with the hostname service.
 fn cluster(name: &str, extra: &[String]) -> anyhow::Result<Cluster> {
     let lab = Lab::start(LabConfig::new(5))?;
-    let c = Cluster::new(lab, name, AgentOptions::default())?;
+    let options = AgentOptions {
+        env: vec![(
+            "SWARM_AGENT_METRICS_LISTEN".into(),
+            format!("127.0.0.1:{METRICS_PORT}"),
+        )],
+        ..AgentOptions::default()
+    };
+    let c = Cluster::new(lab, name, options)?;
     nginx::enable_lb(&c, extra)?;
     c.start_agents()?;
     c.wait_formed(&all(&c), 3, 2, FORM)?;
@@ -138,6 +167,81 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         "one version and sha everywhere: {versions:?}"
     );
     eprintln!("status lb (node1): {}", nginx::lb_status(&c, 0)?);
+
+    // 1b. Each agent's metrics, scraped on loopback inside its host's namespace: joined, its
+    //     engine's role, configs rendered; the leader's agent published the membership.
+    let mut publishes = 0.0;
+    for i in all(&c) {
+        let h = c.lab.host(i);
+        let text = wait_for(
+            Duration::from_secs(30),
+            "the agent's metrics to show joined and its engine's role",
+            || {
+                let text = c
+                    .scrape_metrics(i, METRICS_PORT)
+                    .map_err(|e| swarmstrap_lab::LabError::Check(format!("{e:#}")))?;
+                let manager = h
+                    .swarm_info()
+                    .map_err(|e| swarmstrap_lab::LabError::Check(format!("{e:#}")))?
+                    .control_available;
+                let role = if manager { "manager" } else { "worker" };
+                let other = if manager { "worker" } else { "manager" };
+                if sample(&text, r#"swarm_agent_phase{phase="joined"}"#) == Some(1.0)
+                    && sample(&text, &format!(r#"swarm_agent_role{{role="{role}"}}"#)) == Some(1.0)
+                    && sample(&text, &format!(r#"swarm_agent_role{{role="{other}"}}"#)) == Some(0.0)
+                {
+                    Ok(Ok(text))
+                } else {
+                    Ok(Err(format!("want joined and {role}:\n{text}")))
+                }
+            },
+        )
+        .map_err(|e| {
+            let log = c.agent(i).map(|p| p.log()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("metrics")).collect();
+            anyhow::anyhow!("{e}; the agent's log on metrics: {lines:?}")
+        })?;
+        assert!(text.contains("# TYPE swarm_agent_phase gauge"), "{text}");
+        assert_eq!(
+            family_sum(&text, "swarm_agent_phase"),
+            1.0,
+            "exactly one phase is current on {}:\n{text}",
+            h.name()
+        );
+        let renders = family_sum(&text, "swarm_agent_lb_renders_total");
+        assert!(renders > 0.0, "LB renders on {}:\n{text}", h.name());
+        assert!(
+            sample(&text, r#"swarm_agent_lb_renders_total{outcome="written"}"#)
+                .is_some_and(|n| n >= 1.0),
+            "{}:\n{text}",
+            h.name()
+        );
+        assert_eq!(family_sum(&text, "swarm_agent_lb_rejections_total"), 0.0);
+        assert!(
+            sample(&text, "swarm_agent_bootstrap_duration_seconds").is_some_and(|s| s > 0.0),
+            "the bootstrap was timed on {}:\n{text}",
+            h.name()
+        );
+        publishes += family_sum(&text, "swarm_agent_lb_membership_publishes_total");
+        eprintln!(
+            "{} metrics: {renders} LB renders, bootstrap {:?} s",
+            h.name(),
+            sample(&text, "swarm_agent_bootstrap_duration_seconds")
+        );
+    }
+    assert!(
+        publishes >= 1.0,
+        "the leader's agent published the membership"
+    );
+    // Loopback only: the metrics port is not open on the host's lab address.
+    assert!(
+        std::net::TcpStream::connect_timeout(
+            &(c.lab.host(0).addr(), METRICS_PORT).into(),
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "the agent's metrics must not be reachable on the network"
+    );
 
     // 2. A real nginx loaded with node1's file proxies to the service on every host.
     let ngx = Nginx::start(c.lab.host(0), &nginx::lb_path(c.lab.host(0)), 80)?;
@@ -258,6 +362,19 @@ fn every_host_renders_the_same_live_config_and_nginx_proxies_to_every_host() -> 
         "status lb with the broken template (node1): {}",
         nginx::lb_status(&c, 0)?
     );
+    // ... and counted as a rejection by reason.
+    for i in all(&c) {
+        let text = c.scrape_metrics(i, METRICS_PORT)?;
+        assert!(
+            sample(
+                &text,
+                r#"swarm_agent_lb_rejections_total{reason="invalid"}"#
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{}:\n{text}",
+            c.lab.host(i).name()
+        );
+    }
     // nginx still serves every host with the kept config.
     ngx.reload()?;
     wait_all_names_through(&c, 0, Duration::from_secs(60))?;

@@ -172,6 +172,14 @@ impl Persisted {
     }
 }
 
+/// `r`, counted in the agent's metrics (`swarm_agent_backend_errors_total`) when it failed.
+fn counted<T>(operation: &'static str, r: RResult<T>) -> RResult<T> {
+    if let Err(e) = &r {
+        crate::metrics::agent().backend_error(operation, e);
+    }
+    r
+}
+
 #[async_trait::async_trait]
 impl Rendezvous for Persisted {
     fn describe(&self) -> String {
@@ -187,13 +195,13 @@ impl Rendezvous for Persisted {
     }
 
     async fn register(&self, req: &RegisterRequest) -> RResult<RegisterResponse> {
-        let r = self.inner.register(req).await?;
+        let r = counted("register", self.inner.register(req).await)?;
         self.keep(&req.node_id, r.credential.as_ref());
         Ok(r)
     }
 
     async fn claim(&self, node_id: &str, ttl: Duration) -> RResult<ClaimResponse> {
-        self.inner.claim(node_id, ttl).await
+        counted("claim", self.inner.claim(node_id, ttl).await)
     }
 
     async fn renew(
@@ -202,35 +210,38 @@ impl Rendezvous for Persisted {
         fencing_token: u64,
         ttl: Duration,
     ) -> RResult<ClaimResponse> {
-        self.inner.renew(node_id, fencing_token, ttl).await
+        counted("renew", self.inner.renew(node_id, fencing_token, ttl).await)
     }
 
     async fn publish(&self, req: &PublishRequest) -> RResult<PublishResponse> {
-        self.inner.publish(req).await
+        counted("publish", self.inner.publish(req).await)
     }
 
     async fn wait_join(&self, node_id: &str, wait: Duration) -> RResult<JoinResponse> {
-        self.inner.wait_join(node_id, wait).await
+        counted("wait_join", self.inner.wait_join(node_id, wait).await)
     }
 
     async fn status(&self) -> RResult<ClusterStatus> {
-        self.inner.status().await
+        counted("status", self.inner.status().await)
     }
 
     async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> RResult<ClusterStatus> {
-        self.inner.reset(req, operator).await
+        counted("reset", self.inner.reset(req, operator).await)
     }
 
     async fn request_token_rotation(&self, operator: Option<&Secret>) -> RResult<ClusterStatus> {
-        self.inner.request_token_rotation(operator).await
+        counted(
+            "request_token_rotation",
+            self.inner.request_token_rotation(operator).await,
+        )
     }
 
     async fn sync(&self, req: &SyncRequest) -> RResult<SyncResponse> {
-        self.inner.sync(req).await
+        counted("sync", self.inner.sync(req).await)
     }
 
     async fn adopt(&self, req: &AdoptRequest) -> RResult<AdoptResponse> {
-        let r = self.inner.adopt(req).await?;
+        let r = counted("adopt", self.inner.adopt(req).await)?;
         self.keep(&req.node_id, r.credential.as_ref());
         Ok(r)
     }
@@ -241,11 +252,11 @@ impl Rendezvous for Persisted {
         after: Option<u64>,
         wait: std::time::Duration,
     ) -> RResult<Document> {
-        self.inner.get_doc(name, after, wait).await
+        counted("get_doc", self.inner.get_doc(name, after, wait).await)
     }
 
     async fn snapshot(&self) -> RResult<Option<swarmstrap_wire::rendezvous::Snapshot>> {
-        self.inner.snapshot().await
+        counted("snapshot", self.inner.snapshot().await)
     }
 
     async fn put_doc(
@@ -255,7 +266,7 @@ impl Rendezvous for Persisted {
         expected_version: u64,
         body: &serde_json::Value,
     ) -> RResult<Document> {
-        match self
+        let r = match self
             .inner
             .put_doc(node_id, name, expected_version, body)
             .await
@@ -269,7 +280,8 @@ impl Rendezvous for Persisted {
                     .await
             }
             r => r,
-        }
+        };
+        counted("put_doc", r)
     }
 }
 

@@ -58,6 +58,8 @@ impl RunArgs {
                 .unwrap_or_else(|| "none".into())
         );
         fsutil::create_private_dir(&cfg.state_dir)?;
+        // `[metrics] listen`: served from now on until the process ends (src/metrics.rs).
+        tokio::spawn(crate::metrics::run(cfg.metrics.listen));
         match &exe {
             Some(exe) => state::write_run_record(
                 &cfg.state_dir,

@@ -242,6 +242,7 @@ impl Lb {
                 .await
             {
                 Ok(d) => {
+                    crate::metrics::agent().lb_publish();
                     tracing::info!(
                         "load balancer: published membership version {}: {} nodes, {} ready",
                         d.version,
@@ -275,6 +276,7 @@ impl Lb {
             match Validator::from_config(self.cfg.validate, self.cfg.nginx_bin.as_deref()) {
                 Ok(v) => Some(v),
                 Err(e) => {
+                    crate::metrics::agent().lb_rejection("validator");
                     self.fail(&mut st, &mut log, e.to_string());
                     None
                 }
@@ -307,6 +309,7 @@ impl Lb {
                 Ok(Some(m)) => m,
                 Ok(None) => continue, // nothing published yet
                 Err(e) => {
+                    crate::metrics::agent().lb_rejection("membership");
                     self.fail(&mut st, &mut log, e);
                     continue;
                 }
@@ -338,13 +341,18 @@ impl Lb {
         st: &mut LbState,
         log: &mut Once,
     ) {
+        let metrics = crate::metrics::agent();
         let rendered = match render::render(&self.cluster, m, &self.cfg) {
             Ok(r) => r,
-            Err(e) => return self.fail(st, log, e.to_string()),
+            Err(e) => {
+                metrics.lb_rejection("render");
+                return self.fail(st, log, e.to_string());
+            }
         };
         let sha = status::sha256_hex(rendered.as_bytes());
         match apply::apply(&self.cfg.path, &rendered, validator).await {
             Ok(Outcome::Unchanged) => {
+                metrics.lb_render(false);
                 if st.sha256.as_deref() == Some(sha.as_str())
                     && st.version == Some(version)
                     && st.last_error.is_none()
@@ -361,6 +369,7 @@ impl Lb {
                 log.clear();
             }
             Ok(Outcome::Written { validated }) => {
+                metrics.lb_render(true);
                 tracing::info!(
                     "load balancer: wrote {} (membership version {version}, {} ready nodes, {sha}{})",
                     self.cfg.path.display(),
@@ -385,13 +394,21 @@ impl Lb {
                         tracing::info!("load balancer: reloaded {n} nginx container(s) (SIGHUP)")
                     }
                     Err(e) => {
+                        metrics.lb_rejection("reload");
                         let msg = format!("config written, but reloading nginx failed: {e}");
                         log.error(format!("load balancer: {msg}"));
                         st.last_error = Some(status::error_now(msg));
                     }
                 }
             }
-            Err(e) => return self.fail(st, log, e.to_string()),
+            Err(e) => {
+                metrics.lb_rejection(match e {
+                    apply::ApplyError::Invalid { .. } => "invalid",
+                    apply::ApplyError::NoNginx | apply::ApplyError::Validator { .. } => "validator",
+                    apply::ApplyError::Fs(_) => "write",
+                });
+                return self.fail(st, log, e.to_string());
+            }
         }
         if let Err(e) = status::save(&self.state_dir, st) {
             tracing::warn!("load balancer: saving {}: {e}", status::FILE_NAME);

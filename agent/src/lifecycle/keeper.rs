@@ -1072,6 +1072,7 @@ impl Keeper {
         }
     }
     fn record(&self, mem: &mut Memory, action: Action, error: Option<String>) {
+        crate::metrics::agent().keeper_action(action.kind.as_str(), error.is_none());
         let verb = match action.kind {
             Kind::Promote => "promote",
             Kind::Demote => "demote",

@@ -50,6 +50,19 @@ pub enum Kind {
     Adopt,
 }
 
+impl Kind {
+    /// The serialized name (`promote`, `demote`, `remove`, `rejoin`, `adopt`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Promote => "promote",
+            Kind::Demote => "demote",
+            Kind::Remove => "remove",
+            Kind::Rejoin => "rejoin",
+            Kind::Adopt => "adopt",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Action {
     pub kind: Kind,
@@ -290,6 +303,22 @@ fn duplicated(nodes: &[NodeView], n: &NodeView) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_are_the_serialized_ones() {
+        for k in [
+            Kind::Promote,
+            Kind::Demote,
+            Kind::Remove,
+            Kind::Rejoin,
+            Kind::Adopt,
+        ] {
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::Value::String(k.as_str().into())
+            );
+        }
+    }
 
     fn node(id: &str, role: Role, healthy: bool) -> NodeView {
         NodeView {

@@ -180,6 +180,8 @@ impl Supervisor<'_> {
 
     async fn pass(&self, mem: &mut Memory) {
         let Some(st) = self.load() else { return };
+        // `swarm-agent leave` (another process) writes `leaving`/`left` to the state file.
+        crate::metrics::agent().set_phase(st.phase);
         if matches!(st.phase, AgentPhase::Leaving | AgentPhase::Left) {
             return;
         }
@@ -212,7 +214,15 @@ impl Supervisor<'_> {
                 );
                 self.rebootstrap(mem, true).await;
             }
-            LocalSwarmState::Active => self.check_managers(mem, &st, &info).await,
+            LocalSwarmState::Active => {
+                // The keeper may have promoted or demoted this node since the bootstrap.
+                crate::metrics::agent().set_role(if info.swarm.control_available {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                });
+                self.check_managers(mem, &st, &info).await
+            }
             _ => {}
         }
     }
