@@ -11,9 +11,9 @@ variable "worker_count" {
 }
 
 variable "agent_version" {
-  description = "swarmstrap release to install, e.g. 0.2.0: every VM downloads it and checks its signature (the project's key). Upgrade a running cluster with `swarm-agent upgrade` (see README.md, \"Install\")."
+  description = "swarmstrap release to install, e.g. 0.3.0: every VM downloads it and checks its signature (the project's key). Upgrade a running cluster with `swarm-agent upgrade` (see README.md, \"Install\")."
   type        = string
-  default     = "0.2.0"
+  default     = "0.3.0"
 }
 
 variable "ssh_keys" {

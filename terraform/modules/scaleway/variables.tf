@@ -45,11 +45,11 @@ variable "docker_version" {
 variable "agent_version" {
   description = "swarmstrap release to install (see release/README.md): each VM's installer downloads its SHA256SUMS from release_base_url, checks the minisign signature against release_public_key and installs the binary for the VM's architecture (x86_64 or arm64). Nothing else is needed."
   type        = string
-  default     = "0.2.0"
+  default     = "0.3.0"
 
   validation {
     condition     = can(regex("^[0-9]+\\.[0-9]+\\.[0-9]+([-+][0-9A-Za-z.+-]+)?$", var.agent_version))
-    error_message = "The agent_version must be a release version such as 0.2.0 (without a leading v)."
+    error_message = "The agent_version must be a release version such as 0.3.0 (without a leading v)."
   }
 }
 
