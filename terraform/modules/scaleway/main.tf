@@ -52,6 +52,8 @@ locals {
     docker_version          = var.docker_version
     docker_log_max_size     = var.docker_log_max_size
     docker_log_max_file     = tostring(var.docker_log_max_file)
+    # [cloud] provider: the agent reads this cloud's tags (manager_labels/worker_labels).
+    cloud_provider          = "scaleway"
     agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
     metadata_block_script   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
     metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
