@@ -32,6 +32,8 @@ SECRET_RE = re.compile(r"^[\x21-\x7e]{16,256}$")
 DEFAULT_BASE_URL = "https://github.com/swarmstrap/swarmstrap/releases/download"
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.+-]+)?$")
 PUBLIC_KEY_RE = re.compile(r"^RW[A-Za-z0-9+/]{54}$")
+# What the agent's [cloud] provider accepts (agent/README.md, "Node labels from cloud tags").
+CLOUD_PROVIDERS = ("aws", "digitalocean", "scaleway", "none")
 
 
 def _workspace_version() -> str:
@@ -102,8 +104,11 @@ def node_vars(
     docker_version: str = "distro",
     docker_log_max_size: str = "10m",
     docker_log_max_file: str = "3",
+    cloud_provider: str = "none",
 ) -> dict:
-    """The vars map of node.yaml.tftpl (the modules pass exactly these keys)."""
+    """The vars map of node.yaml.tftpl (the modules pass exactly these keys). cloud_provider:
+    the config's [cloud] provider, whose metadata service the agent reads the VM's tags from
+    (each module sets its own cloud; "none" reads no metadata, e.g. the lab)."""
     if not CLUSTER_RE.match(cluster):
         raise ValueError(
             f"cluster {cluster!r}: use 1-32 lowercase letters, digits and '-', "
@@ -132,6 +137,8 @@ def node_vars(
             raise ValueError("the secrets-manager backend needs a secret name and a region")
     if not re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", lb_reload_service):
         raise ValueError(f"lb reload service {lb_reload_service!r}: must be empty or a swarm service name")
+    if cloud_provider not in CLOUD_PROVIDERS:
+        raise ValueError(f"cloud provider {cloud_provider!r}: must be one of {', '.join(CLOUD_PROVIDERS)}")
     check_release(agent_version, release_base_url, release_public_key)
     check_override("agent", agent_url, agent_sha256)
     return {
@@ -158,6 +165,7 @@ def node_vars(
         "docker_version": docker_version,
         "docker_log_max_size": docker_log_max_size,
         "docker_log_max_file": docker_log_max_file,
+        "cloud_provider": cloud_provider,
         "agent_unit": read("swarm-agent.service"),
         "install_script": read("swarmstrap-install.sh"),
         "metadata_block_script": read("swarmstrap-metadata-block.sh"),

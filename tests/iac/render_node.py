@@ -5,7 +5,8 @@ exactly the configuration a cloud VM gets. Stable entry point: see tests/iac/REA
 
     python3 tests/iac/render_node.py --out-dir DIR --cluster NAME \
         --coordinator-url https://198.18.0.2:8443 --fingerprint sha256:<64 hex> \
-        --join-secret-file FILE --advertise 198.18.0.11 [--role auto] [--target-managers 3]
+        --join-secret-file FILE --advertise 198.18.0.11 [--role auto] [--target-managers 3] \
+        [--cloud-provider none]
 
 Writes, in DIR:
   user-data.yaml   the rendered cloud-config (what the VM receives)
@@ -75,6 +76,12 @@ def main(argv=None) -> int:
     p.add_argument("--agent-url", default="", help="explicit binary instead of the release (with --agent-sha256)")
     p.add_argument("--agent-sha256", default="")
     p.add_argument("--docker-version", default="distro")
+    p.add_argument(
+        "--cloud-provider",
+        default="none",
+        choices=list(nodecfg.CLOUD_PROVIDERS),
+        help="[cloud] provider: whose metadata service the agent reads the VM's tags from (none: no metadata reads)",
+    )
     a = p.parse_args(argv)
 
     join_secret = ""
@@ -108,6 +115,7 @@ def main(argv=None) -> int:
             agent_url=a.agent_url,
             agent_sha256=a.agent_sha256,
             docker_version=a.docker_version,
+            cloud_provider=a.cloud_provider,
         )
     except ValueError as e:
         print(f"render_node: {e}", file=sys.stderr)

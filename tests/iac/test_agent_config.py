@@ -5,7 +5,8 @@ agent reads and validates the whole file first (unknown keys are an error there)
 a bad config, and 1 when the config is fine but the node has not joined (which is all it can
 see here). Network: only loopback. The coordinator URL is a closed loopback port, Secrets
 Manager gets a loopback endpoint and dummy credentials (so the AWS SDK never asks the instance
-metadata service), and advertise_addr is an IP (no cloud metadata lookups).
+metadata service), and advertise_addr is an IP. `status` reads no cloud metadata, so the
+rendered `[cloud] provider` (aws, digitalocean, scaleway) is only parsed and validated.
 
 The binary: $SWARM_AGENT_BIN, else the static release build CI makes before these tests, else
 any local build; skipped (and shown as skipped) when there is none.
@@ -124,6 +125,18 @@ class AgentAcceptsRenderedConfigTest(unittest.TestCase):
             proc = self.status(tmp, text, files[nodecfg.JOIN_SECRET_PATH]["content"])
             self.assertEqual(proc.returncode, 2, proc.stdout + proc.stderr)
             self.assertIn("lease_tll_secs", proc.stderr)
+
+    def test_an_unknown_cloud_provider_is_rejected(self):
+        # The rendered [cloud] provider is validated too, not ignored.
+        with tempfile.TemporaryDirectory() as tmp:
+            sc = self.scenario("scaleway_worker")
+            files = nodecfg.write_files(nodecfg.render_node(nodecfg.node_vars(**sc)))
+            text = files[nodecfg.CONFIG_PATH]["content"]
+            self.assertIn('provider = "scaleway"', text)
+            proc = self.status(tmp, text.replace('provider = "scaleway"', 'provider = "azure"'),
+                               files[nodecfg.JOIN_SECRET_PATH]["content"])
+            self.assertEqual(proc.returncode, 2, proc.stdout + proc.stderr)
+            self.assertIn("azure", proc.stderr)
 
 
 if __name__ == "__main__":

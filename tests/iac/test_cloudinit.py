@@ -51,25 +51,26 @@ NODE_SCENARIOS = {
         cluster="prod", backend="coordinator", role="manager", target_managers=3,
         advertise_addr="digitalocean", coordinator_url="https://10.10.0.2:8443",
         coordinator_fingerprint=FP, join_secret="Zx8kP2qLm9Vt4Rw7Yb1Nc6Hd3Fg5Js0A",
-        lb_reload_service="minitwit_loadbalancer",
+        lb_reload_service="minitwit_loadbalancer", cloud_provider="digitalocean",
     ),
     "scaleway_worker": dict(
         cluster="staging-eu", backend="coordinator", role="worker", target_managers=5,
         advertise_addr="scaleway", coordinator_url="https://172.16.64.10:8443",
         coordinator_fingerprint=FP, join_secret='we"ird\\secret<&>$HOME`x`${y}',
         agent_url=AGENT_URL, agent_sha256=AGENT_SHA, docker_version="24.0.7-0ubuntu4",
-        lb_enabled=False,
+        lb_enabled=False, cloud_provider="scaleway",
     ),
     "aws_manager": dict(
         cluster="prod", backend="secrets-manager", role="manager", target_managers=3,
         advertise_addr="aws", sm_secret_name="swarmstrap/prod-3fa9c2d1", sm_region="eu-west-1",
         agent_version="0.3.0-rc.1", release_base_url=MIRROR, release_public_key=OTHER_KEY,
+        cloud_provider="aws",
     ),
     "aws_worker_kms": dict(
         cluster="prod", backend="secrets-manager", role="worker", target_managers=7,
         advertise_addr="aws", sm_secret_name="swarmstrap/prod-3fa9c2d1", sm_region="us-east-1",
         sm_kms_key_id="arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-        sm_endpoint_url="https://secretsmanager.us-east-1.amazonaws.com",
+        sm_endpoint_url="https://secretsmanager.us-east-1.amazonaws.com", cloud_provider="aws",
     ),
     "lab": dict(
         cluster="lab", backend="coordinator", role="auto", target_managers=1,
@@ -80,7 +81,7 @@ NODE_SCENARIOS = {
 
 COMMON_KEYS = {
     "cluster", "backend", "role", "target_managers", "advertise_addr", "docker_host",
-    "state_dir", "lease_ttl_secs", "lb", "release",
+    "state_dir", "lease_ttl_secs", "lb", "release", "cloud",
 }
 
 
@@ -174,6 +175,9 @@ class NodeTemplateTest(unittest.TestCase):
                     {"base_url": sc.get("release_base_url", nodecfg.DEFAULT_BASE_URL),
                      "public_key": sc.get("release_public_key", nodecfg.DEFAULT_PUBLIC_KEY)},
                 )
+                # Whose metadata service the agent reads the tags from: set, never inferred
+                # (Scaleway's advertise_addr is an IP, which names no cloud); the lab reads none.
+                self.assertEqual(cfg["cloud"], {"provider": sc.get("cloud_provider", "none")})
 
     def test_join_secret_file_is_private_and_exact(self):
         for name, sc in NODE_SCENARIOS.items():
@@ -271,6 +275,11 @@ class NodeTemplateTest(unittest.TestCase):
             used = tfrender.template_variables(f.read())
         passed = set(nodecfg.node_vars(**NODE_SCENARIOS["lab"]))
         self.assertEqual(used, passed)
+
+    def test_unknown_cloud_provider_is_refused(self):
+        for bad in ("azure", "AWS", ""):
+            with self.subTest(bad=bad), self.assertRaisesRegex(ValueError, "cloud provider"):
+                nodecfg.node_vars(**{**NODE_SCENARIOS["lab"], "cloud_provider": bad})
 
     def test_missing_variable_is_an_error(self):
         variables = nodecfg.node_vars(**NODE_SCENARIOS["lab"])
@@ -652,10 +661,23 @@ class RenderNodeCliTest(unittest.TestCase):
             cfg = tomllib.loads(cfg_text)
             self.assertEqual(cfg["coordinator"]["tls_fingerprint"], FP)
             self.assertEqual(cfg["advertise_addr"], "198.18.0.11")
+            self.assertEqual(cfg["cloud"], {"provider": "none"})  # a lab reads no cloud metadata
             with open(paths["join_secret"]) as f:
                 self.assertEqual(f.read(), "lab-secret-0123456789")
             for key in ("user_data", "config", "join_secret"):
                 self.assertEqual(os.stat(paths[key]).st_mode & 0o777, 0o600, key)
+
+    def test_cloud_provider_option(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            common = ["--cluster", "prod", "--backend", "secrets-manager", "--secret-name", "swarmstrap/prod",
+                      "--region", "eu-west-1", "--advertise", "aws"]
+            proc = self.run_cli("--out-dir", tmp, *common, "--cloud-provider", "aws")
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            with open(json.loads(proc.stdout)["config"]) as f:
+                self.assertEqual(tomllib.loads(f.read())["cloud"], {"provider": "aws"})
+            proc = self.run_cli("--out-dir", os.path.join(tmp, "bad"), *common, "--cloud-provider", "azure")
+            self.assertEqual(proc.returncode, 2)
+            self.assertIn("--cloud-provider", proc.stderr)
 
     def test_bad_input_is_a_clear_error(self):
         with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 import unittest
 
 import hcl2
@@ -1248,6 +1249,35 @@ class NodeLabelTagsTest(unittest.TestCase):
                 manager = got["manager"] if cloud == "aws" else sorted(got["manager"])
                 self.assertEqual(manager, self.WANT[cloud])
                 self.assertFalse(got["worker"])
+
+    def test_node_config_names_the_modules_cloud(self):
+        # The agent reads the tags above only from the cloud its [cloud] provider names (it
+        # infers one only from an advertise_addr naming a cloud; Scaleway's is an IP). A real
+        # Terraform renders node.yaml.tftpl with the module's own cloud_provider expression.
+        others = nodecfg.node_vars(cluster="prod", coordinator_url="https://10.0.0.2:8443",
+                                   coordinator_fingerprint="sha256:" + "a" * 64, join_secret="s" * 20,
+                                   advertise_addr="10.0.0.11")
+        del others["cloud_provider"]
+        for cloud in MODULES:
+            with self.subTest(cloud):
+                expr = re.search(r"\n\s*cloud_provider\s*=\s*(.*)\n", local_value(raw(MODULES[cloud]), "node_vars"))
+                self.assertIsNotNone(expr, f"{cloud}: node_vars has no cloud_provider")
+                with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+                    with open(os.path.join(d, "others.json"), "w") as f:
+                        json.dump(others, f)
+                    with open(os.path.join(d, "main.tf"), "w") as f:
+                        f.write('output "user_data" {\n'
+                                f'  value = templatefile({json.dumps(nodecfg.NODE_TEMPLATE)}, merge(\n'
+                                '    jsondecode(file("${path.module}/others.json")),\n'
+                                f'    {{ cloud_provider = {expr.group(1)} }},\n'
+                                '  ))\n}\n')
+                    tfbin.run(["init", "-input=false", "-no-color"], d)
+                    tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color"], d)
+                    out = json.loads(tfbin.run(["output", "-json", "-no-color"], d).stdout)
+                doc = yaml.safe_load(out["user_data"]["value"])
+                files = {e["path"]: e for e in doc["write_files"]}
+                cfg = tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])
+                self.assertEqual(cfg["cloud"], {"provider": cloud})
 
     def test_bad_keys_are_refused_with_a_clear_message(self):
         for cloud, keys in self.BAD_KEYS.items():

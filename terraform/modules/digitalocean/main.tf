@@ -24,6 +24,8 @@ locals {
 
   # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
   # workers never changes an existing droplet.
+  # cloud_provider is the config's [cloud] provider: the agent reads this cloud's tags (node
+  # labels from manager_labels/worker_labels) whatever advertise_addr is.
   node_vars = {
     cluster                 = local.cluster
     backend                 = "coordinator"
@@ -47,6 +49,7 @@ locals {
     docker_version          = var.docker_version
     docker_log_max_size     = var.docker_log_max_size
     docker_log_max_file     = tostring(var.docker_log_max_file)
+    cloud_provider          = "digitalocean"
     agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
     metadata_block_script   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
     metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
