@@ -1,0 +1,855 @@
+//! The etcd rendezvous backend: the cluster's state under a key prefix of an etcd cluster the
+//! operator already runs (`/swarmstrap/<cluster>/` by default), every decision the rulebook's
+//! ([`swarmstrap_wire::rules`]).
+//!
+//! Key layout (values are JSON; see `etcd/README.md`):
+//! - `<prefix>state`: the [`ClusterState`] (lease, fencing counter, formation, counts, resets);
+//! - `<prefix>nodes/<node id>`: one [`swarmstrap_wire::NodeInfo`] per registration;
+//! - `<prefix>docs/<name>`: one [`Document`] per named document.
+//!
+//! Every call reads the whole prefix in one linearizable range read (one revision, so a
+//! consistent snapshot), runs the rule on it ([`Memory`]) and commits the rule's change in one
+//! etcd transaction conditioned on the `mod_revision` of the state key as read (and, for a
+//! document write, of the document's key). Every write that touches a registration also
+//! rewrites the state key, so the state key's `mod_revision` stands for "nothing the rule read
+//! changed": a lost race fails the transaction, and the rule runs again on a fresh read. No
+//! lost update, no read-then-write race.
+//!
+//! Waiting (join info, documents) is an etcd watch on the key concerned, started at the
+//! revision after the read that did not answer yet: nothing written in between is missed and
+//! nothing is polled.
+//!
+//! The init lease is the rulebook's own (a fencing token and an expiry in the state key), not
+//! an etcd lease: the rulebook lets the holder renew or publish after expiry as long as nobody
+//! took over, and keeps the same expiry on a re-claim; an etcd lease deletes its keys when it
+//! expires and would change those rules for this backend only.
+
+use backon::BackoffBuilder;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    TlsOptions, Txn, TxnOp, WatchOptions,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result, Snapshot};
+use swarmstrap_wire::rules::{self, ClusterState, Code, Memory, Outcome, RuleError};
+use swarmstrap_wire::{
+    AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
+    JoinResponse, PublishRequest, PublishResponse, RegisterRequest, RegisterResponse, RenewRequest,
+    ResetRequest, Secret, SyncRequest, SyncResponse,
+};
+
+/// How long one call keeps re-running its rule after lost races before it answers `Transient`.
+const CAS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Each etcd request's own timeout (a member that does not answer is left for another).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the cluster lives and how to reach etcd.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// Cluster name (`[a-z0-9-]`, 1–63).
+    pub cluster: String,
+    pub target_managers: u8,
+    /// Client URLs of the etcd members (`https://host:2379`); the client fails over between them.
+    pub endpoints: Vec<String>,
+    /// Key prefix of this cluster; `None`: `/swarmstrap/<cluster>/`.
+    pub prefix: Option<String>,
+    /// PEM CA bundle that signed the etcd members' certificates (required for `https://`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key (etcd `--client-cert-auth`); the key file must be 0600.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd user, and the file holding its password (0600).
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    /// Paths and names only; never a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("cluster", &self.cluster)
+            .field("target_managers", &self.target_managers)
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user)
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    pub fn new(cluster: impl Into<String>, target_managers: u8, endpoints: Vec<String>) -> Self {
+        EtcdConfig {
+            cluster: cluster.into(),
+            target_managers,
+            endpoints,
+            prefix: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password_file: None,
+        }
+    }
+
+    pub fn resolved_prefix(&self) -> String {
+        self.prefix
+            .clone()
+            .unwrap_or_else(|| format!("/swarmstrap/{}/", self.cluster))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        swarmstrap_wire::validate_name(&self.cluster)
+            .map_err(|m| rejected("invalid_config", format!("etcd backend: cluster name: {m}")))?;
+        if self.endpoints.is_empty() {
+            return Err(rejected(
+                "invalid_config",
+                "etcd backend: no endpoints: give at least one etcd client URL, e.g. \
+                 https://10.0.0.5:2379",
+            ));
+        }
+        for e in &self.endpoints {
+            let https = e.starts_with("https://");
+            if !https && !e.starts_with("http://") {
+                return Err(rejected(
+                    "invalid_config",
+                    format!("etcd endpoint {e:?} must start with https:// (or http:// on a trusted network)"),
+                ));
+            }
+            if https && self.ca_file.is_none() {
+                return Err(rejected(
+                    "invalid_config",
+                    format!("etcd endpoint {e} is https: give the CA file that signed the etcd members' certificates"),
+                ));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(rejected(
+                "invalid_config",
+                "etcd client certificate and key go together: give both files or neither",
+            ));
+        }
+        if self.user.is_some() != self.password_file.is_some() {
+            return Err(rejected(
+                "invalid_config",
+                "etcd user and password file go together: give both or neither",
+            ));
+        }
+        let prefix = self.resolved_prefix();
+        if !prefix.ends_with('/') || prefix.len() < 2 {
+            return Err(rejected(
+                "invalid_config",
+                format!(
+                    "etcd key prefix {prefix:?} must end with '/' and not be the whole keyspace"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Read a secret file (key, password) that must not be readable by group or others.
+fn read_secret_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        rejected(
+            "invalid_config",
+            format!("cannot read the etcd {what} file {}: {e}", path.display()),
+        )
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(rejected(
+            "invalid_config",
+            format!(
+                "the etcd {what} file {} has mode {mode:o}: it holds a secret, make it 0600 \
+                 (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| {
+        rejected(
+            "invalid_config",
+            format!("cannot read the etcd {what} file {}: {e}", path.display()),
+        )
+    })
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        rejected(
+            "invalid_config",
+            format!("cannot read the etcd {what} file {}: {e}", path.display()),
+        )
+    })
+}
+
+/// The backend: one etcd client (balanced over the endpoints) per agent.
+pub struct EtcdRendezvous {
+    client: Client,
+    cluster: String,
+    target_managers: u8,
+    prefix: String,
+    endpoints: Vec<String>,
+    credentials: Credentials,
+    offered: Offered,
+}
+
+/// One consistent read of the cluster's prefix.
+struct Read {
+    memory: Memory,
+    /// The revision the read saw.
+    revision: i64,
+    /// `mod_revision` of the state key (0: absent).
+    state_rev: i64,
+    /// `mod_revision` of each document key.
+    doc_revs: HashMap<String, i64>,
+}
+
+enum Mutated<T> {
+    Unchanged(T),
+    Written(T),
+}
+
+impl<T> Mutated<T> {
+    fn into_inner(self) -> T {
+        match self {
+            Mutated::Unchanged(t) | Mutated::Written(t) => t,
+        }
+    }
+}
+
+impl EtcdRendezvous {
+    /// Connect (lazily: the first call that needs etcd dials). Reads the TLS and password files
+    /// now, so a bad path or mode is reported at start.
+    pub async fn new(cfg: EtcdConfig) -> Result<Self> {
+        cfg.validate()?;
+        let mut opts = ConnectOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        if let Some(ca) = &cfg.ca_file {
+            let mut tls =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read_file(ca, "CA")?));
+            if let (Some(c), Some(k)) = (&cfg.cert_file, &cfg.key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    read_file(c, "client certificate")?,
+                    read_secret_file(k, "client key")?,
+                ));
+            }
+            opts = opts.with_tls(tls);
+        }
+        if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password_file) {
+            let pw = read_secret_file(pw, "password")?;
+            let pw = String::from_utf8(pw)
+                .map_err(|_| rejected("invalid_config", "the etcd password file is not UTF-8"))?;
+            opts = opts
+                .with_user(user.clone(), pw.trim_end_matches(['\n', '\r']).to_string())
+                .with_auto_token_refresh(true);
+        }
+        let client = Client::connect(&cfg.endpoints, Some(opts))
+            .await
+            .map_err(|e| etcd_error(&cfg.endpoints.join(","), e))?;
+        Ok(EtcdRendezvous {
+            client,
+            prefix: cfg.resolved_prefix(),
+            cluster: cfg.cluster,
+            target_managers: cfg.target_managers,
+            endpoints: cfg.endpoints,
+            credentials: Credentials::default(),
+            offered: Offered::default(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn state_key(&self) -> String {
+        format!("{}state", self.prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}nodes/{id}", self.prefix)
+    }
+
+    fn nodes_prefix(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+
+    fn doc_key(&self, name: &str) -> String {
+        format!("{}docs/{name}", self.prefix)
+    }
+
+    fn where_(&self) -> String {
+        format!("{} under {}", self.endpoints.join(","), self.prefix)
+    }
+
+    /// The whole prefix in one linearizable range read.
+    async fn read(&self) -> Result<Read> {
+        let mut kv = self.client.kv_client();
+        let resp = kv
+            .get(
+                self.prefix.as_bytes(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| etcd_error(&self.where_(), e))?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut state = None;
+        let mut state_rev = 0;
+        let mut nodes = BTreeMap::new();
+        let mut docs = BTreeMap::new();
+        let mut doc_revs = HashMap::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
+                continue;
+            };
+            let bad = |e: serde_json::Error| {
+                rejected(
+                    "corrupt_state",
+                    format!(
+                        "etcd key {key} does not hold what swarmstrap wrote there: {e}; \
+                             restore it or delete the cluster's prefix to start over"
+                    ),
+                )
+            };
+            if rest == "state" {
+                state = Some(serde_json::from_slice::<ClusterState>(kv.value()).map_err(bad)?);
+                state_rev = kv.mod_revision();
+            } else if let Some(id) = rest.strip_prefix("nodes/") {
+                let n: swarmstrap_wire::NodeInfo =
+                    serde_json::from_slice(kv.value()).map_err(bad)?;
+                nodes.insert(id.to_string(), n);
+            } else if let Some(name) = rest.strip_prefix("docs/") {
+                let d: Document = serde_json::from_slice(kv.value()).map_err(bad)?;
+                docs.insert(name.to_string(), d);
+                doc_revs.insert(name.to_string(), kv.mod_revision());
+            }
+        }
+        let state = match state {
+            Some(s) => s,
+            None => ClusterState::new(&self.cluster, self.target_managers)?,
+        };
+        Ok(Read {
+            memory: Memory { state, nodes, docs },
+            revision,
+            state_rev,
+            doc_revs,
+        })
+    }
+
+    /// Read → rule → transaction conditioned on what was read, until the change is empty, the
+    /// transaction commits, or the rule refuses.
+    async fn mutate<T>(
+        &self,
+        op: &'static str,
+        mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
+    ) -> Result<Mutated<T>> {
+        let deadline = Instant::now() + CAS_DEADLINE;
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(500))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        loop {
+            let r = self.read().await?;
+            let Outcome { answer, change } = rule(&r.memory, now_ms())?;
+            if change.is_empty() {
+                return Ok(Mutated::Unchanged(answer));
+            }
+            let state_key = self.state_key();
+            let mut when = vec![Compare::mod_revision(
+                state_key.clone(),
+                CompareOp::Equal,
+                r.state_rev,
+            )];
+            let mut ops = Vec::new();
+            let touches_nodes =
+                change.clear_nodes || !change.removed_nodes.is_empty() || !change.nodes.is_empty();
+            if change.state.is_some() || touches_nodes {
+                let st = change.state.as_ref().unwrap_or(&r.memory.state);
+                ops.push(TxnOp::put(state_key, to_json(st)?, None));
+            }
+            if change.clear_nodes {
+                ops.push(TxnOp::delete(
+                    self.nodes_prefix(),
+                    Some(DeleteOptions::new().with_prefix()),
+                ));
+            }
+            for id in &change.removed_nodes {
+                ops.push(TxnOp::delete(self.node_key(id), None));
+            }
+            for n in &change.nodes {
+                ops.push(TxnOp::put(self.node_key(&n.node_id), to_json(n)?, None));
+            }
+            if let Some((name, doc)) = &change.doc {
+                let key = self.doc_key(name);
+                let rev = r.doc_revs.get(name).copied().unwrap_or(0);
+                when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+                ops.push(TxnOp::put(key, to_json(doc)?, None));
+            }
+            let txn = Txn::new().when(when).and_then(ops);
+            let resp = self
+                .client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| etcd_error(&self.where_(), e))?;
+            if resp.succeeded() {
+                return Ok(Mutated::Written(answer));
+            }
+            tracing::debug!(
+                operation = op,
+                "lost a race; deciding again on a fresh read"
+            );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RendezvousError::Transient(format!(
+                    "{op}: lost every race for {}s at {}",
+                    CAS_DEADLINE.as_secs(),
+                    self.where_()
+                )));
+            }
+            let d = backoff.next().unwrap_or(Duration::from_millis(500));
+            tokio::time::sleep(d.min(left)).await;
+        }
+    }
+
+    /// Read until `view` says done, waiting between reads on a watch of `key` from the revision
+    /// after the read; at most `wait`.
+    async fn wait_on<T>(
+        &self,
+        key: String,
+        wait: Duration,
+        mut view: impl FnMut(&Memory, u64) -> Result<(bool, T)>,
+    ) -> Result<T> {
+        let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let r = self.read().await?;
+            let (done, t) = view(&r.memory, now_ms())?;
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(t);
+            }
+            let mut stream = self
+                .client
+                .watch_client()
+                .watch(
+                    key.as_bytes(),
+                    Some(WatchOptions::new().with_start_revision(r.revision + 1)),
+                )
+                .await
+                .map_err(|e| etcd_error(&self.where_(), e))?;
+            // Any event (or the end of the wait) means: read again.
+            loop {
+                match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Err(_) => break,
+                    Ok(Err(e)) => return Err(etcd_error(&self.where_(), e)),
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(m))) if m.canceled() => {
+                        return Err(RendezvousError::Transient(format!(
+                            "etcd cancelled a watch of {key}: {}",
+                            m.cancel_reason()
+                        )))
+                    }
+                    Ok(Ok(Some(m))) if m.events().is_empty() => continue,
+                    Ok(Ok(Some(_))) => break,
+                }
+            }
+        }
+    }
+
+    /// The cluster's prefix deleted (tests, an operator's `etcdctl del --prefix`).
+    pub async fn wipe(&self) -> Result<()> {
+        self.client
+            .kv_client()
+            .delete(
+                self.prefix.as_bytes(),
+                Some(DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| etcd_error(&self.where_(), e))?;
+        Ok(())
+    }
+
+    /// Set or lift the adoption hold (see the Secrets Manager backend's method of that name).
+    pub async fn set_adoption_hold(&self, hold: bool) -> Result<ClusterStatus> {
+        let r = self
+            .mutate("set_adoption_hold", |m, now| {
+                let outcome = rules::set_adoption_hold(&m.state, hold)?;
+                let mut after = m.clone();
+                after.apply(outcome.change.clone());
+                Ok(Outcome {
+                    answer: after.status(now),
+                    change: outcome.change,
+                })
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
+        let fresh = if offer {
+            Some(self.offered.get_or_make(node_id)?)
+        } else {
+            None
+        };
+        Ok((
+            Presenting {
+                held: self.credentials.get(node_id),
+                offered: fresh.clone().or_else(|| self.offered.get(node_id)),
+                offered_accepted: AtomicBool::new(false),
+            },
+            fresh,
+        ))
+    }
+
+    fn settle(&self, node_id: &str, p: &Presenting, issued: Option<&Secret>) {
+        let kept = issued.cloned().or_else(|| {
+            p.offered_accepted
+                .load(Ordering::Relaxed)
+                .then(|| p.offered.clone())
+                .flatten()
+        });
+        if let Some(c) = kept {
+            self.credentials.set(node_id, c);
+            self.offered.forget(node_id);
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v)
+        .map_err(|e| RendezvousError::Transient(format!("cannot encode the etcd value: {e}")))
+}
+
+/// etcd and transport errors sorted by what the caller should do.
+fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
+    use etcd_client::Error as E;
+    match e {
+        E::GRpcStatus(s) => match s.code() {
+            tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                RendezvousError::Unauthorized(format!(
+                    "etcd at {at} refused: {}; check the etcd user, its password file and \
+                     its role (it needs read-write on the cluster's prefix)",
+                    s.message()
+                ))
+            }
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+                rejected("etcd_refused", format!("etcd at {at}: {}", s.message()))
+            }
+            _ => RendezvousError::Transient(format!("etcd at {at}: {}", s.message())),
+        },
+        E::InvalidArgs(m) | E::EndpointError(m) => {
+            rejected("invalid_config", format!("etcd at {at}: {m}"))
+        }
+        E::InvalidUri(u) => rejected("invalid_config", format!("etcd endpoint: {u}")),
+        other => RendezvousError::Transient(format!("etcd at {at}: {other}")),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn rejected(code: &str, message: impl Into<String>) -> RendezvousError {
+    RendezvousError::Rejected {
+        code: code.to_string(),
+        message: message.into(),
+    }
+}
+
+/// A fresh node credential: 32 bytes from the OS RNG, as 64 hex characters.
+fn new_credential() -> Result<Secret> {
+    use rand::TryRngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.try_fill_bytes(&mut b).map_err(|e| {
+        RendezvousError::Transient(format!("the OS random number generator failed: {e}"))
+    })?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(Secret::new(hex))
+}
+
+// The lost-answer handling of node credentials, as in the Secrets Manager backend (the next
+// step moves `Offered`/`Presenting` into `swarmstrap_wire::rendezvous` for both).
+
+/// The fresh credential this instance offers for each node id it holds none for yet: the same
+/// one on every attempt, so a committed registration whose answer was lost is no lockout.
+#[derive(Default)]
+struct Offered(Mutex<HashMap<String, Secret>>);
+
+impl Offered {
+    fn get(&self, node_id: &str) -> Option<Secret> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    fn get_or_make(&self, node_id: &str) -> Result<Secret> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(node_id) {
+            return Ok(c.clone());
+        }
+        let c = new_credential()?;
+        m.insert(node_id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn forget(&self, node_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node_id);
+    }
+}
+
+/// The credentials one call may present: the one held, and the one offered earlier.
+struct Presenting {
+    held: Option<Secret>,
+    offered: Option<Secret>,
+    offered_accepted: AtomicBool,
+}
+
+impl Presenting {
+    fn judge<T>(&self, rule: impl Fn(Option<&Secret>) -> rules::Result<T>) -> rules::Result<T> {
+        let first = self.held.as_ref().or(self.offered.as_ref());
+        let r = rule(first);
+        let (r, by_offered) = match (&r, &self.held, &self.offered) {
+            (Err(e), Some(h), Some(o)) if e.code == Code::BadNodeCredential && h != o => {
+                match rule(Some(o)) {
+                    Ok(t) => (Ok(t), true),
+                    Err(_) => (r, false),
+                }
+            }
+            _ => {
+                let by_offered = r.is_ok() && self.held.is_none() && self.offered.is_some();
+                (r, by_offered)
+            }
+        };
+        self.offered_accepted.store(by_offered, Ordering::Relaxed);
+        r
+    }
+}
+
+#[async_trait::async_trait]
+impl Rendezvous for EtcdRendezvous {
+    fn describe(&self) -> String {
+        format!("etcd {} ({})", self.prefix, self.endpoints.join(","))
+    }
+
+    fn set_credential(&self, node_id: &str, credential: Secret) {
+        self.credentials.set(node_id, credential);
+    }
+
+    fn credential(&self, node_id: &str) -> Option<Secret> {
+        self.credentials.get(node_id)
+    }
+
+    async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse> {
+        rules::validate_register(req)?;
+        let (p, fresh) = self.presenting(&req.node_id, true)?;
+        let fresh = fresh.expect("offered");
+        let r = self
+            .mutate("register", |m, now| {
+                p.judge(|c| m.register(now, req, c, &fresh))
+            })
+            .await?
+            .into_inner();
+        self.settle(&req.node_id, &p, r.credential.as_ref());
+        Ok(r)
+    }
+
+    async fn claim(&self, node_id: &str, ttl: Duration) -> Result<ClaimResponse> {
+        rules::validate_node_id(node_id)?;
+        let ttl_ms = ttl_ms(ttl);
+        let (p, _) = self.presenting(node_id, false)?;
+        let r = self
+            .mutate("claim", |m, now| {
+                p.judge(|c| m.claim(now, node_id, ttl_ms, c))
+            })
+            .await?;
+        self.settle(node_id, &p, None);
+        if let Mutated::Written(a) = &r {
+            if a.granted {
+                tracing::info!(
+                    node = node_id,
+                    fencing_token = a.lease.as_ref().map_or(0, |l| l.fencing_token),
+                    "init lease granted"
+                );
+            }
+        }
+        Ok(r.into_inner())
+    }
+
+    async fn renew(
+        &self,
+        node_id: &str,
+        fencing_token: u64,
+        ttl: Duration,
+    ) -> Result<ClaimResponse> {
+        rules::validate_node_id(node_id)?;
+        let req = RenewRequest {
+            node_id: node_id.to_string(),
+            fencing_token,
+            ttl_ms: ttl_ms(ttl),
+        };
+        let (p, _) = self.presenting(node_id, false)?;
+        let r = self
+            .mutate("renew", |m, now| p.judge(|c| m.renew(now, &req, c)))
+            .await?;
+        self.settle(node_id, &p, None);
+        Ok(r.into_inner())
+    }
+
+    async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
+        rules::validate_publish(req)?;
+        let (p, _) = self.presenting(&req.node_id, false)?;
+        let r = self
+            .mutate("publish", |m, now| p.judge(|c| m.publish(now, req, c)))
+            .await?;
+        self.settle(&req.node_id, &p, None);
+        if let Mutated::Written(_) = r {
+            tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
+        }
+        Ok(r.into_inner())
+    }
+
+    async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
+        let (p, _) = self.presenting(node_id, false)?;
+        let j = self
+            .wait_on(self.state_key(), wait, |m, now| {
+                let j = p.judge(|c| m.join(now, node_id, c))?;
+                Ok((j.join.is_some(), j))
+            })
+            .await?;
+        self.settle(node_id, &p, None);
+        Ok(j)
+    }
+
+    async fn status(&self) -> Result<ClusterStatus> {
+        Ok(self.read().await?.memory.status(now_ms()))
+    }
+
+    /// One range read: the status and every document, at one etcd revision.
+    async fn snapshot(&self) -> Result<Option<Snapshot>> {
+        let r = self.read().await?;
+        Ok(Some(Snapshot {
+            status: r.memory.status(now_ms()),
+            docs: r.memory.docs.clone(),
+            revision: u64::try_from(r.revision).ok(),
+        }))
+    }
+
+    /// The operator is whoever may write the cluster's prefix in etcd (the etcd role): no
+    /// operator credential is required; a stored one is checked when one is given.
+    async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        rules::validate_reset(req)?;
+        let r = self
+            .mutate("reset", |m, now| {
+                if m.state.operator_sha256.is_some() && operator.is_some() {
+                    rules::check_operator(&m.state, operator)?;
+                }
+                rules::recover(&m.state, now, req)
+            })
+            .await?;
+        tracing::warn!(node = %req.node_id, lost_swarm = %req.swarm_id,
+            "cluster reset by `swarm-agent recover`: one new init is allowed");
+        Ok(r.into_inner())
+    }
+
+    async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
+        let r = self
+            .mutate("rotate-tokens", |m, now| {
+                if m.state.operator_sha256.is_some() && operator.is_some() {
+                    rules::check_operator(&m.state, operator)?;
+                }
+                let o = rules::request_token_rotation(&m.state)?;
+                let mut after = m.clone();
+                after.apply(o.change.clone());
+                Ok(Outcome {
+                    answer: after.status(now),
+                    change: o.change,
+                })
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    async fn sync(&self, req: &SyncRequest) -> Result<SyncResponse> {
+        rules::validate_sync(req)?;
+        let (p, _) = self.presenting(&req.node_id, false)?;
+        let r = self
+            .mutate("sync", |m, now| p.judge(|c| m.sync(now, req, c)))
+            .await?;
+        self.settle(&req.node_id, &p, None);
+        Ok(r.into_inner())
+    }
+
+    async fn adopt(&self, req: &AdoptRequest) -> Result<AdoptResponse> {
+        rules::validate_adopt(req)?;
+        let (p, fresh) = self.presenting(&req.node_id, true)?;
+        let fresh = fresh.expect("offered");
+        let r = self
+            .mutate("adopt", |m, now| p.judge(|c| m.adopt(now, req, c, &fresh)))
+            .await?;
+        let (Mutated::Written(a) | Mutated::Unchanged(a)) = &r;
+        self.settle(&req.node_id, &p, a.credential.as_ref());
+        Ok(r.into_inner())
+    }
+
+    async fn get_doc(&self, name: &str, after: Option<u64>, wait: Duration) -> Result<Document> {
+        swarmstrap_wire::validate_name(name).map_err(|m| RuleError::new(Code::InvalidName, m))?;
+        let wait = if after.is_some() {
+            wait
+        } else {
+            Duration::ZERO
+        };
+        self.wait_on(self.doc_key(name), wait, |m, _| {
+            let d = m.doc(name);
+            Ok((rules::doc_answers(&d, after), d))
+        })
+        .await
+    }
+
+    async fn put_doc(
+        &self,
+        node_id: &str,
+        name: &str,
+        expected_version: u64,
+        body: &serde_json::Value,
+    ) -> Result<Document> {
+        let write = DocumentWrite {
+            expected_version,
+            body: body.clone(),
+            node_id: node_id.to_string(),
+        };
+        let (p, _) = self.presenting(node_id, false)?;
+        let r = self
+            .mutate("put_doc", |m, _| p.judge(|c| m.put_doc(name, &write, c)))
+            .await?;
+        self.settle(node_id, &p, None);
+        Ok(r.into_inner())
+    }
+}
