@@ -24,6 +24,9 @@
 //! took over, and keeps the same expiry on a re-claim; an etcd lease deletes its keys when it
 //! expires and would change those rules for this backend only.
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 use backon::BackoffBuilder;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,

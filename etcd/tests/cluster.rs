@@ -1,0 +1,81 @@
+//! The etcd backend against a real 3-member etcd cluster (TLS + auth; `testing::EtcdCluster`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+use swarmstrap_etcd::testing::EtcdCluster;
+use swarmstrap_etcd::EtcdRendezvous;
+use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
+use swarmstrap_wire::{Phase, RegisterRequest, RequestedRole, Role};
+
+fn reg(id: &str) -> RegisterRequest {
+    RegisterRequest {
+        node_id: id.into(),
+        hostname: id.into(),
+        advertise_addr: "10.0.0.1".into(),
+        role: RequestedRole::Auto,
+        joined_through: None,
+        labels: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_auth_prefix_role_and_failover() {
+    let mut etcd = EtcdCluster::start().await;
+    let b = etcd.backend("prod", 1).await;
+    assert_eq!(b.prefix(), "/swarmstrap/prod/");
+    assert_eq!(b.status().await.unwrap().phase, Phase::Open);
+    assert_eq!(b.register(&reg("n1")).await.unwrap().role, Role::Manager);
+    assert_eq!(b.register(&reg("n2")).await.unwrap().role, Role::Worker);
+    assert_eq!(b.status().await.unwrap().nodes.len(), 2);
+
+    // The role grants the swarmstrap prefix only: a prefix outside it is refused.
+    let mut cfg = etcd.config("prod", 1);
+    cfg.prefix = Some("/other/".into());
+    let outside = EtcdRendezvous::new(cfg).await.unwrap();
+    let err = outside.status().await.unwrap_err();
+    assert!(matches!(err, RendezvousError::Unauthorized(_)), "{err}");
+
+    // A wrong password is refused as unauthorized (not retried as transient).
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "wrong\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cfg = etcd.config("prod", 1);
+    cfg.password_file = Some(pw.clone());
+    match EtcdRendezvous::new(cfg).await {
+        Err(e) => assert!(!e.is_transient(), "{e}"),
+        Ok(b) => {
+            let e = b.status().await.unwrap_err();
+            assert!(!e.is_transient(), "{e}");
+        }
+    }
+
+    // A password file readable by others is refused before connecting, saying what to do.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cfg = etcd.config("prod", 1);
+    cfg.password_file = Some(pw);
+    let e = EtcdRendezvous::new(cfg)
+        .await
+        .err()
+        .expect("mode 0644 refused");
+    assert!(e.to_string().contains("0600"), "{e}");
+
+    // One member down: the client fails over to the others (quorum 2 of 3 remains).
+    etcd.kill_member(0);
+    let mut last = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut delay = Duration::from_millis(100);
+    while std::time::Instant::now() < deadline {
+        match b.register(&reg("n3")).await {
+            Ok(r) => {
+                last = Some(r);
+                break;
+            }
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    assert_eq!(last.expect("a write after failover").role, Role::Worker);
+    assert_eq!(b.status().await.unwrap().nodes.len(), 3);
+}
