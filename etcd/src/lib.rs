@@ -856,3 +856,61 @@ impl Rendezvous for EtcdRendezvous {
         Ok(r.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EtcdConfig {
+        EtcdConfig {
+            ca_file: Some("/etc/etcd/ca.pem".into()),
+            ..EtcdConfig::new("prod", 3, vec!["https://10.0.0.5:2379".into()])
+        }
+    }
+
+    fn refusal(c: EtcdConfig) -> String {
+        c.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn default_prefix_is_per_cluster() {
+        assert_eq!(cfg().resolved_prefix(), "/swarmstrap/prod/");
+        assert!(cfg().validate().is_ok());
+    }
+
+    #[test]
+    fn bad_configs_say_what_to_do() {
+        let e = refusal(EtcdConfig {
+            endpoints: vec![],
+            ..cfg()
+        });
+        assert!(e.contains("no endpoints"), "{e}");
+        let e = refusal(EtcdConfig {
+            ca_file: None,
+            ..cfg()
+        });
+        assert!(e.contains("give the CA file"), "{e}");
+        let e = refusal(EtcdConfig {
+            endpoints: vec!["10.0.0.5:2379".into()],
+            ..cfg()
+        });
+        assert!(e.contains("must start with https://"), "{e}");
+        let e = refusal(EtcdConfig {
+            cert_file: Some("/c.pem".into()),
+            ..cfg()
+        });
+        assert!(e.contains("certificate and key go together"), "{e}");
+        let e = refusal(EtcdConfig {
+            user: Some("u".into()),
+            ..cfg()
+        });
+        assert!(e.contains("user and password file go together"), "{e}");
+        let e = refusal(EtcdConfig {
+            prefix: Some("/swarmstrap/prod".into()),
+            ..cfg()
+        });
+        assert!(e.contains("must end with '/'"), "{e}");
+        let e = refusal(EtcdConfig::new("Prod!", 3, vec!["http://h:2379".into()]));
+        assert!(e.contains("cluster name"), "{e}");
+    }
+}
