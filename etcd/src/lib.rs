@@ -30,7 +30,7 @@ pub mod testing;
 use backon::BackoffBuilder;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, WatchOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -47,6 +47,9 @@ use swarmstrap_wire::{
 
 /// How long one call keeps re-running its rule after lost races before it answers `Transient`.
 const CAS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long one request is sent again while members cannot be reached (failover).
+const FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Each etcd request's own timeout (a member that does not answer is left for another).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,7 +211,31 @@ pub struct EtcdRendezvous {
     offered: Offered,
 }
 
-/// One consistent read of the cluster's prefix.
+/// What a call reads: a rule that judges one node (and one document) reads only their keys and
+/// the state key; status, sync, adoption and the operator's calls read every registration.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    All,
+    Keys {
+        node: Option<&'a str>,
+        doc: Option<&'a str>,
+    },
+}
+
+impl<'a> Scope<'a> {
+    fn node(id: &'a str) -> Self {
+        Scope::Keys {
+            node: Some(id),
+            doc: None,
+        }
+    }
+}
+
+/// Largest read answer accepted (tonic's default is 4 MiB): every registration of a cluster of
+/// 10,000 nodes, with room.
+const MAX_READ_BYTES: usize = 64 << 20;
+
+/// One consistent read (one etcd revision) of what a call needs.
 struct Read {
     memory: Memory,
     /// The revision the read saw.
@@ -260,9 +287,30 @@ impl EtcdRendezvous {
                 .with_user(user.clone(), pw.trim_end_matches(['\n', '\r']).to_string())
                 .with_auto_token_refresh(true);
         }
-        let client = Client::connect(&cfg.endpoints, Some(opts))
-            .await
-            .map_err(|e| etcd_error(&cfg.endpoints.join(","), e))?;
+        // Connecting logs in (one request): sent again, starting at another endpoint, while no
+        // member could be reached, so a dead member among the endpoints does not stop the start.
+        let deadline = Instant::now() + FAILOVER_DEADLINE;
+        let mut backoff = failover_backoff();
+        let mut endpoints = cfg.endpoints.clone();
+        let client = loop {
+            match Client::connect(&endpoints, Some(opts.clone())).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    let unsent = never_sent(&e);
+                    let e = etcd_error(&cfg.endpoints.join(","), e);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !unsent || left.is_zero() {
+                        return Err(e);
+                    }
+                    tracing::debug!("connecting to etcd failed, trying again: {e}");
+                    // A new balanced channel sends its first request to the first endpoint
+                    // it was given: start the next attempt at the next one.
+                    endpoints.rotate_left(1);
+                    let d = backoff.next().unwrap_or(Duration::from_secs(1));
+                    tokio::time::sleep(d.min(left)).await;
+                }
+            }
+        };
         Ok(EtcdRendezvous {
             client,
             prefix: cfg.resolved_prefix(),
@@ -298,23 +346,55 @@ impl EtcdRendezvous {
         format!("{} under {}", self.endpoints.join(","), self.prefix)
     }
 
-    /// The whole prefix in one linearizable range read.
-    async fn read(&self) -> Result<Read> {
-        let mut kv = self.client.kv_client();
-        let resp = kv
-            .get(
-                self.prefix.as_bytes(),
-                Some(GetOptions::new().with_prefix()),
-            )
-            .await
-            .map_err(|e| etcd_error(&self.where_(), e))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
+    /// What `scope` needs, in one linearizable read at one revision: the whole prefix, or the
+    /// state key with one node's and/or one document's key (a transaction of gets).
+    async fn read(&self, scope: Scope<'_>) -> Result<Read> {
+        let kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_READ_BYTES);
+        let (revision, kvs) = match scope {
+            Scope::All => {
+                let mut resp = self
+                    .failover(true, || {
+                        let mut kv = kv.clone();
+                        let key = self.prefix.clone();
+                        async move { kv.get(key, Some(GetOptions::new().with_prefix())).await }
+                    })
+                    .await?;
+                (resp.header().map_or(0, |h| h.revision()), resp.take_kvs())
+            }
+            Scope::Keys { node, doc } => {
+                let mut ops = vec![TxnOp::get(self.state_key(), None)];
+                if let Some(id) = node {
+                    ops.push(TxnOp::get(self.node_key(id), None));
+                }
+                if let Some(name) = doc {
+                    ops.push(TxnOp::get(self.doc_key(name), None));
+                }
+                let resp = self
+                    .failover(true, || {
+                        let mut kv = kv.clone();
+                        let txn = Txn::new().and_then(ops.clone());
+                        async move { kv.txn(txn).await }
+                    })
+                    .await?;
+                let revision = resp.header().map_or(0, |h| h.revision());
+                let mut kvs = Vec::new();
+                for r in resp.op_responses() {
+                    if let TxnOpResponse::Get(mut g) = r {
+                        kvs.extend(g.take_kvs());
+                    }
+                }
+                (revision, kvs)
+            }
+        };
         let mut state = None;
         let mut state_rev = 0;
         let mut nodes = BTreeMap::new();
         let mut docs = BTreeMap::new();
         let mut doc_revs = HashMap::new();
-        for kv in resp.kvs() {
+        for kv in &kvs {
             let key = String::from_utf8_lossy(kv.key());
             let Some(rest) = key.strip_prefix(self.prefix.as_str()) else {
                 continue;
@@ -324,7 +404,7 @@ impl EtcdRendezvous {
                     "corrupt_state",
                     format!(
                         "etcd key {key} does not hold what swarmstrap wrote there: {e}; \
-                             restore it or delete the cluster's prefix to start over"
+                         restore it or delete the cluster's prefix to start over"
                     ),
                 )
             };
@@ -353,11 +433,39 @@ impl EtcdRendezvous {
         })
     }
 
+    /// Run an etcd request, sending it again (capped backoff with jitter, within
+    /// [`FAILOVER_DEADLINE`]) while no member could be reached, so that the balanced channel
+    /// moves on to a live member; with `idempotent`, also after any transient error (reads).
+    async fn failover<T, F, Fut>(&self, idempotent: bool, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + FAILOVER_DEADLINE;
+        let mut backoff = failover_backoff();
+        loop {
+            let e = match request().await {
+                Ok(t) => return Ok(t),
+                Err(e) => e,
+            };
+            let unsent = never_sent(&e);
+            let e = etcd_error(&self.where_(), e);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !(unsent || (idempotent && e.is_transient())) || left.is_zero() {
+                return Err(e);
+            }
+            tracing::debug!("etcd request failed, trying again: {e}");
+            let d = backoff.next().unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(d.min(left)).await;
+        }
+    }
+
     /// Read → rule → transaction conditioned on what was read, until the change is empty, the
     /// transaction commits, or the rule refuses.
     async fn mutate<T>(
         &self,
         op: &'static str,
+        scope: Scope<'_>,
         mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
@@ -368,7 +476,7 @@ impl EtcdRendezvous {
             .without_max_times()
             .build();
         loop {
-            let r = self.read().await?;
+            let r = self.read(scope).await?;
             let Outcome { answer, change } = rule(&r.memory, now_ms())?;
             if change.is_empty() {
                 return Ok(Mutated::Unchanged(answer));
@@ -404,13 +512,15 @@ impl EtcdRendezvous {
                 when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
                 ops.push(TxnOp::put(key, to_json(doc)?, None));
             }
-            let txn = Txn::new().when(when).and_then(ops);
+            // Only a request that never left (no connection) is sent again here: a transaction
+            // whose answer was lost may have committed, so that one goes back to the caller.
             let resp = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| etcd_error(&self.where_(), e))?;
+                .failover(false, || {
+                    let mut kv = self.client.kv_client();
+                    let txn = Txn::new().when(when.clone()).and_then(ops.clone());
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
             if resp.succeeded() {
                 return Ok(Mutated::Written(answer));
             }
@@ -436,26 +546,26 @@ impl EtcdRendezvous {
     async fn wait_on<T>(
         &self,
         key: String,
+        scope: Scope<'_>,
         wait: Duration,
         mut view: impl FnMut(&Memory, u64) -> Result<(bool, T)>,
     ) -> Result<T> {
         let wait = wait.min(Duration::from_secs(swarmstrap_wire::MAX_WAIT_SECS));
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let r = self.read().await?;
+            let r = self.read(scope).await?;
             let (done, t) = view(&r.memory, now_ms())?;
             if done || tokio::time::Instant::now() >= deadline {
                 return Ok(t);
             }
             let mut stream = self
-                .client
-                .watch_client()
-                .watch(
-                    key.as_bytes(),
-                    Some(WatchOptions::new().with_start_revision(r.revision + 1)),
-                )
-                .await
-                .map_err(|e| etcd_error(&self.where_(), e))?;
+                .failover(true, || {
+                    let mut w = self.client.watch_client();
+                    let key = key.clone();
+                    let opts = WatchOptions::new().with_start_revision(r.revision + 1);
+                    async move { w.watch(key, Some(opts)).await }
+                })
+                .await?;
             // Any event (or the end of the wait) means: read again.
             loop {
                 match tokio::time::timeout_at(deadline, stream.message()).await {
@@ -491,7 +601,7 @@ impl EtcdRendezvous {
     /// Set or lift the adoption hold (see the Secrets Manager backend's method of that name).
     pub async fn set_adoption_hold(&self, hold: bool) -> Result<ClusterStatus> {
         let r = self
-            .mutate("set_adoption_hold", |m, now| {
+            .mutate("set_adoption_hold", Scope::All, |m, now| {
                 let outcome = rules::set_adoption_hold(&m.state, hold)?;
                 let mut after = m.clone();
                 after.apply(outcome.change.clone());
@@ -532,6 +642,28 @@ impl EtcdRendezvous {
             self.offered.forget(node_id);
         }
     }
+}
+
+/// The request never reached a member: no connection could be made (tonic reports a failed
+/// connect as `Unavailable` "tcp connect error"). Safe to send again, also a transaction.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect error")
+        }
+        _ => false,
+    }
+}
+
+/// Between attempts to reach another member: 50 ms doubling to 1 s, jittered.
+fn failover_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -675,7 +807,7 @@ impl Rendezvous for EtcdRendezvous {
         let (p, fresh) = self.presenting(&req.node_id, true)?;
         let fresh = fresh.expect("offered");
         let r = self
-            .mutate("register", |m, now| {
+            .mutate("register", Scope::node(&req.node_id), |m, now| {
                 p.judge(|c| m.register(now, req, c, &fresh))
             })
             .await?
@@ -689,7 +821,7 @@ impl Rendezvous for EtcdRendezvous {
         let ttl_ms = ttl_ms(ttl);
         let (p, _) = self.presenting(node_id, false)?;
         let r = self
-            .mutate("claim", |m, now| {
+            .mutate("claim", Scope::node(node_id), |m, now| {
                 p.judge(|c| m.claim(now, node_id, ttl_ms, c))
             })
             .await?;
@@ -720,7 +852,9 @@ impl Rendezvous for EtcdRendezvous {
         };
         let (p, _) = self.presenting(node_id, false)?;
         let r = self
-            .mutate("renew", |m, now| p.judge(|c| m.renew(now, &req, c)))
+            .mutate("renew", Scope::node(node_id), |m, now| {
+                p.judge(|c| m.renew(now, &req, c))
+            })
             .await?;
         self.settle(node_id, &p, None);
         Ok(r.into_inner())
@@ -730,7 +864,9 @@ impl Rendezvous for EtcdRendezvous {
         rules::validate_publish(req)?;
         let (p, _) = self.presenting(&req.node_id, false)?;
         let r = self
-            .mutate("publish", |m, now| p.judge(|c| m.publish(now, req, c)))
+            .mutate("publish", Scope::node(&req.node_id), |m, now| {
+                p.judge(|c| m.publish(now, req, c))
+            })
             .await?;
         self.settle(&req.node_id, &p, None);
         if let Mutated::Written(_) = r {
@@ -742,7 +878,7 @@ impl Rendezvous for EtcdRendezvous {
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
         let (p, _) = self.presenting(node_id, false)?;
         let j = self
-            .wait_on(self.state_key(), wait, |m, now| {
+            .wait_on(self.state_key(), Scope::node(node_id), wait, |m, now| {
                 let j = p.judge(|c| m.join(now, node_id, c))?;
                 Ok((j.join.is_some(), j))
             })
@@ -752,12 +888,12 @@ impl Rendezvous for EtcdRendezvous {
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
-        Ok(self.read().await?.memory.status(now_ms()))
+        Ok(self.read(Scope::All).await?.memory.status(now_ms()))
     }
 
     /// One range read: the status and every document, at one etcd revision.
     async fn snapshot(&self) -> Result<Option<Snapshot>> {
-        let r = self.read().await?;
+        let r = self.read(Scope::All).await?;
         Ok(Some(Snapshot {
             status: r.memory.status(now_ms()),
             docs: r.memory.docs.clone(),
@@ -770,7 +906,7 @@ impl Rendezvous for EtcdRendezvous {
     async fn reset(&self, req: &ResetRequest, operator: Option<&Secret>) -> Result<ClusterStatus> {
         rules::validate_reset(req)?;
         let r = self
-            .mutate("reset", |m, now| {
+            .mutate("reset", Scope::node(&req.node_id), |m, now| {
                 if m.state.operator_sha256.is_some() && operator.is_some() {
                     rules::check_operator(&m.state, operator)?;
                 }
@@ -784,7 +920,7 @@ impl Rendezvous for EtcdRendezvous {
 
     async fn request_token_rotation(&self, operator: Option<&Secret>) -> Result<ClusterStatus> {
         let r = self
-            .mutate("rotate-tokens", |m, now| {
+            .mutate("rotate-tokens", Scope::All, |m, now| {
                 if m.state.operator_sha256.is_some() && operator.is_some() {
                     rules::check_operator(&m.state, operator)?;
                 }
@@ -804,7 +940,9 @@ impl Rendezvous for EtcdRendezvous {
         rules::validate_sync(req)?;
         let (p, _) = self.presenting(&req.node_id, false)?;
         let r = self
-            .mutate("sync", |m, now| p.judge(|c| m.sync(now, req, c)))
+            .mutate("sync", Scope::All, |m, now| {
+                p.judge(|c| m.sync(now, req, c))
+            })
             .await?;
         self.settle(&req.node_id, &p, None);
         Ok(r.into_inner())
@@ -815,7 +953,9 @@ impl Rendezvous for EtcdRendezvous {
         let (p, fresh) = self.presenting(&req.node_id, true)?;
         let fresh = fresh.expect("offered");
         let r = self
-            .mutate("adopt", |m, now| p.judge(|c| m.adopt(now, req, c, &fresh)))
+            .mutate("adopt", Scope::All, |m, now| {
+                p.judge(|c| m.adopt(now, req, c, &fresh))
+            })
             .await?;
         let (Mutated::Written(a) | Mutated::Unchanged(a)) = &r;
         self.settle(&req.node_id, &p, a.credential.as_ref());
@@ -829,10 +969,18 @@ impl Rendezvous for EtcdRendezvous {
         } else {
             Duration::ZERO
         };
-        self.wait_on(self.doc_key(name), wait, |m, _| {
-            let d = m.doc(name);
-            Ok((rules::doc_answers(&d, after), d))
-        })
+        self.wait_on(
+            self.doc_key(name),
+            Scope::Keys {
+                node: None,
+                doc: Some(name),
+            },
+            wait,
+            |m, _| {
+                let d = m.doc(name);
+                Ok((rules::doc_answers(&d, after), d))
+            },
+        )
         .await
     }
 
@@ -850,7 +998,14 @@ impl Rendezvous for EtcdRendezvous {
         };
         let (p, _) = self.presenting(node_id, false)?;
         let r = self
-            .mutate("put_doc", |m, _| p.judge(|c| m.put_doc(name, &write, c)))
+            .mutate(
+                "put_doc",
+                Scope::Keys {
+                    node: Some(node_id),
+                    doc: Some(name),
+                },
+                |m, _| p.judge(|c| m.put_doc(name, &write, c)),
+            )
             .await?;
         self.settle(node_id, &p, None);
         Ok(r.into_inner())
