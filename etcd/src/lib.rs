@@ -572,6 +572,9 @@ impl EtcdRendezvous {
                     Err(_) => break,
                     Ok(Err(e)) => return Err(etcd_error(&self.where_(), e)),
                     Ok(Ok(None)) => break,
+                    // The revision after the read was compacted away: whatever changed is
+                    // newer than the read, so read again (at a newer revision).
+                    Ok(Ok(Some(m))) if m.canceled() && m.compact_revision() > 0 => break,
                     Ok(Ok(Some(m))) if m.canceled() => {
                         return Err(RendezvousError::Transient(format!(
                             "etcd cancelled a watch of {key}: {}",
