@@ -231,6 +231,22 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// Registrations are stored in this many keys (`nodes/00`..`nodes/3f`, a JSON list each), so
+/// a transaction that changes any number of them has at most this many node operations (etcd
+/// refuses more than `--max-txn-ops`, default 128, in one transaction).
+const NODE_BUCKETS: u32 = 64;
+
+/// The bucket of a node id: FNV-1a (32 bit) of its bytes, modulo [`NODE_BUCKETS`]. Stored
+/// layout: never change it without migrating.
+fn bucket_of(id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % NODE_BUCKETS
+}
+
 /// Largest read answer accepted (tonic's default is 4 MiB): every registration of a cluster of
 /// 10,000 nodes, with room.
 const MAX_READ_BYTES: usize = 64 << 20;
@@ -244,6 +260,8 @@ struct Read {
     state_rev: i64,
     /// `mod_revision` of each document key.
     doc_revs: HashMap<String, i64>,
+    /// The node buckets read (every registration in them is in `memory`).
+    buckets: Vec<u32>,
 }
 
 enum Mutated<T> {
@@ -330,12 +348,13 @@ impl EtcdRendezvous {
         format!("{}state", self.prefix)
     }
 
+    /// The bucket key holding `id`'s registration.
     fn node_key(&self, id: &str) -> String {
-        format!("{}nodes/{id}", self.prefix)
+        self.bucket_key(bucket_of(id))
     }
 
-    fn nodes_prefix(&self) -> String {
-        format!("{}nodes/", self.prefix)
+    fn bucket_key(&self, bucket: u32) -> String {
+        format!("{}nodes/{bucket:02x}", self.prefix)
     }
 
     fn doc_key(&self, name: &str) -> String {
@@ -353,8 +372,11 @@ impl EtcdRendezvous {
             .client
             .kv_client()
             .max_decoding_message_size(MAX_READ_BYTES);
+        // The node buckets this read holds completely.
+        let buckets: Vec<u32>;
         let (revision, kvs) = match scope {
             Scope::All => {
+                buckets = (0..NODE_BUCKETS).collect();
                 let mut resp = self
                     .failover(true, || {
                         let mut kv = kv.clone();
@@ -365,6 +387,7 @@ impl EtcdRendezvous {
                 (resp.header().map_or(0, |h| h.revision()), resp.take_kvs())
             }
             Scope::Keys { node, doc } => {
+                buckets = node.map(bucket_of).into_iter().collect();
                 let mut ops = vec![TxnOp::get(self.state_key(), None)];
                 if let Some(id) = node {
                     ops.push(TxnOp::get(self.node_key(id), None));
@@ -411,10 +434,10 @@ impl EtcdRendezvous {
             if rest == "state" {
                 state = Some(serde_json::from_slice::<ClusterState>(kv.value()).map_err(bad)?);
                 state_rev = kv.mod_revision();
-            } else if let Some(id) = rest.strip_prefix("nodes/") {
-                let n: swarmstrap_wire::NodeInfo =
+            } else if rest.starts_with("nodes/") {
+                let list: Vec<swarmstrap_wire::NodeInfo> =
                     serde_json::from_slice(kv.value()).map_err(bad)?;
-                nodes.insert(id.to_string(), n);
+                nodes.extend(list.into_iter().map(|n| (n.node_id.clone(), n)));
             } else if let Some(name) = rest.strip_prefix("docs/") {
                 let d: Document = serde_json::from_slice(kv.value()).map_err(bad)?;
                 docs.insert(name.to_string(), d);
@@ -430,6 +453,7 @@ impl EtcdRendezvous {
             revision,
             state_rev,
             doc_revs,
+            buckets,
         })
     }
 
@@ -465,7 +489,7 @@ impl EtcdRendezvous {
     async fn mutate<T>(
         &self,
         op: &'static str,
-        scope: Scope<'_>,
+        mut scope: Scope<'_>,
         mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
@@ -494,17 +518,43 @@ impl EtcdRendezvous {
                 let st = change.state.as_ref().unwrap_or(&r.memory.state);
                 ops.push(TxnOp::put(state_key, to_json(st)?, None));
             }
-            if change.clear_nodes {
-                ops.push(TxnOp::delete(
-                    self.nodes_prefix(),
-                    Some(DeleteOptions::new().with_prefix()),
-                ));
+            // Each bucket a change touches is written whole, from the registrations read
+            // with the change applied: a reset (clear) touches all of them.
+            let touched: Vec<u32> = if change.clear_nodes {
+                (0..NODE_BUCKETS).collect()
+            } else {
+                let mut t: Vec<u32> = change
+                    .removed_nodes
+                    .iter()
+                    .map(|id| bucket_of(id))
+                    .chain(change.nodes.iter().map(|n| bucket_of(&n.node_id)))
+                    .collect();
+                t.sort_unstable();
+                t.dedup();
+                t
+            };
+            if !change.clear_nodes && touched.iter().any(|b| !r.buckets.contains(b)) {
+                // The rule changed a registration this read did not hold (no rule does that
+                // today): decide again on every registration.
+                scope = Scope::All;
+                continue;
             }
-            for id in &change.removed_nodes {
-                ops.push(TxnOp::delete(self.node_key(id), None));
-            }
-            for n in &change.nodes {
-                ops.push(TxnOp::put(self.node_key(&n.node_id), to_json(n)?, None));
+            if touches_nodes {
+                let mut after = r.memory.clone();
+                after.apply(change.clone());
+                for b in touched {
+                    let list: Vec<&swarmstrap_wire::NodeInfo> = after
+                        .nodes
+                        .values()
+                        .filter(|n| bucket_of(&n.node_id) == b)
+                        .collect();
+                    let key = self.bucket_key(b);
+                    if list.is_empty() {
+                        ops.push(TxnOp::delete(key, None));
+                    } else {
+                        ops.push(TxnOp::put(key, to_json(&list)?, None));
+                    }
+                }
             }
             if let Some((name, doc)) = &change.doc {
                 let key = self.doc_key(name);
@@ -1028,6 +1078,21 @@ mod tests {
 
     fn refusal(c: EtcdConfig) -> String {
         c.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn buckets_are_fnv1a_of_the_node_id() {
+        // FNV-1a 32-bit test vectors: "" = 0x811c9dc5, "a" = 0xe40c292c, "foobar" = 0xbf9cf968.
+        assert_eq!(bucket_of(""), 0x811c_9dc5 % NODE_BUCKETS);
+        assert_eq!(bucket_of("a"), 0xe40c_292c % NODE_BUCKETS);
+        assert_eq!(bucket_of("foobar"), 0xbf9c_f968 % NODE_BUCKETS);
+        let used: std::collections::HashSet<u32> =
+            (0..1000).map(|i| bucket_of(&format!("node-{i}"))).collect();
+        assert_eq!(
+            used.len(),
+            NODE_BUCKETS as usize,
+            "1000 ids spread over every bucket"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The etcd backend against a real 3-member etcd cluster (TLS + auth; `testing::EtcdCluster`).
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 use swarmstrap_etcd::testing::EtcdCluster;
 use swarmstrap_etcd::EtcdRendezvous;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError};
@@ -65,4 +66,55 @@ async fn tls_auth_prefix_role_and_failover() {
     assert_eq!(b.status().await.unwrap().nodes.len(), 3);
     let again = etcd.backend("prod", 1).await;
     assert_eq!(again.status().await.unwrap().nodes.len(), 3);
+}
+
+/// A sync that marks hundreds of registrations seen commits in one transaction: more changed
+/// registrations than etcd's default `--max-txn-ops` (128) allows keys in one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_of_300_registrations_commits() {
+    use swarmstrap_wire::{Member, PublishRequest, Secret, SyncRequest};
+    const N: usize = 300;
+    let etcd = EtcdCluster::start().await;
+    let b = etcd.backend("big", 3).await;
+    let ids: Vec<String> = (0..N).map(|i| format!("n{i:03}")).collect();
+    for id in &ids {
+        b.register(&reg(id)).await.unwrap();
+    }
+    let lease = b.claim("n000", Duration::from_secs(60)).await.unwrap();
+    let token = lease.lease.expect("granted").fencing_token;
+    let swarm = "swarmid0123456789abcdefgh";
+    b.publish(&PublishRequest {
+        node_id: "n000".into(),
+        fencing_token: token,
+        swarm_id: swarm.into(),
+        ca_digest: swarmstrap_wire::format_fingerprint(&[0xab; 32]),
+        manager_addrs: vec!["198.18.0.10:2377".into()],
+        manager_token: Secret::new("SWMTKN-1-m"),
+        worker_token: Secret::new("SWMTKN-1-w"),
+    })
+    .await
+    .unwrap();
+    let status = b.status().await.unwrap();
+    let members: Vec<Member> = status
+        .nodes
+        .iter()
+        .map(|n| Member {
+            node_id: n.node_id.clone(),
+            role: n.role,
+        })
+        .collect();
+    assert_eq!(members.len(), N);
+    let r = b
+        .sync(&SyncRequest {
+            node_id: "n000".into(),
+            swarm_id: swarm.into(),
+            manager_addrs: vec!["198.18.0.10:2377".into()],
+            managers: 3,
+            members,
+        })
+        .await
+        .unwrap();
+    assert!(r.changed, "the first sync marks every registration seen");
+    assert_eq!(r.node_count, N as u64);
+    assert_eq!(b.status().await.unwrap().nodes.len(), N);
 }
