@@ -4,12 +4,15 @@
 //!
 //! Key layout (values are JSON; see `etcd/README.md`):
 //! - `<prefix>state`: the [`ClusterState`] (lease, fencing counter, formation, counts, resets);
-//! - `<prefix>nodes/<node id>`: one [`swarmstrap_wire::NodeInfo`] per registration;
+//! - `<prefix>nodes/<bb>`: the registrations ([`swarmstrap_wire::NodeInfo`], a JSON list) whose
+//!   node id falls in bucket `bb` of 64 (so one transaction never exceeds etcd's operation
+//!   limit, however many registrations it changes);
 //! - `<prefix>docs/<name>`: one [`Document`] per named document.
 //!
-//! Every call reads the whole prefix in one linearizable range read (one revision, so a
-//! consistent snapshot), runs the rule on it ([`Memory`]) and commits the rule's change in one
-//! etcd transaction conditioned on the `mod_revision` of the state key as read (and, for a
+//! Every call reads what its rule needs (the state key with the caller's bucket and a
+//! document, or the whole prefix) in one linearizable read (one revision, so a consistent
+//! snapshot), runs the rule on it ([`Memory`]) and commits the rule's change in one etcd
+//! transaction conditioned on the `mod_revision` of the state key as read (and, for a
 //! document write, of the document's key). Every write that touches a registration also
 //! rewrites the state key, so the state key's `mod_revision` stands for "nothing the rule read
 //! changed": a lost race fails the transaction, and the rule runs again on a fresh read. No
