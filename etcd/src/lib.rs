@@ -742,14 +742,50 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
                 rejected("etcd_refused", format!("etcd at {at}: {}", s.message()))
             }
-            _ => RendezvousError::Transient(format!("etcd at {at}: {}", s.message())),
+            _ => unreachable_or_tls(at, s.message().to_string()),
         },
         E::InvalidArgs(m) | E::EndpointError(m) => {
             rejected("invalid_config", format!("etcd at {at}: {m}"))
         }
         E::InvalidUri(u) => rejected("invalid_config", format!("etcd endpoint: {u}")),
-        other => RendezvousError::Transient(format!("etcd at {at}: {other}")),
+        other => {
+            // tonic's Display stops at the outermost error; the cause (a TLS alert, a refused
+            // connection) is further down the chain.
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(&other);
+            while let Some(e) = src {
+                let m = e.to_string();
+                if !msg.contains(&m) {
+                    msg = format!("{msg}: {m}");
+                }
+                src = e.source();
+            }
+            unreachable_or_tls(at, msg)
+        }
     }
+}
+
+/// A member could not be reached: an untrusted certificate is permanent, anything else may
+/// pass (transient).
+fn unreachable_or_tls(at: &str, msg: String) -> RendezvousError {
+    if msg.contains("certificate") {
+        // Retrying will not make the members' certificates trusted.
+        return rejected(
+            "tls_certificate",
+            format!(
+                "etcd at {at}: {msg}: the etcd members' TLS certificates are not trusted; \
+                 check the CA file (the CA that signed them)"
+            ),
+        );
+    }
+    if msg.contains("transport error") || msg.contains("connect") {
+        return RendezvousError::Transient(format!(
+            "etcd at {at}: {msg} (check that the endpoints are etcd client URLs and up; a \
+             member that requires a client certificate closes the connection of a client \
+             without one)"
+        ));
+    }
+    RendezvousError::Transient(format!("etcd at {at}: {msg}"))
 }
 
 fn now_ms() -> u64 {

@@ -118,3 +118,32 @@ async fn a_sync_of_300_registrations_commits() {
     assert_eq!(r.node_count, N as u64);
     assert_eq!(b.status().await.unwrap().nodes.len(), N);
 }
+
+/// TLS misconfigurations: a CA that did not sign the members is a permanent refusal naming
+/// the CA file; a missing client certificate fails (etcd closes the handshake) with a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_misconfigurations_are_reported() {
+    let etcd = EtcdCluster::start().await;
+    let mut cfg = etcd.config("prod", 1);
+    cfg.ca_file = Some(etcd.cert_file.clone());
+    let e = EtcdRendezvous::new(cfg)
+        .await
+        .err()
+        .expect("an untrusted CA is refused");
+    assert!(!e.is_transient(), "{e}");
+    assert_eq!(e.code(), None);
+    assert!(
+        matches!(&e, RendezvousError::Rejected { code, .. } if code == "tls_certificate"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("check the CA file"), "{e}");
+
+    let mut cfg = etcd.config("prod", 1);
+    cfg.cert_file = None;
+    cfg.key_file = None;
+    let e = EtcdRendezvous::new(cfg)
+        .await
+        .err()
+        .expect("no client certificate: refused");
+    assert!(e.to_string().contains("client certificate"), "{e}");
+}
