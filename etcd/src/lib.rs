@@ -517,9 +517,14 @@ impl EtcdRendezvous {
             let mut ops = Vec::new();
             let touches_nodes =
                 change.clear_nodes || !change.removed_nodes.is_empty() || !change.nodes.is_empty();
+            // The key whose next value tells whether this transaction committed, should its
+            // answer be lost: the state key, or (a document write alone) the document's.
+            let mut witness = None;
             if change.state.is_some() || touches_nodes {
                 let st = change.state.as_ref().unwrap_or(&r.memory.state);
-                ops.push(TxnOp::put(state_key, to_json(st)?, None));
+                let v = to_json(st)?;
+                witness = Some((state_key.clone(), v.clone(), r.state_rev));
+                ops.push(TxnOp::put(state_key, v, None));
             }
             // Each bucket a change touches is written whole, from the registrations read
             // with the change applied: a reset (clear) touches all of them.
@@ -563,18 +568,35 @@ impl EtcdRendezvous {
                 let key = self.doc_key(name);
                 let rev = r.doc_revs.get(name).copied().unwrap_or(0);
                 when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
-                ops.push(TxnOp::put(key, to_json(doc)?, None));
+                let v = to_json(doc)?;
+                witness.get_or_insert((key.clone(), v.clone(), rev));
+                ops.push(TxnOp::put(key, v, None));
             }
             // Only a request that never left (no connection) is sent again here: a transaction
             // whose answer was lost may have committed, so that one goes back to the caller.
-            let resp = self
+            let sent = self
                 .failover(false, || {
                     let mut kv = self.client.kv_client();
                     let txn = Txn::new().when(when.clone()).and_then(ops.clone());
                     async move { kv.txn(txn).await }
                 })
-                .await?;
-            if resp.succeeded() {
+                .await;
+            let committed = match sent {
+                Ok(resp) => resp.succeeded(),
+                Err(e) if e.is_transient() => {
+                    // The answer was lost: the transaction may have committed. It did exactly
+                    // when the witness key's first write after the read is its value.
+                    let Some((key, value, rev)) = &witness else {
+                        return Err(e);
+                    };
+                    match self.first_write_after(key, *rev, r.revision).await {
+                        Ok(first) => first.as_deref() == Some(value.as_slice()),
+                        Err(_) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            if committed {
                 return Ok(Mutated::Written(answer));
             }
             tracing::debug!(
@@ -591,6 +613,59 @@ impl EtcdRendezvous {
             }
             let d = backoff.next().unwrap_or(Duration::from_millis(500));
             tokio::time::sleep(d.min(left)).await;
+        }
+    }
+
+    /// The value of the first write to `key` after revision `read` (`None`: none yet, or a
+    /// deletion), given that its `mod_revision` was `rev` at `read`: from the key as it is now
+    /// when it was written once since, else from the watch history.
+    async fn first_write_after(&self, key: &str, rev: i64, read: i64) -> Result<Option<Vec<u8>>> {
+        let mut now = self
+            .failover(true, || {
+                let mut kv = self.client.kv_client();
+                let key = key.to_string();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        let Some(cur) = now.take_kvs().into_iter().next() else {
+            return Ok(None);
+        };
+        if cur.mod_revision() == rev {
+            return Ok(None);
+        }
+        // Written since: the history from the read on has the first write.
+        let mut stream = self
+            .failover(true, || {
+                let mut w = self.client.watch_client();
+                let key = key.to_string();
+                let opts = WatchOptions::new().with_start_revision(read + 1);
+                async move { w.watch(key, Some(opts)).await }
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(m))) if m.canceled() => {
+                    return Err(RendezvousError::Transient(format!(
+                        "etcd cancelled a watch of {key}: {}",
+                        m.cancel_reason()
+                    )))
+                }
+                Ok(Ok(Some(m))) => {
+                    if let Some(ev) = m.events().first() {
+                        return Ok(match ev.event_type() {
+                            etcd_client::EventType::Put => ev.kv().map(|kv| kv.value().to_vec()),
+                            etcd_client::EventType::Delete => None,
+                        });
+                    }
+                }
+                Ok(Ok(None)) | Err(_) => {
+                    return Err(RendezvousError::Transient(format!(
+                        "no answer from the watch history of {key}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(etcd_error(&self.where_(), e)),
+            }
         }
     }
 
@@ -1117,6 +1192,46 @@ mod tests {
 
     fn refusal(c: EtcdConfig) -> String {
         c.validate().expect_err("refused").to_string()
+    }
+
+    /// The lost-answer check against a real etcd: the first write after a read is found in
+    /// the history even when later writes followed; no write since is `None`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn first_write_after_a_read_comes_from_the_history() {
+        use swarmstrap_wire::{RegisterRequest, RequestedRole};
+        let reg = |id: &str| RegisterRequest {
+            node_id: id.into(),
+            hostname: id.into(),
+            advertise_addr: "10.0.0.1".into(),
+            role: RequestedRole::Auto,
+            joined_through: None,
+            labels: None,
+        };
+        let etcd = crate::testing::EtcdCluster::start().await;
+        let a = etcd.backend("hist", 3).await;
+        let b = etcd.backend("hist", 3).await;
+        a.register(&reg("n1")).await.unwrap();
+        let before = a.read(Scope::node("n1")).await.unwrap();
+        let key = a.state_key();
+        assert_eq!(
+            a.first_write_after(&key, before.state_rev, before.revision)
+                .await
+                .unwrap(),
+            None,
+            "nothing written since the read"
+        );
+        b.register(&reg("n2")).await.unwrap();
+        let after_n2 = a.read(Scope::node("n2")).await.unwrap();
+        let n2_state = serde_json::to_vec(&after_n2.memory.state).unwrap();
+        b.register(&reg("n3")).await.unwrap();
+        let first = a
+            .first_write_after(&key, before.state_rev, before.revision)
+            .await
+            .unwrap()
+            .expect("n2's registration wrote the state");
+        let first: ClusterState = serde_json::from_slice(&first).unwrap();
+        assert_eq!(serde_json::to_vec(&first).unwrap(), n2_state);
+        assert_eq!(first.node_count, 2, "n2's write, not the later n3's");
     }
 
     #[test]
