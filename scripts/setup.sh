@@ -19,6 +19,8 @@ apt_pkgs=(
   minisign         # signs and verifies SHA256SUMS (scripts/release.sh, test-artifacts.sh)
   dnsmasq-base     # the lab's DNS server (tests/tests/release.rs: names without NSS); no service
   openssl dash     # the cloud-init installer tests (certificates, a POSIX sh)
+  protobuf-compiler  # protoc: etcd-client's build script compiles etcd's gRPC protos (etcd/)
+  etcd-server      # real etcd members for the etcd backend tests (etcd/, conformance)
   python3-pip
 )
 pip_pkgs=(

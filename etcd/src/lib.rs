@@ -317,10 +317,10 @@ impl EtcdRendezvous {
             match Client::connect(&endpoints, Some(opts.clone())).await {
                 Ok(c) => break c,
                 Err(e) => {
-                    let unsent = never_sent(&e);
+                    // Logging in is idempotent: any transient failure is tried again.
                     let e = etcd_error(&cfg.endpoints.join(","), e);
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if !unsent || left.is_zero() {
+                    if !e.is_transient() || left.is_zero() {
                         return Err(e);
                     }
                     tracing::debug!("connecting to etcd failed, trying again: {e}");
@@ -817,7 +817,14 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
                 rejected("etcd_refused", format!("etcd at {at}: {}", s.message()))
             }
-            _ => unreachable_or_tls(at, s.message().to_string()),
+            c => unreachable_or_tls(
+                at,
+                s.message().to_string(),
+                matches!(
+                    c,
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ),
+            ),
         },
         E::InvalidArgs(m) | E::EndpointError(m) => {
             rejected("invalid_config", format!("etcd at {at}: {m}"))
@@ -835,14 +842,14 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
                 }
                 src = e.source();
             }
-            unreachable_or_tls(at, msg)
+            unreachable_or_tls(at, msg, true)
         }
     }
 }
 
-/// A member could not be reached: an untrusted certificate is permanent, anything else may
-/// pass (transient).
-fn unreachable_or_tls(at: &str, msg: String) -> RendezvousError {
+/// A failed request: an untrusted certificate is permanent, anything else may pass
+/// (transient); `connection`: it failed at the connection (hint what to check).
+fn unreachable_or_tls(at: &str, msg: String, connection: bool) -> RendezvousError {
     if msg.contains("certificate") {
         // Retrying will not make the members' certificates trusted.
         return rejected(
@@ -853,7 +860,7 @@ fn unreachable_or_tls(at: &str, msg: String) -> RendezvousError {
             ),
         );
     }
-    if msg.contains("transport error") || msg.contains("connect") {
+    if connection {
         return RendezvousError::Transient(format!(
             "etcd at {at}: {msg} (check that the endpoints are etcd client URLs and up; a \
              member that requires a client certificate closes the connection of a client \
