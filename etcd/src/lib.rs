@@ -518,13 +518,15 @@ impl EtcdRendezvous {
             let touches_nodes =
                 change.clear_nodes || !change.removed_nodes.is_empty() || !change.nodes.is_empty();
             // The key whose next value tells whether this transaction committed, should its
-            // answer be lost: the state key, or (a document write alone) the document's.
-            let mut witness = None;
+            // answer be lost: a registration bucket it writes (it holds the node's new
+            // record: another writer's value equal to it is the same outcome), else the state
+            // key, else (a document write alone) the document's key.
+            let mut witness: Option<(String, Vec<u8>)> = None;
             if change.state.is_some() || touches_nodes {
                 let st = change.state.as_ref().unwrap_or(&r.memory.state);
                 let v = to_json(st)?;
-                witness = Some((state_key.clone(), v.clone(), r.state_rev));
-                ops.push(TxnOp::put(state_key, v, None));
+                ops.push(TxnOp::put(state_key.clone(), v.clone(), None));
+                witness = Some((state_key, v));
             }
             // Each bucket a change touches is written whole, from the registrations read
             // with the change applied: a reset (clear) touches all of them.
@@ -547,6 +549,7 @@ impl EtcdRendezvous {
                 scope = Scope::All;
                 continue;
             }
+            let mut bucket_witness = None;
             if touches_nodes {
                 let mut after = r.memory.clone();
                 after.apply(change.clone());
@@ -560,7 +563,11 @@ impl EtcdRendezvous {
                     if list.is_empty() {
                         ops.push(TxnOp::delete(key, None));
                     } else {
-                        ops.push(TxnOp::put(key, to_json(&list)?, None));
+                        let v = to_json(&list)?;
+                        if !change.nodes.is_empty() && bucket_witness.is_none() {
+                            bucket_witness = Some((key.clone(), v.clone()));
+                        }
+                        ops.push(TxnOp::put(key, v, None));
                     }
                 }
             }
@@ -569,7 +576,7 @@ impl EtcdRendezvous {
                 let rev = r.doc_revs.get(name).copied().unwrap_or(0);
                 when.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
                 let v = to_json(doc)?;
-                witness.get_or_insert((key.clone(), v.clone(), rev));
+                witness.get_or_insert((key.clone(), v.clone()));
                 ops.push(TxnOp::put(key, v, None));
             }
             // Only a request that never left (no connection) is sent again here: a transaction
@@ -586,10 +593,10 @@ impl EtcdRendezvous {
                 Err(e) if e.is_transient() => {
                     // The answer was lost: the transaction may have committed. It did exactly
                     // when the witness key's first write after the read is its value.
-                    let Some((key, value, rev)) = &witness else {
+                    let Some((key, value)) = bucket_witness.as_ref().or(witness.as_ref()) else {
                         return Err(e);
                     };
-                    match self.first_write_after(key, *rev, r.revision).await {
+                    match self.first_write_after(key, r.revision).await {
                         Ok(first) => first.as_deref() == Some(value.as_slice()),
                         Err(_) => return Err(e),
                     }
@@ -616,10 +623,10 @@ impl EtcdRendezvous {
         }
     }
 
-    /// The value of the first write to `key` after revision `read` (`None`: none yet, or a
-    /// deletion), given that its `mod_revision` was `rev` at `read`: from the key as it is now
-    /// when it was written once since, else from the watch history.
-    async fn first_write_after(&self, key: &str, rev: i64, read: i64) -> Result<Option<Vec<u8>>> {
+    /// The value of the first write to `key` after revision `read` (`None`: none, a deletion,
+    /// or the key is gone now: the caller then decides again, which is always safe), from the
+    /// watch history when the key was written since.
+    async fn first_write_after(&self, key: &str, read: i64) -> Result<Option<Vec<u8>>> {
         let mut now = self
             .failover(true, || {
                 let mut kv = self.client.kv_client();
@@ -630,7 +637,7 @@ impl EtcdRendezvous {
         let Some(cur) = now.take_kvs().into_iter().next() else {
             return Ok(None);
         };
-        if cur.mod_revision() == rev {
+        if cur.mod_revision() <= read {
             return Ok(None);
         }
         // Written since: the history from the read on has the first write.
@@ -1221,9 +1228,7 @@ mod tests {
         let before = a.read(Scope::node("n1")).await.unwrap();
         let key = a.state_key();
         assert_eq!(
-            a.first_write_after(&key, before.state_rev, before.revision)
-                .await
-                .unwrap(),
+            a.first_write_after(&key, before.revision).await.unwrap(),
             None,
             "nothing written since the read"
         );
@@ -1232,7 +1237,7 @@ mod tests {
         let n2_state = serde_json::to_vec(&after_n2.memory.state).unwrap();
         b.register(&reg("n3")).await.unwrap();
         let first = a
-            .first_write_after(&key, before.state_rev, before.revision)
+            .first_write_after(&key, before.revision)
             .await
             .unwrap()
             .expect("n2's registration wrote the state");
