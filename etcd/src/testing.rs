@@ -243,6 +243,26 @@ impl EtcdCluster {
         client.auth_enable().await.expect("enable auth");
     }
 
+    /// A user whose role grants read-write on `prefix` only (the production role of
+    /// README.md), with a random password; returns the password file (0600).
+    pub async fn add_prefix_user(&self, user: &str, prefix: &str) -> PathBuf {
+        let mut root = self.root_client().await;
+        root.role_add(user).await.expect("add the role");
+        root.role_grant_permission(user, Permission::read_write(prefix).with_prefix())
+            .await
+            .expect("grant the role its prefix");
+        let password = random_hex();
+        root.user_add(user, password.as_str(), None)
+            .await
+            .expect("add the user");
+        root.user_grant_role(user, user)
+            .await
+            .expect("grant the user its role");
+        let file = self.dir.path().join(format!("{user}.password"));
+        write_private(&file, format!("{password}\n").as_bytes());
+        file
+    }
+
     /// The backend's configuration for `cluster` (TLS, client certificate, user + password).
     pub fn config(&self, cluster: &str, target_managers: u8) -> EtcdConfig {
         EtcdConfig {

@@ -147,3 +147,26 @@ async fn tls_misconfigurations_are_reported() {
         .expect("no client certificate: refused");
     assert!(e.to_string().contains("client certificate"), "{e}");
 }
+
+/// The production role (README "Security"): a user whose role grants one cluster's prefix
+/// works there and is refused on another cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_cluster_role_reaches_its_cluster_only() {
+    let etcd = EtcdCluster::start().await;
+    let pw = etcd
+        .add_prefix_user("swarmstrap-prod", "/swarmstrap/prod/")
+        .await;
+    let with_user = |cluster: &str| {
+        let mut c = etcd.config(cluster, 1);
+        c.user = Some("swarmstrap-prod".into());
+        c.password_file = Some(pw.clone());
+        c
+    };
+    let prod = EtcdRendezvous::new(with_user("prod")).await.unwrap();
+    assert_eq!(prod.register(&reg("n1")).await.unwrap().role, Role::Manager);
+    let other = EtcdRendezvous::new(with_user("other")).await.unwrap();
+    let e = other.status().await.unwrap_err();
+    assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
+    let e = other.register(&reg("n1")).await.unwrap_err();
+    assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
+}
