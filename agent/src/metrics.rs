@@ -37,22 +37,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Scrapes served at once (Prometheus scrapes one at a time; more is a misbehaving client).
 const MAX_CONNECTIONS: usize = 16;
 
-/// Every phase, in the order of a bootstrap: each gets a `swarm_agent_phase` series (1 for the
-/// current phase, 0 for the others), so a dashboard sees the whole set from the first scrape.
-pub const PHASES: [AgentPhase; 12] = [
-    AgentPhase::Starting,
-    AgentPhase::WaitingForEngine,
-    AgentPhase::Registering,
-    AgentPhase::Claiming,
-    AgentPhase::Initialising,
-    AgentPhase::Publishing,
-    AgentPhase::WaitingForTokens,
-    AgentPhase::Joining,
-    AgentPhase::Joined,
-    AgentPhase::Failed,
-    AgentPhase::Leaving,
-    AgentPhase::Left,
-];
+/// Every phase gets a `swarm_agent_phase` series (1 for the current phase, 0 for the others),
+/// so a dashboard sees the whole set from the first scrape.
+const PHASES: [AgentPhase; 12] = AgentPhase::ALL;
 
 /// Phases that are steps of a bootstrap (timed into `swarm_agent_bootstrap_step_seconds`).
 fn is_bootstrap_step(p: AgentPhase) -> bool {

@@ -114,20 +114,7 @@ mod tests {
 
     #[test]
     fn phase_texts_are_single_lines() {
-        for p in [
-            AgentPhase::Starting,
-            AgentPhase::WaitingForEngine,
-            AgentPhase::Registering,
-            AgentPhase::Claiming,
-            AgentPhase::Initialising,
-            AgentPhase::Publishing,
-            AgentPhase::WaitingForTokens,
-            AgentPhase::Joining,
-            AgentPhase::Joined,
-            AgentPhase::Failed,
-            AgentPhase::Leaving,
-            AgentPhase::Left,
-        ] {
+        for p in AgentPhase::ALL {
             assert!(!phase_text(p).contains('\n'));
         }
     }

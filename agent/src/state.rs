@@ -32,6 +32,22 @@ pub enum AgentPhase {
 }
 
 impl AgentPhase {
+    /// Every phase, in the order of a bootstrap (metrics list them all; tests cover them all).
+    pub const ALL: [AgentPhase; 12] = [
+        AgentPhase::Starting,
+        AgentPhase::WaitingForEngine,
+        AgentPhase::Registering,
+        AgentPhase::Claiming,
+        AgentPhase::Initialising,
+        AgentPhase::Publishing,
+        AgentPhase::WaitingForTokens,
+        AgentPhase::Joining,
+        AgentPhase::Joined,
+        AgentPhase::Failed,
+        AgentPhase::Leaving,
+        AgentPhase::Left,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AgentPhase::Starting => "starting",
