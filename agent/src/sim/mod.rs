@@ -85,9 +85,11 @@
 
 mod backend;
 mod coord;
+mod etcd;
 mod faults;
 mod race;
 mod secrets_manager;
+mod stored_lease;
 
 use backend::Kind;
 use race::{Opts, RaceResult};
@@ -101,6 +103,8 @@ const CI_RACES: u64 = 200;
 const FAKE_CI_RACES: u64 = 200;
 /// ... against Secrets Manager (moto): fewer, ~50 s on 2 cores (200 take ~80 s).
 const SECRETS_MANAGER_CI_RACES: u64 = 120;
+/// ... against etcd (3 real members on the same 2 cores): ETCD_CI_RACES_DOC.
+const ETCD_CI_RACES: u64 = 120;
 /// Races at once (coordinator, fake).
 const PARALLEL: u64 = 12;
 /// Races at once against moto. One Python process serves them all: at 12 on 2 cores its
@@ -108,6 +112,8 @@ const PARALLEL: u64 = 12;
 /// (near the 40 s deadline); at 8 it behaves like the other backends (about a third of the
 /// races with a takeover, races up to ~7 s).
 const SECRETS_MANAGER_PARALLEL: u64 = 8;
+/// Races at once against etcd: ETCD_PARALLEL_DOC.
+const ETCD_PARALLEL: u64 = 8;
 
 /// The suites run one at a time (their timing is part of what they test).
 static SUITE: Mutex<()> = Mutex::new(());
@@ -151,6 +157,7 @@ fn test_name(backend: &str) -> &'static str {
     match backend {
         "fake" => "sim::fake_races",
         "secrets-manager" => "sim::secrets_manager_races",
+        "etcd" => "sim::etcd_races",
         _ => "sim::races",
     }
 }
@@ -246,6 +253,11 @@ fn secrets_manager_races() {
     );
 }
 
+#[test]
+fn etcd_races() {
+    suite("etcd", ETCD_CI_RACES, ETCD_PARALLEL);
+}
+
 /// Run `backend`'s suite (`ci_races` races unless the environment says otherwise).
 fn suite(backend: &str, ci_races: u64, default_parallel: u64) {
     if let Some(only) = env("SWARMSTRAP_RACE_BACKEND") {
@@ -287,17 +299,24 @@ fn suite(backend: &str, ci_races: u64, default_parallel: u64) {
         }
     };
     let parallel = env_u64("SWARMSTRAP_RACE_PARALLEL").unwrap_or(default_parallel) as usize;
-    // Secrets Manager: one moto for the suite, killed when the last race lets go of it.
-    let kind = match backend {
-        "coordinator" => Kind::Coordinator,
-        "fake" => Kind::Fake,
-        _ => Kind::SecretsManager(Arc::new(secrets_manager::Moto::start())),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .unwrap();
+    // Secrets Manager: one moto for the suite, etcd: one 3-member cluster for the suite; each
+    // is killed when the last race lets go of it.
+    let kind = match backend {
+        "coordinator" => Kind::Coordinator,
+        "fake" => Kind::Fake,
+        "etcd" => {
+            let setup = Instant::now();
+            let suite = rt.block_on(etcd::EtcdSuite::start());
+            println!("race suite (etcd): 3 members up in {:.1?}", setup.elapsed());
+            Kind::Etcd(Arc::new(suite))
+        }
+        _ => Kind::SecretsManager(Arc::new(secrets_manager::Moto::start())),
+    };
     let started = Instant::now();
     let results = rt.block_on(run_suite(seeds, parallel, opts.clone(), verbose, kind));
     let report = summary(backend, &results, started.elapsed());
