@@ -11,11 +11,11 @@
 //! - `etcd`: [`EtcdRendezvous`] against a real 3-member etcd cluster (`etcd.rs`), one
 //!   connection per node, behind an [`Outage`] adapter.
 //!
-//! A fake, Secrets Manager or etcd "restart" is an outage in the adapter: while it is down every call
-//! fails `Transient` (connection refused), and a call in flight across it loses its answer
-//! (`Transient`, connection reset) whether or not the backend applied it; the backend keeps its
-//! state, as a durable backend would. Both adapters record the fencing token of every claim
-//! answer that granted a lease, before any fault can lose that answer.
+//! A fake, Secrets Manager or etcd "restart" is an outage in the adapter: while it is down
+//! every call fails `Transient` (connection refused), and a call in flight across it loses its
+//! answer (`Transient`, connection reset) whether or not the backend applied it; the backend
+//! keeps its state, as a durable backend would. Every adapter records the fencing token of every
+//! claim answer that granted a lease, before any fault can lose that answer.
 //!
 //! [`SecretsManagerRendezvous`]: swarmstrap_secrets_manager::SecretsManagerRendezvous
 //! [`EtcdRendezvous`]: swarmstrap_etcd::EtcdRendezvous

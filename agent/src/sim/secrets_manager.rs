@@ -145,7 +145,7 @@ impl SimBackend for SecretsManagerSim {
     }
 
     /// A read over the network takes time, so the state is judged as of `t0` from what the
-    /// document records (see [`super::stored_lease::judge`]) rather than from the live status at the read.
+    /// document records (see [`judge`]) rather than from the live status at the read.
     async fn init_lease(&self, holder: &str, token: Option<u64>) -> InitLease {
         let t0 = now_ms();
         match self.read_raw().await {
