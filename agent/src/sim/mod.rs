@@ -244,6 +244,13 @@ fn summary(backend: &str, results: &[RaceResult], wall: Duration) -> String {
         pct(90).copied().unwrap_or_default(),
         times.last().copied().unwrap_or_default(),
     );
+    let seeds = (
+        results.iter().map(|r| r.seed).min(),
+        results.iter().map(|r| r.seed).max(),
+    );
+    if let (Some(lo), Some(hi)) = seeds {
+        s += &format!("  seeds {lo}..={hi}\n");
+    }
     s += &format!(
         "  races with a lease takeover (>1 fencing token): {takeovers}; with >1 `swarm init` \
          (orphan left, allowed only after a takeover): {multi}\n"
