@@ -76,7 +76,7 @@
 //! cores), fake [`FAKE_CI_RACES`] (200, ~30 s), Secrets Manager [`SECRETS_MANAGER_CI_RACES`]
 //! (120, ~55 s plus moto's start: moto is one Python process and every call an HTTP round
 //! trip; they run [`SECRETS_MANAGER_PARALLEL`] (8) at a time, because at 12 moto's latency
-//! nears the 1 s lease), etcd [`ETCD_CI_RACES`] (60, ~45 s plus ~3 s for the members to
+//! nears the 1 s lease), etcd [`ETCD_CI_RACES`] (60, ~50–75 s plus ~3 s for the members to
 //! start; [`ETCD_PARALLEL`] (4) at a time). The four suites never overlap (they share one
 //! lock), so the timing of one does not depend on another. The Secrets Manager suite needs
 //! `moto_server` on PATH, the etcd suite `etcd` (Debian `etcd-server`).
