@@ -8,14 +8,20 @@
 //!   mutex), one instance shared by every node, behind an [`Outage`] adapter.
 //! - `secrets-manager`: [`SecretsManagerRendezvous`] against a moto server (`secrets_manager.rs`),
 //!   one client per node, behind an [`Outage`] adapter.
+//! - `etcd`: [`EtcdRendezvous`] against a real 3-member etcd cluster (`etcd.rs`), one
+//!   connection per node, behind an [`Outage`] adapter.
 //!
-//! A fake or Secrets Manager "restart" is an outage in the adapter: while it is down every call
-//! fails `Transient` (connection refused), and a call in flight across it loses its answer
-//! (`Transient`, connection reset) whether or not the backend applied it; the backend keeps its
-//! state, as a durable backend would. Both adapters record the fencing token of every claim
-//! answer that granted a lease, before any fault can lose that answer.
+//! A fake, Secrets Manager or etcd "restart" is an outage in the adapter: while it is down
+//! every call fails `Transient` (connection refused), and a call in flight across it loses its
+//! answer (`Transient`, connection reset) whether or not the backend applied it; the backend
+//! keeps its state, as a durable backend would. Every adapter records the fencing token of every
+//! claim answer that granted a lease, before any fault can lose that answer.
+//!
+//! [`SecretsManagerRendezvous`]: swarmstrap_secrets_manager::SecretsManagerRendezvous
+//! [`EtcdRendezvous`]: swarmstrap_etcd::EtcdRendezvous
 
 use super::coord::Coordinator;
+use super::etcd::{EtcdSim, EtcdSuite};
 use super::secrets_manager::{Moto, SecretsManagerSim};
 use crate::testing::FakeBackend;
 use std::collections::BTreeSet;
@@ -46,7 +52,7 @@ pub enum InitLease {
 /// What a race needs from a backend beyond [`Rendezvous`].
 #[async_trait::async_trait]
 pub trait SimBackend: Send + Sync {
-    /// `coordinator`, `fake` or `secrets-manager`.
+    /// `coordinator`, `fake`, `secrets-manager` or `etcd`.
     fn name(&self) -> &'static str;
 
     /// The cluster name the nodes are configured with.
@@ -87,6 +93,11 @@ pub trait SimBackend: Send + Sync {
     /// How many distinct fencing tokens the backend granted in its claim answers (also those
     /// the faults lost afterwards).
     fn tokens_granted(&self) -> usize;
+
+    /// What the adapter itself counted during the race (added to the race's events).
+    fn events(&self) -> Vec<(String, u64)> {
+        vec![]
+    }
 }
 
 /// Which backend a suite runs against.
@@ -96,10 +107,12 @@ pub enum Kind {
     Fake,
     /// One moto server for the whole suite; each race uses its own cluster (secret).
     SecretsManager(Arc<Moto>),
+    /// One etcd cluster for the whole suite; each race uses its own cluster (prefix).
+    Etcd(Arc<EtcdSuite>),
 }
 
 impl Kind {
-    pub const NAMES: [&'static str; 3] = ["coordinator", "fake", "secrets-manager"];
+    pub const NAMES: [&'static str; 4] = ["coordinator", "fake", "secrets-manager", "etcd"];
 
     /// A fresh cluster for race `seed` with `nodes` nodes and `target` managers. `root` is the
     /// race's temp dir.
@@ -121,6 +134,9 @@ impl Kind {
                 target,
                 nodes,
             )),
+            Kind::Etcd(suite) => {
+                Arc::new(EtcdSim::new(suite, &format!("race-{seed}"), target, nodes).await)
+            }
         }
     }
 }
@@ -158,7 +174,7 @@ impl SimBackend for CoordinatorSim {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The outage adapter (fake, Secrets Manager)
+// The outage adapter (fake, Secrets Manager, etcd)
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Up {

@@ -15,8 +15,13 @@
 //!   ONE `moto_server` child process for the whole suite (free loopback port, dummy static
 //!   credentials, killed by pid at the end; `secrets_manager.rs`); each race has its own
 //!   cluster (`race-<seed>`, i.e. its own secret) and each node its own client.
+//! - `etcd` (test `sim::etcd_races`): `EtcdRendezvous` against ONE real 3-member etcd cluster
+//!   for the whole suite (`swarmstrap_etcd::testing::EtcdCluster`: Debian `etcd-server` child
+//!   processes on free loopback ports, TLS with client certificates required, auth on, killed
+//!   by pid at the end; `etcd.rs`); each race has its own cluster (`race-<seed>`, i.e. its own
+//!   prefix `/swarmstrap/race-<seed>/`) and each node its own connection and login.
 //!
-//! For the fake and Secrets Manager a "restart" is an outage in the adapter (`backend.rs`):
+//! For the fake, Secrets Manager and etcd a "restart" is an outage in the adapter (`backend.rs`):
 //! calls fail `Transient` while it is down, answers in flight across it are lost (applied or
 //! not), the state is kept (as a durable backend would). Every adapter records the fencing token
 //! of each claim answer that granted a lease, before any fault can lose that answer.
@@ -37,8 +42,9 @@
 //! - some nodes reboot once more after formation (must be a no-op).
 //!
 //! The plan depends only on the seed, whatever the backend; the interleaving also depends on
-//! timing (and, for Secrets Manager, on moto's latency and the backend's jittered CAS and poll
-//! backoff), so a seed reruns the same plan, not always the exact same interleaving.
+//! timing (and, for Secrets Manager and etcd, on the server's latency and the backend's
+//! jittered CAS and poll backoff), so a seed reruns the same plan, not always the exact same
+//! interleaving.
 //!
 //! Checked for every race, on every backend: it converges within 40 s (no stuck node) without
 //! any bootstrap error; the cluster is formed; with one fencing token ever granted exactly one
@@ -54,23 +60,36 @@
 //! lease (holder, token, `granted_at_ms`, `expires_at_ms`) and formation (`formed_at_ms`) and
 //! judges the instant from them, which is exact unless the holder renewed, another node took the
 //! lease over, or the cluster was formed within the read's own latency; those few checks are
-//! skipped and counted (`init lease check skipped: ...` in the summary).
+//! skipped and counted (`init lease check skipped: ...` in the summary). etcd is read the same
+//! way, but it keeps every version of the state key: when the newest version hides the instant,
+//! the check reads the version before it (`get` at `mod_revision - 1`), back to the one current
+//! at the instant, so it is exact (counted as `init lease check read an older state version`;
+//! skipped only if that history were compacted or unreadable).
+//!
+//! etcd member failures (SIGKILL of a member between steps) are not a fault kind of the suite:
+//! the one etcd cluster is shared by every race in flight (a kill would hit all of them, not
+//! the seeded race, and the plan would no longer depend only on the seed) and `EtcdCluster`
+//! can kill a member but not restart it, so a suite could lose one member only once. The
+//! backend's failover after a kill is tested in `etcd/tests/cluster.rs`.
 //!
 //! Races per backend in a plain `cargo test` (CI): coordinator [`CI_RACES`] (200, ~30 s on 2
 //! cores), fake [`FAKE_CI_RACES`] (200, ~30 s), Secrets Manager [`SECRETS_MANAGER_CI_RACES`]
 //! (120, ~55 s plus moto's start: moto is one Python process and every call an HTTP round
 //! trip; they run [`SECRETS_MANAGER_PARALLEL`] (8) at a time, because at 12 moto's latency
-//! nears the 1 s lease). The three suites never overlap (they share one lock), so the timing
-//! of one does not depend on another. The Secrets Manager suite needs `moto_server` on PATH.
+//! nears the 1 s lease), etcd [`ETCD_CI_RACES`] (60, ~50–75 s plus ~3 s for the members to
+//! start; [`ETCD_PARALLEL`] (4) at a time). The four suites never overlap (they share one
+//! lock), so the timing of one does not depend on another. The Secrets Manager suite needs
+//! `moto_server` on PATH, the etcd suite `etcd` (Debian `etcd-server`).
 //!
 //! Environment:
-//! - `SWARMSTRAP_RACE_BACKEND=coordinator|fake|secrets-manager`: run only that backend's suite
-//!   (the others pass without racing); unset: all three;
-//! - `SWARMSTRAP_RACES=N`: number of races of each suite that runs (default: its CI count);
+//! - `SWARMSTRAP_RACE_BACKEND=coordinator|fake|secrets-manager|etcd`: run only that backend's
+//!   suite (the others pass without racing); unset: all four;
+//! - `SWARMSTRAP_RACES=N`: number of races of each suite that runs (default: its CI count; a
+//!   soak: e.g. `SWARMSTRAP_RACE_BACKEND=etcd SWARMSTRAP_RACES=1000`);
 //! - `SWARMSTRAP_RACE_SEED=S`: run only seed S (decimal or 0x-hex) and print its trace;
 //! - `SWARMSTRAP_RACE_BASE=S`: the first seed (default 1; race i uses seed S+i);
 //! - `SWARMSTRAP_RACE_PARALLEL=P`: races run at once (default 12; Secrets Manager
-//!   [`SECRETS_MANAGER_PARALLEL`]);
+//!   [`SECRETS_MANAGER_PARALLEL`], etcd [`ETCD_PARALLEL`]);
 //! - `SWARMSTRAP_RACE_TRACE=1`: print every race's trace;
 //! - `SWARMSTRAP_RACE_LOG=<filter>`: the agent's own log lines (e.g. `swarm_agent=debug`);
 //! - `SWARMSTRAP_RACE_DEADLINE_SECS=S`: when an unfinished race counts as stuck (default 40);
@@ -85,9 +104,11 @@
 
 mod backend;
 mod coord;
+mod etcd;
 mod faults;
 mod race;
 mod secrets_manager;
+mod stored_lease;
 
 use backend::Kind;
 use race::{Opts, RaceResult};
@@ -101,6 +122,9 @@ const CI_RACES: u64 = 200;
 const FAKE_CI_RACES: u64 = 200;
 /// ... against Secrets Manager (moto): fewer, ~50 s on 2 cores (200 take ~80 s).
 const SECRETS_MANAGER_CI_RACES: u64 = 120;
+/// ... against etcd: fewer still. The 3 members, their fsyncs and every node's login (bcrypt)
+/// share the 2 cores with the races: 120 took ~86 s, 40 ~31 s (on a loaded machine).
+const ETCD_CI_RACES: u64 = 60;
 /// Races at once (coordinator, fake).
 const PARALLEL: u64 = 12;
 /// Races at once against moto. One Python process serves them all: at 12 on 2 cores its
@@ -108,6 +132,10 @@ const PARALLEL: u64 = 12;
 /// (near the 40 s deadline); at 8 it behaves like the other backends (about a third of the
 /// races with a takeover, races up to ~7 s).
 const SECRETS_MANAGER_PARALLEL: u64 = 8;
+/// Races at once against etcd. The suite is CPU-bound: 40 races took the same wall time at 4
+/// and at 8 at once, but at 8 etcd answers slower and more races end in a takeover (17 of 40
+/// against 14 of 40 at 4, about a third as on the other backends).
+const ETCD_PARALLEL: u64 = 4;
 
 /// The suites run one at a time (their timing is part of what they test).
 static SUITE: Mutex<()> = Mutex::new(());
@@ -151,6 +179,7 @@ fn test_name(backend: &str) -> &'static str {
     match backend {
         "fake" => "sim::fake_races",
         "secrets-manager" => "sim::secrets_manager_races",
+        "etcd" => "sim::etcd_races",
         _ => "sim::races",
     }
 }
@@ -215,6 +244,13 @@ fn summary(backend: &str, results: &[RaceResult], wall: Duration) -> String {
         pct(90).copied().unwrap_or_default(),
         times.last().copied().unwrap_or_default(),
     );
+    let seeds = (
+        results.iter().map(|r| r.seed).min(),
+        results.iter().map(|r| r.seed).max(),
+    );
+    if let (Some(lo), Some(hi)) = seeds {
+        s += &format!("  seeds {lo}..={hi}\n");
+    }
     s += &format!(
         "  races with a lease takeover (>1 fencing token): {takeovers}; with >1 `swarm init` \
          (orphan left, allowed only after a takeover): {multi}\n"
@@ -244,6 +280,11 @@ fn secrets_manager_races() {
         SECRETS_MANAGER_CI_RACES,
         SECRETS_MANAGER_PARALLEL,
     );
+}
+
+#[test]
+fn etcd_races() {
+    suite("etcd", ETCD_CI_RACES, ETCD_PARALLEL);
 }
 
 /// Run `backend`'s suite (`ci_races` races unless the environment says otherwise).
@@ -287,17 +328,24 @@ fn suite(backend: &str, ci_races: u64, default_parallel: u64) {
         }
     };
     let parallel = env_u64("SWARMSTRAP_RACE_PARALLEL").unwrap_or(default_parallel) as usize;
-    // Secrets Manager: one moto for the suite, killed when the last race lets go of it.
-    let kind = match backend {
-        "coordinator" => Kind::Coordinator,
-        "fake" => Kind::Fake,
-        _ => Kind::SecretsManager(Arc::new(secrets_manager::Moto::start())),
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .unwrap();
+    // Secrets Manager: one moto for the suite, etcd: one 3-member cluster for the suite; each
+    // is killed when the last race lets go of it.
+    let kind = match backend {
+        "coordinator" => Kind::Coordinator,
+        "fake" => Kind::Fake,
+        "etcd" => {
+            let setup = Instant::now();
+            let suite = rt.block_on(etcd::EtcdSuite::start());
+            println!("race suite (etcd): 3 members up in {:.1?}", setup.elapsed());
+            Kind::Etcd(Arc::new(suite))
+        }
+        _ => Kind::SecretsManager(Arc::new(secrets_manager::Moto::start())),
+    };
     let started = Instant::now();
     let results = rt.block_on(run_suite(seeds, parallel, opts.clone(), verbose, kind));
     let report = summary(backend, &results, started.elapsed());

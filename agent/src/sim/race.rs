@@ -724,7 +724,10 @@ pub async fn run_race(seed: u64, opts: Opts, kind: Kind) -> RaceResult {
 
     let inits = w.lock().unwrap().inits;
     let trace = ctx.trace.lock().unwrap().clone();
-    let counters = ctx.counters.lock().unwrap().clone();
+    let mut counters = ctx.counters.lock().unwrap().clone();
+    for (what, n) in backend.events() {
+        *counters.entry(what).or_default() += n;
+    }
     RaceResult {
         seed,
         plan: plan.describe(),
