@@ -216,7 +216,7 @@ variable "lb_config_enabled" {
 }
 
 variable "coordinator_adopt_running_swarm" {
-  description = "true only for the apply that replaces the coordinator of a running swarm (its VM or database lost; the certificate and cluster secret stay in the state), e.g. `terraform apply -replace='module.NAME.digitalocean_droplet.coordinator' -var coordinator_adopt_running_swarm=true`: the new coordinator creates the cluster awaiting adoption (`swarm-coordinator cluster create --adopt`) and refuses every init claim until the running swarm's leader agent adopts it again (seconds after it is up), so no node starting before that can run a second `swarm init`. Never for a brand-new cluster: it would not form until someone runs `swarm-coordinator cluster allow-init NAME` on the coordinator. The coordinator ignores user_data changes, so setting or unsetting it never touches a running coordinator."
+  description = "true only for the apply that replaces the coordinator of a running swarm (its VM or database lost; the certificate and cluster secret stay in the state), e.g. `terraform apply -replace='module.NAME.digitalocean_droplet.coordinator[0]' -var coordinator_adopt_running_swarm=true`: the new coordinator creates the cluster awaiting adoption (`swarm-coordinator cluster create --adopt`) and refuses every init claim until the running swarm's leader agent adopts it again (seconds after it is up), so no node starting before that can run a second `swarm init`. Never for a brand-new cluster: it would not form until someone runs `swarm-coordinator cluster allow-init NAME` on the coordinator. The coordinator ignores user_data changes, so setting or unsetting it never touches a running coordinator."
   type        = bool
   default     = false
 }
