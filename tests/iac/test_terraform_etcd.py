@@ -1,0 +1,370 @@
+"""The modules' backend "etcd" (an etcd cluster the operator runs): every module accepts it with
+the members' endpoints and credentials, its variables refuse bad input with clear messages (the
+module's own variable blocks, through a real Terraform), the inputs that go together are checked
+by one list of messages the managers' precondition shows (the module's own expressions,
+evaluated by a real Terraform), the module creates no coordinator and no Secrets Manager secret
+or permission with it, every node template gets the etcd variables for every backend (the
+workers their own etcd login when given), and no output can reach a secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import test_terraform as tt  # noqa: E402  (the shared HCL helpers; its tests are not re-run here)
+import tfbin  # noqa: E402
+
+MODULES = tt.MODULES
+ETCD_VARS = ["etcd_endpoints", "etcd_prefix", "etcd_ca_pem", "etcd_client_cert_pem", "etcd_client_key_pem",
+             "etcd_user", "etcd_password", "etcd_worker_user", "etcd_worker_password"]
+SENSITIVE = ["etcd_client_key_pem", "etcd_password", "etcd_worker_password"]
+ETCD_LOCALS = ["etcd", "etcd_prefix", "etcd_managers_prefix", "etcd_worker_own_login", "etcd_login",
+               "etcd_input_errors"]
+BACKENDS = {"aws": ["secrets-manager", "coordinator", "etcd"], "digitalocean": ["coordinator", "etcd"],
+            "scaleway": ["coordinator", "etcd"]}
+# The template variables every module passes for every backend ("" / [] when not etcd).
+TEMPLATE_ETCD = {"etcd_endpoints": "var.etcd_endpoints", "etcd_prefix": "local.etcd_prefix",
+                 "etcd_ca_pem": "var.etcd_ca_pem", "etcd_cert_pem": "var.etcd_client_cert_pem",
+                 "etcd_key_pem": "var.etcd_client_key_pem"}
+INSTANCE = {"aws": "aws_instance", "digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server"}
+# Each module's coordinator resources: none of them with backend "etcd".
+COORDINATOR_RESOURCES = {
+    "aws": [("random_password", "cluster_secret"), ("tls_private_key", "coordinator"),
+            ("tls_self_signed_cert", "coordinator"), ("local_file", "coordinator_cert_der"),
+            ("aws_security_group", "coordinator"), ("aws_instance", "coordinator")],
+    "digitalocean": [("digitalocean_tag", "coordinator"), ("random_password", "cluster_secret"),
+                     ("tls_private_key", "coordinator"), ("tls_self_signed_cert", "coordinator"),
+                     ("local_file", "coordinator_cert_der"), ("digitalocean_droplet", "coordinator"),
+                     ("digitalocean_firewall", "coordinator")],
+    "scaleway": [("scaleway_ipam_ip", "coordinator"), ("random_password", "cluster_secret"),
+                 ("tls_private_key", "coordinator"), ("tls_self_signed_cert", "coordinator"),
+                 ("local_file", "coordinator_cert_der"), ("scaleway_instance_security_group", "coordinator"),
+                 ("scaleway_instance_ip", "coordinator"), ("scaleway_instance_server", "coordinator")],
+}
+
+
+def pems() -> dict:
+    """A real CA certificate and key pair (openssl), for the PEM inputs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, _ = tt.make_cert(tmp)
+        with open(os.path.join(tmp, "k.pem")) as f:
+            key = f.read()
+    return {"cert": cert, "key": key}
+
+
+def local_expr(text: str, name: str) -> str:
+    """A local's whole expression, also one that spans lines (`compact([` ... `])`)."""
+    m = re.search(rf"(?m)^\s*{name}\s*=\s*", text)
+    assert m, f"local {name} not found"
+    i, depth = m.end(), 0
+    while i < len(text) and not (text[i] == "\n" and depth == 0):
+        c = text[i]
+        if c == '"':
+            i += 1
+            while text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        i += 1
+    return text[m.end() : i].strip()
+
+
+class ModuleRoot:
+    """A root module made of one module's own variable blocks (backend + etcd_*) and etcd
+    locals (with cluster = "prod"), initialised once; apply() runs it with a var file and
+    returns the outputs or the failed process."""
+
+    def __init__(self, cloud: str, tmp: str):
+        self.dir = tmp
+        variables = tt.read_text(os.path.join(MODULES[cloud], "variables.tf"))
+        text = tt.raw(MODULES[cloud])
+        parts = [tt.variable_block(variables, n) for n in ["backend"] + ETCD_VARS]
+        parts.append("locals {\n  cluster = \"prod\"\n" + "".join(
+            f"  {n} = {local_expr(text, n)}\n" for n in ETCD_LOCALS) + "}\n")
+        parts.append('output "errors" {\n  value = local.etcd_input_errors\n}\n')
+        parts.append('output "prefixes" {\n  value = { shared = local.etcd_prefix, managers = local.etcd_managers_prefix }\n}\n')
+        parts.append('output "login" {\n  value     = local.etcd_login\n  sensitive = true\n}\n')
+        with open(os.path.join(tmp, "main.tf"), "w") as f:
+            f.write("\n\n".join(parts))
+        tfbin.run(["init", "-input=false", "-no-color"], tmp)
+
+    def apply(self, values: dict):
+        with open(os.path.join(self.dir, "v.tfvars.json"), "w") as f:
+            json.dump(values, f)
+        proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", "-var-file=v.tfvars.json"],
+                         self.dir, check=False)
+        if proc.returncode != 0:
+            return proc
+        out = json.loads(tfbin.run(["output", "-json", "-no-color"], self.dir).stdout)
+        return {k: v["value"] for k, v in out.items()}
+
+
+class EtcdVariablesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.pem = pems()
+        cls.good = {"backend": "etcd", "etcd_endpoints": ["https://10.0.0.5:2379", "https://etcd-2.internal:2379"],
+                    "etcd_ca_pem": cls.pem["cert"], "etcd_client_cert_pem": cls.pem["cert"],
+                    "etcd_client_key_pem": cls.pem["key"], "etcd_user": "swarmstrap-prod-manager",
+                    "etcd_password": "Zx8kP2qLm9Vt4Rw7", "etcd_worker_user": "swarmstrap-prod-worker",
+                    "etcd_worker_password": "Wq3nB6yTc1Hs5Kd9"}
+
+    def test_every_module_declares_the_inputs(self):
+        for cloud, d in MODULES.items():
+            declared = tt.declared_variables(d)
+            for name in ETCD_VARS:
+                with self.subTest(cloud=cloud, var=name):
+                    body = declared[name]
+                    self.assertIn("validation", body)
+                    self.assertIn(tt.scalar(body["default"]), ("", [], "[]", "${[]}"))
+                    self.assertIs(tt.scalar(body.get("sensitive", False)), name in SENSITIVE)
+                    self.assertIn('backend \\"etcd\\"', tt.variable_block(
+                        tt.read_text(os.path.join(d, "variables.tf")), name))
+
+    def test_backend_accepts_etcd(self):
+        for cloud in MODULES:
+            block = tt.variable_block(tt.read_text(os.path.join(MODULES[cloud], "variables.tf")), "backend")
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as d:
+                with open(os.path.join(d, "main.tf"), "w") as f:
+                    f.write(block + '\n\noutput "b" {\n  value = var.backend\n}\n')
+                tfbin.run(["init", "-input=false", "-no-color"], d)
+                for value in BACKENDS[cloud] + ["consul", "Etcd"]:
+                    with self.subTest(cloud=cloud, backend=value):
+                        proc = tfbin.run(["apply", "-auto-approve", "-input=false", "-no-color", f"-var=backend={value}"],
+                                         d, check=False)
+                        self.assertEqual(proc.returncode == 0, value in BACKENDS[cloud], proc.stderr)
+                        if proc.returncode != 0:
+                            self.assertIn("The backend must be", proc.stderr.replace("\n", " "))
+                            self.assertIn('"etcd"', proc.stderr)
+
+    def test_bad_values_are_refused_with_the_variables_message(self):
+        bad = [
+            ("etcd_endpoints", ["http://10.0.0.5:2379"]), ("etcd_endpoints", ["10.0.0.5:2379"]),
+            ("etcd_endpoints", ["https://10.0.0.5:2379/v3"]), ("etcd_endpoints", ["https://10.0.0.5:2379,https://x"]),
+            ("etcd_endpoints", [f"https://10.0.0.{i}:2379" for i in range(17)]),
+            ("etcd_prefix", "swarmstrap/prod/"), ("etcd_prefix", "/swarmstrap/prod"), ("etcd_prefix", "/"),
+            ("etcd_prefix", "//"), ("etcd_prefix", "/swarm strap/"), ("etcd_prefix", "/a//"),
+            ("etcd_ca_pem", "not a certificate"), ("etcd_client_cert_pem", "MIIB..."),
+            ("etcd_client_key_pem", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nsecret-key-material\n"),
+            ("etcd_client_key_pem", "secret-key-material"),
+            ("etcd_user", "swarm strap"), ("etcd_user", "u" * 129), ("etcd_worker_user", "a\tb"),
+            ("etcd_password", " hunter2-secret"), ("etcd_password", "hunter2-secret\n"), ("etcd_password", "p" * 257),
+            ("etcd_worker_password", "hunter2-secret "),
+        ]
+        for cloud in MODULES:
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as tmp:
+                root = ModuleRoot(cloud, tmp)
+                got = root.apply(self.good)
+                self.assertIsInstance(got, dict, getattr(got, "stderr", ""))
+                self.assertEqual(got["errors"], [])
+                for name, value in bad:
+                    with self.subTest(cloud=cloud, var=name, value=str(value)[:40]):
+                        proc = root.apply(dict(self.good, **{name: value}))
+                        self.assertIsInstance(proc, subprocess.CompletedProcess)
+                        self.assertRegex(proc.stderr.replace("\n", " "), f"(The|Every entry of) {name} must be")
+                        # A refused secret is not echoed.
+                        for secret in ("hunter2", "secret-key-material"):
+                            self.assertNotIn(secret, proc.stdout + proc.stderr)
+                for name, value in [("etcd_endpoints", ["https://[fd00::5]:2379", "https://etcd.example.internal"]),
+                                    ("etcd_prefix", "/team-a/swarm/prod/"), ("etcd_prefix", "/x/"),
+                                    ("etcd_user", "user@corp"), ("etcd_password", "pass with inner spaces")]:
+                    with self.subTest(cloud=cloud, accepted=name, value=value):
+                        got = root.apply(dict(self.good, **{name: value}))
+                        self.assertIsInstance(got, dict, getattr(got, "stderr", ""))
+
+    def test_inputs_that_go_together(self):
+        g = self.good
+        cases = [
+            ({}, []),  # the module's defaults: backend coordinator (AWS: secrets-manager), no etcd
+            (g, []),
+            (dict(g, etcd_endpoints=[]), ["needs etcd_endpoints"]),
+            (dict(g, etcd_ca_pem=""), ["needs etcd_ca_pem"]),
+            (dict(g, etcd_client_key_pem=""), ["etcd_client_cert_pem and etcd_client_key_pem go together"]),
+            (dict(g, etcd_client_cert_pem=""), ["etcd_client_cert_pem and etcd_client_key_pem go together"]),
+            (dict(g, etcd_password=""), ["etcd_user and etcd_password go together"]),
+            (dict(g, etcd_user=""), ["etcd_user and etcd_password go together", "etcd_worker_user needs etcd_user"]),
+            (dict(g, etcd_worker_password=""), ["etcd_worker_user and etcd_worker_password go together"]),
+            (dict(g, etcd_worker_user=""), ["etcd_worker_user and etcd_worker_password go together"]),
+            (dict(g, etcd_endpoints=[], etcd_ca_pem=""), ["needs etcd_endpoints", "needs etcd_ca_pem"]),
+            # Certificates only, or a user only: both fine.
+            (dict(g, etcd_user="", etcd_password="", etcd_worker_user="", etcd_worker_password=""), []),
+            (dict(g, etcd_client_cert_pem="", etcd_client_key_pem=""), []),
+            (dict(g, etcd_worker_user="", etcd_worker_password=""), []),
+            # etcd inputs with another backend are a mistake, not silently ignored.
+            ({"etcd_endpoints": ["https://10.0.0.5:2379"]}, ["the etcd_* inputs are for backend \"etcd\""]),
+            ({"etcd_password": "Zx8kP2qLm9Vt4Rw7"}, ["etcd_user and etcd_password go together",
+                                                     "the etcd_* inputs are for backend \"etcd\""]),
+            ({"backend": "coordinator", "etcd_prefix": "/x/"}, ["the etcd_* inputs are for backend \"etcd\", and backend is \"coordinator\""]),
+        ]
+        for cloud in MODULES:
+            text = tt.raw(MODULES[cloud])
+            # The managers' precondition shows every message (and nothing checks them elsewhere).
+            manager = tt.resource_body(text, INSTANCE[cloud], "manager")
+            self.assertIn("condition     = length(local.etcd_input_errors) == 0", manager)
+            self.assertIn('error_message = join(" ", local.etcd_input_errors)', manager)
+            self.assertEqual(len(re.findall(r"\blocal\.etcd_input_errors\b", text)), 2)
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as tmp:
+                root = ModuleRoot(cloud, tmp)
+                for values, want in cases:
+                    with self.subTest(cloud=cloud, values=sorted(values), want=want):
+                        got = root.apply(values)
+                        self.assertIsInstance(got, dict, getattr(got, "stderr", ""))
+                        self.assertEqual(len(got["errors"]), len(want), got["errors"])
+                        for message, fragment in zip(got["errors"], want):
+                            self.assertIn(fragment, message)
+                            self.assertRegex(message, r"(set|give|e\.g\.|remove|need)")
+                        for message in got["errors"]:
+                            for secret in ("Zx8kP2qLm9Vt4Rw7", "Wq3nB6yTc1Hs5Kd9", "PRIVATE KEY"):
+                                self.assertNotIn(secret, message)
+
+    def test_prefixes_and_each_kinds_login(self):
+        g = self.good
+        for cloud in MODULES:
+            with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as tmp:
+                root = ModuleRoot(cloud, tmp)
+                with self.subTest(cloud=cloud, case="default prefix, own worker login"):
+                    got = root.apply(g)
+                    self.assertEqual(got["prefixes"], {"shared": "/swarmstrap/prod/", "managers": "/swarmstrap/prod.managers/"})
+                    self.assertEqual(got["login"], {
+                        "manager": {"user": "swarmstrap-prod-manager", "password": "Zx8kP2qLm9Vt4Rw7"},
+                        "worker": {"user": "swarmstrap-prod-worker", "password": "Wq3nB6yTc1Hs5Kd9"}})
+                with self.subTest(cloud=cloud, case="own prefix, workers use the managers' login"):
+                    got = root.apply(dict(g, etcd_prefix="/team-a/prod/", etcd_worker_user="", etcd_worker_password=""))
+                    self.assertEqual(got["prefixes"], {"shared": "/team-a/prod/", "managers": "/team-a/prod.managers/"})
+                    self.assertEqual(got["login"]["worker"], got["login"]["manager"])
+                    self.assertEqual(got["login"]["manager"]["user"], "swarmstrap-prod-manager")
+                with self.subTest(cloud=cloud, case="not etcd: no login"):
+                    got = root.apply({})
+                    self.assertEqual(got["login"], {"manager": {"user": "", "password": ""},
+                                                    "worker": {"user": "", "password": ""}})
+
+
+class EtcdModuleWiringTest(unittest.TestCase):
+    def test_no_coordinator_and_no_secrets_with_etcd(self):
+        for cloud, resources in COORDINATOR_RESOURCES.items():
+            text = tt.raw(MODULES[cloud])
+            self.assertEqual(tt.local_value(text, "coordinator"), 'var.backend == "coordinator"')
+            self.assertEqual(tt.local_value(text, "etcd"), 'var.backend == "etcd"')
+            for rtype, name in resources:
+                with self.subTest(cloud=cloud, resource=f"{rtype}.{name}"):
+                    self.assertRegex(tt.resource_body(text, rtype, name), r"\n\s*count\s*=\s*local\.coordinator \? 1 : 0\n")
+                    # Every other reference to it is indexed (it is counted), and (DigitalOcean,
+                    # Scaleway, whose resources were not counted before) a state from before
+                    # keeps it through a moved block.
+                    unindexed = re.findall(rf"(?<![\w.]){rtype}\.{name}\b(?!\[)", text)
+                    if cloud != "aws":
+                        self.assertRegex(text, rf"moved\s*\{{\s*from\s*=\s*{rtype}\.{name}\s*to\s*=\s*{rtype}\.{name}\[0\]\s*\}}")
+                        # The moved block; on Scaleway also the nodes' depends_on (allowed on a counted resource).
+                        depends_on = 2 if (cloud, rtype) == ("scaleway", "scaleway_instance_server") else 0
+                        self.assertEqual(len(unindexed), 1 + depends_on, unindexed)
+            if cloud == "aws":
+                # Secrets Manager: secrets and the nodes' grants only with its own backend.
+                self.assertEqual(tt.local_value(text, "secrets_manager"), 'var.backend == "secrets-manager"')
+                for rtype, name in (("aws_secretsmanager_secret", "rendezvous"), ("aws_secretsmanager_secret", "managers"),
+                                    ("aws_iam_role_policy", "manager"), ("aws_iam_role_policy", "worker")):
+                    self.assertRegex(tt.resource_body(text, rtype, name), r"\n\s*count\s*=\s*local\.secrets_manager \? 1 : 0\n")
+            node_vars = tt.local_value(text, "node_vars")
+            self.assertRegex(node_vars, r'\n\s*join_secret\s*=\s*local\.coordinator \? random_password\.cluster_secret\[0\]\.result : ""\n')
+            self.assertRegex(node_vars, r"\n\s*backend\s*=\s*var\.backend\n")
+            # The binaries' pair check lives on the managers, which exist with every backend.
+            self.assertIn("(var.agent_url == null) == (var.agent_sha256 == null)",
+                          tt.resource_body(text, INSTANCE[cloud], "manager"))
+
+    def test_every_backend_passes_the_etcd_template_variables(self):
+        for cloud in MODULES:
+            text = tt.raw(MODULES[cloud])
+            node_vars = tt.local_value(text, "node_vars")
+            for name, expr in TEMPLATE_ETCD.items():
+                with self.subTest(cloud=cloud, var=name):
+                    empty = "[]" if name == "etcd_endpoints" else '""'
+                    self.assertRegex(node_vars, rf"\n\s*{name}\s*=\s*local\.etcd \? {re.escape(expr)} : {re.escape(empty)}\n")
+            # The login per node kind: each node template call merges its kind's.
+            calls = [a for a in tt.calls(text, "templatefile") if "node.yaml.tftpl" in a[0]]
+            self.assertTrue(calls)
+            for args in calls:
+                with self.subTest(cloud=cloud, call=args[1][:60]):
+                    keys = tt.vars_arg_keys(args[1], text)
+                    self.assertTrue({"etcd_user", "etcd_password", "role"} | set(TEMPLATE_ETCD) <= keys, keys)
+                    kind = re.search(r'role = (?:"(\w+)"|role)', args[1])
+                    login = re.findall(r"etcd_(user|password) = local\.etcd_login(?:\[role\]|\.(\w+))\.(user|password)", args[1])
+                    self.assertEqual(len(login), 2, args[1])
+                    for field, fixed_kind, attr in login:
+                        self.assertEqual(field, attr)
+                        self.assertEqual(fixed_kind, kind.group(1) or "")
+
+    def test_no_output_reaches_a_secret(self):
+        # Every output's value, with the locals it uses followed transitively, refers to no
+        # sensitive input and to no user-data (which carries them); no output is marked
+        # sensitive to hide one.
+        for cloud, d in MODULES.items():
+            text = tt.raw(d)
+            declared = tt.declared_variables(d)
+            for name in SENSITIVE:
+                self.assertIs(tt.scalar(declared[name].get("sensitive")), True, f"{cloud} {name}")
+            body = tt.read_text(os.path.join(d, "outputs.tf"))
+            for m in re.finditer(r'(?m)^output "([^"]+)" \{', body):
+                block = body[m.start() : tt.balanced(body, m.end() - 1)]
+                with self.subTest(cloud=cloud, output=m.group(1)):
+                    self.assertNotRegex(block, r"\n\s*sensitive\s*=")
+                    seen, todo, refs = set(), [block], set()
+                    while todo:
+                        expr = todo.pop()
+                        refs |= set(re.findall(r"\bvar\.(\w+)", expr))
+                        for local in re.findall(r"\blocal\.(\w+)", expr):
+                            if local not in seen:
+                                seen.add(local)
+                                todo.append(tt.local_value(text, local))
+                    self.assertFalse(refs & set(SENSITIVE), refs)
+                    self.assertFalse(seen & {"etcd_login", "node_vars", "node_cloud_config", "node_user_data",
+                                             "manager_cloud_config", "worker_cloud_config", "manager_user_data",
+                                             "worker_user_data"}, seen)
+                    self.assertNotRegex(block, r"user_data|random_password")
+
+    def test_etcd_prefixes_output(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                body = tt.read_text(os.path.join(d, "outputs.tf"))
+                self.assertIn('output "etcd_prefixes" {', body)
+                self.assertIn("value       = local.etcd ? { shared = local.etcd_prefix, managers = local.etcd_managers_prefix } : null", body)
+                text = tt.raw(d)
+                self.assertEqual(tt.local_value(text, "etcd_managers_prefix"), '"${trimsuffix(local.etcd_prefix, "/")}.managers/"')
+                for output in ("coordinator_url", "coordinator_fingerprint"):
+                    self.assertRegex(body, rf'output "{output}" \{{\n  description = "[^\n]*\n  value       = local\.coordinator \? ')
+
+
+class EtcdReadmeTest(unittest.TestCase):
+    def test_readmes_give_the_role_layout_and_where_the_credentials_go(self):
+        for cloud, d in MODULES.items():
+            with self.subTest(cloud):
+                text = tt.read_text(os.path.join(d, "README.md"))
+                section = text[text.index('## Backend "etcd"'):]
+                section = section[: section.index("\n## ", 1)]
+                for phrase in ("`swarmstrap-prod-worker` | readwrite, prefix `/swarmstrap/prod/` |",
+                               "`swarmstrap-prod-manager` | readwrite, prefix `/swarmstrap/prod/` and prefix `/swarmstrap/prod.managers/`",
+                               '`role = "auto"`', "needs the manager role", "etcd_worker_user", "etcd_prefixes",
+                               "metadata", "swarmstrap-metadata-block.service", "Terraform state",
+                               "etcd-client.key` (0600)", "etcd-password`\n(0600)"):
+                    self.assertIn(phrase, section)
+                # The etcdctl steps grant exactly the table's prefixes and never take a password in argv.
+                steps = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+                grants = re.findall(r"grant-permission (\S+) --prefix=true readwrite (\S+)", steps)
+                self.assertEqual(sorted(grants), sorted([("swarmstrap-prod-manager", "/swarmstrap/prod/"),
+                                                         ("swarmstrap-prod-manager", "/swarmstrap/prod.managers/"),
+                                                         ("swarmstrap-prod-worker", "/swarmstrap/prod/")]))
+                self.assertNotRegex(steps, r"user add \S+:|--new-user-password")
+        top = tt.read_text(os.path.join(tt.TF, "README.md"))
+        self.assertIn("`swarmstrap-prod-manager` | readwrite, prefix `/swarmstrap/prod/` and prefix `/swarmstrap/prod.managers/`", top)
+        self.assertIn('`role = "auto"`) needs the manager role', top)
+
+
+if __name__ == "__main__":
+    unittest.main()
