@@ -18,6 +18,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import nodecfg  # noqa: E402
 import test_terraform as tt  # noqa: E402  (the shared HCL helpers; its tests are not re-run here)
 import tfbin  # noqa: E402
 
@@ -339,6 +340,117 @@ class EtcdModuleWiringTest(unittest.TestCase):
                 self.assertEqual(tt.local_value(text, "etcd_managers_prefix"), '"${trimsuffix(local.etcd_prefix, "/")}.managers/"')
                 for output in ("coordinator_url", "coordinator_fingerprint"):
                     self.assertRegex(body, rf'output "{output}" \{{\n  description = "[^\n]*\n  value       = local\.coordinator \? ')
+
+
+class EtcdUserDataTest(unittest.TestCase):
+    """Each module's own variable blocks and etcd expressions (node_vars and its per-kind
+    login), through a real Terraform's templatefile() of cloud-init/node.yaml.tftpl: the
+    managers' and the workers' user-data for backend "etcd" pass `cloud-init schema`, write the
+    CA, the client certificate, the key (0600) and the kind's password (0600) and an [etcd] table
+    pointing at them; with the module's other backends no etcd file or table appears."""
+
+    ENDPOINTS = ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pem = pems()
+        cls.etcd = {"backend": "etcd", "etcd_endpoints": cls.ENDPOINTS, "etcd_ca_pem": cls.pem["cert"],
+                    "etcd_client_cert_pem": cls.pem["cert"], "etcd_client_key_pem": cls.pem["key"],
+                    "etcd_user": "swarmstrap-prod-manager", "etcd_password": "Zx8kP2qLm9Vt4Rw7",
+                    "etcd_worker_user": "swarmstrap-prod-worker", "etcd_worker_password": "Wq3nB6yTc1Hs5Kd9"}
+
+    def render(self, cloud: str, values: dict) -> dict:
+        """kind -> rendered user-data, by Terraform, as the module renders it."""
+        text = tt.raw(MODULES[cloud])
+        node_vars = tt.local_value(text, "node_vars")
+        exprs = {name: re.search(rf"\n\s*{name}\s*=\s*(.*)\n", node_vars).group(1) for name in TEMPLATE_ETCD}
+        exprs["backend"] = "var.backend"
+        others = nodecfg.node_vars(cluster="prod", coordinator_url="https://10.0.0.2:8443",
+                                      coordinator_fingerprint="sha256:" + "a" * 64, join_secret="s" * 20,
+                                      advertise_addr="10.0.0.11", cloud_provider=cloud)
+        others = {k: v for k, v in others.items() if k not in exprs and not k.startswith("etcd_") and k != "role"}
+        if values.get("backend", "etcd") == "secrets-manager":
+            others.update(sm_secret_name="swarmstrap/prod-0a1b2c3d", sm_region="eu-west-1")
+        outputs = []
+        for kind in ("manager", "worker"):
+            login = {"etcd_user": f"local.etcd_login.{kind}.user", "etcd_password": f"local.etcd_login.{kind}.password"}
+            merged = ", ".join(f"{k} = {v}" for k, v in {**exprs, **login, "role": json.dumps(kind)}.items())
+            outputs.append(f'locals {{\n  {kind}_user_data = templatefile({json.dumps(nodecfg.NODE_TEMPLATE)}, '
+                           f'merge(jsondecode(file("${{path.module}}/others.json")), {{ {merged} }}))\n}}\n'
+                           f'output "{kind}" {{\n  sensitive = true\n  value     = local.{kind}_user_data\n}}\n'
+                           # What the AWS module checks against its 16 KB user-data limit.
+                           f'output "{kind}_b64gzip_length" {{\n  sensitive = true\n'
+                           f'  value     = length(base64gzip(local.{kind}_user_data))\n}}\n')
+        with tempfile.TemporaryDirectory(prefix="swarmstrap-tf-") as tmp:
+            root = ModuleRoot(cloud, tmp)
+            with open(os.path.join(tmp, "others.json"), "w") as f:
+                json.dump(others, f)
+            with open(os.path.join(tmp, "render.tf"), "w") as f:
+                f.write("\n".join(outputs))
+            got = root.apply(values)
+        self.assertIsInstance(got, dict, getattr(got, "stderr", ""))
+        self.sizes = {kind: got[f"{kind}_b64gzip_length"] for kind in ("manager", "worker")}
+        return {kind: got[kind] for kind in ("manager", "worker")}
+
+    def test_etcd_user_data_for_managers_and_workers(self):
+        import tomllib
+
+        import test_cloudinit
+
+        for cloud in MODULES:
+            rendered = self.render(cloud, self.etcd)
+            for kind, user_data in rendered.items():
+                with self.subTest(cloud=cloud, kind=kind):
+                    proc = test_cloudinit.cloud_init_schema(user_data)
+                    self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+                    files = nodecfg.write_files(user_data)
+                    cfg = tomllib.loads(files[nodecfg.CONFIG_PATH]["content"])
+                    self.assertEqual(cfg["backend"], "etcd")
+                    self.assertEqual(cfg["role"], kind)
+                    etcd = cfg["etcd"]
+                    self.assertEqual(etcd["endpoints"], self.ENDPOINTS)
+                    self.assertEqual(etcd["prefix"], "/swarmstrap/prod/")
+                    self.assertEqual(etcd["user"], self.etcd["etcd_user" if kind == "manager" else "etcd_worker_user"])
+                    password = self.etcd["etcd_password" if kind == "manager" else "etcd_worker_password"]
+                    for key, content, mode in (("ca_file", self.pem["cert"], None), ("cert_file", self.pem["cert"], None),
+                                               ("key_file", self.pem["key"], "0600"), ("password_file", password, "0600")):
+                        entry = files[etcd[key]]
+                        self.assertEqual(entry["content"].strip(), content.strip(), key)
+                        if mode:
+                            self.assertEqual(entry["permissions"], mode, key)
+                            self.assertEqual(entry["owner"], "root:root", key)
+                    self.assertNotIn(nodecfg.JOIN_SECRET_PATH, files)
+                    self.assertNotIn("coordinator", cfg)
+                    # The other kind's password is not on this node.
+                    other = self.etcd["etcd_worker_password" if kind == "manager" else "etcd_password"]
+                    self.assertNotIn(other, user_data)
+
+    def test_aws_user_data_fits_with_large_certificates(self):
+        # RSA-4096 everywhere and a two-certificate CA bundle: still under the AWS module's
+        # precondition (base64 of at most 16383 gzipped bytes), with room for cloud_config_extra.
+        with tempfile.TemporaryDirectory() as tmp:
+            def rsa(name):
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-keyout", f"{tmp}/{name}.key",
+                                "-out", f"{tmp}/{name}.pem", "-days", "3650", "-subj", f"/CN={name}"],
+                               check=True, capture_output=True)
+                return tt.read_text(f"{tmp}/{name}.pem"), tt.read_text(f"{tmp}/{name}.key")
+            (ca1, _), (ca2, _), (cert, key) = rsa("ca1"), rsa("ca2"), rsa("client")
+        limit = int(tt.local_value(tt.raw(MODULES["aws"]), "user_data_b64_limit"))
+        self.render("aws", dict(self.etcd, etcd_ca_pem=ca1 + ca2, etcd_client_cert_pem=cert, etcd_client_key_pem=key))
+        for kind, size in self.sizes.items():
+            with self.subTest(kind):
+                self.assertLess(size, limit - 4096, f"{kind}: {size} of {limit} base64 characters")
+
+    def test_other_backends_get_no_etcd(self):
+        for cloud in MODULES:
+            for backend in BACKENDS[cloud]:
+                if backend == "etcd":
+                    continue
+                with self.subTest(cloud=cloud, backend=backend):
+                    rendered = self.render(cloud, {"backend": backend})
+                    for user_data in rendered.values():
+                        self.assertNotIn("[etcd]", user_data)
+                        self.assertNotIn("/etc/swarm-agent/etcd-", user_data)
 
 
 class EtcdReadmeTest(unittest.TestCase):
