@@ -772,7 +772,7 @@ resource "aws_instance" "manager" {
     }
     precondition {
       condition     = length(base64gzip(local.node_user_data["manager"])) <= local.user_data_b64_limit
-      error_message = "The managers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
+      error_message = "The managers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra, or with backend \"etcd\" give smaller PEMs (etcd_ca_pem only the CA that signed the members, EC or RSA-2048 keys for etcd_client_cert_pem/etcd_client_key_pem)."
     }
     # Replacing (or stop/starting) every manager at once would lose the raft quorum: roll them
     # one at a time with `terraform apply -replace=...` when the AMI or the template changes.
@@ -824,7 +824,7 @@ resource "aws_instance" "worker" {
     }
     precondition {
       condition     = length(base64gzip(local.node_user_data["worker"])) <= local.user_data_b64_limit
-      error_message = "The workers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
+      error_message = "The workers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra, or with backend \"etcd\" give smaller PEMs (etcd_ca_pem only the CA that signed the members, EC or RSA-2048 keys for etcd_client_cert_pem/etcd_client_key_pem)."
     }
     ignore_changes = [ami, user_data, user_data_base64]
   }
