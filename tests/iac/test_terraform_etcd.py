@@ -4,7 +4,10 @@ module's own variable blocks, through a real Terraform), the inputs that go toge
 by one list of messages the managers' precondition shows (the module's own expressions,
 evaluated by a real Terraform), the module creates no coordinator and no Secrets Manager secret
 or permission with it, every node template gets the etcd variables for every backend (the
-workers their own etcd login when given), and no output can reach a secret."""
+workers their own etcd login when given; the user-data rendered by a real Terraform passes
+`cloud-init schema` and fits AWS's limit), no output can reach a secret, and the READMEs'
+etcdctl role steps, run against a real etcd, give managers both prefixes and workers the
+shared one only."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nodecfg  # noqa: E402
 import test_terraform as tt  # noqa: E402  (the shared HCL helpers; its tests are not re-run here)
 import tfbin  # noqa: E402
+from shutil import which as shutil_which  # noqa: E402
 
 MODULES = tt.MODULES
 ETCD_VARS = ["etcd_endpoints", "etcd_prefix", "etcd_ca_pem", "etcd_client_cert_pem", "etcd_client_key_pem",
@@ -465,6 +469,138 @@ class EtcdUserDataTest(unittest.TestCase):
                     for user_data in rendered.values():
                         self.assertNotIn("[etcd]", user_data)
                         self.assertNotIn("/etc/swarm-agent/etcd-", user_data)
+
+
+def readme_etcdctl_steps(cloud: str) -> list[str]:
+    text = tt.read_text(os.path.join(MODULES[cloud], "README.md"))
+    section = text[text.index('## Backend "etcd"'):]
+    steps = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return [re.sub(r"\s+#.*$", "", line).strip() for line in steps.splitlines() if line.startswith("etcdctl ")]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@unittest.skipUnless(shutil_which("etcd") and shutil_which("etcdctl"), "no etcd/etcdctl here (Debian etcd-server, etcd-client)")
+class EtcdRoleLayoutTest(unittest.TestCase):
+    """The READMEs' etcdctl steps, run as written against a real etcd (3.4, one member on
+    loopback, auth enabled afterwards): the manager user reads and writes both of the cluster's
+    prefixes, the worker user the shared one only (not the managers' prefix, where the manager
+    join token lives), neither another cluster's. Passwords go through stdin and the HTTP
+    gateway's request bodies, never argv."""
+
+    @classmethod
+    def setUpClass(cls):
+        import secrets
+        import time
+        import urllib.request
+
+        cls.tmp = tempfile.mkdtemp(prefix="swarmstrap-etcd-")
+        client, peer = free_port(), free_port()
+        cls.url = f"http://127.0.0.1:{client}"
+        cls.log = open(os.path.join(cls.tmp, "etcd.log"), "w")
+        cls.proc = subprocess.Popen(
+            ["etcd", "--name", "t", "--data-dir", os.path.join(cls.tmp, "data"),
+             "--listen-client-urls", cls.url, "--advertise-client-urls", cls.url,
+             "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"t=http://127.0.0.1:{peer}"],
+            stdout=cls.log, stderr=subprocess.STDOUT)
+        # Ready: /health answers (capped exponential backoff within a deadline).
+        deadline, delay = time.monotonic() + 30, 0.05
+        while True:
+            try:
+                with urllib.request.urlopen(cls.url + "/health", timeout=2) as r:
+                    if json.loads(r.read()).get("health") == "true":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or cls.proc.poll() is not None:
+                cls.tearDownClass()
+                raise RuntimeError(f"etcd did not become healthy; see {cls.log.name}")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        cls.passwords = {name: secrets.token_urlsafe(18) for name in
+                         ("root", "swarmstrap-prod-manager", "swarmstrap-prod-worker")}
+
+    @classmethod
+    def tearDownClass(cls):
+        import shutil
+
+        if cls.proc.poll() is None:
+            cls.proc.terminate()
+            try:
+                cls.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cls.proc.kill()
+                cls.proc.wait()
+        cls.log.close()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def etcdctl(self, args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run(["etcdctl", f"--endpoints={self.url}", *args], input=stdin, capture_output=True,
+                              text=True, timeout=60, env=dict(os.environ, ETCDCTL_API="3"))
+
+    def call(self, path: str, body: dict, token: str = "") -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **({"Authorization": token} if token else {})})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
+    def can(self, token: str, op: str, key: str) -> bool:
+        import base64
+
+        k = base64.b64encode(key.encode()).decode()
+        body = {"key": k, "value": base64.b64encode(b"x").decode()} if op == "put" else {"key": k}
+        status, answer = self.call(f"/v3/kv/{'put' if op == 'put' else 'range'}", body, token)
+        if status == 200 and "error" not in answer:
+            return True
+        # Refused by etcd's auth (not some other failure): no permission, or no user at all.
+        self.assertRegex(answer.get("error", ""), r"permission denied|user name is empty", answer)
+        return False
+
+    def test_the_readme_steps_give_each_kind_its_prefixes(self):
+        steps = {cloud: readme_etcdctl_steps(cloud) for cloud in MODULES}
+        self.assertEqual(steps["aws"], steps["digitalocean"])
+        self.assertEqual(steps["aws"], steps["scaleway"])
+        for line in steps["aws"]:
+            args = line.split()[1:]
+            stdin = ""
+            if args[:2] == ["user", "add"]:
+                args.append("--interactive=false")
+                stdin = self.passwords[args[2]] + "\n"
+            proc = self.etcdctl(args, stdin)
+            self.assertEqual(proc.returncode, 0, f"{line}: {proc.stderr}")
+        for args in (["user", "add", "root", "--interactive=false"], ["user", "grant-role", "root", "root"], ["auth", "enable"]):
+            proc = self.etcdctl(args, self.passwords["root"] + "\n" if "add" in args else "")
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+        tokens = {}
+        for user in ("swarmstrap-prod-manager", "swarmstrap-prod-worker"):
+            status, answer = self.call("/v3/auth/authenticate", {"name": user, "password": self.passwords[user]})
+            self.assertEqual(status, 200, answer)
+            tokens[user] = answer["token"]
+        manager, worker = tokens["swarmstrap-prod-manager"], tokens["swarmstrap-prod-worker"]
+        shared, managers, other = "/swarmstrap/prod/state", "/swarmstrap/prod.managers/tokens/ab12", "/swarmstrap/other/state"
+        for op in ("put", "get"):
+            with self.subTest(op=op):
+                self.assertTrue(self.can(manager, op, shared))
+                self.assertTrue(self.can(manager, op, managers))
+                self.assertTrue(self.can(worker, op, shared))
+                self.assertFalse(self.can(worker, op, managers))
+                self.assertFalse(self.can(manager, op, other))
+                self.assertFalse(self.can(worker, op, other))
+        # Without a token (auth on, no client certificates here) nothing is readable.
+        self.assertFalse(self.can("", "get", shared))
 
 
 class EtcdReadmeTest(unittest.TestCase):
