@@ -171,9 +171,18 @@ def split_top(text: str, sep=",") -> list[str]:
     return parts
 
 
+def inside_string(text: str, pos: int) -> bool:
+    """Whether pos is inside a quoted string of its line (HCL strings do not span lines), e.g.
+    the `file("ca.pem")` an error message suggests."""
+    before = text[text.rfind("\n", 0, pos) + 1 : pos]
+    return len(re.findall(r'(?<!\\)"', before)) % 2 == 1
+
+
 def calls(text: str, fn: str) -> list[list[str]]:
     out = []
     for m in re.finditer(rf"\b{fn}\(", text):
+        if inside_string(text, m.start()):
+            continue
         end = balanced(text, m.end() - 1)
         out.append(split_top(text[m.end() : end - 1]))
     return out
@@ -367,7 +376,7 @@ class CoordinatorAdoptTest(unittest.TestCase):
     VAR = "coordinator_adopt_running_swarm"
     # Every module runs a coordinator (AWS only with backend = "coordinator": a counted resource).
     COORDINATOR = {"digitalocean": "digitalocean_droplet", "scaleway": "scaleway_instance_server", "aws": "aws_instance"}
-    ADDRESS = {"digitalocean": "digitalocean_droplet.coordinator", "scaleway": "scaleway_instance_server.coordinator",
+    ADDRESS = {"digitalocean": "digitalocean_droplet.coordinator[0]", "scaleway": "scaleway_instance_server.coordinator[0]",
                "aws": "aws_instance.coordinator[0]"}
 
     def test_only_the_coordinator_modules_declare_it(self):
@@ -646,8 +655,8 @@ class CoordinatorPinTest(unittest.TestCase):
                 with self.subTest(cloud):
                     text = raw(MODULES[cloud])
                     expr = local_value(text, "coordinator_cert_der_b64")
-                    # AWS: the coordinator resources exist only with backend = "coordinator".
-                    idx, cond = ("[0]", "local.coordinator ? ") if cloud == "aws" else ("", "")
+                    # The coordinator resources exist only with backend = "coordinator".
+                    idx, cond = "[0]", "local.coordinator ? "
                     pem_ref = f"tls_self_signed_cert.coordinator{idx}.cert_pem"
                     self.assertIn(pem_ref, expr)
                     fp = f'"sha256:${{local_file.coordinator_cert_der{idx}.content_sha256}}"'

@@ -23,7 +23,7 @@ variable "ssh_allowed_cidrs" {
 }
 
 variable "coordinator_adopt_running_swarm" {
-  description = "Only on the command line of the apply that replaces the coordinator of the running swarm: terraform apply -replace='module.swarm.scaleway_instance_server.coordinator' -var coordinator_adopt_running_swarm=true. Never for a new cluster."
+  description = "Only on the command line of the apply that replaces the coordinator of the running swarm: terraform apply -replace='module.swarm.scaleway_instance_server.coordinator[0]' -var coordinator_adopt_running_swarm=true. Never for a new cluster."
   type        = bool
   default     = false
 }

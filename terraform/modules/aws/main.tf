@@ -75,6 +75,36 @@ locals {
   secrets_manager = var.backend == "secrets-manager"
   coordinator     = var.backend == "coordinator"
 
+  # Backend "etcd": the operator's etcd cluster; the module creates nothing for it. The
+  # cluster's keys are under etcd_prefix (default /swarmstrap/<cluster>/, the agent's default,
+  # passed explicitly so output etcd_prefixes and the nodes agree), and the manager join token
+  # beside it under "<prefix without its trailing />.managers/", which only the manager role
+  # may read.
+  etcd                 = var.backend == "etcd"
+  etcd_prefix          = var.etcd_prefix != "" ? var.etcd_prefix : "/swarmstrap/${local.cluster}/"
+  etcd_managers_prefix = "${trimsuffix(local.etcd_prefix, "/")}.managers/"
+  # Each node kind's etcd login: the workers may have their own user (the worker role).
+  etcd_worker_own_login = var.etcd_worker_user != ""
+  etcd_login = {
+    manager = { user = local.etcd ? var.etcd_user : "", password = local.etcd ? var.etcd_password : "" }
+    worker = {
+      user     = local.etcd ? (local.etcd_worker_own_login ? var.etcd_worker_user : var.etcd_user) : ""
+      password = local.etcd ? (local.etcd_worker_own_login ? var.etcd_worker_password : var.etcd_password) : ""
+    }
+  }
+  # What the etcd inputs need together (a variable's validation sees only itself): the
+  # managers' precondition refuses the plan with every message here. nonsensitive(): whether
+  # a secret input is empty is not a secret, and the messages must be shown.
+  etcd_input_errors = compact([
+    local.etcd && length(var.etcd_endpoints) == 0 ? "backend \"etcd\" needs etcd_endpoints: the https:// client URLs of your etcd members, e.g. [\"https://10.0.0.5:2379\"]." : "",
+    local.etcd && var.etcd_ca_pem == "" ? "backend \"etcd\" needs etcd_ca_pem: the endpoints are https, and the agents check the members' certificates against that CA (e.g. etcd_ca_pem = file(\"etcd-ca.pem\"))." : "",
+    nonsensitive((var.etcd_client_cert_pem == "") != (var.etcd_client_key_pem == "")) ? "etcd_client_cert_pem and etcd_client_key_pem go together: set both (the client certificate and its key) or neither." : "",
+    nonsensitive((var.etcd_user == "") != (var.etcd_password == "")) ? "etcd_user and etcd_password go together: set both or neither." : "",
+    nonsensitive((var.etcd_worker_user == "") != (var.etcd_worker_password == "")) ? "etcd_worker_user and etcd_worker_password go together: set both, or neither (the workers then use etcd_user)." : "",
+    var.etcd_worker_user != "" && var.etcd_user == "" ? "etcd_worker_user needs etcd_user: with etcd auth on, the managers need a user too (one with the manager role)." : "",
+    !local.etcd && (length(var.etcd_endpoints) > 0 || var.etcd_prefix != "" || var.etcd_ca_pem != "" || var.etcd_client_cert_pem != "" || var.etcd_user != "" || var.etcd_worker_user != "" || nonsensitive(var.etcd_client_key_pem != "" || var.etcd_password != "" || var.etcd_worker_password != "")) ? "the etcd_* inputs are for backend \"etcd\", and backend is \"${var.backend}\": set backend = \"etcd\" or remove them." : "",
+  ])
+
   # The network: the module's own VPC (public subnets for the NAT gateway and the load
   # balancer, private ones for the nodes), or your VPC and subnets.
   own_network      = var.vpc_id == ""
@@ -152,29 +182,35 @@ locals {
     sm_region               = local.secrets_manager ? local.region : ""
     sm_kms_key_id           = local.secrets_manager ? var.kms_key_id : ""
     sm_endpoint_url         = ""
-    lb_enabled              = var.lb_config_enabled
-    lb_path                 = "/loadbalancer/default.conf"
-    lb_reload_service       = var.lb_reload_service
-    agent_version           = var.agent_version
-    release_base_url        = var.release_base_url
-    release_public_key      = var.release_public_key
-    agent_url               = local.agent_url
-    agent_sha256            = var.agent_sha256 == null ? "" : var.agent_sha256
-    docker_version          = var.docker_version
-    docker_log_max_size     = var.docker_log_max_size
-    docker_log_max_file     = tostring(var.docker_log_max_file)
-    cloud_provider          = "aws"
-    agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
-    metadata_block_script   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
-    metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
-    install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+    etcd_endpoints          = local.etcd ? var.etcd_endpoints : []
+    etcd_prefix             = local.etcd ? local.etcd_prefix : ""
+    etcd_ca_pem             = local.etcd ? var.etcd_ca_pem : ""
+    etcd_cert_pem           = local.etcd ? var.etcd_client_cert_pem : ""
+    etcd_key_pem            = local.etcd ? var.etcd_client_key_pem : ""
+    # etcd_user and etcd_password: per node kind (local.etcd_login), merged in below.
+    lb_enabled            = var.lb_config_enabled
+    lb_path               = "/loadbalancer/default.conf"
+    lb_reload_service     = var.lb_reload_service
+    agent_version         = var.agent_version
+    release_base_url      = var.release_base_url
+    release_public_key    = var.release_public_key
+    agent_url             = local.agent_url
+    agent_sha256          = var.agent_sha256 == null ? "" : var.agent_sha256
+    docker_version        = var.docker_version
+    docker_log_max_size   = var.docker_log_max_size
+    docker_log_max_file   = tostring(var.docker_log_max_file)
+    cloud_provider        = "aws"
+    agent_unit            = file("${local.cloud_init_dir}/swarm-agent.service")
+    metadata_block_script = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
+    metadata_block_unit   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
+    install_script        = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
 
   # Each role's user-data, sent gzipped (AWS takes 16384 bytes of user-data; cloud-init reads
   # gzip as it is): swarmstrap's cloud-config, or with cloud_config_extra a MIME multipart
   # whose second part cloud-init merges into the first (lists appended;
   # cloud-init/multipart.tftpl).
-  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role })) }
+  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role, etcd_user = local.etcd_login[role].user, etcd_password = local.etcd_login[role].password })) }
   node_user_data    = { for role, cc in local.node_cloud_config : role => var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra }) }
   # base64 of at most 16383 bytes is at most 21844 characters.
   user_data_b64_limit = 21844
@@ -727,12 +763,16 @@ resource "aws_instance" "manager" {
       error_message = "Set agent_url with agent_sha256 and coordinator_binary_url with coordinator_binary_sha256 (explicit binaries for a mirror without signature files), or neither (the signed release agent_version)."
     }
     precondition {
+      condition     = length(local.etcd_input_errors) == 0
+      error_message = join(" ", local.etcd_input_errors)
+    }
+    precondition {
       condition     = local.arch_supported["manager"]
       error_message = "The manager_instance_type ${var.manager_instance_type} supports only ${join(", ", data.aws_ec2_instance_type.manager.supported_architectures)}: swarmstrap releases x86_64 and arm64 (aarch64) builds; pick an x86_64 type such as t3.small or an arm64 (Graviton) type such as t4g.small."
     }
     precondition {
       condition     = length(base64gzip(local.node_user_data["manager"])) <= local.user_data_b64_limit
-      error_message = "The managers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
+      error_message = "The managers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra, or with backend \"etcd\" give smaller PEMs (etcd_ca_pem only the CA that signed the members, EC or RSA-2048 keys for etcd_client_cert_pem/etcd_client_key_pem)."
     }
     # Replacing (or stop/starting) every manager at once would lose the raft quorum: roll them
     # one at a time with `terraform apply -replace=...` when the AMI or the template changes.
@@ -784,7 +824,7 @@ resource "aws_instance" "worker" {
     }
     precondition {
       condition     = length(base64gzip(local.node_user_data["worker"])) <= local.user_data_b64_limit
-      error_message = "The workers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra."
+      error_message = "The workers' user-data is more than 16383 bytes gzipped (AWS's limit is 16384): shorten cloud_config_extra, or with backend \"etcd\" give smaller PEMs (etcd_ca_pem only the CA that signed the members, EC or RSA-2048 keys for etcd_client_cert_pem/etcd_client_key_pem)."
     }
     ignore_changes = [ami, user_data, user_data_base64]
   }

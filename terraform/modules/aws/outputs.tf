@@ -29,23 +29,28 @@ output "lb_url" {
 }
 
 output "coordinator_url" {
-  description = "backend \"coordinator\": URL the agents use to reach the coordinator (its fixed private address). null with the secrets-manager backend (see secret_name and manager_secret_name)."
+  description = "backend \"coordinator\": URL the agents use to reach the coordinator (its fixed private address). null with the other backends (secrets-manager: see secret_name and manager_secret_name)."
   value       = local.coordinator ? local.coordinator_url : null
 }
 
 output "coordinator_fingerprint" {
-  description = "backend \"coordinator\": sha256 pin of the coordinator's certificate, as written into every agent's config. null with the secrets-manager backend."
+  description = "backend \"coordinator\": sha256 pin of the coordinator's certificate, as written into every agent's config. null with the other backends."
   value       = local.coordinator ? local.coordinator_fingerprint : null
 }
 
 output "secret_name" {
-  description = "backend \"secrets-manager\": name of the shared rendezvous secret S (every node reads and writes it). Created by the module and scheduled for deletion by `terraform destroy`. null with the coordinator backend."
+  description = "backend \"secrets-manager\": name of the shared rendezvous secret S (every node reads and writes it). Created by the module and scheduled for deletion by `terraform destroy`. null with the other backends."
   value       = local.secrets_manager ? aws_secretsmanager_secret.rendezvous[0].name : null
 }
 
 output "manager_secret_name" {
-  description = "backend \"secrets-manager\": name of the managers-only secret (secret_name followed by /managers: manager join token, init election). Created by the module and scheduled for deletion by `terraform destroy`. null with the coordinator backend."
+  description = "backend \"secrets-manager\": name of the managers-only secret (secret_name followed by /managers: manager join token, init election). Created by the module and scheduled for deletion by `terraform destroy`. null with the other backends."
   value       = local.secrets_manager ? aws_secretsmanager_secret.managers[0].name : null
+}
+
+output "etcd_prefixes" {
+  description = "backend \"etcd\": the cluster's key prefixes in etcd, { shared = the prefix every node reads and writes (etcd_prefix, default /swarmstrap/CLUSTER/), managers = the managers-only prefix beside it holding the manager join token (/swarmstrap/CLUSTER.managers/) }: the worker role gets readwrite on shared, the manager role on both (see the README, \"etcd\"). null with the other backends."
+  value       = local.etcd ? { shared = local.etcd_prefix, managers = local.etcd_managers_prefix } : null
 }
 
 output "vpc_id" {
@@ -81,6 +86,6 @@ output "wait_ready_command" {
 }
 
 output "secrets_cleanup_command" {
-  description = "backend \"secrets-manager\": the command that deletes, for good, every secret of this cluster that is still there after `terraform destroy`: the module's two secrets are only scheduled for deletion (secret_recovery_window_days), and a secret an agent re-created while the cluster ran (after it had been deleted for good) is not in the Terraform state. It lists the secrets named secret_name or secret_name/managers and force-deletes them. null with the coordinator backend."
+  description = "backend \"secrets-manager\": the command that deletes, for good, every secret of this cluster that is still there after `terraform destroy`: the module's two secrets are only scheduled for deletion (secret_recovery_window_days), and a secret an agent re-created while the cluster ran (after it had been deleted for good) is not in the Terraform state. It lists the secrets named secret_name or secret_name/managers and force-deletes them. null with the other backends."
   value       = local.secrets_manager ? "aws secretsmanager list-secrets --region ${local.region} --include-planned-deletion --filters Key=name,Values=${local.secret_name} --query 'SecretList[?Name==`${local.secret_name}` || Name==`${local.manager_secret_name}`].ARN' --output text | tr '\\t' '\\n' | while read -r arn; do [ -z \"$arn\" ] || aws secretsmanager delete-secret --region ${local.region} --force-delete-without-recovery --secret-id \"$arn\"; done" : null
 }

@@ -1,7 +1,8 @@
-# A Docker Swarm on DigitalOcean, bootstrapped by swarmstrap: a coordinator droplet and manager
-# and worker droplets on one VPC. Every node runs swarm-agent (installed by cloud-init), which
-# elects the single node that runs `docker swarm init` through the coordinator and joins all
-# the others. No SSH, no provisioners, no token fetching.
+# A Docker Swarm on DigitalOcean, bootstrapped by swarmstrap: manager and worker droplets on one
+# VPC, and the rendezvous `backend`: a coordinator droplet ("coordinator", default) or the
+# operator's etcd cluster ("etcd": nothing created for it). Every node runs swarm-agent
+# (installed by cloud-init), which elects the single node that runs `docker swarm init` through
+# the rendezvous and joins all the others. No SSH, no provisioners, no token fetching.
 
 locals {
   prefix  = terraform.workspace
@@ -13,14 +14,45 @@ locals {
   coordinator_binary_url = var.coordinator_binary_url == null ? "" : replace(var.coordinator_binary_url, "{version}", var.agent_version)
   cloud_init_dir         = "${path.module}/../../../cloud-init"
   coordinator_port       = 8443
+  coordinator            = var.backend == "coordinator"
+
+  # Backend "etcd": the operator's etcd cluster; the module creates nothing for it. The
+  # cluster's keys are under etcd_prefix (default /swarmstrap/<cluster>/, the agent's default,
+  # passed explicitly so output etcd_prefixes and the nodes agree), and the manager join token
+  # beside it under "<prefix without its trailing />.managers/", which only the manager role
+  # may read.
+  etcd                 = var.backend == "etcd"
+  etcd_prefix          = var.etcd_prefix != "" ? var.etcd_prefix : "/swarmstrap/${local.cluster}/"
+  etcd_managers_prefix = "${trimsuffix(local.etcd_prefix, "/")}.managers/"
+  # Each node kind's etcd login: the workers may have their own user (the worker role).
+  etcd_worker_own_login = var.etcd_worker_user != ""
+  etcd_login = {
+    manager = { user = local.etcd ? var.etcd_user : "", password = local.etcd ? var.etcd_password : "" }
+    worker = {
+      user     = local.etcd ? (local.etcd_worker_own_login ? var.etcd_worker_user : var.etcd_user) : ""
+      password = local.etcd ? (local.etcd_worker_own_login ? var.etcd_worker_password : var.etcd_password) : ""
+    }
+  }
+  # What the etcd inputs need together (a variable's validation sees only itself): the
+  # managers' precondition refuses the plan with every message here. nonsensitive(): whether
+  # a secret input is empty is not a secret, and the messages must be shown.
+  etcd_input_errors = compact([
+    local.etcd && length(var.etcd_endpoints) == 0 ? "backend \"etcd\" needs etcd_endpoints: the https:// client URLs of your etcd members, e.g. [\"https://10.0.0.5:2379\"]." : "",
+    local.etcd && var.etcd_ca_pem == "" ? "backend \"etcd\" needs etcd_ca_pem: the endpoints are https, and the agents check the members' certificates against that CA (e.g. etcd_ca_pem = file(\"etcd-ca.pem\"))." : "",
+    nonsensitive((var.etcd_client_cert_pem == "") != (var.etcd_client_key_pem == "")) ? "etcd_client_cert_pem and etcd_client_key_pem go together: set both (the client certificate and its key) or neither." : "",
+    nonsensitive((var.etcd_user == "") != (var.etcd_password == "")) ? "etcd_user and etcd_password go together: set both or neither." : "",
+    nonsensitive((var.etcd_worker_user == "") != (var.etcd_worker_password == "")) ? "etcd_worker_user and etcd_worker_password go together: set both, or neither (the workers then use etcd_user)." : "",
+    var.etcd_worker_user != "" && var.etcd_user == "" ? "etcd_worker_user needs etcd_user: with etcd auth on, the managers need a user too (one with the manager role)." : "",
+    !local.etcd && (length(var.etcd_endpoints) > 0 || var.etcd_prefix != "" || var.etcd_ca_pem != "" || var.etcd_client_cert_pem != "" || var.etcd_user != "" || var.etcd_worker_user != "" || nonsensitive(var.etcd_client_key_pem != "" || var.etcd_password != "" || var.etcd_worker_password != "")) ? "the etcd_* inputs are for backend \"etcd\", and backend is \"${var.backend}\": set backend = \"etcd\" or remove them." : "",
+  ])
 
   # The pin the agents check: sha256 of the certificate's DER encoding. Terraform's sha256()
   # hashes the UTF-8 of a string and base64decode() refuses bytes that are not UTF-8 (a DER
   # never is), so the DER is hashed by the hashicorp/local provider (local_file below, whose
   # content_sha256 is the sha256 of the decoded bytes). This is the PEM body: base64 of the DER.
-  coordinator_cert_der_b64 = join("", [for line in split("\n", tls_self_signed_cert.coordinator.cert_pem) : trimspace(line) if length(regexall("^-----|^\\s*$", line)) == 0])
-  coordinator_fingerprint  = "sha256:${local_file.coordinator_cert_der.content_sha256}"
-  coordinator_url          = "https://${digitalocean_droplet.coordinator.ipv4_address_private}:${local.coordinator_port}"
+  coordinator_cert_der_b64 = local.coordinator ? join("", [for line in split("\n", tls_self_signed_cert.coordinator[0].cert_pem) : trimspace(line) if length(regexall("^-----|^\\s*$", line)) == 0]) : ""
+  coordinator_fingerprint  = local.coordinator ? "sha256:${local_file.coordinator_cert_der[0].content_sha256}" : ""
+  coordinator_url          = local.coordinator ? "https://${digitalocean_droplet.coordinator[0].ipv4_address_private}:${local.coordinator_port}" : ""
 
   # Everything a node's user-data needs. Nothing depends on worker_count, so scaling the
   # workers never changes an existing droplet.
@@ -28,37 +60,43 @@ locals {
   # labels from manager_labels/worker_labels) whatever advertise_addr is.
   node_vars = {
     cluster                 = local.cluster
-    backend                 = "coordinator"
+    backend                 = var.backend
     target_managers         = var.manager_count
     advertise_addr          = var.advertise_addr
     coordinator_url         = local.coordinator_url
     coordinator_fingerprint = local.coordinator_fingerprint
-    join_secret             = random_password.cluster_secret.result
+    join_secret             = local.coordinator ? random_password.cluster_secret[0].result : ""
     sm_secret_name          = ""
     sm_region               = ""
     sm_kms_key_id           = ""
     sm_endpoint_url         = ""
-    lb_enabled              = var.lb_config_enabled
-    lb_path                 = "/loadbalancer/default.conf"
-    lb_reload_service       = var.lb_reload_service
-    agent_version           = var.agent_version
-    release_base_url        = var.release_base_url
-    release_public_key      = var.release_public_key
-    agent_url               = local.agent_url
-    agent_sha256            = var.agent_sha256 == null ? "" : var.agent_sha256
-    docker_version          = var.docker_version
-    docker_log_max_size     = var.docker_log_max_size
-    docker_log_max_file     = tostring(var.docker_log_max_file)
-    cloud_provider          = "digitalocean"
-    agent_unit              = file("${local.cloud_init_dir}/swarm-agent.service")
-    metadata_block_script   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
-    metadata_block_unit     = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
-    install_script          = file("${local.cloud_init_dir}/swarmstrap-install.sh")
+    etcd_endpoints          = local.etcd ? var.etcd_endpoints : []
+    etcd_prefix             = local.etcd ? local.etcd_prefix : ""
+    etcd_ca_pem             = local.etcd ? var.etcd_ca_pem : ""
+    etcd_cert_pem           = local.etcd ? var.etcd_client_cert_pem : ""
+    etcd_key_pem            = local.etcd ? var.etcd_client_key_pem : ""
+    # etcd_user and etcd_password: per node kind (local.etcd_login), merged in below.
+    lb_enabled            = var.lb_config_enabled
+    lb_path               = "/loadbalancer/default.conf"
+    lb_reload_service     = var.lb_reload_service
+    agent_version         = var.agent_version
+    release_base_url      = var.release_base_url
+    release_public_key    = var.release_public_key
+    agent_url             = local.agent_url
+    agent_sha256          = var.agent_sha256 == null ? "" : var.agent_sha256
+    docker_version        = var.docker_version
+    docker_log_max_size   = var.docker_log_max_size
+    docker_log_max_file   = tostring(var.docker_log_max_file)
+    cloud_provider        = "digitalocean"
+    agent_unit            = file("${local.cloud_init_dir}/swarm-agent.service")
+    metadata_block_script = file("${local.cloud_init_dir}/swarmstrap-metadata-block.sh")
+    metadata_block_unit   = file("${local.cloud_init_dir}/swarmstrap-metadata-block.service")
+    install_script        = file("${local.cloud_init_dir}/swarmstrap-install.sh")
   }
 
   # Each role's user-data: swarmstrap's cloud-config, or with cloud_config_extra a MIME multipart
   # whose second part cloud-init merges into the first (lists appended; cloud-init/multipart.tftpl).
-  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role })) }
+  node_cloud_config = { for role in ["manager", "worker"] : role => templatefile("${local.cloud_init_dir}/node.yaml.tftpl", merge(local.node_vars, { role = role, etcd_user = local.etcd_login[role].user, etcd_password = local.etcd_login[role].password })) }
   node_user_data    = { for role, cc in local.node_cloud_config : role => var.cloud_config_extra == "" ? cc : templatefile("${local.cloud_init_dir}/multipart.tftpl", { swarmstrap = cc, extra = var.cloud_config_extra }) }
 
   # Node labels from tags (the agent reads its droplet's tags): swarm-label:KEY:VALUE.
@@ -89,25 +127,29 @@ resource "digitalocean_tag" "node" {
 }
 
 resource "digitalocean_tag" "coordinator" {
-  name = "${local.prefix}-swarm-coordinator"
+  count = local.coordinator ? 1 : 0
+  name  = "${local.prefix}-swarm-coordinator"
 }
 
 # The cluster's join secret: the coordinator registers the cluster with it and every agent
 # authenticates with it. It sits in the Terraform state and in the droplets' user-data: keep
 # the state private (the example uses an encrypted Spaces bucket).
 resource "random_password" "cluster_secret" {
+  count   = local.coordinator ? 1 : 0
   length  = 48
   special = false
 }
 
 # The coordinator's TLS identity, made here so the fingerprint is known before any node boots.
 resource "tls_private_key" "coordinator" {
+  count       = local.coordinator ? 1 : 0
   algorithm   = "ECDSA"
   ecdsa_curve = "P256"
 }
 
 resource "tls_self_signed_cert" "coordinator" {
-  private_key_pem = tls_private_key.coordinator.private_key_pem
+  count           = local.coordinator ? 1 : 0
+  private_key_pem = tls_private_key.coordinator[0].private_key_pem
 
   subject {
     common_name  = "swarm-coordinator"
@@ -126,6 +168,7 @@ resource "tls_self_signed_cert" "coordinator" {
 # On a machine without the file (a fresh CI checkout with remote state) Terraform plans to write
 # it again; nodes ignore user_data changes, so that never replaces a droplet.
 resource "local_file" "coordinator_cert_der" {
+  count                = local.coordinator ? 1 : 0
   content_base64       = local.coordinator_cert_der_b64
   filename             = "${path.root}/.terraform/swarmstrap/${local.prefix}-coordinator.der"
   file_permission      = "0644"
@@ -134,6 +177,8 @@ resource "local_file" "coordinator_cert_der" {
 
 resource "digitalocean_droplet" "coordinator" {
   #checkov:skip=CKV_DIO_2:SSH keys are optional (var.ssh_keys): nothing here needs SSH; the agent bootstraps the swarm from user-data.
+  count = local.coordinator ? 1 : 0
+
   name       = "${local.prefix}-coordinator-1"
   region     = var.region
   size       = var.coordinator_size
@@ -142,14 +187,14 @@ resource "digitalocean_droplet" "coordinator" {
   ssh_keys   = var.ssh_keys
   monitoring = true
   ipv6       = false
-  tags       = concat([digitalocean_tag.coordinator.id], var.tags)
+  tags       = concat([digitalocean_tag.coordinator[0].id], var.tags)
 
   user_data = templatefile("${local.cloud_init_dir}/coordinator.yaml.tftpl", {
     cluster                   = local.cluster
     target_managers           = var.manager_count
-    cluster_secret            = random_password.cluster_secret.result
-    tls_cert_pem              = tls_self_signed_cert.coordinator.cert_pem
-    tls_key_pem               = tls_private_key.coordinator.private_key_pem
+    cluster_secret            = random_password.cluster_secret[0].result
+    tls_cert_pem              = tls_self_signed_cert.coordinator[0].cert_pem
+    tls_key_pem               = tls_private_key.coordinator[0].private_key_pem
     agent_version             = var.agent_version
     release_base_url          = var.release_base_url
     release_public_key        = var.release_public_key
@@ -161,10 +206,6 @@ resource "digitalocean_droplet" "coordinator" {
   })
 
   lifecycle {
-    precondition {
-      condition     = (var.agent_url == null) == (var.agent_sha256 == null) && (var.coordinator_binary_url == null) == (var.coordinator_binary_sha256 == null)
-      error_message = "Set agent_url with agent_sha256 and coordinator_binary_url with coordinator_binary_sha256 (explicit binaries for a mirror without signature files), or neither (the signed release agent_version)."
-    }
     # A new image release or template edit must not replace the rendezvous of a running cluster.
     # So setting coordinator_adopt_running_swarm changes nothing on a running coordinator: it
     # takes effect only when the coordinator is replaced (terraform apply -replace=...).
@@ -197,6 +238,14 @@ resource "digitalocean_droplet" "manager" {
   }
 
   lifecycle {
+    precondition {
+      condition     = (var.agent_url == null) == (var.agent_sha256 == null) && (var.coordinator_binary_url == null) == (var.coordinator_binary_sha256 == null)
+      error_message = "Set agent_url with agent_sha256 and coordinator_binary_url with coordinator_binary_sha256 (explicit binaries for a mirror without signature files), or neither (the signed release agent_version)."
+    }
+    precondition {
+      condition     = length(local.etcd_input_errors) == 0
+      error_message = join(" ", local.etcd_input_errors)
+    }
     # Replacing managers all at once would lose the raft quorum: roll them one at a time with
     # `terraform apply -replace=...` instead of letting an image or template change do it.
     ignore_changes = [user_data, image]
@@ -310,8 +359,9 @@ resource "digitalocean_firewall" "nodes" {
 }
 
 resource "digitalocean_firewall" "coordinator" {
-  name = "${local.prefix}-swarm-coordinator"
-  tags = [digitalocean_tag.coordinator.id]
+  count = local.coordinator ? 1 : 0
+  name  = "${local.prefix}-swarm-coordinator"
+  tags  = [digitalocean_tag.coordinator[0].id]
 
   inbound_rule {
     protocol         = "tcp"
@@ -342,4 +392,41 @@ resource "digitalocean_firewall" "coordinator" {
     protocol              = "icmp"
     destination_addresses = ["0.0.0.0/0", "::/0"]
   }
+}
+
+# The coordinator's resources are counted (none with backend "etcd"): a state made before that
+# keeps them, at index 0.
+moved {
+  from = digitalocean_tag.coordinator
+  to   = digitalocean_tag.coordinator[0]
+}
+
+moved {
+  from = random_password.cluster_secret
+  to   = random_password.cluster_secret[0]
+}
+
+moved {
+  from = tls_private_key.coordinator
+  to   = tls_private_key.coordinator[0]
+}
+
+moved {
+  from = tls_self_signed_cert.coordinator
+  to   = tls_self_signed_cert.coordinator[0]
+}
+
+moved {
+  from = local_file.coordinator_cert_der
+  to   = local_file.coordinator_cert_der[0]
+}
+
+moved {
+  from = digitalocean_droplet.coordinator
+  to   = digitalocean_droplet.coordinator[0]
+}
+
+moved {
+  from = digitalocean_firewall.coordinator
+  to   = digitalocean_firewall.coordinator[0]
 }

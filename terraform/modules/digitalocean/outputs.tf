@@ -1,5 +1,5 @@
 output "cluster_name" {
-  description = "Name of the swarm cluster as registered with the coordinator."
+  description = "Name of the swarm cluster (as registered with the coordinator, or in the etcd prefix)."
   value       = local.cluster
 }
 
@@ -29,13 +29,18 @@ output "lb_url" {
 }
 
 output "coordinator_url" {
-  description = "URL the agents use to reach the coordinator (VPC address)."
-  value       = local.coordinator_url
+  description = "backend \"coordinator\": URL the agents use to reach the coordinator (VPC address). null with backend \"etcd\"."
+  value       = local.coordinator ? local.coordinator_url : null
 }
 
 output "coordinator_fingerprint" {
-  description = "sha256 pin of the coordinator's certificate, as written into every agent's config."
-  value       = local.coordinator_fingerprint
+  description = "backend \"coordinator\": sha256 pin of the coordinator's certificate, as written into every agent's config. null with backend \"etcd\"."
+  value       = local.coordinator ? local.coordinator_fingerprint : null
+}
+
+output "etcd_prefixes" {
+  description = "backend \"etcd\": the cluster's key prefixes in etcd, { shared = the prefix every node reads and writes (etcd_prefix, default /swarmstrap/CLUSTER/), managers = the managers-only prefix beside it holding the manager join token (/swarmstrap/CLUSTER.managers/) }: the worker role gets readwrite on shared, the manager role on both (see the README, \"etcd\"). null with the other backends."
+  value       = local.etcd ? { shared = local.etcd_prefix, managers = local.etcd_managers_prefix } : null
 }
 
 output "status_commands" {

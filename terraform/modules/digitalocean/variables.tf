@@ -216,7 +216,7 @@ variable "lb_config_enabled" {
 }
 
 variable "coordinator_adopt_running_swarm" {
-  description = "true only for the apply that replaces the coordinator of a running swarm (its VM or database lost; the certificate and cluster secret stay in the state), e.g. `terraform apply -replace='module.NAME.digitalocean_droplet.coordinator' -var coordinator_adopt_running_swarm=true`: the new coordinator creates the cluster awaiting adoption (`swarm-coordinator cluster create --adopt`) and refuses every init claim until the running swarm's leader agent adopts it again (seconds after it is up), so no node starting before that can run a second `swarm init`. Never for a brand-new cluster: it would not form until someone runs `swarm-coordinator cluster allow-init NAME` on the coordinator. The coordinator ignores user_data changes, so setting or unsetting it never touches a running coordinator."
+  description = "true only for the apply that replaces the coordinator of a running swarm (its VM or database lost; the certificate and cluster secret stay in the state), e.g. `terraform apply -replace='module.NAME.digitalocean_droplet.coordinator[0]' -var coordinator_adopt_running_swarm=true`: the new coordinator creates the cluster awaiting adoption (`swarm-coordinator cluster create --adopt`) and refuses every init claim until the running swarm's leader agent adopts it again (seconds after it is up), so no node starting before that can run a second `swarm init`. Never for a brand-new cluster: it would not form until someone runs `swarm-coordinator cluster allow-init NAME` on the coordinator. The coordinator ignores user_data changes, so setting or unsetting it never touches a running coordinator."
   type        = bool
   default     = false
 }
@@ -290,5 +290,118 @@ variable "worker_labels" {
   validation {
     condition     = alltrue([for k, val in var.worker_labels : can(regex("^[A-Za-z0-9_-]{1,64}$", k)) && can(regex("^[A-Za-z0-9:_-]{0,128}$", val))])
     error_message = "Every key of worker_labels must be 1-64 letters, digits, '_' or '-' (no ':' or '.': DigitalOcean tag names allow only letters, digits, ':', '-' and '_', and the tag is swarm-label:KEY:VALUE), and every value 0-128 letters, digits, ':', '_' or '-'."
+  }
+}
+
+variable "backend" {
+  description = "The agents' rendezvous: \"coordinator\" (default: a swarm-coordinator droplet the module runs, its certificate pinned by the agents) or \"etcd\" (your etcd cluster: etcd_endpoints, etcd_ca_pem and credentials; the module runs no coordinator). Set it when creating the cluster: nodes ignore later user_data changes, so changing it leaves the running nodes on the old backend (and from \"coordinator\" it destroys the coordinator they use)."
+  type        = string
+  default     = "coordinator"
+
+  validation {
+    condition     = contains(["coordinator", "etcd"], var.backend)
+    error_message = "The backend must be \"coordinator\" or \"etcd\"."
+  }
+}
+
+variable "etcd_endpoints" {
+  description = "backend \"etcd\" only: client URLs of your etcd cluster's members, https://HOST:PORT (e.g. [\"https://10.0.0.5:2379\", \"https://10.0.0.6:2379\"]); the agents fail over between them. The nodes must be able to reach them (same network, peering or a VPN). At least one with backend \"etcd\"; leave it empty with the other backends."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.etcd_endpoints) <= 16 && alltrue([for e in var.etcd_endpoints : can(regex("^https://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$", e))])
+    error_message = "Every entry of etcd_endpoints must be the https:// client URL of an etcd member, https://HOST or https://HOST:PORT without a path (e.g. https://10.0.0.5:2379), and there may be at most 16. Plain http:// is refused: the etcd password and the swarm join tokens travel over it."
+  }
+}
+
+variable "etcd_prefix" {
+  description = "backend \"etcd\" only: the cluster's key prefix in etcd, starting and ending with \"/\". Empty: /swarmstrap/CLUSTER/ (the agent's default). The manager join token lives beside it, under the prefix without its trailing \"/\" followed by .managers/ (default /swarmstrap/CLUSTER.managers/), which only the manager role may read; output etcd_prefixes gives both (see the README, \"etcd\")."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.etcd_prefix == "" || (can(regex("^/[!-~]*[!-.0-~]/$", var.etcd_prefix)) && length(var.etcd_prefix) <= 256)
+    error_message = "The etcd_prefix must be empty (the default /swarmstrap/CLUSTER/) or a key prefix that starts and ends with \"/\", e.g. /swarmstrap/prod/: printable ASCII without spaces, at most 256 characters, not \"/\" alone (the whole keyspace) and not ending in \"//\"."
+  }
+}
+
+variable "etcd_ca_pem" {
+  description = "backend \"etcd\" (required there: every endpoint is https): PEM bundle of the CA(s) that signed your etcd members' server certificates, e.g. file(\"etcd-ca.pem\"). Written to /etc/swarm-agent/etcd-ca.pem on every node."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.etcd_ca_pem == "" || length(regexall("-----BEGIN CERTIFICATE-----", var.etcd_ca_pem)) > 0
+    error_message = "The etcd_ca_pem must be empty or a PEM bundle with at least one -----BEGIN CERTIFICATE----- block, e.g. file(\"etcd-ca.pem\")."
+  }
+}
+
+variable "etcd_client_cert_pem" {
+  description = "backend \"etcd\": PEM client certificate the agents present to etcd (etcd's --client-cert-auth), with etcd_client_key_pem. Empty: none. Written to /etc/swarm-agent/etcd-client.pem. Every node presents the same certificate: separate the managers' and workers' etcd roles by user (etcd_user, etcd_worker_user), not by the certificate's name."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.etcd_client_cert_pem == "" || length(regexall("-----BEGIN CERTIFICATE-----", var.etcd_client_cert_pem)) > 0
+    error_message = "The etcd_client_cert_pem must be empty or a PEM certificate (-----BEGIN CERTIFICATE-----), e.g. file(\"etcd-client.pem\")."
+  }
+}
+
+variable "etcd_client_key_pem" {
+  description = "backend \"etcd\": the unencrypted PEM private key of etcd_client_cert_pem (sensitive). Written to /etc/swarm-agent/etcd-client.key (0600) through the user-data; it is kept in the Terraform state."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.etcd_client_key_pem == "" || can(regex("-----BEGIN (RSA |EC )?PRIVATE KEY-----", var.etcd_client_key_pem))
+    error_message = "The etcd_client_key_pem must be empty or an unencrypted PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY), e.g. file(\"etcd-client.key\")."
+  }
+}
+
+variable "etcd_user" {
+  description = "backend \"etcd\": the managers' etcd user (etcd auth), with etcd_password. Its role needs readwrite on the cluster's prefix and on the managers' prefix (the manager role; see the README, \"etcd\"). The workers use it too unless etcd_worker_user is set. Empty: no etcd auth (the client certificate only)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^[[:graph:]]{0,128}$", var.etcd_user))
+    error_message = "The etcd_user must be empty or an etcd user name of 1-128 printable ASCII characters without spaces."
+  }
+}
+
+variable "etcd_password" {
+  description = "backend \"etcd\": the password of etcd_user (sensitive). Written to /etc/swarm-agent/etcd-password (0600) through the user-data; it is kept in the Terraform state."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.etcd_password == "" || (can(regex("^[[:graph:]]([[:print:]]*[[:graph:]])?$", var.etcd_password)) && length(var.etcd_password) <= 256)
+    error_message = "The etcd_password must be empty or 1-256 printable ASCII characters that neither start nor end with a space (the agent reads the password file as it is)."
+  }
+}
+
+variable "etcd_worker_user" {
+  description = "backend \"etcd\", optional: the workers' own etcd user, with etcd_worker_password, e.g. one whose role has readwrite on the cluster's prefix only (the worker role): the workers then cannot read the manager join token. Empty: the workers use etcd_user and etcd_password."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^[[:graph:]]{0,128}$", var.etcd_worker_user))
+    error_message = "The etcd_worker_user must be empty or an etcd user name of 1-128 printable ASCII characters without spaces."
+  }
+}
+
+variable "etcd_worker_password" {
+  description = "backend \"etcd\", with etcd_worker_user: its password (sensitive). Written to /etc/swarm-agent/etcd-password (0600) on the workers through their user-data; it is kept in the Terraform state."
+  type        = string
+  default     = ""
+  sensitive   = true
+
+  validation {
+    condition     = var.etcd_worker_password == "" || (can(regex("^[[:graph:]]([[:print:]]*[[:graph:]])?$", var.etcd_worker_password)) && length(var.etcd_worker_password) <= 256)
+    error_message = "The etcd_worker_password must be empty or 1-256 printable ASCII characters that neither start nor end with a space (the agent reads the password file as it is)."
   }
 }
