@@ -459,6 +459,8 @@ struct Shared {
     failed: AtomicUsize,
     /// `Transient` answers the simulated agents called again after, per operation.
     retried: Mutex<BTreeMap<&'static str, u64>>,
+    /// Those `Transient` answers by operation and message (node names left out).
+    retry_msgs: Mutex<BTreeMap<String, u64>>,
     /// `wait_join` / `get_doc` calls that ended at their wait without the answer.
     empty_waits: AtomicU64,
     phase: AtomicUsize,
@@ -567,6 +569,21 @@ impl Shared {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .entry(op)
+                        .or_default() += 1;
+                    let msg: String = e
+                        .to_string()
+                        .split_whitespace()
+                        .filter(|w| !w.contains("node-"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    *self
+                        .retry_msgs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(format!(
+                            "{op}: {}",
+                            msg.chars().take(200).collect::<String>()
+                        ))
                         .or_default() += 1;
                     let d = backoff.next().unwrap_or(Duration::from_millis(500));
                     tokio::time::sleep(d).await; // the agent's retry backoff
@@ -773,7 +790,11 @@ async fn lead(
             .call("put_doc", || be.put_doc(node, DOC, version, &body))
             .await?;
         out.writes.push((t0, Instant::now()));
-        ensure!(d.version == k, "membership version {} after write {k}", d.version);
+        ensure!(
+            d.version == k,
+            "membership version {} after write {k}",
+            d.version
+        );
         version = d.version;
     }
     Ok(())
@@ -917,7 +938,12 @@ fn machine() -> String {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "etcd not found".into());
     let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     format!(
@@ -964,6 +990,7 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
         seen: (0..args.writes).map(|_| AtomicUsize::new(0)).collect(),
         failed: AtomicUsize::new(0),
         retried: Mutex::new(BTreeMap::new()),
+        retry_msgs: Mutex::new(BTreeMap::new()),
         empty_waits: AtomicU64::new(0),
         phase: AtomicUsize::new(P_IDLE),
         rss_peak: Default::default(),
@@ -1038,7 +1065,11 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     let hwm: u64 = shared.pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
 
     // Figures.
-    let marks = shared.marks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let marks = shared
+        .marks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let m = |p: usize| marks[p].clone().context("a phase mark is missing");
     let (ramp, token, member, whole) = (
         phase(&m(P_RAMP)?, &m(P_TOKEN)?),
@@ -1064,7 +1095,10 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     }
     let errors = error_summary(&outs);
     let winners = outcomes.get("granted").copied().unwrap_or(0);
-    ensure!(winners == 1, "{winners} claims granted (expected exactly 1)");
+    ensure!(
+        winners == 1,
+        "{winners} claims granted (expected exactly 1)"
+    );
     let leader = outs
         .iter()
         .find_map(|o| o.leader.clone())
@@ -1100,7 +1134,10 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     let races_of = |p: &Phase, op: &str| p.races.get(op).copied().unwrap_or(0);
 
     let mut s = String::new();
-    let _ = writeln!(s, "\n## etcd backend (EtcdRendezvous), {n} simulated agents\n");
+    let _ = writeln!(
+        s,
+        "\n## etcd backend (EtcdRendezvous), {n} simulated agents\n"
+    );
     let _ = writeln!(s, "machine: {machine}");
     let _ = writeln!(
         s,
@@ -1262,6 +1299,14 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
         errors.values().sum::<usize>(),
         shared.failed.load(Ordering::SeqCst),
     );
+    for (msg, count) in shared
+        .retry_msgs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let _ = writeln!(s, "  - retried after `Transient` ×{count}: {msg}");
+    }
     let _ = writeln!(
         s,
         "- generator: {:.1} s CPU in all, VmHWM {}",
