@@ -17,7 +17,9 @@
 //!
 //! Per simulated agent (`node-NNNNN`), one `EtcdRendezvous`, so its own etcd client (its own
 //! connections and login); at most `--inflight` agents are in steps 1–3 at once:
-//! 1. connect: `EtcdRendezvous::new` (connects and logs in: etcd `Authenticate`);
+//! 1. connect: `EtcdRendezvous::new` (connects and logs in: etcd `Authenticate`, which checks
+//!    the password with bcrypt; `--cert-auth-only` leaves user + password out of the config,
+//!    so etcd takes the user from the client certificate's CN and there is no login);
 //! 2. register (role auto: the first 3 become managers);
 //! 3. claim (TTL 120 s): one wins; workers are refused `not_a_manager`, the other managers
 //!    are told the lease is held;
@@ -92,6 +94,10 @@ struct Args {
     /// Deadline of the whole run, seconds.
     #[arg(long, default_value_t = 900)]
     deadline_secs: u64,
+    /// Authenticate by the client certificate alone (etcd takes its CN, `swarmstrap`, as the
+    /// user) instead of user + password: no login request (etcd checks a password with bcrypt).
+    #[arg(long)]
+    cert_auth_only: bool,
 }
 
 fn main() -> Result<()> {
@@ -448,6 +454,9 @@ struct Shared {
     doc_nodes: usize,
     inflight: Semaphore,
     notify: Notify,
+    /// Agents connected (logged in) and registered.
+    connected: AtomicUsize,
+    registered: AtomicUsize,
     /// Agents that called `wait_join`.
     in_join: AtomicUsize,
     tokens_seen: AtomicUsize,
@@ -670,6 +679,7 @@ async fn agent_steps(
         .call("connect", || EtcdRendezvous::new(cfg.clone()))
         .await?;
     out.connect = Some((t0, Instant::now()));
+    shared.connected.fetch_add(1, Ordering::Relaxed);
     let req = RegisterRequest {
         node_id: node.clone(),
         hostname: node.clone(),
@@ -681,6 +691,7 @@ async fn agent_steps(
     let t0 = Instant::now();
     shared.call("register", || be.register(&req)).await?;
     out.register = Some((t0, Instant::now()));
+    shared.registered.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
     let claim = match shared.call("claim", || be.claim(&node, LEASE_TTL)).await {
         Ok(c) if c.granted => Claim::Won(c.lease.context("granted without a lease")?.fencing_token),
@@ -970,7 +981,12 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     eprintln!("starting 3 etcd members (TLS, client certificates, auth) ...");
     let cluster = EtcdCluster::start().await;
     let pids = member_pids(&cluster)?;
-    let cfg = Arc::new(cluster.config(CLUSTER, TARGET_MANAGERS));
+    let mut cfg = cluster.config(CLUSTER, TARGET_MANAGERS);
+    if args.cert_auth_only {
+        cfg.user = None;
+        cfg.password_file = None;
+    }
+    let cfg = Arc::new(cfg);
     let metrics = Metrics::new(&cluster)?;
     let n = args.agents;
     let shared = Arc::new(Shared {
@@ -984,6 +1000,8 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
         doc_nodes: args.doc_nodes,
         inflight: Semaphore::new(args.inflight),
         notify: Notify::new(),
+        connected: AtomicUsize::new(0),
+        registered: AtomicUsize::new(0),
         in_join: AtomicUsize::new(0),
         tokens_seen: AtomicUsize::new(0),
         in_doc: (0..args.writes).map(|_| AtomicUsize::new(0)).collect(),
@@ -1026,13 +1044,16 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     let mut outs: Vec<AgentOut> = Vec::with_capacity(n);
     let status = |outs: &[AgentOut], left: usize| {
         format!(
-            "{} agents finished, {left} unfinished; in wait_join {}, tokens {}, failed {}, \
-             lost races {:?}, errors {:?}",
+            "{} agents finished, {left} unfinished; connected {}, registered {}, in wait_join {}, \
+             tokens {}, failed {}, lost races {:?}, agent retries {:?}, errors {:?}",
             outs.len(),
+            shared.connected.load(Ordering::Relaxed),
+            shared.registered.load(Ordering::Relaxed),
             shared.in_join.load(Ordering::SeqCst),
             shared.tokens_seen.load(Ordering::SeqCst),
             shared.failed.load(Ordering::SeqCst),
             shared.races.snapshot(),
+            shared.retried.lock().unwrap_or_else(|e| e.into_inner()),
             error_summary(outs)
         )
     };
@@ -1141,9 +1162,14 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     let _ = writeln!(s, "machine: {machine}");
     let _ = writeln!(
         s,
-        "etcd: 3 members (EtcdCluster harness), TLS + client certificates + auth, one \
-         EtcdRendezvous (own client, own login) per agent; inflight {}; {} membership writes of \
-         a {}-byte document; run {:.2} s\n",
+        "etcd: 3 members (EtcdCluster harness), TLS + client certificates + auth ({}), one \
+         EtcdRendezvous (own client) per agent; inflight {}; {} membership writes of a {}-byte \
+         document; run {:.2} s\n",
+        if args.cert_auth_only {
+            "user from the client certificate's CN, no login"
+        } else {
+            "user + password: one login per agent"
+        },
         args.inflight,
         args.writes,
         membership_body(1, args.doc_nodes).to_string().len(),
@@ -1155,7 +1181,11 @@ async fn run(args: Args, races: Arc<Races>) -> Result<()> {
     );
     let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
     let rows: [(&str, &Stat, &str); 3] = [
-        ("connect (new client + login)", &connect, "connect"),
+        (
+            "connect (new client; login unless cert-only)",
+            &connect,
+            "connect",
+        ),
         ("register", &register, "register"),
         ("claim", &claim, "claim"),
     ];
