@@ -6,6 +6,13 @@
 #   bash scripts/bench-etcd.sh 10000 --etcd-tls      # etcd over TLS too
 #   bash scripts/bench-etcd.sh 10000 --help          # every flag
 #
+# With --through-backend first: the same workload through the etcd backend's code path
+# (EtcdRendezvous, one per simulated agent) on a 3-member etcd with TLS + auth (default N 1000;
+# example etcd/examples/load_backend.rs; needs protoc to build the etcd crate):
+#
+#   bash scripts/bench-etcd.sh --through-backend [N] [load_backend flags...]
+#   bash scripts/bench-etcd.sh --through-backend 1000 --inflight 100
+#
 # Installs Debian's etcd-server if etcd is missing, raises the open-files limit (each side holds
 # about N connections), builds the release coordinator and the example, and runs it. The
 # example starts its own etcd on free loopback ports with a temp data dir; an etcd the package
@@ -13,11 +20,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-N="${1:-10000}"
+backend=0
+if [ "${1:-}" = --through-backend ]; then
+    backend=1
+    shift
+fi
+if [ "$backend" = 1 ]; then N="${1:-1000}"; else N="${1:-10000}"; fi
 [ $# -gt 0 ] && shift
 case "$N" in
 '' | *[!0-9]*)
-    echo "usage: $0 [N] [load_vs_etcd flags...]" >&2
+    echo "usage: $0 [--through-backend] [N] [load_vs_etcd or load_backend flags...]" >&2
     exit 2
     ;;
 esac
@@ -27,9 +39,16 @@ if ! command -v etcd >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y etcd-server || { apt-get update && apt-get install -y etcd-server; }
 fi
+if [ "$backend" = 1 ] && ! command -v protoc >/dev/null 2>&1; then
+    # etcd-client's build script compiles etcd's protos.
+    echo "protoc not found: installing Debian's protobuf-compiler" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y protobuf-compiler || { apt-get update && apt-get install -y protobuf-compiler; }
+fi
 
-# Each process (generator, coordinator, etcd) holds about N sockets.
-need=$((N + 1024))
+# Each process (generator, coordinator, etcd) holds about N sockets; through the backend, every
+# simulated agent's client connects to each of the 3 members (3N in the generator).
+if [ "$backend" = 1 ]; then need=$((3 * N + 1024)); else need=$((N + 1024)); fi
 hard="$(ulimit -Hn)"
 if [ "$hard" != unlimited ] && [ "$hard" -lt "$need" ]; then
     ulimit -Hn "$need" 2>/dev/null || {
@@ -40,8 +59,13 @@ fi
 ulimit -n "$(ulimit -Hn)"
 
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p swarm-coordinator --bin swarm-coordinator --example load_vs_etcd
-bin="$target/release/examples/load_vs_etcd"
+if [ "$backend" = 1 ]; then
+    cargo build --release -p swarmstrap-etcd --features testing --example load_backend
+    bin="$target/release/examples/load_backend"
+else
+    cargo build --release -p swarm-coordinator --bin swarm-coordinator --example load_vs_etcd
+    bin="$target/release/examples/load_vs_etcd"
+fi
 
 echo "nproc $(nproc), $(free -g | awk '/^Mem:/ {print $2}') GiB, kernel $(uname -r), $(etcd --version | head -1), ulimit -n $(ulimit -n), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
