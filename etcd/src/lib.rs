@@ -477,6 +477,11 @@ impl EtcdRendezvous {
         format!("{}nodes/{bucket:02x}", self.prefix)
     }
 
+    /// Written with every change of the published join data (see [`Self::mutate_with`]).
+    fn join_key(&self) -> String {
+        format!("{}join", self.prefix)
+    }
+
     fn doc_key(&self, name: &str) -> String {
         format!("{}docs/{name}", self.prefix)
     }
@@ -656,6 +661,11 @@ impl EtcdRendezvous {
                 let v = to_json(st)?;
                 ops.push(TxnOp::put(state_key.clone(), v.clone(), None));
                 witness = Some((state_key, v));
+                if st.formed != r.memory.state.formed || change.clear_nodes {
+                    // What `wait_join` watches: moves only when join answers may change
+                    // (published, adopted, rotated, reset), not at every registration.
+                    ops.push(TxnOp::put(self.join_key(), now_ms().to_string(), None));
+                }
             }
             // Each bucket a change touches is written whole, from the registrations read
             // with the change applied: a reset (clear) touches all of them.
@@ -1316,7 +1326,7 @@ impl Rendezvous for EtcdRendezvous {
     async fn wait_join(&self, node_id: &str, wait: Duration) -> Result<JoinResponse> {
         let (p, _) = self.presenting(node_id, false)?;
         let j = self
-            .wait_on(self.state_key(), Scope::node(node_id), wait, |m, now| {
+            .wait_on(self.join_key(), Scope::node(node_id), wait, |m, now| {
                 let j = p.judge(|c| m.join(now, node_id, c))?;
                 Ok((j.join.is_some(), j))
             })
