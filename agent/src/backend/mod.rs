@@ -33,6 +33,16 @@ pub enum BackendError {
     State(#[from] StateError),
 }
 
+impl BackendError {
+    /// Opening again later may succeed (an etcd member electing a leader, not reachable yet).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::Etcd(e) | BackendError::SecretsManager(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Open the configured backend. `request_timeout` bounds each ordinary coordinator call
 /// (long-polls get their wait plus a margin). The coordinator authenticates with the join
 /// secret (read here from `join_secret_file`); Secrets Manager with the instance's AWS

@@ -1,5 +1,6 @@
 //! `swarm-agent run`: bootstrap this node, then keep running until SIGTERM/SIGINT.
 
+use crate::backend::BackendError;
 use crate::bootstrap::{Bootstrap, Settings};
 use crate::config::{Config, Overrides, ENV_DEBUG_HOLD_AFTER_CLAIM_FILE};
 use crate::engine::BollardEngine;
@@ -76,8 +77,21 @@ impl RunArgs {
             ),
         }
         let node_id = state::load_or_create_node_id(&cfg.state_dir)?;
-        let backend = backend::open(&cfg, BACKEND_TIMEOUT)
-            .await
+        // Opening may reach the rendezvous (etcd logs in and checks its prefix): an etcd
+        // cluster electing a leader, or not up yet, is waited for; a refusal is final.
+        let what = format!("open the {} backend", cfg.backend.as_str());
+        let opened = tokio::select! {
+            r = crate::retry::retry(Policy::RELAXED, &what, BackendError::is_transient, || {
+                backend::open(&cfg, BACKEND_TIMEOUT)
+            }) => r,
+            _ = &mut shutdown => {
+                crate::notify::stopping();
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ = &mut reexec => return reexec_self(&exe, &args),
+        };
+        let backend = opened
+            .map_err(|f| f.into_inner())
             .with_context(|| format!("opening the {} backend", cfg.backend.as_str()))?;
         // The node's credential: the kept one, or a new one saved before it is first offered.
         backend.set_credential(&node_id, state::offer_credential(&cfg.state_dir, &node_id)?);

@@ -1375,7 +1375,6 @@ async fn forget(
     .map(|_| ())
 }
 
-
 /// Docker node ids of workers whose agents asked for `role = "worker"`: never promoted. The
 /// operator pinned them (the Terraform modules do for their worker groups), and on Secrets
 /// Manager and etcd their credentials may deliberately not reach the manager join token (the
