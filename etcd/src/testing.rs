@@ -137,6 +137,9 @@ impl EtcdCluster {
                     &s("ca.pem"),
                     "--peer-client-cert-auth",
                 ])
+                // Auth tokens expire after 2 s without use (production: 300 s), so every test
+                // that pauses also exercises the client's token refresh.
+                .args(["--auth-token-ttl", "2"])
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
