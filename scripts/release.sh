@@ -12,8 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Size limits of the stripped binaries (MiB): the installer downloads them at first boot.
-MAX_AGENT=$((12 * 1024 * 1024))
+# Size limits of the stripped binaries (MiB): the installer downloads them at first boot. The
+# agent's went from 12 to 13 MiB with the etcd backend (etcd/README.md "Binary size").
+MAX_AGENT=$((13 * 1024 * 1024))
 MAX_COORDINATOR=$((8 * 1024 * 1024))
 
 die() { echo "release: $*" >&2; exit 1; }
