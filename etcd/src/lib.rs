@@ -33,7 +33,7 @@ pub mod testing;
 use backon::BackoffBuilder;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    LockOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -270,6 +270,35 @@ impl<'a> Scope<'a> {
             node: Some(id),
             doc: None,
         }
+    }
+}
+
+/// Lost races after which a call queues for a turn (see [`EtcdRendezvous::take_turn`]).
+const QUEUE_AFTER_LOST_RACES: u32 = 2;
+/// How long a turn lasts at most (seconds): a holder that died stalls the queue this long.
+const TURN_TTL_SECS: i64 = 10;
+
+/// A turn at writing the cluster (an etcd lock held by a lease), given back when dropped.
+struct Turn {
+    client: Client,
+    lease: i64,
+}
+
+impl Turn {
+    /// Revoke the lease in the background, which deletes the lock key (one write; best
+    /// effort: the lease ends the turn anyway).
+    fn release(client: Client, lease: i64) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = client.lease_client().revoke(lease).await;
+            });
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        Turn::release(self.client.clone(), self.lease);
     }
 }
 
@@ -630,6 +659,11 @@ impl EtcdRendezvous {
         mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
+        // After a few lost races the call queues for a turn (an etcd lock under the prefix)
+        // instead of racing: K writers at once then cost K transactions, not ~K²/2. The turn
+        // is only an optimisation: the transaction stays conditioned on what was read.
+        let mut lost = 0u32;
+        let mut _turn: Option<Turn> = None;
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(5))
             .with_max_delay(Duration::from_millis(500))
@@ -750,6 +784,13 @@ impl EtcdRendezvous {
                 operation = op,
                 "lost a race; deciding again on a fresh read"
             );
+            lost += 1;
+            if lost == QUEUE_AFTER_LOST_RACES && _turn.is_none() {
+                _turn = self.take_turn(deadline).await;
+                if _turn.is_some() {
+                    continue;
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(RendezvousError::Transient(format!(
@@ -890,6 +931,43 @@ impl EtcdRendezvous {
             })
             .await?;
         Ok(r.into_inner())
+    }
+
+    /// Wait for a turn at writing this cluster: an etcd lock (`<prefix>turn/…`) held by a
+    /// lease of [`TURN_TTL_SECS`] (released at once when the [`Turn`] is dropped, else when
+    /// the lease runs out, e.g. the holder died). `None` when no turn came by `deadline` or
+    /// etcd refused: the caller races on.
+    async fn take_turn(&self, deadline: Instant) -> Option<Turn> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let lease = tokio::time::timeout(
+            left,
+            self.client.lease_client().grant(TURN_TTL_SECS, None),
+        )
+        .await
+        .ok()?
+        .ok()?
+        .id();
+        let turn = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.client.lock_client().lock(
+                format!("{}turn", self.prefix),
+                Some(LockOptions::new().with_lease(lease)),
+            ),
+        )
+        .await;
+        match turn {
+            Ok(Ok(_)) => Some(Turn {
+                client: self.client.clone(),
+                lease,
+            }),
+            other => {
+                if let Ok(Err(e)) = other {
+                    tracing::debug!("no turn at writing, racing on: {e}");
+                }
+                Turn::release(self.client.clone(), lease);
+                None
+            }
+        }
     }
 
     /// The managers' prefix (see [`EtcdConfig::managers_prefix`]).
