@@ -1108,6 +1108,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
 fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
     use etcd_client::Error as E;
     match e {
+        // A token that expired or that a restarted member no longer knows: the client logs in
+        // again on the next call (it retried once already).
+        E::GRpcStatus(s) if s.message().contains("invalid auth token") => {
+            RendezvousError::Transient(format!(
+                "etcd at {at}: {} (logging in again)",
+                s.message()
+            ))
+        }
         E::GRpcStatus(s) => match s.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
                 RendezvousError::Unauthorized(format!(

@@ -74,6 +74,13 @@ impl EtcdCluster {
     /// Start the members, wait until the cluster answers, set up auth. Panics (with the
     /// members' log tails) when etcd is missing or does not come up.
     pub async fn start() -> Self {
+        EtcdCluster::start_with_auth_token_ttl(300).await
+    }
+
+    /// [`EtcdCluster::start`] with auth tokens that expire after `secs` without use (etcd's
+    /// `--auth-token-ttl`; its default, 300, in `start`), to test the client's token refresh.
+    pub async fn start_with_auth_token_ttl(secs: u32) -> Self {
+        let token_ttl = secs.to_string();
         let dir = tempfile::tempdir().expect("temp dir");
         let p = |n: &str| dir.path().join(n);
 
@@ -137,9 +144,7 @@ impl EtcdCluster {
                     &s("ca.pem"),
                     "--peer-client-cert-auth",
                 ])
-                // Auth tokens expire after 2 s without use (production: 300 s), so every test
-                // that pauses also exercises the client's token refresh.
-                .args(["--auth-token-ttl", "2"])
+                .args(["--auth-token-ttl", &token_ttl])
                 .args(["--logger", "zap", "--log-outputs", "stderr"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

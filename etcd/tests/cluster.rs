@@ -328,12 +328,12 @@ async fn a_foreign_client_certificate_is_a_configuration_error() {
     assert!(started.elapsed() < Duration::from_secs(30), "{e}");
 }
 
-/// etcd's auth token expires after `--auth-token-ttl` seconds without use (the harness: 2 s;
+/// etcd's auth token expires after `--auth-token-ttl` seconds without use (here 2 s;
 /// production default 300 s): a backend idle for longer still works (the client logs in
 /// again), so an agent that sleeps between day-2 calls is not locked out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_backend_outlives_its_auth_token() {
-    let etcd = EtcdCluster::start().await;
+    let etcd = EtcdCluster::start_with_auth_token_ttl(2).await;
     let b = etcd.backend("idle", 1).await;
     assert_eq!(b.register(&reg("n1")).await.unwrap().role, Role::Manager);
     // Idle past the token's TTL: a condition on the wall clock, not on the system under test.
