@@ -939,14 +939,12 @@ impl EtcdRendezvous {
     /// etcd refused: the caller races on.
     async fn take_turn(&self, deadline: Instant) -> Option<Turn> {
         let left = deadline.saturating_duration_since(Instant::now());
-        let lease = tokio::time::timeout(
-            left,
-            self.client.lease_client().grant(TURN_TTL_SECS, None),
-        )
-        .await
-        .ok()?
-        .ok()?
-        .id();
+        let lease =
+            tokio::time::timeout(left, self.client.lease_client().grant(TURN_TTL_SECS, None))
+                .await
+                .ok()?
+                .ok()?
+                .id();
         let turn = tokio::time::timeout(
             deadline.saturating_duration_since(Instant::now()),
             self.client.lock_client().lock(
@@ -1111,10 +1109,7 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
         // A token that expired or that a restarted member no longer knows: the client logs in
         // again on the next call (it retried once already).
         E::GRpcStatus(s) if s.message().contains("invalid auth token") => {
-            RendezvousError::Transient(format!(
-                "etcd at {at}: {} (logging in again)",
-                s.message()
-            ))
+            RendezvousError::Transient(format!("etcd at {at}: {} (logging in again)", s.message()))
         }
         E::GRpcStatus(s) => match s.code() {
             tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
