@@ -449,9 +449,10 @@ impl EtcdRendezvous {
     async fn explain_denied(&self, prefix: &str) -> String {
         let Some(user) = self.user.as_deref() else {
             return format!(
-                "etcd refused access to the prefix {prefix} to a client without a user: set \
-                 the [etcd] user and password_file of a user whose role grants readwrite on \
-                 {prefix}"
+                "etcd refused this client access to the prefix {prefix}; with no [etcd] user, \
+                 etcd takes the user from the client certificate's common name: give that user a \
+                 role that grants readwrite on {prefix} (or set the [etcd] user and \
+                 password_file of one)"
             );
         };
         // A user may read its own record and roles (etcd allows it without root).
