@@ -38,9 +38,10 @@ use etcd_client::{
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result, Snapshot};
+use swarmstrap_wire::rendezvous::{
+    Credentials, Offered, Presenting, Rendezvous, RendezvousError, Result, Snapshot,
+};
 use swarmstrap_wire::rules::{self, ClusterState, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
@@ -1048,7 +1049,7 @@ impl EtcdRendezvous {
 
     fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
         let fresh = if offer {
-            Some(self.offered.get_or_make(node_id)?)
+            Some(self.offered.get_or_make(node_id, new_credential)?)
         } else {
             None
         };
@@ -1244,69 +1245,6 @@ fn new_credential() -> Result<Secret> {
     })?;
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     Ok(Secret::new(hex))
-}
-
-// The lost-answer handling of node credentials, as in the Secrets Manager backend (the next
-// step moves `Offered`/`Presenting` into `swarmstrap_wire::rendezvous` for both).
-
-/// The fresh credential this instance offers for each node id it holds none for yet: the same
-/// one on every attempt, so a committed registration whose answer was lost is no lockout.
-#[derive(Default)]
-struct Offered(Mutex<HashMap<String, Secret>>);
-
-impl Offered {
-    fn get(&self, node_id: &str) -> Option<Secret> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .cloned()
-    }
-
-    fn get_or_make(&self, node_id: &str) -> Result<Secret> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get(node_id) {
-            return Ok(c.clone());
-        }
-        let c = new_credential()?;
-        m.insert(node_id.to_string(), c.clone());
-        Ok(c)
-    }
-
-    fn forget(&self, node_id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node_id);
-    }
-}
-
-/// The credentials one call may present: the one held, and the one offered earlier.
-struct Presenting {
-    held: Option<Secret>,
-    offered: Option<Secret>,
-    offered_accepted: AtomicBool,
-}
-
-impl Presenting {
-    fn judge<T>(&self, rule: impl Fn(Option<&Secret>) -> rules::Result<T>) -> rules::Result<T> {
-        let first = self.held.as_ref().or(self.offered.as_ref());
-        let r = rule(first);
-        let (r, by_offered) = match (&r, &self.held, &self.offered) {
-            (Err(e), Some(h), Some(o)) if e.code == Code::BadNodeCredential && h != o => {
-                match rule(Some(o)) {
-                    Ok(t) => (Ok(t), true),
-                    Err(_) => (r, false),
-                }
-            }
-            _ => {
-                let by_offered = r.is_ok() && self.held.is_none() && self.offered.is_some();
-                (r, by_offered)
-            }
-        };
-        self.offered_accepted.store(by_offered, Ordering::Relaxed);
-        r
-    }
 }
 
 #[async_trait::async_trait]

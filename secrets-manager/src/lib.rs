@@ -68,7 +68,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use swarmstrap_wire::rendezvous::{Credentials, Rendezvous, RendezvousError, Result, Snapshot};
+use swarmstrap_wire::rendezvous::{
+    Credentials, Offered, Presenting, Rendezvous, RendezvousError, Result, Snapshot,
+};
 use swarmstrap_wire::rules::{self, Code, Memory, Outcome, RuleError};
 use swarmstrap_wire::{
     AdoptRequest, AdoptResponse, ClaimResponse, ClusterStatus, Document, DocumentWrite,
@@ -236,78 +238,6 @@ pub struct SecretsManagerRendezvous {
     seen: AtomicU64,
 }
 
-/// The fresh credential this instance offers for each node id it holds no credential for
-/// yet: the same one on every attempt, so an attempt whose write committed but whose answer
-/// was lost is not a lockout (the next attempt presents it).
-#[derive(Default)]
-struct Offered(Mutex<HashMap<String, Secret>>);
-
-impl Offered {
-    fn get(&self, node_id: &str) -> Option<Secret> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .cloned()
-    }
-
-    fn get_or_make(&self, node_id: &str) -> Result<Secret> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = m.get(node_id) {
-            return Ok(c.clone());
-        }
-        let c = new_credential()?;
-        m.insert(node_id.to_string(), c.clone());
-        Ok(c)
-    }
-
-    fn forget(&self, node_id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(node_id);
-    }
-}
-
-impl std::fmt::Debug for Offered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
-        write!(f, "Offered(<{n} redacted>)")
-    }
-}
-
-/// The credentials one call may present for its node id: the one held, and the one offered
-/// in an earlier registration or adoption whose answer never arrived.
-struct Presenting {
-    held: Option<Secret>,
-    offered: Option<Secret>,
-    /// The last judgement accepted the offered credential (it is the node's now).
-    offered_accepted: AtomicBool,
-}
-
-impl Presenting {
-    /// Judge `rule` with the held credential (or, holding none, the offered one); when that is
-    /// refused with `bad_node_credential` and an offered credential exists, once more with it.
-    fn judge<T>(&self, rule: impl Fn(Option<&Secret>) -> rules::Result<T>) -> rules::Result<T> {
-        let first = self.held.as_ref().or(self.offered.as_ref());
-        let r = rule(first);
-        let (r, by_offered) = match (&r, &self.held, &self.offered) {
-            (Err(e), Some(h), Some(o)) if e.code == Code::BadNodeCredential && h != o => {
-                match rule(Some(o)) {
-                    Ok(t) => (Ok(t), true),
-                    Err(_) => (r, false),
-                }
-            }
-            _ => {
-                let by_offered = r.is_ok() && self.held.is_none() && self.offered.is_some();
-                (r, by_offered)
-            }
-        };
-        self.offered_accepted.store(by_offered, Ordering::Relaxed);
-        r
-    }
-}
-
 /// The SDK's HTTP(S) client: hyper + rustls on ring, the workspace's one crypto provider (the
 /// SDK's default client is built without, see the workspace Cargo.toml). Every SDK config this
 /// crate builds carries it; the credential providers (IMDS, STS, web identity) use it too.
@@ -443,7 +373,7 @@ impl SecretsManagerRendezvous {
     /// is on offer yet (registration, adoption), returned as the second value.
     fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
         let fresh = if offer {
-            Some(self.offered.get_or_make(node_id)?)
+            Some(self.offered.get_or_make(node_id, new_credential)?)
         } else {
             None
         };
@@ -1183,9 +1113,9 @@ mod tests {
     #[test]
     fn a_lost_answer_is_no_lockout() {
         let offered = Offered::default();
-        let p1 = offered.get_or_make("n").unwrap();
+        let p1 = offered.get_or_make("n", new_credential).unwrap();
         assert_eq!(
-            offered.get_or_make("n").unwrap(),
+            offered.get_or_make("n", new_credential).unwrap(),
             p1,
             "the same on every attempt"
         );

@@ -87,6 +87,92 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The fresh credential a client offers for each node id it holds no credential for yet: the
+/// same one on every attempt, so an attempt whose write committed but whose answer was lost
+/// is not a lockout (the next attempt presents it). Used by the backends whose rules run in
+/// the client (Secrets Manager, etcd).
+#[derive(Default)]
+pub struct Offered(Mutex<HashMap<String, Secret>>);
+
+impl Offered {
+    pub fn get(&self, node_id: &str) -> Option<Secret> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
+    /// The credential offered for `node_id`, made by `make` the first time.
+    pub fn get_or_make<E>(
+        &self,
+        node_id: &str,
+        make: impl FnOnce() -> std::result::Result<Secret, E>,
+    ) -> std::result::Result<Secret, E> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = m.get(node_id) {
+            return Ok(c.clone());
+        }
+        let c = make()?;
+        m.insert(node_id.to_string(), c.clone());
+        Ok(c)
+    }
+
+    pub fn forget(&self, node_id: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node_id);
+    }
+}
+
+impl std::fmt::Debug for Offered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Offered(<{n} redacted>)")
+    }
+}
+
+/// The credentials one call may present for its node id: the one held, and the one offered
+/// in an earlier registration or adoption whose answer never arrived.
+#[cfg(feature = "rules")]
+pub struct Presenting {
+    pub held: Option<Secret>,
+    pub offered: Option<Secret>,
+    /// The last judgement accepted the offered credential (it is the node's now).
+    pub offered_accepted: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(feature = "rules")]
+impl Presenting {
+    /// Judge `rule` with the held credential (or, holding none, the offered one); when that is
+    /// refused with `bad_node_credential` and an offered credential exists, once more with it.
+    pub fn judge<T>(
+        &self,
+        rule: impl Fn(Option<&Secret>) -> crate::rules::Result<T>,
+    ) -> crate::rules::Result<T> {
+        let first = self.held.as_ref().or(self.offered.as_ref());
+        let r = rule(first);
+        let (r, by_offered) = match (&r, &self.held, &self.offered) {
+            (Err(e), Some(h), Some(o))
+                if e.code == crate::rules::Code::BadNodeCredential && h != o =>
+            {
+                match rule(Some(o)) {
+                    Ok(t) => (Ok(t), true),
+                    Err(_) => (r, false),
+                }
+            }
+            _ => {
+                let by_offered = r.is_ok() && self.held.is_none() && self.offered.is_some();
+                (r, by_offered)
+            }
+        };
+        self.offered_accepted
+            .store(by_offered, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+}
+
 /// Errors of a rendezvous call, sorted by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
