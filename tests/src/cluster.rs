@@ -5,6 +5,7 @@
 //!
 //! Blocking, like the rest of the harness. Every wait has a deadline.
 
+use crate::etcd::{EtcdCreds, EtcdLab};
 use crate::proc::{signal_pid, write_pidfile, Signal};
 use crate::{wait_for, wait_until, Host, Lab, ProcHandle, Shape};
 use anyhow::{anyhow, bail, Context, Result};
@@ -535,6 +536,29 @@ pub enum Backend {
     },
     /// The Secrets Manager backend, with moto's server standing in for AWS.
     SecretsManager { moto: Moto, secret_name: String },
+    /// The etcd backend: the lab's own 3-member etcd cluster on lab namespaces
+    /// ([`EtcdLab`]); `creds[i]` is what host `i`'s agent config names (user, password
+    /// file, CA, client certificate and key).
+    Etcd {
+        etcd: EtcdLab,
+        creds: Mutex<Vec<EtcdCreds>>,
+    },
+}
+
+/// Which backend a lab test runs on when it can run on several: `SWARMSTRAP_LAB_BACKEND`
+/// (`coordinator`, the default, or `etcd`).
+pub const LAB_BACKEND_ENV: &str = "SWARMSTRAP_LAB_BACKEND";
+
+/// The backend [`LAB_BACKEND_ENV`] picks: `"coordinator"` (unset) or `"etcd"`; anything else
+/// is an error saying what is accepted.
+pub fn lab_backend() -> Result<&'static str> {
+    match std::env::var(LAB_BACKEND_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("coordinator") => Ok("coordinator"),
+        Ok("etcd") => Ok("etcd"),
+        Ok(other) => {
+            bail!("{LAB_BACKEND_ENV}={other:?}: use `coordinator` (the default) or `etcd`")
+        }
+    }
 }
 
 /// Dummy credentials for moto (never real ones); the region the lab uses.
@@ -751,6 +775,66 @@ impl Cluster {
         )
     }
 
+    /// The same, with the etcd backend: the lab's 3-member etcd cluster ([`EtcdLab`]), the
+    /// cluster's two roles, and one manager-role user for every agent (role `auto` may make
+    /// any node a manager, so every node needs the managers' prefix).
+    pub fn new_etcd(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        crate::etcd::preflight()?;
+        let etcd = EtcdLab::start(&lab)?;
+        let (_, manager_role) = etcd.add_cluster_roles(name)?;
+        let creds = etcd.add_user(&manager_role, &[&manager_role])?;
+        let n = lab.hosts().len();
+        Cluster::with_backend(
+            lab,
+            name,
+            options,
+            Backend::Etcd {
+                etcd,
+                creds: Mutex::new(vec![creds; n]),
+            },
+        )
+    }
+
+    /// [`Cluster::new`] or [`Cluster::new_etcd`], as [`lab_backend`] says (for the tests that
+    /// do not depend on the coordinator).
+    pub fn new_from_env(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        match lab_backend()? {
+            "etcd" => Cluster::new_etcd(lab, name, options),
+            _ => Cluster::new(lab, name, options),
+        }
+    }
+
+    /// The lab's etcd cluster (etcd backend only).
+    pub fn etcd(&self) -> Option<&EtcdLab> {
+        match &self.backend {
+            Backend::Etcd { etcd, .. } => Some(etcd),
+            _ => None,
+        }
+    }
+
+    /// Give hosts `hosts` other etcd credentials and render their configs again (etcd backend
+    /// only). Takes effect at the next start of their agents.
+    pub fn set_etcd_creds(&self, hosts: &[usize], new: &EtcdCreds) -> Result<()> {
+        let Backend::Etcd { creds, .. } = &self.backend else {
+            bail!("set_etcd_creds: this cluster's backend is not etcd");
+        };
+        for &i in hosts {
+            creds.lock().unwrap()[i] = new.clone();
+        }
+        for &i in hosts {
+            self.render_config(self.lab.host(i))?;
+        }
+        Ok(())
+    }
+
+    /// Render every host's config again (e.g. after changing [`Cluster::name`]).
+    pub fn render_configs(&self) -> Result<()> {
+        for h in self.lab.hosts() {
+            self.render_config(h)?;
+        }
+        Ok(())
+    }
+
     fn with_backend(
         lab: Lab,
         name: &str,
@@ -866,7 +950,7 @@ impl Cluster {
     pub fn secret_file(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Coordinator { secret_file, .. } => Some(secret_file),
-            Backend::SecretsManager { .. } => None,
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => None,
         }
     }
 
@@ -874,14 +958,18 @@ impl Cluster {
     pub fn coordinator(&self) -> &Coordinator {
         match &self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator,
-            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => {
+                panic!("this cluster has no coordinator")
+            }
         }
     }
 
     pub fn coordinator_mut(&mut self) -> &mut Coordinator {
         match &mut self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator,
-            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => {
+                panic!("this cluster has no coordinator")
+            }
         }
     }
 
@@ -927,6 +1015,22 @@ impl Cluster {
                             None => moto.url(),
                         },
                     ]);
+            }
+            Backend::Etcd { etcd, creds } => {
+                let cr = creds.lock().unwrap()[h.index()].clone();
+                cmd.args(["--backend", "etcd"]);
+                for e in &etcd.endpoints {
+                    cmd.args(["--etcd-endpoint", e]);
+                }
+                cmd.arg("--etcd-ca-file")
+                    .arg(&cr.ca_file)
+                    .arg("--etcd-cert-file")
+                    .arg(&cr.cert_file)
+                    .arg("--etcd-key-file")
+                    .arg(&cr.key_file)
+                    .args(["--etcd-user", &cr.user])
+                    .arg("--etcd-password-file")
+                    .arg(&cr.password_file);
             }
         }
         let o = cmd
@@ -1163,6 +1267,7 @@ impl Cluster {
         match &self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator.log(),
             Backend::SecretsManager { moto, .. } => moto.log(),
+            Backend::Etcd { etcd, .. } => etcd.log_tails(),
         }
     }
 
@@ -1199,7 +1304,7 @@ impl Cluster {
             Backend::Coordinator { coordinator, .. } => {
                 Some(coordinator.operator_credential_file(&self.name))
             }
-            Backend::SecretsManager { .. } => None,
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => None,
         }
     }
 
@@ -1209,6 +1314,11 @@ impl Cluster {
         let mut v = Vec::new();
         if let Backend::Coordinator { secret_file, .. } = &self.backend {
             v.push(fs::read_to_string(secret_file)?.trim().to_string());
+        }
+        if let Backend::Etcd { creds, .. } = &self.backend {
+            for cr in creds.lock().unwrap().iter() {
+                v.push(fs::read_to_string(&cr.password_file)?.trim().to_string());
+            }
         }
         if let Some(op) = self.operator_credential_file() {
             if let Ok(s) = fs::read_to_string(op) {
