@@ -1315,10 +1315,9 @@ impl Cluster {
         if let Backend::Coordinator { secret_file, .. } = &self.backend {
             v.push(fs::read_to_string(secret_file)?.trim().to_string());
         }
-        if let Backend::Etcd { creds, .. } = &self.backend {
-            for cr in creds.lock().unwrap().iter() {
-                v.push(fs::read_to_string(&cr.password_file)?.trim().to_string());
-            }
+        if let Backend::Etcd { etcd, .. } = &self.backend {
+            // Every user's password, also of users no host uses any more.
+            v.extend(etcd.passwords()?);
         }
         if let Some(op) = self.operator_credential_file() {
             if let Ok(s) = fs::read_to_string(op) {

@@ -468,6 +468,18 @@ impl EtcdLab {
         })
     }
 
+    /// The passwords of every user [`EtcdLab::add_user`] made (for the leak checks of logs).
+    pub fn passwords(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.dir)?.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "password") {
+                v.push(fs::read_to_string(&p)?.trim().to_string());
+            }
+        }
+        Ok(v)
+    }
+
     /// `creds` with a client certificate signed by another CA (same CN): what a node
     /// configured with the wrong cluster's certificate presents.
     pub fn foreign_client_cert(&self, creds: &EtcdCreds) -> Result<EtcdCreds> {
