@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use swarmstrap_etcd::EtcdConfig;
 use swarmstrap_secrets_manager::SecretsManagerConfig;
 use swarmstrap_wire::RequestedRole;
 
@@ -64,6 +65,7 @@ pub struct FileConfig {
     pub lease_ttl_secs: Option<i64>,
     pub coordinator: Option<FileCoordinator>,
     pub secrets_manager: Option<FileSecretsManager>,
+    pub etcd: Option<FileEtcd>,
     pub lb: Option<FileLb>,
     pub quorum: Option<FileQuorum>,
     pub release: Option<FileRelease>,
@@ -127,6 +129,19 @@ pub struct FileSecretsManager {
     pub kms_key_id: Option<String>,
     pub endpoint_url: Option<String>,
     pub relay_port: Option<i64>,
+}
+
+/// `[etcd]`: the etcd backend (`backend = "etcd"`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEtcd {
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -195,6 +210,13 @@ pub const ENV_LEASE_TTL_SECS: &str = "SWARM_AGENT_LEASE_TTL_SECS";
 pub const ENV_COORDINATOR_URL: &str = "SWARM_AGENT_COORDINATOR_URL";
 pub const ENV_COORDINATOR_FINGERPRINT: &str = "SWARM_AGENT_COORDINATOR_FINGERPRINT";
 pub const ENV_COORDINATOR_CA_FILE: &str = "SWARM_AGENT_COORDINATOR_CA_FILE";
+pub const ENV_ETCD_ENDPOINTS: &str = "SWARM_AGENT_ETCD_ENDPOINTS";
+pub const ENV_ETCD_PREFIX: &str = "SWARM_AGENT_ETCD_PREFIX";
+pub const ENV_ETCD_CA_FILE: &str = "SWARM_AGENT_ETCD_CA_FILE";
+pub const ENV_ETCD_CERT_FILE: &str = "SWARM_AGENT_ETCD_CERT_FILE";
+pub const ENV_ETCD_KEY_FILE: &str = "SWARM_AGENT_ETCD_KEY_FILE";
+pub const ENV_ETCD_USER: &str = "SWARM_AGENT_ETCD_USER";
+pub const ENV_ETCD_PASSWORD_FILE: &str = "SWARM_AGENT_ETCD_PASSWORD_FILE";
 
 pub const ENV_LB_ENABLED: &str = "SWARM_AGENT_LB_ENABLED";
 pub const ENV_LB_PATH: &str = "SWARM_AGENT_LB_PATH";
@@ -240,6 +262,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("coordinator_url", ENV_COORDINATOR_URL),
     ("coordinator_fingerprint", ENV_COORDINATOR_FINGERPRINT),
     ("coordinator_ca_file", ENV_COORDINATOR_CA_FILE),
+    ("etcd_endpoints", ENV_ETCD_ENDPOINTS),
+    ("etcd_prefix", ENV_ETCD_PREFIX),
+    ("etcd_ca_file", ENV_ETCD_CA_FILE),
+    ("etcd_cert_file", ENV_ETCD_CERT_FILE),
+    ("etcd_key_file", ENV_ETCD_KEY_FILE),
+    ("etcd_user", ENV_ETCD_USER),
+    ("etcd_password_file", ENV_ETCD_PASSWORD_FILE),
 ];
 
 /// `(key in [lb], environment variable)`.
@@ -311,7 +340,7 @@ pub struct Overrides {
     pub cluster: Option<String>,
     #[arg(
         long,
-        help = flag_help("Rendezvous backend: coordinator | secrets-manager", ENV_BACKEND)
+        help = flag_help("Rendezvous backend: coordinator | secrets-manager | etcd", ENV_BACKEND)
     )]
     pub backend: Option<String>,
     #[arg(long, help = flag_help("Requested role: auto | manager | worker", ENV_ROLE))]
@@ -385,6 +414,50 @@ pub struct Overrides {
         )
     )]
     pub coordinator_ca_file: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "URL,URL,…",
+        help = flag_help(
+            "etcd client URLs (comma-separated), e.g. https://10.0.0.5:2379",
+            ENV_ETCD_ENDPOINTS
+        )
+    )]
+    pub etcd_endpoints: Option<String>,
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        help = flag_help(
+            "etcd key prefix of this cluster [default: /swarmstrap/<cluster>/]",
+            ENV_ETCD_PREFIX
+        )
+    )]
+    pub etcd_prefix: Option<String>,
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help("CA bundle that signs the etcd members' certificates", ENV_ETCD_CA_FILE)
+    )]
+    pub etcd_ca_file: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help("Client certificate for etcd (PEM)", ENV_ETCD_CERT_FILE)
+    )]
+    pub etcd_cert_file: Option<PathBuf>,
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help("Client key for etcd (PEM, mode 0600)", ENV_ETCD_KEY_FILE)
+    )]
+    pub etcd_key_file: Option<PathBuf>,
+    #[arg(long, value_name = "USER", help = flag_help("etcd user", ENV_ETCD_USER))]
+    pub etcd_user: Option<String>,
+    #[arg(
+        long,
+        value_name = "FILE",
+        help = flag_help("File holding the etcd user's password (mode 0600)", ENV_ETCD_PASSWORD_FILE)
+    )]
+    pub etcd_password_file: Option<PathBuf>,
     /// `SWARM_AGENT_LB_*` (environment only; the [lb] table has no flags).
     #[arg(skip)]
     pub lb: LbEnv,
@@ -473,6 +546,13 @@ impl Overrides {
             coordinator_url: s(ENV_COORDINATOR_URL),
             coordinator_fingerprint: s(ENV_COORDINATOR_FINGERPRINT),
             coordinator_ca_file: p(ENV_COORDINATOR_CA_FILE),
+            etcd_endpoints: s(ENV_ETCD_ENDPOINTS),
+            etcd_prefix: s(ENV_ETCD_PREFIX),
+            etcd_ca_file: p(ENV_ETCD_CA_FILE),
+            etcd_cert_file: p(ENV_ETCD_CERT_FILE),
+            etcd_key_file: p(ENV_ETCD_KEY_FILE),
+            etcd_user: s(ENV_ETCD_USER),
+            etcd_password_file: p(ENV_ETCD_PASSWORD_FILE),
             lb: LbEnv {
                 enabled: s(ENV_LB_ENABLED),
                 path: s(ENV_LB_PATH),
@@ -515,6 +595,7 @@ impl Overrides {
 pub enum BackendKind {
     Coordinator,
     SecretsManager,
+    Etcd,
 }
 
 impl BackendKind {
@@ -522,6 +603,7 @@ impl BackendKind {
         match self {
             BackendKind::Coordinator => "coordinator",
             BackendKind::SecretsManager => "secrets-manager",
+            BackendKind::Etcd => "etcd",
         }
     }
 }
@@ -532,11 +614,108 @@ impl FromStr for BackendKind {
         match s.trim() {
             "coordinator" => Ok(BackendKind::Coordinator),
             "secrets-manager" => Ok(BackendKind::SecretsManager),
+            "etcd" => Ok(BackendKind::Etcd),
             other => Err(format!(
-                "unknown backend {other:?}: use \"coordinator\" or \"secrets-manager\""
+                "unknown backend {other:?}: use \"coordinator\", \"secrets-manager\" or \"etcd\""
             )),
         }
     }
+}
+
+/// `[etcd]` merged with `SWARM_AGENT_ETCD_*` and `--etcd-*` (flags win, then the environment,
+/// then the file), checked by [`EtcdConfig::validate`] (endpoints, CA for https, cert + key and
+/// user + password together, the prefix). The secret files' modes are checked when the backend
+/// opens them.
+fn resolve_etcd(
+    fe: FileEtcd,
+    env: &Overrides,
+    flags: &Overrides,
+    fp: &Option<PathBuf>,
+    cluster: &str,
+    target_managers: u8,
+) -> Result<EtcdConfig, ConfigError> {
+    let split = |v: String| -> Vec<String> {
+        v.split(',')
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect()
+    };
+    let file_endpoints = fe
+        .endpoints
+        .map(|v| {
+            v.into_iter()
+                .map(|e| e.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty());
+    let (endpoints, origin) = pick(
+        flags.etcd_endpoints.clone().map(split),
+        "etcd_endpoints",
+        env.etcd_endpoints.clone().map(split),
+        ENV_ETCD_ENDPOINTS,
+        file_endpoints,
+        "[etcd] endpoints",
+        fp,
+    )
+    .ok_or_else(|| {
+        ConfigError::Missing(format!(
+            "the etcd endpoints: set `endpoints = [\"https://HOST:2379\", …]` in the [etcd] \
+             table, {ENV_ETCD_ENDPOINTS} or --etcd-endpoints"
+        ))
+    })?;
+    macro_rules! etcd_layer {
+        ($field:ident, $var:expr, $file:expr, $key:expr) => {
+            pick(
+                flags.$field.clone(),
+                stringify!($field),
+                env.$field.clone(),
+                $var,
+                $file,
+                $key,
+                fp,
+            )
+            .map(|(v, _)| v)
+        };
+    }
+    let mut cfg = EtcdConfig::new(cluster, target_managers, endpoints);
+    cfg.prefix = etcd_layer!(
+        etcd_prefix,
+        ENV_ETCD_PREFIX,
+        non_empty(fe.prefix),
+        "[etcd] prefix"
+    );
+    cfg.ca_file = etcd_layer!(
+        etcd_ca_file,
+        ENV_ETCD_CA_FILE,
+        non_empty_path(fe.ca_file),
+        "[etcd] ca_file"
+    );
+    cfg.cert_file = etcd_layer!(
+        etcd_cert_file,
+        ENV_ETCD_CERT_FILE,
+        non_empty_path(fe.cert_file),
+        "[etcd] cert_file"
+    );
+    cfg.key_file = etcd_layer!(
+        etcd_key_file,
+        ENV_ETCD_KEY_FILE,
+        non_empty_path(fe.key_file),
+        "[etcd] key_file"
+    );
+    cfg.user = etcd_layer!(etcd_user, ENV_ETCD_USER, non_empty(fe.user), "[etcd] user");
+    cfg.password_file = etcd_layer!(
+        etcd_password_file,
+        ENV_ETCD_PASSWORD_FILE,
+        non_empty_path(fe.password_file),
+        "[etcd] password_file"
+    );
+    cfg.validate().map_err(|e| match e {
+        swarmstrap_wire::rendezvous::RendezvousError::Rejected { message, .. } => {
+            invalid(&origin, message)
+        }
+        other => invalid(&origin, other.to_string()),
+    })?;
+    Ok(cfg)
 }
 
 fn parse_role(s: &str) -> Result<RequestedRole, String> {
@@ -868,6 +1047,9 @@ pub struct Config {
     /// documents to the swarm's nodes on it. `None`: off (`relay_port = 0`, or the coordinator
     /// backend, whose long-polls are cheap already).
     pub relay_port: Option<u16>,
+    /// The etcd backend's config (`[etcd]`, `SWARM_AGENT_ETCD_*`, `--etcd-*`); `Some` exactly
+    /// when `backend = "etcd"`.
+    pub etcd: Option<EtcdConfig>,
     /// The live nginx load-balancer config (`[lb]`, `SWARM_AGENT_LB_*`).
     pub lb: LbConfig,
     /// The quorum keeper and `leave` (`[quorum]`, `SWARM_AGENT_QUORUM_*`).
@@ -1525,6 +1707,19 @@ impl Config {
         }
         .filter(|_| backend == BackendKind::SecretsManager);
 
+        let etcd = if backend == BackendKind::Etcd {
+            Some(resolve_etcd(
+                file.etcd.clone().unwrap_or_default(),
+                env,
+                flags,
+                fp,
+                &cluster,
+                target_managers,
+            )?)
+        } else {
+            None
+        };
+
         let flb = file.lb.clone().unwrap_or_default();
         let lb = resolve_lb(flb, &env.lb, fp)?;
         let quorum = resolve_quorum(file.quorum.clone().unwrap_or_default(), &env.quorum, fp)?;
@@ -1551,6 +1746,7 @@ impl Config {
             coordinator,
             secrets_manager,
             relay_port,
+            etcd,
             lb,
             quorum,
             release,
@@ -2187,6 +2383,88 @@ path = "/loadbalancer/default.conf"
             c.relay_port, None,
             "the coordinator's long-polls need no relay"
         );
+    }
+
+    #[test]
+    fn the_etcd_table_env_and_flags() {
+        let file = "cluster = \"prod\"\nbackend = \"etcd\"\ntarget_managers = 3\n[etcd]\n\
+                    endpoints = [\"https://10.0.0.5:2379\", \"https://10.0.0.6:2379\"]\n\
+                    ca_file = \"/etc/swarm-agent/etcd-ca.pem\"\n\
+                    cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n\
+                    user = \"swarmstrap-prod\"\npassword_file = \"/pw\"\n";
+        let c = resolve(file, &[], Overrides::default()).unwrap();
+        assert_eq!(c.backend, BackendKind::Etcd);
+        assert_eq!(c.relay_port, None, "etcd watches need no relay");
+        let e = c.etcd.expect("[etcd] resolved");
+        assert_eq!(
+            e.endpoints,
+            ["https://10.0.0.5:2379", "https://10.0.0.6:2379"]
+        );
+        assert_eq!(e.resolved_prefix(), "/swarmstrap/prod/");
+        assert_eq!(e.managers_prefix(), "/swarmstrap/prod.managers/");
+        assert_eq!(e.user.as_deref(), Some("swarmstrap-prod"));
+        assert_eq!(e.target_managers, 3);
+        // The environment beats the file, flags beat both.
+        let c = resolve(
+            file,
+            &[
+                (
+                    ENV_ETCD_ENDPOINTS,
+                    "https://10.0.0.9:2379, https://10.0.0.8:2379",
+                ),
+                (ENV_ETCD_PREFIX, "/env/"),
+            ],
+            Overrides {
+                etcd_prefix: Some("/flag/".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let e = c.etcd.unwrap();
+        assert_eq!(
+            e.endpoints,
+            ["https://10.0.0.9:2379", "https://10.0.0.8:2379"]
+        );
+        assert_eq!(e.resolved_prefix(), "/flag/");
+        // Bad input says what is wrong and where it came from.
+        let err = resolve(
+            "cluster = \"c\"\nbackend = \"etcd\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("etcd endpoints") && err.contains(ENV_ETCD_ENDPOINTS),
+            "{err}"
+        );
+        let err = resolve(
+            "cluster = \"c\"\nbackend = \"etcd\"\n[etcd]\nendpoints = [\"https://10.0.0.5:2379\"]\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[etcd] endpoints") && err.contains("CA file"),
+            "{err}"
+        );
+        let err = resolve(
+            "cluster = \"c\"\nbackend = \"etcd\"\n[etcd]\nendpoints = [\"http://10.0.0.5:2379\"]\nuser = \"u\"\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("user and password file go together"), "{err}");
+        // [etcd] is ignored by the other backends (and not resolved).
+        let c = resolve(
+            "cluster = \"c\"\nbackend = \"secrets-manager\"\n[etcd]\nendpoints = []\n",
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.etcd.is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     swarm_agent::cli::init_logging(cli.command.default_log_level(), cli.log_format);
     let error_code = cli.command.error_exit_code();
+    let failure_code = cli.command.failure_exit_code();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("swarm-agent: error: {e:#}");
-            ExitCode::from(error_code)
+            ExitCode::from(failure_code(&e))
         }
     }
 }

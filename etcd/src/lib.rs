@@ -115,6 +115,13 @@ impl EtcdConfig {
             .unwrap_or_else(|| format!("/swarmstrap/{}/", self.cluster))
     }
 
+    /// Where the manager join token is kept, readable only by the managers' etcd role: the
+    /// prefix without its trailing `/`, then `.managers/` (`/swarmstrap/prod.managers/`). It
+    /// is outside the shared prefix, so a role that grants the shared prefix does not grant it.
+    pub fn managers_prefix(&self) -> String {
+        managers_prefix_of(&self.resolved_prefix())
+    }
+
     pub fn validate(&self) -> Result<()> {
         swarmstrap_wire::validate_name(&self.cluster)
             .map_err(|m| rejected("invalid_config", format!("etcd backend: cluster name: {m}")))?;
@@ -165,6 +172,36 @@ impl EtcdConfig {
     }
 }
 
+/// `readwrite prefix /a/` or `read [/a, /b)`.
+fn describe_permission(p: &etcd_client::Permission) -> String {
+    let kind = match p.get_type() {
+        0 => "read",
+        1 => "write",
+        _ => "readwrite",
+    };
+    let key = String::from_utf8_lossy(p.key()).into_owned();
+    let end = p.range_end();
+    if end.is_empty() {
+        return format!("{kind} key {key}");
+    }
+    if end == [0] {
+        return format!("{kind} from {key}");
+    }
+    let mut next = p.key().to_vec();
+    if let Some(last) = next.last_mut() {
+        *last = last.wrapping_add(1);
+    }
+    if next == end {
+        format!("{kind} prefix {key}")
+    } else {
+        format!("{kind} [{key}, {})", String::from_utf8_lossy(end))
+    }
+}
+
+fn managers_prefix_of(prefix: &str) -> String {
+    format!("{}.managers/", prefix.trim_end_matches('/'))
+}
+
 /// Read a secret file (key, password) that must not be readable by group or others.
 fn read_secret_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     use std::os::unix::fs::PermissionsExt;
@@ -210,6 +247,8 @@ pub struct EtcdRendezvous {
     target_managers: u8,
     prefix: String,
     endpoints: Vec<String>,
+    /// The etcd user (for error messages), if any.
+    user: Option<String>,
     credentials: Credentials,
     offered: Offered,
 }
@@ -289,6 +328,7 @@ impl EtcdRendezvous {
             .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let mut tls_used = None;
         if let Some(ca) = &cfg.ca_file {
             let mut tls =
                 TlsOptions::new().ca_certificate(Certificate::from_pem(read_file(ca, "CA")?));
@@ -298,6 +338,7 @@ impl EtcdRendezvous {
                     read_secret_file(k, "client key")?,
                 ));
             }
+            tls_used = Some(tls.clone());
             opts = opts.with_tls(tls);
         }
         if let (Some(user), Some(pw)) = (&cfg.user, &cfg.password_file) {
@@ -318,7 +359,16 @@ impl EtcdRendezvous {
                 Ok(c) => break c,
                 Err(e) => {
                     // Logging in is idempotent: any transient failure is tried again.
-                    let e = etcd_error(&cfg.endpoints.join(","), e);
+                    let mut e = etcd_error(&cfg.endpoints.join(","), e);
+                    if e.is_transient() && cfg.user.is_some() && cfg.ca_file.is_some() {
+                        // A refused client certificate shows only as a closed connection
+                        // while logging in; one request without logging in names the alert.
+                        if let Some(tls) = &tls_used {
+                            if let Some(refused) = tls_refusal(&endpoints, tls.clone()).await {
+                                e = refused;
+                            }
+                        }
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !e.is_transient() || left.is_zero() {
                         return Err(e);
@@ -332,15 +382,82 @@ impl EtcdRendezvous {
                 }
             }
         };
-        Ok(EtcdRendezvous {
+        let backend = EtcdRendezvous {
             client,
             prefix: cfg.resolved_prefix(),
             cluster: cfg.cluster,
             target_managers: cfg.target_managers,
             endpoints: cfg.endpoints,
+            user: cfg.user,
             credentials: Credentials::default(),
             offered: Offered::default(),
-        })
+        };
+        backend.check_access().await?;
+        Ok(backend)
+    }
+
+    /// One read of the state key (keys only): the TLS set-up, the login and the role's reach
+    /// are all checked at start, so a misconfiguration is a permanent error now rather than a
+    /// retried failure later. A refusal names the user, its roles and what they grant.
+    async fn check_access(&self) -> Result<()> {
+        let r = self
+            .failover(true, || {
+                let mut kv = self.client.kv_client();
+                let key = self.state_key();
+                async move { kv.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(RendezvousError::Unauthorized(detail)) => Err(RendezvousError::Unauthorized(
+                format!("{}; {detail}", self.explain_denied(&self.prefix).await),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// "etcd user U (roles: R granting …) may not read or write P: …what to do".
+    async fn explain_denied(&self, prefix: &str) -> String {
+        let Some(user) = self.user.as_deref() else {
+            return format!(
+                "etcd refused access to the prefix {prefix} to a client without a user: set \
+                 the [etcd] user and password_file of a user whose role grants readwrite on \
+                 {prefix}"
+            );
+        };
+        // A user may read its own record and roles (etcd allows it without root).
+        let mut auth = self.client.auth_client();
+        let roles = match auth.user_get(user).await {
+            Ok(u) => {
+                let mut described = Vec::new();
+                for role in u.roles() {
+                    let grants = match auth.role_get(role.clone()).await {
+                        Ok(r) => {
+                            let g: Vec<String> =
+                                r.permissions().iter().map(describe_permission).collect();
+                            if g.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                g.join(", ")
+                            }
+                        }
+                        Err(_) => "(not readable)".to_string(),
+                    };
+                    described.push(format!("{role:?} granting {grants}"));
+                }
+                if described.is_empty() {
+                    "no role".to_string()
+                } else {
+                    format!("role {}", described.join("; role "))
+                }
+            }
+            Err(_) => "roles not readable".to_string(),
+        };
+        format!(
+            "etcd user {user:?} ({roles}) may not read and write the prefix {prefix}: give it a \
+             role that does (`etcdctl role grant-permission ROLE --prefix=true readwrite \
+             {prefix}` then `etcdctl user grant-role {user} ROLE`; etcd/README.md \"Security\")"
+        )
     }
 
     pub fn prefix(&self) -> &str {
@@ -492,7 +609,19 @@ impl EtcdRendezvous {
     async fn mutate<T>(
         &self,
         op: &'static str,
+        scope: Scope<'_>,
+        rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
+    ) -> Result<Mutated<T>> {
+        self.mutate_with(op, scope, &[], rule).await
+    }
+
+    /// [`Self::mutate`], with `extra` puts in the same transaction whenever it writes (the
+    /// manager token under the managers' prefix, with the state that refers to it).
+    async fn mutate_with<T>(
+        &self,
+        op: &'static str,
         mut scope: Scope<'_>,
+        extra: &[TxnOp],
         mut rule: impl FnMut(&Memory, u64) -> rules::Result<Outcome<T>>,
     ) -> Result<Mutated<T>> {
         let deadline = Instant::now() + CAS_DEADLINE;
@@ -579,6 +708,7 @@ impl EtcdRendezvous {
                 witness.get_or_insert((key.clone(), v.clone()));
                 ops.push(TxnOp::put(key, v, None));
             }
+            ops.extend(extra.iter().cloned());
             // Only a request that never left (no connection) is sent again here: a transaction
             // whose answer was lost may have committed, so that one goes back to the caller.
             let sent = self
@@ -752,6 +882,83 @@ impl EtcdRendezvous {
         Ok(r.into_inner())
     }
 
+    /// The managers' prefix (see [`EtcdConfig::managers_prefix`]).
+    fn managers_prefix(&self) -> String {
+        managers_prefix_of(&self.prefix)
+    }
+
+    fn manager_token_key(&self, digest: &str) -> String {
+        format!("{}tokens/{digest}", self.managers_prefix())
+    }
+
+    /// The put that stores `token` under the managers' prefix, and what the shared state
+    /// stores instead (its reference). Written in the same transaction as the state that
+    /// refers to it, so a reference never points at a token that is not stored. Token keys are
+    /// not deleted (one per rotation, ~200 bytes each): a fenced-out publisher's own token key
+    /// is referred to by nothing.
+    fn manager_token_put(&self, token: &Secret) -> (TxnOp, Secret) {
+        let reference = rules::manager_token_reference(token);
+        let key = self.manager_token_key(&rules::manager_token_digest(token));
+        (
+            TxnOp::put(key, token.expose().as_bytes().to_vec(), None),
+            reference,
+        )
+    }
+
+    /// A manager's join answer carries a reference to the manager token: swap in the token
+    /// from the managers' prefix. Workers' answers carry the worker token and pass unchanged.
+    async fn with_manager_token(&self, mut j: JoinResponse) -> Result<JoinResponse> {
+        let Some(info) = j.join.as_mut() else {
+            return Ok(j);
+        };
+        if !rules::is_manager_token_reference(&info.token) {
+            return Ok(j);
+        }
+        let digest = info
+            .token
+            .expose()
+            .trim_start_matches(rules::MANAGER_TOKEN_REFERENCE_PREFIX)
+            .to_string();
+        let key = self.manager_token_key(&digest);
+        let mut resp = self
+            .failover(true, || {
+                let mut kv = self.client.kv_client();
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await
+            .map_err(|e| self.managers_denied(e, "read the manager join token"))?;
+        let Some(kv) = resp.take_kvs().into_iter().next() else {
+            return Err(rejected(
+                "corrupt_state",
+                format!(
+                    "the cluster's state refers to a manager join token that is not under {} \
+                     (deleted by hand?): rotate the join tokens (`swarm-agent rotate-tokens`) \
+                     so the leader's agent stores them again",
+                    self.managers_prefix()
+                ),
+            ));
+        };
+        let token = String::from_utf8(kv.value().to_vec())
+            .map_err(|_| rejected("corrupt_state", format!("etcd key {key} is not UTF-8")))?;
+        info.token = Secret::new(token);
+        Ok(j)
+    }
+
+    /// A refusal on the managers' prefix means this node's etcd user has the worker role.
+    fn managers_denied(&self, e: RendezvousError, what: &str) -> RendezvousError {
+        match e {
+            RendezvousError::Unauthorized(detail) => RendezvousError::Unauthorized(format!(
+                "this node is a manager and must {what}, but etcd user {} may not read and \
+                 write {}: a node that runs as (or may become) a manager needs the managers' \
+                 role, which also grants that prefix (etcd/README.md \"Security\"); {detail}",
+                self.user.as_deref().unwrap_or("(none)"),
+                self.managers_prefix()
+            )),
+            other => other,
+        }
+    }
+
     fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
         let fresh = if offer {
             Some(self.offered.get_or_make(node_id)?)
@@ -826,7 +1033,7 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
             }
             c => unreachable_or_tls(
                 at,
-                s.message().to_string(),
+                with_causes(s.message().to_string(), &s),
                 matches!(
                     c,
                     tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
@@ -837,26 +1044,67 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
             rejected("invalid_config", format!("etcd at {at}: {m}"))
         }
         E::InvalidUri(u) => rejected("invalid_config", format!("etcd endpoint: {u}")),
-        other => {
-            // tonic's Display stops at the outermost error; the cause (a TLS alert, a refused
-            // connection) is further down the chain.
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(&other);
-            while let Some(e) = src {
-                let m = e.to_string();
-                if !msg.contains(&m) {
-                    msg = format!("{msg}: {m}");
-                }
-                src = e.source();
-            }
-            unreachable_or_tls(at, msg, true)
-        }
+        // tonic's Display stops at the outermost error; the cause (a TLS alert, a refused
+        // connection) is further down the chain.
+        other => unreachable_or_tls(at, with_causes(other.to_string(), &other), true),
     }
 }
+
+/// One read without logging in, over `tls`: `Some` when a member refuses the TLS client
+/// certificate (the error names the alert), else `None`.
+async fn tls_refusal(endpoints: &[String], tls: TlsOptions) -> Option<RendezvousError> {
+    let opts = ConnectOptions::new()
+        .with_tls(tls)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_connect_timeout(Duration::from_secs(5));
+    let mut c = Client::connect(endpoints, Some(opts)).await.ok()?;
+    let e = c
+        .get("/", Some(GetOptions::new().with_keys_only()))
+        .await
+        .err()?;
+    let e = etcd_error(&endpoints.join(","), e);
+    matches!(&e, RendezvousError::Rejected { code, .. } if code == "tls_client_certificate")
+        .then_some(e)
+}
+
+/// `msg`, then every cause of `e` not already in it.
+fn with_causes(mut msg: String, e: &dyn std::error::Error) -> String {
+    let mut src = e.source();
+    while let Some(e) = src {
+        let m = e.to_string();
+        if !msg.contains(&m) {
+            msg = format!("{msg}: {m}");
+        }
+        src = e.source();
+    }
+    msg
+}
+
+/// TLS alerts a member sends when it refuses the client's certificate (or its absence).
+const CLIENT_CERT_ALERTS: &[&str] = &[
+    "BadCertificate",
+    "UnknownCA",
+    "CertificateRequired",
+    "CertificateUnknown",
+    "UnsupportedCertificate",
+    "CertificateExpired",
+    "CertificateRevoked",
+];
 
 /// A failed request: an untrusted certificate is permanent, anything else may pass
 /// (transient); `connection`: it failed at the connection (hint what to check).
 fn unreachable_or_tls(at: &str, msg: String, connection: bool) -> RendezvousError {
+    if msg.contains("received fatal alert") && CLIENT_CERT_ALERTS.iter().any(|a| msg.contains(a)) {
+        // The member refused this client's certificate: retrying sends the same one.
+        return rejected(
+            "tls_client_certificate",
+            format!(
+                "etcd at {at}: {msg}: the etcd members refused this node's TLS client \
+                 certificate; give a client certificate and key (cert_file, key_file) signed by \
+                 the CA the members trust (their --trusted-ca-file)"
+            ),
+        );
+    }
     if msg.contains("certificate") {
         // Retrying will not make the members' certificates trusted.
         return rejected(
@@ -1044,11 +1292,20 @@ impl Rendezvous for EtcdRendezvous {
     async fn publish(&self, req: &PublishRequest) -> Result<PublishResponse> {
         rules::validate_publish(req)?;
         let (p, _) = self.presenting(&req.node_id, false)?;
+        let (token_put, stored) = self.manager_token_put(&req.manager_token);
+        let req = &PublishRequest {
+            manager_token: stored,
+            ..req.clone()
+        };
         let r = self
-            .mutate("publish", Scope::node(&req.node_id), |m, now| {
-                p.judge(|c| m.publish(now, req, c))
-            })
-            .await?;
+            .mutate_with(
+                "publish",
+                Scope::node(&req.node_id),
+                &[token_put],
+                |m, now| p.judge(|c| m.publish(now, req, c)),
+            )
+            .await
+            .map_err(|e| self.managers_denied(e, "publish the manager join token"))?;
         self.settle(&req.node_id, &p, None);
         if let Mutated::Written(_) = r {
             tracing::info!(node = %req.node_id, swarm_id = %req.swarm_id, "join data published");
@@ -1065,7 +1322,7 @@ impl Rendezvous for EtcdRendezvous {
             })
             .await?;
         self.settle(node_id, &p, None);
-        Ok(j)
+        self.with_manager_token(j).await
     }
 
     async fn status(&self) -> Result<ClusterStatus> {
@@ -1133,11 +1390,17 @@ impl Rendezvous for EtcdRendezvous {
         rules::validate_adopt(req)?;
         let (p, fresh) = self.presenting(&req.node_id, true)?;
         let fresh = fresh.expect("offered");
+        let (token_put, stored) = self.manager_token_put(&req.manager_token);
+        let req = &AdoptRequest {
+            manager_token: stored,
+            ..req.clone()
+        };
         let r = self
-            .mutate("adopt", Scope::All, |m, now| {
+            .mutate_with("adopt", Scope::All, &[token_put], |m, now| {
                 p.judge(|c| m.adopt(now, req, c, &fresh))
             })
-            .await?;
+            .await
+            .map_err(|e| self.managers_denied(e, "store the manager join token"))?;
         let (Mutated::Written(a) | Mutated::Unchanged(a)) = &r;
         self.settle(&req.node_id, &p, a.credential.as_ref());
         Ok(r.into_inner())

@@ -246,11 +246,20 @@ impl EtcdCluster {
     /// A user whose role grants read-write on `prefix` only (the production role of
     /// README.md), with a random password; returns the password file (0600).
     pub async fn add_prefix_user(&self, user: &str, prefix: &str) -> PathBuf {
+        self.add_user_with_prefixes(user, &[prefix]).await
+    }
+
+    /// A user (and a role of the same name) granted read-write on each of `prefixes`; returns
+    /// the password file (0600). The managers' role of README.md "Security" is the cluster's
+    /// prefix and its managers' prefix.
+    pub async fn add_user_with_prefixes(&self, user: &str, prefixes: &[&str]) -> PathBuf {
         let mut root = self.root_client().await;
         root.role_add(user).await.expect("add the role");
-        root.role_grant_permission(user, Permission::read_write(prefix).with_prefix())
-            .await
-            .expect("grant the role its prefix");
+        for prefix in prefixes {
+            root.role_grant_permission(user, Permission::read_write(*prefix).with_prefix())
+                .await
+                .expect("grant the role its prefix");
+        }
         let password = random_hex();
         root.user_add(user, password.as_str(), None)
             .await
@@ -279,6 +288,20 @@ impl EtcdCluster {
         EtcdRendezvous::new(self.config(cluster, target_managers))
             .await
             .expect("connect the etcd backend")
+    }
+
+    /// A client certificate and key (0600) signed by a CA the members do not trust.
+    pub fn foreign_client_cert(&self) -> (PathBuf, PathBuf) {
+        let ca_key = KeyPair::generate().expect("generate a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(params, ca_key);
+        let (cert, key) = issue(USER, &issuer);
+        let cert_file = self.dir.path().join("foreign-client.pem");
+        let key_file = self.dir.path().join("foreign-client.key");
+        std::fs::write(&cert_file, cert).expect("write the foreign certificate");
+        write_private(&key_file, key.as_bytes());
+        (cert_file, key_file)
     }
 
     /// Kill member `i` (by its pid), e.g. to test failover; its endpoint stops answering.

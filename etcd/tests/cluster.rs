@@ -31,8 +31,10 @@ async fn tls_auth_prefix_role_and_failover() {
     // The role grants the swarmstrap prefix only: a prefix outside it is refused.
     let mut cfg = etcd.config("prod", 1);
     cfg.prefix = Some("/other/".into());
-    let outside = EtcdRendezvous::new(cfg).await.unwrap();
-    let err = outside.status().await.unwrap_err();
+    let err = EtcdRendezvous::new(cfg)
+        .await
+        .err()
+        .expect("a prefix outside the role is refused at start");
     assert!(matches!(err, RendezvousError::Unauthorized(_)), "{err}");
 
     // A wrong password is refused as unauthorized (not retried as transient).
@@ -164,9 +166,164 @@ async fn a_per_cluster_role_reaches_its_cluster_only() {
     };
     let prod = EtcdRendezvous::new(with_user("prod")).await.unwrap();
     assert_eq!(prod.register(&reg("n1")).await.unwrap().role, Role::Manager);
-    let other = EtcdRendezvous::new(with_user("other")).await.unwrap();
-    let e = other.status().await.unwrap_err();
+    // Refused at start (not at the first call, not retried), naming the user, its role and
+    // what the role grants, the prefix it lacks, and what to do.
+    let e = EtcdRendezvous::new(with_user("other"))
+        .await
+        .err()
+        .expect("another cluster's prefix is refused at start");
     assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
-    let e = other.register(&reg("n1")).await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    let msg = e.to_string();
+    for part in [
+        "etcd user \"swarmstrap-prod\"",
+        "role \"swarmstrap-prod\" granting readwrite prefix /swarmstrap/prod/",
+        "may not read and write the prefix /swarmstrap/other/",
+        "etcdctl role grant-permission ROLE --prefix=true readwrite /swarmstrap/other/",
+    ] {
+        assert!(msg.contains(part), "{part:?} not in: {msg}");
+    }
+}
+
+fn publish_req(node: &str, fencing_token: u64) -> swarmstrap_wire::PublishRequest {
+    swarmstrap_wire::PublishRequest {
+        node_id: node.into(),
+        fencing_token,
+        swarm_id: "swarmid0123456789abcdefgh".into(),
+        ca_digest: swarmstrap_wire::format_fingerprint(&[0xab; 32]),
+        manager_addrs: vec!["198.18.0.10:2377".into()],
+        manager_token: swarmstrap_wire::Secret::new("SWMTKN-1-etcd-test-manager"),
+        worker_token: swarmstrap_wire::Secret::new("SWMTKN-1-etcd-test-worker"),
+    }
+}
+
+/// The manager join token is stored only under the managers' prefix (README "Security"): the
+/// shared state holds its reference; a user with the workers' role (the shared prefix only)
+/// joins as a worker, cannot read the managers' prefix, and a node assigned the manager role
+/// with that user gets a permanent error that says which role it needs. A manager's join
+/// answer carries the real token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_token_is_readable_by_the_managers_role_only() {
+    let etcd = EtcdCluster::start().await;
+    let mgr_pw = etcd
+        .add_user_with_prefixes(
+            "prod-manager",
+            &["/swarmstrap/prod/", "/swarmstrap/prod.managers/"],
+        )
+        .await;
+    let wrk_pw = etcd
+        .add_user_with_prefixes("prod-worker", &["/swarmstrap/prod/"])
+        .await;
+    let as_user = |user: &str, pw: &std::path::Path| {
+        let mut c = etcd.config("prod", 3);
+        c.user = Some(user.into());
+        c.password_file = Some(pw.to_path_buf());
+        c
+    };
+    let mgr = EtcdRendezvous::new(as_user("prod-manager", &mgr_pw))
+        .await
+        .unwrap();
+    let wrk = EtcdRendezvous::new(as_user("prod-worker", &wrk_pw))
+        .await
+        .unwrap();
+    // n1 forms; n2 (workers' role) is assigned manager (target 3) and cannot get the token.
+    assert_eq!(mgr.register(&reg("n1")).await.unwrap().role, Role::Manager);
+    let lease = mgr.claim("n1", Duration::from_secs(60)).await.unwrap();
+    assert!(lease.granted);
+    let token = lease.lease.unwrap().fencing_token;
+    mgr.publish(&publish_req("n1", token)).await.unwrap();
+    let mut worker_req = reg("n2");
+    worker_req.role = RequestedRole::Worker;
+    assert_eq!(wrk.register(&worker_req).await.unwrap().role, Role::Worker);
+    assert_eq!(wrk.register(&reg("n3")).await.unwrap().role, Role::Manager);
+
+    // A worker gets the worker token.
+    let j = wrk.wait_join("n2", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(j.join.unwrap().token.expose(), "SWMTKN-1-etcd-test-worker");
+    // A manager through the managers' role gets the real manager token.
+    mgr.register(&reg("n4")).await.unwrap();
+    let j = mgr.wait_join("n1", Duration::from_secs(5)).await.unwrap();
+    assert_eq!(j.join.unwrap().token.expose(), "SWMTKN-1-etcd-test-manager");
+    // A manager-assigned node whose user has only the workers' role: permanent, says why.
+    let e = wrk
+        .wait_join("n3", Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(matches!(e, RendezvousError::Unauthorized(_)), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("/swarmstrap/prod.managers/"), "{msg}");
+    assert!(msg.contains("managers' role"), "{msg}");
+    assert!(!msg.contains("SWMTKN"), "{msg}");
+
+    // Raw etcd: the shared prefix holds no manager token, the workers' user cannot read the
+    // managers' prefix, the managers' prefix holds it.
+    let mut root = etcd.root_client().await;
+    let shared = root
+        .get(
+            "/swarmstrap/prod/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert!(shared.count() > 0);
+    for kv in shared.kvs() {
+        let v = String::from_utf8_lossy(kv.value());
+        assert!(!v.contains("SWMTKN-1-etcd-test-manager"), "{v}");
+    }
+    let managers = root
+        .get(
+            "/swarmstrap/prod.managers/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(managers.count(), 1);
+    assert_eq!(
+        managers.kvs()[0].value(),
+        b"SWMTKN-1-etcd-test-manager".as_slice()
+    );
+    let mut opts = etcd_client::ConnectOptions::new().with_user("prod-worker", {
+        let p = std::fs::read_to_string(&wrk_pw).unwrap();
+        p.trim_end().to_string()
+    });
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    opts = opts.with_tls(
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&etcd.ca_file)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&etcd.cert_file),
+                read(&etcd.key_file),
+            )),
+    );
+    let mut worker_raw = etcd_client::Client::connect(&etcd.endpoints, Some(opts))
+        .await
+        .unwrap();
+    let e = worker_raw
+        .get(
+            "/swarmstrap/prod.managers/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+}
+
+/// A client certificate from a CA the members do not trust is a configuration error at start,
+/// not a failure retried forever: refused within the connect deadline, not transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_client_certificate_is_a_configuration_error() {
+    let etcd = EtcdCluster::start().await;
+    let (cert, key) = etcd.foreign_client_cert();
+    let mut cfg = etcd.config("prod", 1);
+    cfg.cert_file = Some(cert);
+    cfg.key_file = Some(key);
+    let started = std::time::Instant::now();
+    let e = EtcdRendezvous::new(cfg)
+        .await
+        .err()
+        .expect("a foreign client certificate is refused");
+    eprintln!("refused after {:?}: {e}", started.elapsed());
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("client certificate"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{e}");
 }

@@ -24,7 +24,7 @@ use swarmstrap_wire::Secret;
 /// Appended to the shared secret's name.
 pub const SUFFIX: &str = "/managers";
 /// How a reference to the manager token starts.
-pub const REFERENCE_PREFIX: &str = "swarmstrap:managers-secret:sha256:";
+pub use swarmstrap_wire::rules::MANAGER_TOKEN_REFERENCE_PREFIX as REFERENCE_PREFIX;
 /// How many tokens the secret keeps (newest last).
 pub const KEEP: usize = 4;
 const SCHEMA: u32 = 1;
@@ -32,23 +32,16 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// sha256 of a token, hex.
 fn digest(token: &Secret) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(token.expose().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    swarmstrap_wire::rules::manager_token_digest(token)
 }
 
 /// What the shared secret stores instead of the manager token.
 pub fn reference(token: &Secret) -> Secret {
-    if is_reference(token) {
-        return token.clone();
-    }
-    Secret::new(format!("{REFERENCE_PREFIX}{}", digest(token)))
+    swarmstrap_wire::rules::manager_token_reference(token)
 }
 
 pub fn is_reference(token: &Secret) -> bool {
-    token.expose().starts_with(REFERENCE_PREFIX)
+    swarmstrap_wire::rules::is_manager_token_reference(token)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

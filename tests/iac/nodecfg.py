@@ -20,6 +20,13 @@ MULTIPART_TEMPLATE = os.path.join(CLOUD_INIT, "multipart.tftpl")
 MULTIPART_BOUNDARY = "swarmstrap-cloud-config-part"
 CONFIG_PATH = "/etc/swarm-agent/config.toml"
 JOIN_SECRET_PATH = "/etc/swarm-agent/join-secret"
+# What the node template writes for the etcd backend (render_node.py's output names).
+ETCD_FILES = {
+    "etcd_ca": "/etc/swarm-agent/etcd-ca.pem",
+    "etcd_cert": "/etc/swarm-agent/etcd-client.pem",
+    "etcd_key": "/etc/swarm-agent/etcd-client.key",
+    "etcd_password": "/etc/swarm-agent/etcd-password",
+}
 # AWS refuses user-data above 16 KB (before base64); the modules send it uncompressed.
 AWS_USER_DATA_LIMIT = 16384
 
@@ -93,6 +100,13 @@ def node_vars(
     sm_region: str = "",
     sm_kms_key_id: str = "",
     sm_endpoint_url: str = "",
+    etcd_endpoints: list | None = None,
+    etcd_prefix: str = "",
+    etcd_ca_pem: str = "",
+    etcd_cert_pem: str = "",
+    etcd_key_pem: str = "",
+    etcd_user: str = "",
+    etcd_password: str = "",
     lb_enabled: bool = True,
     lb_path: str = "/loadbalancer/default.conf",
     lb_reload_service: str = "",
@@ -114,8 +128,9 @@ def node_vars(
             f"cluster {cluster!r}: use 1-32 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
         )
-    if backend not in ("coordinator", "secrets-manager"):
-        raise ValueError(f"backend {backend!r}: must be coordinator or secrets-manager")
+    if backend not in ("coordinator", "secrets-manager", "etcd"):
+        raise ValueError(f"backend {backend!r}: must be coordinator, secrets-manager or etcd")
+    etcd_endpoints = list(etcd_endpoints or [])
     if role not in ("auto", "manager", "worker"):
         raise ValueError(f"role {role!r}: must be auto, manager or worker")
     if target_managers not in (1, 3, 5, 7):
@@ -132,9 +147,23 @@ def node_vars(
                 "the coordinator backend needs a join secret of 16-256 printable ASCII characters "
                 "without spaces (what swarm-coordinator accepts)"
             )
-    else:
+    elif backend == "secrets-manager":
         if not sm_secret_name or not sm_region:
             raise ValueError("the secrets-manager backend needs a secret name and a region")
+    else:
+        if not etcd_endpoints:
+            raise ValueError("the etcd backend needs at least one endpoint (https://HOST:2379)")
+        for e in etcd_endpoints:
+            if not re.match(r"^https://[^\s/]+$", e):
+                raise ValueError(f"etcd endpoint {e!r}: must be https://HOST:PORT")
+        if not etcd_ca_pem:
+            raise ValueError("the etcd backend needs the CA (PEM) that signed the etcd members' certificates")
+        if bool(etcd_cert_pem) != bool(etcd_key_pem):
+            raise ValueError("etcd client certificate and key go together: give both or neither")
+        if bool(etcd_user) != bool(etcd_password):
+            raise ValueError("etcd user and password go together: give both or neither")
+        if etcd_prefix and not re.match(r"^/[A-Za-z0-9._/-]*/$", etcd_prefix):
+            raise ValueError(f"etcd prefix {etcd_prefix!r}: must start and end with '/'")
     if not re.match(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$", lb_reload_service):
         raise ValueError(f"lb reload service {lb_reload_service!r}: must be empty or a swarm service name")
     if cloud_provider not in CLOUD_PROVIDERS:
@@ -154,6 +183,13 @@ def node_vars(
         "sm_region": sm_region,
         "sm_kms_key_id": sm_kms_key_id,
         "sm_endpoint_url": sm_endpoint_url,
+        "etcd_endpoints": etcd_endpoints,
+        "etcd_prefix": etcd_prefix,
+        "etcd_ca_pem": etcd_ca_pem,
+        "etcd_cert_pem": etcd_cert_pem,
+        "etcd_key_pem": etcd_key_pem,
+        "etcd_user": etcd_user,
+        "etcd_password": etcd_password,
         "lb_enabled": lb_enabled,
         "lb_path": lb_path,
         "lb_reload_service": lb_reload_service,

@@ -13,6 +13,10 @@ Writes, in DIR:
   config.toml      exactly what cloud-init writes to /etc/swarm-agent/config.toml (mode 0600)
   join-secret      exactly what it writes to /etc/swarm-agent/join-secret (0600; coordinator
                    backend only)
+  etcd-ca.pem, etcd-client.pem, etcd-client.key, etcd-password
+                   the etcd backend's files (when given: --etcd-ca-file, --etcd-cert-file,
+                   --etcd-key-file, --etcd-password-file; written 0600 here, the template
+                   writes the CA and certificate 0644 and the key and password 0600)
 and prints a JSON object with those paths on stdout. The join secret is read from a file, never
 taken from the command line. Exit status 2 on bad input, with a message saying what was wrong.
 """
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dir", required=True, help="directory for the rendered files (created)")
     p.add_argument("--cluster", required=True, help="cluster name")
-    p.add_argument("--backend", default="coordinator", choices=["coordinator", "secrets-manager"])
+    p.add_argument("--backend", default="coordinator", choices=["coordinator", "secrets-manager", "etcd"])
     p.add_argument("--role", default="auto", choices=["auto", "manager", "worker"])
     p.add_argument("--target-managers", type=int, default=3, choices=[1, 3, 5, 7])
     p.add_argument(
@@ -67,6 +71,13 @@ def main(argv=None) -> int:
     p.add_argument("--region", default="", help="AWS region (secrets-manager backend)")
     p.add_argument("--kms-key-id", default="")
     p.add_argument("--endpoint-url", default="", help="Secrets Manager endpoint override (tests)")
+    p.add_argument("--etcd-endpoint", action="append", default=[], help="etcd client URL (repeat; etcd backend)")
+    p.add_argument("--etcd-prefix", default="", help="[etcd] prefix (default: /swarmstrap/<cluster>/)")
+    p.add_argument("--etcd-ca-file", default="", help="PEM CA of the etcd members (etcd backend)")
+    p.add_argument("--etcd-cert-file", default="", help="PEM client certificate for etcd")
+    p.add_argument("--etcd-key-file", default="", help="PEM client key for etcd (read from the file, never argv)")
+    p.add_argument("--etcd-user", default="", help="etcd user")
+    p.add_argument("--etcd-password-file", default="", help="file holding the etcd user's password")
     p.add_argument("--no-lb", action="store_true", help="render [lb] enabled = false")
     p.add_argument("--lb-path", default="/loadbalancer/default.conf")
     p.add_argument("--lb-reload-service", default="", help="[lb] reload_service: also reload this swarm service's tasks")
@@ -92,6 +103,23 @@ def main(argv=None) -> int:
         except OSError as e:
             print(f"render_node: cannot read --join-secret-file {a.join_secret_file}: {e}", file=sys.stderr)
             return 2
+    etcd_files = {}
+    for name, path in (
+        ("ca", a.etcd_ca_file),
+        ("cert", a.etcd_cert_file),
+        ("key", a.etcd_key_file),
+        ("password", a.etcd_password_file),
+    ):
+        if not path:
+            etcd_files[name] = ""
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            print(f"render_node: cannot read --etcd-{name}-file {path}: {e}", file=sys.stderr)
+            return 2
+        etcd_files[name] = text.strip() if name == "password" else text
     try:
         variables = nodecfg.node_vars(
             cluster=a.cluster,
@@ -106,6 +134,13 @@ def main(argv=None) -> int:
             sm_region=a.region,
             sm_kms_key_id=a.kms_key_id,
             sm_endpoint_url=a.endpoint_url,
+            etcd_endpoints=a.etcd_endpoint,
+            etcd_prefix=a.etcd_prefix,
+            etcd_ca_pem=etcd_files["ca"],
+            etcd_cert_pem=etcd_files["cert"],
+            etcd_key_pem=etcd_files["key"],
+            etcd_user=a.etcd_user,
+            etcd_password=etcd_files["password"],
             lb_enabled=not a.no_lb,
             lb_path=a.lb_path,
             lb_reload_service=a.lb_reload_service,
@@ -131,6 +166,10 @@ def main(argv=None) -> int:
     if nodecfg.JOIN_SECRET_PATH in files:
         out["join_secret"] = os.path.join(a.out_dir, "join-secret")
         write_private(out["join_secret"], files[nodecfg.JOIN_SECRET_PATH]["content"])
+    for name, vm_path in nodecfg.ETCD_FILES.items():
+        if vm_path in files:
+            out[name] = os.path.join(a.out_dir, os.path.basename(vm_path))
+            write_private(out[name], files[vm_path]["content"])
     print(json.dumps(out))
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -49,6 +50,10 @@ class UnitsTest(unittest.TestCase):
         self.assertEqual(s["TimeoutStartSec"], "infinity")
         self.assertEqual(s["Restart"], "on-failure")
         self.assertRegex(s["RestartSec"], r"^\d+s$")
+        # A configuration error (the agent's EXIT_CONFIG) is not restarted forever.
+        cli = open(os.path.join(CLOUD_INIT, "..", "agent", "src", "cli", "mod.rs"), encoding="utf-8").read()
+        code = re.search(r"pub const EXIT_CONFIG: u8 = (\d+);", cli).group(1)
+        self.assertEqual(s["RestartPreventExitStatus"], code)
         self.assertTrue(s["ExecStop"].startswith("-"), "a failing leave must not fail the stop")
         self.assertIn("/usr/local/bin/swarm-agent leave --config /etc/swarm-agent/config.toml", s["ExecStop"])
         self.assertEqual(u["Install"]["WantedBy"], "multi-user.target")

@@ -1759,3 +1759,34 @@ pub use docs::{is_hostname, is_label_key, is_label_value};
 
 #[cfg(test)]
 mod tests;
+
+/// How a stored reference to the manager join token starts (see [`manager_token_reference`]).
+pub const MANAGER_TOKEN_REFERENCE_PREFIX: &str = "swarmstrap:managers-secret:sha256:";
+
+/// sha256 of a join token, hex.
+pub fn manager_token_digest(token: &Secret) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.expose().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What a backend whose shared state every node may read stores in place of the manager join
+/// token: `swarmstrap:managers-secret:sha256:<hex>`, the token itself being kept where only
+/// managers may read it (Secrets Manager: the managers' secret; etcd: the managers' prefix).
+/// Join tokens carry ~128 random bits, so the digest reveals nothing. The rules compare
+/// references as they compare tokens (an identical re-publish, a rotation).
+pub fn manager_token_reference(token: &Secret) -> Secret {
+    if is_manager_token_reference(token) {
+        return token.clone();
+    }
+    Secret::new(format!(
+        "{MANAGER_TOKEN_REFERENCE_PREFIX}{}",
+        manager_token_digest(token)
+    ))
+}
+
+pub fn is_manager_token_reference(token: &Secret) -> bool {
+    token.expose().starts_with(MANAGER_TOKEN_REFERENCE_PREFIX)
+}

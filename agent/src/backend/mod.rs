@@ -9,6 +9,7 @@ use crate::state::{self, StateError};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use swarmstrap_etcd::EtcdRendezvous;
 use swarmstrap_secrets_manager::SecretsManagerRendezvous;
 use swarmstrap_wire::rendezvous::{Rendezvous, RendezvousError, Result as RResult};
 use swarmstrap_wire::rules::Code;
@@ -26,6 +27,8 @@ pub enum BackendError {
     Coordinator(#[from] coordinator::ClientError),
     #[error("cannot set up the secrets-manager backend: {0}")]
     SecretsManager(#[source] RendezvousError),
+    #[error("cannot set up the etcd backend: {0}")]
+    Etcd(#[source] RendezvousError),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -86,6 +89,22 @@ async fn open_inner(
                 .map_err(BackendError::SecretsManager)?;
             Ok(Arc::new(backend))
         }
+        BackendKind::Etcd => {
+            let c = cfg
+                .etcd
+                .as_ref()
+                .expect("config validation requires [etcd] for this backend");
+            if c.endpoints.iter().any(|e| e.starts_with("http://")) {
+                tracing::warn!(
+                    "an etcd endpoint is plain http: the etcd password and this node's \
+                     credential travel in clear text; use https outside a lab"
+                );
+            }
+            let backend = EtcdRendezvous::new(c.clone())
+                .await
+                .map_err(BackendError::Etcd)?;
+            Ok(Arc::new(backend))
+        }
     }
 }
 
@@ -103,6 +122,17 @@ pub fn unauthorized_hint(cfg: &Config) -> String {
             cfg.cluster,
             cfg.secrets_manager.resolved_secret_name()
         ),
+        BackendKind::Etcd => match cfg.etcd.as_ref() {
+            Some(e) => format!(
+                "etcd refused access for cluster {}: check the etcd user {} and its password \
+                 file, and that the user's role grants readwrite on the prefix {} (etcd/README.md \
+                 \"Security\")",
+                cfg.cluster,
+                e.user.as_deref().unwrap_or("(none: no [etcd] user set)"),
+                e.resolved_prefix()
+            ),
+            None => format!("etcd refused access for cluster {}", cfg.cluster),
+        },
     }
 }
 

@@ -94,7 +94,68 @@ pub fn write_manpage(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
+/// `swarm-agent run` exits with this (sysexits' EX_CONFIG) when retrying cannot help: the
+/// configuration is invalid, or the backend refuses at start this node's TLS set-up,
+/// credentials or role (etcd, Secrets Manager: checked when the backend opens). The systemd unit does not restart it on this code
+/// (`RestartPreventExitStatus=78`): the operator fixes the configuration and starts it again.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// True when `e` (anywhere in its chain) is an error that the same configuration will meet
+/// again: see [`EXIT_CONFIG`].
+pub fn is_configuration_error(e: &anyhow::Error) -> bool {
+    use crate::backend::BackendError;
+    use crate::bootstrap::BootstrapError;
+    use crate::retry::Failure;
+    use swarmstrap_wire::rendezvous::RendezvousError;
+    let permanent_refusal = |r: &RendezvousError| match r {
+        RendezvousError::Unauthorized(_) => true,
+        RendezvousError::Rejected { code, .. } => matches!(
+            code.as_str(),
+            "invalid_config" | "tls_certificate" | "tls_client_certificate"
+        ),
+        _ => false,
+    };
+    e.chain().any(|c| {
+        if c.is::<crate::config::ConfigError>() {
+            return true;
+        }
+        if let Some(b) = c.downcast_ref::<BackendError>() {
+            return match b {
+                BackendError::Etcd(r) | BackendError::SecretsManager(r) => permanent_refusal(r),
+                _ => false,
+            };
+        }
+        if let Some(b) = c.downcast_ref::<BootstrapError>() {
+            // Not `BootstrapError::Unauthorized`: a coordinator that lost its store refuses
+            // the join secret until the operator creates the cluster again, and the agents
+            // should then come back without being started by hand.
+            return match b {
+                BootstrapError::Backend {
+                    source: Failure::Permanent(r),
+                    ..
+                } => permanent_refusal(r) && !matches!(r, RendezvousError::Unauthorized(_)),
+                _ => false,
+            };
+        }
+        false
+    })
+}
+
 impl Command {
+    /// Exit code of a failure: `run` exits [`EXIT_CONFIG`] on a configuration error (see
+    /// [`is_configuration_error`]); otherwise [`Self::error_exit_code`].
+    pub fn failure_exit_code(&self) -> impl Fn(&anyhow::Error) -> u8 {
+        let run = matches!(self, Command::Run(_));
+        let other = self.error_exit_code();
+        move |e| {
+            if run && is_configuration_error(e) {
+                EXIT_CONFIG
+            } else {
+                other
+            }
+        }
+    }
+
     /// Exit code when the command fails with an error.
     pub fn error_exit_code(&self) -> u8 {
         match self {
@@ -179,6 +240,40 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_errors_exit_78_and_others_1() {
+        use crate::backend::BackendError;
+        use swarmstrap_wire::rendezvous::RendezvousError;
+        let run = Cli::parse_from(["swarm-agent", "run"]).command;
+        let code = run.failure_exit_code();
+        let refused = anyhow::Error::new(BackendError::Etcd(RendezvousError::Unauthorized(
+            "role".into(),
+        )))
+        .context("opening the etcd backend");
+        assert_eq!(code(&refused), EXIT_CONFIG);
+        let cert = anyhow::Error::new(BackendError::Etcd(RendezvousError::Rejected {
+            code: "tls_client_certificate".into(),
+            message: "m".into(),
+        }));
+        assert_eq!(code(&cert), EXIT_CONFIG);
+        let down = anyhow::Error::new(BackendError::Etcd(RendezvousError::Transient(
+            "no member".into(),
+        )));
+        assert_eq!(code(&down), 1);
+        let config = anyhow::Error::new(crate::config::ConfigError::Missing("x".into()));
+        assert_eq!(code(&config), EXIT_CONFIG);
+        let refused_later = anyhow::Error::new(crate::bootstrap::BootstrapError::Unauthorized {
+            backend: "b".into(),
+            cluster: "c".into(),
+            hint: "h".into(),
+            detail: "d".into(),
+        });
+        assert_eq!(code(&refused_later), 1, "a coordinator may be re-created");
+        // Other commands keep their codes.
+        let status = Cli::parse_from(["swarm-agent", "status"]).command;
+        assert_eq!(status.failure_exit_code()(&config), status::EXIT_ERROR);
+    }
     use clap::CommandFactory;
 
     #[test]
