@@ -545,6 +545,15 @@ pub enum Backend {
     },
 }
 
+/// The files `render_node.py --backend etcd` copies into its output directory, and the agent
+/// variables that point the agent at them in the lab.
+const ETCD_FILES: [(&str, &str); 4] = [
+    ("SWARM_AGENT_ETCD_CA_FILE", "etcd-ca.pem"),
+    ("SWARM_AGENT_ETCD_CERT_FILE", "etcd-client.pem"),
+    ("SWARM_AGENT_ETCD_KEY_FILE", "etcd-client.key"),
+    ("SWARM_AGENT_ETCD_PASSWORD_FILE", "etcd-password"),
+];
+
 /// Which backend a lab test runs on when it can run on several: `SWARMSTRAP_LAB_BACKEND`
 /// (`coordinator`, the default, or `etcd`).
 pub const LAB_BACKEND_ENV: &str = "SWARMSTRAP_LAB_BACKEND";
@@ -780,6 +789,9 @@ impl Cluster {
     /// any node a manager, so every node needs the managers' prefix).
     pub fn new_etcd(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
         crate::etcd::preflight()?;
+        if options.chroot_resolv_conf.is_some() {
+            bail!("the etcd backend's files are not copied into a chroot: run without one");
+        }
         let etcd = EtcdLab::start(&lab)?;
         let (_, manager_role) = etcd.add_cluster_roles(name)?;
         let creds = etcd.add_user(&manager_role, &[&manager_role])?;
@@ -1093,6 +1105,14 @@ impl Cluster {
         ];
         if let Backend::SecretsManager { .. } = self.backend {
             env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        if let Backend::Etcd { .. } = self.backend {
+            // The node template copies the etcd files next to the config (on a VM:
+            // /etc/swarm-agent/…, which the rendered config names).
+            let agent = h.dir().join("agent");
+            for (k, f) in ETCD_FILES {
+                env.push((k.to_string(), agent.join(f).display().to_string()));
+            }
         }
         env.extend(self.options.env.iter().cloned());
         env.extend(self.host_env(h));

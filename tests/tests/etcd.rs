@@ -15,9 +15,10 @@
 //!    second one under another cluster name (its own roles and user) through the 2 members
 //!    left. One swarm, every node joined; then the partition heals.
 //! c. An agent whose etcd user's role grants another cluster's prefixes only: a permanent,
-//!    clear error naming the user and the prefix, and the agent exits (no endless retry).
+//!    clear error naming the user and the prefix, and the agent exits 78 (a configuration
+//!    error: no endless retry, and the systemd unit does not restart it).
 //! d. An agent presenting a client certificate signed by another CA: a configuration error,
-//!    and the agent exits.
+//!    exit 78.
 
 use std::time::{Duration, Instant};
 use swarmstrap_lab::cluster::{lines_matching, AgentOptions, Cluster};
@@ -53,7 +54,7 @@ fn blank_hosts(c: &Cluster) -> anyhow::Result<()> {
 }
 
 /// Start host `i`'s agent and wait (deadline) for it to exit; returns its log. Fails if it
-/// is still running at the deadline (it would retry forever) or exits 0.
+/// is still running at the deadline (it would retry forever) or exits other than 78.
 fn expect_agent_gives_up(c: &Cluster, i: usize, what: &str) -> anyhow::Result<String> {
     let t0 = Instant::now();
     let p = c.start_agent(i)?;
@@ -64,7 +65,8 @@ fn expect_agent_gives_up(c: &Cluster, i: usize, what: &str) -> anyhow::Result<St
         )
     })?;
     let log = p.log();
-    assert!(!st.success(), "{what}: the agent exited 0:\n{log}");
+    // 78 (EX_CONFIG): retrying cannot help; the systemd unit does not restart on it.
+    assert_eq!(st.code(), Some(78), "{what}: the agent exited {st}:\n{log}");
     eprintln!(
         "LAB ETCD {what}: the agent exited ({st}) after {:?}; its error lines:\n{}",
         t0.elapsed(),
