@@ -1106,17 +1106,24 @@ impl Cluster {
         if let Backend::SecretsManager { .. } = self.backend {
             env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
-        if let Backend::Etcd { .. } = self.backend {
-            // The node template copies the etcd files next to the config (on a VM:
-            // /etc/swarm-agent/…, which the rendered config names).
-            let agent = h.dir().join("agent");
-            for (k, f) in ETCD_FILES {
-                env.push((k.to_string(), agent.join(f).display().to_string()));
-            }
-        }
+        env.extend(self.etcd_file_env(h));
         env.extend(self.options.env.iter().cloned());
         env.extend(self.host_env(h));
         env
+    }
+
+    /// Etcd backend: the variables that point host `h`'s agent (and its CLI commands) at the
+    /// etcd files the node template copies next to the config (on a VM: /etc/swarm-agent/…,
+    /// which the rendered config names). Empty for the other backends.
+    pub fn etcd_file_env(&self, h: &Host) -> Vec<(String, String)> {
+        let Backend::Etcd { .. } = self.backend else {
+            return Vec::new();
+        };
+        let agent = h.dir().join("agent");
+        ETCD_FILES
+            .iter()
+            .map(|(k, f)| (k.to_string(), agent.join(f).display().to_string()))
+            .collect()
     }
 
     /// [`AgentOptions::host_env`] of host `h`.
