@@ -793,6 +793,10 @@ impl Cluster {
             bail!("the etcd backend's files are not copied into a chroot: run without one");
         }
         let etcd = EtcdLab::start(&lab)?;
+        eprintln!(
+            "swarmstrap-lab: cluster {name} on the etcd backend (members {})",
+            etcd.endpoints.join(", ")
+        );
         let (_, manager_role) = etcd.add_cluster_roles(name)?;
         let creds = etcd.add_user(&manager_role, &[&manager_role])?;
         let n = lab.hosts().len();
