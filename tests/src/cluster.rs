@@ -64,7 +64,12 @@ fn find_bins() -> Result<Bins> {
                 )
             })?;
         if std::env::var_os("SWARMSTRAP_BIN_DIR").is_none() {
-            for src in [root.join(crate_dir).join("src"), root.join("wire/src")] {
+            // The agent also links the backend crates: a change there makes it stale too.
+            let mut srcs = vec![root.join(crate_dir).join("src"), root.join("wire/src")];
+            if crate_dir == "agent" {
+                srcs.extend([root.join("etcd/src"), root.join("secrets-manager/src")]);
+            }
+            for src in srcs {
                 if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
                     bail!(
                         "{} is older than {}: rebuild with `bash scripts/build-static.sh`",
