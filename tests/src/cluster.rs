@@ -1354,6 +1354,7 @@ impl Cluster {
         if let Backend::Etcd { etcd, .. } = &self.backend {
             // Every user's password, also of users no host uses any more.
             v.extend(etcd.passwords()?);
+            v.extend(etcd.key_lines()?);
         }
         if let Some(op) = self.operator_credential_file() {
             if let Ok(s) = fs::read_to_string(op) {

@@ -480,6 +480,22 @@ impl EtcdLab {
         Ok(v)
     }
 
+    /// The base64 lines of every client key made here (the agents' and the foreign one), for
+    /// the leak checks of logs.
+    pub fn key_lines(&self) -> Result<Vec<String>> {
+        let mut v = Vec::new();
+        for f in [&self.client_key, &self.dir.join("foreign-client-key.pem")] {
+            if let Ok(text) = fs::read_to_string(f) {
+                v.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() >= 40)
+                        .map(str::to_string),
+                );
+            }
+        }
+        Ok(v)
+    }
+
     /// `creds` with a client certificate signed by another CA (same CN): what a node
     /// configured with the wrong cluster's certificate presents.
     pub fn foreign_client_cert(&self, creds: &EtcdCreds) -> Result<EtcdCreds> {
