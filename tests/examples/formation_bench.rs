@@ -6,8 +6,11 @@
 //! first action is taken (the agents are started / `swarm init` is called) and stops when a
 //! manager's node list shows every node Ready, polled every 10 ms.
 //!
+//! `--backend etcd` runs the agents through the lab's 3-member etcd cluster (real etcd members
+//! on lab namespaces, TLS + auth, started before the clock starts) instead of the coordinator.
+//!
 //! Run as root after `bash scripts/build-static.sh`:
-//! `cargo run --release -p swarmstrap-lab --example formation_bench -- [--sizes 3,5,9] [--runs 3]`
+//! `cargo run --release -p swarmstrap-lab --example formation_bench -- [--sizes 3,5,9] [--runs 3] [--backend coordinator|etcd]`
 
 use anyhow::{bail, Context, Result};
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use swarmstrap_lab::{baseline_form, Lab, LabConfig};
 fn main() -> Result<()> {
     let mut sizes = vec![3usize, 5, 9];
     let mut runs = 3usize;
+    let mut backend = "coordinator".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -29,11 +33,15 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?
             }
             "--runs" => runs = value.parse().context("--runs needs a number")?,
+            "--backend" if value == "coordinator" || value == "etcd" => backend = value,
+            "--backend" => bail!("--backend {value:?}: use `coordinator` or `etcd`"),
             other => bail!(
-                "unknown argument {other:?}; usage: formation_bench [--sizes 3,5,9] [--runs N]"
+                "unknown argument {other:?}; usage: formation_bench [--sizes 3,5,9] [--runs N] \
+                 [--backend coordinator|etcd]"
             ),
         }
     }
+    println!("backend: {backend}");
     println!("nodes\tmanagers\trun\tbaseline_s\tagents_s\tratio");
     let mut summary = Vec::new();
     for &n in &sizes {
@@ -46,14 +54,15 @@ fn main() -> Result<()> {
             lab.teardown()?;
 
             let lab = Lab::start(LabConfig::new(n))?;
-            let c = Cluster::new(
-                lab,
-                "bench",
-                AgentOptions {
-                    target_managers: managers as u8,
-                    ..AgentOptions::default()
-                },
-            )?;
+            let options = AgentOptions {
+                target_managers: managers as u8,
+                ..AgentOptions::default()
+            };
+            let c = if backend == "etcd" {
+                Cluster::new_etcd(lab, "bench", options)?
+            } else {
+                Cluster::new(lab, "bench", options)?
+            };
             let apis: Vec<_> = c.lab.hosts().iter().map(|h| h.api()).collect();
             let t0 = Instant::now();
             c.start_agents()?;

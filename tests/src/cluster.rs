@@ -5,6 +5,7 @@
 //!
 //! Blocking, like the rest of the harness. Every wait has a deadline.
 
+use crate::etcd::{EtcdCreds, EtcdLab};
 use crate::proc::{signal_pid, write_pidfile, Signal};
 use crate::{wait_for, wait_until, Host, Lab, ProcHandle, Shape};
 use anyhow::{anyhow, bail, Context, Result};
@@ -63,7 +64,12 @@ fn find_bins() -> Result<Bins> {
                 )
             })?;
         if std::env::var_os("SWARMSTRAP_BIN_DIR").is_none() {
-            for src in [root.join(crate_dir).join("src"), root.join("wire/src")] {
+            // The agent also links the backend crates: a change there makes it stale too.
+            let mut srcs = vec![root.join(crate_dir).join("src"), root.join("wire/src")];
+            if crate_dir == "agent" {
+                srcs.extend([root.join("etcd/src"), root.join("secrets-manager/src")]);
+            }
+            for src in srcs {
                 if let Some(newer) = newest_file(&src).filter(|(t, _)| *t > built) {
                     bail!(
                         "{} is older than {}: rebuild with `bash scripts/build-static.sh`",
@@ -535,6 +541,38 @@ pub enum Backend {
     },
     /// The Secrets Manager backend, with moto's server standing in for AWS.
     SecretsManager { moto: Moto, secret_name: String },
+    /// The etcd backend: the lab's own 3-member etcd cluster on lab namespaces
+    /// ([`EtcdLab`]); `creds[i]` is what host `i`'s agent config names (user, password
+    /// file, CA, client certificate and key).
+    Etcd {
+        etcd: EtcdLab,
+        creds: Mutex<Vec<EtcdCreds>>,
+    },
+}
+
+/// The files `render_node.py --backend etcd` copies into its output directory, and the agent
+/// variables that point the agent at them in the lab.
+const ETCD_FILES: [(&str, &str); 4] = [
+    ("SWARM_AGENT_ETCD_CA_FILE", "etcd-ca.pem"),
+    ("SWARM_AGENT_ETCD_CERT_FILE", "etcd-client.pem"),
+    ("SWARM_AGENT_ETCD_KEY_FILE", "etcd-client.key"),
+    ("SWARM_AGENT_ETCD_PASSWORD_FILE", "etcd-password"),
+];
+
+/// Which backend a lab test runs on when it can run on several: `SWARMSTRAP_LAB_BACKEND`
+/// (`coordinator`, the default, or `etcd`).
+pub const LAB_BACKEND_ENV: &str = "SWARMSTRAP_LAB_BACKEND";
+
+/// The backend [`LAB_BACKEND_ENV`] picks: `"coordinator"` (unset) or `"etcd"`; anything else
+/// is an error saying what is accepted.
+pub fn lab_backend() -> Result<&'static str> {
+    match std::env::var(LAB_BACKEND_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("coordinator") => Ok("coordinator"),
+        Ok("etcd") => Ok("etcd"),
+        Ok(other) => {
+            bail!("{LAB_BACKEND_ENV}={other:?}: use `coordinator` (the default) or `etcd`")
+        }
+    }
 }
 
 /// Dummy credentials for moto (never real ones); the region the lab uses.
@@ -751,6 +789,73 @@ impl Cluster {
         )
     }
 
+    /// The same, with the etcd backend: the lab's 3-member etcd cluster ([`EtcdLab`]), the
+    /// cluster's two roles, and one manager-role user for every agent (role `auto` may make
+    /// any node a manager, so every node needs the managers' prefix).
+    pub fn new_etcd(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        crate::etcd::preflight()?;
+        if options.chroot_resolv_conf.is_some() {
+            bail!("the etcd backend's files are not copied into a chroot: run without one");
+        }
+        let etcd = EtcdLab::start(&lab)?;
+        eprintln!(
+            "swarmstrap-lab: cluster {name} on the etcd backend (members {})",
+            etcd.endpoints.join(", ")
+        );
+        let (_, manager_role) = etcd.add_cluster_roles(name)?;
+        let creds = etcd.add_user(&manager_role, &[&manager_role])?;
+        let n = lab.hosts().len();
+        Cluster::with_backend(
+            lab,
+            name,
+            options,
+            Backend::Etcd {
+                etcd,
+                creds: Mutex::new(vec![creds; n]),
+            },
+        )
+    }
+
+    /// [`Cluster::new`] or [`Cluster::new_etcd`], as [`lab_backend`] says (for the tests that
+    /// do not depend on the coordinator).
+    pub fn new_from_env(lab: Lab, name: &str, options: AgentOptions) -> Result<Cluster> {
+        match lab_backend()? {
+            "etcd" => Cluster::new_etcd(lab, name, options),
+            _ => Cluster::new(lab, name, options),
+        }
+    }
+
+    /// The lab's etcd cluster (etcd backend only).
+    pub fn etcd(&self) -> Option<&EtcdLab> {
+        match &self.backend {
+            Backend::Etcd { etcd, .. } => Some(etcd),
+            _ => None,
+        }
+    }
+
+    /// Give hosts `hosts` other etcd credentials and render their configs again (etcd backend
+    /// only). Takes effect at the next start of their agents.
+    pub fn set_etcd_creds(&self, hosts: &[usize], new: &EtcdCreds) -> Result<()> {
+        let Backend::Etcd { creds, .. } = &self.backend else {
+            bail!("set_etcd_creds: this cluster's backend is not etcd");
+        };
+        for &i in hosts {
+            creds.lock().unwrap()[i] = new.clone();
+        }
+        for &i in hosts {
+            self.render_config(self.lab.host(i))?;
+        }
+        Ok(())
+    }
+
+    /// Render every host's config again (e.g. after changing [`Cluster::name`]).
+    pub fn render_configs(&self) -> Result<()> {
+        for h in self.lab.hosts() {
+            self.render_config(h)?;
+        }
+        Ok(())
+    }
+
     fn with_backend(
         lab: Lab,
         name: &str,
@@ -866,7 +971,7 @@ impl Cluster {
     pub fn secret_file(&self) -> Option<&Path> {
         match &self.backend {
             Backend::Coordinator { secret_file, .. } => Some(secret_file),
-            Backend::SecretsManager { .. } => None,
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => None,
         }
     }
 
@@ -874,14 +979,18 @@ impl Cluster {
     pub fn coordinator(&self) -> &Coordinator {
         match &self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator,
-            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => {
+                panic!("this cluster has no coordinator")
+            }
         }
     }
 
     pub fn coordinator_mut(&mut self) -> &mut Coordinator {
         match &mut self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator,
-            Backend::SecretsManager { .. } => panic!("this cluster has no coordinator"),
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => {
+                panic!("this cluster has no coordinator")
+            }
         }
     }
 
@@ -927,6 +1036,22 @@ impl Cluster {
                             None => moto.url(),
                         },
                     ]);
+            }
+            Backend::Etcd { etcd, creds } => {
+                let cr = creds.lock().unwrap()[h.index()].clone();
+                cmd.args(["--backend", "etcd"]);
+                for e in &etcd.endpoints {
+                    cmd.args(["--etcd-endpoint", e]);
+                }
+                cmd.arg("--etcd-ca-file")
+                    .arg(&cr.ca_file)
+                    .arg("--etcd-cert-file")
+                    .arg(&cr.cert_file)
+                    .arg("--etcd-key-file")
+                    .arg(&cr.key_file)
+                    .args(["--etcd-user", &cr.user])
+                    .arg("--etcd-password-file")
+                    .arg(&cr.password_file);
             }
         }
         let o = cmd
@@ -990,9 +1115,24 @@ impl Cluster {
         if let Backend::SecretsManager { .. } = self.backend {
             env.extend(MOTO_ENV.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
+        env.extend(self.etcd_file_env(h));
         env.extend(self.options.env.iter().cloned());
         env.extend(self.host_env(h));
         env
+    }
+
+    /// Etcd backend: the variables that point host `h`'s agent (and its CLI commands) at the
+    /// etcd files the node template copies next to the config (on a VM: /etc/swarm-agent/…,
+    /// which the rendered config names). Empty for the other backends.
+    pub fn etcd_file_env(&self, h: &Host) -> Vec<(String, String)> {
+        let Backend::Etcd { .. } = self.backend else {
+            return Vec::new();
+        };
+        let agent = h.dir().join("agent");
+        ETCD_FILES
+            .iter()
+            .map(|(k, f)| (k.to_string(), agent.join(f).display().to_string()))
+            .collect()
     }
 
     /// [`AgentOptions::host_env`] of host `h`.
@@ -1163,6 +1303,7 @@ impl Cluster {
         match &self.backend {
             Backend::Coordinator { coordinator, .. } => coordinator.log(),
             Backend::SecretsManager { moto, .. } => moto.log(),
+            Backend::Etcd { etcd, .. } => etcd.log_tails(),
         }
     }
 
@@ -1199,7 +1340,7 @@ impl Cluster {
             Backend::Coordinator { coordinator, .. } => {
                 Some(coordinator.operator_credential_file(&self.name))
             }
-            Backend::SecretsManager { .. } => None,
+            Backend::SecretsManager { .. } | Backend::Etcd { .. } => None,
         }
     }
 
@@ -1209,6 +1350,11 @@ impl Cluster {
         let mut v = Vec::new();
         if let Backend::Coordinator { secret_file, .. } = &self.backend {
             v.push(fs::read_to_string(secret_file)?.trim().to_string());
+        }
+        if let Backend::Etcd { etcd, .. } = &self.backend {
+            // Every user's password, also of users no host uses any more.
+            v.extend(etcd.passwords()?);
+            v.extend(etcd.key_lines()?);
         }
         if let Some(op) = self.operator_credential_file() {
             if let Ok(s) = fs::read_to_string(op) {

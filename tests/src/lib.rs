@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod engine;
 pub mod error;
+pub mod etcd;
 pub mod host;
 pub mod image;
 pub mod lab;

@@ -112,9 +112,10 @@ pub fn wait_identical(
 }
 
 /// Environment for running `swarm-agent` CLI commands for host `h` outside the service (the
-/// same VM-path overrides the cluster gives its agents; coordinator backend).
+/// same VM-path overrides the cluster gives its agents; coordinator and etcd backends).
 pub fn cli_env(c: &Cluster, h: &Host) -> Vec<(String, String)> {
-    vec![
+    let mut env = c.etcd_file_env(h);
+    env.extend([
         ("SWARM_AGENT_DOCKER_HOST".into(), h.docker_host()),
         (
             "SWARM_AGENT_STATE_DIR".into(),
@@ -124,7 +125,8 @@ pub fn cli_env(c: &Cluster, h: &Host) -> Vec<(String, String)> {
             "SWARM_AGENT_JOIN_SECRET_FILE".into(),
             h.dir().join("agent/join-secret").display().to_string(),
         ),
-    ]
+    ]);
+    env
 }
 
 /// `swarm-agent lb render` for host `h` (in its network namespace): stdout on success.

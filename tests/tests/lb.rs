@@ -4,6 +4,9 @@
 //! `<host dir>/loadbalancer/default.conf`), a global busybox httpd service published in host
 //! mode on 8080 (each task answers its node's hostname), and Debian's nginx in node1's network
 //! namespace including node1's rendered file. Every wait has a deadline.
+//!
+//! `SWARMSTRAP_LAB_BACKEND=etcd` runs both tests on the etcd backend (the lab's 3-member etcd
+//! instead of the coordinator).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -101,7 +104,7 @@ fn cluster(name: &str, extra: &[String]) -> anyhow::Result<Cluster> {
         )],
         ..AgentOptions::default()
     };
-    let c = Cluster::new(lab, name, options)?;
+    let c = Cluster::new_from_env(lab, name, options)?;
     nginx::enable_lb(&c, extra)?;
     c.start_agents()?;
     c.wait_formed(&all(&c), 3, 2, FORM)?;

@@ -4,6 +4,10 @@
 //! `swarm-agent recover`.
 //!
 //! Every wait has a deadline; failures print the agents' and coordinator's log tails.
+//!
+//! `SWARMSTRAP_LAB_BACKEND=etcd` runs the tests that do not depend on the coordinator on the
+//! etcd backend (the lab's 3-member etcd); total manager loss stays on the coordinator (it
+//! reads the coordinator's cluster record and uses its operator credential).
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -31,9 +35,27 @@ fn form_five(name: &str, promote_after_secs: u64) -> anyhow::Result<(Cluster, St
     form_five_with(name, promote_after_secs, |_| Ok((Vec::new(), ()))).map(|(c, id, ())| (c, id))
 }
 
+/// Which rendezvous a lab of this file uses.
+#[derive(Clone, Copy)]
+enum On {
+    /// `SWARMSTRAP_LAB_BACKEND` (default: the coordinator).
+    Env,
+    /// The coordinator, whatever the environment says.
+    Coordinator,
+}
+
 /// [`form_five`], with more agent environment from `setup` (run once the lab is up, before the
 /// agents start; what else it returns is handed back).
 fn form_five_with<T>(
+    name: &str,
+    promote_after_secs: u64,
+    setup: impl FnOnce(&Lab) -> anyhow::Result<(Vec<(String, String)>, T)>,
+) -> anyhow::Result<(Cluster, String, T)> {
+    form_five_on(On::Env, name, promote_after_secs, setup)
+}
+
+fn form_five_on<T>(
+    on: On,
     name: &str,
     promote_after_secs: u64,
     setup: impl FnOnce(&Lab) -> anyhow::Result<(Vec<(String, String)>, T)>,
@@ -49,7 +71,10 @@ fn form_five_with<T>(
         env,
         ..AgentOptions::default()
     };
-    let c = Cluster::new(lab, name, options)?;
+    let c = match on {
+        On::Env => Cluster::new_from_env(lab, name, options)?,
+        On::Coordinator => Cluster::new(lab, name, options)?,
+    };
     c.start_agents()?;
     let id = c.wait_formed(&all(&c), 3, 2, FORM)?;
     assert_eq!(c.init_count(), 1, "{}", c.diagnostics());
@@ -595,7 +620,7 @@ fn lost(v: &Value) -> bool {
 
 #[test]
 fn total_manager_loss_waits_for_the_operator_then_forms_one_new_swarm() -> anyhow::Result<()> {
-    let (c, old) = form_five("total-loss", 5)?;
+    let (c, old, ()) = form_five_on(On::Coordinator, "total-loss", 5, |_| Ok((Vec::new(), ())))?;
     let managers: Vec<usize> = all(&c).into_iter().filter(|&i| is_manager(&c, i)).collect();
     let workers: Vec<usize> = all(&c)
         .into_iter()
