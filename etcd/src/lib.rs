@@ -248,8 +248,9 @@ pub struct EtcdRendezvous {
     target_managers: u8,
     prefix: String,
     endpoints: Vec<String>,
-    /// The etcd user (for error messages), if any.
+    /// The etcd user and the client certificate file (for error messages), if any.
     user: Option<String>,
+    cert_file: Option<PathBuf>,
     credentials: Credentials,
     offered: Offered,
 }
@@ -395,13 +396,13 @@ impl EtcdRendezvous {
                         // while logging in; one request without logging in names the alert.
                         if let Some(tls) = &tls_used {
                             if let Some(refused) = tls_refusal(&endpoints, tls.clone()).await {
-                                e = refused;
+                                e = with_cert_file(refused, cfg.cert_file.as_deref());
                             }
                         }
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if !e.is_transient() || left.is_zero() {
-                        return Err(e);
+                        return Err(with_cert_file(e, cfg.cert_file.as_deref()));
                     }
                     tracing::debug!("connecting to etcd failed, trying again: {e}");
                     // A new balanced channel sends its first request to the first endpoint
@@ -419,6 +420,7 @@ impl EtcdRendezvous {
             target_managers: cfg.target_managers,
             endpoints: cfg.endpoints,
             user: cfg.user,
+            cert_file: cfg.cert_file,
             credentials: Credentials::default(),
             offered: Offered::default(),
         };
@@ -442,7 +444,7 @@ impl EtcdRendezvous {
             Err(RendezvousError::Unauthorized(detail)) => Err(RendezvousError::Unauthorized(
                 format!("{}; {detail}", self.explain_denied(&self.prefix).await),
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(with_cert_file(e, self.cert_file.as_deref())),
         }
     }
 
@@ -1140,6 +1142,21 @@ fn etcd_error(at: &str, e: etcd_client::Error) -> RendezvousError {
         // tonic's Display stops at the outermost error; the cause (a TLS alert, a refused
         // connection) is further down the chain.
         other => unreachable_or_tls(at, with_causes(other.to_string(), &other), true),
+    }
+}
+
+/// Name the client certificate file in a `tls_client_certificate` refusal.
+fn with_cert_file(e: RendezvousError, cert: Option<&std::path::Path>) -> RendezvousError {
+    match (e, cert) {
+        (RendezvousError::Rejected { code, message }, Some(p))
+            if code == "tls_client_certificate" =>
+        {
+            RendezvousError::Rejected {
+                code,
+                message: format!("{message} (cert_file {})", p.display()),
+            }
+        }
+        (e, _) => e,
     }
 }
 

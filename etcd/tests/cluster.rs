@@ -315,7 +315,7 @@ async fn a_foreign_client_certificate_is_a_configuration_error() {
     let etcd = EtcdCluster::start().await;
     let (cert, key) = etcd.foreign_client_cert();
     let mut cfg = etcd.config("prod", 1);
-    cfg.cert_file = Some(cert);
+    cfg.cert_file = Some(cert.clone());
     cfg.key_file = Some(key);
     let started = std::time::Instant::now();
     let e = EtcdRendezvous::new(cfg)
@@ -325,6 +325,10 @@ async fn a_foreign_client_certificate_is_a_configuration_error() {
     eprintln!("refused after {:?}: {e}", started.elapsed());
     assert!(!e.is_transient(), "{e}");
     assert!(e.to_string().contains("client certificate"), "{e}");
+    assert!(
+        e.to_string().contains(&cert.display().to_string()),
+        "names the file: {e}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30), "{e}");
 }
 

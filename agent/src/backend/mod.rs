@@ -25,9 +25,9 @@ pub enum BackendError {
     Secret(#[from] FsError),
     #[error(transparent)]
     Coordinator(#[from] coordinator::ClientError),
-    #[error("cannot set up the secrets-manager backend: {0}")]
+    #[error("cannot set up the secrets-manager backend")]
     SecretsManager(#[source] RendezvousError),
-    #[error("cannot set up the etcd backend: {0}")]
+    #[error("cannot set up the etcd backend")]
     Etcd(#[source] RendezvousError),
     #[error(transparent)]
     State(#[from] StateError),
