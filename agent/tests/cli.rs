@@ -103,14 +103,15 @@ fn status_json_when_everything_is_down_exits_1_quickly() {
 fn run_refuses_unknown_keys_and_open_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "lease_ttl = 5\n", 0o600);
+    // Configuration errors exit 78 (EX_CONFIG), which the systemd unit does not restart.
     let out = bin().args(["run", "--config"]).arg(&cfg).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("lease_ttl"), "{err}");
 
     let cfg = write_config(dir.path(), "", 0o644);
     let out = bin().args(["run", "--config"]).arg(&cfg).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("chmod 600"), "{err}");
     assert!(

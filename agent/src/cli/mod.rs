@@ -122,6 +122,8 @@ pub fn is_configuration_error(e: &anyhow::Error) -> bool {
         if let Some(b) = c.downcast_ref::<BackendError>() {
             return match b {
                 BackendError::Etcd(r) | BackendError::SecretsManager(r) => permanent_refusal(r),
+                // The join secret file: missing, unreadable, or readable by others.
+                BackendError::Secret(_) => true,
                 _ => false,
             };
         }
@@ -263,6 +265,11 @@ mod tests {
         assert_eq!(code(&down), 1);
         let config = anyhow::Error::new(crate::config::ConfigError::Missing("x".into()));
         assert_eq!(code(&config), EXIT_CONFIG);
+        let secret =
+            anyhow::Error::new(BackendError::Secret(crate::fsutil::FsError::EmptySecret {
+                path: "/etc/swarm-agent/join-secret".into(),
+            }));
+        assert_eq!(code(&secret), EXIT_CONFIG);
         let refused_later = anyhow::Error::new(crate::bootstrap::BootstrapError::Unauthorized {
             backend: "b".into(),
             cluster: "c".into(),
