@@ -20,7 +20,8 @@ apt_pkgs=(
   dnsmasq-base     # the lab's DNS server (tests/tests/release.rs: names without NSS); no service
   openssl dash     # the cloud-init installer tests (certificates, a POSIX sh)
   protobuf-compiler  # protoc: etcd-client's build script compiles etcd's gRPC protos (etcd/)
-  etcd-server      # real etcd members for the etcd backend tests (etcd/, conformance)
+  etcd-server      # real etcd members for the etcd backend tests (etcd/, conformance, the lab)
+  etcd-client      # etcdctl: the etcd lab's admin calls (tests/src/etcd.rs) and the modules' role steps (tests/iac)
   python3-pip
 )
 pip_pkgs=(
