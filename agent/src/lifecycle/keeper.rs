@@ -643,8 +643,7 @@ impl Keeper {
             })
             .map(|n| n.id.clone())
             .collect();
-        let mut avoid: HashSet<String> = mem.avoid.keys().cloned().collect();
-        avoid.extend(pinned_workers(&regs));
+        let avoid: HashSet<String> = mem.avoid.keys().cloned().collect();
         let rules = Rules {
             target,
             promote_after: self.cfg.promote_after,
@@ -1375,17 +1374,6 @@ async fn forget(
     .map(|_| ())
 }
 
-/// Docker node ids of workers whose agents asked for `role = "worker"`: never promoted. The
-/// operator pinned them (the Terraform modules do for their worker groups), and on Secrets
-/// Manager and etcd their credentials may deliberately not reach the manager join token (the
-/// workers' IAM role, the workers' etcd role), which a manager needs to rejoin, adopt or rotate
-/// the tokens. Lost managers come back through the managers' own group instead.
-fn pinned_workers(regs: &HashMap<String, NodeInfo>) -> impl Iterator<Item = String> + '_ {
-    regs.iter()
-        .filter(|(_, r)| r.requested == swarmstrap_wire::RequestedRole::Worker)
-        .map(|(docker, _)| docker.clone())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1419,48 +1407,6 @@ mod tests {
             credential_sha256: None,
             labels: Default::default(),
         }
-    }
-
-    #[test]
-    fn workers_that_asked_to_be_workers_are_never_promoted() {
-        let mut pinned = reg("a1", "n1", "10.0.0.1");
-        pinned.requested = RequestedRole::Worker;
-        let regs: HashMap<String, NodeInfo> = [
-            ("d1".to_string(), pinned),
-            ("d2".to_string(), reg("a2", "n2", "10.0.0.2")),
-        ]
-        .into_iter()
-        .collect();
-        let avoid: Vec<String> = pinned_workers(&regs).collect();
-        assert_eq!(avoid, ["d1"]);
-        // The planner then promotes the other healthy worker only.
-        let list = vec![
-            view("m1", "m1", "10.0.0.10", Role::Manager, true),
-            view("m2", "m2", "10.0.0.11", Role::Manager, true),
-            view("d1", "n1", "10.0.0.1", Role::Worker, true),
-            view("d2", "n2", "10.0.0.2", Role::Worker, true),
-        ];
-        let avoid: HashSet<String> = avoid.into_iter().collect();
-        let none = HashSet::new();
-        let unhealthy = HashMap::new();
-        let rules = Rules {
-            target: 3,
-            promote_after: Duration::from_secs(1),
-            remove_down_after: None,
-        };
-        let a = plan::plan(
-            &View {
-                nodes: &list,
-                unhealthy_for: &unhealthy,
-                imbalance_for: Duration::from_secs(5),
-                leaving: &none,
-                avoid: &avoid,
-                prefer: &none,
-            },
-            &rules,
-        )
-        .expect("an even count with a spare: promote");
-        assert_eq!((a.kind, a.node_id.as_str()), (Kind::Promote, "d2"));
     }
 
     #[test]
