@@ -37,7 +37,6 @@ use etcd_client::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{
     Credentials, Offered, Presenting, Rendezvous, RendezvousError, Result, Snapshot,
@@ -1050,32 +1049,17 @@ impl EtcdRendezvous {
     }
 
     fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
-        let fresh = if offer {
-            Some(self.offered.get_or_make(node_id, new_credential)?)
-        } else {
-            None
-        };
-        Ok((
-            Presenting {
-                held: self.credentials.get(node_id),
-                offered: fresh.clone().or_else(|| self.offered.get(node_id)),
-                offered_accepted: AtomicBool::new(false),
-            },
-            fresh,
-        ))
+        Presenting::start(
+            &self.credentials,
+            &self.offered,
+            node_id,
+            offer,
+            new_credential,
+        )
     }
 
     fn settle(&self, node_id: &str, p: &Presenting, issued: Option<&Secret>) {
-        let kept = issued.cloned().or_else(|| {
-            p.offered_accepted
-                .load(Ordering::Relaxed)
-                .then(|| p.offered.clone())
-                .flatten()
-        });
-        if let Some(c) = kept {
-            self.credentials.set(node_id, c);
-            self.offered.forget(node_id);
-        }
+        p.settle(&self.credentials, &self.offered, node_id, issued);
     }
 }
 

@@ -65,7 +65,7 @@ use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::Region;
 use doc::{ClusterDoc, Step};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use swarmstrap_wire::rendezvous::{
@@ -372,33 +372,17 @@ impl SecretsManagerRendezvous {
     /// What a call for `node_id` presents; `offer`: make a fresh credential to offer if none
     /// is on offer yet (registration, adoption), returned as the second value.
     fn presenting(&self, node_id: &str, offer: bool) -> Result<(Presenting, Option<Secret>)> {
-        let fresh = if offer {
-            Some(self.offered.get_or_make(node_id, new_credential)?)
-        } else {
-            None
-        };
-        Ok((
-            Presenting {
-                held: self.credentials.get(node_id),
-                offered: fresh.clone().or_else(|| self.offered.get(node_id)),
-                offered_accepted: AtomicBool::new(false),
-            },
-            fresh,
-        ))
+        Presenting::start(
+            &self.credentials,
+            &self.offered,
+            node_id,
+            offer,
+            new_credential,
+        )
     }
 
-    /// After a call succeeded: keep the credential it issued, or the offered one it accepted.
     fn settle(&self, node_id: &str, p: &Presenting, issued: Option<&Secret>) {
-        let kept = issued.cloned().or_else(|| {
-            p.offered_accepted
-                .load(Ordering::Relaxed)
-                .then(|| p.offered.clone())
-                .flatten()
-        });
-        if let Some(c) = kept {
-            self.credentials.set(node_id, c);
-            self.offered.forget(node_id);
-        }
+        p.settle(&self.credentials, &self.offered, node_id, issued);
     }
 
     /// The document of this cluster before anyone wrote it (the target is written by whoever
@@ -1095,7 +1079,7 @@ mod tests {
         Presenting {
             held: held.cloned(),
             offered: offered.cloned(),
-            offered_accepted: AtomicBool::new(false),
+            offered_accepted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

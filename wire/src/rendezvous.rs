@@ -145,6 +145,50 @@ pub struct Presenting {
 
 #[cfg(feature = "rules")]
 impl Presenting {
+    /// What a call for `node_id` presents; `offer`: make (with `make`) a fresh credential to
+    /// offer if none is on offer yet (registration, adoption), returned as the second value.
+    pub fn start<E>(
+        credentials: &Credentials,
+        offered: &Offered,
+        node_id: &str,
+        offer: bool,
+        make: impl FnOnce() -> std::result::Result<Secret, E>,
+    ) -> std::result::Result<(Presenting, Option<Secret>), E> {
+        let fresh = if offer {
+            Some(offered.get_or_make(node_id, make)?)
+        } else {
+            None
+        };
+        Ok((
+            Presenting {
+                held: credentials.get(node_id),
+                offered: fresh.clone().or_else(|| offered.get(node_id)),
+                offered_accepted: std::sync::atomic::AtomicBool::new(false),
+            },
+            fresh,
+        ))
+    }
+
+    /// After a call succeeded: keep the credential it issued, or the offered one it accepted.
+    pub fn settle(
+        &self,
+        credentials: &Credentials,
+        offered: &Offered,
+        node_id: &str,
+        issued: Option<&Secret>,
+    ) {
+        let kept = issued.cloned().or_else(|| {
+            self.offered_accepted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| self.offered.clone())
+                .flatten()
+        });
+        if let Some(c) = kept {
+            credentials.set(node_id, c);
+            offered.forget(node_id);
+        }
+    }
+
     /// Judge `rule` with the held credential (or, holding none, the offered one); when that is
     /// refused with `bad_node_credential` and an offered credential exists, once more with it.
     pub fn judge<T>(
